@@ -1,0 +1,154 @@
+"""Backend choice and the array edge: which implementation runs a call, and on which array library.
+
+Backends: "numpy" (the fallback and oracle), "cuda" (CUDA kernels through CuPy), "emulator" (the same CUDA
+kernels run on the CPU on NumPy arrays) and "auto" (NumPy arrays -> numpy, CuPy arrays -> cuda). The choice is
+`use_backend(...)` (context-local), else the environment variable GPUCONV_BACKEND, else "auto".
+
+Importing this module never imports CuPy; a CuPy array is recognised by its type's module.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import threading
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from ._args import fail, fail_type
+
+BACKENDS = ("auto", "numpy", "cuda", "emulator")
+ENV_VAR = "GPUCONV_BACKEND"
+
+_selected: contextvars.ContextVar[str | None] = contextvars.ContextVar("gpuconv_backend", default=None)
+
+
+def _check_name(name: Any, arg: str) -> str:
+    if not isinstance(name, str) or name.lower() not in BACKENDS:
+        fail(arg, f"one of {', '.join(map(repr, BACKENDS))}", repr(name))
+    return name.lower()
+
+
+def get_backend() -> str:
+    """The backend name in force: set by use_backend, else GPUCONV_BACKEND, else 'auto'."""
+    name = _selected.get()
+    if name is not None:
+        return name
+    env = os.environ.get(ENV_VAR)
+    return _check_name(env, ENV_VAR) if env else "auto"
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[str]:
+    """Context manager that selects a backend for the calls inside it (per thread / async context)."""
+    token = _selected.set(_check_name(name, "name"))
+    try:
+        yield _selected.get()
+    finally:
+        _selected.reset(token)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# array types
+# ---------------------------------------------------------------------------------------------------------
+def is_cupy_array(a: Any) -> bool:
+    return type(a).__module__.split(".")[0] == "cupy" and hasattr(a, "__cuda_array_interface__")
+
+
+def array_kind(a: Any, arg: str) -> str:
+    """'numpy' or 'cupy'; a TypeError naming the argument for anything else (lists included)."""
+    if isinstance(a, np.ndarray):
+        return "numpy"
+    if is_cupy_array(a):
+        return "cupy"
+    fail_type(arg, "a NumPy or CuPy array", f"{type(a).__name__}")
+
+
+def tensor_kind(arrays: dict[str, Any]) -> str:
+    """The one array kind of all tensor arguments; mixing NumPy and CuPy is a TypeError."""
+    kinds = {name: array_kind(a, name) for name, a in arrays.items()}
+    found = set(kinds.values())
+    if len(found) > 1:
+        listing = ", ".join(f"{n} is {k}" for n, k in kinds.items())
+        fail_type(", ".join(kinds), "all NumPy or all CuPy arrays (gpuconv never copies between host and "
+                  "device implicitly)", listing)
+    return found.pop()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# backend objects
+# ---------------------------------------------------------------------------------------------------------
+_lock = threading.Lock()
+_instances: dict[str, Any] = {}
+
+
+def _instance(name: str):
+    with _lock:
+        if name not in _instances:
+            if name == "numpy":
+                from . import numpy_backend
+                _instances[name] = numpy_backend.BACKEND
+            elif name == "emulator":
+                from .executors.emulator import EmulatorExecutor
+                from .kernel_backend import KernelBackend
+                _instances[name] = KernelBackend(EmulatorExecutor())
+            elif name == "cuda":
+                from .executors.cuda import CudaExecutor
+                from .kernel_backend import KernelBackend
+                _instances[name] = KernelBackend(CudaExecutor())
+        return _instances[name]
+
+
+def resolve(arrays: dict[str, Any]):
+    """The backend object that runs a call on these tensor arguments (validated: types agree with it).
+
+    A backend object has `name`, `xp` (numpy or cupy) and one method per canonical op (see
+    numpy_backend/__init__.py for the list and signatures).
+    """
+    kind = tensor_kind(arrays)
+    name = get_backend()
+    if name == "auto":
+        name = "cuda" if kind == "cupy" else "numpy"
+    wanted = "cupy" if name == "cuda" else "numpy"
+    if kind != wanted:
+        fail_type(", ".join(arrays), f"{wanted} arrays for backend {name!r}", f"{kind} arrays")
+    return _instance(name)
+
+
+def available_backends() -> dict[str, str]:
+    """Each backend and whether it can run here ('yes' or the reason it cannot), without initialising CUDA."""
+    from .executors import availability
+    return {"numpy": "yes", **availability()}
+
+
+def to_canonical(x, xp, nspatial: int, is_channels_last: bool):
+    """A tensor in user layout (N, spatial..., C) or (N, C, spatial...) as a C-contiguous (N, D, H, W, C)."""
+    if not is_channels_last:
+        x = x.transpose((0,) + tuple(range(2, nspatial + 2)) + (1,))
+    shape = x.shape
+    x = xp.ascontiguousarray(x)
+    return x.reshape((shape[0],) + (1,) * (3 - nspatial) + tuple(shape[1:-1]) + (shape[-1],))
+
+
+def from_canonical(y, nspatial: int, is_channels_last: bool):
+    """A canonical (N, D, H, W, C) result in the user's layout (a view where possible)."""
+    n, c = y.shape[0], y.shape[-1]
+    y = y.reshape((n,) + tuple(y.shape[4 - nspatial:4]) + (c,))
+    if not is_channels_last:
+        y = y.transpose((0, nspatial + 1) + tuple(range(1, nspatial + 1)))
+    return y
+
+
+def canonical_filters(w, xp, nspatial: int):
+    """Filters (spatial..., in, out) as a C-contiguous (T, R, S, in, out)."""
+    w = xp.ascontiguousarray(w)
+    return w.reshape((1,) * (3 - nspatial) + tuple(w.shape))
+
+
+def from_canonical_filters(dw, nspatial: int):
+    return dw.reshape(tuple(dw.shape[3 - nspatial:]))
+
+
+def shape_of(seq: Sequence[int]) -> tuple[int, ...]:
+    return tuple(int(v) for v in seq)

@@ -1,0 +1,48 @@
+"""The dtypes gpuconv accepts, and their C++ spellings for kernel name expressions.
+
+One table, used by the API layer (what is accepted), the NumPy backend (what to accumulate in) and the launch
+plans (which template instantiation to name).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# Floating dtypes every op accepts. float16 is computed in float32 and rounded once at the end.
+FLOAT_DTYPES: tuple[np.dtype, ...] = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+# Integer dtypes accepted by max pooling, argmax, max-pool gradients and unpooling (TF: MaxPool supports
+# the real number types; gpuconv supports these).
+INT_DTYPES: tuple[np.dtype, ...] = tuple(
+    np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.int64)
+)
+
+# argmax dtypes of max_pool_with_argmax (TF: Targmax in {int32, int64}).
+INDEX_DTYPES: tuple[np.dtype, ...] = (np.dtype(np.int32), np.dtype(np.int64))
+
+# C++ type names, as they appear in template name expressions (CuPy maps float16 to `half`/`__half`).
+CTYPE: dict[np.dtype, str] = {
+    np.dtype(np.float16): "__half",
+    np.dtype(np.float32): "float",
+    np.dtype(np.float64): "double",
+    np.dtype(np.int8): "signed char",
+    np.dtype(np.uint8): "unsigned char",
+    np.dtype(np.int16): "short",
+    np.dtype(np.uint16): "unsigned short",
+    np.dtype(np.int32): "int",
+    np.dtype(np.int64): "long long",
+}
+
+
+def accumulator_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype sums are accumulated in: float32 for float16, else the dtype itself."""
+    dtype = np.dtype(dtype)
+    return np.dtype(np.float32) if dtype == np.float16 else dtype
+
+
+def ctype(dtype: np.dtype) -> str:
+    """C++ spelling of a supported dtype (KeyError for anything else: callers validated it already)."""
+    return CTYPE[np.dtype(dtype)]
+
+
+def is_float(dtype: np.dtype) -> bool:
+    return np.dtype(dtype) in FLOAT_DTYPES

@@ -1,0 +1,265 @@
+"""Problem geometry: output sizes, padding splits, legal transposed shapes, implicit-GEMM sizes.
+
+Pure integers, no arrays. Every backend (NumPy, CUDA, emulator) and every launch plan reads the problem records
+built here; nothing else computes an output size or a padding.
+
+Canonical layout (channels-last, always 3 spatial dimensions; 2-D is 3-D with depth 1):
+    x  (N, D, H, W, C)        input
+    w  (T, R, S, C // G, K)   filters (TF's DHWIO)
+    y  (N, Z, P, Q, K)        output
+Pooling uses the same letters with window (T, R, S) and K = C.
+
+Source of the rules: tensorflow/core/framework/kernel_shape_util.cc (GetWindowedOutputSizeVerbose) and
+tensorflow/core/kernels/conv_grad_shape_utils.cc (ConvBackpropExtractAndVerifyDimension).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+from ._args import fail
+
+Triple = tuple[int, int, int]
+# Padding after normalisation: "SAME", "VALID" or explicit (before, after) pairs, one per spatial dimension.
+Padding = Union[str, tuple[tuple[int, int], ...]]
+
+INT32_LIMIT = 2**31
+
+
+def _trunc_div(a: int, b: int) -> int:
+    """C++ integer division (truncates toward zero), as TF's size formula uses it."""
+    q = abs(a) // b
+    return q if a >= 0 else -q
+
+
+def effective_size(k: int, d: int) -> int:
+    """Extent of a dilated window: (k - 1) * d + 1."""
+    return (k - 1) * d + 1
+
+
+def axis_geometry(n: int, k: int, s: int, d: int, padding, axis: str = "spatial") -> tuple[int, int, int]:
+    """Output size and (pad_before, pad_after) of one spatial axis, TF's rule exactly.
+
+    VALID: out = (n - e + s) / s; SAME: out = ceil(n / s) with total pad max(0, (out-1)*s + e - n), the odd
+    cell at the end; explicit (pb, pa): out = (n + pb + pa - e + s) / s. Division truncates as in C++. A
+    negative size is a ValueError; zero is allowed (an empty result).
+    """
+    e = effective_size(k, d)
+    if padding == "SAME":
+        out = (n + s - 1) // s
+        total = max(0, (out - 1) * s + e - n)
+        pb, pa = total // 2, total - total // 2
+    elif padding == "VALID":
+        pb = pa = 0
+        out = _trunc_div(n - e + s, s)
+    else:
+        pb, pa = padding
+        out = _trunc_div(n + pb + pa - e + s, s)
+    if out < 0:
+        fail("input", f"an input at least as large as the window along {axis} "
+             f"(window extent {e} with dilation, padding {pb}+{pa})",
+             f"input size {n}: computed output size would be negative ({out})")
+    return out, pb, pa
+
+
+def transposed_output_range(i: int, k: int, s: int, d: int, padding) -> tuple[int, int]:
+    """The output sizes O (inclusive range) whose forward conv has size i: the legal transposed output_shape.
+
+    SAME: [(i-1)s+1, i*s]; VALID: [(i-1)s+e, (i-1)s+e+s-1]; explicit (pb, pa): the VALID range shifted by -(pb+pa).
+    """
+    e = effective_size(k, d)
+    if padding == "SAME":
+        lo, hi = (i - 1) * s + 1, i * s
+    else:
+        pb, pa = (0, 0) if padding == "VALID" else padding
+        lo = (i - 1) * s + e - pb - pa
+        hi = lo + s - 1
+    return max(lo, 0), hi
+
+
+@dataclass(frozen=True)
+class ConvProblem:
+    """A convolution in canonical form: x (N,D,H,W,C) * w (T,R,S,C/G,K) -> y (N,Z,P,Q,K)."""
+
+    N: int
+    D: int
+    H: int
+    W: int
+    C: int
+    K: int
+    T: int
+    R: int
+    S: int
+    Z: int
+    P: int
+    Q: int
+    stride: Triple
+    dilation: Triple
+    pad_before: Triple
+    pad_after: Triple
+    groups: int = 1
+
+    @property
+    def x_shape(self) -> tuple[int, ...]:
+        return (self.N, self.D, self.H, self.W, self.C)
+
+    @property
+    def w_shape(self) -> tuple[int, ...]:
+        return (self.T, self.R, self.S, self.C // self.groups, self.K)
+
+    @property
+    def y_shape(self) -> tuple[int, ...]:
+        return (self.N, self.Z, self.P, self.Q, self.K)
+
+    @property
+    def group_c(self) -> int:
+        """Input channels per group (the filters' in-channel extent)."""
+        return self.C // self.groups
+
+    @property
+    def group_k(self) -> int:
+        """Output channels per group."""
+        return self.K // self.groups
+
+    @property
+    def is_empty(self) -> bool:
+        return 0 in self.x_shape or 0 in self.y_shape or 0 in self.w_shape
+
+    def needs_int64(self) -> bool:
+        """True when some tensor of the problem has >= 2^31 elements (kernels then index in 64 bits)."""
+        return any(_prod(s) >= INT32_LIMIT for s in (self.x_shape, self.w_shape, self.y_shape))
+
+    def gemm_size(self, operator: str) -> tuple[int, int, int]:
+        """Implicit-GEMM (gemm_m, gemm_n, gemm_k) of one group for operator fprop, dgrad or wgrad."""
+        taps = self.T * self.R * self.S
+        if operator == "fprop":
+            return self.N * self.Z * self.P * self.Q, self.group_k, self.group_c * taps
+        if operator == "dgrad":
+            return self.N * self.D * self.H * self.W, self.group_c, self.group_k * taps
+        if operator == "wgrad":
+            return self.group_k, self.group_c * taps, self.N * self.Z * self.P * self.Q
+        raise ValueError(f"operator must be 'fprop', 'dgrad' or 'wgrad', got {operator!r}")
+
+    def flops(self, operator: str = "fprop") -> int:
+        """Multiply-adds x 2 over all groups (the same count for fprop, dgrad and wgrad)."""
+        m, n, k = self.gemm_size(operator)
+        return 2 * m * n * k * self.groups
+
+
+@dataclass(frozen=True)
+class PoolProblem:
+    """A pooling window sweep in canonical form: x (N,D,H,W,C) -> y (N,Z,P,Q,C), window (T,R,S)."""
+
+    N: int
+    D: int
+    H: int
+    W: int
+    C: int
+    T: int
+    R: int
+    S: int
+    Z: int
+    P: int
+    Q: int
+    stride: Triple
+    pad_before: Triple
+    pad_after: Triple
+
+    @property
+    def x_shape(self) -> tuple[int, ...]:
+        return (self.N, self.D, self.H, self.W, self.C)
+
+    @property
+    def y_shape(self) -> tuple[int, ...]:
+        return (self.N, self.Z, self.P, self.Q, self.C)
+
+    @property
+    def window(self) -> Triple:
+        return (self.T, self.R, self.S)
+
+    @property
+    def is_empty(self) -> bool:
+        return 0 in self.x_shape or 0 in self.y_shape
+
+    def needs_int64(self) -> bool:
+        """True when x or y has >= 2^31 elements, or an argmax with batch offset could reach 2^31."""
+        return any(_prod(s) >= INT32_LIMIT for s in (self.x_shape, self.y_shape))
+
+
+def _prod(shape: Sequence[int]) -> int:
+    out = 1
+    for v in shape:
+        out *= int(v)
+    return out
+
+
+_AXES = ("depth", "height", "width")
+
+
+def conv_problem(x_shape: Sequence[int], w_shape: Sequence[int], stride: Triple, dilation: Triple,
+                 padding: Padding) -> ConvProblem:
+    """Build the canonical problem of a forward conv from canonical x and w shapes.
+
+    Checks the channel and group rule (C = G * w_in, K divisible by G) and that no output size is negative.
+    """
+    N, D, H, W, C = (int(v) for v in x_shape)
+    T, R, S, Cg, K = (int(v) for v in w_shape)
+    if Cg <= 0:
+        fail("filters", "a positive in-channel extent", f"filter shape with in-channels {Cg}")
+    if C % Cg != 0:
+        fail("filters", f"in-channels dividing the input's channel count {C} (grouped convolution: "
+             f"input channels = groups x filter in-channels)", f"filter in-channels {Cg}")
+    groups = C // Cg
+    if groups == 0 or K % groups != 0:
+        fail("filters", f"out-channels divisible by the number of groups {groups}", f"out-channels {K}")
+    out, pb, pa = [], [], []
+    for ax, (n, k, s, d) in enumerate(zip((D, H, W), (T, R, S), stride, dilation)):
+        pad = padding if isinstance(padding, str) else padding[ax]
+        o, b, a = axis_geometry(n, k, s, d, pad, _AXES[ax])
+        out.append(o)
+        pb.append(b)
+        pa.append(a)
+    return ConvProblem(N, D, H, W, C, K, T, R, S, out[0], out[1], out[2],
+                       tuple(stride), tuple(dilation), tuple(pb), tuple(pa), groups)
+
+
+def check_backprop_output(p: ConvProblem, dy_shape: Sequence[int], padding: Padding, shape_arg: str) -> None:
+    """Check that out_backprop / the transposed input has the forward output size of p.
+
+    shape_arg names the argument that fixed the larger tensor's size (input_sizes or output_shape); for a
+    spatial mismatch the message gives the legal range of that argument, which TF never prints.
+    """
+    N, Z, P, Q, K = (int(v) for v in dy_shape)
+    if N != p.N:
+        fail(shape_arg, f"batch {N} (the batch of the gradient/input tensor)", f"batch {p.N}")
+    if K != p.K:
+        fail("filters", f"out-channels equal to the gradient/input tensor's channels {K}", f"{p.K}")
+    sizes = (p.D, p.H, p.W)
+    kernel = (p.T, p.R, p.S)
+    for ax, (got, want) in enumerate(zip((Z, P, Q), (p.Z, p.P, p.Q))):
+        if got != want:
+            pad = padding if isinstance(padding, str) else tuple(padding[ax])
+            lo, hi = transposed_output_range(got, kernel[ax], p.stride[ax], p.dilation[ax], pad)
+            fail(shape_arg, f"{_AXES[ax]} in [{lo}, {hi}] so that the forward convolution gives the "
+                 f"gradient/input size {got} (stride {p.stride[ax]}, filter {kernel[ax]}, "
+                 f"dilation {p.dilation[ax]}, padding {pad})",
+                 f"{_AXES[ax]} {sizes[ax]}, whose forward size is {want}")
+
+
+def pool_problem(x_shape: Sequence[int], window: Triple, stride: Triple, padding: Padding) -> PoolProblem:
+    """Build the canonical problem of a pooling op from the canonical input shape."""
+    N, D, H, W, C = (int(v) for v in x_shape)
+    out, pb, pa = [], [], []
+    for ax, (n, k, s) in enumerate(zip((D, H, W), window, stride)):
+        pad = padding if isinstance(padding, str) else padding[ax]
+        if not isinstance(pad, str) and max(pad) >= k:
+            # TF (pooling_ops_common.cc) refuses pads >= window: such a window could hold only padding.
+            fail("padding", f"explicit pads smaller than the window ({k}) along {_AXES[ax]}", f"{pad}")
+        o, b, a = axis_geometry(n, k, s, 1, pad, _AXES[ax])
+        if n == 0 and o > 0:
+            fail("input", f"a non-empty {_AXES[ax]} (every pooling window must hold an input cell)",
+                 f"{_AXES[ax]} 0 with padding {pad}")
+        out.append(o)
+        pb.append(b)
+        pa.append(a)
+    return PoolProblem(N, D, H, W, C, *window, out[0], out[1], out[2], tuple(stride), tuple(pb), tuple(pa))

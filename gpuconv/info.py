@@ -1,0 +1,36 @@
+"""info(): versions, backends available here, and the GPU as NVML reports it (never initialises CUDA)."""
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+from typing import Any
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def info() -> dict[str, Any]:
+    """A dict: gpuconv/Python/NumPy/CuPy/NVRTC versions, backends available (or why not), GPUs via NVML."""
+    import numpy
+
+    from . import __version__
+    from .backend import available_backends, get_backend
+    from .device_report import gpu_report
+
+    cupy = next((v for v in (_version(d) for d in ("cupy-cuda13x", "cupy-cuda12x", "cupy")) if v), None)
+    return {
+        "gpuconv": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "numpy": numpy.__version__,
+        "cupy": cupy,
+        "cuda-bindings": _version("cuda-bindings"),
+        "nvidia-cuda-nvrtc": _version("nvidia-cuda-nvrtc"),
+        "backend": get_backend(),
+        "backends": available_backends(),
+        "gpu": gpu_report(),
+    }

@@ -1,0 +1,41 @@
+"""The NumPy backend: the CPU fallback and the oracle every kernel is tested against.
+
+Canonical ops (all arrays C-contiguous, channels-last 5-D, validated by the API layer):
+    conv_fprop(x, w, p: ConvProblem) -> y                  y: p.y_shape
+    conv_dgrad(dy, w, p) -> dx                             dx: p.x_shape
+    conv_wgrad(x, dy, p) -> dw                             dw: p.w_shape
+    max_pool(x, p: PoolProblem) -> y
+    max_pool_argmax(x, p, index_dtype, include_batch) -> (y, argmax)
+    max_pool_grad(x, dy, p) -> dx                          selection recomputed from x by the scan rule
+    avg_pool(x, p) -> y
+    avg_pool_grad(dy, p) -> dx
+    avg_unpool(updates, p) -> out                          out: p.x_shape
+    argmax_scatter(values, argmax, out_shape, include_batch) -> out   zeros(out_shape) + values at argmax
+    argmax_gather(grad, argmax, include_batch) -> values   grad's flat cells at argmax
+Output dtype = input dtype; float16 accumulates in float32.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import conv as _conv
+from . import pool as _pool
+
+
+class NumpyBackend:
+    name = "numpy"
+    xp = np
+    conv_fprop = staticmethod(_conv.conv_fprop)
+    conv_dgrad = staticmethod(_conv.conv_dgrad)
+    conv_wgrad = staticmethod(_conv.conv_wgrad)
+    max_pool = staticmethod(_pool.max_pool)
+    max_pool_argmax = staticmethod(_pool.max_pool_argmax)
+    max_pool_grad = staticmethod(_pool.max_pool_grad)
+    avg_pool = staticmethod(_pool.avg_pool)
+    avg_pool_grad = staticmethod(_pool.avg_pool_grad)
+    avg_unpool = staticmethod(_pool.avg_unpool)
+    argmax_scatter = staticmethod(_pool.argmax_scatter)
+    argmax_gather = staticmethod(_pool.argmax_gather)
+
+
+BACKEND = NumpyBackend()

@@ -1,0 +1,189 @@
+"""TF-named pooling ops: thin wrappers over canonical N-d pooling problems.
+
+Max pooling scans each window row-major; the first in-bounds cell seeds the maximum and a later cell replaces
+it only if strictly greater (ties -> first cell, NaN wins only as the first cell, padding is never selected).
+Average pooling divides by the number of in-bounds cells.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import _args as A
+from .backend import from_canonical, resolve, to_canonical
+from .dtypes import FLOAT_DTYPES, INDEX_DTYPES, INT_DTYPES
+from .geometry import pool_problem
+
+MAX_DTYPES = FLOAT_DTYPES + INT_DTYPES
+_LAYOUT = {2: ("NHWC", "NCHW"), 3: ("NDHWC", "NCDHW")}
+
+
+def _problem(nspatial: int, x_shape5, cl: bool, ksize, strides, padding):
+    window = A.to_triple(A.window_param(ksize, "ksize", nspatial, cl), 1)
+    stride = A.to_triple(A.window_param(strides, "strides", nspatial, cl), 1)
+    pad = A.pairs_to_triple(A.padding_param(padding, nspatial, cl))
+    return pool_problem(x_shape5, window, stride, pad)
+
+
+def _forward(op: str, nspatial: int, x, ksize, strides, padding, data_format, dtypes):
+    be = resolve({"input": x})
+    cl = A.channels_last(data_format, nspatial)
+    A.tensor(x, "input", nspatial + 2, dtypes, _LAYOUT[nspatial][0 if cl else 1])
+    x5 = to_canonical(x, be.xp, nspatial, cl)
+    p = _problem(nspatial, x5.shape, cl, ksize, strides, padding)
+    return from_canonical(getattr(be, op)(x5, p), nspatial, cl)
+
+
+def max_pool2d(input: Any, ksize, strides, padding, data_format: str = "NHWC"):
+    """2-D max pooling. TF: `tf.nn.max_pool2d`.
+
+    Differs from TF: an all-NaN or all -inf window gives its first cell's value (TF's CPU kernel gives the
+    dtype's lowest value); explicit padding is accepted.
+    """
+    return _forward("max_pool", 2, input, ksize, strides, padding, data_format, MAX_DTYPES)
+
+
+def max_pool3d(input: Any, ksize, strides, padding, data_format: str = "NDHWC"):
+    """3-D max pooling. TF: `tf.nn.max_pool3d`."""
+    return _forward("max_pool", 3, input, ksize, strides, padding, data_format, MAX_DTYPES)
+
+
+def avg_pool2d(input: Any, ksize, strides, padding, data_format: str = "NHWC"):
+    """2-D average pooling; the divisor counts in-bounds cells only. TF: `tf.nn.avg_pool2d`."""
+    return _forward("avg_pool", 2, input, ksize, strides, padding, data_format, FLOAT_DTYPES)
+
+
+def avg_pool3d(input: Any, ksize, strides, padding, data_format: str = "NDHWC"):
+    """3-D average pooling. TF: `tf.nn.avg_pool3d`."""
+    return _forward("avg_pool", 3, input, ksize, strides, padding, data_format, FLOAT_DTYPES)
+
+
+def index_dtype(output_dtype: Any) -> np.dtype:
+    """'int64' / 'int32' / a NumPy integer dtype -> the argmax dtype."""
+    try:
+        dt = np.dtype(output_dtype)
+    except TypeError:
+        dt = None
+    if dt not in INDEX_DTYPES:
+        A.fail("output_dtype", "'int64' or 'int32'", repr(output_dtype))
+    return dt
+
+
+def max_pool_with_argmax(input: Any, ksize, strides, padding, data_format: str = "NHWC",
+                         output_dtype="int64", include_batch_in_index: bool = False):
+    """2-D max pooling that also returns each maximum's flat index (NHWC only, as in TF).
+
+    The index of input[b, y, x, c] is (y*W + x)*C + c, plus b*H*W*C when include_batch_in_index.
+    TF: `tf.nn.max_pool_with_argmax`. Differs from TF: explicit padding is accepted.
+    """
+    be = resolve({"input": input})
+    if data_format != "NHWC":
+        A.fail("data_format", "'NHWC' (max_pool_with_argmax is NHWC only, as in TF)", repr(data_format))
+    include = _flag(include_batch_in_index, "include_batch_in_index")
+    idx = index_dtype(output_dtype)
+    A.tensor(input, "input", 4, MAX_DTYPES, "NHWC")
+    x5 = to_canonical(input, be.xp, 2, True)
+    p = _problem(2, x5.shape, True, ksize, strides, padding)
+    limit = (p.N if include else 1) * p.D * p.H * p.W * p.C
+    if limit > np.iinfo(idx).max + 1:
+        A.fail("output_dtype", f"an index type that holds {limit - 1}", idx.name)
+    y, argmax = be.max_pool_argmax(x5, p, idx, include)
+    return from_canonical(y, 2, True), from_canonical(argmax, 2, True)
+
+
+def _flag(value: Any, arg: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        A.fail_type(arg, "a bool", repr(value))
+    return bool(value)
+
+
+def _max_grad(nspatial, orig_input, orig_output, grad, ksize, strides, padding, data_format):
+    be = resolve({"orig_input": orig_input, "orig_output": orig_output, "grad": grad})
+    cl = A.channels_last(data_format, nspatial)
+    layout = _LAYOUT[nspatial][0 if cl else 1]
+    for name, t in (("orig_input", orig_input), ("orig_output", orig_output), ("grad", grad)):
+        A.tensor(t, name, nspatial + 2, MAX_DTYPES, layout)
+    A.same_dtype({"orig_input": orig_input, "orig_output": orig_output, "grad": grad})
+    x5 = to_canonical(orig_input, be.xp, nspatial, cl)
+    p = _problem(nspatial, x5.shape, cl, ksize, strides, padding)
+    dy5 = to_canonical(grad, be.xp, nspatial, cl)
+    A.same_shape(dy5, "grad", p.y_shape, "the pooled shape, canonical N,D,H,W,C")
+    A.same_shape(to_canonical(orig_output, be.xp, nspatial, cl), "orig_output", p.y_shape,
+                 "the pooled shape, canonical N,D,H,W,C")
+    return from_canonical(be.max_pool_grad(x5, dy5, p), nspatial, cl)
+
+
+def max_pool_grad(orig_input: Any, orig_output: Any, grad: Any, ksize, strides, padding,
+                  data_format: str = "NHWC"):
+    """Gradient of max_pool2d: each window's gradient goes to its selected cell; overlaps add.
+
+    The selection is recomputed from orig_input with the scan rule (orig_output is checked for shape only).
+    TF: `tf.raw_ops.MaxPoolGrad`.
+    """
+    return _max_grad(2, orig_input, orig_output, grad, ksize, strides, padding, data_format)
+
+
+def max_pool3d_grad(orig_input: Any, orig_output: Any, grad: Any, ksize, strides, padding,
+                    data_format: str = "NDHWC"):
+    """Gradient of max_pool3d. TF: `tf.raw_ops.MaxPool3DGrad`."""
+    return _max_grad(3, orig_input, orig_output, grad, ksize, strides, padding, data_format)
+
+
+def check_argmax(argmax: Any, arg: str, limit: int) -> None:
+    """argmax holds int32/int64 indices in [0, limit); else TypeError/ValueError (TF aborts the process).
+
+    On CuPy arrays this reads one flag back from the device (a synchronisation), the price of never
+    writing out of bounds and of reporting the error where it was made.
+    """
+    if np.dtype(argmax.dtype) not in INDEX_DTYPES:
+        A.fail_type(arg, "dtype int32 or int64", f"dtype {argmax.dtype}")
+    if argmax.size and bool(((argmax < 0) | (argmax >= limit)).any()):
+        A.fail(arg, f"indices in [0, {limit})", f"indices from {int(argmax.min())} to {int(argmax.max())}")
+
+
+def max_pool_grad_with_argmax(input: Any, grad: Any, argmax: Any, ksize, strides, padding,
+                              include_batch_in_index: bool = False):
+    """Gradient of max_pool_with_argmax: grad scattered to input's shape at argmax; duplicates add.
+
+    TF: `tf.raw_ops.MaxPoolGradWithArgmax`. Differs from TF: an out-of-range argmax is a ValueError.
+    """
+    be = resolve({"input": input, "grad": grad, "argmax": argmax})
+    include = _flag(include_batch_in_index, "include_batch_in_index")
+    A.tensor(input, "input", 4, MAX_DTYPES, "NHWC")
+    A.tensor(grad, "grad", 4, MAX_DTYPES, "NHWC")
+    A.same_dtype({"input": input, "grad": grad})
+    A.tensor(argmax, "argmax", 4, INDEX_DTYPES, "NHWC")
+    x5 = to_canonical(input, be.xp, 2, True)
+    p = _problem(2, x5.shape, True, ksize, strides, padding)
+    dy5 = to_canonical(grad, be.xp, 2, True)
+    A.same_shape(dy5, "grad", p.y_shape, "the pooled shape, canonical N,D,H,W,C")
+    A.same_shape(argmax, "argmax", grad.shape, "the shape of grad")
+    per_batch = p.D * p.H * p.W * p.C
+    check_argmax(argmax, "argmax", per_batch * (p.N if include else 1))
+    a5 = be.xp.ascontiguousarray(argmax).reshape(dy5.shape)
+    return from_canonical(be.argmax_scatter(dy5, a5, p.x_shape, include), 2, True)
+
+
+def avg_pool_grad_nd(nspatial, orig_input_shape, grad, ksize, strides, padding, data_format):
+    be = resolve({"grad": grad})
+    cl = A.channels_last(data_format, nspatial)
+    A.tensor(grad, "grad", nspatial + 2, FLOAT_DTYPES, _LAYOUT[nspatial][0 if cl else 1])
+    dy5 = to_canonical(grad, be.xp, nspatial, cl)
+    x_shape = A.shape_param(orig_input_shape, "orig_input_shape", nspatial, cl, dy5.shape[0], dy5.shape[-1])
+    p = _problem(nspatial, x_shape, cl, ksize, strides, padding)
+    A.same_shape(dy5, "grad", p.y_shape, "the pooled shape of orig_input_shape, canonical N,D,H,W,C")
+    return from_canonical(be.avg_pool_grad(dy5, p), nspatial, cl)
+
+
+def avg_pool_grad(orig_input_shape, grad: Any, ksize, strides, padding, data_format: str = "NHWC"):
+    """Gradient of avg_pool2d: dy / count spread over each window's in-bounds cells; overlaps add.
+
+    TF: `tf.raw_ops.AvgPoolGrad`. orig_input_shape may be full or spatial-only.
+    """
+    return avg_pool_grad_nd(2, orig_input_shape, grad, ksize, strides, padding, data_format)
+
+
+def avg_pool3d_grad(orig_input_shape, grad: Any, ksize, strides, padding, data_format: str = "NDHWC"):
+    """Gradient of avg_pool3d. TF: `tf.raw_ops.AvgPool3DGrad`."""
+    return avg_pool_grad_nd(3, orig_input_shape, grad, ksize, strides, padding, data_format)

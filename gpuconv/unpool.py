@@ -1,0 +1,75 @@
+"""Unpooling: max_unpool (scatter at argmax, TF's scatter_nd recipe), its gradient, and avg_unpool."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import _args as A
+from .backend import from_canonical, resolve, to_canonical
+from .dtypes import FLOAT_DTYPES, INDEX_DTYPES
+from .pool import MAX_DTYPES, _flag, _problem, check_argmax
+
+_LAYOUT = {4: "NHWC", 5: "NDHWC"}
+
+
+def max_unpool(updates: Any, argmax: Any, output_shape, include_batch_in_index: bool = False):
+    """Zeros of output_shape with each update added at its argmax (duplicate indices add).
+
+    output_shape: the original (pre-pooling) shape, full (N, H, W, C) or spatial-only (H, W); decoding the
+    size from the pooled size x stride would scramble rows when H or W is not a multiple of the stride.
+    TF: the `tf.scatter_nd` recipe of seed 004; SegNet's unpooling.
+    """
+    be = resolve({"updates": updates, "argmax": argmax})
+    include = _flag(include_batch_in_index, "include_batch_in_index")
+    if updates.ndim not in (4, 5):
+        A.fail("updates", "a 4-D (NHWC) or 5-D (NDHWC) tensor", f"shape {tuple(updates.shape)}")
+    nspatial = updates.ndim - 2
+    A.tensor(updates, "updates", updates.ndim, MAX_DTYPES, _LAYOUT[updates.ndim])
+    A.tensor(argmax, "argmax", updates.ndim, INDEX_DTYPES, _LAYOUT[updates.ndim])
+    A.same_shape(argmax, "argmax", updates.shape, "the shape of updates")
+    out5 = A.shape_param(output_shape, "output_shape", nspatial, True, updates.shape[0], updates.shape[-1])
+    per_batch = int(np.prod(out5[1:]))
+    check_argmax(argmax, "argmax", per_batch * (out5[0] if include else 1))
+    u5 = to_canonical(updates, be.xp, nspatial, True)
+    a5 = be.xp.ascontiguousarray(argmax).reshape(u5.shape)
+    return from_canonical(be.argmax_scatter(u5, a5, out5, include), nspatial, True)
+
+
+def max_unpool_grad(grad: Any, argmax: Any, include_batch_in_index: bool = False):
+    """Gradient of max_unpool: grad gathered at argmax (shape of argmax)."""
+    be = resolve({"grad": grad, "argmax": argmax})
+    include = _flag(include_batch_in_index, "include_batch_in_index")
+    if grad.ndim not in (4, 5):
+        A.fail("grad", "a 4-D (NHWC) or 5-D (NDHWC) tensor", f"shape {tuple(grad.shape)}")
+    nspatial = grad.ndim - 2
+    A.tensor(grad, "grad", grad.ndim, MAX_DTYPES, _LAYOUT[grad.ndim])
+    A.tensor(argmax, "argmax", grad.ndim, INDEX_DTYPES, _LAYOUT[grad.ndim])
+    if argmax.shape[0] != grad.shape[0] or argmax.shape[-1] != grad.shape[-1]:
+        A.fail("argmax", f"batch {grad.shape[0]} and channels {grad.shape[-1]} (those of grad)",
+               f"shape {tuple(argmax.shape)}")
+    g5 = to_canonical(grad, be.xp, nspatial, True)
+    per_batch = int(np.prod(g5.shape[1:]))
+    check_argmax(argmax, "argmax", per_batch * (g5.shape[0] if include else 1))
+    a5 = to_canonical(argmax, be.xp, nspatial, True)
+    return from_canonical(be.argmax_gather(g5, a5, include), nspatial, True)
+
+
+def avg_unpool(updates: Any, ksize, strides, padding, output_shape, data_format=None):
+    """Copy each pooled value into every in-bounds cell of its window (overlaps add): the adjoint of sum pooling.
+
+    output_shape: the original (pre-pooling) shape, full or spatial-only; pooling it with ksize/strides/padding
+    must give updates' spatial size. data_format: None (NHWC or NDHWC by rank) or one of the four layouts.
+    """
+    be = resolve({"updates": updates})
+    if updates.ndim not in (4, 5):
+        A.fail("updates", "a 4-D or 5-D tensor", f"shape {tuple(updates.shape)}")
+    nspatial = updates.ndim - 2
+    fmt = _LAYOUT[updates.ndim] if data_format is None else data_format
+    cl = A.channels_last(fmt, nspatial)
+    A.tensor(updates, "updates", updates.ndim, FLOAT_DTYPES, fmt)
+    u5 = to_canonical(updates, be.xp, nspatial, cl)
+    x_shape = A.shape_param(output_shape, "output_shape", nspatial, cl, u5.shape[0], u5.shape[-1])
+    p = _problem(nspatial, x_shape, cl, ksize, strides, padding)
+    A.same_shape(u5, "updates", p.y_shape, "the pooled shape of output_shape, canonical N,D,H,W,C")
+    return from_canonical(be.avg_unpool(u5, p), nspatial, cl)
