@@ -1,0 +1,83 @@
+"""Shared test plumbing: markers, backend fixtures, and the rule that CI fails when a required layer skipped.
+
+Environment:
+  GPUCONV_REQUIRE_EMULATOR=1   a skipped `emulator` test fails the run (CI sets it)
+  GPUCONV_REQUIRE_NVRTC=1      a skipped `compile_gate` test fails the run (CI sets it)
+  GPUCONV_REQUIRE_TF=1         a skipped `tf` test fails the run (CI sets it)
+"""
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+
+import pytest
+
+REQUIRED = {"emulator": "GPUCONV_REQUIRE_EMULATOR", "compile_gate": "GPUCONV_REQUIRE_NVRTC",
+            "tf": "GPUCONV_REQUIRE_TF"}
+_required_skips: list[str] = []
+
+
+@functools.lru_cache(maxsize=None)
+def gpu_available() -> bool:
+    try:
+        import cupy
+        return bool(cupy.is_available())
+    except Exception:
+        return False
+
+
+def emulator_available() -> bool:
+    return shutil.which(os.environ.get("CXX", "g++")) is not None
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs CuPy and a CUDA GPU")
+    skip_emu = pytest.mark.skip(reason="the emulator needs g++")
+    for item in items:
+        if "gpu" in item.keywords and not gpu_available():
+            item.add_marker(skip_gpu)
+        if "emulator" in item.keywords and not emulator_available():
+            item.add_marker(skip_emu)
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped:
+        for marker, env in REQUIRED.items():
+            if os.environ.get(env) == "1" and marker in report.keywords:
+                _required_skips.append(f"{report.nodeid} ({marker}): {report.longrepr}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _required_skips:
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _required_skips:
+        terminalreporter.write_sep("=", "REQUIRED TESTS WERE SKIPPED (this run fails)", red=True)
+        for line in _required_skips[:50]:
+            terminalreporter.write_line(line)
+
+
+def kernel_backend_names() -> list:
+    """Backends that run the CUDA kernels: the emulator always (marked), cuda when a GPU exists (marked gpu)."""
+    return [pytest.param("emulator", marks=pytest.mark.emulator), pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+@pytest.fixture(params=kernel_backend_names())
+def kernel_backend(request):
+    """Name of a kernel backend ('emulator' or 'cuda'); use with gpuconv.use_backend and `to_backend`."""
+    return request.param
+
+
+def to_backend(name: str, a):
+    """A NumPy array moved to the array library of backend `name` (cupy for cuda)."""
+    if name == "cuda":
+        import cupy
+        return cupy.asarray(a)
+    return a
+
+
+def to_numpy(a):
+    return a.get() if hasattr(a, "get") else a
