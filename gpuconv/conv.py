@@ -69,7 +69,7 @@ def _wgrad(nspatial, x, filter_sizes, dy, strides, padding, data_format, dilatio
     dy5 = to_canonical(dy, be.xp, nspatial, cl)
     w_shape = (1,) * (3 - nspatial) + sizes
     p = conv_problem(x5.shape, w_shape, stride, dilation, pad)
-    check_backprop_output(p, dy5.shape, pad, "input")
+    check_backprop_output(p, dy5.shape, pad, "input", filter_arg="filter_sizes")
     return from_canonical_filters(be.conv_wgrad(x5, dy5, p), nspatial)
 
 

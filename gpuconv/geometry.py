@@ -223,7 +223,8 @@ def conv_problem(x_shape: Sequence[int], w_shape: Sequence[int], stride: Triple,
                        tuple(stride), tuple(dilation), tuple(pb), tuple(pa), groups)
 
 
-def check_backprop_output(p: ConvProblem, dy_shape: Sequence[int], padding: Padding, shape_arg: str) -> None:
+def check_backprop_output(p: ConvProblem, dy_shape: Sequence[int], padding: Padding, shape_arg: str,
+                          filter_arg: str = "filters") -> None:
     """Check that out_backprop / the transposed input has the forward output size of p.
 
     shape_arg names the argument that fixed the larger tensor's size (input_sizes or output_shape); for a
@@ -233,7 +234,7 @@ def check_backprop_output(p: ConvProblem, dy_shape: Sequence[int], padding: Padd
     if N != p.N:
         fail(shape_arg, f"batch {N} (the batch of the gradient/input tensor)", f"batch {p.N}")
     if K != p.K:
-        fail("filters", f"out-channels equal to the gradient/input tensor's channels {K}", f"{p.K}")
+        fail(filter_arg, f"out-channels equal to the gradient/input tensor's channels {K}", f"{p.K}")
     sizes = (p.D, p.H, p.W)
     kernel = (p.T, p.R, p.S)
     for ax, (got, want) in enumerate(zip((Z, P, Q), (p.Z, p.P, p.Q))):

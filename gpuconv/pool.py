@@ -172,7 +172,8 @@ def avg_pool_grad_nd(nspatial, orig_input_shape, grad, ksize, strides, padding, 
     dy5 = to_canonical(grad, be.xp, nspatial, cl)
     x_shape = A.shape_param(orig_input_shape, "orig_input_shape", nspatial, cl, dy5.shape[0], dy5.shape[-1])
     p = _problem(nspatial, x_shape, cl, ksize, strides, padding)
-    A.same_shape(dy5, "grad", p.y_shape, "the pooled shape of orig_input_shape, canonical N,D,H,W,C")
+    A.same_shape(dy5, "grad / orig_input_shape", p.y_shape,
+                 "grad's shape equal to the pooled shape of orig_input_shape, canonical N,D,H,W,C")
     return from_canonical(be.avg_pool_grad(dy5, p), nspatial, cl)
 
 

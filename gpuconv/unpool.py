@@ -71,5 +71,6 @@ def avg_unpool(updates: Any, ksize, strides, padding, output_shape, data_format=
     u5 = to_canonical(updates, be.xp, nspatial, cl)
     x_shape = A.shape_param(output_shape, "output_shape", nspatial, cl, u5.shape[0], u5.shape[-1])
     p = _problem(nspatial, x_shape, cl, ksize, strides, padding)
-    A.same_shape(u5, "updates", p.y_shape, "the pooled shape of output_shape, canonical N,D,H,W,C")
+    A.same_shape(u5, "updates / output_shape", p.y_shape,
+                 "updates' shape equal to the pooled shape of output_shape, canonical N,D,H,W,C")
     return from_canonical(be.avg_unpool(u5, p), nspatial, cl)

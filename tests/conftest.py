@@ -4,6 +4,7 @@ Environment:
   GPUCONV_REQUIRE_EMULATOR=1   a skipped `emulator` test fails the run (CI sets it)
   GPUCONV_REQUIRE_NVRTC=1      a skipped `compile_gate` test fails the run (CI sets it)
   GPUCONV_REQUIRE_TF=1         a skipped `tf` test fails the run (CI sets it)
+  GPUCONV_STRICT=1             all three at once (the README's test command and .ci/run set it)
 """
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ import pytest
 REQUIRED = {"emulator": "GPUCONV_REQUIRE_EMULATOR", "compile_gate": "GPUCONV_REQUIRE_NVRTC",
             "tf": "GPUCONV_REQUIRE_TF"}
 _required_skips: list[str] = []
+_passed: dict[str, int] = {marker: 0 for marker in REQUIRED}
+
+
+def _required(marker: str) -> bool:
+    return os.environ.get(REQUIRED[marker]) == "1" or os.environ.get("GPUCONV_STRICT") == "1"
 
 
 @functools.lru_cache(maxsize=None)
@@ -42,13 +48,22 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_runtest_logreport(report):
-    if report.skipped:
-        for marker, env in REQUIRED.items():
-            if os.environ.get(env) == "1" and marker in report.keywords:
-                _required_skips.append(f"{report.nodeid} ({marker}): {report.longrepr}")
+    for marker in REQUIRED:
+        if marker not in report.keywords:
+            continue
+        if report.skipped and _required(marker):
+            _required_skips.append(f"{report.nodeid} ({marker}): {report.longrepr}")
+        elif report.when == "call" and report.passed:
+            _passed[marker] += 1
 
 
 def pytest_sessionfinish(session, exitstatus):
+    # A required layer that ran no test at all (e.g. deselected or not collected) fails too. Only checked
+    # for full runs (no -k / explicit file arguments), so a developer can still run one file.
+    full_run = not session.config.option.keyword and session.config.args == session.config.getini("testpaths")
+    for marker, count in _passed.items():
+        if _required(marker) and full_run and count == 0:
+            _required_skips.append(f"no `{marker}` test passed in a strict run")
     if _required_skips:
         session.exitstatus = 1
 

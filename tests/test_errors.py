@@ -1,0 +1,202 @@
+"""Catalogue of malformed calls: every public function, every kind of bad argument.
+
+Each bad call must raise ValueError or TypeError whose message names the offending argument, on every CPU
+backend, and must leave its inputs unmodified. Valid baseline calls are checked to succeed first, so a
+mutation is the only thing that makes a case fail.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+import gpuconv as gc
+
+RNG = np.random.default_rng(0)
+
+
+def f32(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def base_calls():
+    """name -> (function, kwargs) of a valid call."""
+    x4, w4 = f32(2, 6, 6, 4), f32(3, 3, 4, 5)
+    x5, w5 = f32(1, 4, 6, 6, 2), f32(2, 3, 3, 2, 3)
+    dy4 = f32(2, 3, 3, 5)
+    dy5 = f32(1, 2, 3, 3, 3)
+    pooled, argmax = gc.max_pool_with_argmax(x4, 2, 2, "VALID")
+    return {
+        "conv2d": (gc.conv2d, dict(input=x4, filters=w4, strides=2, padding="SAME")),
+        "conv3d": (gc.conv3d, dict(input=x5, filters=w5, strides=2, padding="SAME")),
+        "conv2d_transpose": (gc.conv2d_transpose, dict(input=dy4, filters=w4, output_shape=(2, 6, 6, 4),
+                                                       strides=2, padding="SAME")),
+        "conv3d_transpose": (gc.conv3d_transpose, dict(input=dy5, filters=w5, output_shape=(1, 4, 6, 6, 2),
+                                                       strides=2, padding="SAME")),
+        "conv2d_backprop_input": (gc.conv2d_backprop_input, dict(input_sizes=(2, 6, 6, 4), filters=w4,
+                                                                 out_backprop=dy4, strides=2, padding="SAME")),
+        "conv2d_backprop_filter": (gc.conv2d_backprop_filter, dict(input=x4, filter_sizes=(3, 3, 4, 5),
+                                                                   out_backprop=dy4, strides=2, padding="SAME")),
+        "conv3d_backprop_input": (gc.conv3d_backprop_input, dict(input_sizes=(1, 4, 6, 6, 2), filters=w5,
+                                                                 out_backprop=dy5, strides=2, padding="SAME")),
+        "conv3d_backprop_filter": (gc.conv3d_backprop_filter, dict(input=x5, filter_sizes=(2, 3, 3, 2, 3),
+                                                                   out_backprop=dy5, strides=2, padding="SAME")),
+        "max_pool2d": (gc.max_pool2d, dict(input=x4, ksize=2, strides=2, padding="VALID")),
+        "max_pool3d": (gc.max_pool3d, dict(input=x5, ksize=2, strides=2, padding="VALID")),
+        "avg_pool2d": (gc.avg_pool2d, dict(input=x4, ksize=2, strides=2, padding="VALID")),
+        "avg_pool3d": (gc.avg_pool3d, dict(input=x5, ksize=2, strides=2, padding="VALID")),
+        "max_pool_with_argmax": (gc.max_pool_with_argmax, dict(input=x4, ksize=2, strides=2, padding="VALID")),
+        "max_pool_grad": (gc.max_pool_grad, dict(orig_input=x4, orig_output=pooled, grad=pooled.copy(),
+                                                 ksize=2, strides=2, padding="VALID")),
+        "max_pool3d_grad": (gc.max_pool3d_grad, dict(orig_input=x5, orig_output=f32(1, 2, 3, 3, 2),
+                                                     grad=f32(1, 2, 3, 3, 2), ksize=2, strides=2,
+                                                     padding="VALID")),
+        "max_pool_grad_with_argmax": (gc.max_pool_grad_with_argmax, dict(input=x4, grad=pooled.copy(),
+                                                                         argmax=argmax, ksize=2, strides=2,
+                                                                         padding="VALID")),
+        "avg_pool_grad": (gc.avg_pool_grad, dict(orig_input_shape=(2, 6, 6, 4), grad=f32(2, 3, 3, 4), ksize=2,
+                                                 strides=2, padding="VALID")),
+        "avg_pool3d_grad": (gc.avg_pool3d_grad, dict(orig_input_shape=(1, 4, 6, 6, 2), grad=f32(1, 2, 3, 3, 2),
+                                                     ksize=2, strides=2, padding="VALID")),
+        "max_unpool": (gc.max_unpool, dict(updates=pooled.copy(), argmax=argmax, output_shape=(2, 6, 6, 4))),
+        "max_unpool_grad": (gc.max_unpool_grad, dict(grad=x4, argmax=argmax)),
+        "avg_unpool": (gc.avg_unpool, dict(updates=f32(2, 3, 3, 4), ksize=2, strides=2, padding="VALID",
+                                           output_shape=(2, 6, 6, 4))),
+    }
+
+
+def _tensor_args(kwargs):
+    return [k for k, v in kwargs.items() if isinstance(v, np.ndarray)]
+
+
+# Each case: (functions it applies to or "*", argument, bad value or callable(kwargs) -> value, exception type).
+BAD_WINDOW = [0, -1, (0, 1), (2, 2, 2, 2, 2, 2), "2", 1.5, [[1, 1]]]
+
+
+def mutations(name, kwargs):
+    """Yield (label, argument named in the error, new kwargs, exception types)."""
+    def with_(arg, value):
+        new = dict(kwargs)
+        new[arg] = value
+        return new
+
+    for arg in ("strides", "ksize", "dilations"):
+        if arg in kwargs or (arg == "dilations" and name.startswith("conv")):
+            for bad in BAD_WINDOW:
+                yield f"{arg}={bad!r}", arg, with_(arg, bad), (ValueError, TypeError)
+            if arg != "dilations" or name.startswith("conv"):
+                rank = 5 if "3d" in name else 4
+                full = [2] * rank  # batch and channel entries must be 1
+                yield f"{arg} batch entry != 1", arg, with_(arg, full), (ValueError,)
+    if "padding" in kwargs:
+        for bad in ("same ish", "FULL", 3, [1, 2], [[-1, 0], [0, 0]], [[1, 1]] * 7, None):
+            yield f"padding={bad!r}", "padding", with_("padding", bad), (ValueError, TypeError)
+        rank = 5 if "3d" in name else 4
+        batch_pad = [[1, 1]] + [[0, 0]] * (rank - 1)
+        yield "padding on batch", "padding", with_("padding", batch_pad), (ValueError,)
+    if "data_format" in gc_params(name):
+        yield "data_format bad", "data_format", with_("data_format", "NWHC"), (ValueError,)
+    for arg in _tensor_args(kwargs):
+        a = kwargs[arg]
+        yield f"{arg} wrong rank", arg, with_(arg, a[0]), (ValueError,)
+        yield f"{arg} as list", arg, with_(arg, a.tolist()), (TypeError,)
+        yield f"{arg} complex", arg, with_(arg, a.astype(np.complex64)), (TypeError, ValueError)
+        yield f"{arg} string", arg, with_(arg, np.full(a.shape, "a")), (TypeError, ValueError)
+        if arg != "argmax" and len([k for k in _tensor_args(kwargs) if k != "argmax"]) > 1:
+            yield f"{arg} mixed dtype", arg, with_(arg, a.astype(np.float64)), (TypeError,)
+    for arg in ("input_sizes", "output_shape", "orig_input_shape"):
+        if arg in kwargs:
+            shape = list(kwargs[arg])
+            yield f"{arg} too short", arg, with_(arg, shape[:1]), (ValueError,)
+            yield f"{arg} negative", arg, with_(arg, [shape[0]] + [-3] * (len(shape) - 2) + [shape[-1]]), (ValueError,)
+            yield f"{arg} float", arg, with_(arg, [float(v) for v in shape]), (TypeError,)
+            yield f"{arg} wrong batch", arg, with_(arg, [shape[0] + 1] + shape[1:]), (ValueError,)
+            if name != "max_unpool":
+                yield f"{arg} illegal spatial", arg, with_(arg, [shape[0]] + [v + 7 for v in shape[1:-1]]
+                                                            + [shape[-1]]), (ValueError,)
+    if "filter_sizes" in kwargs:
+        sizes = list(kwargs["filter_sizes"])
+        yield "filter_sizes wrong out-channels", "filter_sizes", with_("filter_sizes", sizes[:-1] + [sizes[-1] + 1]), (ValueError,)
+        yield "filter_sizes short", "filter_sizes", with_("filter_sizes", sizes[1:]), (ValueError,)
+    if "filters" in kwargs and "input" in kwargs and name in ("conv2d", "conv3d"):
+        w = kwargs["filters"]
+        yield "channel mismatch", "filters", with_("filters", np.concatenate([w, w[..., :1, :]], axis=-2)), (ValueError,)
+        yield "groups not dividing out-channels", "filters", with_("filters", w[..., :2, :][..., :5]), (ValueError,)
+    if "argmax" in kwargs:
+        a = kwargs["argmax"]
+        yield "argmax out of range", "argmax", with_("argmax", a + 10**6), (ValueError,)
+        yield "argmax negative", "argmax", with_("argmax", a - 10**6), (ValueError,)
+        yield "argmax float", "argmax", with_("argmax", a.astype(np.float32)), (TypeError,)
+        if name != "max_unpool_grad":  # any argmax shape with grad's batch and channels is legal there
+            yield "argmax shape", "argmax", with_("argmax", a[:, :1]), (ValueError,)
+    if "include_batch_in_index" in gc_params(name):
+        yield "include_batch_in_index not bool", "include_batch_in_index", with_("include_batch_in_index", "yes"), (TypeError,)
+    if name == "max_pool_with_argmax":
+        yield "output_dtype", "output_dtype", with_("output_dtype", "float32"), (ValueError,)
+        yield "NCHW", "data_format", with_("data_format", "NCHW"), (ValueError,)
+    if name in ("max_pool_grad", "max_pool3d_grad", "max_pool_grad_with_argmax"):
+        g = kwargs["grad"]
+        yield "grad shape", "grad", with_("grad", g[:, :1]), (ValueError,)
+    if name in ("max_pool_grad", "max_pool3d_grad"):
+        o = kwargs["orig_output"]
+        yield "orig_output shape", "orig_output", with_("orig_output", o[:, :1]), (ValueError,)
+    if name == "avg_unpool":
+        u = kwargs["updates"]
+        yield "updates vs output_shape", "updates", with_("updates", u[:, :2]), (ValueError,)
+
+
+def gc_params(name):
+    import inspect
+    return inspect.signature(getattr(gc, name)).parameters
+
+
+def all_cases():
+    for name, (fn, kwargs) in base_calls().items():
+        for label, arg, bad_kwargs, exc in mutations(name, kwargs):
+            yield pytest.param(name, fn, arg, bad_kwargs, exc, id=f"{name}-{label}")
+
+
+@pytest.mark.parametrize("name", sorted(base_calls()))
+def test_baseline_call_succeeds(name):
+    fn, kwargs = base_calls()[name]
+    fn(**kwargs)
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("emulator", marks=pytest.mark.emulator)])
+@pytest.mark.parametrize("name,fn,arg,bad_kwargs,exc", list(all_cases()))
+def test_malformed_call_is_rejected(backend, name, fn, arg, bad_kwargs, exc):
+    before = {k: copy.deepcopy(v) for k, v in bad_kwargs.items()}
+    with gc.use_backend(backend):
+        with pytest.raises(exc) as info:
+            fn(**bad_kwargs)
+    assert arg in str(info.value).split(":")[0] or arg in str(info.value), \
+        f"error does not name {arg!r}: {info.value}"
+    for k, v in bad_kwargs.items():
+        if isinstance(v, np.ndarray):
+            np.testing.assert_array_equal(v, before[k], err_msg=f"{k} was modified")
+
+
+def test_mixed_numpy_and_cupy_like_arrays_are_rejected():
+    class FakeCupyArray:  # recognised as CuPy by module and the CUDA array interface
+        __module__ = "cupy._core.core"
+        __cuda_array_interface__ = {}
+        ndim, shape, dtype = 4, (1, 3, 3, 1), np.dtype(np.float32)
+
+    with pytest.raises(TypeError, match="filters"):
+        gc.conv2d(f32(1, 3, 3, 1), FakeCupyArray(), 1, "SAME")
+
+
+def test_unknown_backend_is_rejected(monkeypatch):
+    with pytest.raises(ValueError, match="name"):
+        with gc.use_backend("tpu"):
+            pass
+    monkeypatch.setenv("GPUCONV_BACKEND", "opencl")
+    with pytest.raises(ValueError, match="GPUCONV_BACKEND"):
+        gc.get_backend()
+
+
+def test_numpy_arrays_on_cuda_backend_are_rejected():
+    with gc.use_backend("cuda"):
+        with pytest.raises(TypeError, match="cupy arrays"):
+            gc.max_pool2d(f32(1, 4, 4, 1), 2, 2, "VALID")
