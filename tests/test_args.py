@@ -1,0 +1,207 @@
+"""gpuconv._args: every accepted argument form (DESIGN section 1) and errors that name the argument.
+
+The second half goes through the public API, so the normalisation is checked where users meet it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gpuconv
+from gpuconv import _args as A
+
+
+# ---------------------------------------------------------------------------------------------------------
+# strides / ksize / dilations
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value,cl,expected", [
+    (2, True, (2, 2)),
+    (np.int64(3), True, (3, 3)),
+    ([2], True, (2, 2)),
+    ((2, 3), True, (2, 3)),
+    ([1, 2, 3, 1], True, (2, 3)),             # NHWC order
+    ([1, 1, 2, 3], False, (2, 3)),            # NCHW order
+    (np.array([1, 2, 3, 1]), True, (2, 3)),
+])
+def test_window_param_forms_2d(value, cl, expected):
+    assert A.window_param(value, "strides", 2, cl) == expected
+
+
+@pytest.mark.parametrize("value,cl,expected", [
+    (2, True, (2, 2, 2)),
+    ([3], False, (3, 3, 3)),
+    ((1, 2, 3), True, (1, 2, 3)),
+    ([1, 1, 2, 3, 1], True, (1, 2, 3)),
+    ([1, 1, 1, 2, 3], False, (1, 2, 3)),
+])
+def test_window_param_forms_3d(value, cl, expected):
+    assert A.window_param(value, "ksize", 3, cl) == expected
+
+
+def test_window_param_default():
+    assert A.window_param(None, "dilations", 2, True, default=1) == (1, 1)
+    with pytest.raises(TypeError, match="strides"):
+        A.window_param(None, "strides", 2, True)
+
+
+@pytest.mark.parametrize("value,cl,exc", [
+    ([2, 2, 2, 1], True, ValueError),         # batch entry != 1
+    ([1, 2, 2, 2], True, ValueError),         # channel entry (NHWC) != 1
+    ([1, 2, 2, 1], False, ValueError),        # channel entry (NCHW, position 1) != 1
+    ([1, 2, 2], True, ValueError),            # length 3 for 2-D
+    ([], True, ValueError),
+    (0, True, ValueError),                    # < 1
+    ([1, -1], True, ValueError),
+    (1.0, True, TypeError),
+    (True, True, TypeError),
+    ([1.5, 2], True, TypeError),
+    ("2", True, TypeError),
+    (np.array([1.0, 2.0]), True, TypeError),
+])
+def test_window_param_errors_name_the_argument(value, cl, exc):
+    with pytest.raises(exc, match="^dilations: "):
+        A.window_param(value, "dilations", 2, cl)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# padding
+# ---------------------------------------------------------------------------------------------------------
+def test_padding_strings():
+    assert A.padding_param("SAME", 2, True) == "SAME"
+    assert A.padding_param("VALID", 3, False) == "VALID"
+    with pytest.raises(ValueError, match="^padding: "):
+        A.padding_param("FULL", 2, True)
+
+
+@pytest.mark.parametrize("padding,cl,expected", [
+    ([[0, 0], [1, 2], [3, 4], [0, 0]], True, ((1, 2), (3, 4))),
+    ([[0, 0], [0, 0], [1, 2], [3, 4]], False, ((1, 2), (3, 4))),
+    ([(1, 2), (3, 4)], True, ((1, 2), (3, 4))),
+    (np.array([[0, 0], [1, 2], [3, 4], [0, 0]]), True, ((1, 2), (3, 4))),
+])
+def test_padding_explicit_forms(padding, cl, expected):
+    assert A.padding_param(padding, 2, cl) == expected
+
+
+@pytest.mark.parametrize("padding,exc", [
+    ([[1, 1], [1, 2], [3, 4], [0, 0]], ValueError),     # batch pad
+    ([[0, 0], [1, 2], [3, 4], [0, 1]], ValueError),     # channel pad (NHWC)
+    ([1, 2], ValueError),                               # flat list (TF: each element must be a pair)
+    ([[1, 2, 3], [0, 0]], ValueError),
+    ([[1, 2]], ValueError),                             # 1 pair for 2-D
+    ([[-1, 0], [0, 0]], ValueError),
+    ([[0.5, 0], [0, 0]], TypeError),
+    (3, TypeError),
+])
+def test_padding_errors_name_the_argument(padding, exc):
+    with pytest.raises(exc, match="^padding: "):
+        A.padding_param(padding, 2, True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# shapes and data_format
+# ---------------------------------------------------------------------------------------------------------
+def test_shape_param_forms():
+    assert A.shape_param((2, 5, 6, 3), "input_sizes", 2, True, 2, 3) == (2, 1, 5, 6, 3)
+    assert A.shape_param([2, 3, 5, 6], "input_sizes", 2, False, 2, 3) == (2, 1, 5, 6, 3)
+    assert A.shape_param(np.array([5, 6]), "input_sizes", 2, True, 2, 3) == (2, 1, 5, 6, 3)
+    assert A.shape_param((4, 5, 6), "output_shape", 3, True, 1, 7) == (1, 4, 5, 6, 7)
+    assert A.shape_param((1, 7, 4, 5, 6), "output_shape", 3, False, 1, None) == (1, 4, 5, 6, 7)
+
+
+@pytest.mark.parametrize("value,channels", [
+    ((3, 5, 6, 3), 3),        # batch mismatch
+    ((2, 5, 6, 4), 3),        # channel mismatch
+    ((5, 6, 3), 3),           # length 3 for 2-D
+    ((5, -6), 3),
+    ((5, 6), None),           # spatial-only needs channels from elsewhere
+    ((5.0, 6.0), 3),
+])
+def test_shape_param_errors(value, channels):
+    with pytest.raises((ValueError, TypeError), match="^input_sizes: "):
+        A.shape_param(value, "input_sizes", 2, True, 2, channels)
+
+
+def test_data_format():
+    assert A.channels_last("NHWC", 2) and not A.channels_last("NCHW", 2)
+    assert A.channels_last("NDHWC", 3) and not A.channels_last("NCDHW", 3)
+    for bad, nsp in [("NDHWC", 2), ("NHWC", 3), ("nhwc", 2), (None, 2)]:
+        with pytest.raises(ValueError, match="^data_format: "):
+            A.channels_last(bad, nsp)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# through the public API (needs the NumPy backend)
+# ---------------------------------------------------------------------------------------------------------
+def _x(shape, dtype=np.float32):
+    return np.arange(int(np.prod(shape)), dtype=dtype).reshape(shape) / 10
+
+
+@pytest.mark.parametrize("strides", [2, [2], (2, 2), [1, 2, 2, 1], np.array([2, 2])])
+def test_api_stride_forms_agree(strides):
+    x, w = _x((1, 5, 5, 2)), _x((3, 3, 2, 2))
+    base = gpuconv.conv2d(x, w, (2, 2), "SAME")
+    np.testing.assert_array_equal(gpuconv.conv2d(x, w, strides, "SAME"), base)
+
+
+def test_api_padding_forms_agree():
+    x, w = _x((1, 5, 5, 2)), _x((3, 3, 2, 2))
+    full = gpuconv.conv2d(x, w, 1, [[0, 0], [1, 2], [0, 1], [0, 0]])
+    spatial = gpuconv.conv2d(x, w, 1, [(1, 2), (0, 1)])
+    np.testing.assert_array_equal(full, spatial)
+    xc = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    nchw = gpuconv.conv2d(xc, w, [1, 1, 1, 1], [[0, 0], [0, 0], [1, 2], [0, 1]], data_format="NCHW")
+    np.testing.assert_array_equal(nchw.transpose(0, 2, 3, 1), full)
+
+
+@pytest.mark.parametrize("call,arg", [
+    (lambda x, w: gpuconv.conv2d(x, w, [2, 2, 2, 1], "SAME"), "strides"),
+    (lambda x, w: gpuconv.conv2d(x, w, 1, "SAME", dilations=[1, 2, 2, 2]), "dilations"),
+    (lambda x, w: gpuconv.conv2d(x, w, 1, "SOME"), "padding"),
+    (lambda x, w: gpuconv.conv2d(x, w, 1, [[1, 1], [0, 0], [0, 0], [0, 0]]), "padding"),
+    (lambda x, w: gpuconv.conv2d(x, w, 1, "SAME", data_format="NCDHW"), "data_format"),
+    (lambda x, w: gpuconv.conv2d(x[0], w, 1, "SAME"), "input"),
+    (lambda x, w: gpuconv.conv2d(x, w[0], 1, "SAME"), "filters"),
+    (lambda x, w: gpuconv.conv2d(x, w.astype(np.float64), 1, "SAME"), "input, filters"),
+    (lambda x, w: gpuconv.conv2d(x.astype(np.int32), w.astype(np.int32), 1, "SAME"), "input"),
+    (lambda x, w: gpuconv.conv2d(x.tolist(), w, 1, "SAME"), "input"),
+    (lambda x, w: gpuconv.conv2d(x, w, 1, "VALID", dilations=3), "input"),     # negative output size
+    (lambda x, w: gpuconv.conv2d_backprop_input((1, 5, 5), w, x, 1, "SAME"), "input_sizes"),
+    (lambda x, w: gpuconv.conv2d_backprop_input((2, 5, 5, 2), w, x, 1, "SAME"), "input_sizes"),
+    (lambda x, w: gpuconv.conv2d_transpose(x, w, (1, 9, 5, 2), 1, "SAME"), "output_shape"),
+    (lambda x, w: gpuconv.conv2d_backprop_filter(x, (3, 3, 2), x, 1, "SAME"), "filter_sizes"),
+    (lambda x, w: gpuconv.max_pool2d(x, 0, 1, "SAME"), "ksize"),
+    (lambda x, w: gpuconv.max_pool2d(x, 2, [1, 1, 1, 2], "SAME"), "strides"),
+    (lambda x, w: gpuconv.max_pool_with_argmax(x, 2, 2, "SAME", output_dtype="int16"), "output_dtype"),
+    (lambda x, w: gpuconv.max_pool_with_argmax(x, 2, 2, "SAME", data_format="NCHW"), "data_format"),
+    (lambda x, w: gpuconv.max_pool_with_argmax(x, 2, 2, "SAME", include_batch_in_index=1), "include_batch_in_index"),
+    (lambda x, w: gpuconv.avg_pool2d(x.astype(np.int32), 2, 2, "SAME"), "input"),
+    (lambda x, w: gpuconv.avg_pool_grad((1, 5, 5, 2), x, 2, 2, "SAME"), "grad"),
+    (lambda x, w: gpuconv.max_unpool(x, np.zeros(x.shape, np.int64) + 10**6, (1, 5, 5, 2)), "argmax"),
+    (lambda x, w: gpuconv.max_unpool(x, np.zeros(x.shape, np.int64) - 1, (1, 5, 5, 2)), "argmax"),
+    (lambda x, w: gpuconv.max_unpool(x, np.zeros(x.shape, np.float32), (1, 5, 5, 2)), "argmax"),
+    (lambda x, w: gpuconv.max_unpool(x, np.zeros(x.shape, np.int64), (2, 5, 5, 2)), "output_shape"),
+    (lambda x, w: gpuconv.avg_unpool(x, 2, 2, "SAME", (1, 5, 5, 2)), "updates"),
+])
+def test_api_errors_name_the_argument(call, arg):
+    x, w = _x((1, 5, 5, 2)), _x((3, 3, 2, 2))
+    with pytest.raises((ValueError, TypeError)) as e:
+        call(x, w)
+    assert str(e.value).startswith(arg + ":"), str(e.value)
+
+
+def test_transposed_error_prints_legal_range():
+    # tf-semantics 1.3: I=3, k=3, s=2, SAME -> legal O in [5, 6]; 11 is refused with that range in the message.
+    x, w = _x((1, 3, 3, 1)), _x((3, 3, 1, 1))
+    with pytest.raises(ValueError) as e:
+        gpuconv.conv2d_transpose(x, w, (1, 11, 6, 1), 2, "SAME")
+    assert "output_shape" in str(e.value) and "[5, 6]" in str(e.value) and "height" in str(e.value)
+    with pytest.raises(ValueError, match=r"\[7, 8\]"):
+        gpuconv.conv2d_transpose(x, w, (1, 7, 9, 1), 2, "VALID")
+
+
+def test_mixing_array_types_is_type_error():
+    class Fake:
+        pass
+    with pytest.raises(TypeError, match="filters"):
+        gpuconv.conv2d(_x((1, 3, 3, 1)), Fake(), 1, "SAME")
