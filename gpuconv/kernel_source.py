@@ -9,21 +9,42 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping, NamedTuple
 
 # The launch-plan modules that declare a FAMILY (or FAMILIES) attribute.
 PLAN_MODULES = ("gpuconv.plans.pool", "gpuconv.plans.unpool", "gpuconv.plans.conv_fprop",
                 "gpuconv.plans.conv_dgrad", "gpuconv.plans.conv_wgrad")
 
 
+class LaunchHint(NamedTuple):
+    """What a plan module may tell the compile gate about one name expression's launches (all optional).
+
+    block_threads: the threads per block its plans use (else the gate takes __launch_bounds__, else assumes 256);
+    max_dynamic_smem: the most dynamic shared memory, in bytes, any of its plans requests.
+    """
+
+    block_threads: int | None = None
+    max_dynamic_smem: int = 0
+
+
 @dataclass(frozen=True)
 class KernelFamily:
-    """One .cu file and every name expression (template instantiation) launched from it."""
+    """One .cu file and every name expression (template instantiation) launched from it.
+
+    `file` is relative to kernel_dir() (an absolute path also works: tests use it for fixture kernels).
+    `launch_hints` optionally maps a name expression to a LaunchHint, used only by the compile gate's
+    occupancy and shared-memory report.
+    """
 
     name: str
     file: str
     name_expressions: tuple[str, ...]
+    launch_hints: Mapping[str, LaunchHint] = field(default_factory=dict, compare=False, hash=False)
+
+    def hint(self, name_expression: str) -> LaunchHint:
+        return self.launch_hints.get(name_expression, LaunchHint())
 
 
 def kernel_dir() -> Path:
@@ -35,15 +56,20 @@ def kernel_dir() -> Path:
     raise FileNotFoundError(f"gpuconv kernel sources not found next to {here}")
 
 
+def source_path(file: str) -> Path:
+    """The path of a family's .cu file (relative to kernel_dir(), or absolute)."""
+    return kernel_dir() / file
+
+
 def read_source(file: str) -> str:
-    return (kernel_dir() / file).read_text()
+    return source_path(file).read_text()
 
 
 def source_hash(file: str) -> str:
     """Hash of a .cu file and every header in the kernel directory (a cache key)."""
     h = hashlib.sha256()
     kdir = kernel_dir()
-    for path in [kdir / file] + sorted(kdir.glob("*.cuh")):
+    for path in [source_path(file)] + sorted(kdir.glob("*.cuh")):
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
@@ -71,8 +97,14 @@ def family(name: str) -> KernelFamily:
     raise KeyError(f"no kernel family {name!r}; known: {[f.name for f in families()]}")
 
 
-# NVRTC options, as CuPy 14's RawModule passes them after its own include paths (see
-# ../shared/notes/cupy-nvrtc-packaging-emulation.md §1.2): C++17, flush denormals, device by default.
-# The compile gate adds -arch=sm_XX and the include directories; the CUDA executor hands these to RawModule.
+# NVRTC options. NVRTC_OPTIONS are gpuconv's own: the CUDA executor hands them (plus module_options()'s -I of
+# the kernel directory) to RawModule, which wraps them in CuPy 14's include paths and appends NVRTC_GATE_EXTRA and
+# -arch=sm_XX itself (../shared/notes/cupy-nvrtc-packaging-emulation.md §1.2). The compile gate, which has no
+# CuPy runtime to do that, reproduces the whole list (compile_gate.cupy_nvrtc_options).
 NVRTC_OPTIONS: tuple[str, ...] = ("--std=c++17",)
 NVRTC_GATE_EXTRA: tuple[str, ...] = ("-ftz=true", "--device-as-default-execution-space")
+
+
+def module_options() -> tuple[str, ...]:
+    """The options gpuconv passes to RawModule: NVRTC_OPTIONS and -I<kernel_dir()> for #include "common.cuh"."""
+    return NVRTC_OPTIONS + ("-I" + str(kernel_dir()),)
