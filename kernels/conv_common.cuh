@@ -1,0 +1,186 @@
+// gpuconv convolution helpers shared by the conv families (fprop now; dgrad and wgrad may include it).
+//
+// What lives here (CUTLASS vocabulary):
+//   * ConvProblemSize<Index>   the canonical problem, built once per thread from the kernel's scalar
+//                              parameters and passed by value to the tile iterators;
+//   * GPUCONV_CONV_PROBLEM_PARAMS / GPUCONV_CONV_PROBLEM_ARGS   the one kernel parameter list of a problem
+//                              (its order is mirrored by gpuconv/plans/conv_common.py:problem_scalars);
+//   * border predicates        in_bounds(): "is this coordinate inside x" (zero fill outside);
+//   * vector access            Vec<Element, V>: V-element global loads / stores (128-bit for float x4,
+//                              double x2; 64-bit for half x4) and shared-memory fragment reads;
+//   * mac()                    the one multiply-accumulate every conv kernel uses (an explicit fused
+//                              multiply-add, so the GPU and the CPU emulator round identically).
+//
+// Canonical layout (channels-last, always three spatial dimensions; 2-D is depth 1):
+//   x (N, D, H, W, C)    w (T, R, S, C/G, K)    y (N, Z, P, Q, K)
+// NVRTC-clean: no <cstdint>/<cmath>. Under the emulator GPUCONV_EMULATOR is defined.
+#pragma once
+#include "common.cuh"
+
+namespace gpuconv {
+
+// =========================================================================================================
+// Problem size
+// =========================================================================================================
+
+// The kernel parameter list of a convolution problem, in this order (Index = int or long long):
+//   N D H W C   K   T R S   Z P Q   stride_d stride_h stride_w   dilation_d dilation_h dilation_w
+//   pad_d pad_h pad_w   groups
+// Each extent, stride, dilation and pad fits in int (geometry guarantees it); Index is the type of the
+// flat offsets and GEMM extents, 64-bit when some tensor has >= 2^31 elements.
+#define GPUCONV_CONV_PROBLEM_PARAMS(Index)                                                                   \
+    Index N, Index D, Index H, Index W, Index C, Index K, Index T, Index R, Index S, Index Z, Index P,        \
+        Index Q, Index stride_d, Index stride_h, Index stride_w, Index dilation_d, Index dilation_h,         \
+        Index dilation_w, Index pad_d, Index pad_h, Index pad_w, Index groups
+#define GPUCONV_CONV_PROBLEM_ARGS                                                                            \
+    N, D, H, W, C, K, T, R, S, Z, P, Q, stride_d, stride_h, stride_w, dilation_d, dilation_h, dilation_w,    \
+        pad_d, pad_h, pad_w, groups
+
+template <typename Index>
+struct ConvProblemSize {
+    int N, D, H, W, C, K, T, R, S, Z, P, Q;
+    int stride_d, stride_h, stride_w;
+    int dilation_d, dilation_h, dilation_w;
+    int pad_d, pad_h, pad_w;
+    int groups;
+    int group_c;  // C / groups: the filters' in-channel extent
+    int group_k;  // K / groups
+
+    __device__ __forceinline__ ConvProblemSize(GPUCONV_CONV_PROBLEM_PARAMS(Index))
+        : N(int(N)), D(int(D)), H(int(H)), W(int(W)), C(int(C)), K(int(K)), T(int(T)), R(int(R)), S(int(S)),
+          Z(int(Z)), P(int(P)), Q(int(Q)), stride_d(int(stride_d)), stride_h(int(stride_h)),
+          stride_w(int(stride_w)), dilation_d(int(dilation_d)), dilation_h(int(dilation_h)),
+          dilation_w(int(dilation_w)), pad_d(int(pad_d)), pad_h(int(pad_h)), pad_w(int(pad_w)),
+          groups(int(groups)), group_c(int(C / groups)), group_k(int(K / groups)) {}
+
+    // Implicit GEMM of one group, fprop: gemm_m = N*Z*P*Q (output pixels), gemm_n = K/G (output channels),
+    // gemm_k = T*R*S*C/G (filter taps x input channels, channel innermost, the order of w's rows).
+    __device__ __forceinline__ Index fprop_gemm_m() const { return Index(N) * Z * P * Q; }
+    __device__ __forceinline__ int fprop_gemm_n() const { return group_k; }
+    __device__ __forceinline__ int fprop_gemm_k() const { return T * R * S * group_c; }
+    __device__ __forceinline__ Index x_image_stride() const { return Index(D) * H * W * C; }
+};
+
+// Output pixel m = ((n*Z + z)*P + p)*Q + q of the fprop GEMM, as the corner of its input window:
+// (n, z*stride_d - pad_d, p*stride_h - pad_h, q*stride_w - pad_w).
+struct WindowOrigin {
+    int n, d, h, w;
+};
+
+template <typename Index>
+__device__ __forceinline__ WindowOrigin fprop_window_origin(const ConvProblemSize<Index>& p, Index m) {
+    WindowOrigin o;
+    const int q = int(m % p.Q);
+    m /= p.Q;
+    const int pp = int(m % p.P);
+    m /= p.P;
+    const int z = int(m % p.Z);
+    o.n = int(m / p.Z);
+    o.d = z * p.stride_d - p.pad_d;
+    o.h = pp * p.stride_h - p.pad_h;
+    o.w = q * p.stride_w - p.pad_w;
+    return o;
+}
+
+// =========================================================================================================
+// Border predicates
+// =========================================================================================================
+
+// True when (d, h, w) is a cell of x; outside it the convolution reads zero (the padding).
+template <typename Index>
+__device__ __forceinline__ bool in_bounds(const ConvProblemSize<Index>& p, int d, int h, int w) {
+    return unsigned(d) < unsigned(p.D) && unsigned(h) < unsigned(p.H) && unsigned(w) < unsigned(p.W);
+}
+
+// A coordinate that no in_bounds() test accepts even after adding any filter offset: marks a GEMM row
+// past gemm_m, so the row predicate needs no register of its own.
+constexpr int kInvalidCoord = -(1 << 29);
+
+// =========================================================================================================
+// Multiply-accumulate
+// =========================================================================================================
+
+// acc + a * b rounded once (fused), identically on the GPU and in the emulator.
+__device__ __forceinline__ float mac(float a, float b, float acc) { return fmaf(a, b, acc); }
+__device__ __forceinline__ double mac(double a, double b, double acc) { return fma(a, b, acc); }
+
+// =========================================================================================================
+// Vector access
+// =========================================================================================================
+
+// V consecutive elements of one tensor. load() reads them from global memory through the read-only path
+// with one instruction where the width allows (the pointer must be aligned to V elements); store() writes
+// V accumulators converted to Element. The generic version is element-wise.
+template <typename Element, int V>
+struct Vec {
+    static __device__ __forceinline__ void load(const Element* p, Element (&v)[V]) {
+#pragma unroll
+        for (int i = 0; i < V; ++i) v[i] = __ldg(p + i);
+    }
+    static __device__ __forceinline__ void store(Element* p, const typename Accum<Element>::type* v) {
+#pragma unroll
+        for (int i = 0; i < V; ++i) p[i] = from_accum<Element>(v[i]);
+    }
+};
+
+template <>
+struct Vec<float, 4> {
+    static __device__ __forceinline__ void load(const float* p, float (&v)[4]) {
+        const float4 t = __ldg(reinterpret_cast<const float4*>(p));
+        v[0] = t.x; v[1] = t.y; v[2] = t.z; v[3] = t.w;
+    }
+    static __device__ __forceinline__ void store(float* p, const float* v) {
+        *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+    }
+};
+
+template <>
+struct Vec<double, 2> {
+    static __device__ __forceinline__ void load(const double* p, double (&v)[2]) {
+        const double2 t = __ldg(reinterpret_cast<const double2*>(p));
+        v[0] = t.x; v[1] = t.y;
+    }
+    static __device__ __forceinline__ void store(double* p, const double* v) {
+        *reinterpret_cast<double2*>(p) = make_double2(v[0], v[1]);
+    }
+};
+
+// Four halves move as one 64-bit word; the union reinterprets the word's bits as the four halves.
+union Halfx4 {
+    uint2 word;
+    unsigned short bits[4];
+};
+
+template <>
+struct Vec<__half, 4> {
+    static __device__ __forceinline__ void load(const __half* p, __half (&v)[4]) {
+        Halfx4 t;
+        t.word = __ldg(reinterpret_cast<const uint2*>(p));
+#pragma unroll
+        for (int i = 0; i < 4; ++i) v[i] = __ushort_as_half(t.bits[i]);
+    }
+    static __device__ __forceinline__ void store(__half* p, const float* v) {
+        Halfx4 t;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) t.bits[i] = __half_as_ushort(__float2half_rn(v[i]));
+        *reinterpret_cast<uint2*>(p) = t.word;
+    }
+};
+
+// Zero of any element type (a half zero is built from a float zero).
+template <typename Element>
+__device__ __forceinline__ Element zero_element() { return from_accum<Element>(typename Accum<Element>::type(0)); }
+
+// Four consecutive accumulators from shared memory (16-byte aligned for float, 32-byte for double):
+// one 128-bit read for float, two for double.
+__device__ __forceinline__ void load_fragment4(const float* s, float* v) {
+    const float4 t = *reinterpret_cast<const float4*>(s);
+    v[0] = t.x; v[1] = t.y; v[2] = t.z; v[3] = t.w;
+}
+__device__ __forceinline__ void load_fragment4(const double* s, double* v) {
+    const double2 a = *reinterpret_cast<const double2*>(s);
+    const double2 b = *reinterpret_cast<const double2*>(s + 2);
+    v[0] = a.x; v[1] = a.y; v[2] = b.x; v[3] = b.y;
+}
+
+}  // namespace gpuconv

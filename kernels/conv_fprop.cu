@@ -1,0 +1,338 @@
+// gpuconv conv_fprop family: forward convolution (TF's conv2d / conv3d) on canonical channels-last tensors.
+//
+//   y[n,z,p,q,k] = sum_{t,r,s,c} x[n, z*sd + t*dd - pd, p*sh + r*dh - ph, q*sw + s*dw - pw, g*Cg + c]
+//                                * w[t, r, s, c, k]              g = k / Kg, zero outside x
+//
+// Two variants, both templated on the element type (float, double, __half with float accumulation) and the
+// index type (int, or long long when some tensor has >= 2^31 elements):
+//   conv_fprop_analytic   one thread per output element; always correct, any problem.
+//   conv_fprop_tiled      implicit GEMM (no im2col buffer): block tile in shared memory, per-thread register
+//                         tile, double-buffered global -> register -> shared loads, predicated borders and
+//                         partial tiles, optional vector loads along the channels.
+// Both sum the GEMM-k terms in the same order (filter tap (t, r, s) outer, channel c inner) with one fused
+// multiply-add per term, so on finite inputs the two variants give bit-identical results.
+// Launch plans: gpuconv/plans/conv_fprop.py.
+#include "conv_common.cuh"
+
+namespace gpuconv {
+
+// =========================================================================================================
+// conv_fprop_analytic
+// =========================================================================================================
+// One thread per output element o = m*K + k, m = ((n*Z + z)*P + p)*Q + q (grid: ceil(N*Z*P*Q*K / 256) blocks;
+// no grid-stride loop, so the 64-bit index divisions run once, outside the summation loops):
+//   y[o] = sum_{t,r,s} [x cell in bounds] sum_{c < Cg} x[n, d, h, w, g*Cg + c] * w[t, r, s, c, k]
+// with d = z*sd - pd + t*dd (likewise h, w). Consecutive threads take consecutive k: coalesced filter reads
+// and output writes, and the input cell is a warp-wide broadcast.
+template <typename Element, typename Index>
+__global__ void __launch_bounds__(256) conv_fprop_analytic(const Element* __restrict__ x,
+                                                           const Element* __restrict__ w,
+                                                           Element* __restrict__ y,
+                                                           GPUCONV_CONV_PROBLEM_PARAMS(Index)) {
+    typedef typename Accum<Element>::type Acc;
+    const ConvProblemSize<Index> prob(GPUCONV_CONV_PROBLEM_ARGS);
+    const Index total = prob.fprop_gemm_m() * prob.K;
+    const Index filter_tap_stride = Index(prob.group_c) * prob.K;  // w elements per filter tap
+
+    const Index o = Index(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (o >= total) return;
+
+    // ---- setup: output coordinates and window origin ---------------------------------------------------
+    const int k = int(o % prob.K);
+    const WindowOrigin org = fprop_window_origin(prob, o / prob.K);
+    const int g = k / prob.group_k;
+    const Element* x_image = x + Index(org.n) * prob.x_image_stride() + Index(g) * prob.group_c;
+
+    // ---- main loop: filter taps, then channels ---------------------------------------------------------
+    Acc acc = Acc(0);
+    for (int t = 0; t < prob.T; ++t) {
+        const int d = org.d + t * prob.dilation_d;
+        for (int r = 0; r < prob.R; ++r) {
+            const int h = org.h + r * prob.dilation_h;
+            for (int s = 0; s < prob.S; ++s) {
+                const int wc = org.w + s * prob.dilation_w;
+                if (!in_bounds(prob, d, h, wc)) continue;
+                const Element* xp = x_image + ((Index(d) * prob.H + h) * prob.W + wc) * prob.C;
+                const Element* wp = w + Index((t * prob.R + r) * prob.S + s) * filter_tap_stride + k;
+                for (int c = 0; c < prob.group_c; ++c)
+                    acc = mac(to_accum(__ldg(xp + c)), to_accum(__ldg(wp + Index(c) * prob.K)), acc);
+            }
+        }
+    }
+
+    // ---- epilogue --------------------------------------------------------------------------------------
+    y[o] = from_accum<Element>(acc);
+}
+
+// =========================================================================================================
+// conv_fprop_tiled: tile iterators
+// =========================================================================================================
+
+// Activation (gemm A) tile iterator: the BM x BK slice of the implicit im2col matrix
+//   A[m][kk] = x[n, d0 + t*dd, h0 + r*dh, w0 + s*dw, g*Cg + c],   kk = ((t*R + r)*S + s)*Cg + c
+// loaded V channels at a time. Each thread owns fixed tile rows (its output pixels, decomposed once here)
+// and one fixed column kcol; per k-tile it only advances its (t, r, s, c) by BK, without divisions.
+// Rows past gemm_m carry kInvalidCoord, columns past gemm_k have t >= T: both load zeros.
+template <typename Element, typename Index, int BM, int BK, int V, int kThreads>
+struct FpropActivationTileIterator {
+    static constexpr int kThreadsPerRow = BK / V;
+    static constexpr int kRowsPerPass = kThreads / kThreadsPerRow;
+    static constexpr int kIterations = (BM + kRowsPerPass - 1) / kRowsPerPass;
+    static_assert(BK % V == 0 && kThreads % kThreadsPerRow == 0, "activation tile does not divide");
+
+    int row_d[kIterations], row_h[kIterations], row_w[kIterations];
+    Index row_offset[kIterations];  // image n, channel g*Cg: n*D*H*W*C + g*Cg (an offset: 1 register for int)
+    const Element* x;
+    int c, s, r, t;                       // this thread's column kk = k0 + kcol, decomposed
+    int kcol;
+
+    __device__ __forceinline__ FpropActivationTileIterator(const ConvProblemSize<Index>& p, const Element* x,
+                                                          Index m0, int g, int tid)
+        : x(x) {
+        kcol = (tid % kThreadsPerRow) * V;
+        const Index gemm_m = p.fprop_gemm_m();
+#pragma unroll
+        for (int i = 0; i < kIterations; ++i) {
+            const int row = tid / kThreadsPerRow + i * kRowsPerPass;
+            const Index m = m0 + row;
+            row_offset[i] = 0;
+            row_d[i] = row_h[i] = row_w[i] = kInvalidCoord;
+            if (row < BM && m < gemm_m) {
+                const WindowOrigin o = fprop_window_origin(p, m);
+                row_d[i] = o.d;
+                row_h[i] = o.h;
+                row_w[i] = o.w;
+                row_offset[i] = Index(o.n) * p.x_image_stride() + Index(g) * p.group_c;
+            }
+        }
+        c = kcol;
+        s = r = t = 0;
+        normalize(p);
+    }
+
+    // Carry channel overflow into the filter tap (several taps per step when Cg < BK).
+    __device__ __forceinline__ void normalize(const ConvProblemSize<Index>& p) {
+        while (c >= p.group_c) {
+            c -= p.group_c;
+            if (++s == p.S) {
+                s = 0;
+                if (++r == p.R) {
+                    r = 0;
+                    ++t;
+                }
+            }
+        }
+    }
+
+    __device__ __forceinline__ void advance(const ConvProblemSize<Index>& p) {
+        c += BK;
+        normalize(p);
+    }
+
+    // Global -> registers, zero fill for padding, rows past gemm_m and columns past gemm_k.
+    __device__ __forceinline__ void load(const ConvProblemSize<Index>& p, Element (&frag)[kIterations][V]) const {
+        const int dd = t * p.dilation_d, dh = r * p.dilation_h, dw = s * p.dilation_w;
+#pragma unroll
+        for (int i = 0; i < kIterations; ++i) {
+            const int d = row_d[i] + dd, h = row_h[i] + dh, w = row_w[i] + dw;
+            if (t < p.T && in_bounds(p, d, h, w)) {
+                Vec<Element, V>::load(x + row_offset[i] + ((Index(d) * p.H + h) * p.W + w) * p.C + c, frag[i]);
+            } else {
+#pragma unroll
+                for (int v = 0; v < V; ++v) frag[i][v] = zero_element<Element>();
+            }
+        }
+    }
+
+    // Registers -> shared memory, transposed to k-major: smem[kk][m] (row stride kStride).
+    template <int kStride, typename Acc>
+    __device__ __forceinline__ void store(Acc* smem, const Element (&frag)[kIterations][V], int tid) const {
+#pragma unroll
+        for (int i = 0; i < kIterations; ++i) {
+            const int row = tid / kThreadsPerRow + i * kRowsPerPass;
+            if (row < BM) {
+#pragma unroll
+                for (int v = 0; v < V; ++v) smem[(kcol + v) * kStride + row] = to_accum(frag[i][v]);
+            }
+        }
+    }
+};
+
+// Filter (gemm B) tile iterator: the BK x BN slice of B[kk][n] = w[kk*K + g*Kg + n] (w's rows are already in
+// gemm-k order), loaded V output channels at a time; rows past gemm_k and columns past Kg load zeros.
+template <typename Element, typename Index, int BN, int BK, int V, int kThreads>
+struct FpropFilterTileIterator {
+    static constexpr int kThreadsPerRow = BN / V;
+    static constexpr int kRowsPerPass = kThreads / kThreadsPerRow;
+    static constexpr int kIterations = (BK + kRowsPerPass - 1) / kRowsPerPass;
+    static_assert(BN % V == 0 && kThreads % kThreadsPerRow == 0, "filter tile does not divide");
+
+    const Element* ptr;  // w[(k0 + krow)*K + g*Kg + n0 + ncol]
+    int krow, ncol, k_next;
+    bool col_valid;
+
+    __device__ __forceinline__ FpropFilterTileIterator(const ConvProblemSize<Index>& p, const Element* w, int n0,
+                                                      int g, int tid) {
+        krow = tid / kThreadsPerRow;
+        ncol = (tid % kThreadsPerRow) * V;
+        k_next = krow;
+        col_valid = n0 + ncol < p.group_k;  // V divides Kg on the vector path: all V or none
+        ptr = w + Index(krow) * p.K + Index(g) * p.group_k + n0 + ncol;
+    }
+
+    __device__ __forceinline__ void advance(const ConvProblemSize<Index>& p) {
+        ptr += Index(BK) * p.K;
+        k_next += BK;
+    }
+
+    __device__ __forceinline__ void load(const ConvProblemSize<Index>& p, Element (&frag)[kIterations][V]) const {
+        const int gemm_k = p.fprop_gemm_k();
+#pragma unroll
+        for (int i = 0; i < kIterations; ++i) {
+            const int row = krow + i * kRowsPerPass;
+            if (row < BK && col_valid && k_next + i * kRowsPerPass < gemm_k) {
+                Vec<Element, V>::load(ptr + Index(i * kRowsPerPass) * p.K, frag[i]);
+            } else {
+#pragma unroll
+                for (int v = 0; v < V; ++v) frag[i][v] = zero_element<Element>();
+            }
+        }
+    }
+
+    // Registers -> shared memory smem[kk][n] (row stride kStride).
+    template <int kStride, typename Acc>
+    __device__ __forceinline__ void store(Acc* smem, const Element (&frag)[kIterations][V]) const {
+#pragma unroll
+        for (int i = 0; i < kIterations; ++i) {
+            const int row = krow + i * kRowsPerPass;
+            if (row < BK) {
+#pragma unroll
+                for (int v = 0; v < V; ++v) smem[row * kStride + ncol + v] = to_accum(frag[i][v]);
+            }
+        }
+    }
+};
+
+// =========================================================================================================
+// conv_fprop_tiled
+// =========================================================================================================
+// Implicit GEMM of group g = blockIdx.y:  Y[m][n] = sum_kk A[m][kk] * B[kk][n]
+//   gemm_m = N*Z*P*Q, gemm_n = Kg, gemm_k = T*R*S*Cg;  y[m*K + g*Kg + n] = Y[m][n]
+// Block tile BM x BN, k-tile BK; blockIdx.x = tile_m * tiles_n + tile_n (consecutive blocks share an
+// activation tile, so it is read from DRAM once and from L2 by the others). (BM/TM) x (BN/TN) threads, each
+// owning a TM x TN register tile made of 4 x 4 sub-tiles spread BM/(TM/4) rows and BN/(TN/4) columns apart,
+// so every shared-memory fragment read is one 128-bit access, broadcast or conflict free across the warp
+// (lanes arranged 4 x 8 along m x n). Shared memory holds two stages of A (k-major, rows padded by 4 to
+// keep the transposing stores conflict free) and B. V = 4 (float, half) or 2 (double) loads V channels of
+// x and V output channels of w per instruction and stores y V at a time; it needs Cg % V == 0,
+// Kg % V == 0 and V-element aligned tensors. V = 1 runs any problem.
+template <typename Element, typename Index, int BM, int BN, int BK, int TM, int TN, int V>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), (TM * TN >= 64 ? 1 : 2)) conv_fprop_tiled(const Element* __restrict__ x,
+                                                                         const Element* __restrict__ w,
+                                                                         Element* __restrict__ y,
+                                                                         GPUCONV_CONV_PROBLEM_PARAMS(Index)) {
+    typedef typename Accum<Element>::type Acc;
+    constexpr int kThreadsM = BM / TM, kThreadsN = BN / TN, kThreads = kThreadsM * kThreadsN;
+    constexpr int kLanesN = kThreadsN < 8 ? kThreadsN : 8, kLanesM = 32 / kLanesN;
+    constexpr int kWarpsN = kThreadsN / kLanesN;
+    constexpr int kGroupsM = TM / 4, kGroupsN = TN / 4;  // 4 x 4 sub-tiles per thread
+    constexpr int kStrideA = BM + 4, kStrideB = BN;
+    static_assert(TM % 4 == 0 && TN % 4 == 0, "register tiles are made of 4 x 4 sub-tiles");
+    static_assert(kThreads % 32 == 0 && kThreadsM % kLanesM == 0, "warp layout does not divide the tile");
+    static_assert(BM % TM == 0 && BN % TN == 0, "thread tile does not divide the block tile");
+
+    typedef FpropActivationTileIterator<Element, Index, BM, BK, V, kThreads> IteratorA;
+    typedef FpropFilterTileIterator<Element, Index, BN, BK, V, kThreads> IteratorB;
+
+    __shared__ __align__(16) Acc smem_a[2][BK * kStrideA];
+    __shared__ __align__(16) Acc smem_b[2][BK * kStrideB];
+
+    // ---- setup: tile coordinates, thread layout, iterators ---------------------------------------------
+    const ConvProblemSize<Index> prob(GPUCONV_CONV_PROBLEM_ARGS);
+    const int tid = threadIdx.x;
+    const int g = blockIdx.y;
+    const int gemm_n = prob.fprop_gemm_n();
+    const int tiles_n = (gemm_n + BN - 1) / BN;
+    const Index m0 = Index(blockIdx.x / tiles_n) * BM;
+    const int n0 = int(blockIdx.x % tiles_n) * BN;
+    const int warp = tid / 32, lane = tid % 32;
+    const int ty = (warp / kWarpsN) * kLanesM + lane / kLanesN;  // thread row in [0, kThreadsM)
+    const int tx = (warp % kWarpsN) * kLanesN + lane % kLanesN;  // thread column in [0, kThreadsN)
+
+    IteratorA iter_a(prob, x, m0, g, tid);
+    IteratorB iter_b(prob, w, n0, g, tid);
+    Element frag_a[IteratorA::kIterations][V];
+    Element frag_b[IteratorB::kIterations][V];
+
+    Acc acc[TM][TN];
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] = Acc(0);
+
+    // ---- prologue: k-tile 0 into stage 0 -------------------------------------------------------------
+    const int k_tiles = (prob.fprop_gemm_k() + BK - 1) / BK;
+    iter_a.load(prob, frag_a);
+    iter_b.load(prob, frag_b);
+    iter_a.template store<kStrideA>(smem_a[0], frag_a, tid);
+    iter_b.template store<kStrideB>(smem_b[0], frag_b);
+    __syncthreads();
+
+    // ---- main loop: compute stage kt % 2 while k-tile kt + 1 travels global -> registers -> the other stage
+    for (int kt = 0; kt < k_tiles; ++kt) {
+        const int stage = kt & 1;
+        const bool has_next = kt + 1 < k_tiles;  // uniform across the block
+        if (has_next) {
+            iter_a.advance(prob);
+            iter_b.advance(prob);
+            iter_a.load(prob, frag_a);
+            iter_b.load(prob, frag_b);
+        }
+
+        const Acc* sa = smem_a[stage];
+        const Acc* sb = smem_b[stage];
+#pragma unroll
+        for (int kk = 0; kk < BK; ++kk) {
+            Acc a[TM], b[TN];
+#pragma unroll
+            for (int j = 0; j < kGroupsM; ++j) load_fragment4(sa + kk * kStrideA + j * (BM / kGroupsM) + ty * 4, a + 4 * j);
+#pragma unroll
+            for (int j = 0; j < kGroupsN; ++j) load_fragment4(sb + kk * kStrideB + j * (BN / kGroupsN) + tx * 4, b + 4 * j);
+#pragma unroll
+            for (int i = 0; i < TM; ++i)
+#pragma unroll
+                for (int j = 0; j < TN; ++j) acc[i][j] = mac(a[i], b[j], acc[i][j]);
+        }
+
+        if (has_next) {
+            // The other stage was last read in iteration kt - 1, which ended with the barrier below.
+            iter_a.template store<kStrideA>(smem_a[stage ^ 1], frag_a, tid);
+            iter_b.template store<kStrideB>(smem_b[stage ^ 1], frag_b);
+        }
+        __syncthreads();
+    }
+
+    // ---- epilogue: bounds-checked stores of the register tile, 4 output channels at a time ------------
+    const Index gemm_m = prob.fprop_gemm_m();
+    Element* y_group = y + Index(g) * gemm_n;
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+        const Index m = m0 + (i / 4) * (BM / kGroupsM) + ty * 4 + (i % 4);
+        if (m >= gemm_m) continue;
+        Element* y_row = y_group + m * prob.K;
+#pragma unroll
+        for (int j = 0; j < kGroupsN; ++j) {
+            const int n = n0 + j * (BN / kGroupsN) + tx * 4;
+            if (V > 1 && n + 3 < gemm_n) {
+#pragma unroll
+                for (int v = 0; v < 4; v += V) Vec<Element, V>::store(y_row + n + v, &acc[i][4 * j + v]);
+            } else {
+#pragma unroll
+                for (int v = 0; v < 4; ++v)
+                    if (n + v < gemm_n) y_row[n + v] = from_accum<Element>(acc[i][4 * j + v]);
+            }
+        }
+    }
+}
+
+}  // namespace gpuconv
