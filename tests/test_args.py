@@ -187,7 +187,8 @@ def test_api_errors_name_the_argument(call, arg):
     x, w = _x((1, 5, 5, 2)), _x((3, 3, 2, 2))
     with pytest.raises((ValueError, TypeError)) as e:
         call(x, w)
-    assert str(e.value).startswith(arg + ":"), str(e.value)
+    named = str(e.value).split(":")[0]          # "arg: expected ..., got ..." (may name two arguments: "a / b")
+    assert arg in named, str(e.value)
 
 
 def test_transposed_error_prints_legal_range():
