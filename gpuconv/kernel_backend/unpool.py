@@ -1,0 +1,41 @@
+"""Unpooling ops on a kernel executor (cuda or emulator): argmax scatter/gather and avg_unpool.
+
+Same signatures as gpuconv.numpy_backend.pool's argmax_scatter / argmax_gather / avg_unpool, with the executor
+first. argmax_scatter is deterministic (no float atomics): see kernels/unpool.cu for its five passes.
+"""
+from __future__ import annotations
+
+from ..geometry import PoolProblem
+from ..plans import unpool as plans
+
+
+def argmax_scatter(executor, values, argmax, out_shape, include_batch: bool):
+    """zeros(out_shape) with values[i] added at argmax[i]; duplicates add in increasing update order."""
+    xp = executor.xp
+    out = xp.zeros(tuple(int(v) for v in out_shape), values.dtype)
+    if values.size == 0 or out.size == 0:
+        return out
+    scratch = {name: (xp.zeros if zero else xp.empty)(n, dtype)
+               for name, (n, dtype, zero) in plans.scatter_scratch(values.shape, out.shape).items()}
+    for plan in plans.argmax_scatter(values, argmax, out, scratch, include_batch):
+        executor.launch(plan)
+    return out
+
+
+def argmax_gather(executor, grad, argmax, include_batch: bool):
+    """values[i] = grad's cell at argmax[i] (per batch unless include_batch); argmax's shape, grad's dtype."""
+    xp = executor.xp
+    if argmax.size == 0 or grad.size == 0:
+        return xp.zeros(argmax.shape, grad.dtype)
+    values = xp.empty(argmax.shape, grad.dtype)
+    executor.launch(plans.argmax_gather(grad, argmax, values, include_batch))
+    return values
+
+
+def avg_unpool(executor, updates, p: PoolProblem):
+    """out (x_shape): each update copied to every in-bounds cell of its window; overlaps add."""
+    if p.is_empty:
+        return executor.xp.zeros(p.x_shape, updates.dtype)
+    out = executor.xp.empty(p.x_shape, updates.dtype)
+    executor.launch(plans.avg_unpool(p, updates, out))
+    return out

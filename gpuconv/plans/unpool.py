@@ -1,0 +1,139 @@
+"""Launch plans for the unpooling family (kernels/unpool.cu): argmax scatter and gather; avg_unpool.
+
+argmax_scatter (max_unpool, max_pool_grad_with_argmax) is deterministic without float atomics: five
+grid-stride passes (count, alloc, place, rank, sum; see the comment at the top of kernels/unpool.cu) over
+scratch arrays that the kernel backend allocates from `scatter_scratch`. argmax_gather (max_unpool_grad) is one
+pass. Both move elements as bits where they only copy: the copy kernels are instantiated per element size
+(unsigned char ... unsigned long long) and bound to same-size views of the arrays; the summing pass is
+instantiated per dtype. avg_unpool runs the pooling family's gather kernel without the divisor
+(pool_avg_bwd<V, I, false>: the adjoint of sum pooling).
+
+Plans are pure functions of the arrays' shapes and dtypes (plus the views they bind).
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from ..dtypes import FLOAT_DTYPES, INDEX_DTYPES, INT_DTYPES, ctype
+from ..geometry import INT32_LIMIT, PoolProblem
+from ..kernel_source import KernelFamily
+from . import LaunchPlan, index_scalar, index_type
+from . import pool as pool_plans
+from .pool import BLOCK, grid_for
+
+VALUE_DTYPES = FLOAT_DTYPES + INT_DTYPES
+# Element size -> the unsigned type the copy kernels move (C++ name, NumPy dtype).
+BITS = {1: ("unsigned char", np.dtype(np.uint8)), 2: ("unsigned short", np.dtype(np.uint16)),
+        4: ("unsigned int", np.dtype(np.uint32)), 8: ("unsigned long long", np.dtype(np.uint64))}
+_INDEX_TYPES = (index_type(False), index_type(True))
+_ARGMAX_TYPES = tuple(ctype(a) for a in INDEX_DTYPES)
+
+
+def _expressions() -> tuple[str, ...]:
+    """Every instantiation any plan below can name (the compile gate and the emulator build exactly these)."""
+    out = []
+    for it in _INDEX_TYPES:
+        out.append(f"unpool_scatter_alloc<{it}>")
+        for at in _ARGMAX_TYPES:
+            out.append(f"unpool_scatter_count<{at}, {it}>")
+            out.append(f"unpool_scatter_rank<{at}, {it}>")
+            for size in sorted(BITS):
+                out.append(f"unpool_scatter_place<{BITS[size][0]}, {at}, {it}>")
+                out.append(f"unpool_gather<{BITS[size][0]}, {at}, {it}>")
+        out.extend(f"unpool_scatter_sum<{ctype(dt)}, {it}>" for dt in VALUE_DTYPES)
+    return tuple(out)
+
+
+FAMILY = KernelFamily("unpool", "unpool.cu", _expressions())
+
+
+def _size(shape) -> int:
+    out = 1
+    for v in shape:
+        out *= int(v)
+    return out
+
+
+def needs_int64(updates_shape, out_shape) -> bool:
+    """64-bit indexing when the updates or the scattered/gathered tensor has >= 2^31 elements."""
+    return max(_size(updates_shape), _size(out_shape)) >= INT32_LIMIT
+
+
+def bits_view(a):
+    """A same-size unsigned view of a (what the copy kernels are instantiated for)."""
+    return a.view(BITS[np.dtype(a.dtype).itemsize][1])
+
+
+def scatter_scratch(updates_shape, out_shape) -> dict[str, tuple[int, np.dtype, bool]]:
+    """Scratch arrays of argmax_scatter: name -> (length, dtype, must be zero-filled).
+
+    count: per output cell; meta: [duplicate cells, bucket slots]; dup_*: per duplicate cell (at most M/2, each
+    holds >= 2 updates); bucket, sorted: per update.
+    """
+    m, o = _size(updates_shape), _size(out_shape)
+    it = np.dtype(index_scalar(needs_int64(updates_shape, out_shape)))
+    dup = m // 2 + 1
+    return {"count": (o, it, True), "meta": (2, it, True), "dup_cells": (dup, it, False),
+            "dup_count": (dup, it, False), "dup_start": (dup, it, False), "bucket": (m, it, False),
+            "sorted": (m, it, False)}
+
+
+def _batch_args(updates_shape, out_shape, include_batch: bool, s) -> tuple:
+    """(upd_batch, out_batch, out_total, include_batch) as the kernels take them."""
+    m, o, n = _size(updates_shape), _size(out_shape), int(updates_shape[0])
+    return s(m // n), s(o // n), s(o), np.int32(1 if include_batch else 0)
+
+
+def _check(expression: str) -> str:
+    if expression not in FAMILY.name_expressions:
+        raise KeyError(f"{expression} is not declared in the unpool family")
+    return expression
+
+
+def argmax_scatter(values, argmax, out, scratch: dict, include_batch: bool) -> list[LaunchPlan]:
+    """The five passes of out[dest(i)] += values[i]; out and scratch['count'/'meta'] must be zero-filled.
+
+    values/argmax: (N, ...) with M cells, out: (N, ...) with O cells, M, O >= 1.
+    """
+    m = _size(values.shape)
+    i64 = needs_int64(values.shape, out.shape)
+    s, it = index_scalar(i64), index_type(i64)
+    at, vt = ctype(argmax.dtype), ctype(values.dtype)
+    ut = BITS[np.dtype(values.dtype).itemsize][0]
+    batch = _batch_args(values.shape, out.shape, include_batch, s)
+    sc = scratch
+    grid_m, grid_dup = grid_for(m), grid_for(m // 2 + 1)
+    block = (BLOCK, 1, 1)
+    return [
+        LaunchPlan(FAMILY.name, _check(f"unpool_scatter_count<{at}, {it}>"), grid_m, block, 0,
+                   (argmax, sc["count"], sc["meta"], sc["dup_cells"], s(m)) + batch),
+        LaunchPlan(FAMILY.name, _check(f"unpool_scatter_alloc<{it}>"), grid_dup, block, 0,
+                   (sc["count"], sc["meta"], sc["dup_cells"], sc["dup_count"], sc["dup_start"])),
+        LaunchPlan(FAMILY.name, _check(f"unpool_scatter_place<{ut}, {at}, {it}>"), grid_m, block, 0,
+                   (bits_view(values), argmax, sc["count"], sc["dup_start"], sc["bucket"], bits_view(out), s(m))
+                   + batch),
+        LaunchPlan(FAMILY.name, _check(f"unpool_scatter_rank<{at}, {it}>"), grid_m, block, 0,
+                   (argmax, sc["count"], sc["meta"], sc["dup_count"], sc["dup_start"], sc["bucket"], sc["sorted"])
+                   + batch),
+        LaunchPlan(FAMILY.name, _check(f"unpool_scatter_sum<{vt}, {it}>"), grid_dup, block, 0,
+                   (values, sc["meta"], sc["dup_cells"], sc["dup_count"], sc["dup_start"], sc["sorted"], out)),
+    ]
+
+
+def argmax_gather(grad, argmax, values, include_batch: bool) -> LaunchPlan:
+    """values[i] = grad[dest(i)]: one thread per argmax cell (M >= 1)."""
+    m = _size(argmax.shape)
+    i64 = needs_int64(argmax.shape, grad.shape)
+    s, it = index_scalar(i64), index_type(i64)
+    ut = BITS[np.dtype(grad.dtype).itemsize][0]
+    expr = _check(f"unpool_gather<{ut}, {ctype(argmax.dtype)}, {it}>")
+    return LaunchPlan(FAMILY.name, expr, grid_for(m), (BLOCK, 1, 1), 0,
+                      (bits_view(grad), argmax, bits_view(values), s(m))
+                      + _batch_args(argmax.shape, grad.shape, include_batch, s))
+
+
+def avg_unpool(p: PoolProblem, updates, out) -> LaunchPlan:
+    """out = avg_unpool(updates): each update copied to every in-bounds cell of its window, overlaps add."""
+    return pool_plans.avg_pool_grad(p, updates, out, divide=False)
