@@ -1,0 +1,66 @@
+"""Window sweeps without padding buffers: per-tap valid ranges and bounded chunking of index boxes.
+
+Every NumPy op here walks the window taps (t, r, s) and, per tap, touches the output positions whose input cell
+is in bounds through one strided slice. Padding is never materialised: a tap simply skips the output positions
+that would read padding. Along one axis, output o reads input `i = o * stride + offset` (fprop / pooling:
+offset = k * dilation - pad_before); `tap_range` finds the o for which i lies in [i_lo, i_hi).
+
+Work is done in boxes of output positions (`boxes`) so that every scratch array is bounded by SCRATCH_BYTES
+whatever the problem size.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Iterator, Sequence
+
+# Upper bound for any scratch array of the NumPy backend (column buffers, masks, accumulators).
+SCRATCH_BYTES = 32 * 2**20
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def tap_range(o0: int, o1: int, stride: int, offset: int, i_lo: int, i_hi: int) -> tuple[int, int, int]:
+    """Outputs o in [o0, o1) whose input index o*stride + offset lies in [i_lo, i_hi).
+
+    Returns (lo, hi, i_start): the range [lo, hi) relative to o0 (empty when hi <= lo, then (0, 0, 0)) and the
+    input index read by output o0 + lo.
+    """
+    lo = max(o0, ceil_div(i_lo - offset, stride))
+    hi = min(o1, ceil_div(i_hi - offset, stride))
+    if hi <= lo:
+        return 0, 0, 0
+    return lo - o0, hi - o0, lo * stride + offset
+
+
+def boxes(dims: Sequence[int], unit_bytes: int, budget: int | None = None) -> Iterator[tuple[slice, ...]]:
+    """Split the index box [0, dims) into C-order sub-boxes of at most `budget` bytes (unit_bytes per index).
+
+    Each sub-box is a single index along the leading axes, a range along one axis and full along the trailing
+    axes, so it is one contiguous block of a C-contiguous array of shape dims. A single index of the last axis
+    is the smallest box, even if it exceeds the budget.
+    """
+    budget = SCRATCH_BYTES if budget is None else budget
+    dims = [int(v) for v in dims]
+    inner = unit_bytes
+    split = len(dims) - 1
+    for ax in range(len(dims) - 1, -1, -1):
+        if inner * dims[ax] > budget:
+            split = ax
+            break
+        inner *= dims[ax]
+    else:
+        yield tuple(slice(0, d) for d in dims)
+        return
+    step = max(1, budget // inner)
+    lead = [range(d) for d in dims[:split]]
+    tail = tuple(slice(0, d) for d in dims[split + 1:])
+    for idx in itertools.product(*lead):
+        head = tuple(slice(i, i + 1) for i in idx)
+        for a in range(0, dims[split], step):
+            yield head + (slice(a, min(a + step, dims[split])),) + tail
+
+
+def box_shape(box: Sequence[slice]) -> tuple[int, ...]:
+    return tuple(s.stop - s.start for s in box)

@@ -1,0 +1,378 @@
+"""Pooling, max-pool argmax and unpooling on the CPU, vectorised over windows.
+
+Every op loops over the T*R*S window taps, never over output cells: for a box of output positions and one tap,
+the in-bounds outputs read (or write) one strided slice of x (`_window.tap_range`); padding is never
+materialised and never selected. Boxes keep every scratch array (masks, tap ids, float32 accumulators for
+float16) within _window.SCRATCH_BYTES, except that a float16 gradient box is never smaller than one batch item
+(so that every cell is summed in float32 and rounded exactly once).
+
+Max scan rule (TF's MaxPoolWithArgmax on CPU): row-major over the window, the first in-bounds cell seeds the
+maximum and a later cell replaces it only if strictly greater. Processing the taps in row-major order with a
+strict `>` and seeding from the first in-bounds cell gives exactly that: ties keep the first cell, a NaN wins
+only as the first cell, and a NaN later in the window is never selected.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from ..dtypes import accumulator_dtype
+from ..geometry import PoolProblem
+from . import _window
+from ._window import box_shape, boxes, tap_range
+
+# Values per argmax_scatter chunk: small enough that integer sums in float64 stay exact (< 2^52 for
+# |v| < 2^31) and the float64 chunk accumulator stays within the scratch budget.
+_SCATTER_CHUNK = 2**20
+
+
+def _taps(p: PoolProblem):
+    return list(itertools.product(range(p.T), range(p.R), range(p.S)))
+
+
+def _tap_slices(p: PoolProblem, box, tap):
+    """(inner, sel) for one tap: the slice of the output box whose cells are in bounds, and the x slice they read.
+
+    None when no output of the box reads an in-bounds cell with this tap.
+    """
+    rng = [tap_range(box[a + 1].start, box[a + 1].stop, p.stride[a], tap[a] - p.pad_before[a], 0, n)
+           for a, n in enumerate((p.D, p.H, p.W))]
+    if any(hi <= lo for lo, hi, _ in rng):
+        return None
+    inner = (slice(None),) + tuple(slice(lo, hi) for lo, hi, _ in rng)
+    sel = (box[0],) + tuple(slice(i0, i0 + (hi - lo - 1) * s + 1, s) for (lo, hi, i0), s in zip(rng, p.stride))
+    return inner, sel
+
+
+def _first_cells(o0: int, o1: int, stride: int, pad_before: int) -> np.ndarray:
+    """Per output o in [o0, o1): the first in-bounds input index of its window (pads are smaller than windows)."""
+    return np.maximum(np.arange(o0, o1) * stride - pad_before, 0)
+
+
+def _select(x: np.ndarray, p: PoolProblem, box, y: np.ndarray, tap_id, mask: np.ndarray) -> None:
+    """Max-scan one output box: y (box-shaped) gets the maxima, tap_id (or None) the selected tap numbers."""
+    if any(p.pad_before):
+        fd = _first_cells(box[1].start, box[1].stop, p.stride[0], p.pad_before[0])
+        fh = _first_cells(box[2].start, box[2].stop, p.stride[1], p.pad_before[1])
+        fw = _first_cells(box[3].start, box[3].stop, p.stride[2], p.pad_before[2])
+        y[...] = x[box[0]][:, fd[:, None, None], fh[None, :, None], fw[None, None, :]]
+        if tap_id is not None:
+            # Tap number of the seed cell: (fd - (z*s - pb)) etc. row-major over (T, R, S).
+            td = fd - (np.arange(box[1].start, box[1].stop) * p.stride[0] - p.pad_before[0])
+            th = fh - (np.arange(box[2].start, box[2].stop) * p.stride[1] - p.pad_before[1])
+            tw = fw - (np.arange(box[3].start, box[3].stop) * p.stride[2] - p.pad_before[2])
+            seed = (td[:, None, None] * p.R + th[None, :, None]) * p.S + tw[None, None, :]
+            tap_id[...] = seed[None, :, :, :, None]
+        first = 0
+    else:
+        # Without padding before, tap (0, 0, 0) is in bounds for every output and seeds it.
+        _, sel = _tap_slices(p, box, (0, 0, 0))
+        y[...] = x[sel]
+        if tap_id is not None:
+            tap_id[...] = 0
+        first = 1
+    for j, tap in enumerate(_taps(p)[first:], start=first):
+        found = _tap_slices(p, box, tap)
+        if found is None:
+            continue
+        inner, sel = found
+        xs, ys, ms = x[sel], y[inner], mask[inner]
+        np.greater(xs, ys, out=ms)
+        np.copyto(ys, xs, where=ms)
+        if tap_id is not None:
+            np.copyto(tap_id[inner], j, where=ms)
+
+
+def _tap_dtype(p: PoolProblem) -> np.dtype:
+    return np.min_scalar_type(p.T * p.R * p.S - 1)
+
+
+def max_pool(x: np.ndarray, p: PoolProblem) -> np.ndarray:
+    """y[n, o, c] = max over the window's in-bounds cells by the scan rule."""
+    y = np.empty(p.y_shape, x.dtype)
+    if y.size == 0:
+        return y
+    mask = None
+    for box in boxes(p.y_shape[:4], p.C * (1 + x.itemsize)):
+        shape = box_shape(box) + (p.C,)
+        if mask is None or mask.size < np.prod(shape):
+            mask = np.empty(int(np.prod(shape)), bool)
+        _select(x, p, box, y[box], None, mask[:int(np.prod(shape))].reshape(shape))
+    return y
+
+
+def _axis_index(o0: int, o1: int, stride: int, pad_before: int, dtype) -> np.ndarray:
+    return (np.arange(o0, o1, dtype=dtype) * stride - pad_before)
+
+
+def max_pool_argmax(x: np.ndarray, p: PoolProblem, index_dtype, include_batch: bool):
+    """Max pooling and the flat index ((d*H + h)*W + w)*C + c (+ n*D*H*W*C with include_batch) of each maximum."""
+    index_dtype = np.dtype(index_dtype)
+    y = np.empty(p.y_shape, x.dtype)
+    argmax = np.empty(p.y_shape, index_dtype)
+    if y.size == 0:
+        return y, argmax
+    tdt = _tap_dtype(p)
+    # Flat offset of each tap relative to the window origin.
+    toff = np.array([((t * p.H + r) * p.W + s) * p.C for t, r, s in _taps(p)], index_dtype)
+    per_batch = p.D * p.H * p.W * p.C
+    for box in boxes(p.y_shape[:4], p.C * (1 + tdt.itemsize + x.itemsize)):
+        shape = box_shape(box) + (p.C,)
+        mask = np.empty(shape, bool)
+        tap_id = np.empty(shape, tdt)
+        _select(x, p, box, y[box], tap_id, mask)
+        bd = _axis_index(box[1].start, box[1].stop, p.stride[0], p.pad_before[0], index_dtype)
+        bh = _axis_index(box[2].start, box[2].stop, p.stride[1], p.pad_before[1], index_dtype)
+        bw = _axis_index(box[3].start, box[3].stop, p.stride[2], p.pad_before[2], index_dtype)
+        base = ((bd[:, None, None] * p.H + bh[None, :, None]) * p.W + bw[None, None, :]) * p.C
+        out = argmax[box]
+        np.take(toff, tap_id, out=out, mode="clip")   # "raise" would buffer out
+        out += base[..., None]
+        out += np.arange(p.C, dtype=index_dtype)
+        if include_batch:
+            out += (np.arange(box[0].start, box[0].stop, dtype=index_dtype) * per_batch)[:, None, None, None, None]
+    return y, argmax
+
+
+def _overlapping(p: PoolProblem) -> bool:
+    """True when some input cell lies in more than one window (a scatter must then add, not assign)."""
+    return any(k > s for k, s in zip(p.window, p.stride))
+
+
+def _scatter_boxes(p: PoolProblem, dtype: np.dtype, unit: int):
+    """Output boxes for a scatter into dx, and whether dx needs a float32 accumulator (float16 with overlaps).
+
+    With an accumulator a box spans whole batch items, so no input cell is shared by two boxes.
+    """
+    accumulate = _overlapping(p) and accumulator_dtype(dtype) != dtype
+    if accumulate:
+        per_item = (p.D * p.H * p.W * p.C * 4 + p.Z * p.P * p.Q * unit)
+        n_step = max(1, _window.SCRATCH_BYTES // per_item)
+        return [(slice(n, min(n + n_step, p.N)), slice(0, p.Z), slice(0, p.P), slice(0, p.Q))
+                for n in range(0, p.N, n_step)], True
+    return list(boxes(p.y_shape[:4], unit)), False
+
+
+def _scatter_taps(p: PoolProblem, box, dx: np.ndarray, acc, g: np.ndarray, where, tap_id) -> None:
+    """Add (or, without overlaps, assign) g's cells to the in-bounds cells of their windows, tap by tap.
+
+    dx: the full dx (acc is None) or a float32 accumulator for the batch items of box (acc given).
+    where: a scratch mask for tap_id == tap (None: every tap receives g).
+    """
+    overlap = _overlapping(p)
+    for j, tap in enumerate(_taps(p)):
+        found = _tap_slices(p, box, tap)
+        if found is None:
+            continue
+        inner, sel = found
+        if acc is not None:
+            sel = (slice(None),) + sel[1:]
+        target = (dx if acc is None else acc)[sel]
+        gs = g[inner]
+        if tap_id is None:
+            if overlap:
+                target += gs
+            else:
+                np.copyto(target, gs, casting="same_kind")
+        else:
+            ms = where[inner]
+            np.equal(tap_id[inner], j, out=ms)
+            if overlap:
+                np.add(target, gs, out=target, where=ms, casting="same_kind")
+            else:
+                np.copyto(target, gs, where=ms, casting="same_kind")
+
+
+def max_pool_grad(x: np.ndarray, dy: np.ndarray, p: PoolProblem) -> np.ndarray:
+    """dx: each window's dy added to the cell the scan rule selects (recomputed from x); overlaps add."""
+    dx = np.zeros(p.x_shape, x.dtype)
+    if dy.size == 0 or dx.size == 0:
+        return dx
+    tdt = _tap_dtype(p)
+    unit = p.C * (2 * x.itemsize + 1 + tdt.itemsize)
+    box_list, accumulate = _scatter_boxes(p, x.dtype, unit)
+    for box in box_list:
+        shape = box_shape(box) + (p.C,)
+        y = np.empty(shape, x.dtype)
+        mask = np.empty(shape, bool)
+        tap_id = np.empty(shape, tdt)
+        _select(x, p, box, y, tap_id, mask)
+        acc = np.zeros((shape[0],) + p.x_shape[1:], np.float32) if accumulate else None
+        _scatter_taps(p, box, dx, acc, dy[box], mask, tap_id)
+        if accumulate:
+            dx[box[0]] = acc
+    return dx
+
+
+def _counts(n: int, k: int, s: int, pb: int, o0: int, o1: int) -> np.ndarray:
+    """Number of in-bounds cells of each window o in [o0, o1) along one axis."""
+    start = np.arange(o0, o1) * s - pb
+    return np.minimum(start + k, n) - np.maximum(start, 0)
+
+
+def _window_counts(p: PoolProblem, box, dtype) -> np.ndarray:
+    """In-bounds cell count of every window of the box, shaped to broadcast against (n, z, p, q, c)."""
+    cd = _counts(p.D, p.T, p.stride[0], p.pad_before[0], box[1].start, box[1].stop)
+    ch = _counts(p.H, p.R, p.stride[1], p.pad_before[1], box[2].start, box[2].stop)
+    cw = _counts(p.W, p.S, p.stride[2], p.pad_before[2], box[3].start, box[3].stop)
+    return (cd[:, None, None] * ch[None, :, None] * cw[None, None, :]).astype(dtype)[None, ..., None]
+
+
+def avg_pool(x: np.ndarray, p: PoolProblem) -> np.ndarray:
+    """y = (sum of the window's in-bounds cells) / (their number); padding is never counted."""
+    y = np.empty(p.y_shape, x.dtype)
+    if y.size == 0:
+        return y
+    acc_dt = accumulator_dtype(x.dtype)
+    convert = acc_dt != x.dtype
+    for box in boxes(p.y_shape[:4], p.C * (acc_dt.itemsize if convert else 0)):
+        shape = box_shape(box) + (p.C,)
+        acc = np.zeros(shape, acc_dt) if convert else y[box]
+        if not convert:
+            acc[...] = 0
+        for tap in _taps(p):
+            found = _tap_slices(p, box, tap)
+            if found is not None:
+                inner, sel = found
+                acc[inner] += x[sel]
+        acc /= _window_counts(p, box, acc_dt)
+        if convert:
+            y[box] = acc
+    return y
+
+
+def _spread(g: np.ndarray, p: PoolProblem, divide: bool) -> np.ndarray:
+    """dx: each window's g (divided by its in-bounds count when `divide`) added to its in-bounds cells."""
+    dx = np.zeros(p.x_shape, g.dtype)
+    if g.size == 0 or dx.size == 0:
+        return dx
+    acc_dt = accumulator_dtype(g.dtype)
+    box_list, accumulate = _scatter_boxes(p, g.dtype, p.C * acc_dt.itemsize)
+    for box in box_list:
+        gb = g[box]
+        if divide:
+            gb = np.divide(gb, _window_counts(p, box, acc_dt), dtype=acc_dt)
+        acc = np.zeros((box_shape(box)[0],) + p.x_shape[1:], np.float32) if accumulate else None
+        _scatter_taps(p, box, dx, acc, gb, None, None)
+        if accumulate:
+            dx[box[0]] = acc
+    return dx
+
+
+def avg_pool_grad(dy: np.ndarray, p: PoolProblem) -> np.ndarray:
+    """Gradient of avg_pool: dy / count spread over each window's in-bounds cells; overlaps add."""
+    return _spread(dy, p, divide=True)
+
+
+def avg_unpool(updates: np.ndarray, p: PoolProblem) -> np.ndarray:
+    """Each update copied into every in-bounds cell of its window; overlaps add (the adjoint of sum pooling)."""
+    return _spread(updates, p, divide=False)
+
+
+def _flat_index_chunks(argmax: np.ndarray, per_batch_out: int, include_batch: bool):
+    """(value slice, flat indices into the whole output) in chunks of about _SCATTER_CHUNK values."""
+    n = argmax.shape[0]
+    per_item = argmax.size // n if n else 0
+    flat = argmax.reshape(-1)
+    if per_item >= _SCATTER_CHUNK or include_batch:
+        step = _SCATTER_CHUNK
+        for v0 in range(0, flat.size, step):
+            v1 = min(v0 + step, flat.size)
+            idx = flat[v0:v1].astype(np.intp)
+            if not include_batch:
+                first, last = v0 // per_item, (v1 - 1) // per_item
+                if first == last:
+                    idx += first * per_batch_out
+                else:
+                    idx += (np.arange(v0, v1) // per_item) * per_batch_out
+            yield slice(v0, v1), idx
+    else:
+        items = max(1, _SCATTER_CHUNK // max(per_item, 1))
+        for n0 in range(0, n, items):
+            n1 = min(n0 + items, n)
+            idx = argmax[n0:n1].reshape(n1 - n0, -1).astype(np.intp)
+            idx += (np.arange(n0, n1, dtype=np.intp) * per_batch_out)[:, None]
+            yield slice(n0 * per_item, n1 * per_item), idx.reshape(-1)
+
+
+def _sum_duplicates(idx: np.ndarray, v: np.ndarray, dtype: np.dtype):
+    """(unique indices, per-index sums in dtype) with exact integer arithmetic (wrapping like the dtype).
+
+    Floats are summed in float64 and rounded once; integers up to 32 bits are summed exactly in float64 (a chunk
+    holds < 2^21 values); int64 is split into 32-bit halves, each summed exactly, and recombined modulo 2^64.
+    """
+    lo = int(idx.min())
+    span = int(idx.max()) - lo + 1
+    local = idx - lo
+    if span * 8 > _window.SCRATCH_BYTES:
+        order = np.argsort(local, kind="stable")
+        local, v = local[order], v[order]
+        starts = np.flatnonzero(np.r_[True, local[1:] != local[:-1]])
+        uniq = local[starts]
+
+        def seg(w):
+            return np.add.reduceat(w, starts)
+    else:
+        uniq = np.flatnonzero(np.bincount(local, minlength=span))
+
+        def seg(w):
+            return np.bincount(local, weights=w, minlength=span)[uniq]
+    if dtype.kind == "f":
+        sums = seg(v.astype(np.float64))
+        return uniq + lo, sums.astype(dtype)
+    if dtype.itemsize < 8:
+        sums = seg(v.astype(np.float64)).astype(np.int64)
+    else:
+        v = v.astype(np.int64)
+        low = seg((v & 0xFFFFFFFF).astype(np.float64)).astype(np.int64)
+        high = seg((v >> 32).astype(np.float64)).astype(np.int64)
+        sums = (high << 32) + low
+    return uniq + lo, sums.astype(dtype)
+
+
+def argmax_scatter(values: np.ndarray, argmax: np.ndarray, out_shape, include_batch: bool) -> np.ndarray:
+    """zeros(out_shape) with each value added at its argmax (per batch item unless include_batch); duplicates add.
+
+    Deterministic. Chunks without repeated indices are scattered directly (exact for every dtype); a chunk with
+    repeats is reduced first (_sum_duplicates).
+    """
+    out_shape = tuple(int(v) for v in out_shape)
+    out = np.zeros(out_shape, values.dtype)
+    if values.size == 0 or out.size == 0:
+        return out
+    flat_out = out.reshape(-1)
+    flat_v = values.reshape(-1)
+    per_batch_out = out.size // out_shape[0]
+    stamp = None
+    for vs, idx in _flat_index_chunks(argmax, per_batch_out, include_batch):
+        v = flat_v[vs]
+        lo = int(idx.min())
+        span = int(idx.max()) - lo + 1
+        unique = False
+        if span * 4 <= _window.SCRATCH_BYTES:
+            # Repeat test without sorting: write each value's position at its index and read it back.
+            if stamp is None or stamp.size < span:
+                stamp = np.empty(max(span, _SCATTER_CHUNK), np.int32)
+            local = idx - lo
+            pos = np.arange(idx.size, dtype=np.int32)
+            stamp[local] = pos
+            unique = bool(np.array_equal(stamp[local], pos))
+        if unique:
+            flat_out[idx] += v
+        else:
+            uniq, sums = _sum_duplicates(idx, v, values.dtype)
+            flat_out[uniq] += sums
+    return out
+
+
+def argmax_gather(grad: np.ndarray, argmax: np.ndarray, include_batch: bool) -> np.ndarray:
+    """grad's flat cells at argmax (per batch item unless include_batch), shaped like argmax."""
+    out = np.empty(argmax.shape, grad.dtype)
+    if out.size == 0:
+        return out
+    flat_g = grad.reshape(-1)
+    per_batch = grad.size // grad.shape[0]
+    for vs, idx in _flat_index_chunks(argmax, per_batch, include_batch):
+        np.take(flat_g, idx, out=out.reshape(-1)[vs])
+    return out

@@ -1,0 +1,448 @@
+"""The NumPy backend against small scalar-loop references written here (sharing no code with gpuconv).
+
+Each reference re-derives output sizes from the explicit-padding formula out = (n + pb + pa - e) // s + 1, so
+tests pass explicit (asymmetric) pads through the public API and compare. Also: float16, integer max pooling,
+ties and NaN, duplicate-index scatters, include_batch, empty problems, and a bounded-scratch check.
+"""
+from __future__ import annotations
+
+import itertools
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import gpuconv as gc
+from gpuconv.numpy_backend import BACKEND
+from gpuconv.numpy_backend import _window
+
+RNG = np.random.default_rng(1234)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# loop references on canonical 5-D arrays: x (N,D,H,W,C), w (T,R,S,C/G,K), pads ((pb,pa),)*3
+# ---------------------------------------------------------------------------------------------------------
+def _out(n, k, s, d, pb, pa):
+    return (n + pb + pa - ((k - 1) * d + 1)) // s + 1
+
+
+def ref_conv(x, w, stride, dil, pads):
+    N, D, H, W, C = x.shape
+    T, R, S, Cg, K = w.shape
+    G = C // Cg
+    Kg = K // G
+    outs = [_out(n, k, s, d, *pd) for n, k, s, d, pd in zip((D, H, W), (T, R, S), stride, dil, pads)]
+    y = np.zeros((N, *outs, K), np.float64)
+    for n, z, p, q in itertools.product(range(N), *map(range, outs)):
+        for t, r, s in itertools.product(range(T), range(R), range(S)):
+            i = [o * st + k * dl - pd[0] for o, st, k, dl, pd in zip((z, p, q), stride, (t, r, s), dil, pads)]
+            if all(0 <= v < e for v, e in zip(i, (D, H, W))):
+                for g in range(G):
+                    y[n, z, p, q, g * Kg:(g + 1) * Kg] += (x[n, i[0], i[1], i[2], g * Cg:(g + 1) * Cg].astype(np.float64)
+                                                           @ w[t, r, s, :, g * Kg:(g + 1) * Kg].astype(np.float64))
+    return y
+
+
+def ref_dgrad(dy, w, x_shape, stride, dil, pads):
+    N, D, H, W, C = x_shape
+    T, R, S, Cg, K = w.shape
+    G = C // Cg
+    Kg = K // G
+    dx = np.zeros(x_shape, np.float64)
+    for n, z, p, q in itertools.product(range(N), *map(range, dy.shape[1:4])):
+        for t, r, s in itertools.product(range(T), range(R), range(S)):
+            i = [o * st + k * dl - pd[0] for o, st, k, dl, pd in zip((z, p, q), stride, (t, r, s), dil, pads)]
+            if all(0 <= v < e for v, e in zip(i, (D, H, W))):
+                for g in range(G):
+                    dx[n, i[0], i[1], i[2], g * Cg:(g + 1) * Cg] += (w[t, r, s, :, g * Kg:(g + 1) * Kg].astype(np.float64)
+                                                                    @ dy[n, z, p, q, g * Kg:(g + 1) * Kg].astype(np.float64))
+    return dx
+
+
+def ref_wgrad(x, dy, w_shape, stride, dil, pads):
+    N, D, H, W, C = x.shape
+    T, R, S, Cg, K = w_shape
+    G = C // Cg
+    Kg = K // G
+    dw = np.zeros(w_shape, np.float64)
+    for n, z, p, q in itertools.product(range(N), *map(range, dy.shape[1:4])):
+        for t, r, s in itertools.product(range(T), range(R), range(S)):
+            i = [o * st + k * dl - pd[0] for o, st, k, dl, pd in zip((z, p, q), stride, (t, r, s), dil, pads)]
+            if all(0 <= v < e for v, e in zip(i, (D, H, W))):
+                for g in range(G):
+                    dw[t, r, s, :, g * Kg:(g + 1) * Kg] += np.outer(x[n, i[0], i[1], i[2], g * Cg:(g + 1) * Cg],
+                                                                   dy[n, z, p, q, g * Kg:(g + 1) * Kg])
+    return dw
+
+
+def _windows(x_shape, window, stride, pads):
+    """Yield (n, (z, p, q), [in-bounds cells (d, h, w) in row-major window order])."""
+    N, D, H, W, C = x_shape
+    outs = [_out(n, k, s, 1, *pd) for n, k, s, pd in zip((D, H, W), window, stride, pads)]
+    for n, z, p, q in itertools.product(range(N), *map(range, outs)):
+        cells = []
+        for t, r, s in itertools.product(*map(range, window)):
+            i = tuple(o * st + k - pd[0] for o, st, k, pd in zip((z, p, q), stride, (t, r, s), pads))
+            if all(0 <= v < e for v, e in zip(i, (D, H, W))):
+                cells.append(i)
+        yield n, (z, p, q), cells, outs
+
+
+def ref_max_pool(x, window, stride, pads):
+    """(y, argmax) by TF's scan: first in-bounds cell seeds, a later cell replaces only if strictly greater."""
+    N, D, H, W, C = x.shape
+    y = am = None
+    for n, o, cells, outs in _windows(x.shape, window, stride, pads):
+        if y is None:
+            y = np.zeros((N, *outs, C), x.dtype)
+            am = np.zeros((N, *outs, C), np.int64)
+        for c in range(C):
+            best, arg = x[(n, *cells[0], c)], cells[0]
+            for cell in cells[1:]:
+                if x[(n, *cell, c)] > best:
+                    best, arg = x[(n, *cell, c)], cell
+            y[(n, *o, c)] = best
+            am[(n, *o, c)] = ((arg[0] * H + arg[1]) * W + arg[2]) * C + c
+    return y, am
+
+
+def ref_avg_pool(x, window, stride, pads):
+    y = None
+    for n, o, cells, outs in _windows(x.shape, window, stride, pads):
+        if y is None:
+            y = np.zeros((x.shape[0], *outs, x.shape[-1]), np.float64)
+        y[(n, *o)] = sum(x[(n, *cell)].astype(np.float64) for cell in cells) / len(cells)
+    return y
+
+
+def ref_spread(g, x_shape, window, stride, pads, divide):
+    dx = np.zeros(x_shape, np.float64)
+    for n, o, cells, _ in _windows(x_shape, window, stride, pads):
+        for cell in cells:
+            dx[(n, *cell)] += g[(n, *o)] / (len(cells) if divide else 1)
+    return dx
+
+
+# ---------------------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------------------
+def rand(shape, dtype=np.float32):
+    return RNG.standard_normal(shape).astype(dtype)
+
+
+def tf_pads(pads, nspatial):
+    """Canonical (depth, height, width) pads as the API's explicit padding for NHWC / NDHWC."""
+    return [[0, 0]] + [list(p) for p in pads[3 - nspatial:]] + [[0, 0]]
+
+
+def to5(a, nspatial):
+    return a.reshape((a.shape[0],) + (1,) * (3 - nspatial) + a.shape[1:])
+
+
+CONV_CASES = [
+    # nspatial, x (user layout), w (user layout), stride, dilation, pads (canonical d, h, w)
+    (2, (2, 7, 9, 4), (3, 3, 4, 6), (1, 1, 1), (1, 1, 1), ((0, 0), (1, 1), (1, 1))),
+    (2, (2, 9, 8, 4), (3, 2, 4, 5), (1, 2, 3), (1, 1, 1), ((0, 0), (2, 0), (0, 1))),
+    (2, (1, 10, 11, 6), (3, 3, 2, 6), (1, 2, 1), (1, 2, 2), ((0, 0), (1, 2), (3, 0))),      # groups 3, dilation
+    (2, (2, 6, 6, 4), (1, 1, 4, 8), (1, 1, 1), (1, 1, 1), ((0, 0), (0, 0), (0, 0))),        # 1x1 GEMM path
+    (2, (2, 7, 7, 4), (1, 1, 4, 3), (1, 2, 2), (1, 1, 1), ((0, 0), (0, 0), (0, 0))),        # 1x1 stride 2
+    (2, (1, 5, 5, 4), (3, 3, 1, 4), (1, 3, 3), (1, 1, 1), ((0, 0), (0, 2), (1, 0))),        # depthwise, s > k
+    (3, (1, 5, 6, 5, 2), (2, 3, 2, 2, 3), (2, 1, 2), (1, 2, 1), ((1, 0), (0, 3), (1, 1))),
+    (3, (2, 4, 4, 4, 4), (3, 3, 3, 2, 4), (1, 1, 1), (2, 1, 1), ((2, 2), (1, 1), (0, 0))),  # groups 2, 3-D
+]
+
+
+def _conv_args(case):
+    nsp, xs, ws, stride, dil, pads = case
+    return nsp, xs, ws, stride[3 - nsp:], dil[3 - nsp:], tf_pads(pads, nsp), (stride, dil, pads)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# convolution
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_ops_match_loops(case, dtype):
+    nsp, xs, ws, st, dl, pad, (stride, dil, pads) = _conv_args(case)
+    x, w = rand(xs, dtype), rand(ws, dtype)
+    conv = gc.conv2d if nsp == 2 else gc.conv3d
+    y = conv(x, w, st, pad, dilations=dl)
+    w5 = w.reshape((1,) * (5 - w.ndim) + w.shape)
+    want = ref_conv(to5(x, nsp), w5, stride, dil, pads)
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    assert y.dtype == dtype
+    np.testing.assert_allclose(to5(y, nsp), want, rtol=tol, atol=tol)
+
+    dy = rand(y.shape, dtype)
+    bpi = gc.conv2d_backprop_input if nsp == 2 else gc.conv3d_backprop_input
+    dx = bpi(x.shape, w, dy, st, pad, dilations=dl)
+    np.testing.assert_allclose(to5(dx, nsp), ref_dgrad(to5(dy, nsp), w5, to5(x, nsp).shape, stride, dil, pads),
+                               rtol=tol, atol=tol)
+    bpf = gc.conv2d_backprop_filter if nsp == 2 else gc.conv3d_backprop_filter
+    dw = bpf(x, w.shape, dy, st, pad, dilations=dl)
+    np.testing.assert_allclose(dw.reshape(w5.shape), ref_wgrad(to5(x, nsp), to5(dy, nsp), w5.shape, stride, dil, pads),
+                               rtol=tol, atol=tol)
+
+
+def test_conv_float16_accumulates_in_float32_and_rounds_once():
+    x, w = rand((2, 6, 7, 8), np.float16), rand((3, 3, 8, 5), np.float16)
+    y = gc.conv2d(x, w, 1, "SAME")
+    want = gc.conv2d(x.astype(np.float32), w.astype(np.float32), 1, "SAME").astype(np.float16)
+    assert y.dtype == np.float16
+    np.testing.assert_array_equal(y, want)   # same float32 sums, rounded once
+    dy = rand(y.shape, np.float16)
+    dx = gc.conv2d_backprop_input(x.shape, w, dy, 2 * (1,), "SAME")
+    np.testing.assert_array_equal(dx, gc.conv2d_backprop_input(x.shape, w.astype(np.float32),
+                                                               dy.astype(np.float32), 1, "SAME").astype(np.float16))
+    dw = gc.conv2d_backprop_filter(x, w.shape, dy, 1, "SAME")
+    ref = ref_wgrad(to5(x, 2), to5(dy, 2), (1,) + w.shape, (1, 1, 1), (1, 1, 1), ((0, 0), (1, 1), (1, 1)))
+    assert dw.dtype == np.float16
+    np.testing.assert_allclose(dw.astype(np.float64), ref.reshape(w.shape), rtol=2e-3, atol=2e-2)
+
+
+def test_conv_chunking_matches_unchunked(monkeypatch):
+    """Boxes split over batch, rows and columns give the same result as one box."""
+    x, w = rand((3, 9, 10, 5)), rand((3, 3, 5, 4))
+    dy = rand((3, 5, 5, 4))
+    full = [gc.conv2d(x, w, 2, "SAME"), gc.conv2d_backprop_input(x.shape, w, dy, 2, "SAME"),
+            gc.conv2d_backprop_filter(x, w.shape, dy, 2, "SAME")]
+    for budget in (4000, 700, 1):
+        monkeypatch.setattr(_window, "SCRATCH_BYTES", budget)
+        got = [gc.conv2d(x, w, 2, "SAME"), gc.conv2d_backprop_input(x.shape, w, dy, 2, "SAME"),
+               gc.conv2d_backprop_filter(x, w.shape, dy, 2, "SAME")]
+        for a, b in zip(got, full):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("xs,ws,os", [((0, 5, 5, 3), (3, 3, 3, 4), (0, 5, 5, 4)),
+                                      ((2, 5, 5, 3), (3, 3, 3, 0), (2, 5, 5, 0))])
+def test_conv_empty(xs, ws, os):
+    x, w = np.ones(xs, np.float32), np.ones(ws, np.float32)
+    assert gc.conv2d(x, w, 1, "SAME").shape == os
+    dy = np.ones(os, np.float32)
+    assert gc.conv2d_backprop_input(xs, w, dy, 1, "SAME").shape == xs
+    dw = gc.conv2d_backprop_filter(x, ws, dy, 1, "SAME")
+    assert dw.shape == ws and not dw.any()
+
+
+def test_conv_empty_input_with_padding_gives_zeros():
+    # W = 0 with explicit padding 2+2 and a 3-wide filter: output width 2 of zeros.
+    x, w = np.ones((1, 3, 0, 2), np.float32), np.ones((1, 3, 2, 4), np.float32)
+    y = gc.conv2d(x, w, 1, [[0, 0], [0, 0], [2, 2], [0, 0]])
+    assert y.shape == (1, 3, 2, 4) and not y.any()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# pooling
+# ---------------------------------------------------------------------------------------------------------
+POOL_CASES = [
+    # nspatial, x shape, window, stride, pads (canonical)
+    (2, (2, 7, 8, 3), (1, 3, 3), (1, 2, 2), ((0, 0), (1, 1), (1, 1))),
+    (2, (2, 6, 6, 4), (1, 2, 2), (1, 2, 2), ((0, 0), (0, 0), (0, 0))),
+    (2, (1, 9, 7, 2), (1, 3, 2), (1, 1, 3), ((0, 0), (2, 0), (0, 1))),
+    (3, (2, 5, 6, 5, 2), (2, 3, 2), (2, 1, 2), ((1, 0), (0, 2), (1, 1))),
+]
+
+
+@pytest.mark.parametrize("case", POOL_CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int8, np.uint16, np.int64])
+def test_max_pool_and_grad_match_loops(case, dtype):
+    nsp, xs, window, stride, pads = case
+    # Small integers make many ties, which the scan rule must break toward the first cell.
+    x = RNG.integers(-3, 4, size=xs).astype(dtype)
+    if dtype == np.uint16:
+        x = RNG.integers(0, 4, size=xs).astype(dtype)
+    k, s, pad = window[3 - nsp:], stride[3 - nsp:], tf_pads(pads, nsp)
+    mp = gc.max_pool2d if nsp == 2 else gc.max_pool3d
+    y = mp(x, k, s, pad)
+    want_y, want_arg = ref_max_pool(to5(x, nsp), window, stride, pads)
+    assert y.dtype == dtype
+    np.testing.assert_array_equal(to5(y, nsp), want_y)
+    dy = RNG.integers(-5, 6, size=y.shape).astype(dtype)
+    mpg = gc.max_pool_grad if nsp == 2 else gc.max_pool3d_grad
+    dx = mpg(x, y, dy, k, s, pad)
+    want_dx = np.zeros(to5(x, nsp).shape, np.int64)
+    for n in range(y.shape[0]):
+        np.add.at(want_dx[n].reshape(-1), want_arg[n].reshape(-1), to5(dy, nsp)[n].reshape(-1).astype(np.int64))
+    np.testing.assert_array_equal(to5(dx, nsp), want_dx.astype(dtype))
+    if nsp == 2:
+        for include in (False, True):
+            for idt in ("int32", "int64"):
+                v, a = gc.max_pool_with_argmax(x, k, s, pad, output_dtype=idt, include_batch_in_index=include)
+                offset = (np.arange(x.shape[0]) * x[0].size).reshape(-1, 1, 1, 1) if include else 0
+                assert a.dtype == np.dtype(idt)
+                np.testing.assert_array_equal(v, want_y[:, 0])
+                np.testing.assert_array_equal(a, want_arg[:, 0] + offset)
+                g = gc.max_pool_grad_with_argmax(x, dy, a, k, s, pad, include_batch_in_index=include)
+                np.testing.assert_array_equal(g, dx)
+
+
+def test_max_pool_nan_and_ties():
+    # TF CPU: [NaN, 1, 3, 2] -> NaN at index 0 (NaN seeds); [1, NaN, 3, 2] -> 3 at index 2; ties -> first.
+    x = np.array([np.nan, 1, 3, 2, 1, np.nan, 3, 2, 5, 5, 5, 5], np.float32).reshape(1, 1, 12, 1)
+    v, a = gc.max_pool_with_argmax(x, (1, 4), (1, 4), "VALID")
+    assert np.isnan(v[0, 0, 0, 0]) and v[0, 0, 1:, 0].tolist() == [3, 5]
+    assert a.ravel().tolist() == [0, 6, 8]
+    # Padding never selected, even where every real cell is below zero (3x3 of -1..-9, k2 s2 SAME).
+    x = -np.arange(1, 10, dtype=np.float32).reshape(1, 3, 3, 1)
+    v, a = gc.max_pool_with_argmax(x, 2, 2, "SAME")
+    assert v.ravel().tolist() == [-1, -3, -7, -9] and a.ravel().tolist() == [0, 2, 6, 8]
+    # All-equal windows, overlapping (k2 s1): the gradient goes to each window's first cell.
+    ones = np.ones((1, 3, 3, 1), np.float32)
+    g = gc.max_pool_grad(ones, np.ones((1, 2, 2, 1), np.float32), np.ones((1, 2, 2, 1), np.float32), 2, 1, "VALID")
+    assert g[0, :, :, 0].tolist() == [[1, 1, 0], [1, 1, 0], [0, 0, 0]]
+
+
+@pytest.mark.parametrize("case", POOL_CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_avg_pool_grad_unpool_match_loops(case, dtype):
+    nsp, xs, window, stride, pads = case
+    x = rand(xs, dtype)
+    k, s, pad = window[3 - nsp:], stride[3 - nsp:], tf_pads(pads, nsp)
+    ap = gc.avg_pool2d if nsp == 2 else gc.avg_pool3d
+    y = ap(x, k, s, pad)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(to5(y, nsp), ref_avg_pool(to5(x, nsp), window, stride, pads), rtol=tol, atol=tol)
+    dy = rand(y.shape, dtype)
+    apg = gc.avg_pool_grad if nsp == 2 else gc.avg_pool3d_grad
+    dx = apg(x.shape, dy, k, s, pad)
+    np.testing.assert_allclose(to5(dx, nsp), ref_spread(to5(dy, nsp), to5(x, nsp).shape, window, stride, pads, True),
+                               rtol=tol, atol=tol)
+    un = gc.avg_unpool(dy, k, s, pad, x.shape)
+    np.testing.assert_allclose(to5(un, nsp), ref_spread(to5(dy, nsp), to5(x, nsp).shape, window, stride, pads, False),
+                               rtol=tol, atol=tol)
+
+
+def test_pool_float16():
+    x = rand((2, 7, 7, 3), np.float16)
+    y = gc.avg_pool2d(x, 3, 2, "SAME")
+    want = ref_avg_pool(to5(x, 2), (1, 3, 3), (1, 2, 2), ((0, 0), (1, 1), (1, 1)))
+    assert y.dtype == np.float16
+    np.testing.assert_array_equal(to5(y, 2), want.astype(np.float32).astype(np.float16))
+    dy = rand(y.shape, np.float16)
+    dx = gc.avg_pool_grad(x.shape, dy, 3, 2, "SAME")   # overlapping windows: float32 accumulator
+    want = ref_spread(to5(dy.astype(np.float32), 2), (2, 1, 7, 7, 3), (1, 3, 3), (1, 2, 2),
+                      ((0, 0), (1, 1), (1, 1)), True)
+    assert dx.dtype == np.float16
+    np.testing.assert_allclose(to5(dx, 2).astype(np.float64), want, rtol=1e-3, atol=1e-3)
+    y3 = gc.max_pool2d(x, 3, 1, "SAME")
+    g = gc.max_pool_grad(x, y3, np.ones_like(y3), 3, 1, "SAME")
+    assert g.dtype == np.float16 and float(g.astype(np.float32).sum()) == y3.size
+
+
+def test_pool_empty():
+    x = np.ones((0, 4, 4, 2), np.float32)
+    assert gc.max_pool2d(x, 2, 2, "VALID").shape == (0, 2, 2, 2)
+    v, a = gc.max_pool_with_argmax(x, 2, 2, "VALID")
+    assert v.shape == a.shape == (0, 2, 2, 2)
+    assert gc.avg_pool_grad((0, 4, 4, 2), np.ones((0, 2, 2, 2), np.float32), 2, 2, "VALID").shape == x.shape
+    x = np.ones((1, 4, 4, 0), np.int8)
+    assert gc.max_pool2d(x, 2, 2, "VALID").shape == (1, 2, 2, 0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# unpooling: scatter and gather
+# ---------------------------------------------------------------------------------------------------------
+def test_max_unpool_duplicates_add():
+    # 3x3 with the 9 in the centre, k2 s1: all four windows pick the centre; TF's scatter_nd recipe gives 36.
+    x = np.arange(1, 10, dtype=np.float32).reshape(1, 3, 3, 1)
+    x[0, 1, 1, 0] = 9
+    x[0, 2, 2, 0] = 0
+    v, a = gc.max_pool_with_argmax(x, 2, 1, "VALID")
+    assert a.ravel().tolist() == [4, 4, 4, 4]
+    out = gc.max_unpool(v, a, x.shape)
+    assert out[0, 1, 1, 0] == 36 and out.sum() == 36
+    np.testing.assert_array_equal(gc.max_unpool_grad(out, a), np.full(v.shape, 36, np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int8, np.uint8, np.int16, np.int32,
+                                   np.int64])
+@pytest.mark.parametrize("include", [False, True])
+def test_argmax_scatter_gather_match_loops(dtype, include):
+    N, H, W, C = 3, 4, 5, 2
+    per = H * W * C
+    shape = (N, 3, 3, C)
+    if np.dtype(dtype).kind == "f":
+        vals = rand(shape, dtype)
+    else:
+        info = np.iinfo(dtype)
+        vals = RNG.integers(info.min, info.max, size=shape, endpoint=True, dtype=dtype)
+    # Few distinct targets -> many duplicates, in and across batch items when include_batch.
+    am = RNG.integers(0, 5, size=shape) * 7 % (N * per if include else per)
+    am = am.astype(np.int64)
+    out = BACKEND.argmax_scatter(to5(vals, 2), to5(am, 2), (N, 1, H, W, C), include)
+    want = np.zeros(N * per, np.float64 if np.dtype(dtype).kind == "f" else object)
+    for n, j in itertools.product(range(N), range(vals[0].size)):
+        tgt = am[n].flat[j] + (0 if include else n * per)
+        want[tgt] += vals[n].flat[j].item() if np.dtype(dtype).kind != "f" else float(vals[n].flat[j])
+    if np.dtype(dtype).kind == "f":
+        np.testing.assert_allclose(out.reshape(-1).astype(np.float64), want, rtol=2e-3 if dtype == np.float16 else 1e-6)
+    else:
+        bits = 8 * np.dtype(dtype).itemsize
+        wrapped = [int(v) % (1 << bits) for v in want]
+        got = [int(v) % (1 << bits) for v in out.reshape(-1)]
+        assert got == wrapped
+    assert out.dtype == dtype
+    grad = rand((N, 1, H, W, C)).astype(dtype) if np.dtype(dtype).kind == "f" else \
+        RNG.integers(-9, 9, size=(N, 1, H, W, C)).astype(dtype)
+    got = BACKEND.argmax_gather(grad, to5(am, 2), include)
+    flat = grad.reshape(-1)
+    offs = 0 if include else (np.arange(N) * per).reshape(-1, 1, 1, 1)
+    np.testing.assert_array_equal(got.reshape(shape), flat[am + offs])
+
+
+def test_argmax_scatter_int64_wraps_exactly():
+    big = np.iinfo(np.int64).max
+    vals = np.array([big, big, 3, -big], np.int64).reshape(1, 1, 1, 4, 1)
+    am = np.zeros((1, 1, 1, 4, 1), np.int64)
+    out = BACKEND.argmax_scatter(vals, am, (1, 1, 1, 2, 1), False)
+    assert int(out.reshape(-1)[0]) == (big + big + 3 - big + 2**63) % 2**64 - 2**63
+
+
+def test_argmax_scatter_chunks(monkeypatch):
+    """Chunked scatter (values split within and across batch items) equals a one-shot np.add.at."""
+    from gpuconv.numpy_backend import pool as P
+    monkeypatch.setattr(P, "_SCATTER_CHUNK", 7)
+    vals = rand((3, 1, 4, 4, 2), np.float64)
+    am = RNG.integers(0, 20, size=vals.shape).astype(np.int32)
+    for include in (False, True):
+        out = BACKEND.argmax_scatter(vals, am, (3, 1, 5, 4, 2), include)
+        want = np.zeros(3 * 40)
+        idx = am.reshape(3, -1).astype(np.int64) + (0 if include else np.arange(3)[:, None] * 40)
+        np.add.at(want, idx.reshape(-1), vals.reshape(-1))
+        np.testing.assert_allclose(out.reshape(-1), want, rtol=1e-12)
+        got = BACKEND.argmax_gather(out, am, include)
+        np.testing.assert_array_equal(got.reshape(-1), out.reshape(-1)[idx.reshape(-1)])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# bounded scratch
+# ---------------------------------------------------------------------------------------------------------
+def _peak_extra(fn, *args):
+    """Peak bytes traced during fn(*args) minus the bytes of its result (inputs exist before tracing)."""
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    out = fn(*args)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    outs = out if isinstance(out, tuple) else (out,)
+    return peak - sum(o.nbytes for o in outs)
+
+
+def test_scratch_is_bounded(monkeypatch):
+    """With a 4 MiB budget, a layer whose full im2col buffer is 72 MiB stays within it (+ filter copies)."""
+    from gpuconv.geometry import conv_problem, pool_problem
+    monkeypatch.setattr(_window, "SCRATCH_BYTES", 4 * 2**20)
+    x = np.ones((8, 64, 64, 64), np.float32).reshape(8, 1, 64, 64, 64)
+    w = np.ones((1, 3, 3, 64, 64), np.float32)
+    p = conv_problem(x.shape, w.shape, (1, 1, 1), (1, 1, 1), "SAME")
+    full_im2col = p.N * p.P * p.Q * 9 * 64 * 4
+    assert full_im2col > 16 * _window.SCRATCH_BYTES
+    limit = _window.SCRATCH_BYTES + 4 * w.nbytes + 2**20
+    dy = np.ones(p.y_shape, np.float32)
+    assert _peak_extra(BACKEND.conv_fprop, x, w, p) < limit
+    assert _peak_extra(BACKEND.conv_dgrad, dy, w, p) < limit
+    assert _peak_extra(BACKEND.conv_wgrad, x, dy, p) < limit
+    pp = pool_problem(x.shape, (1, 3, 3), (1, 1, 1), "SAME")
+    assert _peak_extra(BACKEND.max_pool_argmax, x, pp, np.dtype(np.int64), False) < limit
+    assert _peak_extra(BACKEND.avg_pool_grad, dy, pp) < limit
