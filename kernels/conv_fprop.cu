@@ -19,38 +19,43 @@ namespace gpuconv {
 // =========================================================================================================
 // conv_fprop_analytic
 // =========================================================================================================
-// One thread per output element o = m*K + k, m = ((n*Z + z)*P + p)*Q + q (grid: ceil(N*Z*P*Q*K / 256) blocks;
-// no grid-stride loop, so the 64-bit index divisions run once, outside the summation loops):
-//   y[o] = sum_{t,r,s} [x cell in bounds] sum_{c < Cg} x[n, d, h, w, g*Cg + c] * w[t, r, s, c, k]
-// with d = z*sd - pd + t*dd (likewise h, w). Consecutive threads take consecutive k: coalesced filter reads
-// and output writes, and the input cell is a warp-wide broadcast.
+// One thread per output element y[n, z, p, q, k]. Output row = (n*Z + z)*P + p, one per block row:
+// row = blockIdx.z * gridDim.y + blockIdx.y (< N*Z*P); element j = q*K + k of the row = blockIdx.x * 256 +
+// threadIdx.x (< Q*K). Every index division is 32-bit (a 64-bit division is a called subroutine whose
+// register saves count as spills); only the offsets use Index.
+//   y[n,z,p,q,k] = sum_{t,r,s} [cell in x] sum_{c < Cg} x[n, d, h, w, g*Cg + c] * w[t, r, s, c, k]
+//   d = z*sd - pd + t*dd, h = p*sh - ph + r*dh, w = q*sw - pw + s*dw, g = k / Kg.
+// Consecutive threads take consecutive k: coalesced filter reads and output writes; the input cell is a
+// warp-wide broadcast.
 template <typename Element, typename Index>
-__global__ void __launch_bounds__(256) conv_fprop_analytic(const Element* __restrict__ x,
+__global__ void __launch_bounds__(256, 4) conv_fprop_analytic(const Element* __restrict__ x,
                                                            const Element* __restrict__ w,
                                                            Element* __restrict__ y,
                                                            GPUCONV_CONV_PROBLEM_PARAMS(Index)) {
     typedef typename Accum<Element>::type Acc;
     const ConvProblemSize<Index> prob(GPUCONV_CONV_PROBLEM_ARGS);
-    const Index total = prob.fprop_gemm_m() * prob.K;
-    const Index filter_tap_stride = Index(prob.group_c) * prob.K;  // w elements per filter tap
-
-    const Index o = Index(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (o >= total) return;
 
     // ---- setup: output coordinates and window origin ---------------------------------------------------
-    const int k = int(o % prob.K);
-    const WindowOrigin org = fprop_window_origin(prob, o / prob.K);
+    const int row = int(blockIdx.z * gridDim.y + blockIdx.y);
+    const int j = int(blockIdx.x * blockDim.x + threadIdx.x);
+    if (row >= prob.N * prob.Z * prob.P || j >= prob.Q * prob.K) return;
+    const int k = j % prob.K, q = j / prob.K;
+    const int pp = row % prob.P, z = (row / prob.P) % prob.Z, n = row / (prob.P * prob.Z);
+    const int d0 = z * prob.stride_d - prob.pad_d;
+    const int h0 = pp * prob.stride_h - prob.pad_h;
+    const int w0 = q * prob.stride_w - prob.pad_w;
     const int g = k / prob.group_k;
-    const Element* x_image = x + Index(org.n) * prob.x_image_stride() + Index(g) * prob.group_c;
+    const Element* x_image = x + Index(n) * prob.x_image_stride() + Index(g) * prob.group_c;
+    const Index filter_tap_stride = Index(prob.group_c) * prob.K;  // w elements per filter tap
 
     // ---- main loop: filter taps, then channels ---------------------------------------------------------
     Acc acc = Acc(0);
     for (int t = 0; t < prob.T; ++t) {
-        const int d = org.d + t * prob.dilation_d;
+        const int d = d0 + t * prob.dilation_d;
         for (int r = 0; r < prob.R; ++r) {
-            const int h = org.h + r * prob.dilation_h;
+            const int h = h0 + r * prob.dilation_h;
             for (int s = 0; s < prob.S; ++s) {
-                const int wc = org.w + s * prob.dilation_w;
+                const int wc = w0 + s * prob.dilation_w;
                 if (!in_bounds(prob, d, h, wc)) continue;
                 const Element* xp = x_image + ((Index(d) * prob.H + h) * prob.W + wc) * prob.C;
                 const Element* wp = w + Index((t * prob.R + r) * prob.S + s) * filter_tap_stride + k;
@@ -61,7 +66,7 @@ __global__ void __launch_bounds__(256) conv_fprop_analytic(const Element* __rest
     }
 
     // ---- epilogue --------------------------------------------------------------------------------------
-    y[o] = from_accum<Element>(acc);
+    y[Index(row) * (Index(prob.Q) * prob.K) + j] = from_accum<Element>(acc);
 }
 
 // =========================================================================================================

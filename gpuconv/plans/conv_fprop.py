@@ -1,0 +1,302 @@
+"""Launch plans for the conv_fprop family (kernels/conv_fprop.cu): forward convolution, analytic and tiled.
+
+Implicit GEMM of one group g (ConvProblem.gemm_size("fprop")):
+    gemm_m = N*Z*P*Q (output pixels)   gemm_n = K/G (output channels)   gemm_k = T*R*S*C/G (taps x channels)
+
+Variants
+--------
+analytic   `conv_fprop_analytic<Element, Index>`: one thread per output element, 256 threads per block,
+           grid (ceil(Q*K / 256), rows folded over y and z) with rows = N*Z*P output rows. Runs every problem
+           the tiled variant runs, and more.
+tiled      `conv_fprop_tiled<Element, Index, BM, BN, BK, TM, TN, V>`: block tile BM x BN of (gemm_m, gemm_n),
+           k-tile BK, a TM x TN register tile per thread ((BM/TM)*(BN/TN) = 256 threads), two shared-memory
+           stages, V-wide loads of x and w along the channels. Grid (tiles_m * tiles_n, G, 1).
+
+Tiles (BM x BN x BK, thread tile TM x TN):
+    128x128x8 / 8x8    float32, float16 (int and long long index)
+    128x64x8  / 8x4    float32, float16 (int index)
+    64x64x8   / 4x4    float32, float16 (int index); float64 (int and long long index)
+
+Chooser rules (`choose_fprop_config(p, dtype)`, a pure function of the problem and dtype)
+----------------------------------------------------------------------------------------
+1. Index type: `long long` when some tensor has >= 2^31 elements (p.needs_int64()), else `int`.
+2. Variant: analytic when gemm_n = K/G < 8 (depthwise-like: the narrowest tile, 64 columns, would waste
+   more than 7/8 of its multiply-adds) or when the tiled variant cannot run (grid limits); else tiled.
+3. Tile (tiled variant): float64 -> 64x64 (8-byte accumulators: a 4x4 thread tile keeps 128 registers or
+   fewer). float32 / float16 with a 64-bit index -> 128x128 (only huge problems need it). Otherwise the first
+   of 128x128 (only when gemm_n > 64), 128x64, 64x64 whose grid has at least TARGET_BLOCKS blocks
+   (two blocks per SM of a 132-SM H100/H200: enough to fill the machine, and a large tile's operand reuse
+   is wasted when most SMs would idle); when none does, 64x64.
+4. Vector width V: 4 for float32 / float16 (128-bit / 64-bit loads), 2 for float64 (128-bit) when
+   C/G % V == 0 and K/G % V == 0 (so every vector lies inside one filter tap and one group) and x, w, y are
+   aligned to V elements; else 1 (any channel count, e.g. C = 3).
+
+`supports(config, p, dtype)` returns None or the reason a configuration cannot run a problem.
+`plan_fprop(p, dtype, x, w, y, config=None)` builds the launch; `override_config(...)` forces fields of the
+chosen configuration for the calls inside it (tests use it to run the tiled variant on tiny problems).
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import itertools
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import numpy as np
+
+from ..dtypes import FLOAT_DTYPES, ctype
+from ..geometry import ConvProblem
+from ..kernel_source import KernelFamily, LaunchHint
+from . import LaunchPlan, ceil_div, index_type
+from .conv_common import INT32_MAX, extents_fit_int, problem_scalars
+
+ANALYTIC_BLOCK = 256
+TARGET_BLOCKS = 264          # 2 x 132 SMs (H100 SXM / H200)
+MIN_TILED_GEMM_N = 8
+MAX_GRID_Y = 65535           # groups run along gridDim.y
+INDEX_TYPES = (index_type(False), index_type(True))
+
+
+@dataclass(frozen=True)
+class TileShape:
+    """Block tile BM x BN x BK and per-thread register tile TM x TN of the tiled kernel."""
+
+    bm: int
+    bn: int
+    bk: int
+    tm: int
+    tn: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.bm}x{self.bn}"
+
+    @property
+    def threads(self) -> int:
+        return (self.bm // self.tm) * (self.bn // self.tn)
+
+
+TILES: dict[str, TileShape] = {
+    "128x128": TileShape(128, 128, 8, 8, 8),
+    "128x64": TileShape(128, 64, 8, 8, 4),
+    "64x64": TileShape(64, 64, 8, 4, 4),
+}
+
+F16, F32, F64 = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+# Tiles instantiated per (dtype, index type): every name expression a plan can produce comes from this table.
+TILED_INSTANCES: dict[tuple[np.dtype, str], tuple[str, ...]] = {
+    (F32, "int"): ("128x128", "128x64", "64x64"),
+    (F16, "int"): ("128x128", "128x64", "64x64"),
+    (F64, "int"): ("64x64",),
+    (F32, "long long"): ("128x128",),
+    (F16, "long long"): ("128x128",),
+    (F64, "long long"): ("64x64",),
+}
+
+# Vector width of the fast path per dtype (elements per load along C and K).
+VECTOR_WIDTH: dict[np.dtype, int] = {F16: 4, F32: 4, F64: 2}
+
+
+@dataclass(frozen=True)
+class FpropConfig:
+    """One way to run fprop: variant, tile (tiled only), vector width V and index type."""
+
+    variant: str                  # "analytic" | "tiled"
+    index: str = "int"            # "int" | "long long"
+    tile: Optional[str] = None    # key of TILES, tiled only
+    vector: int = 1               # elements per load along the channels, tiled only
+
+    def name_expression(self, dtype) -> str:
+        el = ctype(np.dtype(dtype))
+        if self.variant == "analytic":
+            return f"gpuconv::conv_fprop_analytic<{el}, {self.index}>"
+        t = TILES[self.tile]
+        return (f"gpuconv::conv_fprop_tiled<{el}, {self.index}, {t.bm}, {t.bn}, {t.bk}, {t.tm}, {t.tn}, "
+                f"{self.vector}>")
+
+
+def _all_configs() -> list[tuple[np.dtype, FpropConfig]]:
+    out = []
+    for dt, ix in itertools.product(FLOAT_DTYPES, INDEX_TYPES):
+        out.append((dt, FpropConfig("analytic", ix)))
+        for tile in TILED_INSTANCES[(dt, ix)]:
+            for v in (1, VECTOR_WIDTH[dt]):
+                out.append((dt, FpropConfig("tiled", ix, tile, v)))
+    return out
+
+
+def _hints() -> dict[str, LaunchHint]:
+    hints = {}
+    for dt, cfg in _all_configs():
+        threads = ANALYTIC_BLOCK if cfg.variant == "analytic" else TILES[cfg.tile].threads
+        hints[cfg.name_expression(dt)] = LaunchHint(block_threads=threads, max_dynamic_smem=0)
+    return hints
+
+
+FAMILY = KernelFamily("conv_fprop", "conv_fprop.cu",
+                      tuple(cfg.name_expression(dt) for dt, cfg in _all_configs()), _hints())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# support checks and the chooser (pure functions of the problem)
+# ---------------------------------------------------------------------------------------------------------
+def tiled_grid(p: ConvProblem, tile: str) -> tuple[int, int, int]:
+    """Grid of the tiled kernel: (tiles_m * tiles_n, groups, 1)."""
+    t = TILES[tile]
+    gemm_m, gemm_n, _ = p.gemm_size("fprop")
+    return (ceil_div(gemm_m, t.bm) * ceil_div(gemm_n, t.bn), p.groups, 1)
+
+
+def analytic_grid(p: ConvProblem) -> tuple[int, int, int]:
+    """Grid of the analytic kernel: x over the Q*K elements of an output row, (y, z) over the N*Z*P rows."""
+    rows = p.N * p.Z * p.P
+    grid_y = max(1, min(rows, MAX_GRID_Y))
+    return (ceil_div(p.Q * p.K, ANALYTIC_BLOCK), grid_y, ceil_div(rows, grid_y))
+
+
+def supports(config: FpropConfig, p: ConvProblem, dtype) -> Optional[str]:
+    """None when `config` can run problem `p` in `dtype`, else the reason it cannot (a sentence)."""
+    dtype = np.dtype(dtype)
+    if dtype not in FLOAT_DTYPES:
+        return f"dtype {dtype} is not float16, float32 or float64"
+    if config.index not in INDEX_TYPES:
+        return f"index type {config.index!r} is not 'int' or 'long long'"
+    if config.index == "int" and p.needs_int64():
+        return "a tensor has >= 2^31 elements: the index type must be 'long long'"
+    if not extents_fit_int(p):
+        return "an extent, stride, dilation or pad does not fit in int"
+    gemm_m, gemm_n, gemm_k = p.gemm_size("fprop")
+    if config.variant == "analytic":
+        if config.tile is not None or config.vector != 1:
+            return "the analytic variant takes no tile and vector width 1"
+        if p.N * p.Z * p.P > INT32_MAX or p.Q * p.K > INT32_MAX:
+            return "the analytic kernel needs N*Z*P and Q*K below 2^31 (it indexes rows and row elements in int)"
+        if analytic_grid(p)[2] > MAX_GRID_Y:
+            return f"N*Z*P = {p.N * p.Z * p.P} output rows exceed the analytic grid ({MAX_GRID_Y}^2 rows)"
+        return None
+    if config.variant != "tiled":
+        return f"unknown variant {config.variant!r} (analytic or tiled)"
+    if config.tile not in TILED_INSTANCES[(dtype, config.index)]:
+        return (f"tile {config.tile!r} is not instantiated for {dtype} with index {config.index!r} "
+                f"(available: {', '.join(TILED_INSTANCES[(dtype, config.index)])})")
+    v = config.vector
+    if v not in (1, VECTOR_WIDTH[dtype]):
+        return f"vector width {v} is not 1 or {VECTOR_WIDTH[dtype]} for {dtype}"
+    if v > 1 and (p.group_c % v or p.group_k % v):
+        return f"vector width {v} needs C/groups ({p.group_c}) and K/groups ({p.group_k}) divisible by {v}"
+    if gemm_k > INT32_MAX:
+        return f"gemm_k = {gemm_k} does not fit in int"
+    if p.groups > MAX_GRID_Y:
+        return f"{p.groups} groups exceed gridDim.y's limit {MAX_GRID_Y}"
+    if tiled_grid(p, config.tile)[0] > INT32_MAX:
+        return f"the tiled grid needs more than {INT32_MAX} blocks"
+    return None
+
+
+def choose_fprop_config(p: ConvProblem, dtype, aligned: bool = True) -> FpropConfig:
+    """The configuration the rules in the module docstring pick for problem `p` in `dtype`.
+
+    `aligned`: whether x, w and y start on a vector boundary (plan_fprop reads it from the arrays).
+    """
+    dtype = np.dtype(dtype)
+    index = index_type(p.needs_int64())
+    analytic = FpropConfig("analytic", index)
+    _, gemm_n, _ = p.gemm_size("fprop")
+    if gemm_n < MIN_TILED_GEMM_N:
+        return analytic
+    v = VECTOR_WIDTH[dtype]
+    vector = v if aligned and p.group_c % v == 0 and p.group_k % v == 0 else 1
+    available = TILED_INSTANCES[(dtype, index)]
+    if len(available) == 1:
+        tile = available[0]
+    else:
+        candidates = (["128x128"] if gemm_n > 64 else []) + ["128x64", "64x64"]
+        tile = next((t for t in candidates if tiled_grid(p, t)[0] * p.groups >= TARGET_BLOCKS), "64x64")
+    tiled = FpropConfig("tiled", index, tile, vector)
+    return tiled if supports(tiled, p, dtype) is None else analytic
+
+
+# ---------------------------------------------------------------------------------------------------------
+# overrides (tests, benchmarks)
+# ---------------------------------------------------------------------------------------------------------
+_override: contextvars.ContextVar[Optional[dict]] = contextvars.ContextVar("gpuconv_fprop_override", default=None)
+
+
+@contextlib.contextmanager
+def override_config(variant: Optional[str] = None, tile: Optional[str] = None,
+                    vector: Optional[int] = None, index: Optional[str] = None) -> Iterator[None]:
+    """Force fields of the fprop configuration for the calls inside (unset fields keep the chooser's value).
+
+    variant="analytic" clears tile and vector; variant="tiled" without a tile takes the chooser's tile, or
+    64x64 (or the dtype's only tile) when the chooser picked the analytic variant. A forced configuration that
+    cannot run the problem is a ValueError carrying supports()'s reason.
+    """
+    fields = {k: v for k, v in dict(variant=variant, tile=tile, vector=vector, index=index).items()
+              if v is not None}
+    token = _override.set(fields)
+    try:
+        yield
+    finally:
+        _override.reset(token)
+
+
+def _apply_override(cfg: FpropConfig, p: ConvProblem, dtype) -> FpropConfig:
+    fields = _override.get()
+    if not fields:
+        return cfg
+    fields = dict(fields)
+    variant = fields.pop("variant", cfg.variant)
+    index = fields.get("index", cfg.index)
+    if variant == "analytic":
+        return FpropConfig("analytic", index)
+    tile = fields.get("tile", cfg.tile)
+    vector = fields.get("vector", cfg.vector if cfg.variant == "tiled" else 1)
+    if tile is None:
+        available = TILED_INSTANCES.get((np.dtype(dtype), index), ("64x64",))
+        tile = "64x64" if "64x64" in available else available[0]
+    return FpropConfig(variant, index, tile, vector)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# launch plans
+# ---------------------------------------------------------------------------------------------------------
+def _address(a) -> int:
+    """Device or host address of an array's first element (CuPy or NumPy)."""
+    data = getattr(a, "data", None)
+    if hasattr(data, "ptr"):
+        return int(data.ptr)
+    return int(a.ctypes.data)
+
+
+def arrays_aligned(dtype, *arrays) -> bool:
+    """True when every array starts on a boundary of VECTOR_WIDTH[dtype] elements."""
+    nbytes = VECTOR_WIDTH[np.dtype(dtype)] * np.dtype(dtype).itemsize
+    return all(_address(a) % nbytes == 0 for a in arrays)
+
+
+def plan_fprop(p: ConvProblem, dtype, x, w, y, config: Optional[FpropConfig] = None) -> list[LaunchPlan]:
+    """The launches that compute y = conv(x, w) for a non-empty problem (one launch).
+
+    config: None -> choose_fprop_config (then any active override_config). A configuration that cannot run
+    the problem raises ValueError with supports()'s reason; a vector width > 1 with misaligned arrays too.
+    """
+    dtype = np.dtype(dtype)
+    aligned = arrays_aligned(dtype, x, w, y)
+    if config is None:
+        config = _apply_override(choose_fprop_config(p, dtype, aligned), p, dtype)
+    reason = supports(config, p, dtype)
+    if reason is None and config.vector > 1 and not aligned:
+        reason = f"vector width {config.vector} needs x, w and y aligned to {config.vector} elements"
+    if reason is not None:
+        raise ValueError(f"conv_fprop configuration {config} cannot run this problem: {reason}")
+    expression = config.name_expression(dtype)
+    if expression not in FAMILY.name_expressions:  # guards the tables above against drift
+        raise AssertionError(f"{expression} is not in the conv_fprop family's name expressions")
+    args = (x, w, y) + problem_scalars(p, config.index == "long long")
+    if config.variant == "analytic":
+        return [LaunchPlan(FAMILY.name, expression, analytic_grid(p), (ANALYTIC_BLOCK, 1, 1), 0, args)]
+    t = TILES[config.tile]
+    return [LaunchPlan(FAMILY.name, expression, tiled_grid(p, config.tile), (t.threads, 1, 1), 0, args)]
