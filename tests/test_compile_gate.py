@@ -1,0 +1,223 @@
+"""gpuconv.compile_gate: NVRTC over fixture kernels (good, broken, spilling, unknown name expression) and over
+every registered kernel family for sm_80 and sm_90; the ptxas-log parser, the cubin reader and the occupancy
+rules are also checked on their own."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gpuconv import compile_gate as cg
+from gpuconv import kernel_source
+from gpuconv.kernel_source import KernelFamily, LaunchHint
+
+FIXTURES = Path(__file__).resolve().parent / "kernels"
+NVRTC = cg.nvrtc_availability()
+
+
+def gate_test(fn):
+    """Marked compile_gate; skipped only where cuda-bindings / NVRTC are missing (a CI failure, see conftest)."""
+    return pytest.mark.compile_gate(pytest.mark.skipif(NVRTC != "yes", reason=f"needs NVRTC: {NVRTC}")(fn))
+
+GOOD = KernelFamily("gate_good", str(FIXTURES / "gate_good.cu"),
+                    ("gate_axpy<float, 128>", "gate_axpy<__half, 256>",
+                     "gate_reverse_block<float>", "gate_reverse_block<double>"),
+                    launch_hints={"gate_reverse_block<double>": LaunchHint(block_threads=512,
+                                                                           max_dynamic_smem=100 * 1024)})
+SPILL = KernelFamily("gate_spill", str(FIXTURES / "gate_spill.cu"), ("gate_spill<64>",))
+BROKEN = KernelFamily("gate_broken", str(FIXTURES / "gate_broken.cu"), ("gate_broken<float>",))
+MISSING = KernelFamily("gate_missing", str(FIXTURES / "gate_good.cu"),
+                       ("gate_axpy<float, 128>", "gate_no_such_kernel<float>"))
+
+
+def fixture_families():
+    return (GOOD, SPILL, BROKEN, MISSING)
+
+
+@pytest.fixture(scope="module")
+def report():
+    """One gate run over all fixture families, both default archs."""
+    return cg.check_kernels(families=fixture_families())
+
+
+def rows(rep, family, expr=None):
+    """The report's kernel rows of a family (and name expression), in arch order."""
+    return [k for k in rep.kernels if k.family == family and (expr is None or k.name_expression == expr)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the gate over fixtures
+# ---------------------------------------------------------------------------------------------------------
+@gate_test
+@pytest.mark.parametrize("arch", [80, 90])
+def test_good_family_passes_and_reports_resources(report, arch):
+    good = [k for k in rows(report, "gate_good") if k.arch == arch]
+    assert len(good) == len(GOOD.name_expressions)
+    assert all(k.ok for k in good), [k.problems for k in good]
+    for k in good:
+        assert k.lowered_name.startswith("_Z") and k.registers and 0 < k.registers <= 255
+        assert (k.spill_stores, k.spill_loads, k.local_bytes) == (0, 0, 0)
+    named = {k.name_expression: k for k in good}
+    axpy_f, axpy_h, rev = (named["gate_axpy<float, 128>"], named["gate_axpy<__half, 256>"],
+                           named["gate_reverse_block<float>"])
+    assert (axpy_f.static_smem, axpy_f.launch_bounds, axpy_f.block_source) == (128 * 4, 128, "launch bounds")
+    assert (axpy_h.static_smem, axpy_h.launch_bounds) == (256 * 4, 256)
+    assert axpy_f.occupancy.fraction == 1.0
+    assert (rev.launch_bounds, rev.block_threads, rev.block_source) == (None, cg.ASSUMED_BLOCK_THREADS, "assumed")
+
+
+@gate_test
+def test_plan_hint_drives_occupancy(report):
+    by_arch = {k.arch: k for k in rows(report, "gate_good", "gate_reverse_block<double>")}
+    for k in by_arch.values():
+        assert (k.block_threads, k.block_source, k.dynamic_smem) == (512, "plan", 100 * 1024)
+        assert k.occupancy.limiter == "shared memory"
+    # 101 KiB per block (with the 1 KiB reserved): one block of 16 warps on sm_80's 164 KiB, two on sm_90's 228 KiB.
+    assert by_arch[80].occupancy.warps_per_sm == 16 and by_arch[90].occupancy.warps_per_sm == 32
+
+
+@gate_test
+def test_broken_family_fails_with_the_nvrtc_log(report):
+    failures = [f for f in report.failures if f.family == "gate_broken"]
+    assert sorted(f.arch for f in failures) == [80, 90]
+    for f in failures:
+        assert f.reason.startswith("NVRTC compile error")
+        assert "gate_broken.cu(4)" in f.log and "undeclared_value" in f.log
+    assert "undeclared_value" in report.format_table()
+    assert not report.ok
+
+
+@gate_test
+def test_spilling_kernel_fails(report):
+    spill = rows(report, "gate_spill")
+    assert [k.arch for k in spill] == [80, 90]
+    for k in spill:
+        assert k.spill_stores > 0 and k.spill_loads > 0 and k.local_bytes > 0
+        assert k.registers <= 32  # __launch_bounds__(1024, 2): 64K registers / 2048 threads
+        assert not k.ok and any("spill" in p for p in k.problems)
+    assert any("gate_spill<64> sm_80: register spills" in p for p in report.problems())
+
+
+@gate_test
+def test_name_expression_that_names_no_kernel_fails(report):
+    failures = [f for f in report.failures if f.family == "gate_missing"]
+    assert sorted(f.arch for f in failures) == [80, 90]
+    for f in failures:
+        assert "gate_no_such_kernel<float>" in f.reason
+        assert "gate_axpy<float, 128>" not in f.reason
+
+
+@gate_test
+def test_report_json_and_markdown(report):
+    data = json.loads(report.to_json())
+    assert data["ok"] is False and data["archs"] == [80, 90] and data["nvrtc"] == cg.nvrtc_version()
+    assert len(data["kernels"]) == len(report.kernels)
+    k = next(k for k in data["kernels"] if k["name_expression"] == "gate_axpy<float, 128>")
+    assert {"registers", "spill_stores", "spill_loads", "static_smem", "dynamic_smem", "local_bytes",
+            "lowered_name", "occupancy", "ok"} <= set(k)
+    assert k["occupancy"]["fraction"] == 1.0
+    assert any("-arch=sm_90" in o for o in data["options"]["sm_90"])
+    md = report.to_markdown().splitlines()
+    assert md[0].startswith("| kernel | arch | regs |")
+    assert sum(line.startswith("| `") for line in md) == len(report.kernels)
+
+
+@gate_test
+@pytest.mark.parametrize("arch", [80, 90])
+def test_cubin_reader_agrees_with_ptxas(arch):
+    comp = cg.compile_family(GOOD, arch, cg.cupy_nvrtc_options(arch) + ("-Xptxas=-v",))
+    assert comp.ok, comp.log
+    ptxas, cubin = cg.parse_ptxas_log(comp.log), cg.read_cubin_info(comp.cubin)
+    for expr, lowered in comp.lowered.items():
+        assert cubin[lowered].registers == ptxas[lowered].registers
+        assert cubin[lowered].stack_frame in (None, ptxas[lowered].stack_frame)
+    assert cubin[comp.lowered["gate_axpy<float, 128>"]].max_threads == 128
+    assert cubin[comp.lowered["gate_reverse_block<float>"]].max_threads is None
+
+
+@gate_test
+def test_family_without_name_expressions_fails():
+    rep = cg.check_kernels(archs=(90,), families=[KernelFamily("empty", GOOD.file, ())])
+    assert not rep.ok and "no name expressions" in rep.failures[0].reason
+
+
+@gate_test
+def test_unknown_arch_is_rejected():
+    with pytest.raises(ValueError, match="arch 70"):
+        cg.check_kernels(archs=(70,), families=[GOOD])
+
+
+@gate_test
+def test_registered_families_pass_for_sm80_and_sm90():
+    """The static budget of DESIGN §4: every real kernel compiles for sm_80 and sm_90 with zero spills."""
+    fams = kernel_source.families()
+    rep = cg.check_kernels(archs=(80, 90))
+    assert len(rep.kernels) == 2 * sum(len(f.name_expressions) for f in fams)
+    problems = rep.problems()
+    assert not problems, "\n".join(problems)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# pieces that need no NVRTC
+# ---------------------------------------------------------------------------------------------------------
+PTXAS_LOG = """\
+ptxas info    : 0 bytes gmem
+ptxas info    : Function properties for _Z6helperf
+ptxas         .     16 bytes stack frame, 4 bytes spill stores, 8 bytes spill loads
+ptxas info    : Compiling entry function '_Z1kPf' for 'sm_90'
+ptxas info    : Function properties for _Z1kPf
+ptxas         .     48 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 37 registers, used 1 barriers, 2048 bytes smem, 48 bytes cumulative stack size
+ptxas info    : Compile time = 1.0 ms
+ptxas info    : Compiling entry function '_Z1gv' for 'sm_90'
+ptxas info    : Function properties for _Z1gv
+ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 8 registers, used 0 barriers, 364 bytes cmem[0]
+"""
+
+
+def test_parse_ptxas_log():
+    infos = cg.parse_ptxas_log(PTXAS_LOG)
+    k, g, helper = infos["_Z1kPf"], infos["_Z1gv"], infos["_Z6helperf"]
+    assert (k.registers, k.static_smem, k.stack_frame, k.spill_stores, k.is_entry) == (37, 2048, 48, 0, True)
+    assert (g.registers, g.static_smem, g.is_entry) == (8, 0, True)
+    assert (helper.is_entry, helper.spill_stores, helper.spill_loads, helper.registers) == (False, 4, 8, None)
+
+
+# (arch, registers, smem per block, threads per block, blocks per SM): produced by
+# cudaOccMaxActiveBlocksPerMultiprocessor from CUDA 13.0's cuda_occupancy.h (A100 / H100 properties, maximum
+# shared-memory carveout, opt-in dynamic smem), compiled with g++.
+OCCUPANCY_CASES = [
+    (80, 10, 0, 128, 16), (80, 32, 0, 1024, 2), (80, 255, 0, 256, 1), (80, 64, 0, 256, 4), (80, 40, 0, 256, 6),
+    (80, 72, 0, 128, 7), (80, 128, 0, 512, 1), (80, 168, 0, 384, 1), (80, 10, 102400, 512, 1),
+    (80, 32, 49152, 256, 3), (80, 32, 20000, 96, 7), (80, 24, 0, 64, 32), (80, 96, 0, 1024, 0),
+    (80, 65, 0, 992, 0), (80, 16, 166912, 32, 1), (80, 16, 166913, 32, 0), (80, 16, 232448, 32, 0),
+    (80, 33, 0, 33, 24),
+    (90, 10, 0, 128, 16), (90, 32, 0, 1024, 2), (90, 255, 0, 256, 1), (90, 64, 0, 256, 4), (90, 40, 0, 256, 6),
+    (90, 72, 0, 128, 7), (90, 128, 0, 512, 1), (90, 168, 0, 384, 1), (90, 10, 102400, 512, 2),
+    (90, 32, 49152, 256, 4), (90, 32, 20000, 96, 11), (90, 24, 0, 64, 32), (90, 96, 0, 1024, 0),
+    (90, 65, 0, 992, 0), (90, 16, 166912, 32, 1), (90, 16, 166913, 32, 1), (90, 16, 232448, 32, 1),
+    (90, 33, 0, 33, 24),
+]
+
+
+@pytest.mark.parametrize("arch,regs,smem,threads,blocks", OCCUPANCY_CASES)
+def test_occupancy_matches_cuda_occupancy_h(arch, regs, smem, threads, blocks):
+    occ = cg.occupancy(arch, regs, smem, threads)
+    assert occ.blocks_per_sm == blocks
+    assert occ.warps_per_sm == blocks * -(-threads // 32) and occ.max_warps_per_sm == 64
+    assert occ.limiter.startswith("cannot launch") == (blocks == 0)
+
+
+def test_options_match_cupy_rawmodule():
+    """Our reconstruction of RawModule's NVRTC options equals CuPy's own assembly (private API, CuPy 14)."""
+    pytest.importorskip("cuda.pathfinder")
+    cupy = pytest.importorskip("cupy")
+    core = pytest.importorskip("cupy._core.core")
+    if not hasattr(core, "assemble_cupy_compiler_options"):
+        pytest.skip(f"CuPy {cupy.__version__} has no assemble_cupy_compiler_options")
+    user = kernel_source.module_options()
+    expected = (tuple(core.assemble_cupy_compiler_options(user)) + ("-ftz=true", "-arch=sm_90",
+                                                                    "--device-as-default-execution-space"))
+    assert cg.cupy_nvrtc_options(90) == expected
