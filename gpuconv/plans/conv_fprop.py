@@ -24,9 +24,10 @@ Chooser rules (`choose_fprop_config(p, dtype)`, a pure function of the problem a
    more than 7/8 of its multiply-adds) or when the tiled variant cannot run (grid limits); else tiled.
 3. Tile (tiled variant): float64 -> 64x64 (8-byte accumulators: a 4x4 thread tile keeps 128 registers or
    fewer). float32 / float16 with a 64-bit index -> 128x128 (only huge problems need it). Otherwise the first
-   of 128x128 (only when gemm_n > 64), 128x64, 64x64 whose grid has at least TARGET_BLOCKS blocks
-   (two blocks per SM of a 132-SM H100/H200: enough to fill the machine, and a large tile's operand reuse
-   is wasted when most SMs would idle); when none does, 64x64.
+   of 128x128 (only when gemm_n > 64), 128x64, 64x64 whose grid fills one wave of a 132-SM H100/H200
+   (WAVE_SMS x BLOCKS_PER_SM[tile] blocks: 1 per SM for 128x128, whose 8x8 thread tile needs > 128
+   registers, 2 for the others) -- a large tile's operand reuse is worth nothing while SMs idle; when none
+   does, 64x64.
 4. Vector width V: 4 for float32 / float16 (128-bit / 64-bit loads), 2 for float64 (128-bit) when
    C/G % V == 0 and K/G % V == 0 (so every vector lies inside one filter tap and one group) and x, w, y are
    aligned to V elements; else 1 (any channel count, e.g. C = 3).
@@ -53,7 +54,9 @@ from . import LaunchPlan, ceil_div, index_type
 from .conv_common import INT32_MAX, extents_fit_int, problem_scalars
 
 ANALYTIC_BLOCK = 256
-TARGET_BLOCKS = 264          # 2 x 132 SMs (H100 SXM / H200)
+WAVE_SMS = 132               # SMs of an H100 SXM / H200: the machine a tile's grid should fill
+# Resident blocks per SM of each tile (registers limit them; compile gate, sm_80 and sm_90).
+BLOCKS_PER_SM = {"128x128": 1, "128x64": 2, "64x64": 2}
 MIN_TILED_GEMM_N = 8
 MAX_GRID_Y = 65535           # groups run along gridDim.y
 INDEX_TYPES = (index_type(False), index_type(True))
@@ -214,7 +217,8 @@ def choose_fprop_config(p: ConvProblem, dtype, aligned: bool = True) -> FpropCon
         tile = available[0]
     else:
         candidates = (["128x128"] if gemm_n > 64 else []) + ["128x64", "64x64"]
-        tile = next((t for t in candidates if tiled_grid(p, t)[0] * p.groups >= TARGET_BLOCKS), "64x64")
+        tile = next((t for t in candidates
+                     if tiled_grid(p, t)[0] * p.groups >= WAVE_SMS * BLOCKS_PER_SM[t]), "64x64")
     tiled = FpropConfig("tiled", index, tile, vector)
     return tiled if supports(tiled, p, dtype) is None else analytic
 
