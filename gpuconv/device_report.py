@@ -1,6 +1,10 @@
-"""The GPU as NVML sees it (nvidia-ml-py): name, driver, clocks, temperature, power; degrades cleanly."""
+"""The device a run happens on: the GPU as NVML sees it (nvidia-ml-py: name, driver, clocks, temperature,
+power), or the CPU (model, cores, BLAS). Every query degrades cleanly: a missing library, driver or field gives
+a reason or None, never an exception."""
 from __future__ import annotations
 
+import os
+import platform
 from typing import Any
 
 
@@ -36,12 +40,50 @@ def _query(pynvml, fn, *args):
 def _device(pynvml, h) -> dict[str, Any]:
     mem = _query(pynvml, pynvml.nvmlDeviceGetMemoryInfo, h)
     power = _query(pynvml, pynvml.nvmlDeviceGetPowerUsage, h)
+    limit = _query(pynvml, pynvml.nvmlDeviceGetEnforcedPowerLimit, h)
     return {
         "name": _query(pynvml, pynvml.nvmlDeviceGetName, h),
         "memory_total_gib": round(mem.total / 2**30, 1) if mem else None,
         "sm_clock_mhz": _query(pynvml, pynvml.nvmlDeviceGetClockInfo, h, pynvml.NVML_CLOCK_SM),
         "sm_clock_max_mhz": _query(pynvml, pynvml.nvmlDeviceGetMaxClockInfo, h, pynvml.NVML_CLOCK_SM),
         "mem_clock_mhz": _query(pynvml, pynvml.nvmlDeviceGetClockInfo, h, pynvml.NVML_CLOCK_MEM),
+        "mem_clock_max_mhz": _query(pynvml, pynvml.nvmlDeviceGetMaxClockInfo, h, pynvml.NVML_CLOCK_MEM),
+        "pstate": _query(pynvml, pynvml.nvmlDeviceGetPerformanceState, h),
         "temperature_c": _query(pynvml, pynvml.nvmlDeviceGetTemperature, h, pynvml.NVML_TEMPERATURE_GPU),
         "power_w": power / 1000 if power is not None else None,
+        "power_limit_w": limit / 1000 if limit is not None else None,
     }
+
+
+def cpu_report() -> dict[str, Any]:
+    """CPU model (from /proc/cpuinfo where there is one), logical cores, machine, NumPy's BLAS if it says."""
+    model = None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"model": model or platform.processor() or platform.machine() or None,
+            "logical_cores": os.cpu_count(), "usable_cores": _usable_cores(),
+            "machine": platform.machine(), "blas": _blas()}
+
+
+def _usable_cores() -> int | None:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
+def _blas() -> str | None:
+    """NumPy's BLAS as numpy.show_config reports it (NumPy >= 1.26), else None."""
+    try:
+        import numpy
+        cfg = numpy.show_config(mode="dicts")
+        blas = cfg.get("Build Dependencies", {}).get("blas", {})
+        return " ".join(str(blas[k]) for k in ("name", "version") if blas.get(k)) or None
+    except Exception:
+        return None

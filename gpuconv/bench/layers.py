@@ -78,4 +78,13 @@ SEGNET = (
     PoolLayer("segnet_pool5", (22, 30, 512), 2, 2, "VALID"),
 )
 
-LAYER_SETS = {"resnet50": RESNET50, "unet3d": UNET3D_C3D, "segnet": SEGNET}
+# Small layers for `python -m gpuconv bench --quick` (seconds on a CPU): a 3x3 conv, a stride-2 3x3 conv with
+# TF's asymmetric SAME padding, a small 3-D conv, and a SegNet-like 2x2/2 pool on an odd-sized map.
+QUICK = (
+    ConvLayer("quick_3x3_64", (28, 28, 64), (3, 3, 64, 64), 1, "SAME"),
+    ConvLayer("quick_3x3s2_64", (28, 28, 32), (3, 3, 32, 64), 2, "SAME"),
+    ConvLayer("quick_3d_16", (8, 16, 16, 16), (3, 3, 3, 16, 16), 1, "SAME"),
+    PoolLayer("quick_pool_45x60", (45, 60, 64), 2, 2, "SAME"),
+)
+
+LAYER_SETS = {"resnet50": RESNET50, "unet3d": UNET3D_C3D, "segnet": SEGNET, "quick": QUICK}

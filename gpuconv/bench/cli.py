@@ -1,0 +1,259 @@
+"""`python -m gpuconv bench`: time gpuconv and its peers on named layer sets; write JSON, Markdown and a PNG.
+
+On a GPU (backend cuda): CUDA events after a timed warm-up, inputs rotated through enough copies to exceed
+twice the L2 cache, medians of many repetitions; peers cuDNN through PyTorch (TF32 off unless --tf32) and an
+im2col + cuBLAS baseline in CuPy. On a machine without a GPU (backend numpy): perf_counter medians after
+warm-up; peers PyTorch and TensorFlow on the CPU. Progress goes to stderr, the report paths to stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import metrics, report, timing
+from .cases import ALL_OPS, DTYPES, Case, build_cases
+from .layers import LAYER_SETS
+from .peers import PEER_NAMES, GpuconvImpl, Unsupported, default_peers, peers_by_name
+
+# (warmup calls, warmup seconds, timed-loop budget seconds, min reps, max reps) per mode and device
+TIMING = {
+    ("quick", "cpu"): (3, 0.0, 0.05, 3, 20),
+    ("quick", "gpu"): (3, 0.05, 0.05, 10, 200),
+    ("full", "cpu"): (3, 0.2, 1.0, 5, 200),
+    ("full", "gpu"): (10, 1.0, 0.5, 50, 2000),
+}
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m gpuconv bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="small layers (the 'quick' set unless --layers is given), few repetitions")
+    p.add_argument("--ops", type=_csv, default=None, help=f"comma list from: {', '.join(ALL_OPS)} (default all)")
+    p.add_argument("--layers", type=_csv, default=None,
+                   help=f"layer sets: {', '.join(LAYER_SETS)} (default: resnet50,unet3d,segnet; quick with --quick)")
+    p.add_argument("--match", default=None, help="only layers whose name contains this text")
+    p.add_argument("--dtypes", type=_csv, default=["float32"], help=f"comma list from: {', '.join(DTYPES)}")
+    p.add_argument("--batch", type=int, default=None, help="batch size (default: 32 on a GPU, 1 on the CPU; "
+                                                           "8 and 1 with --quick)")
+    p.add_argument("--backend", default="auto", choices=("auto", "numpy", "cuda", "emulator"),
+                   help="gpuconv backend to time (auto: cuda when a GPU is available, else numpy)")
+    p.add_argument("--peers", default="auto",
+                   help=f"'auto', 'none' or a comma list from: {', '.join(PEER_NAMES)}")
+    p.add_argument("--tf32", action="store_true", help="let the peers use TF32 for float32 (stated in the report)")
+    p.add_argument("--cpu-peak-gflops", type=float, default=None,
+                   help="the CPU's peak, if you know it, for '%% of peak' on the CPU (omitted otherwise)")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for the reports")
+    p.add_argument("--name", default=None, help="file stem (default <date>_<device>)")
+    args = p.parse_args(argv)
+    for op in args.ops or []:
+        if op not in ALL_OPS:
+            p.error(f"--ops: unknown op {op!r}; known: {', '.join(ALL_OPS)}")
+    for layer_set in args.layers or []:
+        if layer_set not in LAYER_SETS:
+            p.error(f"--layers: unknown set {layer_set!r}; known: {', '.join(LAYER_SETS)}")
+    for dt in args.dtypes:
+        if dt not in DTYPES:
+            p.error(f"--dtypes: {dt!r} is not benchmarked; choose from {', '.join(DTYPES)} "
+                    "(NumPy, and so gpuconv, has no bfloat16)")
+    if args.batch is not None and args.batch < 1:
+        p.error("--batch must be >= 1")
+    return args
+
+
+def _resolve_backend(requested: str) -> tuple[str | None, str]:
+    from ..demo import backend_choice
+    return backend_choice(requested)
+
+
+def _l2_bytes() -> int | None:
+    try:
+        import cupy
+        return int(cupy.cuda.Device().attributes["L2CacheSize"])
+    except Exception:
+        return None
+
+
+def _free_gpu_memory() -> None:
+    try:
+        import cupy
+        cupy.get_default_memory_pool().free_all_blocks()
+    except Exception:
+        pass
+    try:
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass
+
+
+def _device_info(kind: str) -> dict[str, Any]:
+    from ..device_report import cpu_report, gpu_report
+    if kind == "gpu":
+        g = gpu_report()
+        name = (g.get("devices") or [{}])[0].get("name") if g.get("available") else None
+        if name is None:
+            try:
+                import cupy
+                name = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+            except Exception:
+                name = "unknown GPU"
+        return {"kind": "gpu", "name": name, "gpu": g, "cpu": cpu_report(), "l2_bytes": _l2_bytes()}
+    c = cpu_report()
+    return {"kind": "cpu", "name": c.get("model") or "unknown CPU", "cpu": c}
+
+
+class Progress:
+    """One line per measurement on stderr: [i/n] case impl -> result (elapsed)."""
+
+    def __init__(self, total: int, stream=sys.stderr):
+        self.total, self.done, self.stream, self.t0 = total, 0, stream, time.perf_counter()
+
+    def step(self, text: str) -> None:
+        self.done += 1
+        width = len(str(self.total))
+        print(f"[{self.done:{width}d}/{self.total}] {text}  ({time.perf_counter() - self.t0:.1f} s)",
+              file=self.stream, flush=True)
+
+
+def run_case(case: Case, impl, kind: str, mode: str, l2: int | None, peak, args) -> dict[str, Any]:
+    """Time one case on one implementation; a row for the report (status ok / unsupported / error)."""
+    row: dict[str, Any] = {**case.describe(), "impl": impl.name, "status": "ok", "note": ""}
+    why = impl.supports(case)
+    if why:
+        return {**row, "status": "unsupported", "note": why}
+    warmup, warmup_s, budget_s, min_reps, max_reps = TIMING[(mode, kind)]
+    copies = timing.copies_for_l2(case.bytes, l2) if kind == "gpu" else 1
+    timer = timing.CudaEventTimer() if kind == "gpu" else timing.CpuTimer()
+    try:
+        with impl.context():
+            calls = impl.prepare(case, case.host_inputs(), copies)
+            result = timing.measure(calls, timer, warmup=warmup, warmup_s=warmup_s, budget_s=budget_s,
+                                    min_reps=min_reps, max_reps=max_reps)
+    except Unsupported as exc:
+        return {**row, "status": "unsupported", "note": str(exc)}
+    except Exception as exc:  # a failing implementation is reported, not fatal
+        return {**row, "status": "error", "note": f"{type(exc).__name__}: {exc}"}
+    finally:
+        calls = None
+        if kind == "gpu":
+            _free_gpu_memory()
+    row["note"] = getattr(impl, "note", "") or ""
+    row.update({"median_ms": result.median_s * 1e3, "min_ms": result.min_s * 1e3, "p20_ms": result.p20_s * 1e3,
+                "p80_ms": result.p80_s * 1e3, "reps": result.reps, "warmup": result.warmup,
+                "copies": result.copies, "clock": result.clock})
+    row.update(metrics.throughput(result.median_s, case.flops, case.bytes))
+    row.update(metrics.percent_of_peak(case.kind, row["gflops"], row["gbps"], case.dtype, peak,
+                                       tf32=args.tf32 and not impl.name.startswith("gpuconv"),
+                                       cpu_peak_gflops=args.cpu_peak_gflops if kind == "cpu" else None))
+    return row
+
+
+def _describe(row: dict[str, Any]) -> str:
+    if row["status"] != "ok":
+        return f"{row['status']}: {row['note']}"
+    rate = f"{row['gflops']:.1f} GFLOP/s" if row.get("gflops") else f"{row['gbps']:.1f} GB/s"
+    return f"{row['median_ms']:.3f} ms median of {row['reps']}, {rate}"
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of `python -m gpuconv bench`; 0 when every gpuconv measurement ran, 1 if one failed,
+    2 for a usage error or a backend that cannot run here."""
+    args = parse_args(argv)
+    backend, reason = _resolve_backend(args.backend)
+    if backend is None:
+        print(f"gpuconv bench: {reason}", file=sys.stderr)
+        return 2
+    kind = "gpu" if backend == "cuda" else "cpu"
+    mode = "quick" if args.quick else "full"
+    batch = args.batch or {("quick", "gpu"): 8, ("full", "gpu"): 32}.get((mode, kind), 1)
+    layer_sets = args.layers or (["quick"] if args.quick else ["resnet50", "unet3d", "segnet"])
+    cases = build_cases(layer_sets, args.ops or list(ALL_OPS), args.dtypes, batch, args.match)
+    if not cases:
+        print("gpuconv bench: no case matches the chosen layers, ops and --match", file=sys.stderr)
+        return 2
+
+    if args.peers == "auto":
+        peers = default_peers(kind, args.tf32)
+    elif args.peers == "none":
+        peers = []
+    else:
+        try:
+            peers = peers_by_name(_csv(args.peers), kind, args.tf32)
+        except ValueError as exc:
+            print(f"gpuconv bench: --peers: {exc}", file=sys.stderr)
+            return 2
+    impls = [GpuconvImpl(backend)]
+    implementations: dict[str, Any] = {}
+    for impl in impls + peers:
+        avail = impl.availability()
+        settings = None
+        if avail == "yes":
+            try:
+                settings = impl.settings()
+            except Exception as exc:
+                avail = f"settings failed ({type(exc).__name__}: {exc})"
+        implementations[impl.name] = {"available": avail, "settings": settings}
+        if avail != "yes":
+            print(f"gpuconv bench: {impl.name} not run: {avail}", file=sys.stderr)
+    runnable = [i for i in impls + peers if implementations[i.name]["available"] == "yes"]
+
+    device = _device_info(kind)
+    peak = metrics.find_peak(device["name"]) if kind == "gpu" else None
+    warmup, warmup_s, budget_s, min_reps, max_reps = TIMING[(mode, kind)]
+    timing_text = (f"{'CUDA events' if kind == 'gpu' else 'perf_counter'}, warm-up >= {warmup} calls and "
+                   f">= {warmup_s:g} s, ~{budget_s:g} s per measurement, {min_reps}-{max_reps} reps, median"
+                   + (", inputs rotated past 2x L2" if kind == "gpu" else ""))
+    print(f"gpuconv bench: {len(cases)} cases x {len(runnable)} implementations on {device['name']} "
+          f"(backend {backend}, batch {batch}, {mode})", file=sys.stderr)
+
+    progress = Progress(len(cases) * len(runnable))
+    rows = []
+    for case in cases:
+        for impl in runnable:
+            row = run_case(case, impl, kind, mode, device.get("l2_bytes"), peak, args)
+            rows.append(row)
+            progress.step(f"{case.name} {impl.name}: {_describe(row)}")
+
+    if kind == "gpu":   # clocks, temperature and power after the run, next to the ones before it
+        from ..device_report import gpu_report
+        device["gpu_after"] = gpu_report()
+    now = _dt.datetime.now(_dt.timezone.utc).astimezone()
+    import gpuconv
+    doc = {
+        "created": now.isoformat(timespec="seconds"),
+        "command": "python -m gpuconv bench " + shlex.join(argv),
+        "gpuconv": gpuconv.__version__,
+        "backend": backend,
+        "device": device,
+        "peak": None if peak is None else peak.__dict__,
+        "settings": {"mode": mode, "batch": batch, "layer_sets": layer_sets, "match": args.match,
+                     "ops": args.ops or list(ALL_OPS), "dtypes": args.dtypes, "tf32_for_peers": args.tf32,
+                     "timing": timing_text, "cpu_peak_gflops": args.cpu_peak_gflops},
+        "implementations": implementations,
+        "results": rows,
+    }
+    stem = args.name or f"{now:%Y-%m-%d}_{report.slug(device['name'])}"
+    paths = report.write_all(doc, args.out, stem)
+    for key in ("json", "md", "png"):
+        if paths[key]:
+            print(paths[key])
+    if paths["png"] is None:
+        print("gpuconv bench: no chart (matplotlib not installed or nothing measured)", file=sys.stderr)
+    failed = [r for r in rows if r["impl"].startswith("gpuconv") and r["status"] == "error"]
+    for r in failed:
+        print(f"gpuconv bench: FAILED {r['layer']} {r['op']} {r['dtype']}: {r['note']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

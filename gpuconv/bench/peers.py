@@ -1,0 +1,429 @@
+"""Implementations a benchmark case is timed on: gpuconv itself and its peers, where installed.
+
+Each implementation has `name`, `device` ('cpu' or 'gpu'), `availability()` ('yes' or why not),
+`settings()` (precision modes and threads, stated in the report), `supports(case)` (None or why not),
+`context()` (entered around prepare + timing) and `prepare(case, inputs, copies) -> [callable]`: one
+zero-argument closure per input copy, each running the op once on its own copy (outputs are allocated by the
+call, as a user's call would). Preparation (uploads, layout changes, argmax for unpooling) is never timed.
+
+Peers: PyTorch (cuDNN on the GPU with cudnn.benchmark and channels_last; oneDNN on the CPU), TensorFlow on the
+CPU, and an im2col + cuBLAS baseline in CuPy (fprop only). PyTorch pads symmetrically: where TF's SAME padding is
+asymmetric (stride 2, odd total) the PyTorch peer pads by the larger side on both ends, which gives the same
+output size and FLOP count but not the same numbers; the row says so.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Callable
+
+import numpy as np
+
+from .cases import Case
+
+Closure = Callable[[], Any]
+
+
+class Unsupported(Exception):
+    """The implementation cannot run this case (the reason is reported, not an error)."""
+
+
+def _import_version(module: str) -> tuple[Any, str]:
+    """(module, 'yes') or (None, reason) - never raises."""
+    try:
+        mod = __import__(module)
+        return mod, "yes"
+    except Exception as exc:  # ImportError, or a broken install raising something else
+        return None, f"not installed or broken ({type(exc).__name__}: {exc})"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# gpuconv
+# ---------------------------------------------------------------------------------------------------------
+class GpuconvImpl:
+    """gpuconv's TF-named API on one backend (numpy, emulator or cuda)."""
+
+    def __init__(self, backend: str):
+        self.backend = backend
+        self.name = f"gpuconv-{backend}"
+        self.device = "gpu" if backend == "cuda" else "cpu"
+        self.note = ""
+
+    def availability(self) -> str:
+        return "yes"
+
+    def settings(self) -> dict[str, Any]:
+        s: dict[str, Any] = {"backend": self.backend, "precision": "exact fp32 (no TF32); float16 accumulates "
+                                                                   "in float32"}
+        if self.backend == "numpy":
+            s["numpy"] = np.__version__
+        return s
+
+    def supports(self, case: Case) -> str | None:
+        if case.op in ("pool_argmax", "unpool", "pool_grad") and case.nspatial != 2:
+            return "max_pool_with_argmax is 2-D only, as in TF"
+        return None
+
+    def context(self):
+        import gpuconv
+        return gpuconv.use_backend(self.backend)
+
+    def _xp(self):
+        if self.backend == "cuda":
+            import cupy
+            return cupy
+        return np
+
+    def prepare(self, case: Case, inputs: dict[str, np.ndarray], copies: int) -> list[Closure]:
+        import gpuconv as gc
+        xp = self._xp()
+        s, pad, n = case.layer.strides, case.layer.padding, case.nspatial
+        closures = []
+        for _ in range(copies):
+            a = {k: xp.asarray(v).copy() for k, v in inputs.items()}
+            if case.kind == "conv":
+                closures.append(_gpuconv_conv(gc, case, a, s, pad, n))
+            else:
+                closures.append(_gpuconv_pool(gc, case, a, s, pad, n))
+        return closures
+
+
+def _gpuconv_conv(gc, case: Case, a: dict, s, pad, n) -> Closure:
+    x, w, dy = a["x"], a["w"], a["dy"]
+    conv = gc.conv2d if n == 2 else gc.conv3d
+    bi = gc.conv2d_backprop_input if n == 2 else gc.conv3d_backprop_input
+    bf = gc.conv2d_backprop_filter if n == 2 else gc.conv3d_backprop_filter
+    tr = gc.conv2d_transpose if n == 2 else gc.conv3d_transpose
+    xs, ws = case.x_shape, case.w_shape
+    return {
+        "fprop": lambda: conv(x, w, s, pad),
+        "dgrad": lambda: bi(xs, w, dy, s, pad),
+        "wgrad": lambda: bf(x, ws, dy, s, pad),
+        "transpose": lambda: tr(dy, w, xs, s, pad),
+    }[case.op]
+
+
+def _gpuconv_pool(gc, case: Case, a: dict, s, pad, n) -> Closure:
+    x, dy, k = a["x"], a["dy"], case.layer.ksize
+    mp = gc.max_pool2d if n == 2 else gc.max_pool3d
+    ap = gc.avg_pool2d if n == 2 else gc.avg_pool3d
+    if case.op == "pool":
+        return lambda: mp(x, k, s, pad)
+    if case.op == "avg_pool":
+        return lambda: ap(x, k, s, pad)
+    if case.op == "avg_unpool":
+        return lambda: gc.avg_unpool(dy, k, s, pad, case.x_shape)
+    if case.op == "pool_argmax":
+        return lambda: gc.max_pool_with_argmax(x, k, s, pad)
+    y, argmax = gc.max_pool_with_argmax(x, k, s, pad)
+    if case.op == "unpool":
+        return lambda: gc.max_unpool(y, argmax, case.x_shape)
+    return lambda: gc.max_pool_grad_with_argmax(x, dy, argmax, k, s, pad)       # pool_grad
+
+
+# ---------------------------------------------------------------------------------------------------------
+# PyTorch (cuDNN on the GPU, oneDNN / native on the CPU)
+# ---------------------------------------------------------------------------------------------------------
+class TorchImpl:
+    """PyTorch with channels_last tensors. On the GPU: cudnn.benchmark on, TF32 off unless allow_tf32."""
+
+    def __init__(self, device: str, allow_tf32: bool = False):
+        self.device = device
+        self.name = "torch-cudnn" if device == "gpu" else "torch-cpu"
+        self.allow_tf32 = allow_tf32
+        self.note = ""
+        self._torch, self._avail = _import_version("torch")
+
+    def availability(self) -> str:
+        if self._torch is None:
+            return self._avail
+        if self.device == "gpu" and not self._torch.cuda.is_available():
+            return "torch has no CUDA device here"
+        return "yes"
+
+    def _configure(self) -> None:
+        t = self._torch
+        if self.device == "gpu":
+            t.backends.cudnn.benchmark = True
+            t.backends.cudnn.allow_tf32 = self.allow_tf32
+            t.backends.cuda.matmul.allow_tf32 = self.allow_tf32
+
+    def settings(self) -> dict[str, Any]:
+        t = self._torch
+        s: dict[str, Any] = {"torch": t.__version__, "memory_format": "channels_last"}
+        if self.device == "gpu":
+            self._configure()
+            s.update({"cudnn": t.backends.cudnn.version(), "cudnn.benchmark": t.backends.cudnn.benchmark,
+                      "cudnn.allow_tf32": t.backends.cudnn.allow_tf32,
+                      "cuda.matmul.allow_tf32": t.backends.cuda.matmul.allow_tf32})
+        else:
+            s.update({"threads": t.get_num_threads(), "mkldnn": t.backends.mkldnn.is_available()})
+        return s
+
+    def supports(self, case: Case) -> str | None:
+        if case.op == "avg_unpool":
+            return "no PyTorch op"
+        return None
+
+    def context(self):
+        return self._torch.inference_mode()
+
+    def _dev(self):
+        return "cuda" if self.device == "gpu" else "cpu"
+
+    def _nchw(self, a: np.ndarray):
+        """NHWC NumPy array -> a torch tensor in NCHW order with channels_last memory (the same bytes)."""
+        t = self._torch.from_numpy(np.ascontiguousarray(a)).to(self._dev())
+        return t.permute(0, t.ndim - 1, *range(1, t.ndim - 1))
+
+    def _filters(self, w: np.ndarray):
+        """TF filters (spatial..., in, out) -> torch (out, in, spatial...) in channels_last memory."""
+        t = self._torch.from_numpy(np.ascontiguousarray(w)).to(self._dev())
+        nd = t.ndim - 2
+        t = t.permute(nd + 1, nd, *range(nd))
+        fmt = self._torch.channels_last if nd == 2 else self._torch.channels_last_3d
+        return t.contiguous(memory_format=fmt)
+
+    def prepare(self, case: Case, inputs: dict[str, np.ndarray], copies: int) -> list[Closure]:
+        self._configure()
+        if case.kind == "conv":
+            pads, self.note = torch_padding(case)
+            return [self._conv(case, inputs, pads) for _ in range(copies)]
+        self.note = ""
+        return [self._pool(case, inputs) for _ in range(copies)]
+
+    def _conv(self, case: Case, inputs, pads) -> Closure:
+        torch, F = self._torch, self._torch.nn.functional
+        n = case.nspatial
+        x, w, dy = self._nchw(inputs["x"]), self._filters(inputs["w"]), self._nchw(inputs["dy"])
+        s = [case.layer.strides] * n
+        conv = F.conv2d if n == 2 else F.conv3d
+        e = case.w_shape[:n]
+        got = tuple((case.x_shape[1 + i] + 2 * pads[i] - e[i]) // s[i] + 1 for i in range(n))
+        if got != tuple(case.y_shape[1:-1]):
+            raise Unsupported(f"padding {pads} gives output {got}, TF gives {tuple(case.y_shape[1:-1])}")
+        if case.op == "fprop":
+            return lambda: conv(x, w, None, s, pads)
+        if case.op in ("dgrad", "wgrad"):
+            mask = [case.op == "dgrad", case.op == "wgrad", False]
+            cb = torch.ops.aten.convolution_backward
+            return lambda: cb(dy, x, w, None, s, pads, [1] * n, False, [0] * n, 1, mask)
+        tr = F.conv_transpose2d if n == 2 else F.conv_transpose3d
+        op = [case.x_shape[1 + i] - ((case.y_shape[1 + i] - 1) * s[i] - 2 * pads[i] + e[i]) for i in range(n)]
+        if any(o < 0 or o >= s[i] for i, o in enumerate(op)):
+            raise Unsupported(f"output_padding {op} out of range for stride {s}")
+        return lambda: tr(dy, w, None, s, pads, op)
+
+    def _pool(self, case: Case, inputs) -> Closure:
+        """TF's SAME pooling as PyTorch's: the smaller (leading) pad on both sides, ceil_mode for the extra
+        trailing cell; PyTorch's divisor also excludes padding (count_include_pad=False)."""
+        torch, F = self._torch, self._torch.nn.functional
+        n = case.nspatial
+        x, dy = self._nchw(inputs["x"]), self._nchw(inputs["dy"])
+        k, s = [case.layer.ksize] * n, [case.layer.strides] * n
+        pads = list(case.problem.pad_before[3 - n:])
+        if any(p > k_ / 2 for p, k_ in zip(pads, k)):
+            raise Unsupported(f"PyTorch pooling needs padding <= ksize/2, got {pads}")
+        ceil = case.layer.padding == "SAME"
+        mp = F.max_pool2d if n == 2 else F.max_pool3d
+        y, idx = mp(x, k, s, pads, 1, ceil, True)
+        if tuple(y.shape[2:]) != tuple(case.y_shape[1:-1]):
+            raise Unsupported(f"pooled size {tuple(y.shape[2:])} differs from TF's {tuple(case.y_shape[1:-1])}")
+        if case.op == "pool":
+            return lambda: mp(x, k, s, pads, 1, ceil)
+        if case.op == "pool_argmax":
+            return lambda: mp(x, k, s, pads, 1, ceil, True)
+        if case.op == "avg_pool":
+            ap = F.avg_pool2d if n == 2 else F.avg_pool3d
+            return lambda: ap(x, k, s, pads, ceil, False)
+        if case.op == "unpool":
+            up = F.max_unpool2d if n == 2 else F.max_unpool3d
+            size = list(case.x_shape[1:-1])
+            return lambda: up(y, idx, k, s, pads, size)
+        bw = (torch.ops.aten.max_pool2d_with_indices_backward if n == 2
+              else torch.ops.aten.max_pool3d_with_indices_backward)
+        g = dy.contiguous(memory_format=torch.channels_last if n == 2 else torch.channels_last_3d)
+        return lambda: bw(g, x, k, s, pads, [1] * n, ceil, idx)
+
+
+def torch_padding(case: Case) -> tuple[list[int], str]:
+    """Symmetric per-axis padding for PyTorch, and a note when TF's padding is asymmetric."""
+    p = case.problem
+    axes = slice(3 - case.nspatial, 3)
+    before, after = p.pad_before[axes], p.pad_after[axes]
+    if before == after:
+        return list(before), ""
+    return list(after), f"PyTorch pads {list(after)} on both sides (TF: {list(before)} before, {list(after)} after)"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# TensorFlow on the CPU (the semantic reference)
+# ---------------------------------------------------------------------------------------------------------
+class TensorflowImpl:
+    """TensorFlow eager ops pinned to the CPU: exactly the semantics gpuconv reproduces."""
+
+    name = "tf-cpu"
+    device = "cpu"
+
+    def __init__(self):
+        self.note = ""
+        self._tf = None
+        self._avail = None
+
+    def availability(self) -> str:
+        if self._avail is None:
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+            self._tf, self._avail = _import_version("tensorflow")
+        return self._avail
+
+    def settings(self) -> dict[str, Any]:
+        tf = self._tf
+        return {"tensorflow": tf.__version__, "device": "/CPU:0",
+                "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads() or "default"}
+
+    def supports(self, case: Case) -> str | None:
+        if case.op in ("pool_argmax", "unpool", "pool_grad") and case.nspatial != 2:
+            return "max_pool_with_argmax is 2-D only"
+        if case.op == "avg_unpool":
+            return "no TF op"
+        return None
+
+    def context(self):
+        return self._tf.device("/CPU:0")
+
+    def prepare(self, case: Case, inputs: dict[str, np.ndarray], copies: int) -> list[Closure]:
+        tf = self._tf
+        n, s, pad = case.nspatial, case.layer.strides, case.layer.padding
+        strides = [1] + [s] * n + [1]
+        out = []
+        for _ in range(copies):
+            a = {k: tf.constant(v) for k, v in inputs.items()}
+            if case.kind == "conv":
+                out.append(self._conv(case, a, strides, pad))
+            else:
+                out.append(self._pool(case, a, strides, pad))
+        return out
+
+    def _conv(self, case: Case, a, strides, pad) -> Closure:
+        tf, n = self._tf, case.nspatial
+        x, w, dy = a["x"], a["w"], a["dy"]
+        xs, ws = tf.constant(case.x_shape, tf.int32), tf.constant(case.w_shape, tf.int32)
+        raw = tf.raw_ops
+        if case.op == "fprop":
+            conv = tf.nn.conv2d if n == 2 else tf.nn.conv3d
+            return lambda: conv(x, w, strides, pad)
+        if case.op == "dgrad":
+            if n == 2:
+                return lambda: raw.Conv2DBackpropInput(input_sizes=xs, filter=w, out_backprop=dy, strides=strides,
+                                                       padding=pad)
+            return lambda: raw.Conv3DBackpropInputV2(input_sizes=xs, filter=w, out_backprop=dy, strides=strides,
+                                                     padding=pad)
+        if case.op == "wgrad":
+            if n == 2:
+                return lambda: raw.Conv2DBackpropFilter(input=x, filter_sizes=ws, out_backprop=dy, strides=strides,
+                                                        padding=pad)
+            return lambda: raw.Conv3DBackpropFilterV2(input=x, filter_sizes=ws, out_backprop=dy, strides=strides,
+                                                      padding=pad)
+        tr = tf.nn.conv2d_transpose if n == 2 else tf.nn.conv3d_transpose
+        return lambda: tr(dy, w, list(case.x_shape), strides, pad)
+
+    def _pool(self, case: Case, a, strides, pad) -> Closure:
+        tf, n = self._tf, case.nspatial
+        x, dy = a["x"], a["dy"]
+        k = [1] + [case.layer.ksize] * n + [1]
+        if case.op == "pool":
+            mp = tf.nn.max_pool2d if n == 2 else tf.nn.max_pool3d
+            return lambda: mp(x, k, strides, pad)
+        if case.op == "avg_pool":
+            ap = tf.nn.avg_pool2d if n == 2 else tf.nn.avg_pool3d
+            return lambda: ap(x, k, strides, pad)
+        if case.op == "pool_argmax":
+            return lambda: tf.nn.max_pool_with_argmax(x, k, strides, pad)
+        y, argmax = tf.nn.max_pool_with_argmax(x, k, strides, pad, include_batch_in_index=True)
+        if case.op == "unpool":
+            # The seed's scatter_nd recipe, with batch-inclusive flat indices (no index decoding).
+            total = int(np.prod(case.x_shape))
+            idx, vals = tf.reshape(argmax, [-1, 1]), tf.reshape(y, [-1])
+            return lambda: tf.reshape(tf.scatter_nd(idx, vals, [total]), case.x_shape)
+        return lambda: tf.raw_ops.MaxPoolGradWithArgmax(input=x, grad=dy, argmax=argmax, ksize=k, strides=strides,
+                                                        padding=pad, include_batch_in_index=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# im2col + cuBLAS in CuPy (fprop only): the Chainer-style baseline
+# ---------------------------------------------------------------------------------------------------------
+class CupyIm2colImpl:
+    """Padded input -> strided im2col view -> contiguous column matrix -> one cuBLAS GEMM."""
+
+    name = "cupy-im2col"
+    device = "gpu"
+
+    def __init__(self):
+        self.note = ""
+        self._cupy, self._avail = _import_version("cupy")
+
+    def availability(self) -> str:
+        if self._cupy is None:
+            return self._avail
+        try:
+            return "yes" if self._cupy.is_available() else "CuPy sees no CUDA device"
+        except Exception as exc:
+            return f"CuPy cannot reach a device ({type(exc).__name__}: {exc})"
+
+    def settings(self) -> dict[str, Any]:
+        return {"cupy": self._cupy.__version__, "CUPY_TF32": os.environ.get("CUPY_TF32", "0 (unset)"),
+                "gemm": "cupy.matmul -> cuBLAS"}
+
+    def supports(self, case: Case) -> str | None:
+        return None if case.op == "fprop" else "baseline implements fprop only"
+
+    def context(self):
+        return contextlib.nullcontext()
+
+    def prepare(self, case: Case, inputs: dict[str, np.ndarray], copies: int) -> list[Closure]:
+        cp = self._cupy
+        p = case.problem
+        x5shape = (p.N, p.D, p.H, p.W, p.C)
+        pads = ((0, 0),) + tuple(zip(p.pad_before, p.pad_after)) + ((0, 0),)
+        taps = p.T * p.R * p.S
+        out = []
+        for _ in range(copies):
+            x = cp.asarray(inputs["x"]).reshape(x5shape)
+            w = cp.asarray(inputs["w"]).reshape(taps * p.C, p.K)
+
+            def run(x=x, w=w):
+                xp_ = cp.pad(x, pads)
+                sn, sd, sh, sw, sc = xp_.strides
+                st = p.stride
+                view = cp.lib.stride_tricks.as_strided(
+                    xp_, (p.N, p.Z, p.P, p.Q, p.T, p.R, p.S, p.C),
+                    (sn, sd * st[0], sh * st[1], sw * st[2], sd, sh, sw, sc))
+                cols = cp.ascontiguousarray(view).reshape(p.N * p.Z * p.P * p.Q, taps * p.C)
+                return (cols @ w).reshape(case.y_shape)
+            out.append(run)
+        return out
+
+
+def default_peers(device: str, allow_tf32: bool) -> list:
+    """The peers worth timing next to gpuconv on this kind of machine."""
+    if device == "gpu":
+        return [TorchImpl("gpu", allow_tf32), CupyIm2colImpl()]
+    return [TorchImpl("cpu"), TensorflowImpl()]
+
+
+PEER_NAMES = ("torch", "tf", "cupy-im2col")
+
+
+def peers_by_name(names: list[str], device: str, allow_tf32: bool) -> list:
+    """Peers chosen with --peers (torch -> torch-cudnn on the GPU / torch-cpu on the CPU)."""
+    out = []
+    for n in names:
+        if n == "torch":
+            out.append(TorchImpl(device, allow_tf32))
+        elif n == "tf":
+            out.append(TensorflowImpl())
+        elif n == "cupy-im2col":
+            out.append(CupyIm2colImpl())
+        else:
+            raise ValueError(f"unknown peer {n!r}; known: {', '.join(PEER_NAMES)}")
+    return out
