@@ -1,0 +1,147 @@
+"""python -m gpuconv: info, check-kernels (on fixture families), and demo/bench delegation; every --help."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from gpuconv import compile_gate, kernel_source
+from gpuconv.__main__ import format_info, main
+from gpuconv.kernel_source import KernelFamily
+
+FIXTURES = Path(__file__).resolve().parent / "kernels"
+GOOD = KernelFamily("gate_good", str(FIXTURES / "gate_good.cu"), ("gate_axpy<float, 128>",))
+SPILL = KernelFamily("gate_spill", str(FIXTURES / "gate_spill.cu"), ("gate_spill<64>",))
+NVRTC = compile_gate.nvrtc_availability()
+
+
+def gate_test(fn):
+    """Marked compile_gate; skipped only where cuda-bindings / NVRTC are missing (a CI failure, see conftest)."""
+    return pytest.mark.compile_gate(pytest.mark.skipif(NVRTC != "yes", reason=f"needs NVRTC: {NVRTC}")(fn))
+
+
+@pytest.fixture
+def fixture_registry(monkeypatch):
+    """kernel_source.families() returns the fixture families for the duration of a test."""
+    monkeypatch.setattr(kernel_source, "families", lambda: (GOOD, SPILL))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --help everywhere
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv,expect", [
+    ([], "COMMAND"), (["--help"], "check-kernels"), (["info", "--help"], "--json"),
+    (["check-kernels", "--help"], "--markdown"),
+])
+def test_help(capsys, argv, expect):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    out = capsys.readouterr()
+    assert exc.value.code == (0 if argv else 2)
+    assert expect in out.out + out.err
+    if argv == ["--help"]:
+        assert all(cmd in out.out for cmd in ("info", "check-kernels", "demo", "bench"))
+
+
+@pytest.mark.parametrize("command,module", [("demo", "gpuconv.demo"), ("bench", "gpuconv.bench.cli")])
+def test_demo_and_bench_delegate_the_rest_of_the_command_line(monkeypatch, command, module):
+    seen = []
+    monkeypatch.setitem(sys.modules, module, types.SimpleNamespace(main=lambda args: seen.append(args) or 3))
+    if module == "gpuconv.bench.cli":
+        import gpuconv.bench
+        monkeypatch.setattr(gpuconv.bench, "cli", sys.modules[module], raising=False)
+    assert main([command, "--help", "--out", "x", "pos"]) == 3
+    assert seen == [["--help", "--out", "x", "pos"]]
+
+
+@pytest.mark.parametrize("command,module", [("demo", "gpuconv.demo"), ("bench", "gpuconv.bench.cli")])
+def test_missing_delegate_is_a_clean_error(monkeypatch, capsys, command, module):
+    monkeypatch.setitem(sys.modules, module, None)
+    assert main([command]) == 2
+    assert f"gpuconv {command}: not available" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command,module", [("demo", "gpuconv.demo"), ("bench", "gpuconv.bench.cli")])
+def test_real_delegate_help(command, module):
+    """Where the real module exists, `python -m gpuconv <command> --help` reaches its own parser."""
+    pytest.importorskip(module)
+    out = subprocess.run([sys.executable, "-m", "gpuconv", command, "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "usage" in out.stdout.lower()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# info
+# ---------------------------------------------------------------------------------------------------------
+def test_info_runs_and_prints_versions_backends_gpu(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for word in ("versions:", "gpuconv", "numpy", "backends:", "cuda", "GPU"):
+        assert word in out
+    assert main(["info", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["backends"]["numpy"] == "yes" and "gpu" in data
+
+
+def test_format_info_with_a_gpu_and_without():
+    base = {"gpuconv": "0.1.0", "python": "3.11.7", "numpy": "2.1", "cupy": None, "backend": "auto",
+            "backends": {"numpy": "yes", "cuda": "CuPy is not installed"}}
+    text = format_info({**base, "gpu": {"available": False, "reason": "NVML could not start"}})
+    assert "cupy               not installed" in text
+    assert "cuda               unavailable: CuPy is not installed" in text
+    assert "GPU: none (NVML could not start)" in text
+    gpu = {"available": True, "driver": "580.1", "devices": [
+        {"index": 0, "name": "NVIDIA H100 80GB HBM3", "memory_total_gib": 79.6, "sm_clock_mhz": 1980,
+         "sm_clock_max_mhz": 1980, "mem_clock_mhz": 2619, "temperature_c": 35, "power_w": 71.2}]}
+    text = format_info({**base, "gpu": gpu})
+    assert "GPU (NVML, driver 580.1):" in text
+    assert "[0] NVIDIA H100 80GB HBM3, 79.6 GiB, SM 1980 MHz, max 1980 MHz, memory 2619 MHz, 35 C, 71 W" in text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# check-kernels
+# ---------------------------------------------------------------------------------------------------------
+@gate_test
+def test_check_kernels_table_json_markdown(fixture_registry, capsys):
+    assert main(["check-kernels", "--family", "gate_good"]) == 0
+    out = capsys.readouterr().out
+    assert "gate_axpy<float, 128>" in out and "sm_80" in out and "sm_90" in out and "PASSED" in out
+
+    assert main(["check-kernels", "--family", "gate_good", "--arch", "90", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] and data["archs"] == [90] and data["kernels"][0]["registers"] > 0
+
+    assert main(["check-kernels", "--family", "gate_good", "--markdown"]) == 0
+    md = capsys.readouterr().out
+    assert md.startswith("| kernel | arch |") and "| `gate_axpy<float, 128>` | sm_90 |" in md
+
+
+@gate_test
+def test_check_kernels_fails_on_spill(fixture_registry, capsys):
+    assert main(["check-kernels", "--arch", "80"]) == 1  # both fixture families, one spills
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "gate_spill<64> sm_80: register spills" in out
+
+
+@gate_test
+@pytest.mark.parametrize("argv,message", [
+    (["check-kernels", "--family", "nope"], "unknown kernel family nope"),
+    (["check-kernels", "--arch", "70"], "arch 70"),
+    (["check-kernels", "--arch", "sm_90"], "comma-separated integers"),
+])
+def test_check_kernels_usage_errors(fixture_registry, capsys, argv, message):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_check_kernels_without_nvrtc(fixture_registry, monkeypatch, capsys):
+    def unavailable():
+        raise compile_gate.GateUnavailable("cuda-bindings is not installed")
+    monkeypatch.setattr(compile_gate, "_nvrtc", unavailable)
+    assert main(["check-kernels"]) == 2
+    assert "cannot run the compile gate here: cuda-bindings is not installed" in capsys.readouterr().err
