@@ -92,7 +92,7 @@ def backend_choice(requested: str) -> tuple[str | None, str]:
 class Demo:
     """Runs gpuconv ops on one backend, moves results to the host, records checks and timings."""
 
-    def __init__(self, backend: str, out=sys.stdout):
+    def __init__(self, backend: str, out=None):
         self.backend = backend
         self.out = out
         self.checks: list[Check] = []
@@ -106,7 +106,7 @@ class Demo:
 
     # -- output ------------------------------------------------------------------------------------------
     def say(self, text: str = "") -> None:
-        print(text, file=self.out)
+        print(text, file=self.out or sys.stdout)
 
     def begin(self, section: str, title: str) -> None:
         self.section = section

@@ -115,14 +115,14 @@ def _device_info(kind: str) -> dict[str, Any]:
 class Progress:
     """One line per measurement on stderr: [i/n] case impl -> result (elapsed)."""
 
-    def __init__(self, total: int, stream=sys.stderr):
+    def __init__(self, total: int, stream=None):
         self.total, self.done, self.stream, self.t0 = total, 0, stream, time.perf_counter()
 
     def step(self, text: str) -> None:
         self.done += 1
         width = len(str(self.total))
         print(f"[{self.done:{width}d}/{self.total}] {text}  ({time.perf_counter() - self.t0:.1f} s)",
-              file=self.stream, flush=True)
+              file=self.stream or sys.stderr, flush=True)
 
 
 def run_case(case: Case, impl, kind: str, mode: str, l2: int | None, peak, args) -> dict[str, Any]:
