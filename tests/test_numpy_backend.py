@@ -149,6 +149,10 @@ CONV_CASES = [
     (2, (1, 5, 5, 4), (3, 3, 1, 4), (1, 3, 3), (1, 1, 1), ((0, 0), (0, 2), (1, 0))),        # depthwise, s > k
     (3, (1, 5, 6, 5, 2), (2, 3, 2, 2, 3), (2, 1, 2), (1, 2, 1), ((1, 0), (0, 3), (1, 1))),
     (3, (2, 4, 4, 4, 4), (3, 3, 3, 2, 4), (1, 1, 1), (2, 1, 1), ((2, 2), (1, 1), (0, 0))),  # groups 2, 3-D
+    # C/G well below K/G: dgrad by GEMM + col2im
+    (2, (2, 9, 8, 2), (3, 3, 2, 7), (1, 2, 2), (1, 1, 2), ((0, 0), (1, 2), (0, 1))),
+    (2, (2, 7, 7, 2), (1, 1, 2, 8), (1, 2, 2), (1, 1, 1), ((0, 0), (0, 0), (0, 0))),
+    (3, (1, 5, 6, 5, 4), (2, 3, 3, 2, 10), (1, 2, 1), (1, 1, 2), ((1, 1), (1, 0), (2, 1))),
 ]
 
 
@@ -202,16 +206,19 @@ def test_conv_float16_accumulates_in_float32_and_rounds_once():
 
 def test_conv_chunking_matches_unchunked(monkeypatch):
     """Boxes split over batch, rows and columns give the same result as one box."""
-    x, w = rand((3, 9, 10, 5)), rand((3, 3, 5, 4))
-    dy = rand((3, 5, 5, 4))
-    full = [gc.conv2d(x, w, 2, "SAME"), gc.conv2d_backprop_input(x.shape, w, dy, 2, "SAME"),
-            gc.conv2d_backprop_filter(x, w.shape, dy, 2, "SAME")]
-    for budget in (4000, 700, 1):
-        monkeypatch.setattr(_window, "SCRATCH_BYTES", budget)
-        got = [gc.conv2d(x, w, 2, "SAME"), gc.conv2d_backprop_input(x.shape, w, dy, 2, "SAME"),
-               gc.conv2d_backprop_filter(x, w.shape, dy, 2, "SAME")]
-        for a, b in zip(got, full):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    for c, k in ((5, 4), (2, 9)):     # gather dgrad, scatter dgrad
+        x, w = rand((3, 9, 10, c)), rand((3, 3, c, k))
+        dy = rand((3, 5, 5, k))
+
+        def run():
+            return [gc.conv2d(x, w, 2, "SAME"), gc.conv2d_backprop_input(x.shape, w, dy, 2, "SAME"),
+                    gc.conv2d_backprop_filter(x, w.shape, dy, 2, "SAME")]
+        full = run()
+        for budget in (4000, 700, 1):
+            monkeypatch.setattr(_window, "SCRATCH_BYTES", budget)
+            for a, b in zip(run(), full):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+        monkeypatch.undo()
 
 
 @pytest.mark.parametrize("xs,ws,os", [((0, 5, 5, 3), (3, 3, 3, 4), (0, 5, 5, 4)),

@@ -39,7 +39,74 @@ class _Gather:
         self.identity = (self.ntaps == 1 and self.strides == (1, 1, 1) and self.offsets[0] == (0, 0, 0)
                          and self.out_spatial == tuple(src.shape[1:4]) and groups == 1 and src.dtype == acc)
         self.row_bytes = 0 if self.identity else self.ntaps * src.shape[-1] * acc.itemsize
+        self.runs = self._runs() if groups == 1 else [(j, 1) for j in range(self.ntaps)]
         self._buf = None
+
+    def _runs(self) -> list[tuple[int, int]]:
+        """(first tap, length) of maximal tap runs that read consecutive input columns (same d, h; w + 1).
+
+        Along such a run, output q reads one contiguous stretch of length*Ci values of a row of src, so the
+        run is copied with one strided view instead of `length` short copies (a big win for small Ci).
+        """
+        runs = []
+        for j, (od, oh, ow) in enumerate(self.offsets):
+            if runs:
+                j0, length = runs[-1]
+                pd, ph, pw = self.offsets[j0]
+                if (od, oh, ow) == (pd, ph, pw + length):
+                    runs[-1] = (j0, length + 1)
+                    continue
+            runs.append((j, 1))
+        return runs
+
+    def _fill(self, dst: np.ndarray, n_sl: slice, ranges, offs) -> None:
+        """dst (G, nb, l0, l1, l2, Ci) = src read by one tap at the outputs ranges[a] = (o0, o1); zero outside src."""
+        extents = self.src.shape[1:4]
+        rng = [tap_range(o0, o1, st, off, 0, n) for (o0, o1), st, off, n in zip(ranges, self.strides, offs, extents)]
+        if any(hi <= lo for lo, hi, _ in rng):
+            dst[...] = 0
+            return
+        sel = [n_sl]
+        for (lo, hi, i0), st in zip(rng, self.strides):
+            sel.append(slice(i0, i0 + (hi - lo - 1) * st + 1, st))
+        part = _split_channels(self.src[tuple(sel)], self.G)
+        np.copyto(dst[:, :, rng[0][0]:rng[0][1], rng[1][0]:rng[1][1], rng[2][0]:rng[2][1]], np.moveaxis(part, 4, 0))
+        _zero_outside(dst, rng, 2)
+
+    def _fill_run(self, col: np.ndarray, box, j0: int, length: int) -> None:
+        """Columns of taps j0 .. j0+length-1 (one run, G == 1): the interior by one strided copy per box."""
+        od, oh, ow = self.offsets[j0]
+        (z0, z1), (p0, p1), (q0, q1) = [(b.start, b.stop) for b in box[1:]]
+        D, H, W, C = self.src.shape[1:]
+        sd, sh, sw = self.strides
+        # Outputs q whose whole run is in bounds: q*sw + ow >= 0 and q*sw + ow + length - 1 < W.
+        qlo, qhi, iw = tap_range(q0, q1, sw, ow, 0, W - length + 1)
+        if qhi <= qlo:
+            qlo = qhi = 0
+        for j in range(j0, j0 + length):
+            # The border columns outside [qlo, qhi) tap by tap.
+            for a, b in ((0, qlo), (qhi, q1 - q0)) if qhi > qlo else ((0, q1 - q0),):
+                if b > a:
+                    self._fill(col[:, :, :, :, a:b, j, :], box[0], ((z0, z1), (p0, p1), (q0 + a, q0 + b)),
+                               self.offsets[j])
+        if qhi <= qlo:
+            return
+        dst = col[0, :, :, :, qlo:qhi, j0:j0 + length, :]
+        rd = tap_range(z0, z1, sd, od, 0, D)
+        rh = tap_range(p0, p1, sh, oh, 0, H)
+        if rd[1] <= rd[0] or rh[1] <= rh[0]:
+            dst[...] = 0
+            return
+        n0 = box[0].start
+        base = self.src[n0:, rd[2]:, rh[2]:, iw:, :]
+        st = self.src.strides
+        view = np.lib.stride_tricks.as_strided(
+            base, shape=(box[0].stop - n0, rd[1] - rd[0], rh[1] - rh[0], qhi - qlo, length * C),
+            strides=(st[0], st[1] * sd, st[2] * sh, st[3] * sw, st[4]), writeable=False)
+        inner = dst[:, rd[0]:rd[1], rh[0]:rh[1]].view()
+        inner.shape = inner.shape[:4] + (length * C,)     # raises rather than copy: taps are adjacent in col
+        np.copyto(inner, view)
+        _zero_outside(dst, [rd, rh], 1)
 
     def cols(self, box) -> np.ndarray:
         """The (G, M, ntaps*Ci) column block of a box (n, o_d, o_h, o_w) of output positions."""
@@ -51,27 +118,23 @@ class _Gather:
         if self._buf is None or self._buf.size < size:
             self._buf = np.empty(size, self.acc)
         col = self._buf[:size].reshape(self.G, nb, l0, l1, l2, self.ntaps, self.Ci)
-        extents = self.src.shape[1:4]
-        for j, offs in enumerate(self.offsets):
-            dst = col[:, :, :, :, :, j, :]
-            rng = [tap_range(box[a + 1].start, box[a + 1].stop, self.strides[a], offs[a], 0, extents[a])
-                   for a in range(3)]
-            if any(hi <= lo for lo, hi, _ in rng):
-                dst[...] = 0
-                continue
-            sel = [box[0]]
-            for (lo, hi, i0), st in zip(rng, self.strides):
-                sel.append(slice(i0, i0 + (hi - lo - 1) * st + 1, st))
-            part = self.src[tuple(sel)]
-            part = part.reshape(part.shape[:4] + (self.G, self.Ci))
-            inner = dst[:, :, rng[0][0]:rng[0][1], rng[1][0]:rng[1][1], rng[2][0]:rng[2][1]]
-            np.copyto(inner, np.moveaxis(part, 4, 0))
-            for a, ((lo, hi, _), length) in enumerate(zip(rng, (l0, l1, l2))):
-                if lo > 0:
-                    dst[(slice(None),) * (a + 2) + (slice(0, lo),)] = 0
-                if hi < length:
-                    dst[(slice(None),) * (a + 2) + (slice(hi, length),)] = 0
+        ranges = [(b.start, b.stop) for b in box[1:]]
+        for j0, length in self.runs:
+            if length > 1:
+                self._fill_run(col, box, j0, length)
+            else:
+                self._fill(col[:, :, :, :, :, j0, :], box[0], ranges, self.offsets[j0])
         return col.reshape(self.G, m, self.ntaps * self.Ci)
+
+
+def _zero_outside(dst: np.ndarray, rng, first_axis: int) -> None:
+    """Zero dst outside [lo, hi) along the spatial axes first_axis, first_axis + 1, ... (one per range)."""
+    for a, (lo, hi, _) in enumerate(rng):
+        ax = first_axis + a
+        if lo > 0:
+            dst[(slice(None),) * ax + (slice(0, lo),)] = 0
+        if hi < dst.shape[ax]:
+            dst[(slice(None),) * ax + (slice(hi, dst.shape[ax]),)] = 0
 
 
 def _split_channels(a: np.ndarray, groups: int) -> np.ndarray:
@@ -122,10 +185,48 @@ def conv_fprop(x: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
     return y
 
 
+def _dgrad_scatter(dy: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
+    """dgrad as GEMM + col2im: per box, dcol = dy_box @ w^T (all taps at once), then each tap's block is added
+    to its strided slice of dx (distinct cells within one tap, so a plain in-place add, no np.add.at).
+
+    Cheaper than the gather when C/G is well below K/G (dcol has C columns per tap, gather columns K per tap).
+    Accumulates in dx itself, so it is used only where dx's dtype is the accumulator dtype.
+    """
+    dx = np.zeros(p.x_shape, dy.dtype)
+    G, cg, kg = p.groups, p.group_c, p.group_k
+    taps = _taps(p)
+    ntaps = len(taps)
+    # w (T,R,S,Cg,K) -> (G, Kg, taps*Cg)
+    wmat = np.ascontiguousarray(w.reshape(ntaps, cg, G, kg).transpose(2, 3, 0, 1).reshape(G, kg, ntaps * cg))
+    offsets = [tuple(k * d - b for k, d, b in zip(tap, p.dilation, p.pad_before)) for tap in taps]
+    extents = (p.D, p.H, p.W)
+    buf = None
+    for box in boxes(p.y_shape[:4], (ntaps * p.C + (p.K if G > 1 else 0)) * dy.itemsize):
+        nb, l0, l1, l2 = box_shape(box)
+        m = nb * l0 * l1 * l2
+        if buf is None:
+            buf = np.empty(G * m * ntaps * cg, dy.dtype)
+        dcol = buf[:G * m * ntaps * cg].reshape(G, m, ntaps * cg)
+        dyb = dy[box].reshape(m, G, kg).transpose(1, 0, 2)
+        np.matmul(dyb if G == 1 else np.ascontiguousarray(dyb), wmat, out=dcol)
+        dcol = dcol.reshape(G, nb, l0, l1, l2, ntaps, cg)
+        for j, offs in enumerate(offsets):
+            rng = [tap_range(box[a + 1].start, box[a + 1].stop, p.stride[a], offs[a], 0, extents[a])
+                   for a in range(3)]
+            if any(hi <= lo for lo, hi, _ in rng):
+                continue
+            sel = (box[0],) + tuple(slice(i0, i0 + (hi - lo - 1) * st + 1, st)
+                                    for (lo, hi, i0), st in zip(rng, p.stride))
+            target = np.moveaxis(_split_channels(dx[sel], G), 4, 0)
+            target += dcol[:, :, rng[0][0]:rng[0][1], rng[1][0]:rng[1][1], rng[2][0]:rng[2][1], j, :]
+    return dx
+
+
 def conv_dgrad(dy: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
     """dx[n,i,c] = sum over taps with integer o = (i + pad_before - tap*dilation) / stride in range of dy[n,o,:] @ w[tap, c, :].
 
-    Computed per stride phase (i = phase + stride*j): each phase is a stride-1 gather over dy.
+    Computed per stride phase (i = phase + stride*j): each phase is a stride-1 gather over dy. When C/G is well
+    below K/G (e.g. a 3-channel first layer) the GEMM + col2im form (_dgrad_scatter) moves less data.
     """
     dx = np.empty(p.x_shape, dy.dtype)
     if dx.size == 0:
@@ -136,6 +237,8 @@ def conv_dgrad(dy: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
     acc = accumulator_dtype(dy.dtype)
     G, cg, kg = p.groups, p.group_c, p.group_k
     taps = _taps(p)
+    if acc == dy.dtype and 2 * cg < kg and (len(taps) > 1 or p.stride != (1, 1, 1)):
+        return _dgrad_scatter(dy, w, p)
     # w (T,R,S,Cg,K) -> (G, taps, Kg, Cg): per tap the transposed (Kg, Cg) block of each group.
     w_t = np.ascontiguousarray(w.reshape(len(taps), cg, G, kg).transpose(2, 0, 3, 1), dtype=acc)
     extents = (p.D, p.H, p.W)
