@@ -1,0 +1,22 @@
+"""conv_dgrad on an executor: dx = the input gradient of a convolution (backprop_input / transposed conv).
+
+Allocates dx with executor.xp, picks the configuration (gpuconv.plans.conv_dgrad.config_for: the pure chooser
+plus any test override) and launches its plans. Every dx element is written by the kernels, so dx is allocated
+uninitialised; an empty problem returns zeros without a launch.
+"""
+from __future__ import annotations
+
+from ..geometry import ConvProblem
+from ..plans import conv_dgrad as plans
+
+
+def conv_dgrad(executor, dy, w, p: ConvProblem):
+    """dx (N, D, H, W, C) of dy's dtype from dy (N, Z, P, Q, K) and w (T, R, S, C/G, K), canonical layout."""
+    xp = executor.xp
+    if p.is_empty:
+        return xp.zeros(p.x_shape, dtype=dy.dtype)
+    config = plans.config_for(p, dy.dtype)
+    dx = xp.empty(p.x_shape, dtype=dy.dtype)
+    for plan in plans.dgrad_plans(config, p, dy, w, dx):
+        executor.launch(plan)
+    return dx

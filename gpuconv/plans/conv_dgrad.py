@@ -1,0 +1,238 @@
+"""Launch plans for the conv dgrad family (kernels/conv_dgrad.cu): conv*_backprop_input and conv*_transpose.
+
+dx[n,d,h,w,c] = sum over taps (t,r,s) and channels k of c's group of dy[n,z,p,q,k] * w[t,r,s,c % Cg,k], where
+z = (d + pad_d - t*dil_d) / stride_d must be an integer in [0, Z) (likewise p, q). Gather formulation: every dx
+element is written once, in a fixed summation order: deterministic, no atomics, no zero-initialisation pass.
+
+Variants (`DgradConfig.variant`):
+  * ``analytic`` - `conv_dgrad_analytic`: one thread per dx element (grid ceil(N*D*H*W*C / 256) x 256
+    threads); always correct.
+  * ``tiled`` - `conv_dgrad_tiled`: implicit GEMM per (stride phase, group) in ONE launch:
+    gemm_m = N * ceil(D/sd)*ceil(H/sh)*ceil(W/sw) (dx pixels of the phase), gemm_n = C/G,
+    gemm_k = taps of the phase x ceil((K/G) / 8) * 8. A stride phase is the set of dx pixels with equal
+    (d + pad_d) mod stride_d (per axis); only the ~T/sd x R/sh x S/sw taps that hit a phase are iterated, so no
+    multiply touches an inserted zero of the zero-upsampled dy. Grid: x = m-tiles x n-tiles (n fastest),
+    y = groups, z = stride_d*stride_h*stride_w phases; 256 threads; static shared memory (double-buffered
+    BM x 8 and 8 x BN tiles). Tiles (BM x BN, thread tile TM x TN): 128x128 (8x8), 128x64 (8x4), 64x64 (4x4).
+
+Chooser rules (`choose_dgrad_config`, a pure function of the problem and the dtype):
+  1. index type: ``long long`` when some tensor has >= 2^31 elements (ConvProblem.needs_int64()), else ``int``.
+  2. ``analytic`` when the tiled kernel cannot run (`supports` gives the reason: an extent beyond int, more
+     than 65535 groups or stride phases, a grid beyond 2^31-1 blocks, an image of >= 2^31 pixels; the analytic
+     variant has the last two limits too) or when a tile would be mostly padding:
+     C/G < 16 (under 25 % of a 64-wide gemm_n tile) or K/G < 4 (under half of each 8-deep gemm_k step),
+     e.g. depthwise convolutions. Otherwise ``tiled``.
+  3. tile: float64 always 64x64 (register budget). float32/float16: the first of 128x128, 128x64, 64x64 that
+     keeps gemm_n utilisation >= 50 % (C/G over the padded tile width) and launches >= TARGET_CTAS CTAs
+     (2 waves of 132 SMs, H100 SXM / H200; a fixed SM count, no device query); if none launches that many,
+     the usable tile with the most CTAs.
+
+Tests may force a configuration with `forced_config(variant=..., tile=...)` (a context manager read by
+`config_for`, which the kernel backend calls); the chooser itself stays pure.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import itertools
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from ..dtypes import FLOAT_DTYPES, ctype
+from ..geometry import ConvProblem
+from ..kernel_source import KernelFamily, LaunchHint
+from . import LaunchPlan, ceil_div, index_type
+from .conv_common import extents_fit_int, problem_scalars
+
+BLOCK = 256                  # threads of every dgrad kernel
+TILE_K = 8                   # BK of the tiled kernel (kernels/conv_dgrad.cu kTileK)
+SM_COUNT = 132               # H100 SXM / H200; the chooser's fixed device assumption
+TARGET_CTAS = 2 * SM_COUNT   # aim for at least two waves of CTAs
+GRID_YZ_MAX = 65535
+GRID_X_MAX = 2**31 - 1
+INT_LIMIT = 2**31 - 1024     # per-image pixel counts stay below this (int arithmetic plus a tile of slack)
+
+# name -> (BM, BN, TM, TN); every configuration runs 16 x 16 threads.
+TILES: dict[str, tuple[int, int, int, int]] = {
+    "128x128": (128, 128, 8, 8),
+    "128x64": (128, 64, 8, 4),
+    "64x64": (64, 64, 4, 4),
+}
+VARIANTS = ("analytic", "tiled")
+_INDEX_TYPES = (index_type(False), index_type(True))
+
+
+def tiles_for(dtype) -> tuple[str, ...]:
+    """Tile names instantiated for a dtype (float64 only 64x64: an 8x8 double tile would not fit 255 registers)."""
+    return ("64x64",) if np.dtype(dtype) == np.float64 else tuple(TILES)
+
+
+@dataclass(frozen=True)
+class DgradConfig:
+    """A dgrad kernel choice: variant, tile (tiled only) and C++ index type."""
+
+    variant: str                 # "analytic" | "tiled"
+    tile: str | None = None      # a TILES key for "tiled"
+    index: str = "int"           # "int" | "long long"
+
+
+def analytic_expression(dtype, index: str) -> str:
+    return f"conv_dgrad_analytic<{ctype(dtype)}, {index}>"
+
+
+def tiled_expression(dtype, index: str, tile: str) -> str:
+    bm, bn, tm, tn = TILES[tile]
+    return f"conv_dgrad_tiled<{ctype(dtype)}, {index}, {bm}, {bn}, {tm}, {tn}>"
+
+
+def _expressions() -> tuple[str, ...]:
+    out = []
+    for dt, ix in itertools.product(FLOAT_DTYPES, _INDEX_TYPES):
+        out.append(analytic_expression(dt, ix))
+        out.extend(tiled_expression(dt, ix, t) for t in tiles_for(dt))
+    return tuple(out)
+
+
+FAMILY = KernelFamily("conv_dgrad", "conv_dgrad.cu", _expressions(),
+                      launch_hints={e: LaunchHint(block_threads=BLOCK) for e in _expressions()})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# problem sizes of the tiled kernel
+# ---------------------------------------------------------------------------------------------------------
+def phase_count(p: ConvProblem) -> int:
+    """Stride phases: one implicit GEMM per phase (blockIdx.z)."""
+    return p.stride[0] * p.stride[1] * p.stride[2]
+
+
+def phase_rows(p: ConvProblem) -> int:
+    """gemm_m of the largest phase: N * ceil(D/sd) * ceil(H/sh) * ceil(W/sw)."""
+    return p.N * ceil_div(p.D, p.stride[0]) * ceil_div(p.H, p.stride[1]) * ceil_div(p.W, p.stride[2])
+
+
+def tiled_grid(p: ConvProblem, tile: str) -> tuple[int, int, int]:
+    """(m-tiles x n-tiles, groups, phases) of conv_dgrad_tiled."""
+    bm, bn, _, _ = TILES[tile]
+    return ceil_div(phase_rows(p), bm) * ceil_div(p.group_c, bn), p.groups, phase_count(p)
+
+
+def tiled_ctas(p: ConvProblem, tile: str) -> int:
+    gx, gy, gz = tiled_grid(p, tile)
+    return gx * gy * gz
+
+
+def gemm_n_utilisation(p: ConvProblem, tile: str) -> float:
+    """C/G over the gemm_n extent the tiles cover (1.0: no padded columns)."""
+    bn = TILES[tile][1]
+    return p.group_c / (ceil_div(p.group_c, bn) * bn)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# supports / choose
+# ---------------------------------------------------------------------------------------------------------
+def supports(config: DgradConfig, p: ConvProblem, dtype=np.float32) -> tuple[bool, str]:
+    """Whether `config` can run problem `p` in `dtype`, and if not, why (CUTLASS's can_implement)."""
+    if config.variant not in VARIANTS:
+        return False, f"unknown variant {config.variant!r} (one of {VARIANTS})"
+    if config.index not in _INDEX_TYPES:
+        return False, f"unknown index type {config.index!r}"
+    if config.index == "int" and p.needs_int64():
+        return False, "a tensor has >= 2^31 elements: 32-bit indices would overflow (use 'long long')"
+    if not extents_fit_int(p):
+        return False, "an extent, stride, dilation or pad does not fit in a C++ int"
+    if p.D * p.H * p.W >= INT_LIMIT:
+        return False, "an image has >= 2^31 - 1024 pixels: the kernels index pixels within an image in int"
+    if np.dtype(dtype) not in FLOAT_DTYPES:
+        return False, f"dtype {np.dtype(dtype)} is not a float dtype"
+    if config.variant == "analytic":
+        if ceil_div(p.N * p.D * p.H * p.W * p.C, BLOCK) > GRID_X_MAX:
+            return False, f"dx needs more than {GRID_X_MAX} blocks of {BLOCK} threads"
+        return True, ""
+    if config.tile not in tiles_for(dtype):
+        return False, f"tile {config.tile!r} is not instantiated for {np.dtype(dtype)} (have {tiles_for(dtype)})"
+    gx, gy, gz = tiled_grid(p, config.tile)
+    if gy > GRID_YZ_MAX:
+        return False, f"{gy} groups exceed the grid's y limit {GRID_YZ_MAX}"
+    if gz > GRID_YZ_MAX:
+        return False, f"{gz} stride phases exceed the grid's z limit {GRID_YZ_MAX}"
+    if gx > GRID_X_MAX:
+        return False, f"{gx} tiles exceed the grid's x limit {GRID_X_MAX}"
+    return True, ""
+
+
+def choose_tile(p: ConvProblem, dtype) -> str:
+    """Tile rule 3 of the module docstring."""
+    names = tiles_for(dtype)
+    usable = [t for t in names if gemm_n_utilisation(p, t) >= 0.5] or [names[-1]]
+    for t in usable:
+        if tiled_ctas(p, t) >= TARGET_CTAS:
+            return t
+    return max(usable, key=lambda t: (tiled_ctas(p, t), -usable.index(t)))
+
+
+def choose_dgrad_config(p: ConvProblem, dtype) -> DgradConfig:
+    """The dgrad configuration for problem p and dtype (rules in the module docstring); pure."""
+    index = index_type(p.needs_int64())
+    if p.group_c < 16 or p.group_k < 4:
+        return DgradConfig("analytic", None, index)
+    tiled = DgradConfig("tiled", choose_tile(p, dtype), index)
+    if supports(tiled, p, dtype)[0]:
+        return tiled
+    return DgradConfig("analytic", None, index)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# test override
+# ---------------------------------------------------------------------------------------------------------
+_forced: contextvars.ContextVar[dict | None] = contextvars.ContextVar("gpuconv_dgrad_forced", default=None)
+
+
+@contextlib.contextmanager
+def forced_config(**fields) -> Iterator[None]:
+    """Force DgradConfig fields (variant, tile, index) for the calls inside (tests: tiled on tiny problems)."""
+    unknown = set(fields) - {f.name for f in dataclasses.fields(DgradConfig)}
+    if unknown:
+        raise TypeError(f"unknown DgradConfig fields {sorted(unknown)}")
+    token = _forced.set(fields)
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def config_for(p: ConvProblem, dtype) -> DgradConfig:
+    """choose_dgrad_config, with any forced_config fields applied (ValueError if the result cannot run)."""
+    config = choose_dgrad_config(p, dtype)
+    fields = _forced.get()
+    if fields:
+        if fields.get("variant") == "tiled" and "tile" not in fields and config.tile is None:
+            fields = {**fields, "tile": tiles_for(dtype)[-1]}
+        config = dataclasses.replace(config, **fields)
+        if config.variant == "analytic":
+            config = dataclasses.replace(config, tile=None)
+        ok, why = supports(config, p, dtype)
+        if not ok:
+            raise ValueError(f"forced dgrad config {config} cannot run: {why}")
+    return config
+
+
+# ---------------------------------------------------------------------------------------------------------
+# plans
+# ---------------------------------------------------------------------------------------------------------
+def dgrad_plans(config: DgradConfig, p: ConvProblem, dy, w, dx) -> list[LaunchPlan]:
+    """The launches computing dx (every element written) from dy and w; p must not be empty."""
+    dtype = np.dtype(dx.dtype)
+    ix64 = config.index == "long long"
+    scalars = problem_scalars(p, ix64)
+    if config.variant == "analytic":
+        grid = (ceil_div(p.N * p.D * p.H * p.W * p.C, BLOCK), 1, 1)
+        return [LaunchPlan(FAMILY.name, analytic_expression(dtype, config.index), grid, (BLOCK, 1, 1), 0,
+                           (dy, w, dx) + scalars)]
+    bn = TILES[config.tile][1]
+    n_tiles = ceil_div(p.group_c, bn)
+    return [LaunchPlan(FAMILY.name, tiled_expression(dtype, config.index, config.tile),
+                       tiled_grid(p, config.tile), (BLOCK, 1, 1), 0,
+                       (dy, w, dx) + scalars + (np.int32(n_tiles),))]

@@ -1,0 +1,289 @@
+"""Launch plans for the conv wgrad family (kernels/conv_wgrad.cu): conv*_backprop_filter.
+
+dw[t,r,s,c,k] = sum_{n,z,p,q} x[n, z*stride_d + t*dil_d - pad_d, ..., g*Cg + c] * dy[n,z,p,q,k], g = k // (K/G).
+
+Variants (`WgradConfig.variant`):
+  * ``analytic`` - `conv_wgrad_analytic`: one thread per dw element summing over N*Z*P*Q in order (grid
+    ceil(dw elements / 256) x 256 threads); always correct.
+  * ``tiled`` - `conv_wgrad_tiled`: implicit GEMM per group, gemm_m = K/G, gemm_n = C/G*T*R*S,
+    gemm_k = N*Z*P*Q, with split-K: grid x = m-tiles x n-tiles, y = groups, z = splits; each split covers
+    k_per_split (a multiple of 8) consecutive gemm_k rows. With one split the kernel writes dw directly in its
+    dtype; with more, each split writes its float32 (float64 for float64) partial tile to a workspace
+    [splits, T*R*S*C/G, K] (allocated by gpuconv/kernel_backend/conv_wgrad.py with executor.xp) and
+    `conv_wgrad_reduce` sums the splits in split order and converts once: deterministic, no atomics.
+    Tiles (BM x BN, thread tile TM x TN): 128x128 (8x8), 128x64 (8x4), 64x128 (4x8), 64x64 (4x4).
+
+Chooser rules (`choose_wgrad_config`, a pure function of the problem and the dtype):
+  1. index type: ``long long`` when some tensor has >= 2^31 elements, else ``int``.
+  2. ``tiled`` unless `supports` says it cannot run (an extent beyond int, more than 65535 groups or splits,
+     too many tiles); then ``analytic``.
+  3. tile: float64 always 64x64. Otherwise BM = 128 if K/G > 64 else 64, BN = 128 if C/G*T*R*S > 64 else 64.
+  4. split-K: splits = ceil(TARGET_CTAS / (m-tiles * n-tiles * groups)) (TARGET_CTAS = 2 waves of 132 SMs,
+     H100 SXM / H200; a fixed SM count, no device query), capped so that every split keeps at least
+     MIN_KTILES_PER_SPLIT k-tiles of 8 rows, at MAX_SPLITS, and so that the workspace stays within
+     WORKSPACE_LIMIT bytes; then normalised (k_per_split = ceil(k-tiles / splits) * 8, splits =
+     ceil(gemm_k / k_per_split)) so no split is empty.
+
+Tests may force fields with `forced_config(variant=..., tile=..., splits=...)` (read by `config_for`).
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import itertools
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from ..dtypes import FLOAT_DTYPES, accumulator_dtype, ctype
+from ..geometry import ConvProblem
+from ..kernel_source import KernelFamily, LaunchHint
+from . import LaunchPlan, ceil_div, index_scalar, index_type
+from .conv_common import extents_fit_int, problem_scalars
+
+BLOCK = 256
+TILE_K = 8                        # BK of the tiled kernel (kernels/conv_wgrad.cu kTileK)
+SM_COUNT = 132                    # H100 SXM / H200; the chooser's fixed device assumption
+TARGET_CTAS = 2 * SM_COUNT
+MIN_KTILES_PER_SPLIT = 16         # >= 128 gemm_k rows per split: the partial tile store stays a small cost
+MAX_SPLITS = 256
+WORKSPACE_LIMIT = 256 * 2**20     # bytes of split-K partials
+MAX_BLOCKS = 32768                # grid cap of the grid-stride reduce kernel
+GRID_YZ_MAX = 65535
+GRID_X_MAX = 2**31 - 1
+
+TILES: dict[str, tuple[int, int, int, int]] = {
+    "128x128": (128, 128, 8, 8),
+    "128x64": (128, 64, 8, 4),
+    "64x128": (64, 128, 4, 8),
+    "64x64": (64, 64, 4, 4),
+}
+VARIANTS = ("analytic", "tiled")
+_INDEX_TYPES = (index_type(False), index_type(True))
+
+
+def tiles_for(dtype) -> tuple[str, ...]:
+    return ("64x64",) if np.dtype(dtype) == np.float64 else tuple(TILES)
+
+
+@dataclass(frozen=True)
+class WgradConfig:
+    """A wgrad kernel choice: variant, tile and split-K count (tiled only), C++ index type."""
+
+    variant: str                 # "analytic" | "tiled"
+    tile: str | None = None
+    splits: int = 1
+    index: str = "int"
+
+
+def _out_ctype(dtype, splits: int) -> str:
+    """The tiled kernel's output element: the dtype itself with one split, else the accumulator dtype."""
+    return ctype(dtype if splits == 1 else accumulator_dtype(dtype))
+
+
+def analytic_expression(dtype, index: str) -> str:
+    return f"conv_wgrad_analytic<{ctype(dtype)}, {index}>"
+
+
+def tiled_expression(dtype, index: str, tile: str, splits: int) -> str:
+    bm, bn, tm, tn = TILES[tile]
+    return f"conv_wgrad_tiled<{ctype(dtype)}, {_out_ctype(dtype, splits)}, {index}, {bm}, {bn}, {tm}, {tn}>"
+
+
+def reduce_expression(dtype, index: str) -> str:
+    return f"conv_wgrad_reduce<{ctype(dtype)}, {index}>"
+
+
+def _expressions() -> tuple[str, ...]:
+    out = []
+    for dt, ix in itertools.product(FLOAT_DTYPES, _INDEX_TYPES):
+        out.append(analytic_expression(dt, ix))
+        out.append(reduce_expression(dt, ix))
+        for t in tiles_for(dt):
+            out.append(tiled_expression(dt, ix, t, 1))
+            if accumulator_dtype(dt) != dt:
+                out.append(tiled_expression(dt, ix, t, 2))
+    return tuple(out)
+
+
+FAMILY = KernelFamily("conv_wgrad", "conv_wgrad.cu", _expressions(),
+                      launch_hints={e: LaunchHint(block_threads=BLOCK) for e in _expressions()})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# problem sizes of the tiled kernel
+# ---------------------------------------------------------------------------------------------------------
+def gemm_k_tiles(p: ConvProblem) -> int:
+    return ceil_div(p.N * p.Z * p.P * p.Q, TILE_K)
+
+
+def tile_count(p: ConvProblem, tile: str) -> tuple[int, int]:
+    """(m-tiles, n-tiles) of one group."""
+    bm, bn, _, _ = TILES[tile]
+    m, n, _ = p.gemm_size("wgrad")
+    return ceil_div(m, bm), ceil_div(n, bn)
+
+
+def k_per_split(p: ConvProblem, splits: int) -> int:
+    """gemm_k rows per split: a multiple of TILE_K."""
+    return ceil_div(gemm_k_tiles(p), max(1, splits)) * TILE_K
+
+
+def normalise_splits(p: ConvProblem, splits: int) -> int:
+    """The split count actually launched for a requested one: every split non-empty."""
+    gemm_k = p.N * p.Z * p.P * p.Q
+    if gemm_k == 0:
+        return 1
+    return ceil_div(gemm_k, k_per_split(p, splits))
+
+
+def dw_elements(p: ConvProblem) -> int:
+    return p.T * p.R * p.S * p.group_c * p.K
+
+
+def workspace_elements(config: WgradConfig, p: ConvProblem) -> int:
+    """Elements of the accumulator-dtype workspace the plans need (0: none)."""
+    if config.variant != "tiled" or config.splits == 1:
+        return 0
+    return config.splits * dw_elements(p)
+
+
+def tiled_grid(p: ConvProblem, tile: str, splits: int) -> tuple[int, int, int]:
+    mt, nt = tile_count(p, tile)
+    return mt * nt, p.groups, splits
+
+
+# ---------------------------------------------------------------------------------------------------------
+# supports / choose
+# ---------------------------------------------------------------------------------------------------------
+def supports(config: WgradConfig, p: ConvProblem, dtype=np.float32) -> tuple[bool, str]:
+    """Whether `config` can run problem `p` in `dtype`, and if not, why."""
+    if config.variant not in VARIANTS:
+        return False, f"unknown variant {config.variant!r} (one of {VARIANTS})"
+    if config.index not in _INDEX_TYPES:
+        return False, f"unknown index type {config.index!r}"
+    if config.index == "int" and p.needs_int64():
+        return False, "a tensor has >= 2^31 elements: 32-bit indices would overflow (use 'long long')"
+    if not extents_fit_int(p):
+        return False, "an extent, stride, dilation or pad does not fit in a C++ int"
+    if p.T * p.R * p.S * p.group_c >= 2**31:
+        return False, "T*R*S*C/G >= 2^31: the kernels index filter rows (gemm_n) in int"
+    if np.dtype(dtype) not in FLOAT_DTYPES:
+        return False, f"dtype {np.dtype(dtype)} is not a float dtype"
+    if config.variant == "analytic":
+        if ceil_div(dw_elements(p), BLOCK) > GRID_X_MAX:
+            return False, f"dw needs more than {GRID_X_MAX} blocks of {BLOCK} threads"
+        return True, ""
+    if config.tile not in tiles_for(dtype):
+        return False, f"tile {config.tile!r} is not instantiated for {np.dtype(dtype)} (have {tiles_for(dtype)})"
+    if config.splits < 1 or config.splits != normalise_splits(p, config.splits):
+        return False, (f"splits={config.splits} is not a normalised split count for gemm_k "
+                       f"{p.N * p.Z * p.P * p.Q} (normalise_splits gives {normalise_splits(p, config.splits)})")
+    gx, gy, gz = tiled_grid(p, config.tile, config.splits)
+    if gy > GRID_YZ_MAX:
+        return False, f"{gy} groups exceed the grid's y limit {GRID_YZ_MAX}"
+    if gz > GRID_YZ_MAX:
+        return False, f"{gz} splits exceed the grid's z limit {GRID_YZ_MAX}"
+    if gx > GRID_X_MAX:
+        return False, f"{gx} tiles exceed the grid's x limit {GRID_X_MAX}"
+    if config.splits > 1 and config.index == "int" and workspace_elements(config, p) >= 2**31:
+        return False, "the split-K workspace has >= 2^31 elements: use 'long long' indices or fewer splits"
+    return True, ""
+
+
+def choose_tile(p: ConvProblem, dtype) -> str:
+    """Tile rule 3 of the module docstring."""
+    if np.dtype(dtype) == np.float64:
+        return "64x64"
+    m, n, _ = p.gemm_size("wgrad")
+    return f"{128 if m > 64 else 64}x{128 if n > 64 else 64}"
+
+
+def choose_splits(p: ConvProblem, dtype, tile: str) -> int:
+    """Split-K rule 4 of the module docstring."""
+    mt, nt = tile_count(p, tile)
+    tiles = mt * nt * p.groups
+    want = ceil_div(TARGET_CTAS, tiles)
+    by_k = max(1, gemm_k_tiles(p) // MIN_KTILES_PER_SPLIT)
+    acc_bytes = accumulator_dtype(dtype).itemsize
+    by_ws = max(1, WORKSPACE_LIMIT // max(1, dw_elements(p) * acc_bytes))
+    splits = max(1, min(want, by_k, MAX_SPLITS, by_ws, GRID_YZ_MAX))
+    return normalise_splits(p, splits)
+
+
+def choose_wgrad_config(p: ConvProblem, dtype) -> WgradConfig:
+    """The wgrad configuration for problem p and dtype (rules in the module docstring); pure."""
+    index = index_type(p.needs_int64())
+    tile = choose_tile(p, dtype)
+    tiled = WgradConfig("tiled", tile, choose_splits(p, dtype, tile), index)
+    if supports(tiled, p, dtype)[0]:
+        return tiled
+    return WgradConfig("analytic", None, 1, index)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# test override
+# ---------------------------------------------------------------------------------------------------------
+_forced: contextvars.ContextVar[dict | None] = contextvars.ContextVar("gpuconv_wgrad_forced", default=None)
+
+
+@contextlib.contextmanager
+def forced_config(**fields) -> Iterator[None]:
+    """Force WgradConfig fields (variant, tile, splits, index) for the calls inside (tests)."""
+    unknown = set(fields) - {f.name for f in dataclasses.fields(WgradConfig)}
+    if unknown:
+        raise TypeError(f"unknown WgradConfig fields {sorted(unknown)}")
+    token = _forced.set(fields)
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def config_for(p: ConvProblem, dtype) -> WgradConfig:
+    """choose_wgrad_config with any forced_config fields applied; a forced split count is normalised."""
+    config = choose_wgrad_config(p, dtype)
+    fields = _forced.get()
+    if fields:
+        if fields.get("variant") == "tiled" and "tile" not in fields and config.tile is None:
+            fields = {**fields, "tile": choose_tile(p, dtype)}
+        config = dataclasses.replace(config, **fields)
+        if config.variant == "analytic":
+            config = dataclasses.replace(config, tile=None, splits=1)
+        else:
+            config = dataclasses.replace(config, splits=normalise_splits(p, config.splits))
+        ok, why = supports(config, p, dtype)
+        if not ok:
+            raise ValueError(f"forced wgrad config {config} cannot run: {why}")
+    return config
+
+
+# ---------------------------------------------------------------------------------------------------------
+# plans
+# ---------------------------------------------------------------------------------------------------------
+def wgrad_plans(config: WgradConfig, p: ConvProblem, x, dy, dw, workspace=None) -> list[LaunchPlan]:
+    """The launches computing dw (every element written); p must not be empty. `workspace` is a 1-D
+    accumulator-dtype array of workspace_elements(config, p) elements when config.splits > 1."""
+    dtype = np.dtype(dw.dtype)
+    ix64 = config.index == "long long"
+    scalars = problem_scalars(p, ix64)
+    if config.variant == "analytic":
+        grid = (ceil_div(dw_elements(p), BLOCK), 1, 1)
+        return [LaunchPlan(FAMILY.name, analytic_expression(dtype, config.index), grid, (BLOCK, 1, 1), 0,
+                           (x, dy, dw) + scalars)]
+    _, nt = tile_count(p, config.tile)
+    kps = index_scalar(ix64)(k_per_split(p, config.splits))
+    out = dw if config.splits == 1 else workspace
+    if out is None:
+        raise ValueError("split-K wgrad needs a workspace of workspace_elements(config, p) elements")
+    plans = [LaunchPlan(FAMILY.name, tiled_expression(dtype, config.index, config.tile, config.splits),
+                        tiled_grid(p, config.tile, config.splits), (BLOCK, 1, 1), 0,
+                        (x, dy, out) + scalars + (np.int32(nt), kps))]
+    if config.splits > 1:
+        size = dw_elements(p)
+        grid = (max(1, min(ceil_div(size, BLOCK), MAX_BLOCKS)), 1, 1)
+        plans.append(LaunchPlan(FAMILY.name, reduce_expression(dtype, config.index), grid, (BLOCK, 1, 1), 0,
+                                (workspace, dw, index_scalar(ix64)(size), np.int32(config.splits))))
+    return plans

@@ -1,0 +1,365 @@
+// gpuconv conv dgrad: the input gradient of a convolution (= conv*_backprop_input = conv*_transpose).
+//
+// Canonical layout (docs/internals.md): dy (N,Z,P,Q,K), w (T,R,S,C/G,K), dx (N,D,H,W,C); 2-D is depth 1.
+// Gather formulation: every dx element is written exactly once by one thread, summing in a fixed order, so
+// results are deterministic and no atomics are used.
+//
+//   dx[n,d,h,w,c] = sum_{t,r,s} sum_{k in group(c)} dy[n,z,p,q,k] * w[t,r,s,c % Cg,k]
+//       where z = (d + pad_d - t*dil_d) / str_d must be an exact integer in [0,Z), and likewise
+//       p = (h + pad_h - r*dil_h) / str_h in [0,P), q = (w + pad_w - s*dil_w) / str_w in [0,Q).
+//
+// Two variants:
+//   conv_dgrad_analytic  one thread per dx element; recomputes every index; always correct.
+//   conv_dgrad_tiled     implicit GEMM per (stride phase, group):
+//                          gemm_m = N * Dp*Hp*Wp (dx pixels of the phase), gemm_n = Cg,
+//                          gemm_k = taps_of_phase * Kg (padded to BK per tap).
+//                        Block tile BM x BN x 8 in shared memory (double-buffered), thread tile TM x TN in
+//                        registers, predicated borders and partial tiles.
+#include "conv_common.cuh"
+
+namespace gpuconv {
+namespace dgrad {
+
+constexpr int kThreads = 256;   // every tiled configuration runs 16 x 16 threads
+constexpr int kTileK = 8;       // BK: gemm_k extent of one shared-memory stage
+constexpr int kSmemPad = 4;     // pads a shared row so transposed stores are bank-conflict free
+
+// Resident CTAs per SM the tiled kernels ask ptxas for (__launch_bounds__ minBlocks; without it ptxas picks its
+// own register cap and spills). An 8x8 thread tile needs ~150 registers: 1 CTA (8 warps) per SM; 8x4 fits
+// 128 registers in float: 2 CTAs, and so does 4x4 (3 CTAs = 80 registers spills in 64-bit indexing).
+// Double accumulators: 1.
+constexpr int min_blocks(int thread_tile, int acc_bytes) {
+    return acc_bytes > 4 || thread_tile >= 64 ? 1 : 2;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Stride phases
+// ---------------------------------------------------------------------------------------------------------
+// Along one axis with stride s, dilation l, pad pb: dx coordinate d receives filter tap t iff
+// (d + pb - t*l) % s == 0. Group the dx coordinates by a = (d + pb) mod s (the phase): within a phase the
+// set of contributing taps is fixed -- t = tap0 + it*tap_step, it < ntaps -- and the dy coordinate of
+// dx coordinate d = first + i*s and tap number it is z = i + off0 - it*off_step (exact, no division left).
+struct PhaseAxis {
+    int first;      // smallest dx coordinate of the phase
+    int size;       // dx coordinates in the phase (first, first+s, ...), 0 if none
+    int ntaps;      // filter taps that hit the phase (0: the phase's dx is zero)
+    int tap0;       // first such tap
+    int tap_step;   // step between taps: s / gcd(s, l)
+    int off0;       // dy coordinate = i + off0 - it*off_step
+    int off_step;   // l / gcd(s, l)
+};
+
+// The problem's extents as int locals with the short names of the index formulas (shadowing the Index-typed
+// kernel parameters): N..Q, sd sh sw (strides), dd dh dw (dilations), pd ph pw (pads before), Cg, Kg.
+#define DGRAD_PROBLEM_LOCALS(pr)                                                                             \
+    const int N = pr.N, D = pr.D, H = pr.H, W = pr.W, C = pr.C, K = pr.K, T = pr.T, R = pr.R, S = pr.S;      \
+    const int Z = pr.Z, P = pr.P, Q = pr.Q;                                                                  \
+    const int sd = pr.stride_d, sh = pr.stride_h, sw = pr.stride_w;                                          \
+    const int dd = pr.dilation_d, dh = pr.dilation_h, dw = pr.dilation_w;                                    \
+    const int pd = pr.pad_d, ph = pr.pad_h, pw = pr.pad_w;                                                   \
+    const int Cg = pr.group_c, Kg = pr.group_k;                                                              \
+    (void)C; (void)K; (void)Cg; (void)Kg
+
+__device__ __forceinline__ int gcd_int(int a, int b) {
+    while (b != 0) { int t = a % b; a = b; b = t; }
+    return a;
+}
+
+// phase a in [0, s) along an axis of dx extent n, filter extent k.
+__device__ __forceinline__ PhaseAxis make_phase_axis(int a, int n, int k, int s, int l, int pb) {
+    PhaseAxis ax;
+    int first = (a - pb) % s;
+    if (first < 0) first += s;
+    ax.first = first;
+    ax.size = first < n ? (n - first + s - 1) / s : 0;
+    const int g = gcd_int(s, l);
+    ax.tap_step = s / g;
+    ax.off_step = l / g;
+    ax.tap0 = -1;
+    const int l_mod = l % s;
+    for (int t = 0, rem = 0; t < ax.tap_step && t < k; ++t) {   // rem = t*l mod s, period tap_step
+        if (rem == a) { ax.tap0 = t; break; }
+        rem += l_mod;
+        if (rem >= s) rem -= s;
+    }
+    if (ax.tap0 < 0) {
+        ax.ntaps = 0;
+        ax.tap0 = 0;
+        ax.off0 = 0;
+    } else {
+        ax.ntaps = (k - 1 - ax.tap0) / ax.tap_step + 1;
+        ax.off0 = (first + pb - ax.tap0 * l) / s;            // exact by construction
+    }
+    return ax;
+}
+
+// One axis of the analytic gather: u = x + pad - tap*dil as u = q*stride + rem (floor division, 0 <= rem < stride),
+// stepped to the next tap (u -= dil) without a division: the tap hits dy coordinate q iff rem == 0. Once q < 0
+// every later tap misses too.
+struct TapWalk {
+    int q, rem;                 // current quotient / remainder
+    int dq, drem, stride;       // dil = dq*stride + drem (set on the walk's start value, read by step)
+    __device__ __forceinline__ TapWalk(int u, int stride_, int dil)
+        : q(u / stride_), rem(u % stride_), dq(dil / stride_), drem(dil % stride_), stride(stride_) {}
+    __device__ __forceinline__ void step(const TapWalk& start) {
+        q -= start.dq;
+        rem -= start.drem;
+        if (rem < 0) { rem += start.stride; --q; }
+    }
+};
+
+// ---------------------------------------------------------------------------------------------------------
+// conv_dgrad_analytic
+// ---------------------------------------------------------------------------------------------------------
+// dx[i] for i = (((n*D + d)*H + h)*W + w)*C + c, one thread per element (grid: ceil(N*D*H*W*C / 256) blocks;
+// no grid-stride loop, so the Idx divisions run once, before the summation loops), formula at the top of this
+// file; taps in (t, r, s) order, channels k ascending: a fixed summation order.
+template <typename Element, typename Idx>
+__device__ __forceinline__ void dgrad_analytic(const Element* __restrict__ dy, const Element* __restrict__ w,
+                                               Element* __restrict__ dx, const ConvProblemSize<Idx>& pr) {
+    typedef typename Accum<Element>::type Acc;
+    DGRAD_PROBLEM_LOCALS(pr);
+    const Idx total = (Idx)N * D * H * W * C;
+    const Idx i = (Idx)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    {
+        // Two divisions in Idx (before anything is live), the rest in int: D*H*W < 2^31 (plans check it).
+        const Idx pixel = i / C;
+        const int c = (int)(i - pixel * C);
+        const int image_pixels = D * H * W;
+        const int n = (int)(pixel / image_pixels);
+        int rest = (int)(pixel - (Idx)n * image_pixels);
+        const int x_w = rest % W; rest /= W;
+        const int x_h = rest % H;
+        const int x_d = rest / H;
+        const int g = c / Cg, cg = c - g * Cg;
+        // Per axis, dy coordinate numerator u = x + pad - tap*dil kept as floor quotient and remainder by the
+        // stride, stepped by -dil per tap: no division inside the tap loops (ptxas outlines divisions there).
+        const TapWalk wd(x_d + pd, sd, dd), wh(x_h + ph, sh, dh), ww(x_w + pw, sw, dw);
+        Acc acc = Acc(0);
+        TapWalk zt = wd;
+        for (int t = 0; t < T && zt.q >= 0; ++t, zt.step(wd)) {
+            if (zt.rem != 0 || zt.q >= Z) continue;
+            TapWalk pr_ = wh;
+            for (int r = 0; r < R && pr_.q >= 0; ++r, pr_.step(wh)) {
+                if (pr_.rem != 0 || pr_.q >= P) continue;
+                TapWalk qs = ww;
+                for (int s = 0; s < S && qs.q >= 0; ++s, qs.step(ww)) {
+                    if (qs.rem != 0 || qs.q >= Q) continue;
+                    const Element* dy_row =
+                        dy + ((((Idx)n * Z + zt.q) * P + pr_.q) * Q + qs.q) * K + (Idx)g * Kg;
+                    const Element* w_row = w + ((((Idx)t * R + r) * S + s) * Cg + cg) * K + (Idx)g * Kg;
+#pragma unroll 1   // unrolled, ptxas spills around the remainder loop (sm_80/sm_90, NVRTC 13.5)
+                    for (int k = 0; k < Kg; ++k) acc = mac(to_accum(dy_row[k]), to_accum(w_row[k]), acc);
+                }
+            }
+        }
+        dx[i] = from_accum<Element>(acc);
+    }
+}
+
+template <typename Element, typename Idx>
+__global__ void __launch_bounds__(256)
+conv_dgrad_analytic(const Element* __restrict__ dy, const Element* __restrict__ w, Element* __restrict__ dx,
+                    GPUCONV_CONV_PROBLEM_PARAMS(Idx)) {
+    dgrad_analytic<Element, Idx>(dy, w, dx, ConvProblemSize<Idx>(GPUCONV_CONV_PROBLEM_ARGS));
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Warp-level main-loop step shared by the tiled kernels: one BK slice of the block tile from shared memory.
+// Thread (ty, tx) owns rows  j*64 + ty*4 + {0..3}, j < TM/4  and columns  j*64 + tx*4 + {0..3}, j < TN/4,
+// so a warp's fragment reads are contiguous 16-byte vectors (conflict free / broadcast).
+// ---------------------------------------------------------------------------------------------------------
+template <int BM, int BN, int TM, int TN, typename Acc>
+__device__ __forceinline__ void mma_stage(Acc (&acc)[TM][TN], const Acc (*As)[BM + kSmemPad],
+                                          const Acc (*Bs)[BN + kSmemPad], int ty, int tx) {
+#pragma unroll
+    for (int kk = 0; kk < kTileK; ++kk) {
+        Acc a[TM], b[TN];
+#pragma unroll
+        for (int i = 0; i < TM; i += 4) load_fragment4(&As[kk][i * 16 + ty * 4], a + i);
+#pragma unroll
+        for (int j = 0; j < TN; j += 4) load_fragment4(&Bs[kk][j * 16 + tx * 4], b + j);
+#pragma unroll
+        for (int i = 0; i < TM; ++i)
+#pragma unroll
+            for (int j = 0; j < TN; ++j) acc[i][j] = mac(a[i], b[j], acc[i][j]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// conv_dgrad_tiled
+// ---------------------------------------------------------------------------------------------------------
+// Problem size -> tile iterators -> main loop -> epilogue, per CTA:
+//   blockIdx.z = stride phase (ad, ah, aw) = (z / (sh*sw), (z / sw) % sh, z % sw)
+//   blockIdx.y = group g
+//   blockIdx.x = tile_m * n_tiles + tile_n   (n fastest: CTAs sharing a dy tile run together)
+// GEMM of one (phase, group):
+//   A[m, kk] = dy[n, i + off0_d - it*offs_d, j + off0_h - ir*offs_h, l + off0_w - is*offs_w, g*Kg + k]
+//              m = ((n*Dp + i)*Hp + j)*Wp + l,  kk = (tap*ktiles_per_tap)*BK + k, tap = (it*nR + ir)*nS + is
+//   B[kk, c] = w[tap0_d + it*step_d, tap0_h + ir*step_h, tap0_w + is*step_w, c, g*Kg + k]
+//   dx[n, first_d + i*sd, first_h + j*sh, first_w + l*sw, g*Cg + c] = sum_kk A[m, kk] * B[kk, c]
+// Each tap owns ceil(Kg / BK) k-tiles (k >= Kg is predicated to zero), so a k-tile never straddles two taps
+// and the dy/w addresses change only when the tap does. No multiply touches an inserted zero of the
+// zero-upsampled dy: taps that miss a phase are never iterated.
+template <typename Element, typename Idx, int BM, int BN, int TM, int TN>
+__device__ __forceinline__ void dgrad_tiled(const Element* __restrict__ dy, const Element* __restrict__ w,
+                                            Element* __restrict__ dx, const ConvProblemSize<Idx>& pr,
+                                            int n_tiles) {
+    typedef typename Accum<Element>::type Acc;
+    DGRAD_PROBLEM_LOCALS(pr);
+    static_assert((BM / TM) * (BN / TN) == kThreads, "16 x 16 threads per CTA");
+    static_assert(BM / TM == 16 && BN / TN == 16 && TM % 4 == 0 && TN % 4 == 0, "thread tile layout");
+    constexpr int kElemsA = BM * kTileK / kThreads;          // A elements each thread loads per k-tile
+    constexpr int kElemsB = BN * kTileK / kThreads;
+    constexpr int kThreadsPerRowA = kTileK / kElemsA;
+    constexpr int kThreadsPerRowB = kTileK / kElemsB;
+
+    __shared__ __align__(16) Acc As[2][kTileK][BM + kSmemPad];
+    __shared__ __align__(16) Acc Bs[2][kTileK][BN + kSmemPad];
+
+    // ---- problem size of this CTA's (phase, group) ------------------------------------------------------
+    const int phase = blockIdx.z;
+    const int g = blockIdx.y;
+    const int tile_m = blockIdx.x / n_tiles, tile_n = blockIdx.x % n_tiles;
+    const PhaseAxis ax_d = make_phase_axis(phase / (sh * sw), D, T, sd, dd, pd);
+    const PhaseAxis ax_h = make_phase_axis((phase / sw) % sh, H, R, sh, dh, ph);
+    const PhaseAxis ax_w = make_phase_axis(phase % sw, W, S, sw, dw, pw);
+    const Idx gemm_m = (Idx)N * ax_d.size * ax_h.size * ax_w.size;
+    const Idx m0 = (Idx)tile_m * BM;
+    const int n0 = tile_n * BN;
+    if (m0 >= gemm_m) return;                               // whole CTA: this phase has fewer rows
+    // The CTA's first row, split once into (image, pixel within the image's phase grid); every other row of the
+    // tile is an int offset from it (phase_pixels < 2^31: plans check D*H*W < 2^31), so no Idx division is
+    // left after this point.
+    const int phase_pixels = ax_d.size * ax_h.size * ax_w.size;
+    const int cta_n = (int)(m0 / phase_pixels);
+    const int cta_pixel = (int)(m0 - (Idx)cta_n * phase_pixels);
+    auto locate = [&](int row, int& n, int& i, int& j, int& l) {   // row of the tile -> (n, i, j, l)
+        int local = cta_pixel + row;
+        n = cta_n + local / phase_pixels;
+        local -= (n - cta_n) * phase_pixels;
+        l = local % ax_w.size; local /= ax_w.size;
+        j = local % ax_h.size;
+        i = local / ax_h.size;
+    };
+    const int ktiles_per_tap = (Kg + kTileK - 1) / kTileK;
+    const int k_tiles = ax_d.ntaps * ax_h.ntaps * ax_w.ntaps * ktiles_per_tap;
+
+    const int tid = threadIdx.x;
+    const int tx = tid % 16, ty = tid / 16;
+
+    // ---- tile iterators: A (dy gathered per dx pixel), B (w) -------------------------------------------
+    // A: thread loads row a_row (a dx pixel of the phase), k = k-tile base + a_k .. + kElemsA - 1.
+    const int a_row = tid / kThreadsPerRowA, a_k = (tid % kThreadsPerRowA) * kElemsA;
+    const Idx a_m = m0 + a_row;
+    const bool a_row_valid = a_m < gemm_m;
+    int a_n = 0, a_i = 0, a_j = 0, a_l = 0;
+    if (a_row_valid) locate(a_row, a_n, a_i, a_j, a_l);
+    const Idx a_base = (Idx)a_n * Z * P * Q * K + (Idx)g * Kg;
+    // B: thread loads column b_col (channel c of the group), k = k-tile base + b_k .. + kElemsB - 1.
+    const int b_row = tid / kThreadsPerRowB, b_k = (tid % kThreadsPerRowB) * kElemsB;
+    const int b_c = n0 + b_row;
+    const bool b_col_valid = b_c < Cg;
+    const Idx b_base = (Idx)b_c * K + (Idx)g * Kg;
+
+    // Tap state, uniform across the CTA: (it, ir, is) and the k-tile within the tap.
+    int it = 0, ir = 0, is = 0, kt_in_tap = 0;
+    Idx a_off = 0, b_off = 0;
+    bool a_valid = false;
+    auto tap_update = [&]() {
+        const int z = a_i + ax_d.off0 - it * ax_d.off_step;
+        const int p = a_j + ax_h.off0 - ir * ax_h.off_step;
+        const int q = a_l + ax_w.off0 - is * ax_w.off_step;
+        a_valid = a_row_valid && z >= 0 && z < Z && p >= 0 && p < P && q >= 0 && q < Q;
+        a_off = a_base + (((Idx)z * P + p) * Q + q) * K;
+        const int t = ax_d.tap0 + it * ax_d.tap_step;
+        const int r = ax_h.tap0 + ir * ax_h.tap_step;
+        const int s = ax_w.tap0 + is * ax_w.tap_step;
+        b_off = b_base + (((Idx)t * R + r) * S + s) * Cg * K;
+    };
+    auto tap_advance = [&]() {
+        if (++kt_in_tap < ktiles_per_tap) return;
+        kt_in_tap = 0;
+        if (++is == ax_w.ntaps) {
+            is = 0;
+            if (++ir == ax_h.ntaps) { ir = 0; ++it; }
+        }
+        tap_update();
+    };
+
+    Acc a_reg[kElemsA], b_reg[kElemsB];
+    auto load_tile = [&]() {
+        const int kbase = kt_in_tap * kTileK;
+#pragma unroll
+        for (int e = 0; e < kElemsA; ++e) {
+            const int k = kbase + a_k + e;
+            a_reg[e] = (a_valid && k < Kg) ? to_accum(dy[a_off + k]) : Acc(0);
+        }
+#pragma unroll
+        for (int e = 0; e < kElemsB; ++e) {
+            const int k = kbase + b_k + e;
+            b_reg[e] = (b_col_valid && k < Kg) ? to_accum(w[b_off + k]) : Acc(0);
+        }
+    };
+    auto store_tile = [&](int buf) {
+#pragma unroll
+        for (int e = 0; e < kElemsA; ++e) As[buf][a_k + e][a_row] = a_reg[e];
+#pragma unroll
+        for (int e = 0; e < kElemsB; ++e) Bs[buf][b_k + e][b_row] = b_reg[e];
+    };
+
+    Acc acc[TM][TN];
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] = Acc(0);
+
+    // ---- main loop: global -> registers (next tile) while the current tile is multiplied from smem -----
+    if (k_tiles > 0) {
+        tap_update();
+        load_tile();
+        store_tile(0);
+        __syncthreads();
+        for (int kt = 0; kt < k_tiles; ++kt) {
+            const bool more = kt + 1 < k_tiles;
+            if (more) {
+                tap_advance();
+                load_tile();
+            }
+            mma_stage<BM, BN, TM, TN>(acc, As[kt & 1], Bs[kt & 1], ty, tx);
+            if (more) store_tile((kt + 1) & 1);
+            __syncthreads();
+        }
+    }
+
+    // ---- epilogue: registers -> dx (every dx element of the tile written once, zeros for tapless phases) -
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+        const int row = (i / 4) * 64 + ty * 4 + (i % 4);
+        if (m0 + row >= gemm_m) continue;
+        int n, ii, j, l;
+        locate(row, n, ii, j, l);
+        const int x_d = ax_d.first + ii * sd, x_h = ax_h.first + j * sh, x_w = ax_w.first + l * sw;
+        Element* dx_row = dx + ((((Idx)n * D + x_d) * H + x_h) * W + x_w) * C + (Idx)g * Cg;
+#pragma unroll
+        for (int jj = 0; jj < TN; ++jj) {
+            const int c = n0 + (jj / 4) * 64 + tx * 4 + (jj % 4);
+            if (c < Cg) dx_row[c] = from_accum<Element>(acc[i][jj]);
+        }
+    }
+}
+
+template <typename Element, typename Idx, int BM, int BN, int TM, int TN>
+__global__ void __launch_bounds__(kThreads, min_blocks(TM * TN, sizeof(typename Accum<Element>::type)))
+conv_dgrad_tiled(const Element* __restrict__ dy, const Element* __restrict__ w, Element* __restrict__ dx,
+                 GPUCONV_CONV_PROBLEM_PARAMS(Idx), int n_tiles) {
+    dgrad_tiled<Element, Idx, BM, BN, TM, TN>(dy, w, dx, ConvProblemSize<Idx>(GPUCONV_CONV_PROBLEM_ARGS),
+                                              n_tiles);
+}
+
+}  // namespace dgrad
+}  // namespace gpuconv
+
+using gpuconv::dgrad::conv_dgrad_analytic;
+using gpuconv::dgrad::conv_dgrad_tiled;

@@ -1,0 +1,290 @@
+// gpuconv conv wgrad: the filter gradient of a convolution (= conv*_backprop_filter).
+//
+// Canonical layout (docs/internals.md): x (N,D,H,W,C), dy (N,Z,P,Q,K), dw (T,R,S,C/G,K); 2-D is depth 1.
+//
+//   dw[t,r,s,c,k] = sum_{n,z,p,q} x[n, z*str_d + t*dil_d - pad_d, p*str_h + r*dil_h - pad_h,
+//                                      q*str_w + s*dil_w - pad_w, g*Cg + c] * dy[n,z,p,q,k],   g = k / Kg
+//   (x is zero outside its extent).
+//
+// Kernels:
+//   conv_wgrad_analytic  one thread per dw element looping over N*Z*P*Q in order; always correct.
+//   conv_wgrad_tiled     implicit GEMM per group: gemm_m = Kg, gemm_n = Cg*T*R*S, gemm_k = N*Z*P*Q, with
+//                        split-K over gemm_k (blockIdx.z). With one split it writes dw directly; with more,
+//                        each split writes an Acc partial tile to a workspace [splits, T*R*S*Cg, K] and
+//   conv_wgrad_reduce    sums the splits in split order (deterministic) and converts to the output dtype.
+#include "conv_common.cuh"
+
+namespace gpuconv {
+namespace wgrad {
+
+constexpr int kThreads = 256;   // every tiled configuration runs 16 x 16 threads
+constexpr int kTileK = 8;       // BK: gemm_k extent (dy pixels) of one shared-memory stage
+constexpr int kSmemPad = 4;
+
+// Resident CTAs per SM the tiled kernels ask ptxas for (__launch_bounds__ minBlocks; without it ptxas picks its
+// own register cap and spills). An 8x8 thread tile needs ~150 registers: 1 CTA (8 warps) per SM; 8x4 fits
+// 128 registers in float: 2 CTAs, and so does 4x4 (3 CTAs = 80 registers spills in 64-bit indexing).
+// Double accumulators: 1.
+constexpr int min_blocks(int thread_tile, int acc_bytes) {
+    return acc_bytes > 4 || thread_tile >= 64 ? 1 : 2;
+}
+
+// The problem's extents as int locals with the short names of the index formulas: N..Q, sd sh sw (strides),
+// dd dh ddw (dilations; dw is the output), pd ph pw (pads before), Cg, Kg.
+#define WGRAD_PROBLEM_LOCALS(pr)                                                                             \
+    const int N = pr.N, D = pr.D, H = pr.H, W = pr.W, C = pr.C, K = pr.K, T = pr.T, R = pr.R, S = pr.S;      \
+    const int Z = pr.Z, P = pr.P, Q = pr.Q;                                                                  \
+    const int sd = pr.stride_d, sh = pr.stride_h, sw = pr.stride_w;                                          \
+    const int dd = pr.dilation_d, dh = pr.dilation_h, ddw = pr.dilation_w;                                   \
+    const int pd = pr.pad_d, ph = pr.pad_h, pw = pr.pad_w;                                                   \
+    const int Cg = pr.group_c, Kg = pr.group_k;                                                              \
+    (void)N; (void)C; (void)T; (void)Cg; (void)Kg
+
+// ---------------------------------------------------------------------------------------------------------
+// conv_wgrad_analytic
+// ---------------------------------------------------------------------------------------------------------
+// dw[i] for i = (((t*R + r)*S + s)*Cg + c)*K + k, one thread per element (grid: ceil(T*R*S*Cg*K / 256)
+// blocks, no grid-stride loop); the sum runs over (n, z, p, q) in row-major order: a fixed summation order. k is the fastest thread index, so dy reads of a
+// warp are contiguous and x reads are broadcasts.
+template <typename Element, typename Idx>
+__device__ __forceinline__ void wgrad_analytic(const Element* __restrict__ x, const Element* __restrict__ dy,
+                                               Element* __restrict__ dw, const ConvProblemSize<Idx>& pr) {
+    typedef typename Accum<Element>::type Acc;
+    WGRAD_PROBLEM_LOCALS(pr);
+    const Idx total = (Idx)T * R * S * Cg * K;
+    const Idx i = (Idx)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    {
+        // One division in Idx, the rest in int (T*R*S*Cg < 2^31: plans check it).
+        const Idx row = i / K;
+        const int k = (int)(i - row * K);
+        int rest = (int)row;
+        const int c = rest % Cg; rest /= Cg;
+        const int s = rest % S; rest /= S;
+        const int r = rest % R;
+        const int t = rest / R;
+        const int xc = (k / Kg) * Cg + c;
+        Acc acc = Acc(0);
+        for (int n = 0; n < N; ++n)
+            for (int z = 0; z < Z; ++z) {
+                const int x_d = z * sd + t * dd - pd;
+                if (x_d < 0 || x_d >= D) continue;
+                for (int p = 0; p < P; ++p) {
+                    const int x_h = p * sh + r * dh - ph;
+                    if (x_h < 0 || x_h >= H) continue;
+                    for (int q = 0; q < Q; ++q) {
+                        const int x_w = q * sw + s * ddw - pw;
+                        if (x_w < 0 || x_w >= W) continue;
+                        const Element xv = x[((((Idx)n * D + x_d) * H + x_h) * W + x_w) * C + xc];
+                        const Element gv = dy[((((Idx)n * Z + z) * P + p) * Q + q) * K + k];
+                        acc = mac(to_accum(xv), to_accum(gv), acc);
+                    }
+                }
+            }
+        dw[i] = from_accum<Element>(acc);
+    }
+}
+
+template <typename Element, typename Idx>
+__global__ void __launch_bounds__(256)
+conv_wgrad_analytic(const Element* __restrict__ x, const Element* __restrict__ dy, Element* __restrict__ dw,
+                    GPUCONV_CONV_PROBLEM_PARAMS(Idx)) {
+    wgrad_analytic<Element, Idx>(x, dy, dw, ConvProblemSize<Idx>(GPUCONV_CONV_PROBLEM_ARGS));
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Warp-level main-loop step: one BK slice of the block tile from shared memory (same thread layout as
+// conv_dgrad_tiled: thread (ty, tx) owns rows j*64 + ty*4 + {0..3} and columns j*64 + tx*4 + {0..3}).
+// ---------------------------------------------------------------------------------------------------------
+template <int BM, int BN, int TM, int TN, typename Acc>
+__device__ __forceinline__ void mma_stage(Acc (&acc)[TM][TN], const Acc (*As)[BM + kSmemPad],
+                                          const Acc (*Bs)[BN + kSmemPad], int ty, int tx) {
+#pragma unroll
+    for (int kk = 0; kk < kTileK; ++kk) {
+        Acc a[TM], b[TN];
+#pragma unroll
+        for (int i = 0; i < TM; i += 4) load_fragment4(&As[kk][i * 16 + ty * 4], a + i);
+#pragma unroll
+        for (int j = 0; j < TN; j += 4) load_fragment4(&Bs[kk][j * 16 + tx * 4], b + j);
+#pragma unroll
+        for (int i = 0; i < TM; ++i)
+#pragma unroll
+            for (int j = 0; j < TN; ++j) acc[i][j] = mac(a[i], b[j], acc[i][j]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// conv_wgrad_tiled
+// ---------------------------------------------------------------------------------------------------------
+// Problem size -> tile iterators -> main loop -> epilogue, per CTA:
+//   blockIdx.z = split (gemm_k range [split*k_per_split, min(+k_per_split, gemm_k)), k_per_split % BK == 0)
+//   blockIdx.y = group g
+//   blockIdx.x = tile_m * n_tiles + tile_n
+// GEMM of one group (gemm_m = Kg, gemm_n = Cg*T*R*S, gemm_k = N*Z*P*Q):
+//   A[kk, m] = dy[kk*K + g*Kg + m]                    kk = ((n*Z + z)*P + p)*Q + q  (dy's own pixel order)
+//   B[kk, col] = x[n, z*sd + t*dd - pd, p*sh + r*dh - ph, q*sw + s*dw - pw, g*Cg + c],  col = tap*Cg + c,
+//                tap = (t*R + r)*S + s
+//   out[split][col*K + g*Kg + m] = sum_{kk in split} A[kk, m] * B[kk, col]   (= dw's own element order)
+// Both operands are contiguous along m / col, so a warp loads one gemm_k row of 64..128 consecutive elements.
+// Each thread's gemm_n columns are fixed for the whole main loop (tap offsets computed once); its gemm_k row
+// advances by BK per k-tile with an incremental (n, z, p, q) carry, no division in the loop.
+template <typename Element, typename Out, typename Idx, int BM, int BN, int TM, int TN>
+__device__ __forceinline__ void wgrad_tiled(const Element* __restrict__ x, const Element* __restrict__ dy,
+                                            Out* __restrict__ out, const ConvProblemSize<Idx>& pr, int n_tiles,
+                                            Idx k_per_split) {
+    typedef typename Accum<Element>::type Acc;
+    WGRAD_PROBLEM_LOCALS(pr);
+    static_assert(BM / TM == 16 && BN / TN == 16 && TM % 4 == 0 && TN % 4 == 0, "16 x 16 threads per CTA");
+    constexpr int kElemsA = BM * kTileK / kThreads;           // consecutive m each thread loads per k-tile
+    constexpr int kElemsB = BN * kTileK / kThreads;           // consecutive columns each thread loads
+    static_assert(BM / kElemsA == 32 && BN / kElemsB == 32, "one warp per gemm_k row of a tile");
+
+    __shared__ __align__(16) Acc As[2][kTileK][BM + kSmemPad];
+    __shared__ __align__(16) Acc Bs[2][kTileK][BN + kSmemPad];
+
+    // ---- problem size of this CTA's (split, group) ------------------------------------------------------
+    const int g = blockIdx.y;
+    const int tile_m = blockIdx.x / n_tiles, tile_n = blockIdx.x % n_tiles;
+    const int taps = T * R * S;
+    const int gemm_n = Cg * taps;
+    const Idx gemm_k = (Idx)N * Z * P * Q;
+    const Idx k_begin = (Idx)blockIdx.z * k_per_split;
+    const Idx k_end = k_begin + k_per_split < gemm_k ? k_begin + k_per_split : gemm_k;
+    const int k_tiles = k_begin < k_end ? (int)((k_end - k_begin + kTileK - 1) / kTileK) : 0;
+    const int m0 = tile_m * BM, n0 = tile_n * BN;
+
+    const int tid = threadIdx.x;
+    const int tx = tid % 16, ty = tid / 16;
+
+    // ---- tile iterators ---------------------------------------------------------------------------------
+    // Row: the thread's gemm_k row within a k-tile (one warp per row); pixel (pn, pz, pp, pq) of that row.
+    const int row = tid / 32;
+    const int a_m = (tid % 32) * kElemsA;                    // A columns a_m .. a_m + kElemsA - 1 of the tile
+    const int b_col = (tid % 32) * kElemsB;                  // B columns
+    Idx kk = k_begin + row;
+    int pn = 0, pz = 0, pp = 0, pq = 0;
+    {
+        Idx rest = kk;
+        pq = (int)(rest % Q); rest /= Q;
+        pp = (int)(rest % P); rest /= P;
+        pz = (int)(rest % Z);
+        pn = (int)(rest / Z);
+    }
+    auto row_advance = [&]() {                               // kk += BK with carry through (n, z, p, q)
+        kk += kTileK;
+        pq += kTileK;
+        while (pq >= Q) {
+            pq -= Q;
+            if (++pp == P) { pp = 0; if (++pz == Z) { pz = 0; ++pn; } }
+        }
+    };
+    // Columns of B: tap offsets and x channel, fixed for the whole main loop.
+    int col_dz[kElemsB], col_dh[kElemsB], col_dw[kElemsB], col_c[kElemsB];
+    bool col_valid[kElemsB];
+#pragma unroll
+    for (int e = 0; e < kElemsB; ++e) {
+        const int col = n0 + b_col + e;
+        col_valid[e] = col < gemm_n;
+        const int tap = col_valid[e] ? col / Cg : 0;
+        const int c = col_valid[e] ? col - tap * Cg : 0;
+        const int s = tap % S, r = (tap / S) % R, t = tap / (S * R);
+        col_dz[e] = t * dd - pd;
+        col_dh[e] = r * dh - ph;
+        col_dw[e] = s * ddw - pw;
+        col_c[e] = g * Cg + c;
+    }
+    const Idx a_col_base = (Idx)g * Kg + m0 + a_m;
+
+    Acc a_reg[kElemsA], b_reg[kElemsB];
+    auto load_tile = [&]() {
+        const bool row_valid = kk < k_end;
+#pragma unroll
+        for (int e = 0; e < kElemsA; ++e) {
+            const bool ok = row_valid && m0 + a_m + e < Kg;
+            a_reg[e] = ok ? to_accum(dy[kk * K + a_col_base + e]) : Acc(0);
+        }
+        const int zb = pz * sd, hb = pp * sh, wb = pq * sw;
+#pragma unroll
+        for (int e = 0; e < kElemsB; ++e) {
+            const int xd = zb + col_dz[e], xh = hb + col_dh[e], xw = wb + col_dw[e];
+            const bool ok = row_valid && col_valid[e] && xd >= 0 && xd < D && xh >= 0 && xh < H &&
+                            xw >= 0 && xw < W;
+            b_reg[e] = ok ? to_accum(x[((((Idx)pn * D + xd) * H + xh) * W + xw) * C + col_c[e]]) : Acc(0);
+        }
+    };
+    auto store_tile = [&](int buf) {
+#pragma unroll
+        for (int e = 0; e < kElemsA; ++e) As[buf][row][a_m + e] = a_reg[e];
+#pragma unroll
+        for (int e = 0; e < kElemsB; ++e) Bs[buf][row][b_col + e] = b_reg[e];
+    };
+
+    Acc acc[TM][TN];
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] = Acc(0);
+
+    // ---- main loop: global -> registers (next tile) while the current tile is multiplied from smem -----
+    if (k_tiles > 0) {
+        load_tile();
+        store_tile(0);
+        __syncthreads();
+        for (int kt = 0; kt < k_tiles; ++kt) {
+            const bool more = kt + 1 < k_tiles;
+            if (more) {
+                row_advance();
+                load_tile();
+            }
+            mma_stage<BM, BN, TM, TN>(acc, As[kt & 1], Bs[kt & 1], ty, tx);
+            if (more) store_tile((kt + 1) & 1);
+            __syncthreads();
+        }
+    }
+
+    // ---- epilogue: registers -> out (dw, or this split's workspace slice; zeros for an empty split) -----
+    Out* out_split = out + (Idx)blockIdx.z * ((Idx)gemm_n * K);
+#pragma unroll
+    for (int j = 0; j < TN; ++j) {
+        const int col = n0 + (j / 4) * 64 + tx * 4 + (j % 4);
+        if (col >= gemm_n) continue;
+        Out* out_col = out_split + (Idx)col * K + (Idx)g * Kg;
+#pragma unroll
+        for (int i = 0; i < TM; ++i) {
+            const int m = m0 + (i / 4) * 64 + ty * 4 + (i % 4);
+            if (m < Kg) out_col[m] = from_accum<Out>(acc[i][j]);
+        }
+    }
+}
+
+template <typename Element, typename Out, typename Idx, int BM, int BN, int TM, int TN>
+__global__ void __launch_bounds__(kThreads, min_blocks(TM * TN, sizeof(typename Accum<Element>::type)))
+conv_wgrad_tiled(const Element* __restrict__ x, const Element* __restrict__ dy, Out* __restrict__ out,
+                 GPUCONV_CONV_PROBLEM_PARAMS(Idx), int n_tiles, Idx k_per_split) {
+    wgrad_tiled<Element, Out, Idx, BM, BN, TM, TN>(x, dy, out, ConvProblemSize<Idx>(GPUCONV_CONV_PROBLEM_ARGS),
+                                                   n_tiles, k_per_split);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// conv_wgrad_reduce
+// ---------------------------------------------------------------------------------------------------------
+// dw[i] = sum_{split = 0 .. splits-1} ws[split*size + i], summed in split order (deterministic), converted
+// once to the output dtype. One thread per element, grid-stride; reads of a warp are contiguous per split.
+template <typename Element, typename Idx>
+__global__ void __launch_bounds__(256)
+conv_wgrad_reduce(const typename Accum<Element>::type* __restrict__ ws, Element* __restrict__ dw, Idx size,
+                  int splits) {
+    typedef typename Accum<Element>::type Acc;
+    for (Idx i = (Idx)blockIdx.x * blockDim.x + threadIdx.x; i < size; i += (Idx)gridDim.x * blockDim.x) {
+        Acc sum = Acc(0);
+        for (int s = 0; s < splits; ++s) sum += ws[(Idx)s * size + i];
+        dw[i] = from_accum<Element>(sum);
+    }
+}
+
+}  // namespace wgrad
+}  // namespace gpuconv
+
+using gpuconv::wgrad::conv_wgrad_analytic;
+using gpuconv::wgrad::conv_wgrad_reduce;
+using gpuconv::wgrad::conv_wgrad_tiled;
