@@ -1,0 +1,349 @@
+"""Parity with TensorFlow (CPU) on random configurations, for every op TF has.
+
+Marker `tf`; skipped when TensorFlow is not importable (CI sets GPUCONV_REQUIRE_TF=1 / GPUCONV_STRICT=1, which
+turns that skip into a failure). Configurations stay inside what TF's CPU kernels support (tf-semantics.md
+section 2): channels-last only, no dilation in the backprop ops, no explicit padding where TF refuses it, 3-D
+pooling in float32, no NaN, no empty outputs. What TF cannot run (dilated backprop, NCHW, empty outputs,
+explicit padding everywhere) is decided by the loop reference in test_api / test_properties instead.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import gpuconv
+import loop_reference as R
+
+pytestmark = pytest.mark.tf
+
+N_CASES = 8
+TOL = {np.dtype(np.float16): (1e-2, 1e-2), np.dtype(np.float32): (1e-4, 2e-5), np.dtype(np.float64): (1e-10, 1e-10)}
+
+
+@pytest.fixture(scope="module")
+def tf():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return pytest.importorskip("tensorflow")
+
+
+def _close(got, want, dtype=None):
+    want = np.asarray(want)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    assert got.dtype == want.dtype, (got.dtype, want.dtype)
+    if got.dtype.kind in "iu":
+        np.testing.assert_array_equal(got, want)
+    else:
+        rtol, atol = TOL[np.dtype(dtype or got.dtype)]
+        np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=rtol, atol=atol)
+
+
+def _u(rng, shape, dtype=np.float32):
+    return rng.uniform(-1, 1, shape).astype(dtype)
+
+
+def _tie_free(rng, shape, dtype=np.float32):
+    return (rng.permutation(int(np.prod(shape))).reshape(shape) / 8).astype(dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# random configurations (TF-supported subset), re-rolled until the output is non-empty
+# ---------------------------------------------------------------------------------------------------------
+def conv_config(rng, nsp, *, dilation=True, explicit=True, groups=False):
+    """A TF-runnable conv. 3-D: no axis with filter 1 and stride > 1, where TF 2.21's Eigen CPU Conv3D (float64
+    always; float32 with TF_ENABLE_ONEDNN_OPTS=0) returns wrong values (seen here: e.g. x (1,2,3,3,1),
+    w (2,1,3,1,1), strides (1,3,1), SAME; the loop reference and PyTorch agree with each other, not with TF)."""
+    while True:
+        sp = [int(v) for v in rng.integers(2, 8 if nsp == 2 else 5, nsp)]
+        k = [int(v) for v in rng.integers(1, 4, nsp)]
+        s = [int(v) for v in rng.integers(1, 4, nsp)]
+        d = [int(v) for v in rng.integers(1, 3, nsp)] if dilation else [1] * nsp
+        kinds = ["SAME", "VALID"] + (["explicit"] if explicit else [])
+        kind = kinds[rng.integers(0, len(kinds))]
+        pad = [(int(a), int(b)) for a, b in rng.integers(0, 3, (nsp, 2))] if kind == "explicit" else kind
+        G = int(rng.integers(1, 3)) if groups else 1
+        cg, K = int(rng.integers(1, 3)), G * int(rng.integers(1, 3))
+        x = (int(rng.integers(1, 3)), *sp, G * cg)
+        w = (*k, cg, K)
+        if nsp == 3 and any(kk == 1 and ss > 1 for kk, ss in zip(k, s)):
+            continue
+        try:
+            geo = R.out_sizes(sp, k, s, d, pad)
+        except ValueError:
+            continue
+        if all(g[0] > 0 for g in geo):
+            return dict(x=x, w=w, s=s, d=d, pad=pad, y=(x[0], *[g[0] for g in geo], K))
+
+
+def pool_config(rng, nsp, *, explicit=False):
+    while True:
+        sp = [int(v) for v in rng.integers(1, 8 if nsp == 2 else 5, nsp)]
+        k = [int(v) for v in rng.integers(1, 4, nsp)]
+        s = [int(v) for v in rng.integers(1, 4, nsp)]
+        kinds = ["SAME", "VALID"] + (["explicit"] if explicit else [])
+        kind = kinds[rng.integers(0, len(kinds))]
+        pad = [(int(rng.integers(0, kk)), int(rng.integers(0, kk))) for kk in k] if kind == "explicit" else kind
+        x = (int(rng.integers(1, 3)), *sp, int(rng.integers(1, 4)))
+        try:
+            geo = R.out_sizes(sp, k, s, 1, pad)
+        except ValueError:
+            continue
+        if all(g[0] > 0 for g in geo):
+            return dict(x=x, k=k, s=s, pad=pad, y=(x[0], *[g[0] for g in geo], x[-1]))
+
+
+def _tf_pad(pad, nsp):
+    """gpuconv padding -> tf.nn's: the string, or full-rank pairs (NHWC)."""
+    return pad if isinstance(pad, str) else [[0, 0], *[list(p) for p in pad], [0, 0]]
+
+
+def _raw_pad(pad, nsp):
+    """-> raw-op (padding, explicit_paddings)."""
+    if isinstance(pad, str):
+        return pad, []
+    return "EXPLICIT", [0, 0] + [v for p in pad for v in p] + [0, 0]
+
+
+def _full(v):
+    return [1, *v, 1]
+
+
+CASES = range(N_CASES)
+DTYPES = [np.float32, np.float64, np.float16]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# convolution
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("i", CASES)
+def test_conv2d(tf, i):
+    rng = np.random.default_rng(100 + i)
+    c = conv_config(rng, 2, groups=True)
+    dt = DTYPES[i % 3]
+    x, w = _u(rng, c["x"], dt), _u(rng, c["w"], dt)
+    want = tf.nn.conv2d(x, w, c["s"], _tf_pad(c["pad"], 2), dilations=c["d"]).numpy()
+    _close(gpuconv.conv2d(x, w, c["s"], c["pad"], dilations=c["d"]), want)
+
+
+@pytest.mark.parametrize("i", CASES)
+def test_conv3d(tf, i):
+    rng = np.random.default_rng(200 + i)
+    c = conv_config(rng, 3, dilation=False, explicit=False)
+    dt = DTYPES[i % 2]
+    x, w = _u(rng, c["x"], dt), _u(rng, c["w"], dt)
+    want = tf.nn.conv3d(x, w, _full(c["s"]), c["pad"]).numpy()
+    _close(gpuconv.conv3d(x, w, c["s"], c["pad"]), want)
+
+
+@pytest.mark.parametrize("i", CASES)
+def test_conv2d_transpose_and_backprop_input(tf, i):
+    rng = np.random.default_rng(300 + i)
+    c = conv_config(rng, 2, dilation=False)
+    dt = DTYPES[i % 3]
+    w, dy = _u(rng, c["w"], dt), _u(rng, c["y"], dt)
+    padding, explicit = _raw_pad(c["pad"], 2)
+    want = tf.raw_ops.Conv2DBackpropInput(input_sizes=list(c["x"]), filter=w, out_backprop=dy,
+                                          strides=_full(c["s"]), padding=padding, explicit_paddings=explicit).numpy()
+    _close(gpuconv.conv2d_backprop_input(c["x"], w, dy, c["s"], c["pad"]), want)
+    if isinstance(c["pad"], str):
+        want_t = tf.nn.conv2d_transpose(dy, w, c["x"], c["s"], c["pad"]).numpy()
+        _close(gpuconv.conv2d_transpose(dy, w, c["x"], c["s"], c["pad"]), want_t)
+
+
+@pytest.mark.parametrize("i", CASES)
+def test_conv2d_backprop_filter(tf, i):
+    rng = np.random.default_rng(400 + i)
+    c = conv_config(rng, 2, dilation=False)
+    dt = DTYPES[i % 3]
+    x, dy = _u(rng, c["x"], dt), _u(rng, c["y"], dt)
+    padding, explicit = _raw_pad(c["pad"], 2)
+    want = tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=list(c["w"]), out_backprop=dy,
+                                           strides=_full(c["s"]), padding=padding, explicit_paddings=explicit).numpy()
+    _close(gpuconv.conv2d_backprop_filter(x, c["w"], dy, c["s"], c["pad"]), want)
+
+
+@pytest.mark.parametrize("i", CASES)
+def test_conv3d_transpose_and_backprop(tf, i):
+    rng = np.random.default_rng(500 + i)
+    c = conv_config(rng, 3, dilation=False, explicit=False)
+    dt = DTYPES[i % 2]
+    x, w, dy = _u(rng, c["x"], dt), _u(rng, c["w"], dt), _u(rng, c["y"], dt)
+    s = _full(c["s"])
+    want = tf.raw_ops.Conv3DBackpropInputV2(input_sizes=list(c["x"]), filter=w, out_backprop=dy, strides=s,
+                                            padding=c["pad"]).numpy()
+    _close(gpuconv.conv3d_backprop_input(c["x"], w, dy, c["s"], c["pad"]), want)
+    want_t = tf.nn.conv3d_transpose(dy, w, c["x"], s, c["pad"]).numpy()
+    _close(gpuconv.conv3d_transpose(dy, w, c["x"], c["s"], c["pad"]), want_t)
+    want_w = tf.raw_ops.Conv3DBackpropFilterV2(input=x, filter_sizes=list(c["w"]), out_backprop=dy, strides=s,
+                                               padding=c["pad"]).numpy()
+    _close(gpuconv.conv3d_backprop_filter(x, c["w"], dy, c["s"], c["pad"]), want_w)
+
+
+def test_conv2d_transpose_gradients_match_tape(tf):
+    """tf-semantics section 6: for y = conv2d_transpose(u, f), dL/du = conv2d(dy, f), dL/df =
+    Conv2DBackpropFilter(input=dy, out_backprop=u) - checked through TF's own GradientTape."""
+    rng = np.random.default_rng(600)
+    u = tf.Variable(_u(rng, (2, 3, 3, 3), np.float64))
+    f = tf.Variable(_u(rng, (3, 3, 2, 3), np.float64))
+    dy = _u(rng, (2, 6, 6, 2), np.float64)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.nn.conv2d_transpose(u, f, (2, 6, 6, 2), 2, "SAME") * dy)
+    du, df = tape.gradient(loss, [u, f])
+    _close(gpuconv.conv2d(dy, f.numpy(), 2, "SAME"), du.numpy())
+    _close(gpuconv.conv2d_backprop_filter(dy, (3, 3, 2, 3), u.numpy(), 2, "SAME"), df.numpy())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# pooling
+# ---------------------------------------------------------------------------------------------------------
+POOL_DTYPES = [np.float32, np.float64, np.float16, np.int32, np.uint8, np.int8]
+
+
+@pytest.mark.parametrize("i", CASES)
+def test_max_and_avg_pool2d(tf, i):
+    rng = np.random.default_rng(700 + i)
+    c = pool_config(rng, 2, explicit=True)
+    dt = np.dtype(POOL_DTYPES[i % len(POOL_DTYPES)])
+    x = _tie_free(rng, c["x"], dt) if dt.kind == "f" else rng.integers(0, 50, c["x"]).astype(dt)
+    # tf.constant: tf.nn.max_pool2d given a NumPy array returns float32 for float64/integer input with explicit
+    # padding (and for integers even with SAME); given a tensor it keeps the dtype.
+    want = tf.nn.max_pool2d(tf.constant(x), c["k"], c["s"], _tf_pad(c["pad"], 2)).numpy()
+    _close(gpuconv.max_pool2d(x, c["k"], c["s"], c["pad"]), want)
+    if dt.kind == "f" and isinstance(c["pad"], str):
+        _close(gpuconv.avg_pool2d(x, c["k"], c["s"], c["pad"]),
+               tf.nn.avg_pool2d(tf.constant(x), c["k"], c["s"], c["pad"]).numpy())
+
+
+@pytest.mark.parametrize("i", CASES)
+def test_max_and_avg_pool3d(tf, i):
+    rng = np.random.default_rng(800 + i)
+    c = pool_config(rng, 3)
+    x = _u(rng, c["x"], np.float32)                    # TF's CPU 3-D pools: float32 (and bf16) only
+    _close(gpuconv.max_pool3d(x, c["k"], c["s"], c["pad"]), tf.nn.max_pool3d(x, c["k"], c["s"], c["pad"]).numpy())
+    _close(gpuconv.avg_pool3d(x, c["k"], c["s"], c["pad"]), tf.nn.avg_pool3d(x, c["k"], c["s"], c["pad"]).numpy())
+
+
+@pytest.mark.parametrize("i", CASES)
+def test_max_pool_with_argmax(tf, i):
+    rng = np.random.default_rng(900 + i)
+    c = pool_config(rng, 2)
+    dt = np.dtype(POOL_DTYPES[i % len(POOL_DTYPES)])
+    x = rng.integers(0, 4, c["x"]).astype(dt)        # many ties: the first cell must win, as in TF
+    include = bool(i % 2)
+    odt = [np.int64, np.int32][(i // 2) % 2]
+    y_tf, am_tf = tf.nn.max_pool_with_argmax(tf.constant(x), c["k"], c["s"], c["pad"], output_dtype=tf.as_dtype(odt),
+                                             include_batch_in_index=include)
+    y, am = gpuconv.max_pool_with_argmax(x, c["k"], c["s"], c["pad"], output_dtype=odt,
+                                         include_batch_in_index=include)
+    _close(y, y_tf.numpy())
+    _close(am, am_tf.numpy())
+
+
+@pytest.mark.parametrize("i", CASES)
+def test_max_pool_grad(tf, i):
+    rng = np.random.default_rng(1000 + i)
+    c = pool_config(rng, 2, explicit=True)
+    dt = DTYPES[i % 3]
+    x = _tie_free(rng, c["x"], dt) if i % 2 else rng.integers(0, 3, c["x"]).astype(dt)     # ties on odd cases
+    y = tf.nn.max_pool2d(tf.constant(x), c["k"], c["s"], _tf_pad(c["pad"], 2)).numpy()
+    dy = _u(rng, y.shape, dt)
+    padding, explicit = _raw_pad(c["pad"], 2)
+    want = tf.raw_ops.MaxPoolGrad(orig_input=tf.constant(x), orig_output=tf.constant(y), grad=tf.constant(dy),
+                                  ksize=_full(c["k"]), strides=_full(c["s"]), padding=padding,
+                                  explicit_paddings=explicit).numpy()
+    _close(gpuconv.max_pool_grad(x, y, dy, c["k"], c["s"], c["pad"]), want)
+
+
+@pytest.mark.parametrize("i", CASES)
+def test_max_pool3d_grad(tf, i):
+    rng = np.random.default_rng(1100 + i)
+    c = pool_config(rng, 3)
+    x = _tie_free(rng, c["x"], np.float32)
+    y = tf.nn.max_pool3d(x, c["k"], c["s"], c["pad"]).numpy()
+    dy = _u(rng, y.shape)
+    want = tf.raw_ops.MaxPool3DGrad(orig_input=x, orig_output=y, grad=dy, ksize=_full(c["k"]), strides=_full(c["s"]),
+                                    padding=c["pad"]).numpy()
+    _close(gpuconv.max_pool3d_grad(x, y, dy, c["k"], c["s"], c["pad"]), want)
+
+
+@pytest.mark.parametrize("i", CASES)
+def test_max_pool_grad_with_argmax(tf, i):
+    rng = np.random.default_rng(1200 + i)
+    c = pool_config(rng, 2)
+    dt = DTYPES[i % 3]
+    include = bool(i % 2)
+    x = rng.integers(0, 4, c["x"]).astype(dt)
+    _, am = tf.nn.max_pool_with_argmax(tf.constant(x), c["k"], c["s"], c["pad"], include_batch_in_index=include)
+    dy = _u(rng, c["y"], dt)
+    want = tf.raw_ops.MaxPoolGradWithArgmax(input=x, grad=dy, argmax=am, ksize=_full(c["k"]), strides=_full(c["s"]),
+                                            padding=c["pad"], include_batch_in_index=include).numpy()
+    _close(gpuconv.max_pool_grad_with_argmax(x, dy, am.numpy(), c["k"], c["s"], c["pad"],
+                                             include_batch_in_index=include), want)
+
+
+@pytest.mark.parametrize("i", CASES)
+def test_avg_pool_grad(tf, i):
+    rng = np.random.default_rng(1300 + i)
+    nsp = 2 if i % 2 == 0 else 3
+    c = pool_config(rng, nsp)
+    dt = DTYPES[i % 3] if nsp == 2 else np.float32
+    dy = _u(rng, c["y"], dt)
+    op = tf.raw_ops.AvgPoolGrad if nsp == 2 else tf.raw_ops.AvgPool3DGrad
+    want = op(orig_input_shape=list(c["x"]), grad=dy, ksize=_full(c["k"]), strides=_full(c["s"]),
+              padding=c["pad"]).numpy()
+    fn = gpuconv.avg_pool_grad if nsp == 2 else gpuconv.avg_pool3d_grad
+    _close(fn(c["x"], dy, c["k"], c["s"], c["pad"]), want)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# unpooling: TF's scatter_nd recipe (seed 004) with the original shape, and its gather gradient
+# ---------------------------------------------------------------------------------------------------------
+def _tf_unpool(tf, updates, argmax, shape, include_batch):
+    n, h, w, c = shape
+    am = argmax.astype(np.int64)
+    if include_batch:
+        b = am // (h * w * c)
+        am = am % (h * w * c)
+    else:
+        b = np.ones_like(am) * np.arange(am.shape[0]).reshape(-1, 1, 1, 1)
+    y, x, ch = am // (w * c), am // c % w, am % c
+    idx = np.stack([b, y, x, ch], axis=-1).reshape(-1, 4)
+    return idx, tf.scatter_nd(idx, updates.reshape(-1), shape).numpy()
+
+
+@pytest.mark.parametrize("i", CASES)
+def test_max_unpool_scatter_nd_recipe(tf, i):
+    rng = np.random.default_rng(1400 + i)
+    c = pool_config(rng, 2)
+    dt = POOL_DTYPES[i % len(POOL_DTYPES)]
+    include = bool(i % 2)
+    x = _u(rng, c["x"])
+    _, am = tf.nn.max_pool_with_argmax(tf.constant(x), c["k"], c["s"], c["pad"], include_batch_in_index=include)
+    am = am.numpy()
+    if i % 3 == 2:         # arbitrary indices with duplicates: scatter_nd sums them
+        am = rng.integers(0, np.prod(c["x"][1:]) * (c["x"][0] if include else 1), am.shape)
+    u = (rng.integers(0, 5, c["y"]) if np.dtype(dt).kind in "iu" else _u(rng, c["y"])).astype(dt)
+    idx, want = _tf_unpool(tf, u, am, c["x"], include)
+    _close(gpuconv.max_unpool(u, am, c["x"], include_batch_in_index=include), want)
+    g = _u(rng, c["x"])
+    want_g = tf.gather_nd(g, idx).numpy().reshape(c["y"])
+    _close(gpuconv.max_unpool_grad(g, am, include_batch_in_index=include), want_g)
+
+
+@pytest.mark.parametrize("i", CASES)
+def test_avg_unpool_is_the_gradient_of_sum_pooling(tf, i):
+    """TF has no avg_unpool; it is the gradient of sum pooling = a depthwise conv with a ones filter."""
+    rng = np.random.default_rng(1500 + i)
+    c = pool_config(rng, 2)
+    if c["s"][0] != c["s"][1]:     # TF's CPU depthwise conv needs equal strides: re-derive the sizes
+        c = dict(c, s=[c["s"][0]] * 2)
+        geo = R.out_sizes(c["x"][1:-1], c["k"], c["s"], 1, c["pad"])
+        c["y"] = (c["x"][0], geo[0][0], geo[1][0], c["x"][-1])
+    x = tf.Variable(np.zeros(c["x"], np.float64))
+    u = _u(rng, c["y"], np.float64)
+    ones = np.ones((*c["k"], c["x"][-1], 1))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.nn.depthwise_conv2d(x, ones, _full(c["s"]), c["pad"]) * u)
+    want = tape.gradient(loss, x).numpy()
+    _close(gpuconv.avg_unpool(u, c["k"], c["s"], c["pad"], c["x"]), want)
