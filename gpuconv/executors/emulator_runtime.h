@@ -100,6 +100,7 @@ struct Stack {
     std::size_t map_bytes = 0;
     char* lo = nullptr;
     std::size_t bytes = 0;
+    std::size_t color = 0;              // the first frame starts this far below the top (see take_stack)
 #ifdef GPUCONV_EMU_USE_UCONTEXT
     ucontext_t uc;
 #endif
@@ -123,6 +124,10 @@ struct Worker : Block {
     const KernelInfo* info = nullptr;
     void** args = nullptr;
     bool failed = false;
+    unsigned runnable = 0;              // fibers not started or ready to resume
+    unsigned done = 0;                  // fibers that exited
+    unsigned at_block_barrier = 0;      // fibers waiting at a block barrier
+    unsigned barrier_count = 0;         // predicates of those that are true (__syncthreads_count)
     char error[4096];
 
     ~Worker() { release_stacks(); }
@@ -150,6 +155,8 @@ struct Worker : Block {
             s->map = static_cast<char*>(m);
             s->lo = s->map + kGuardBytes;
             s->bytes = stack_bytes;
+            // Stack tops 2^k bytes apart would map to the same cache sets: stagger them by cache lines.
+            s->color = (all_stacks.size() % 61) * 64;
             all_stacks.push_back(s);
             return s;
         }
@@ -196,7 +203,7 @@ static void* initial_context(Stack* s) {
     return &s->uc;
 #else
     // gpuconv_emu_switch pops six callee-saved registers, then returns into gpuconv_emu_fiber_entry.
-    auto top = reinterpret_cast<std::uintptr_t>(s->lo + s->bytes) & ~std::uintptr_t(15);
+    auto top = reinterpret_cast<std::uintptr_t>(s->lo + s->bytes - s->color) & ~std::uintptr_t(15);
     void** sp = reinterpret_cast<void**>(top) - 8;
     for (int i = 0; i < 6; ++i) sp[i] = nullptr;
     sp[6] = reinterpret_cast<void*>(&gpuconv_emu_fiber_entry);
@@ -285,8 +292,10 @@ void suspend(State state, const char* what, const char* file, int line) {
 }
 
 unsigned block_barrier(int pred, const char* what, const char* file, int line) {
-    Fiber* f = current_worker()->cur;
-    f->value = pred != 0;
+    Worker* w = current_worker();
+    Fiber* f = w->cur;
+    ++w->at_block_barrier;
+    w->barrier_count += pred != 0;
     suspend(State::AtBlockBarrier, what, file, line);
     return static_cast<unsigned>(f->result);
 }
@@ -364,7 +373,10 @@ static void complete_warp_op(Worker* w, unsigned warp_base, unsigned lanes) {
             }
         }
         g->result = r;
-        if (g != w->cur) g->state = State::Ready;
+        if (g != w->cur) {
+            g->state = State::Ready;
+            ++w->runnable;
+        }
     }
     w->warp_arrived[warp_base / 32] &= ~lanes;
 }
@@ -448,11 +460,42 @@ static inline unsigned long long splitmix64(unsigned long long& s) {
 }
 
 static void next_order(std::vector<unsigned>& order, unsigned n, int mode, unsigned long long& rng) {
-    if (mode == kShuffle) {
+    for (unsigned i = 0; i < n; ++i) order[i] = mode == kReverse ? n - 1 - i : i;
+    if (mode == kShuffle)   // Fisher-Yates from the identity: a function of the seed only
         for (unsigned i = n - 1; i > 0; --i) std::swap(order[i], order[splitmix64(rng) % (i + 1)]);
-    } else {
-        for (unsigned i = 0; i < n; ++i) order[i] = mode == kReverse ? n - 1 - i : i;
+}
+
+static bool same_site(const Fiber& a, const Fiber& b) {
+    return a.wait_line == b.wait_line && (a.wait_file == b.wait_file || std::strcmp(a.wait_file, b.wait_file) == 0);
+}
+
+// No fiber can run and not all are at the block barrier: report why (a deadlocked warp operation, or threads
+// that exited while others wait at a barrier).
+static void report_stuck_block(Worker* w) {
+    const unsigned n = w->nthreads;
+    const Fiber *waiter = nullptr, *blocked = nullptr, *exited = nullptr;
+    for (unsigned i = 0; i < n; ++i) {
+        const Fiber& f = w->fibers[i];
+        if (f.state == State::Done && !exited) exited = &f;
+        else if (f.state == State::AtBlockBarrier && !blocked) blocked = &f;
+        else if (f.state == State::AtWarpOp && !waiter) waiter = &f;
     }
+    if (waiter) {
+        const unsigned warp_base = waiter->linear & ~31u;
+        const unsigned missing = waiter->mask & existing_lanes(w, warp_base) & ~w->warp_arrived[warp_base / 32];
+        const unsigned j = missing ? static_cast<unsigned>(__builtin_ctz(missing)) : 0u;
+        const Fiber& other = w->fibers[warp_base + j];
+        const bool at_barrier = other.state == State::AtBlockBarrier;
+        error(w, "deadlock: thread (%u,%u,%u) waits at %s (%s:%d) with mask 0x%08x for lane %u, which is %s%s%s%s",
+              waiter->tid.x, waiter->tid.y, waiter->tid.z, waiter->wait_what, waiter->wait_file, waiter->wait_line,
+              waiter->mask, j, state_name(other.state), at_barrier ? " " : "", at_barrier ? other.wait_what : "",
+              at_barrier ? " (a warp operation cannot complete across a block barrier)" : "");
+        return;
+    }
+    error(w, "divergent barrier: %u of %u threads wait at %s (%s:%d) but %u threads exited without reaching it "
+          "(e.g. thread (%u,%u,%u)); every thread of the block must reach each __syncthreads",
+          w->at_block_barrier, n, blocked->wait_what, blocked->wait_file, blocked->wait_line, w->done, exited->tid.x,
+          exited->tid.y, exited->tid.z);
 }
 
 // Runs one block to completion. Returns false (with w->error set) on a failed check.
@@ -467,14 +510,16 @@ static bool run_block(Worker* w, const uint3 block_idx, unsigned long long block
         f.tid = uint3{i % w->block_dim.x, (i / w->block_dim.x) % w->block_dim.y, i / (w->block_dim.x * w->block_dim.y)};
     }
     std::fill(w->warp_store.begin(), w->warp_store.end(), 0u);
+    w->runnable = n;
+    w->done = 0;
+    w->at_block_barrier = 0;
+    w->barrier_count = 0;
     poison_shared_memory(dynamic_bytes);
     unsigned long long rng = seed ^ (0xD1B54A32D192ED03ULL * (block_linear + 1));
     if (mode != kShuffle) next_order(w->order, n, mode, rng);
 
     for (;;) {
-        bool resumed = false;
-        do {   // rounds: resume every runnable fiber in the round's order until none is runnable
-            resumed = false;
+        while (w->runnable > 0) {   // rounds: resume the runnable fibers in the round's order
             if (mode == kShuffle) next_order(w->order, n, mode, rng);
             for (unsigned k = 0; k < n; ++k) {
                 Fiber* f = &w->fibers[w->order[k]];
@@ -488,61 +533,37 @@ static bool run_block(Worker* w, const uint3 block_idx, unsigned long long block
                 } else if (f->state != State::Ready) {
                     continue;
                 }
+                --w->runnable;
                 resume(w, f);
-                resumed = true;
                 if (w->failed) return false;
                 if (f->state == State::Done) {
+                    ++w->done;
                     w->free_stacks.push_back(f->stack);
                     f->stack = nullptr;
                 }
             }
-        } while (resumed);
-
-        unsigned done = 0, at_block = 0;
-        const Fiber *waiter = nullptr, *blocked = nullptr, *exited = nullptr;
-        for (unsigned i = 0; i < n; ++i) {
-            const Fiber& f = w->fibers[i];
-            if (f.state == State::Done) { ++done; if (!exited) exited = &f; }
-            else if (f.state == State::AtBlockBarrier) { ++at_block; if (!blocked) blocked = &f; }
-            else if (f.state == State::AtWarpOp && !waiter) waiter = &f;
         }
-        if (done == n) break;
-        if (waiter) {
-            const unsigned warp_base = waiter->linear & ~31u;
-            const unsigned missing = waiter->mask & existing_lanes(w, warp_base) & ~w->warp_arrived[warp_base / 32];
-            const unsigned j = missing ? static_cast<unsigned>(__builtin_ctz(missing)) : 0u;
-            const Fiber& other = w->fibers[warp_base + j];
-            error(w, "deadlock: thread (%u,%u,%u) waits at %s (%s:%d) with mask 0x%08x for lane %u, which is %s%s%s%s",
-                  waiter->tid.x, waiter->tid.y, waiter->tid.z, waiter->wait_what, waiter->wait_file, waiter->wait_line,
-                  waiter->mask, j, state_name(other.state), other.state == State::AtBlockBarrier ? " " : "",
-                  other.state == State::AtBlockBarrier ? other.wait_what : "",
-                  other.state == State::AtBlockBarrier ? " (a warp operation cannot complete across a block barrier)" : "");
+        if (w->done == n) return true;
+        if (w->done + w->at_block_barrier != n || w->done != 0) {
+            report_stuck_block(w);
             return false;
         }
-        if (done) {
-            error(w, "divergent barrier: %u of %u threads wait at %s (%s:%d) but %u threads exited without reaching it "
-                  "(e.g. thread (%u,%u,%u)); every thread of the block must reach each __syncthreads",
-                  at_block, n, blocked->wait_what, blocked->wait_file, blocked->wait_line, done, exited->tid.x,
-                  exited->tid.y, exited->tid.z);
-            return false;
-        }
-        unsigned count = 0;
+        const Fiber& first = w->fibers[0];   // every thread is at a block barrier: release them
         for (unsigned i = 0; i < n; ++i) {
-            const Fiber& f = w->fibers[i];
-            if (f.wait_line != blocked->wait_line || std::strcmp(f.wait_file, blocked->wait_file) != 0) {
-                error(w, "divergent barrier: thread (%u,%u,%u) waits at %s (%s:%d) while thread (%u,%u,%u) waits at "
-                      "%s (%s:%d)", f.tid.x, f.tid.y, f.tid.z, f.wait_what, f.wait_file, f.wait_line, blocked->tid.x,
-                      blocked->tid.y, blocked->tid.z, blocked->wait_what, blocked->wait_file, blocked->wait_line);
+            Fiber& f = w->fibers[i];
+            if (!same_site(f, first)) {
+                error(w, "divergent barrier: thread (%u,%u,%u) waits at %s (%s:%d) while thread (0,0,0) waits at "
+                      "%s (%s:%d)", f.tid.x, f.tid.y, f.tid.z, f.wait_what, f.wait_file, f.wait_line,
+                      first.wait_what, first.wait_file, first.wait_line);
                 return false;
             }
-            count += static_cast<unsigned>(f.value);
+            f.result = w->barrier_count;
+            f.state = State::Ready;
         }
-        for (unsigned i = 0; i < n; ++i) {
-            w->fibers[i].result = count;
-            w->fibers[i].state = State::Ready;
-        }
+        w->runnable = n;
+        w->at_block_barrier = 0;
+        w->barrier_count = 0;
     }
-    return true;
 }
 
 // Runs blocks [first, ...) taking block numbers from `next` until the grid is done or a block fails.
