@@ -267,3 +267,73 @@ def test_seed000_dx_four_ways_dw_three_ways():
     d_w_backprop_filter = gpuconv.conv2d_backprop_filter(x, w_shape, d_out, strides, "VALID")
     for got in (d_w_manual, d_w_backprop_filter):
         np.testing.assert_allclose(got, d_w, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# tf-semantics.md examples marked [run] (executed on TF 2.21): exact numbers
+# ---------------------------------------------------------------------------------------------------------
+def _img(values, dtype=np.float32):
+    a = np.array(values, dtype)
+    return a.reshape(1, *a.shape, 1)
+
+
+def test_run_argmax_ties_and_padding():
+    _, am = gpuconv.max_pool_with_argmax(np.ones((1, 4, 4, 1), np.float32), 2, 2, "VALID")
+    np.testing.assert_array_equal(am.ravel(), [0, 2, 8, 10])                  # ties: first cell
+    _, am = gpuconv.max_pool_with_argmax(_img([[0, 0, 5], [5, 0, 0]]), (2, 3), 1, "VALID")
+    assert am.ravel().tolist() == [2]                                         # equal maxima at flat 2 and 3
+    y, am = gpuconv.max_pool_with_argmax(_img(-np.arange(1, 10).reshape(3, 3)), 2, 2, "SAME")
+    np.testing.assert_array_equal(y[0, :, :, 0], [[-1, -3], [-7, -9]])        # padding never selected
+    np.testing.assert_array_equal(am[0, :, :, 0], [[0, 2], [6, 8]])
+    _, am = gpuconv.max_pool_with_argmax(_img(np.arange(25).reshape(5, 5)), 3, 2, "SAME")
+    np.testing.assert_array_equal(am[0, :, :, 0], [[6, 8, 9], [16, 18, 19], [21, 23, 24]])
+
+
+def test_run_argmax_nan_inf_intmin():
+    nan, inf = np.nan, np.inf
+    cases = [([[nan, 1], [3, 2]], nan, 0), ([[1, nan], [3, 2]], 3, 2), ([[nan, nan], [nan, nan]], nan, 0),
+             ([[-inf, -inf], [-inf, -inf]], -inf, 0)]
+    for window, value, index in cases:
+        y, am = gpuconv.max_pool_with_argmax(_img(window), 2, 2, "VALID")
+        np.testing.assert_array_equal(y.ravel(), [value])
+        assert am.ravel().tolist() == [index]
+        np.testing.assert_array_equal(gpuconv.max_pool2d(_img(window), 2, 2, "VALID").ravel(), [value])
+    lo = np.iinfo(np.int32).min
+    y, am = gpuconv.max_pool_with_argmax(_img([[lo, lo], [lo, lo]], np.int32), 2, 2, "VALID")
+    assert y.ravel().tolist() == [lo] and am.ravel().tolist() == [0]
+
+
+def test_run_max_pool_grad():
+    ones = np.ones((1, 3, 3, 1), np.float32)
+    y = gpuconv.max_pool2d(ones, 2, 1, "VALID")
+    dx = gpuconv.max_pool_grad(ones, y, np.ones_like(y), 2, 1, "VALID")
+    np.testing.assert_array_equal(dx[0, :, :, 0], [[1, 1, 0], [1, 1, 0], [0, 0, 0]])   # each window's first cell
+    centre = _img([[1, 2, 3], [4, 9, 5], [6, 7, 8]])
+    y = gpuconv.max_pool2d(centre, 2, 1, "VALID")
+    dx = gpuconv.max_pool_grad(centre, y, np.ones_like(y), 2, 1, "VALID")
+    assert dx[0, 1, 1, 0] == 4 and dx.sum() == 4                                         # overlaps add
+    nan_first = _img([[np.nan, 1], [3, 2]])
+    y = gpuconv.max_pool2d(nan_first, 2, 2, "VALID")
+    dx = gpuconv.max_pool_grad(nan_first, y, np.ones_like(np.nan_to_num(y)), 2, 2, "VALID")
+    np.testing.assert_array_equal(dx[0, :, :, 0], [[1, 0], [0, 0]])                      # to the NaN cell
+    # unpool of the pooled centre: 36 at the centre (scatter_nd sums the four windows' picks)
+    y, am = gpuconv.max_pool_with_argmax(centre, 2, 1, "VALID")
+    un = gpuconv.max_unpool(y, am, centre.shape)
+    assert un[0, 1, 1, 0] == 36 and un.sum() == 36
+
+
+def test_run_avg_pool_and_grad():
+    x = _img(np.arange(1, 10).reshape(3, 3))
+    np.testing.assert_array_equal(gpuconv.avg_pool2d(x, 2, 2, "SAME")[0, :, :, 0], [[3, 4.5], [7.5, 9]])
+    y = gpuconv.avg_pool2d(x, 3, 1, "SAME")
+    assert y[0, 0, 0, 0] == 3.0 == (1 + 2 + 4 + 5) / 4
+    np.testing.assert_array_equal(gpuconv.avg_pool2d(np.ones((1, 5, 4, 2)), 3, 2, "SAME"), np.ones((1, 3, 2, 2)))
+    dx = gpuconv.avg_pool_grad((1, 3, 3, 1), np.ones((1, 2, 2, 1), np.float32), 2, 2, "SAME")
+    np.testing.assert_array_equal(dx[0, :, :, 0], [[.25, .25, .5], [.25, .25, .5], [.5, .5, 1]])
+
+
+def test_run_scatter_nd_sums_duplicates():
+    # tf-semantics 5: scatter_nd indices [1,1,2] values [1,2,3] -> [0,3,3,0]; here as argmax in a (1,1,4,1) map
+    out = gpuconv.max_unpool(np.array([1, 2, 3], np.float32).reshape(1, 1, 3, 1),
+                             np.array([1, 1, 2]).reshape(1, 1, 3, 1), (1, 1, 4, 1))
+    np.testing.assert_array_equal(out.ravel(), [0, 3, 3, 0])
