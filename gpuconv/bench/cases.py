@@ -112,10 +112,11 @@ def _canonical(shape) -> tuple[int, ...]:
 
 
 def build_cases(layer_sets: list[str], ops: list[str], dtypes: list[str], batch: int,
-                match: str | None = None) -> list[Case]:
+                match: str | None = None, batch3d: int | None = None) -> list[Case]:
     """Every (layer, op, dtype) that applies: conv ops on conv layers, pool ops on pool layers.
 
-    match: keep only layers whose name contains this substring.
+    batch for 2-D layers, batch3d (default: batch) for 3-D ones; match: keep only layers whose name
+    contains this substring.
     """
     cases = []
     for set_name in layer_sets:
@@ -126,6 +127,7 @@ def build_cases(layer_sets: list[str], ops: list[str], dtypes: list[str], batch:
             for op in ops:
                 if op not in wanted:
                     continue
+                n = batch if len(layer.input_shape) == 3 or batch3d is None else batch3d
                 for dtype in dtypes:
-                    cases.append(Case(set_name, layer, op, dtype, batch))
+                    cases.append(Case(set_name, layer, op, dtype, n))
     return cases

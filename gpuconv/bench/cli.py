@@ -8,6 +8,7 @@ warm-up; peers PyTorch and TensorFlow on the CPU. Progress goes to stderr, the r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import shlex
 import sys
@@ -42,8 +43,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help=f"layer sets: {', '.join(LAYER_SETS)} (default: resnet50,unet3d,segnet; quick with --quick)")
     p.add_argument("--match", default=None, help="only layers whose name contains this text")
     p.add_argument("--dtypes", type=_csv, default=["float32"], help=f"comma list from: {', '.join(DTYPES)}")
-    p.add_argument("--batch", type=int, default=None, help="batch size (default: 32 on a GPU, 1 on the CPU; "
-                                                           "8 and 1 with --quick)")
+    p.add_argument("--batch", type=int, default=None, help="batch size of 2-D layers (default: 32 on a GPU, 1 "
+                                                           "on the CPU; 8 and 1 with --quick)")
+    p.add_argument("--batch3d", type=int, default=None, help="batch size of 3-D layers (default: 2 on a GPU, "
+                                                             "1 on the CPU)")
     p.add_argument("--backend", default="auto", choices=("auto", "numpy", "cuda", "emulator"),
                    help="gpuconv backend to time (auto: cuda when a GPU is available, else numpy)")
     p.add_argument("--peers", default="auto",
@@ -64,8 +67,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if dt not in DTYPES:
             p.error(f"--dtypes: {dt!r} is not benchmarked; choose from {', '.join(DTYPES)} "
                     "(NumPy, and so gpuconv, has no bfloat16)")
-    if args.batch is not None and args.batch < 1:
-        p.error("--batch must be >= 1")
+    for opt in ("batch", "batch3d"):
+        if getattr(args, opt) is not None and getattr(args, opt) < 1:
+            p.error(f"--{opt} must be >= 1")
     return args
 
 
@@ -176,8 +180,9 @@ def main(argv: list[str]) -> int:
     kind = "gpu" if backend == "cuda" else "cpu"
     mode = "quick" if args.quick else "full"
     batch = args.batch or {("quick", "gpu"): 8, ("full", "gpu"): 32}.get((mode, kind), 1)
+    batch3d = args.batch3d or (2 if kind == "gpu" else 1)
     layer_sets = args.layers or (["quick"] if args.quick else ["resnet50", "unet3d", "segnet"])
-    cases = build_cases(layer_sets, args.ops or list(ALL_OPS), args.dtypes, batch, args.match)
+    cases = build_cases(layer_sets, args.ops or list(ALL_OPS), args.dtypes, batch, args.match, batch3d)
     if not cases:
         print("gpuconv bench: no case matches the chosen layers, ops and --match", file=sys.stderr)
         return 2
@@ -214,7 +219,7 @@ def main(argv: list[str]) -> int:
                    f">= {warmup_s:g} s, ~{budget_s:g} s per measurement, {min_reps}-{max_reps} reps, median"
                    + (", inputs rotated past 2x L2" if kind == "gpu" else ""))
     print(f"gpuconv bench: {len(cases)} cases x {len(runnable)} implementations on {device['name']} "
-          f"(backend {backend}, batch {batch}, {mode})", file=sys.stderr)
+          f"(backend {backend}, batch {batch}, 3-D batch {batch3d}, {mode})", file=sys.stderr)
 
     progress = Progress(len(cases) * len(runnable))
     rows = []
@@ -235,10 +240,10 @@ def main(argv: list[str]) -> int:
         "gpuconv": gpuconv.__version__,
         "backend": backend,
         "device": device,
-        "peak": None if peak is None else peak.__dict__,
-        "settings": {"mode": mode, "batch": batch, "layer_sets": layer_sets, "match": args.match,
-                     "ops": args.ops or list(ALL_OPS), "dtypes": args.dtypes, "tf32_for_peers": args.tf32,
-                     "timing": timing_text, "cpu_peak_gflops": args.cpu_peak_gflops},
+        "peak": None if peak is None else dataclasses.asdict(peak),
+        "settings": {"mode": mode, "batch": batch, "batch3d": batch3d, "layer_sets": layer_sets,
+                     "match": args.match, "ops": args.ops or list(ALL_OPS), "dtypes": args.dtypes,
+                     "tf32_for_peers": args.tf32, "timing": timing_text, "cpu_peak_gflops": args.cpu_peak_gflops},
         "implementations": implementations,
         "results": rows,
     }

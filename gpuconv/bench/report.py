@@ -140,7 +140,9 @@ def chart(doc: dict[str, Any], path: Path) -> Path | None:
                      fontsize=9)
         ax.legend(fontsize=7, loc="lower right")
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(f"gpuconv bench - {doc['device']['name']} - batch {doc['settings']['batch']}", fontsize=10)
+    st = doc["settings"]
+    fig.suptitle(f"gpuconv bench - {doc['device']['name']} - batch {st['batch']} (3-D: {st.get('batch3d')})",
+                 fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     fig.savefig(path, dpi=90)
     plt.close(fig)
