@@ -206,6 +206,10 @@ def conv_problem(x_shape: Sequence[int], w_shape: Sequence[int], stride: Triple,
     T, R, S, Cg, K = (int(v) for v in w_shape)
     if Cg <= 0:
         fail("filters", "a positive in-channel extent", f"filter shape with in-channels {Cg}")
+    if min(T, R, S) <= 0:
+        # A zero-extent window has effective size 0 and would give an output larger than the input (TF refuses
+        # filters with zero elements).
+        fail("filters", "positive window extents", f"window (depth, height, width) {(T, R, S)}")
     if C % Cg != 0:
         fail("filters", f"in-channels dividing the input's channel count {C} (grouped convolution: "
              f"input channels = groups x filter in-channels)", f"filter in-channels {Cg}")
