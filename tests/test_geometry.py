@@ -131,3 +131,13 @@ def test_pool_problem():
     with pytest.raises(ValueError, match="input"):
         G.pool_problem((1, 1, 0, 5, 1), (1, 2, 2), (1, 1, 1), ((0, 0), (1, 1), (0, 0)))
     assert G.pool_problem((1, 1, 0, 5, 1), (1, 2, 2), (1, 1, 1), "SAME").is_empty
+
+
+def test_zero_window_filter_is_an_error():
+    # eff = (0 - 1) * d + 1 <= 0 would give VALID out = n + 1 (larger than the input); TF refuses such filters.
+    with pytest.raises(ValueError, match="filters"):
+        G.conv_problem((1, 1, 4, 4, 2), (1, 0, 2, 2, 3), (1, 1, 1), (1, 1, 1), "VALID")
+    with pytest.raises(ValueError, match="filters"):
+        G.conv_problem((1, 1, 4, 4, 2), (1, 2, 0, 2, 3), (1, 1, 1), (1, 1, 1), "SAME")
+    # zero out-channels is only an empty result
+    assert G.conv_problem((1, 1, 4, 4, 2), (1, 2, 2, 2, 0), (1, 1, 1), (1, 1, 1), "SAME").is_empty
