@@ -118,7 +118,8 @@ def test_check_kernels_table_json_markdown(fixture_registry, capsys):
 
     assert main(["check-kernels", "--family", "gate_good", "--markdown"]) == 0
     md = capsys.readouterr().out
-    assert md.startswith("| kernel | arch |") and "| `gate_axpy<float, 128>` | sm_90 |" in md
+    assert md.startswith("| family | kernel | instantiations | regs sm_80 | regs sm_90 |")
+    assert "| gate_good | `gate_axpy` | 1 |" in md
 
 
 @gate_test

@@ -119,8 +119,14 @@ def test_report_json_and_markdown(report):
     assert k["occupancy"]["fraction"] == 1.0
     assert any("-arch=sm_90" in o for o in data["options"]["sm_90"])
     md = report.to_markdown().splitlines()
-    assert md[0].startswith("| kernel | arch | regs |")
-    assert sum(line.startswith("| `") for line in md) == len(report.kernels)
+    assert md[0] == ("| family | kernel | instantiations | regs sm_80 | regs sm_90 | spills | local B | "
+                     "smem static B | smem dyn B | block | occupancy sm_80 | occupancy sm_90 |")
+    body = [line for line in md[2:] if line.startswith("| gate_")]
+    assert len(body) == 3  # one row per template: gate_axpy, gate_reverse_block, gate_spill
+    axpy = next(line for line in body if "`gate_axpy`" in line).split(" | ")
+    assert axpy[2] == "2" and axpy[5] == "none" and axpy[7] == "512-1024" and axpy[9] == "128-256"
+    assert "**1 spill**" in next(line for line in body if "`gate_spill`" in line)
+    assert "**The gate fails:**" in md
 
 
 @gate_test
