@@ -158,6 +158,14 @@ def test_measure_keeps_warming_up_for_warmup_seconds():
     assert r.median_s == pytest.approx(0.1) and r.p20_s == pytest.approx(0.1)
 
 
+def test_measure_stops_a_loop_that_overruns_its_budget():
+    t = FakeTimer([0.1] * 100)
+    wall = iter([0.0] + [10.0 * i for i in range(1, 100)])     # the host clock: 10 s per timed call
+    r = timing.measure([t.call("x")], t, warmup=1, budget_s=1.0, min_reps=4, max_reps=50, overrun=3.0,
+                       wall=lambda: next(wall))
+    assert r.reps == 4                                      # past 3 x 1 s after the first call; min_reps kept
+
+
 def test_quantile_rep_count_and_l2_copies():
     assert timing.quantile([1.0, 2.0, 3.0, 4.0, 5.0], 0.2) == pytest.approx(1.8)
     assert timing.quantile([7.0], 0.8) == 7.0
@@ -205,3 +213,13 @@ def test_report_helpers():
              "status": "error", "median_ms": None}]
     report.add_ratios(rows)
     assert [r["vs_gpuconv"] for r in rows] == [1.0, 0.5, None]
+
+
+@pytest.mark.gpu
+def test_quick_gpu_run_uses_cuda_events_and_rotated_inputs(tmp_path):
+    rc = cli.main(["--quick", "--backend", "cuda", "--match", "quick_3x3s2", "--ops", "fprop", "--out", str(tmp_path),
+                   "--name", "g"])
+    doc = json.loads((tmp_path / "g.json").read_text())
+    assert rc == 0 and doc["device"]["kind"] == "gpu" and doc["device"]["l2_bytes"]
+    ours = [r for r in doc["results"] if r["impl"] == "gpuconv-cuda"]
+    assert ours and ours[0]["clock"] == "cuda_events" and ours[0]["copies"] > 1

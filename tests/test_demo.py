@@ -76,3 +76,10 @@ def test_gabor_bank_is_zero_mean_unit_norm():
     assert bank.shape == (9, 9, 1, 4)
     assert np.allclose(bank.sum(axis=(0, 1, 2)), 0, atol=1e-5)
     assert np.allclose(np.sqrt((bank.astype(np.float64) ** 2).sum(axis=(0, 1, 2))), 1, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_demo_on_the_gpu_agrees_with_the_numpy_backend(tmp_path):
+    assert demo.main(["--backend", "cuda", "--out", str(tmp_path), "--dpi", "40"]) == 0
+    checks = json.loads((tmp_path / "checks.json").read_text())["checks"]
+    assert any(c["reference"] == "numpy backend" for c in checks)

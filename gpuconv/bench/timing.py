@@ -94,13 +94,15 @@ def rep_count(per_call_s: float, budget_s: float, min_reps: int, max_reps: int) 
 
 
 def measure(calls: Sequence[Callable[[], Any]], timer, *, warmup: int = 2, warmup_s: float = 0.0,
-            budget_s: float = 1.0, min_reps: int = 5, max_reps: int = 1000) -> TimingResult:
+            budget_s: float = 1.0, min_reps: int = 5, max_reps: int = 1000, overrun: float = 3.0,
+            wall: Callable[[], float] = time.perf_counter) -> TimingResult:
     """Time calls[i % len(calls)] (one closure per input copy) for a number of repetitions.
 
     Warm-up: at least `warmup` calls (at least 1) and at least `warmup_s` seconds of them; the median of the
     last few warm-up calls sets the repetition count so that the timed loop takes about `budget_s` (within
     [min_reps, max_reps]). Each timed call is bracketed by its own pair of marks; the timer is synchronised
-    once after the warm-up and once after the timed loop.
+    once after the warm-up and once after the timed loop. If calls slow down (a shared machine), the loop stops
+    after min_reps once `wall` shows more than overrun x budget_s spent in it.
     """
     if not calls:
         raise ValueError("measure needs at least one call")
@@ -121,11 +123,15 @@ def measure(calls: Sequence[Callable[[], Any]], timer, *, warmup: int = 2, warmu
     per_call = statistics.median(timer.elapsed(a, b) for a, b in recent)
     reps = rep_count(per_call, budget_s, min_reps, max_reps)
     marks = []
+    deadline = wall() + overrun * budget_s
     for i in range(reps):
         h0 = timer.mark()
         calls[(done + i) % n]()
         marks.append((h0, timer.mark()))
+        if len(marks) >= min_reps and wall() > deadline:
+            break
     timer.sync()
+    reps = len(marks)
     times = sorted(timer.elapsed(a, b) for a, b in marks)
     return TimingResult(median_s=statistics.median(times), min_s=times[0], p20_s=quantile(times, 0.2),
                         p80_s=quantile(times, 0.8), reps=reps, warmup=done, copies=n, clock=timer.name)
