@@ -2,6 +2,7 @@
 compared with NumPy under forward, reverse and shuffled thread orders; planted bugs must be caught."""
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -23,7 +24,7 @@ ELEMENTWISE = KernelFamily("emu_elementwise", "elementwise.cu", (
     "axpy<float>", "scale_accum<__half>", "scale_accum<float>", "double_float4",
     "atomic_mix<int>", "atomic_mix<unsigned int>", "atomic_mix<unsigned long long>", "atomic_mix<float>",
     "atomic_mix<double>", "cas_sum<int>", "cas_sum<unsigned int>", "cas_sum<unsigned long long>",
-    "round_trip_16", "thread_coords"))
+    "round_trip_16", "thread_coords", "hello"))
 BUGS = KernelFamily("emu_bugs", "planted_bugs.cu", (
     "rotate_missing_sync", "rotate_synced", "early_exit_before_barrier", "smem_overrun", "global_overrun",
     "shuffle_after_exit"))
@@ -279,6 +280,12 @@ def test_three_dimensional_grid_and_block(ex):
     np.testing.assert_array_equal(got[..., 9:12], np.broadcast_to(grid, got.shape[:-1] + (3,)))
 
 
+def test_printf_in_kernels(capfd):
+    launch(make_executor(), ELEMENTWISE, "hello", (2, 1, 1), (32, 1, 1), 0, np.int32(2))
+    lines = capfd.readouterr().out.splitlines()
+    assert sorted(lines) == sorted(f"hello from thread {t} of block {b}" for b in (0, 1) for t in (0, 1))
+
+
 def test_grid_stride_loop_and_parallel_blocks():
     n = 100_003
     x = np.random.default_rng(4).standard_normal(n).astype(np.float32)
@@ -351,6 +358,19 @@ def test_library_is_cached_by_content():
     mtime = first.stat().st_mtime_ns
     assert make_executor("reverse").library_path(REDUCE.name) == first    # the order is a launch parameter
     assert first.stat().st_mtime_ns == mtime
+
+
+def test_old_builds_are_pruned(tmp_path):
+    from gpuconv.executors.emulator import KEEP_BUILDS, _prune
+    names = [f"emu_x-{i:020x}.so" for i in range(KEEP_BUILDS + 2)] + ["emu_x-" + "f" * 20 + "-asan.so", "emu_xy-" + "0" * 20 + ".so"]
+    for age, name in enumerate(reversed(names)):
+        (tmp_path / name).write_bytes(b"")
+        (tmp_path / name).with_suffix(".json").write_text("{}")
+        os.utime(tmp_path / name, (1e9 - age, 1e9 - age))
+    _prune(tmp_path, "emu_x", sanitize=False)
+    left = sorted(p.name for p in tmp_path.glob("*.so"))
+    assert left == sorted(names[-KEEP_BUILDS - 2:])   # the newest plain builds, the asan one, another family's
+    assert len(list(tmp_path.glob("*.json"))) == len(left)
 
 
 def test_order_from_environment(monkeypatch):

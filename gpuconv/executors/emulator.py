@@ -23,6 +23,7 @@ import ctypes
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -48,6 +49,8 @@ ORDER_ENV = "GPUCONV_EMULATOR_ORDER"
 DYNAMIC_SMEM_CAPACITY = 227 * 1024
 SMEM_REDZONE = 256
 MAX_THREADS_PER_BLOCK = 1024
+# Libraries kept per family and build mode; older ones (earlier versions of the sources) are deleted.
+KEEP_BUILDS = 4
 # Bump when the generated sources or the build recipe change in a way the hashed inputs do not show.
 BUILD_RECIPE = 1
 
@@ -295,7 +298,23 @@ def _build(src: _Source, sanitize: bool) -> Path:
             os.replace(tmp_so, so)   # last: the .so marks a complete build
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        _prune(out_dir, src.family.name, sanitize)
         return so
+
+
+def _prune(out_dir: Path, family: str, sanitize: bool) -> None:
+    """Deletes all but the KEEP_BUILDS newest libraries of a family and mode (a loaded one stays mapped)."""
+    pattern = re.compile(re.escape(family) + r"-[0-9a-f]{20}" + ("-asan" if sanitize else "") + r"\.so")
+    builds = []
+    for p in out_dir.glob(f"{family}-*.so"):
+        try:
+            if pattern.fullmatch(p.name):
+                builds.append((p.stat().st_mtime, p))
+        except FileNotFoundError:   # pruned by another process
+            continue
+    for _, p in sorted(builds, reverse=True)[KEEP_BUILDS:]:
+        for stale in (p, p.with_suffix(".json")):
+            stale.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -70,3 +70,8 @@ __global__ void thread_coords(int* out) {
     o[6] = blockDim.x; o[7] = blockDim.y; o[8] = blockDim.z;
     o[9] = gridDim.x; o[10] = gridDim.y; o[11] = gridDim.z;
 }
+
+// printf from device code (goes to the process's stdout under the emulator).
+__global__ void hello(int n) {
+    if ((int)threadIdx.x < n) printf("hello from thread %d of block %d\n", (int)threadIdx.x, (int)blockIdx.x);
+}
