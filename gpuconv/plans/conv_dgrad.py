@@ -23,7 +23,7 @@ Chooser rules (`choose_dgrad_config`, a pure function of the problem and the dty
      C/G < 16 (under 25 % of a 64-wide gemm_n tile) or K/G < 4 (under half of each 8-deep gemm_k step),
      e.g. depthwise convolutions. Otherwise ``tiled``.
   3. tile: float64 always 64x64 (register budget). float32/float16: the first of 128x128, 128x64, 64x64 that
-     keeps gemm_n utilisation >= 50 % (C/G over the padded tile width) and launches >= TARGET_CTAS CTAs
+     keeps gemm_n utilisation >= 75 % (C/G over the padded tile width) and launches >= TARGET_CTAS CTAs
      (2 waves of 132 SMs, H100 SXM / H200; a fixed SM count, no device query); if none launches that many,
      the usable tile with the most CTAs.
 
@@ -51,6 +51,7 @@ BLOCK = 256                  # threads of every dgrad kernel
 TILE_K = 8                   # BK of the tiled kernel (kernels/conv_dgrad.cu kTileK)
 SM_COUNT = 132               # H100 SXM / H200; the chooser's fixed device assumption
 TARGET_CTAS = 2 * SM_COUNT   # aim for at least two waves of CTAs
+MIN_N_UTILISATION = 0.75     # C/G over the gemm_n extent the tiles cover
 GRID_YZ_MAX = 65535
 GRID_X_MAX = 2**31 - 1
 INT_LIMIT = 2**31 - 1024     # per-image pixel counts stay below this (int arithmetic plus a tile of slack)
@@ -166,7 +167,7 @@ def supports(config: DgradConfig, p: ConvProblem, dtype=np.float32) -> tuple[boo
 def choose_tile(p: ConvProblem, dtype) -> str:
     """Tile rule 3 of the module docstring."""
     names = tiles_for(dtype)
-    usable = [t for t in names if gemm_n_utilisation(p, t) >= 0.5] or [names[-1]]
+    usable = [t for t in names if gemm_n_utilisation(p, t) >= MIN_N_UTILISATION] or [names[-1]]
     for t in usable:
         if tiled_ctas(p, t) >= TARGET_CTAS:
             return t

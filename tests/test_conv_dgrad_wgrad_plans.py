@@ -1,0 +1,250 @@
+"""dgrad / wgrad launch plans as pure functions: chooser decisions, supports() reasons, grids and arguments.
+
+No kernel runs here: these tests pin the dispatch rules documented in gpuconv/plans/conv_dgrad.py and
+conv_wgrad.py (index width, analytic fallbacks, tile choice, split-K count) and check that every plan names an
+instantiation its family declares, with exact NumPy scalars in kernel parameter order.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from gpuconv.bench.layers import RESNET50_3X3
+from gpuconv.geometry import ConvProblem, conv_problem
+from gpuconv.plans import ceil_div
+from gpuconv.plans import conv_dgrad as DG
+from gpuconv.plans import conv_wgrad as WG
+from gpuconv.plans.conv_common import PROBLEM_PARAM_NAMES
+
+F16, F32, F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
+
+
+def problem(x, w, stride=(1, 1, 1), dilation=(1, 1, 1), padding="SAME") -> ConvProblem:
+    return conv_problem(x, w, stride, dilation, padding)
+
+
+def resnet(layer, n=32) -> ConvProblem:
+    return problem((1,) + layer.with_batch(n), (1,) + layer.filter_shape, (1, layer.strides, layer.strides),
+                   padding=layer.padding)
+
+
+class FakeArray:
+    """Stands in for an array in plan arguments (plans read only .dtype)."""
+
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
+
+
+SMALL = problem((1, 1, 6, 6, 16), (1, 3, 3, 16, 8), (1, 2, 2))
+HUGE = ConvProblem(N=64, D=1, H=4096, W=4096, C=4, K=4, T=1, R=3, S=3, Z=1, P=4096, Q=4096, stride=(1, 1, 1),
+                   dilation=(1, 1, 1), pad_before=(0, 1, 1), pad_after=(0, 1, 1), groups=1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# dgrad chooser
+# ---------------------------------------------------------------------------------------------------------
+def test_dgrad_index_type_follows_needs_int64():
+    assert DG.choose_dgrad_config(SMALL, F32).index == "int"
+    assert HUGE.needs_int64()
+    assert DG.choose_dgrad_config(HUGE, F32) == DG.DgradConfig("analytic", None, "long long")  # C/G = 4 < 16
+
+
+def test_dgrad_small_channel_counts_take_analytic():
+    depthwise = problem((2, 1, 8, 8, 32), (1, 3, 3, 1, 32))
+    assert depthwise.groups == 32
+    assert DG.choose_dgrad_config(depthwise, F32).variant == "analytic"        # C/G = 1
+    assert DG.choose_dgrad_config(problem((2, 1, 8, 8, 8), (1, 3, 3, 8, 64)), F32).variant == "analytic"
+    assert DG.choose_dgrad_config(problem((2, 1, 8, 8, 64), (1, 3, 3, 64, 2)), F32).variant == "analytic"
+    assert DG.choose_dgrad_config(problem((2, 1, 8, 8, 16), (1, 3, 3, 16, 4)), F32).variant == "tiled"
+
+
+def test_dgrad_float64_uses_the_64x64_tile():
+    for layer in RESNET50_3X3:
+        assert DG.choose_dgrad_config(resnet(layer), F64) == DG.DgradConfig("tiled", "64x64", "int")
+
+
+@pytest.mark.parametrize("layer", RESNET50_3X3, ids=[l.name for l in RESNET50_3X3])
+def test_dgrad_resnet_layers_are_tiled_and_fill_the_gpu(layer):
+    p = resnet(layer)
+    c = DG.choose_dgrad_config(p, F32)
+    assert c.variant == "tiled" and c.index == "int"
+    assert DG.gemm_n_utilisation(p, c.tile) >= DG.MIN_N_UTILISATION
+    usable = [t for t in DG.TILES if DG.gemm_n_utilisation(p, t) >= DG.MIN_N_UTILISATION]
+    if any(DG.tiled_ctas(p, t) >= DG.TARGET_CTAS for t in usable):
+        assert DG.tiled_ctas(p, c.tile) >= DG.TARGET_CTAS
+        # ... and no larger usable tile would also have filled the GPU
+        bigger = usable[:usable.index(c.tile)]
+        assert all(DG.tiled_ctas(p, t) < DG.TARGET_CTAS for t in bigger)
+    else:
+        assert DG.tiled_ctas(p, c.tile) == max(DG.tiled_ctas(p, t) for t in usable)
+
+
+def test_dgrad_expected_tiles_for_resnet():
+    by_name = {l.name: DG.choose_dgrad_config(resnet(l), F32).tile for l in RESNET50_3X3}
+    assert by_name["res2_3x3_64"] == "128x64"          # C = 64: a 128-wide tile would be half padding
+    assert by_name["res3_3x3_128s2"] == "128x128"      # 4 phases x 196 m-tiles: plenty of CTAs
+    assert by_name["res5_3x3_512"] == "64x64"          # 1568 rows: the smallest tile, most CTAs
+
+
+def test_dgrad_stride_phase_grid():
+    p = problem((2, 5, 9, 10, 20), (3, 3, 3, 20, 12), (2, 3, 1))
+    gx, gy, gz = DG.tiled_grid(p, "64x64")
+    assert gz == 2 * 3 * 1 == DG.phase_count(p)
+    assert DG.phase_rows(p) == 2 * 3 * 3 * 10                # N * ceil(D/2) * ceil(H/3) * ceil(W/1)
+    assert gx == ceil_div(DG.phase_rows(p), 64) * ceil_div(20, 64) and gy == 1
+
+
+def test_dgrad_supports_reasons():
+    ok, why = DG.supports(DG.DgradConfig("tiled", "64x64", "int"), HUGE)
+    assert not ok and "2^31" in why
+    assert DG.supports(DG.DgradConfig("tiled", "64x64", "long long"), HUGE)[0]
+    many_groups = problem((1, 1, 2, 2, 70000), (1, 1, 1, 1, 70000))
+    ok, why = DG.supports(DG.DgradConfig("tiled", "64x64", "int"), many_groups)
+    assert not ok and "groups" in why
+    assert DG.supports(DG.DgradConfig("analytic", None, "int"), many_groups)[0]
+    assert DG.choose_dgrad_config(many_groups, F32).variant == "analytic"
+    ok, why = DG.supports(DG.DgradConfig("tiled", "128x128", "int"), SMALL, F64)
+    assert not ok and "not instantiated" in why
+    assert not DG.supports(DG.DgradConfig("fast", None, "int"), SMALL)[0]
+
+
+def test_dgrad_forced_config():
+    assert DG.config_for(SMALL, F32) == DG.choose_dgrad_config(SMALL, F32)
+    with DG.forced_config(variant="analytic"):
+        assert DG.config_for(SMALL, F32) == DG.DgradConfig("analytic", None, "int")
+    with DG.forced_config(variant="tiled", tile="128x128", index="long long"):
+        assert DG.config_for(SMALL, F32) == DG.DgradConfig("tiled", "128x128", "long long")
+    with DG.forced_config(variant="tiled", tile="128x128"), pytest.raises(ValueError, match="not instantiated"):
+        DG.config_for(SMALL, F64)
+    with pytest.raises(TypeError):
+        with DG.forced_config(splits=2):
+            pass
+    assert DG.config_for(SMALL, F32) == DG.choose_dgrad_config(SMALL, F32)   # override gone
+
+
+# ---------------------------------------------------------------------------------------------------------
+# wgrad chooser
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("layer", RESNET50_3X3, ids=[l.name for l in RESNET50_3X3])
+def test_wgrad_resnet_split_k_fills_the_gpu(layer):
+    p = resnet(layer)
+    c = WG.choose_wgrad_config(p, F32)
+    assert c.variant == "tiled" and c.index == "int"
+    gx, gy, gz = WG.tiled_grid(p, c.tile, c.splits)
+    assert gz == c.splits and gx * gy * gz >= WG.TARGET_CTAS
+    # normalised: every split non-empty, each at least MIN_KTILES_PER_SPLIT k-tiles
+    gemm_k = p.gemm_size("wgrad")[2]
+    kps = WG.k_per_split(p, c.splits)
+    assert kps % WG.TILE_K == 0 and (c.splits - 1) * kps < gemm_k <= c.splits * kps
+    assert c.splits == 1 or kps >= WG.MIN_KTILES_PER_SPLIT * WG.TILE_K
+    assert WG.workspace_elements(c, p) * 4 <= WG.WORKSPACE_LIMIT
+
+
+def test_wgrad_tile_rule():
+    assert WG.choose_tile(resnet(RESNET50_3X3[0]), F32) == "64x128"           # K = 64, C*R*S = 576
+    assert WG.choose_tile(resnet(RESNET50_3X3[-1]), F32) == "128x128"
+    assert WG.choose_tile(problem((1, 1, 4, 4, 3), (1, 1, 1, 3, 200)), F16) == "128x64"   # gemm_n = 3
+    assert WG.choose_tile(resnet(RESNET50_3X3[-1]), F64) == "64x64"
+
+
+def test_wgrad_small_gemm_k_is_not_split():
+    c = WG.choose_wgrad_config(SMALL, F32)           # gemm_k = 9 rows; K = 8, gemm_n = 16*9 = 144
+    assert c == WG.WgradConfig("tiled", "64x128", 1, "int")
+    assert WG.workspace_elements(c, SMALL) == 0
+
+
+def test_wgrad_splits_capped_by_workspace():
+    # dw of 3x3x1024x1024 float32 = 37.7 MB: at most 7 splits fit WORKSPACE_LIMIT (256 MiB).
+    p = problem((64, 1, 8, 8, 1024), (1, 3, 3, 1024, 1024))
+    c = WG.choose_wgrad_config(p, F32)
+    assert WG.workspace_elements(c, p) * 4 <= WG.WORKSPACE_LIMIT
+
+
+def test_wgrad_normalise_splits():
+    p = problem((1, 1, 10, 10, 8), (1, 3, 3, 8, 8))          # gemm_k = 100 rows = 13 k-tiles
+    assert WG.normalise_splits(p, 1) == 1
+    assert WG.normalise_splits(p, 13) == 13
+    assert WG.normalise_splits(p, 12) == 7                     # 2 k-tiles per split -> 7 splits
+    assert WG.normalise_splits(p, 500) == 13
+    with WG.forced_config(variant="tiled", tile="64x64", splits=12):
+        assert WG.config_for(p, F32).splits == 7
+    ok, why = WG.supports(WG.WgradConfig("tiled", "64x64", 12, "int"), p)
+    assert not ok and "normalised" in why
+
+
+def test_wgrad_forced_analytic_and_int64():
+    with WG.forced_config(variant="analytic"):
+        assert WG.config_for(SMALL, F32) == WG.WgradConfig("analytic", None, 1, "int")
+    assert WG.choose_wgrad_config(HUGE, F32).index == "long long"
+    ok, why = WG.supports(WG.WgradConfig("tiled", "64x64", 1, "int"), HUGE)
+    assert not ok and "2^31" in why
+
+
+# ---------------------------------------------------------------------------------------------------------
+# plans: expressions declared, argument lists, multi-launch
+# ---------------------------------------------------------------------------------------------------------
+PROBLEMS = [SMALL, problem((2, 3, 5, 4, 6), (2, 2, 3, 3, 4), (2, 1, 2), (1, 2, 1), "VALID"),
+            problem((1, 1, 9, 9, 8), (1, 1, 1, 4, 6), (1, 3, 3))]
+
+
+@pytest.mark.parametrize("dtype", [F16, F32, F64])
+def test_every_dgrad_plan_names_a_declared_expression(dtype):
+    for p, index in itertools.product(PROBLEMS, ("int", "long long")):
+        configs = [DG.DgradConfig("analytic", None, index)]
+        configs += [DG.DgradConfig("tiled", t, index) for t in DG.tiles_for(dtype)]
+        for c in configs:
+            arrs = [FakeArray(dtype)] * 3
+            (plan,) = DG.dgrad_plans(c, p, *arrs)
+            assert plan.name_expression in DG.FAMILY.name_expressions
+            assert plan.block == (256, 1, 1) and plan.shared_mem == 0
+            scalars = plan.args[3:3 + len(PROBLEM_PARAM_NAMES)]
+            want = np.int64 if index == "long long" else np.int32
+            assert all(type(s) is want for s in scalars)
+            assert int(scalars[PROBLEM_PARAM_NAMES.index("groups")]) == p.groups
+            if c.variant == "tiled":
+                assert plan.grid == DG.tiled_grid(p, c.tile)
+                assert len(plan.args) == 3 + len(PROBLEM_PARAM_NAMES) + 1
+            else:
+                assert plan.grid[0] * 256 >= p.N * p.D * p.H * p.W * p.C
+
+
+@pytest.mark.parametrize("dtype", [F16, F32, F64])
+def test_every_wgrad_plan_names_a_declared_expression(dtype):
+    acc = np.dtype(np.float64) if dtype == F64 else np.dtype(np.float32)
+    for p, index in itertools.product(PROBLEMS, ("int", "long long")):
+        configs = [WG.WgradConfig("analytic", None, 1, index)]
+        for t in WG.tiles_for(dtype):
+            configs += [WG.WgradConfig("tiled", t, s, index) for s in {1, WG.normalise_splits(p, 3)}]
+        for c in configs:
+            ws = FakeArray(acc) if WG.workspace_elements(c, p) else None
+            plans = WG.wgrad_plans(c, p, FakeArray(dtype), FakeArray(dtype), FakeArray(dtype), ws)
+            assert all(pl.name_expression in WG.FAMILY.name_expressions for pl in plans)
+            if c.variant == "tiled" and c.splits > 1:
+                tiled, red = plans
+                assert tiled.args[2] is ws and tiled.grid[2] == c.splits
+                assert red.name_expression.startswith("conv_wgrad_reduce<") and red.args[0] is ws
+                assert int(red.args[2]) == WG.dw_elements(p) and int(red.args[3]) == c.splits
+                assert f", {'double' if dtype == F64 else 'float'}, " in tiled.name_expression
+            else:
+                assert len(plans) == 1
+
+
+def test_wgrad_split_plan_requires_workspace():
+    p = problem((4, 1, 16, 16, 8), (1, 3, 3, 8, 8))
+    c = WG.WgradConfig("tiled", "64x64", WG.normalise_splits(p, 4), "int")
+    assert c.splits > 1
+    with pytest.raises(ValueError, match="workspace"):
+        WG.wgrad_plans(c, p, FakeArray(F32), FakeArray(F32), FakeArray(F32), None)
+
+
+def test_families_declared():
+    assert DG.FAMILY.name == "conv_dgrad" and DG.FAMILY.file == "conv_dgrad.cu"
+    assert WG.FAMILY.name == "conv_wgrad" and WG.FAMILY.file == "conv_wgrad.cu"
+    assert len(set(DG.FAMILY.name_expressions)) == len(DG.FAMILY.name_expressions)
+    assert len(set(WG.FAMILY.name_expressions)) == len(WG.FAMILY.name_expressions)
+    # float16 split-K writes float partials: its own instantiation; float32's is shared by both paths
+    assert "conv_wgrad_tiled<__half, float, int, 64, 64, 4, 4>" in WG.FAMILY.name_expressions
+    assert "conv_wgrad_tiled<__half, __half, int, 64, 64, 4, 4>" in WG.FAMILY.name_expressions
+    assert "conv_wgrad_tiled<float, float, int, 128, 128, 8, 8>" in WG.FAMILY.name_expressions
