@@ -284,6 +284,19 @@ def test_max_pool_and_grad_match_loops(case, dtype):
                 np.testing.assert_array_equal(g, dx)
 
 
+def test_max_pool_int8_window_with_more_taps_than_int8_holds():
+    """343 taps: tap numbers need 16 bits while the values' masks are 8 bits wide."""
+    x = RNG.integers(-2, 3, size=(1, 7, 7, 7, 2)).astype(np.int8)
+    y = gc.max_pool3d(x, 7, 3, "SAME")
+    want_y, want_arg = ref_max_pool(x, (7, 7, 7), (3, 3, 3), ((3, 3), (3, 3), (3, 3)))
+    np.testing.assert_array_equal(y, want_y)
+    dy = np.ones(y.shape, np.int8)
+    dx = gc.max_pool3d_grad(x, y, dy, 7, 3, "SAME")
+    want_dx = np.zeros(x.size, np.int64)
+    np.add.at(want_dx, want_arg.reshape(-1), 1)
+    np.testing.assert_array_equal(dx.reshape(-1), want_dx)
+
+
 def test_max_pool_nan_and_ties():
     # TF CPU: [NaN, 1, 3, 2] -> NaN at index 0 (NaN seeds); [1, NaN, 3, 2] -> 3 at index 2; ties -> first.
     x = np.array([np.nan, 1, 3, 2, 1, np.nan, 3, 2, 5, 5, 5, 5], np.float32).reshape(1, 1, 12, 1)

@@ -137,6 +137,24 @@ def _zero_outside(dst: np.ndarray, rng, first_axis: int) -> None:
             dst[(slice(None),) * ax + (slice(hi, dst.shape[ax]),)] = 0
 
 
+def _gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """a @ b (2-D, or batched over a leading group axis), in the orientation OpenBLAS runs fast.
+
+    Measured on this project's CPU box (OpenBLAS 0.3.31, 2 threads): a row-major product with fewer output rows
+    than columns is up to 6x slower than the same product computed transposed, (b^T a^T)^T (e.g. 392x4608 @
+    4608x512: 436 ms vs 72 ms), while with more rows than columns the direct call is the faster one (1568x2304 @
+    2304x256: 56 ms vs 243 ms). The transposed form costs one extra copy of the (small) output.
+    """
+    m, n = a.shape[-2], b.shape[-1]
+    if m >= n:
+        return np.matmul(a, b, out=out)
+    res_t = np.matmul(np.swapaxes(b, -1, -2), np.swapaxes(a, -1, -2))
+    if out is None:
+        return np.ascontiguousarray(np.swapaxes(res_t, -1, -2))
+    np.copyto(out, np.swapaxes(res_t, -1, -2))
+    return out
+
+
 def _split_channels(a: np.ndarray, groups: int) -> np.ndarray:
     """View a (..., G*c) array as (..., G, c) without copying (works for strided views too)."""
     v = a.view()
@@ -149,14 +167,14 @@ def _gather_gemm(gather: _Gather, wmat: np.ndarray, out: np.ndarray) -> None:
     G, _, ko = wmat.shape
     acc = gather.acc
     direct = G == 1 and out.dtype == acc and out.flags.c_contiguous
-    unit = gather.row_bytes + (0 if direct else G * ko * acc.itemsize)
+    unit = gather.row_bytes + G * ko * acc.itemsize          # columns + a GEMM result (or _gemm's transpose)
     for box in boxes(out.shape[:4], unit):
         cols = gather.cols(box)
         m = cols.shape[1]
         if direct:
-            np.matmul(cols[0], wmat[0], out=out[box].reshape(m, ko))
+            _gemm(cols[0], wmat[0], out=out[box].reshape(m, ko))
             continue
-        res = np.matmul(cols, wmat)                                   # (G, M, Ko)
+        res = _gemm(cols, wmat)                                       # (G, M, Ko)
         dst = _split_channels(out[box], G)                            # (nb, l0, l1, l2, G, Ko)
         np.copyto(dst, np.moveaxis(res.reshape((G,) + dst.shape[:4] + (ko,)), 0, 4), casting="same_kind")
 
@@ -201,14 +219,14 @@ def _dgrad_scatter(dy: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
     offsets = [tuple(k * d - b for k, d, b in zip(tap, p.dilation, p.pad_before)) for tap in taps]
     extents = (p.D, p.H, p.W)
     buf = None
-    for box in boxes(p.y_shape[:4], (ntaps * p.C + (p.K if G > 1 else 0)) * dy.itemsize):
+    for box in boxes(p.y_shape[:4], (2 * ntaps * p.C + p.K) * dy.itemsize):   # dcol, _gemm's transpose, dy copy
         nb, l0, l1, l2 = box_shape(box)
         m = nb * l0 * l1 * l2
         if buf is None:
             buf = np.empty(G * m * ntaps * cg, dy.dtype)
         dcol = buf[:G * m * ntaps * cg].reshape(G, m, ntaps * cg)
         dyb = dy[box].reshape(m, G, kg).transpose(1, 0, 2)
-        np.matmul(dyb if G == 1 else np.ascontiguousarray(dyb), wmat, out=dcol)
+        _gemm(dyb if G == 1 else np.ascontiguousarray(dyb), wmat, out=dcol)
         dcol = dcol.reshape(G, nb, l0, l1, l2, ntaps, cg)
         for j, offs in enumerate(offsets):
             rng = [tap_range(box[a + 1].start, box[a + 1].stop, p.stride[a], offs[a], 0, extents[a])
@@ -269,12 +287,13 @@ def conv_wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem) -> np.ndarray:
     G, cg, kg = p.groups, p.group_c, p.group_k
     taps = _taps(p)
     dw = np.zeros((G, len(taps) * cg, kg), acc)
+    first = True
     if x.size and dy.size and dw.size:
         offsets = [tuple(k * d - b for k, d, b in zip(tap, p.dilation, p.pad_before)) for tap in taps]
         gather = _Gather(x, (p.Z, p.P, p.Q), p.stride, offsets, G, acc)
         convert = G > 1 or dy.dtype != acc
         unit = gather.row_bytes + (p.K * acc.itemsize if convert else 0)
-        part = np.empty_like(dw)
+        part = None
         for box in boxes(dy.shape[:4], unit):
             cols = gather.cols(box)                                       # (G, M, taps*Cg)
             m = cols.shape[1]
@@ -283,7 +302,14 @@ def conv_wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem) -> np.ndarray:
                 dyb = np.ascontiguousarray(dyb.transpose(1, 0, 2), dtype=acc)     # (G, M, Kg)
             else:
                 dyb = dyb.transpose(1, 0, 2)
-            np.matmul(cols.transpose(0, 2, 1), dyb, out=part)
+            # The first box writes dw directly; later ones are added (a fixed order: deterministic).
+            if first:
+                _gemm(cols.transpose(0, 2, 1), dyb, out=dw)
+                first = False
+                continue
+            if part is None:
+                part = np.empty_like(dw)
+            _gemm(cols.transpose(0, 2, 1), dyb, out=part)
             dw += part
     # (G, taps*Cg, Kg) -> (T, R, S, Cg, G*Kg)
     out = dw.reshape(G, len(taps), cg, kg).transpose(1, 2, 0, 3).reshape(p.w_shape)

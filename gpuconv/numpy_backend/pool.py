@@ -50,14 +50,72 @@ def _first_cells(o0: int, o1: int, stride: int, pad_before: int) -> np.ndarray:
     return np.maximum(np.arange(o0, o1) * stride - pad_before, 0)
 
 
-def _select(x: np.ndarray, p: PoolProblem, box, y: np.ndarray, tap_id, mask: np.ndarray) -> None:
-    """Max-scan one output box: y (box-shaped) gets the maxima, tap_id (or None) the selected tap numbers."""
+def _bits(dtype: np.dtype) -> np.dtype:
+    """The unsigned integer dtype of dtype's width: masks and bit-exact selects work on these views."""
+    return np.dtype(f"u{np.dtype(dtype).itemsize}")
+
+
+def _tap_dtype(p: PoolProblem, dtype: np.dtype) -> np.dtype:
+    """Tap numbers are kept in x's width where they fit, so one mask serves values and tap numbers."""
+    need = np.min_scalar_type(p.T * p.R * p.S - 1)
+    return _bits(dtype) if need.itemsize <= np.dtype(dtype).itemsize else need
+
+
+def _mask(cmp, a, b, out: np.ndarray) -> np.ndarray:
+    """out = all ones where cmp(a, b), else 0 (out unsigned). Comparisons into bool then a masked copy
+    (np.copyto(where=)) are an order of magnitude slower than this and the bitwise select below."""
+    cmp(a, b, out=out, casting="unsafe")
+    return np.negative(out, out=out)
+
+
+def _select_bits(dst: np.ndarray, src, mask: np.ndarray, tmp: np.ndarray) -> None:
+    """dst = src where mask is all ones, else dst unchanged; bit-exact (NaN payloads, signed zeros) for any dtype
+    of mask's width. src: an array or a scalar."""
+    d = dst.view(mask.dtype)
+    s = src.view(mask.dtype) if isinstance(src, np.ndarray) else mask.dtype.type(src)
+    np.bitwise_xor(d, s, out=tmp)
+    np.bitwise_and(tmp, mask, out=tmp)
+    np.bitwise_xor(d, tmp, out=d)
+
+
+class _Scratch:
+    """Box-shaped scratch arrays of a pooling sweep, allocated once for the largest box."""
+
+    def __init__(self, dtypes: dict):
+        self.dtypes = {k: np.dtype(v) for k, v in dtypes.items()}
+        self.size = 0
+        self.flat = {}
+
+    def get(self, shape) -> dict:
+        n = int(np.prod(shape))
+        if n > self.size:
+            self.size = n
+            self.flat = {k: np.empty(n, dt) for k, dt in self.dtypes.items()}
+        return {k: a[:n].reshape(shape) for k, a in self.flat.items()}
+
+    def unit(self, channels: int) -> int:
+        return channels * sum(dt.itemsize for dt in self.dtypes.values())
+
+
+def _select_scratch(x_dtype, tap_dtype=None) -> _Scratch:
+    dts = {"mask": _bits(x_dtype), "tmp": _bits(x_dtype)}
+    if tap_dtype is not None:
+        dts["tap"] = tap_dtype
+        if np.dtype(tap_dtype).itemsize != np.dtype(x_dtype).itemsize:
+            dts["tap_mask"] = tap_dtype
+            dts["tap_tmp"] = tap_dtype
+    return _Scratch(dts)
+
+
+def _select(x: np.ndarray, p: PoolProblem, box, y: np.ndarray, sc: dict, want_tap: bool) -> None:
+    """Max-scan one output box: y (box-shaped) gets the maxima, sc["tap"] (if want_tap) the selected taps."""
+    tap_id = sc["tap"] if want_tap else None
     if any(p.pad_before):
         fd = _first_cells(box[1].start, box[1].stop, p.stride[0], p.pad_before[0])
         fh = _first_cells(box[2].start, box[2].stop, p.stride[1], p.pad_before[1])
         fw = _first_cells(box[3].start, box[3].stop, p.stride[2], p.pad_before[2])
         y[...] = x[box[0]][:, fd[:, None, None], fh[None, :, None], fw[None, None, :]]
-        if tap_id is not None:
+        if want_tap:
             # Tap number of the seed cell: (fd - (z*s - pb)) etc. row-major over (T, R, S).
             td = fd - (np.arange(box[1].start, box[1].stop) * p.stride[0] - p.pad_before[0])
             th = fh - (np.arange(box[2].start, box[2].stop) * p.stride[1] - p.pad_before[1])
@@ -69,7 +127,7 @@ def _select(x: np.ndarray, p: PoolProblem, box, y: np.ndarray, tap_id, mask: np.
         # Without padding before, tap (0, 0, 0) is in bounds for every output and seeds it.
         _, sel = _tap_slices(p, box, (0, 0, 0))
         y[...] = x[sel]
-        if tap_id is not None:
+        if want_tap:
             tap_id[...] = 0
         first = 1
     for j, tap in enumerate(_taps(p)[first:], start=first):
@@ -77,15 +135,19 @@ def _select(x: np.ndarray, p: PoolProblem, box, y: np.ndarray, tap_id, mask: np.
         if found is None:
             continue
         inner, sel = found
-        xs, ys, ms = x[sel], y[inner], mask[inner]
-        np.greater(xs, ys, out=ms)
-        np.copyto(ys, xs, where=ms)
-        if tap_id is not None:
-            np.copyto(tap_id[inner], j, where=ms)
-
-
-def _tap_dtype(p: PoolProblem) -> np.dtype:
-    return np.min_scalar_type(p.T * p.R * p.S - 1)
+        xs, ys, mask, tmp = x[sel], y[inner], sc["mask"][inner], sc["tmp"][inner]
+        _mask(np.greater, xs, ys, mask)          # strictly greater: ties keep the earlier cell, NaN never wins
+        _select_bits(ys, xs, mask, tmp)
+        if want_tap:
+            if "tap_mask" in sc:
+                tmask = sc["tap_mask"][inner]
+                np.copyto(tmask, mask.view(mask.dtype.str.replace("u", "i")), casting="unsafe")
+                _select_bits(tap_id[inner], j, tmask, sc["tap_tmp"][inner])
+            else:
+                # Taps run in increasing order, so a replacing tap is larger than the current one: max of
+                # (j where replaced, else 0) and the current tap is the select in two passes instead of three.
+                np.bitwise_and(mask, j, out=tmp)
+                np.maximum(tap_id[inner], tmp, out=tap_id[inner])
 
 
 def max_pool(x: np.ndarray, p: PoolProblem) -> np.ndarray:
@@ -93,12 +155,9 @@ def max_pool(x: np.ndarray, p: PoolProblem) -> np.ndarray:
     y = np.empty(p.y_shape, x.dtype)
     if y.size == 0:
         return y
-    mask = None
-    for box in boxes(p.y_shape[:4], p.C * (1 + x.itemsize)):
-        shape = box_shape(box) + (p.C,)
-        if mask is None or mask.size < np.prod(shape):
-            mask = np.empty(int(np.prod(shape)), bool)
-        _select(x, p, box, y[box], None, mask[:int(np.prod(shape))].reshape(shape))
+    scratch = _select_scratch(x.dtype)
+    for box in boxes(p.y_shape[:4], scratch.unit(p.C) + p.C * x.itemsize):
+        _select(x, p, box, y[box], scratch.get(box_shape(box) + (p.C,)), False)
     return y
 
 
@@ -113,15 +172,14 @@ def max_pool_argmax(x: np.ndarray, p: PoolProblem, index_dtype, include_batch: b
     argmax = np.empty(p.y_shape, index_dtype)
     if y.size == 0:
         return y, argmax
-    tdt = _tap_dtype(p)
+    scratch = _select_scratch(x.dtype, _tap_dtype(p, x.dtype))
     # Flat offset of each tap relative to the window origin.
     toff = np.array([((t * p.H + r) * p.W + s) * p.C for t, r, s in _taps(p)], index_dtype)
     per_batch = p.D * p.H * p.W * p.C
-    for box in boxes(p.y_shape[:4], p.C * (1 + tdt.itemsize + x.itemsize)):
-        shape = box_shape(box) + (p.C,)
-        mask = np.empty(shape, bool)
-        tap_id = np.empty(shape, tdt)
-        _select(x, p, box, y[box], tap_id, mask)
+    for box in boxes(p.y_shape[:4], scratch.unit(p.C) + p.C * x.itemsize):
+        sc = scratch.get(box_shape(box) + (p.C,))
+        tap_id = sc["tap"]
+        _select(x, p, box, y[box], sc, True)
         bd = _axis_index(box[1].start, box[1].stop, p.stride[0], p.pad_before[0], index_dtype)
         bh = _axis_index(box[2].start, box[2].stop, p.stride[1], p.pad_before[1], index_dtype)
         bw = _axis_index(box[3].start, box[3].stop, p.stride[2], p.pad_before[2], index_dtype)
@@ -154,11 +212,12 @@ def _scatter_boxes(p: PoolProblem, dtype: np.dtype, unit: int):
     return list(boxes(p.y_shape[:4], unit)), False
 
 
-def _scatter_taps(p: PoolProblem, box, dx: np.ndarray, acc, g: np.ndarray, where, tap_id) -> None:
+def _scatter_taps(p: PoolProblem, box, dx: np.ndarray, acc, g: np.ndarray, sc) -> None:
     """Add (or, without overlaps, assign) g's cells to the in-bounds cells of their windows, tap by tap.
 
     dx: the full dx (acc is None) or a float32 accumulator for the batch items of box (acc given).
-    where: a scratch mask for tap_id == tap (None: every tap receives g).
+    sc: None (every tap receives g) or the scratch of _select, whose "tap" holds each window's selected tap;
+    g then goes to that tap only (as g's bits masked to +0 elsewhere, so a NaN in g reaches its cell only).
     """
     overlap = _overlapping(p)
     for j, tap in enumerate(_taps(p)):
@@ -170,18 +229,15 @@ def _scatter_taps(p: PoolProblem, box, dx: np.ndarray, acc, g: np.ndarray, where
             sel = (slice(None),) + sel[1:]
         target = (dx if acc is None else acc)[sel]
         gs = g[inner]
-        if tap_id is None:
-            if overlap:
-                target += gs
-            else:
-                np.copyto(target, gs, casting="same_kind")
+        if sc is not None:
+            mask, part = sc["mask"][inner], sc["tmp"][inner]
+            _mask(np.equal, sc["tap"][inner], j, mask)
+            np.bitwise_and(gs.view(mask.dtype), mask, out=part)
+            gs = part.view(g.dtype)
+        if overlap:
+            target += gs
         else:
-            ms = where[inner]
-            np.equal(tap_id[inner], j, out=ms)
-            if overlap:
-                np.add(target, gs, out=target, where=ms, casting="same_kind")
-            else:
-                np.copyto(target, gs, where=ms, casting="same_kind")
+            np.copyto(target, gs, casting="same_kind")
 
 
 def max_pool_grad(x: np.ndarray, dy: np.ndarray, p: PoolProblem) -> np.ndarray:
@@ -189,17 +245,15 @@ def max_pool_grad(x: np.ndarray, dy: np.ndarray, p: PoolProblem) -> np.ndarray:
     dx = np.zeros(p.x_shape, x.dtype)
     if dy.size == 0 or dx.size == 0:
         return dx
-    tdt = _tap_dtype(p)
-    unit = p.C * (2 * x.itemsize + 1 + tdt.itemsize)
-    box_list, accumulate = _scatter_boxes(p, x.dtype, unit)
+    scratch = _select_scratch(x.dtype, _tap_dtype(p, x.dtype))
+    box_list, accumulate = _scatter_boxes(p, x.dtype, scratch.unit(p.C) + p.C * x.itemsize)
     for box in box_list:
         shape = box_shape(box) + (p.C,)
+        sc = scratch.get(shape)
         y = np.empty(shape, x.dtype)
-        mask = np.empty(shape, bool)
-        tap_id = np.empty(shape, tdt)
-        _select(x, p, box, y, tap_id, mask)
+        _select(x, p, box, y, sc, True)
         acc = np.zeros((shape[0],) + p.x_shape[1:], np.float32) if accumulate else None
-        _scatter_taps(p, box, dx, acc, dy[box], mask, tap_id)
+        _scatter_taps(p, box, dx, acc, dy[box], sc)
         if accumulate:
             dx[box[0]] = acc
     return dx
@@ -254,7 +308,7 @@ def _spread(g: np.ndarray, p: PoolProblem, divide: bool) -> np.ndarray:
         if divide:
             gb = np.divide(gb, _window_counts(p, box, acc_dt), dtype=acc_dt)
         acc = np.zeros((box_shape(box)[0],) + p.x_shape[1:], np.float32) if accumulate else None
-        _scatter_taps(p, box, dx, acc, gb, None, None)
+        _scatter_taps(p, box, dx, acc, gb, None)
         if accumulate:
             dx[box[0]] = acc
     return dx

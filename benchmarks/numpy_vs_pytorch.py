@@ -1,0 +1,209 @@
+"""Benchmark: gpuconv's NumPy backend against PyTorch on the CPU, same machine, same run, same thread count.
+
+Cases: every ResNet-50 v1.5 conv layer of gpuconv.bench.layers.RESNET50 (fprop, dgrad, wgrad; float32, NHWC /
+channels_last) and the SegNet pooling ladder (2x2/2 max_pool_with_argmax and max_unpool). Peers:
+torch.nn.functional.conv2d on channels_last tensors, torch.nn.grad.conv2d_input / conv2d_weight,
+F.max_pool2d(return_indices=True) and F.max_unpool2d.
+
+Timing: per case, `warmup` untimed calls then `repeats` timed calls of one library, a pause, then the other
+library; the median is reported. Each library's worker threads spin for a while after a call (OpenBLAS
+pthreads, OpenMP); timing the two in blocks with a pause keeps one library's spinning threads from stealing
+the cores the other is measured on. Ratio = torch time / gpuconv time (gpuconv's throughput relative to
+PyTorch: > 1 means gpuconv is faster).
+
+Padding: TF's SAME pads stride-2 layers asymmetrically (the odd cell after); PyTorch's conv2d takes symmetric
+padding only, so torch runs with k//2 on both sides, which gives the same output size and the same work.
+Stride-1 fprop outputs are checked to agree before timing.
+
+Usage: python benchmarks/numpy_vs_pytorch.py [--n 8] [--seg-n 4] [--repeats 5] [--only NAME,...]
+Writes benchmarks/results/cpu_numpy_vs_pytorch.{json,md}. Not a test.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import gpuconv as gc  # noqa: E402
+from gpuconv.bench.layers import RESNET50, SEGNET  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def machine() -> dict:
+    """CPU model, cores, load, library versions and BLAS of this run."""
+    import torch
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    blas = "unknown"
+    try:
+        cfg = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        blas = f"{cfg.get('name')} {cfg.get('version')}"
+    except Exception:
+        pass
+    return {
+        "cpu": model, "cpu_count": os.cpu_count(), "platform": platform.platform(),
+        "python": platform.python_version(), "numpy": np.__version__, "numpy_blas": blas,
+        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "torch_parallel": torch.__config__.parallel_info().splitlines()[:6],
+    }
+
+
+def median_ms(fn, warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def pair(ours, theirs, warmup: int, repeats: int, pause: float) -> tuple[float, float]:
+    a = median_ms(ours, warmup, repeats)
+    time.sleep(pause)
+    b = median_ms(theirs, warmup, repeats)
+    time.sleep(pause)
+    return a, b
+
+
+def conv_cases(n: int, only):
+    import torch
+    import torch.nn.functional as F
+    rng = np.random.default_rng(0)
+    for layer in RESNET50:
+        if only and layer.name not in only:
+            continue
+        x = rng.standard_normal(layer.with_batch(n), dtype=np.float32)
+        w = rng.standard_normal(layer.filter_shape, dtype=np.float32)
+        s, pad, k = layer.strides, layer.padding, layer.filter_shape[0]
+        y = gc.conv2d(x, w, s, pad)
+        dy = rng.standard_normal(y.shape, dtype=np.float32)
+        xt = torch.from_numpy(x).permute(0, 3, 1, 2)            # NCHW view of NHWC memory = channels_last
+        dyt = torch.from_numpy(dy).permute(0, 3, 1, 2)
+        wt = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
+        tp = k // 2
+        yt = F.conv2d(xt, wt, stride=s, padding=tp)
+        if tuple(yt.shape) != (y.shape[0], y.shape[3], y.shape[1], y.shape[2]):
+            raise RuntimeError(f"{layer.name}: torch output {tuple(yt.shape)} vs gpuconv {y.shape}")
+        if s == 1:
+            err = float(np.abs(yt.permute(0, 2, 3, 1).numpy() - y).max())
+            if err > 1e-3 * float(np.abs(y).max()):
+                raise RuntimeError(f"{layer.name}: fprop differs from torch by {err}")
+        flops = 2 * int(np.prod(y.shape)) * k * k * w.shape[2]
+        # Arguments are bound now (partial), not looked up when the case runs.
+        yield layer.name, "fprop", flops, partial(gc.conv2d, x, w, s, pad), \
+            partial(F.conv2d, xt, wt, stride=s, padding=tp)
+        yield layer.name, "dgrad", flops, partial(gc.conv2d_backprop_input, x.shape, w, dy, s, pad), \
+            partial(torch.nn.grad.conv2d_input, xt.shape, wt, dyt, stride=s, padding=tp)
+        yield layer.name, "wgrad", flops, partial(gc.conv2d_backprop_filter, x, w.shape, dy, s, pad), \
+            partial(torch.nn.grad.conv2d_weight, xt, wt.shape, dyt, stride=s, padding=tp)
+
+
+def pool_cases(n: int, only):
+    import torch
+    import torch.nn.functional as F
+    rng = np.random.default_rng(1)
+    for layer in SEGNET:
+        if only and layer.name not in only:
+            continue
+        x = rng.standard_normal(layer.with_batch(n), dtype=np.float32)
+        k, s, pad = layer.ksize, layer.strides, layer.padding
+        v, a = gc.max_pool_with_argmax(x, k, s, pad)
+        xt = torch.from_numpy(x).permute(0, 3, 1, 2)
+        vt, it = F.max_pool2d(xt, k, s, return_indices=True)
+        if not np.array_equal(vt.permute(0, 2, 3, 1).numpy(), v):
+            raise RuntimeError(f"{layer.name}: pooled values differ from torch")
+        size = tuple(x.shape[1:3])
+        yield layer.name, "max_pool_with_argmax", 0, partial(gc.max_pool_with_argmax, x, k, s, pad), \
+            partial(F.max_pool2d, xt, k, s, return_indices=True)
+        yield layer.name, "max_unpool", 0, partial(gc.max_unpool, v, a, x.shape), \
+            partial(F.max_unpool2d, vt, it, k, s, output_size=size)
+
+
+def markdown(rows, info, summary, cfg) -> str:
+    lines = ["# gpuconv NumPy backend vs PyTorch CPU", "",
+             f"Run {info['date']}: {info['cpu']}, {info['cpu_count']} cores; numpy {info['numpy']} "
+             f"({info['numpy_blas']}); torch {info['torch']} ({info['torch_threads']} threads); "
+             f"python {info['python']}.",
+             f"Load average before / after the run: {info['load_before']} / {info['load_after']} "
+             "(the machine is shared; other jobs run at the same time).",
+             f"ResNet-50 convs at N={cfg['n']} float32 NHWC/channels_last; SegNet pooling at N={cfg['seg_n']}. "
+             f"Median of {cfg['repeats']} calls after {cfg['warmup']} warm-up call(s), libraries timed in "
+             "separate blocks.", "",
+             "| layer | op | gpuconv ms | torch ms | ratio (torch/gpuconv) | gpuconv GF/s |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        gf = f"{r['flops'] / r['gpuconv_ms'] / 1e6:.0f}" if r["flops"] else ""
+        lines.append(f"| {r['layer']} | {r['op']} | {r['gpuconv_ms']:.1f} | {r['torch_ms']:.1f} | "
+                     f"{r['ratio']:.2f} | {gf} |")
+    lines += ["", f"Median ratio {summary['median_ratio']:.2f}, minimum {summary['min_ratio']:.2f} "
+              f"({summary['min_case']}), geometric mean {summary['geomean_ratio']:.2f} over "
+              f"{summary['cases']} cases.", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=8, help="batch of the ResNet-50 convs")
+    ap.add_argument("--seg-n", type=int, default=4, help="batch of the SegNet pooling layers")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--pause", type=float, default=0.3, help="seconds between the two libraries' blocks")
+    ap.add_argument("--only", default="", help="comma-separated layer names")
+    ap.add_argument("--no-write", action="store_true", help="print only, do not write results/")
+    args = ap.parse_args(argv)
+
+    import torch
+    torch.set_num_threads(os.cpu_count())
+    only = set(filter(None, args.only.split(",")))
+    info = machine()
+    info["date"] = datetime.datetime.now().isoformat(timespec="seconds")
+    info["load_before"] = [round(v, 2) for v in os.getloadavg()]
+    cfg = {"n": args.n, "seg_n": args.seg_n, "repeats": args.repeats, "warmup": args.warmup, "dtype": "float32"}
+
+    rows = []
+    print("| layer | op | gpuconv ms | torch ms | ratio (torch/gpuconv) |\n|---|---|---:|---:|---:|", flush=True)
+    cases = itertools.chain(conv_cases(args.n, only), pool_cases(args.seg_n, only))   # lazily: one layer's data at a time
+    for name, op, flops, ours, theirs in cases:
+        a, b = pair(ours, theirs, args.warmup, args.repeats, args.pause)
+        rows.append({"layer": name, "op": op, "flops": flops, "gpuconv_ms": a, "torch_ms": b, "ratio": b / a})
+        print(f"| {name} | {op} | {a:.1f} | {b:.1f} | {b / a:.2f} |", flush=True)
+    info["load_after"] = [round(v, 2) for v in os.getloadavg()]
+    ratios = [r["ratio"] for r in rows]
+    worst = min(rows, key=lambda r: r["ratio"])
+    summary = {"cases": len(rows), "median_ratio": statistics.median(ratios), "min_ratio": worst["ratio"],
+               "min_case": f"{worst['layer']} {worst['op']}",
+               "geomean_ratio": float(np.exp(np.mean(np.log(ratios))))}
+    print(f"\nmedian ratio {summary['median_ratio']:.2f}, min {summary['min_ratio']:.2f} ({summary['min_case']}), "
+          f"geomean {summary['geomean_ratio']:.2f}; load {info['load_before']} -> {info['load_after']}")
+    if not args.no_write:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "cpu_numpy_vs_pytorch.json").write_text(
+            json.dumps({"machine": info, "config": cfg, "summary": summary, "results": rows}, indent=1))
+        (RESULTS / "cpu_numpy_vs_pytorch.md").write_text(markdown(rows, info, summary, cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
