@@ -9,9 +9,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, NamedTuple
+from typing import NamedTuple
 
 # The launch-plan modules that declare a FAMILY (or FAMILIES) attribute.
 PLAN_MODULES = ("gpuconv.plans.pool", "gpuconv.plans.unpool", "gpuconv.plans.conv_fprop",

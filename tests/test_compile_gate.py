@@ -135,7 +135,7 @@ def test_cubin_reader_agrees_with_ptxas(arch):
     comp = cg.compile_family(GOOD, arch, cg.cupy_nvrtc_options(arch) + ("-Xptxas=-v",))
     assert comp.ok, comp.log
     ptxas, cubin = cg.parse_ptxas_log(comp.log), cg.read_cubin_info(comp.cubin)
-    for expr, lowered in comp.lowered.items():
+    for lowered in comp.lowered.values():
         assert cubin[lowered].registers == ptxas[lowered].registers
         assert cubin[lowered].stack_frame in (None, ptxas[lowered].stack_frame)
     assert cubin[comp.lowered["gate_axpy<float, 128>"]].max_threads == 128

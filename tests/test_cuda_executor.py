@@ -201,7 +201,7 @@ def test_concurrent_first_launches_compile_once(fake):
 
 def test_importing_the_executor_does_not_import_cupy():
     code = "import sys, gpuconv.executors.cuda as c; c.CudaExecutor(); print('cupy' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert out.stdout.strip() == "False", out.stderr
 
 
