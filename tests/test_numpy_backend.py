@@ -153,6 +153,9 @@ CONV_CASES = [
     (2, (2, 9, 8, 2), (3, 3, 2, 7), (1, 2, 2), (1, 1, 2), ((0, 0), (1, 2), (0, 1))),
     (2, (2, 7, 7, 2), (1, 1, 2, 8), (1, 2, 2), (1, 1, 1), ((0, 0), (0, 0), (0, 0))),
     (3, (1, 5, 6, 5, 4), (2, 3, 3, 2, 10), (1, 2, 1), (1, 1, 2), ((1, 1), (1, 0), (2, 1))),
+    # ... with tap runs whose stretches overlap (filter width > stride): col2im by classes of outputs
+    (2, (2, 9, 10, 2), (3, 5, 2, 8), (1, 2, 2), (1, 1, 1), ((0, 0), (1, 2), (2, 1))),
+    (2, (1, 6, 7, 3), (2, 4, 3, 8), (1, 1, 1), (1, 1, 1), ((0, 0), (1, 0), (2, 1))),
 ]
 
 
@@ -164,9 +167,17 @@ def _conv_args(case):
 # ---------------------------------------------------------------------------------------------------------
 # convolution
 # ---------------------------------------------------------------------------------------------------------
+@pytest.fixture(params=["rows", "transposed"])
+def column_layout(request, monkeypatch):
+    """Run a test with column blocks in row layout (M, taps*C) or transposed (taps*C, M), whatever C is."""
+    from gpuconv.numpy_backend import conv as conv_module
+    monkeypatch.setattr(conv_module, "_FEW_CHANNELS", 0 if request.param == "rows" else 10**9)
+    return request.param
+
+
 @pytest.mark.parametrize("case", CONV_CASES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_conv_ops_match_loops(case, dtype):
+def test_conv_ops_match_loops(case, dtype, column_layout):
     nsp, xs, ws, st, dl, pad, (stride, dil, pads) = _conv_args(case)
     x, w = rand(xs, dtype), rand(ws, dtype)
     conv = gc.conv2d if nsp == 2 else gc.conv3d
@@ -204,10 +215,10 @@ def test_conv_float16_accumulates_in_float32_and_rounds_once():
     np.testing.assert_allclose(dw.astype(np.float64), ref.reshape(w.shape), rtol=2e-3, atol=2e-2)
 
 
-def test_conv_chunking_matches_unchunked(monkeypatch):
+def test_conv_chunking_matches_unchunked(monkeypatch, column_layout):
     """Boxes split over batch, rows and columns give the same result as one box."""
     for c, k in ((5, 4), (2, 9)):     # gather dgrad, scatter dgrad
-        x, w = rand((3, 9, 10, c)), rand((3, 3, c, k))
+        x, w = rand((3, 9, 10, c)), rand((3, 4, c, k))
         dy = rand((3, 5, 5, k))
 
         def run():
@@ -218,7 +229,7 @@ def test_conv_chunking_matches_unchunked(monkeypatch):
             monkeypatch.setattr(_window, "SCRATCH_BYTES", budget)
             for a, b in zip(run(), full):
                 np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-        monkeypatch.undo()
+            monkeypatch.setattr(_window, "SCRATCH_BYTES", 32 * 2**20)
 
 
 @pytest.mark.parametrize("xs,ws,os", [((0, 5, 5, 3), (3, 3, 3, 4), (0, 5, 5, 4)),
