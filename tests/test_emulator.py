@@ -266,6 +266,13 @@ def test_float4_vector_access(ex):
     np.testing.assert_array_equal(y, 2 * x)
 
 
+def test_misaligned_vector_load_is_an_error(ex):
+    x = np.arange(65, dtype=np.float32)[1:]      # C-contiguous, 4 bytes past a 16-byte boundary
+    with pytest.raises(EmulatorError, match=r"misaligned address .* in __ldg \(.*elementwise.cu:\d+\): the 16-byte "
+                                            r"type needs 16-byte alignment"):
+        launch(ex, ELEMENTWISE, "double_float4", (1, 1, 1), (32, 1, 1), 0, x, np.zeros(64, np.float32), np.int32(16))
+
+
 def test_three_dimensional_grid_and_block(ex):
     grid, block = (2, 3, 2), (4, 2, 3)
     threads = int(np.prod(grid) * np.prod(block))

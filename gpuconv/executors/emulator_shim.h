@@ -426,16 +426,31 @@ inline __nv_bfloat16 __hmul(__nv_bfloat16 a, __nv_bfloat16 b) { return a * b; }
 // =============================================================================================================
 // Memory access hints and fences (plain accesses on the CPU)
 // =============================================================================================================
-template <class T> inline T __ldg(const T* p) { return *p; }
-template <class T> inline T __ldca(const T* p) { return *p; }
-template <class T> inline T __ldcg(const T* p) { return *p; }
-template <class T> inline T __ldcs(const T* p) { return *p; }
-template <class T> inline T __ldlu(const T* p) { return *p; }
-template <class T> inline T __ldcv(const T* p) { return *p; }
-template <class T> inline void __stwb(T* p, T v) { *p = v; }
-template <class T> inline void __stcg(T* p, T v) { *p = v; }
-template <class T> inline void __stcs(T* p, T v) { *p = v; }
-template <class T> inline void __stwt(T* p, T v) { *p = v; }
+// A misaligned vector access faults on the GPU ("misaligned address"); here it is an error at the call.
+#define GPUCONV_EMU_SITE const char* file = __builtin_FILE(), int line = __builtin_LINE()
+namespace gpuconv_emu {
+template <class T> inline void check_aligned(const T* p, const char* what, const char* file, int line) {
+    if (reinterpret_cast<std::uintptr_t>(p) % alignof(T) != 0)
+        fail("misaligned address %p in %s (%s:%d): the %zu-byte type needs %zu-byte alignment",
+             static_cast<const void*>(p), what, file, line, sizeof(T), alignof(T));
+}
+}  // namespace gpuconv_emu
+#define GPUCONV_EMU_LOAD(NAME) template <class T> inline T NAME(const T* p, GPUCONV_EMU_SITE) { \
+    gpuconv_emu::check_aligned(p, #NAME, file, line); return *p; }
+#define GPUCONV_EMU_STORE(NAME) template <class T> inline void NAME(T* p, T v, GPUCONV_EMU_SITE) { \
+    gpuconv_emu::check_aligned(p, #NAME, file, line); *p = v; }
+GPUCONV_EMU_LOAD(__ldg)
+GPUCONV_EMU_LOAD(__ldca)
+GPUCONV_EMU_LOAD(__ldcg)
+GPUCONV_EMU_LOAD(__ldcs)
+GPUCONV_EMU_LOAD(__ldlu)
+GPUCONV_EMU_LOAD(__ldcv)
+GPUCONV_EMU_STORE(__stwb)
+GPUCONV_EMU_STORE(__stcg)
+GPUCONV_EMU_STORE(__stcs)
+GPUCONV_EMU_STORE(__stwt)
+#undef GPUCONV_EMU_LOAD
+#undef GPUCONV_EMU_STORE
 inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 inline void __threadfence_system() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
@@ -451,7 +466,6 @@ inline void __brkpt() { __builtin_trap(); }
 // =============================================================================================================
 // Block barriers: each switches to the next fiber
 // =============================================================================================================
-#define GPUCONV_EMU_SITE const char* file = __builtin_FILE(), int line = __builtin_LINE()
 inline void __syncthreads(GPUCONV_EMU_SITE) { gpuconv_emu::block_barrier(1, "__syncthreads", file, line); }
 inline int __syncthreads_count(int pred, GPUCONV_EMU_SITE) {
     return static_cast<int>(gpuconv_emu::block_barrier(pred, "__syncthreads_count", file, line));

@@ -15,11 +15,11 @@ __global__ void scale_accum(const T* __restrict__ x, T* __restrict__ y, float s,
     if (i < n) y[i] = gpuconv::from_accum<T>(gpuconv::to_accum(x[i]) * s);
 }
 
-// 128-bit loads and stores: y4[i] = x4[i] * 2 for i < n4, through float4.
+// 128-bit loads and stores: y4[i] = x4[i] * 2 for i < n4, through float4 (x and y must be 16-byte aligned).
 __global__ void double_float4(const float* __restrict__ x, float* __restrict__ y, int n4) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n4) return;
-    float4 v = reinterpret_cast<const float4*>(x)[i];
+    float4 v = __ldg(reinterpret_cast<const float4*>(x) + i);
     v.x *= 2.0f; v.y *= 2.0f; v.z *= 2.0f; v.w *= 2.0f;
     reinterpret_cast<float4*>(y)[i] = v;
 }
