@@ -242,7 +242,10 @@ def load_image(path: Path, size: int = IMAGE_SIZE) -> np.ndarray:
             if im.size != (size, size):
                 im = im.resize((size, size), Image.LANCZOS)
             return np.asarray(im, np.float32) / 255.0
-    import matplotlib.image as mpimg  # reads PNG without Pillow
+    try:
+        import matplotlib.image as mpimg  # reads PNG without Pillow
+    except ImportError as exc:
+        raise ImportError("the photo round trip needs Pillow or matplotlib: pip install 'gpuconv[demo]'") from exc
     a = np.asarray(mpimg.imread(str(path)), np.float32)
     if a.ndim == 3:
         a = a[..., :3].mean(axis=2)
@@ -499,7 +502,10 @@ def section_photo(d: Demo, image: Path, out_dir: Path, dpi: int) -> Path | None:
 
 def save_grid(path: Path, img, bank, relu, pooled, unpooled, recon, recon_full, dpi: int) -> Path:
     """A 4x4 PNG grid: input / reconstructions / filters, then feature, pooled and unpooled maps."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise ImportError("the picture needs matplotlib: pip install 'gpuconv[demo]'") from exc
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
