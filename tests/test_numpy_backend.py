@@ -225,11 +225,12 @@ def test_conv_chunking_matches_unchunked(monkeypatch, column_layout):
             return [gc.conv2d(x, w, 2, "SAME"), gc.conv2d_backprop_input(x.shape, w, dy, 2, "SAME"),
                     gc.conv2d_backprop_filter(x, w.shape, dy, 2, "SAME")]
         full = run()
+        default = _window.SCRATCH_BYTES
         for budget in (4000, 700, 1):
             monkeypatch.setattr(_window, "SCRATCH_BYTES", budget)
             for a, b in zip(run(), full):
                 np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-            monkeypatch.setattr(_window, "SCRATCH_BYTES", 32 * 2**20)
+            monkeypatch.setattr(_window, "SCRATCH_BYTES", default)
 
 
 @pytest.mark.parametrize("xs,ws,os", [((0, 5, 5, 3), (3, 3, 3, 4), (0, 5, 5, 4)),
@@ -430,10 +431,13 @@ def test_argmax_scatter_int64_wraps_exactly():
     assert int(out.reshape(-1)[0]) == (big + big + 3 - big + 2**63) % 2**64 - 2**63
 
 
-def test_argmax_scatter_chunks(monkeypatch):
-    """Chunked scatter (values split within and across batch items) equals a one-shot np.add.at."""
+@pytest.mark.parametrize("budget", [32 * 2**20, 300, 20])
+def test_argmax_scatter_chunks(monkeypatch, budget):
+    """Chunked scatter equals a one-shot np.add.at: whole-item chunks (large budget), value chunks split within
+    and across batch items with a mark array (300 bytes) or sorting (20 bytes) to find repeats."""
     from gpuconv.numpy_backend import pool as P
     monkeypatch.setattr(P, "_SCATTER_CHUNK", 7)
+    monkeypatch.setattr(_window, "SCRATCH_BYTES", budget)
     vals = rand((3, 1, 4, 4, 2), np.float64)
     am = RNG.integers(0, 20, size=vals.shape).astype(np.int32)
     for include in (False, True):
@@ -477,3 +481,7 @@ def test_scratch_is_bounded(monkeypatch):
     pp = pool_problem(x.shape, (1, 3, 3), (1, 1, 1), "SAME")
     assert _peak_extra(BACKEND.max_pool_argmax, x, pp, np.dtype(np.int64), False) < limit
     assert _peak_extra(BACKEND.avg_pool_grad, dy, pp) < limit
+    pp = pool_problem(x.shape, (1, 2, 2), (1, 2, 2), "VALID")
+    v, a = BACKEND.max_pool_argmax(x, pp, np.dtype(np.int64), False)
+    assert _peak_extra(BACKEND.argmax_scatter, v, a, x.shape, False) < limit
+    assert _peak_extra(BACKEND.argmax_gather, x, a, False) < limit

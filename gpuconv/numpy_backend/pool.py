@@ -324,30 +324,42 @@ def avg_unpool(updates: np.ndarray, p: PoolProblem) -> np.ndarray:
     return _spread(updates, p, divide=False)
 
 
-def _flat_index_chunks(argmax: np.ndarray, per_batch_out: int, include_batch: bool):
-    """(value slice, flat indices into the whole output) in chunks of about _SCATTER_CHUNK values."""
+def _index_chunks(argmax: np.ndarray, per_batch_out: int, include_batch: bool, whole_items: bool):
+    """(value slice, base, idx, slab): flat output indices base + idx of the values in the slice, by chunks.
+
+    whole_items (needs not include_batch): chunks of whole batch items, each indexing the output slab of its own
+    items (disjoint across chunks, idx relative to the chunk's slab at base), sized so that the int64 indices
+    and a one-byte-per-cell mask of the slab fit the scratch budget. Otherwise chunks of _SCATTER_CHUNK values
+    with absolute indices (base 0), which may hit cells of other chunks.
+    slab: the number of output cells of a whole-items chunk (its indices lie in [0, slab)), else 0.
+    """
     n = argmax.shape[0]
-    per_item = argmax.size // n if n else 0
-    flat = argmax.reshape(-1)
-    if per_item >= _SCATTER_CHUNK or include_batch:
-        step = _SCATTER_CHUNK
-        for v0 in range(0, flat.size, step):
-            v1 = min(v0 + step, flat.size)
-            idx = flat[v0:v1].astype(np.intp)
-            if not include_batch:
-                first, last = v0 // per_item, (v1 - 1) // per_item
-                if first == last:
-                    idx += first * per_batch_out
-                else:
-                    idx += (np.arange(v0, v1) // per_item) * per_batch_out
-            yield slice(v0, v1), idx
-    else:
-        items = max(1, _SCATTER_CHUNK // max(per_item, 1))
+    per_item = argmax.size // n
+    if whole_items:
+        items = max(1, _window.SCRATCH_BYTES // (per_batch_out + 8 * per_item))
         for n0 in range(0, n, items):
             n1 = min(n0 + items, n)
-            idx = argmax[n0:n1].reshape(n1 - n0, -1).astype(np.intp)
-            idx += (np.arange(n0, n1, dtype=np.intp) * per_batch_out)[:, None]
-            yield slice(n0 * per_item, n1 * per_item), idx.reshape(-1)
+            idx = np.empty((n1 - n0, per_item), np.intp)
+            np.add(argmax[n0:n1].reshape(n1 - n0, -1), (np.arange(n1 - n0) * per_batch_out)[:, None], out=idx)
+            yield slice(n0 * per_item, n1 * per_item), n0 * per_batch_out, idx.reshape(-1), (n1 - n0) * per_batch_out
+        return
+    flat = argmax.reshape(-1)
+    for v0 in range(0, flat.size, _SCATTER_CHUNK):
+        v1 = min(v0 + _SCATTER_CHUNK, flat.size)
+        idx = flat[v0:v1].astype(np.intp)
+        if not include_batch:
+            first, last = v0 // per_item, (v1 - 1) // per_item
+            if first == last:
+                idx += first * per_batch_out
+            else:
+                idx += (np.arange(v0, v1) // per_item) * per_batch_out
+        yield slice(v0, v1), 0, idx, 0
+
+
+def _whole_items(argmax: np.ndarray, per_batch_out: int, include_batch: bool) -> bool:
+    """Whether one batch item's indices and output mask fit the scratch budget (see _index_chunks)."""
+    per_item = argmax.size // argmax.shape[0]
+    return not include_batch and per_batch_out + 8 * per_item <= _window.SCRATCH_BYTES
 
 
 def _sum_duplicates(idx: np.ndarray, v: np.ndarray, dtype: np.dtype):
@@ -388,8 +400,10 @@ def _sum_duplicates(idx: np.ndarray, v: np.ndarray, dtype: np.dtype):
 def argmax_scatter(values: np.ndarray, argmax: np.ndarray, out_shape, include_batch: bool) -> np.ndarray:
     """zeros(out_shape) with each value added at its argmax (per batch item unless include_batch); duplicates add.
 
-    Deterministic. Chunks without repeated indices are scattered directly (exact for every dtype); a chunk with
-    repeats is reduced first (_sum_duplicates).
+    Deterministic. A chunk whose indices are all distinct (checked with a one-byte mark per output cell) is
+    scattered directly, exact for every dtype; a chunk with repeats is reduced first (_sum_duplicates).
+    float16 sums of repeats that fall in different chunks are rounded per chunk (chunks are whole batch items
+    unless an item exceeds the scratch budget, and repeats from max pooling stay within an item).
     """
     out_shape = tuple(int(v) for v in out_shape)
     out = np.zeros(out_shape, values.dtype)
@@ -398,25 +412,26 @@ def argmax_scatter(values: np.ndarray, argmax: np.ndarray, out_shape, include_ba
     flat_out = out.reshape(-1)
     flat_v = values.reshape(-1)
     per_batch_out = out.size // out_shape[0]
-    stamp = None
-    for vs, idx in _flat_index_chunks(argmax, per_batch_out, include_batch):
+    for vs, base, idx, slab in _index_chunks(argmax, per_batch_out, include_batch,
+                                             _whole_items(argmax, per_batch_out, include_batch)):
         v = flat_v[vs]
-        lo = int(idx.min())
-        span = int(idx.max()) - lo + 1
+        target = flat_out[base:]
+        lo = int(idx.min()) if not slab else 0
+        span = slab or int(idx.max()) - lo + 1
         unique = False
-        if span * 4 <= _window.SCRATCH_BYTES:
-            # Repeat test without sorting: write each value's position at its index and read it back.
-            if stamp is None or stamp.size < span:
-                stamp = np.empty(max(span, _SCATTER_CHUNK), np.int32)
-            local = idx - lo
-            pos = np.arange(idx.size, dtype=np.int32)
-            stamp[local] = pos
-            unique = bool(np.array_equal(stamp[local], pos))
+        if span <= _window.SCRATCH_BYTES:
+            seen = np.zeros(span, bool)
+            seen[idx - lo if lo else idx] = True
+            unique = int(np.count_nonzero(seen)) == idx.size
         if unique:
-            flat_out[idx] += v
-        else:
-            uniq, sums = _sum_duplicates(idx, v, values.dtype)
-            flat_out[uniq] += sums
+            if slab:
+                target[idx] = v              # no other chunk writes this slab: assign
+            else:
+                target[idx] += v
+            continue
+        for c0 in range(0, idx.size, _SCATTER_CHUNK):
+            uniq, sums = _sum_duplicates(idx[c0:c0 + _SCATTER_CHUNK], v[c0:c0 + _SCATTER_CHUNK], values.dtype)
+            target[uniq] += sums
     return out
 
 
@@ -426,7 +441,9 @@ def argmax_gather(grad: np.ndarray, argmax: np.ndarray, include_batch: bool) -> 
     if out.size == 0:
         return out
     flat_g = grad.reshape(-1)
+    flat_out = out.reshape(-1)
     per_batch = grad.size // grad.shape[0]
-    for vs, idx in _flat_index_chunks(argmax, per_batch, include_batch):
-        np.take(flat_g, idx, out=out.reshape(-1)[vs])
+    for vs, base, idx, _ in _index_chunks(argmax, per_batch, include_batch,
+                                          _whole_items(argmax, per_batch, include_batch)):
+        np.take(flat_g[base:], idx, out=flat_out[vs], mode="clip")   # in range (checked by the API layer)
     return out
