@@ -14,7 +14,7 @@
 //            duplicate cells (list order is thread-order dependent; only the list's contents matter).
 //   2 alloc  each duplicate cell j gets a bucket of dup_count[j] slots in `bucket` (bucket position is
 //            thread-order dependent); count[d] := -(j + 1) so that pass 3 can find the bucket from d.
-//   3 place  count[d] == 1: the only update at d stores its value (plain copy, the sole writer of out[d]);
+//   3 place  count[d] == 1: the only update at d stores 0 + its value (the sole writer of out[d]);
 //            count[d] < 0: the update claims a slot of its cell's bucket (slot order is thread-order dependent).
 //   4 rank   each bucket entry i counts the entries of its bucket smaller than i (its rank r) and writes itself
 //            to sorted[base + r]: the bucket sorted by update index, whatever order pass 3 filled it in.
@@ -26,8 +26,8 @@
 // Passes 2, 4 and 5 loop over device-side counts (meta[0] duplicate cells, meta[1] bucket slots), so no count
 // ever travels back to the host: no synchronisation.
 //
-// U: an unsigned type of the element's size (the copy kernels move bits; the plans pass same-size views).
-// V: the element type (pass 5 adds). A: the argmax type. I: the index type (int, or long long when M or O
+// U: an unsigned type of the element's size (the gather moves bits; the plan passes same-size views).
+// V: the element type (passes 3 and 5 add). A: the argmax type. I: the index type (int, or long long when M or O
 // reaches 2^31).
 #include "common.cuh"
 
@@ -83,20 +83,22 @@ unpool_scatter_alloc(I* __restrict__ count, I* __restrict__ meta, const I* __res
     }
 }
 
-// Pass 3. count[d] == 1: out[d] = values[i] (the only update at d). count[d] = -(j + 1): bucket[dup_start[j]++] = i.
-// After this pass dup_start[j] is one past the end of bucket j. total = M.
-template <typename U, typename A, typename I>
+// Pass 3. count[d] == 1: out[d] = 0 + values[i] (the only update at d; adding to zero as the scatter does, so
+// -0.0 becomes +0.0). count[d] = -(j + 1): bucket[dup_start[j]++] = i. Afterwards dup_start[j] is one past the
+// end of bucket j. total = M.
+template <typename V, typename A, typename I>
 __global__ void
-unpool_scatter_place(const U* __restrict__ values, const A* __restrict__ argmax, const I* __restrict__ count,
-                     I* __restrict__ dup_start, I* __restrict__ bucket, U* __restrict__ out, I total,
+unpool_scatter_place(const V* __restrict__ values, const A* __restrict__ argmax, const I* __restrict__ count,
+                     I* __restrict__ dup_start, I* __restrict__ bucket, V* __restrict__ out, I total,
                      I upd_batch, I out_batch, I out_total, int include_batch) {
     using namespace gpuconv;
+    typedef typename Accum<V>::type Acc;
     for (I i = grid_first<I>(); i < total; i = grid_step(i, total)) {
         I d;
         if (!argmax_dest(argmax, i, upd_batch, out_batch, out_total, include_batch, d)) continue;
         const I c = count[d];
         if (c == I(1)) {
-            out[d] = values[i];
+            out[d] = from_accum<V>(Acc(0) + to_accum(values[i]));
         } else {
             bucket[atomic_add_index(&dup_start[-c - I(1)], I(1))] = i;
         }

@@ -3,9 +3,9 @@
 argmax_scatter (max_unpool, max_pool_grad_with_argmax) is deterministic without float atomics: five
 grid-stride passes (count, alloc, place, rank, sum; see the comment at the top of kernels/unpool.cu) over
 scratch arrays that the kernel backend allocates from `scatter_scratch`. argmax_gather (max_unpool_grad) is one
-pass. Both move elements as bits where they only copy: the copy kernels are instantiated per element size
-(unsigned char ... unsigned long long) and bound to same-size views of the arrays; the summing pass is
-instantiated per dtype. avg_unpool runs the pooling family's gather kernel without the divisor
+pass; it only copies, so it is instantiated per element size (unsigned char ... unsigned long long) and bound
+to same-size views of the arrays; the scatter adds (even a lone update is added to zero, as the scatter_nd
+recipe does) and is instantiated per dtype. avg_unpool runs the pooling family's gather kernel without the divisor
 (pool_avg_bwd<V, I, false>: the adjoint of sum pooling).
 
 Plans are pure functions of the arrays' shapes and dtypes (plus the views they bind).
@@ -39,9 +39,8 @@ def _expressions() -> tuple[str, ...]:
         for at in _ARGMAX_TYPES:
             out.append(f"unpool_scatter_count<{at}, {it}>")
             out.append(f"unpool_scatter_rank<{at}, {it}>")
-            for size in sorted(BITS):
-                out.append(f"unpool_scatter_place<{BITS[size][0]}, {at}, {it}>")
-                out.append(f"unpool_gather<{BITS[size][0]}, {at}, {it}>")
+            out.extend(f"unpool_gather<{BITS[size][0]}, {at}, {it}>" for size in sorted(BITS))
+            out.extend(f"unpool_scatter_place<{ctype(dt)}, {at}, {it}>" for dt in VALUE_DTYPES)
         out.extend(f"unpool_scatter_sum<{ctype(dt)}, {it}>" for dt in VALUE_DTYPES)
     return tuple(out)
 
@@ -101,7 +100,6 @@ def argmax_scatter(values, argmax, out, scratch: dict, include_batch: bool) -> l
     i64 = needs_int64(values.shape, out.shape)
     s, it = index_scalar(i64), index_type(i64)
     at, vt = ctype(argmax.dtype), ctype(values.dtype)
-    ut = BITS[np.dtype(values.dtype).itemsize][0]
     batch = _batch_args(values.shape, out.shape, include_batch, s)
     sc = scratch
     grid_m, grid_dup = grid_for(m), grid_for(m // 2 + 1)
@@ -111,9 +109,8 @@ def argmax_scatter(values, argmax, out, scratch: dict, include_batch: bool) -> l
                    (argmax, sc["count"], sc["meta"], sc["dup_cells"], s(m)) + batch),
         LaunchPlan(FAMILY.name, _check(f"unpool_scatter_alloc<{it}>"), grid_dup, block, 0,
                    (sc["count"], sc["meta"], sc["dup_cells"], sc["dup_count"], sc["dup_start"])),
-        LaunchPlan(FAMILY.name, _check(f"unpool_scatter_place<{ut}, {at}, {it}>"), grid_m, block, 0,
-                   (bits_view(values), argmax, sc["count"], sc["dup_start"], sc["bucket"], bits_view(out), s(m))
-                   + batch),
+        LaunchPlan(FAMILY.name, _check(f"unpool_scatter_place<{vt}, {at}, {it}>"), grid_m, block, 0,
+                   (values, argmax, sc["count"], sc["dup_start"], sc["bucket"], out, s(m)) + batch),
         LaunchPlan(FAMILY.name, _check(f"unpool_scatter_rank<{at}, {it}>"), grid_m, block, 0,
                    (argmax, sc["count"], sc["meta"], sc["dup_count"], sc["dup_start"], sc["bucket"], sc["sorted"])
                    + batch),

@@ -1,0 +1,492 @@
+"""Pooling and unpooling kernels (kernels/pool.cu, kernels/unpool.cu) through the public API, against the NumPy
+backend, on every kernel backend (the emulator always; cuda where a GPU exists).
+
+Inputs are tiny (the emulator runs each CUDA thread as a fiber). Float inputs are tie-free unless a test is about
+ties; gradients are integer-valued so that every summation order gives the same bits, and max-pool results are
+selections, so most comparisons are exact. Where sums of arbitrary floats are compared, tolerances are per dtype.
+The scatter (max_unpool, max_pool_grad_with_argmax) is also checked bit-for-bit against np.add.at, which adds
+duplicates in increasing update order as the kernel promises, under several emulator thread orders.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gpuconv
+from conftest import to_backend, to_numpy
+
+FLOATS = tuple(np.dtype(t) for t in (np.float16, np.float32, np.float64))
+INTS = tuple(np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.int64))
+TOL = {np.dtype(np.float16): 2e-3, np.dtype(np.float32): 2e-6, np.dtype(np.float64): 1e-13}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# backends, thread orders, running a call
+# ---------------------------------------------------------------------------------------------------------
+@pytest.fixture(params=["forward", "reverse"])
+def backend(request, kernel_backend, monkeypatch):
+    """A kernel backend name; for the emulator, installed with the thread order of the param."""
+    order = request.param
+    if kernel_backend == "emulator":
+        _install_emulator(monkeypatch, order)
+    elif order != "forward":
+        pytest.skip("thread order is an emulator setting")
+    return kernel_backend
+
+
+def _install_emulator(monkeypatch, order: str, seed: int = 0) -> None:
+    from gpuconv import backend as B
+    from gpuconv.executors.emulator import EmulatorExecutor
+    from gpuconv.kernel_backend import KernelBackend
+    monkeypatch.setitem(B._instances, "emulator", KernelBackend(EmulatorExecutor(order=order, seed=seed)))
+
+
+def run(backend: str, fn, *args, **kwargs):
+    """fn(*args) on `backend`, NumPy arrays moved there and results moved back."""
+    args = tuple(to_backend(backend, a) if isinstance(a, np.ndarray) else a for a in args)
+    with gpuconv.use_backend(backend):
+        out = fn(*args, **kwargs)
+    return tuple(to_numpy(o) for o in out) if isinstance(out, tuple) else to_numpy(out)
+
+
+def oracle(fn, *args, **kwargs):
+    with gpuconv.use_backend("numpy"):
+        return fn(*args, **kwargs)
+
+
+def assert_same(got, want, dtype=None):
+    """Bit-exact equality for selections and integer-valued sums (NaN equals NaN); shapes and dtypes too."""
+    assert got.shape == want.shape and got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+
+
+def assert_close(got, want):
+    assert got.shape == want.shape and got.dtype == want.dtype
+    tol = TOL.get(got.dtype, 0)
+    np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=tol, atol=tol)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# inputs
+# ---------------------------------------------------------------------------------------------------------
+def distinct(shape, dtype, seed=0):
+    """Tie-free values (a permutation; exact in every dtype for the tiny sizes used here)."""
+    rng = np.random.default_rng(seed)
+    n = int(np.prod(shape))
+    v = rng.permutation(n) - n // 2
+    if np.dtype(dtype) in INTS:
+        info = np.iinfo(dtype)
+        v = np.mod(v, min(n, info.max - info.min)) + max(info.min, -(n // 2))
+        if len(np.unique(v)) != n:            # int8/uint8 with more than 256 cells: ties unavoidable
+            v = rng.integers(info.min, info.max, n, endpoint=True)
+    else:
+        v = v * 0.25
+    return np.asarray(v, dtype).reshape(shape)
+
+
+def small_ints(shape, dtype, lo=-3, hi=4, seed=1):
+    """Integer-valued data from a small range: many ties, and sums that are exact in every dtype."""
+    rng = np.random.default_rng(seed)
+    if np.dtype(dtype).kind == "u":
+        lo, hi = 0, hi - lo
+    return rng.integers(lo, hi, shape).astype(dtype)
+
+
+# Pooling cases: (nspatial, data_format, input shape in that format, ksize, strides, padding). Odd sizes,
+# overlapping and non-overlapping windows, SAME / VALID / explicit padding, 2-D and 3-D, both layouts.
+CASES = {
+    "2d-nhwc-k3s2-same": (2, "NHWC", (2, 7, 9, 3), 3, 2, "SAME"),
+    "2d-nchw-k23s12-valid": (2, "NCHW", (2, 3, 7, 9), (2, 3), (1, 2), "VALID"),
+    "2d-nhwc-k2s2-valid-odd": (2, "NHWC", (1, 9, 5, 4), 2, 2, "VALID"),
+    "2d-nhwc-k32s1-explicit": (2, "NHWC", (2, 5, 6, 2), (3, 2), 1, [[0, 0], [1, 2], [1, 0], [0, 0]]),
+    "2d-nchw-k3s3-same": (2, "NCHW", (1, 2, 8, 7), 3, 3, "SAME"),
+    "3d-ndhwc-k232s212-same": (3, "NDHWC", (1, 4, 5, 6, 3), (2, 3, 2), (2, 1, 2), "SAME"),
+    "3d-ncdhw-k2s1-valid": (3, "NCDHW", (2, 2, 3, 4, 3), 2, 1, "VALID"),
+    "3d-ndhwc-explicit": (3, "NDHWC", (1, 3, 4, 5, 2), (2, 2, 3), (1, 2, 2),
+                          [[0, 0], [1, 0], [0, 1], [2, 1], [0, 0]]),
+}
+CASE_IDS = list(CASES)
+
+MAX_POOL = {2: gpuconv.max_pool2d, 3: gpuconv.max_pool3d}
+AVG_POOL = {2: gpuconv.avg_pool2d, 3: gpuconv.avg_pool3d}
+MAX_GRAD = {2: gpuconv.max_pool_grad, 3: gpuconv.max_pool3d_grad}
+AVG_GRAD = {2: gpuconv.avg_pool_grad, 3: gpuconv.avg_pool3d_grad}
+
+
+def case(name):
+    nsp, fmt, shape, k, s, pad = CASES[name]
+    return nsp, dict(ksize=k, strides=s, padding=pad, data_format=fmt), shape
+
+
+# ---------------------------------------------------------------------------------------------------------
+# forward pooling
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", CASE_IDS)
+def test_max_pool_float32(backend, name):
+    nsp, kw, shape = case(name)
+    x = distinct(shape, np.float32)
+    assert_same(run(backend, MAX_POOL[nsp], x, **kw), oracle(MAX_POOL[nsp], x, **kw))
+
+
+@pytest.mark.parametrize("dtype", FLOATS + INTS, ids=str)
+@pytest.mark.parametrize("name", ["2d-nhwc-k3s2-same", "3d-ndhwc-explicit"])
+def test_max_pool_dtypes_with_ties(backend, name, dtype):
+    nsp, kw, shape = case(name)
+    x = small_ints(shape, dtype)
+    assert_same(run(backend, MAX_POOL[nsp], x, **kw), oracle(MAX_POOL[nsp], x, **kw))
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+@pytest.mark.parametrize("name", CASE_IDS)
+def test_avg_pool(backend, name, dtype):
+    nsp, kw, shape = case(name)
+    x = np.random.default_rng(3).uniform(-1, 1, shape).astype(dtype)
+    assert_close(run(backend, AVG_POOL[nsp], x, **kw), oracle(AVG_POOL[nsp], x, **kw))
+
+
+def test_avg_pool_counts_only_in_bounds_cells(backend):
+    # tf-semantics.md §4: 1..9 (3x3), k2 s2 SAME -> [[3, 4.5], [7.5, 9]]
+    x = np.arange(1, 10, dtype=np.float32).reshape(1, 3, 3, 1)
+    y = run(backend, gpuconv.avg_pool2d, x, 2, 2, "SAME")
+    np.testing.assert_array_equal(y[0, :, :, 0], [[3, 4.5], [7.5, 9]])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# max_pool_with_argmax: TF's index, include_batch, int32/int64, ties, padding, NaN, -inf
+# ---------------------------------------------------------------------------------------------------------
+ARGMAX_CASES = [n for n in CASE_IDS if CASES[n][1] == "NHWC"]
+
+
+@pytest.mark.parametrize("include_batch", [False, True])
+@pytest.mark.parametrize("output_dtype", ["int64", "int32"])
+@pytest.mark.parametrize("name", ARGMAX_CASES)
+def test_max_pool_with_argmax(backend, name, output_dtype, include_batch):
+    _, kw, shape = case(name)
+    kw.pop("data_format")
+    x = distinct(shape, np.float32, seed=5)
+    got = run(backend, gpuconv.max_pool_with_argmax, x, output_dtype=output_dtype,
+              include_batch_in_index=include_batch, **kw)
+    want = oracle(gpuconv.max_pool_with_argmax, x, output_dtype=output_dtype,
+                  include_batch_in_index=include_batch, **kw)
+    assert_same(got[0], want[0])
+    assert_same(got[1], want[1])
+    assert got[1].dtype == np.dtype(output_dtype)
+    # the index addresses the maximum itself
+    flat = x.reshape(-1) if include_batch else x.reshape(x.shape[0], -1)
+    picked = flat[got[1].reshape(-1)] if include_batch else np.take_along_axis(
+        flat, got[1].reshape(x.shape[0], -1), 1)
+    np.testing.assert_array_equal(picked.reshape(got[0].shape), got[0])
+
+
+@pytest.mark.parametrize("dtype", FLOATS + INTS, ids=str)
+def test_argmax_ties_go_to_the_first_cell(backend, dtype):
+    x = small_ints((2, 7, 6, 3), dtype, lo=0, hi=2)
+    for args in [(3, 2, "SAME"), ((2, 3), 1, "VALID")]:
+        got = run(backend, gpuconv.max_pool_with_argmax, x, *args, include_batch_in_index=True)
+        want = oracle(gpuconv.max_pool_with_argmax, x, *args, include_batch_in_index=True)
+        assert_same(got[0], want[0])
+        assert_same(got[1], want[1])
+    # all equal, 2x2/2 on 4x4: first cell of each window (tf-semantics.md §3)
+    ones = np.ones((1, 4, 4, 1), dtype)
+    _, argmax = run(backend, gpuconv.max_pool_with_argmax, ones, 2, 2, "VALID")
+    np.testing.assert_array_equal(argmax.reshape(-1), [0, 2, 8, 10])
+
+
+def test_argmax_never_selects_padding(backend):
+    # tf-semantics.md §3: 3x3 of -1..-9, k2 s2 SAME -> values [[-1,-3],[-7,-9]], argmax [[0,2],[6,8]]
+    x = -np.arange(1, 10, dtype=np.float32).reshape(1, 3, 3, 1)
+    y, argmax = run(backend, gpuconv.max_pool_with_argmax, x, 2, 2, "SAME")
+    np.testing.assert_array_equal(y[0, :, :, 0], [[-1, -3], [-7, -9]])
+    np.testing.assert_array_equal(argmax[0, :, :, 0], [[0, 2], [6, 8]])
+    # 5x5 arange k3 s2 SAME -> [[6,8,9],[16,18,19],[21,23,24]]
+    x = np.arange(25, dtype=np.float64).reshape(1, 5, 5, 1)
+    _, argmax = run(backend, gpuconv.max_pool_with_argmax, x, 3, 2, "SAME")
+    np.testing.assert_array_equal(argmax[0, :, :, 0], [[6, 8, 9], [16, 18, 19], [21, 23, 24]])
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+def test_nan_wins_only_as_first_cell(backend, dtype):
+    # windows 2x2/2 over a 2x4 image: [NaN, 1, 3, 2] -> NaN at cell 0; [1, NaN, 3, 2] -> 3
+    x = np.array([[np.nan, 1, 1, np.nan], [3, 2, 3, 2]], dtype).reshape(1, 2, 4, 1)
+    y, argmax = run(backend, gpuconv.max_pool_with_argmax, x, 2, 2, "VALID")
+    assert np.isnan(y[0, 0, 0, 0]) and argmax[0, 0, 0, 0] == 0
+    assert y[0, 0, 1, 0] == 3 and argmax[0, 0, 1, 0] == 6
+    assert_same(run(backend, gpuconv.max_pool2d, x, 2, 2, "VALID"), y)
+    # the gradient follows the same selection: the NaN cell gets its window's gradient
+    dy = np.array([[[[5], [7]]]], dtype)
+    dx = run(backend, gpuconv.max_pool_grad, x, y, dy, 2, 2, "VALID")
+    np.testing.assert_array_equal(dx.reshape(-1), [5, 0, 0, 0, 0, 0, 7, 0])
+    # random NaNs in first and later cells agree with the NumPy backend
+    x = distinct((2, 6, 7, 3), dtype, seed=7)
+    x[0, 0, 0, :] = np.nan          # first cell of window (0, 0)
+    x[1, 3, 4, 1] = np.nan          # some later cell
+    x[0, 5, 6, 2] = np.nan
+    for fn in (gpuconv.max_pool_with_argmax,):
+        got, want = run(backend, fn, x, 3, 2, "SAME"), oracle(fn, x, 3, 2, "SAME")
+        assert_same(got[0], want[0])
+        assert_same(got[1], want[1])
+    dy = small_ints(want[0].shape, dtype, seed=8)
+    assert_same(run(backend, gpuconv.max_pool_grad, x, want[0], dy, 3, 2, "SAME"),
+                oracle(gpuconv.max_pool_grad, x, want[0], dy, 3, 2, "SAME"))
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+def test_all_minus_inf_window_gives_its_first_cell(backend, dtype):
+    x = np.full((1, 4, 4, 2), -np.inf, dtype)
+    x[0, 2:, 2:, :] = 1
+    y, argmax = run(backend, gpuconv.max_pool_with_argmax, x, 2, 2, "VALID")
+    assert y[0, 0, 0, 0] == -np.inf and argmax[0, 0, 0, 0] == 0 and argmax[0, 0, 0, 1] == 1
+    assert argmax[0, 0, 1, 0] == (0 * 4 + 2) * 2
+    assert y[0, 1, 1, 0] == 1
+    assert_same(run(backend, gpuconv.max_pool3d, x[:, None], (1, 2, 2), (1, 2, 2), "VALID")[:, 0], y)
+
+
+@pytest.mark.parametrize("dtype", [np.dtype(np.int8), np.dtype(np.uint16), np.dtype(np.int64)], ids=str)
+def test_integer_extremes(backend, dtype):
+    info = np.iinfo(dtype)
+    x = np.full((1, 3, 3, 1), info.min, dtype)
+    x[0, 2, 2, 0] = info.max
+    y, argmax = run(backend, gpuconv.max_pool_with_argmax, x, 2, 1, "VALID")
+    np.testing.assert_array_equal(y[0, :, :, 0], [[info.min, info.min], [info.min, info.max]])
+    np.testing.assert_array_equal(argmax[0, :, :, 0], [[0, 1], [3, 8]])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# gradients and avg_unpool
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", CASE_IDS)
+def test_max_pool_grad(backend, name):
+    nsp, kw, shape = case(name)
+    x = distinct(shape, np.float32, seed=11)
+    y = oracle(MAX_POOL[nsp], x, **kw)
+    dy = small_ints(y.shape, np.float32, seed=12)
+    assert_same(run(backend, MAX_GRAD[nsp], x, y, dy, **kw), oracle(MAX_GRAD[nsp], x, y, dy, **kw))
+
+
+@pytest.mark.parametrize("dtype", FLOATS + INTS, ids=str)
+def test_max_pool_grad_dtypes_with_ties(backend, dtype):
+    for name in ("2d-nhwc-k3s2-same", "3d-ncdhw-k2s1-valid"):
+        nsp, kw, shape = case(name)
+        x = small_ints(shape, dtype, lo=0, hi=3)
+        y = oracle(MAX_POOL[nsp], x, **kw)
+        dy = small_ints(y.shape, dtype, seed=13)
+        assert_same(run(backend, MAX_GRAD[nsp], x, y, dy, **kw), oracle(MAX_GRAD[nsp], x, y, dy, **kw))
+
+
+def test_max_pool_grad_overlaps_add(backend):
+    # tf-semantics.md §4: all-ones 3x3, k2 s1 -> each window's first cell; centre max 9 -> 4 at the centre
+    x = np.ones((1, 3, 3, 1), np.float32)
+    dy = np.ones((1, 2, 2, 1), np.float32)
+    dx = run(backend, gpuconv.max_pool_grad, x, dy, dy, 2, 1, "VALID")
+    np.testing.assert_array_equal(dx[0, :, :, 0], [[1, 1, 0], [1, 1, 0], [0, 0, 0]])
+    x[0, 1, 1, 0] = 9
+    dx = run(backend, gpuconv.max_pool_grad, x, dy, dy, 2, 1, "VALID")
+    np.testing.assert_array_equal(dx[0, :, :, 0], [[0, 0, 0], [0, 4, 0], [0, 0, 0]])
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+@pytest.mark.parametrize("name", CASE_IDS)
+def test_avg_pool_grad(backend, name, dtype):
+    nsp, kw, shape = case(name)
+    y = oracle(AVG_POOL[nsp], np.zeros(shape, dtype), **kw)
+    dy = np.random.default_rng(14).uniform(-1, 1, y.shape).astype(dtype)
+    assert_close(run(backend, AVG_GRAD[nsp], shape, dy, **kw), oracle(AVG_GRAD[nsp], shape, dy, **kw))
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+@pytest.mark.parametrize("name", CASE_IDS)
+def test_avg_unpool(backend, name, dtype):
+    nsp, kw, shape = case(name)
+    y = oracle(AVG_POOL[nsp], np.zeros(shape, dtype), **kw)
+    u = np.random.default_rng(15).uniform(-1, 1, y.shape).astype(dtype)
+    assert_close(run(backend, gpuconv.avg_unpool, u, output_shape=shape, **kw),
+                 oracle(gpuconv.avg_unpool, u, output_shape=shape, **kw))
+
+
+def test_avg_pool_grad_spreads_by_count(backend):
+    # tf-semantics.md §4: k2 s2 SAME on 3x3, dy = 1 -> [[.25,.25,.5],[.25,.25,.5],[.5,.5,1]]
+    dx = run(backend, gpuconv.avg_pool_grad, (1, 3, 3, 1), np.ones((1, 2, 2, 1), np.float32), 2, 2, "SAME")
+    np.testing.assert_array_equal(dx[0, :, :, 0], [[.25, .25, .5], [.25, .25, .5], [.5, .5, 1]])
+    out = run(backend, gpuconv.avg_unpool, np.ones((1, 2, 2, 1), np.float64), 2, 1, "VALID", (3, 3))
+    np.testing.assert_array_equal(out[0, :, :, 0], [[1, 2, 1], [2, 4, 2], [1, 2, 1]])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# empty results
+# ---------------------------------------------------------------------------------------------------------
+def test_empty_results(backend):
+    x = distinct((1, 2, 3, 2), np.float32)                      # VALID window 3x3 larger than 2 rows
+    for fn in (gpuconv.max_pool2d, gpuconv.avg_pool2d):
+        assert run(backend, fn, x, 3, 1, "VALID").shape == (1, 0, 1, 2)
+    y, argmax = run(backend, gpuconv.max_pool_with_argmax, x, 3, 1, "VALID")
+    assert y.shape == argmax.shape == (1, 0, 1, 2)
+    dy = np.zeros((1, 0, 1, 2), np.float32)
+    for got in (run(backend, gpuconv.max_pool_grad, x, dy, dy, 3, 1, "VALID"),
+                run(backend, gpuconv.avg_pool_grad, x.shape, dy, 3, 1, "VALID"),
+                run(backend, gpuconv.avg_unpool, dy, 3, 1, "VALID", x.shape),
+                run(backend, gpuconv.max_pool_grad_with_argmax, x, dy, dy.astype(np.int64), 3, 1, "VALID")):
+        assert got.shape == x.shape and not got.any()
+    empty_batch = np.zeros((0, 4, 4, 3), np.float16)
+    assert run(backend, gpuconv.max_pool2d, empty_batch, 2, 2, "SAME").shape == (0, 2, 2, 3)
+    u, a = np.zeros((2, 0, 2, 3), np.float32), np.zeros((2, 0, 2, 3), np.int64)
+    out = run(backend, gpuconv.max_unpool, u, a, (2, 3, 4, 3))
+    assert out.shape == (2, 3, 4, 3) and not out.any()
+    assert run(backend, gpuconv.max_unpool_grad, np.ones((2, 3, 4, 3), np.float32), a).shape == a.shape
+
+
+# ---------------------------------------------------------------------------------------------------------
+# scatter (max_unpool, max_pool_grad_with_argmax) and gather (max_unpool_grad)
+# ---------------------------------------------------------------------------------------------------------
+def sequential_scatter(values, argmax, out_shape, include_batch):
+    """The kernel's promise, independently: zeros, then each update added in increasing update order
+    (np.add.at is unbuffered and sequential), in the accumulation dtype, rounded once."""
+    acc_dt = np.float32 if values.dtype == np.float16 else values.dtype
+    out = np.zeros(int(np.prod(out_shape)), acc_dt)
+    n = values.shape[0]
+    idx = argmax.reshape(n, -1).astype(np.int64)
+    if not include_batch:
+        idx = idx + (np.arange(n) * (out.size // n))[:, None]
+    np.add.at(out, idx.reshape(-1), values.reshape(-1).astype(acc_dt))
+    return out.astype(values.dtype).reshape(out_shape)
+
+
+def duplicate_heavy_argmax(updates_shape, out_shape, include_batch, dtype, seed=21):
+    """argmax with many repeated indices (cells hit 0, 1, 2, 3 and many times)."""
+    rng = np.random.default_rng(seed)
+    n = updates_shape[0]
+    limit = int(np.prod(out_shape)) // (1 if include_batch else n)
+    a = rng.integers(0, max(2, limit // 3), updates_shape)     # a third of the range: heavy duplication
+    a.reshape(-1)[:7] = limit - 1                              # one cell hit 7+ times, at the last index
+    return a.astype(dtype)
+
+
+SCATTER_CASES = {
+    "2d": ((2, 3, 4, 3), (2, 5, 7, 3)),
+    "3d": ((2, 2, 3, 2, 2), (2, 3, 5, 4, 2)),
+}
+
+
+SCATTER_DTYPES = FLOATS + tuple(np.dtype(t) for t in (np.int8, np.uint16, np.int64))
+
+
+@pytest.mark.parametrize("include_batch", [False, True])
+@pytest.mark.parametrize("index_dtype", [np.int64, np.int32], ids=["i64", "i32"])
+@pytest.mark.parametrize("dtype", SCATTER_DTYPES, ids=str)
+@pytest.mark.parametrize("name", list(SCATTER_CASES))
+def test_max_unpool_duplicates(backend, name, dtype, index_dtype, include_batch):
+    ushape, oshape = SCATTER_CASES[name]
+    a = duplicate_heavy_argmax(ushape, oshape, include_batch, index_dtype)
+    u = (small_ints(ushape, dtype, seed=22) if dtype in INTS
+         else np.random.default_rng(23).uniform(-1, 1, ushape).astype(dtype))
+    got = run(backend, gpuconv.max_unpool, u, a, oshape, include_batch_in_index=include_batch)
+    assert_same(got, sequential_scatter(u, a, oshape, include_batch))
+    want = oracle(gpuconv.max_unpool, u, a, oshape, include_batch_in_index=include_batch)
+    if dtype in INTS:
+        assert_same(got, want)
+    else:
+        assert_close(got, want)
+
+
+@pytest.mark.emulator
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=str)
+def test_scatter_is_independent_of_thread_order(monkeypatch, dtype):
+    ushape, oshape = (2, 4, 5, 3), (2, 6, 6, 3)
+    a = duplicate_heavy_argmax(ushape, oshape, False, np.int64, seed=31)
+    u = np.random.default_rng(32).standard_normal(ushape).astype(dtype)
+    results = []
+    for order, seed in [("forward", 0), ("reverse", 0), ("shuffle", 1), ("shuffle", 2)]:
+        _install_emulator(monkeypatch, order, seed)
+        results.append(run("emulator", gpuconv.max_unpool, u, a, oshape))
+    for r in results:
+        assert r.tobytes() == results[0].tobytes()
+    assert_same(results[0], sequential_scatter(u, a, oshape, False))
+
+
+@pytest.mark.parametrize("include_batch", [False, True])
+@pytest.mark.parametrize("dtype", [np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.int16)], ids=str)
+@pytest.mark.parametrize("name", ["2d-nhwc-k3s2-same", "2d-nhwc-k32s1-explicit", "2d-nhwc-k2s2-valid-odd"])
+def test_max_pool_grad_with_argmax(backend, name, dtype, include_batch):
+    _, kw, shape = case(name)
+    kw.pop("data_format")
+    x = distinct(shape, dtype, seed=41)
+    _, argmax = oracle(gpuconv.max_pool_with_argmax, x, include_batch_in_index=include_batch, **kw)
+    dy = small_ints(argmax.shape, dtype, seed=42)
+    got = run(backend, gpuconv.max_pool_grad_with_argmax, x, dy, argmax, include_batch_in_index=include_batch, **kw)
+    assert_same(got, oracle(gpuconv.max_pool_grad_with_argmax, x, dy, argmax,
+                            include_batch_in_index=include_batch, **kw))
+    # identity (tf-semantics.md §5): equals max_pool_grad, which recomputes the selection from x
+    y = oracle(gpuconv.max_pool2d, x, **kw)
+    assert_same(got, run(backend, gpuconv.max_pool_grad, x, y, dy, **kw))
+
+
+@pytest.mark.parametrize("include_batch", [False, True])
+@pytest.mark.parametrize("dtype", FLOATS + INTS, ids=str)
+@pytest.mark.parametrize("name", list(SCATTER_CASES))
+def test_max_unpool_grad(backend, name, dtype, include_batch):
+    ushape, oshape = SCATTER_CASES[name]
+    a = duplicate_heavy_argmax(ushape, oshape, include_batch, np.int32 if dtype == np.int8 else np.int64)
+    g = distinct(oshape, dtype, seed=51)
+    got = run(backend, gpuconv.max_unpool_grad, g, a, include_batch_in_index=include_batch)
+    assert_same(got, oracle(gpuconv.max_unpool_grad, g, a, include_batch_in_index=include_batch))
+
+
+def test_scatter_adds_to_zero(backend):
+    # a lone -0.0 lands as 0 + (-0.0) = +0.0, as in TF's scatter_nd recipe; NaN and inf pass through
+    u = np.array([-0.0, np.nan, np.inf, 2.0], np.float32).reshape(1, 1, 4, 1)
+    a = np.array([0, 1, 2, 3], np.int64).reshape(1, 1, 4, 1)
+    out = run(backend, gpuconv.max_unpool, u, a, (1, 2, 2, 1))
+    assert not np.signbit(out.reshape(-1)[0])
+    np.testing.assert_array_equal(out.reshape(-1), [0.0, np.nan, np.inf, 2.0])
+    assert not np.signbit(oracle(gpuconv.max_unpool, u, a, (1, 2, 2, 1)).reshape(-1)[0])
+
+
+def test_unpool_round_trip_segnet_style(backend):
+    # pool 2x2/2 with argmax, unpool with the original shape (odd sizes: no row scrambling), grad of unpool
+    x = distinct((2, 7, 5, 3), np.float32, seed=61) + 100       # no zero among the maxima
+    y, argmax = run(backend, gpuconv.max_pool_with_argmax, x, 2, 2, "SAME")
+    up = run(backend, gpuconv.max_unpool, y, argmax, (7, 5))
+    mask = up != 0
+    np.testing.assert_array_equal(up[mask], x[mask])
+    assert mask.sum() == y.size
+    assert_same(run(backend, gpuconv.max_unpool_grad, up, argmax), y)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# determinism: repeated calls are bit-identical
+# ---------------------------------------------------------------------------------------------------------
+def test_repeated_calls_are_bit_identical(backend):
+    rng = np.random.default_rng(71)
+    x = rng.standard_normal((2, 7, 6, 3)).astype(np.float32)
+    u = rng.standard_normal((2, 4, 3, 3)).astype(np.float32)
+    a = duplicate_heavy_argmax(u.shape, x.shape, True, np.int64, seed=72)
+    calls = [
+        lambda: run(backend, gpuconv.max_unpool, u, a, x.shape, include_batch_in_index=True),
+        lambda: run(backend, gpuconv.max_pool_grad, x, u, u, 3, 2, "SAME"),
+        lambda: run(backend, gpuconv.avg_pool_grad, x.shape, u, 3, 2, "SAME"),
+        lambda: run(backend, gpuconv.avg_unpool, u, 3, 2, "SAME", x.shape),
+        lambda: run(backend, gpuconv.avg_pool2d, x, 3, 2, "SAME"),
+    ]
+    for call in calls:
+        first = call()
+        for _ in range(2):
+            assert call().tobytes() == first.tobytes()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# GPU: CuPy arrays in, CuPy arrays out, through the default ("auto") backend
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+def test_cupy_arrays_through_auto_backend():
+    import cupy
+    x = distinct((2, 9, 8, 4), np.float32, seed=81)
+    xd = cupy.asarray(x)
+    y, argmax = gpuconv.max_pool_with_argmax(xd, 3, 2, "SAME")
+    assert isinstance(y, cupy.ndarray) and isinstance(argmax, cupy.ndarray)
+    want_y, want_a = oracle(gpuconv.max_pool_with_argmax, x, 3, 2, "SAME")
+    assert_same(y.get(), want_y)
+    assert_same(argmax.get(), want_a)
+    up = gpuconv.max_unpool(y, argmax, xd.shape)
+    assert isinstance(up, cupy.ndarray)
+    assert_same(up.get(), sequential_scatter(want_y, want_a, x.shape, False))
+    big = cupy.asarray(np.random.default_rng(82).standard_normal((4, 64, 64, 32)).astype(np.float32))
+    assert_close(gpuconv.avg_pool2d(big, 3, 2, "SAME").get(), oracle(gpuconv.avg_pool2d, big.get(), 3, 2, "SAME"))
