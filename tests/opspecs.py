@@ -414,7 +414,16 @@ POOL2D_CONFIGS = [
     PoolCfg((1, 2, 2, 1), 3, 1, "VALID", "NHWC", F32),                    # empty result
     PoolCfg((2, 7, 6, 3), (3, 2), (2, 3), "SAME", "NHWC", F32),
     PoolCfg((2, 5, 6, 2), (2, 3), 2, "SAME", "NHWC", F16),
+    PoolCfg((2, 1, 3, 1), 2, (1, 2), [(1, 1), (0, 1)], "NHWC", F32),    # found by test_properties (slow)
 ]
+# Configurations also run with ascending values (each window's maximum is its last in-bounds cell).
+ASCENDING_2D = [PoolCfg((2, 1, 3, 1), 2, (1, 2), [(1, 1), (0, 1)], "NHWC", F32),
+                PoolCfg((3, 2, 5, 2), 2, (1, 2), [(1, 1), (0, 1)], "NCHW", F64)]
+ASCENDING_3D = [PoolCfg((2, 2, 1, 3, 1), (1, 2, 2), (1, 1, 2), [(0, 0), (1, 1), (0, 1)], "NDHWC", F32)]
+
+
+def ascending(shape, dtype):
+    return np.arange(int(np.prod(shape))).reshape(shape).astype(dtype)
 POOL2D_INT_CONFIGS = [
     PoolCfg((2, 5, 5, 3), 3, 2, "SAME", "NHWC", np.dtype(np.int8)),
     PoolCfg((1, 6, 7, 2), 2, 1, "VALID", "NCHW", np.dtype(np.uint8)),
@@ -482,6 +491,11 @@ def _pool_samples(nsp, with_ints, nan_case=False):
             x = rand(rng, _user_layout(c.x, c.cl), c.dtype)
             out.append(Sample((x, c.ksize, c.strides, c.padding), dict(data_format=c.data_format), c.desc(),
                               exact=with_ints))
+        if with_ints:               # max pooling: ascending values too
+            for c in ASCENDING_2D if nsp == 2 else ASCENDING_3D:
+                x = ascending(_user_layout(c.x, c.cl), c.dtype)
+                out.append(Sample((x, c.ksize, c.strides, c.padding), dict(data_format=c.data_format),
+                                  c.desc() + "-ascending", exact=True))
         if nan_case and nsp == 2:
             for fmt in ("NHWC", "NCHW"):
                 out.append(Sample((_nan_input(rng, _cl(fmt)), 2, 2, "VALID"), dict(data_format=fmt),
@@ -502,6 +516,10 @@ def _argmax_samples(rng):
                           f"{c.desc()}-incl{int(include)}-{np.dtype(odt).name}", exact=True))
     # all-equal 4x4, k2 s2 -> 0, 2, 8, 10 (ties go to the first cell); NaN/-inf windows
     out.append(Sample((np.ones((2, 4, 4, 1), F32), 2, 2, "SAME"), dict(include_batch_in_index=True), "ties", True))
+    for c in ASCENDING_2D:
+        if c.cl:
+            out.append(Sample((ascending(c.x, c.dtype), c.ksize, c.strides, c.padding), {}, c.desc() + "-ascending",
+                              exact=True))
     out.append(Sample((_nan_input(rng, True), 2, 2, "VALID"), {}, "nan-windows", exact=True))
     return out
 
