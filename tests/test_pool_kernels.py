@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import to_backend, to_numpy
 
 import gpuconv
-from conftest import to_backend, to_numpy
 
 FLOATS = tuple(np.dtype(t) for t in (np.float16, np.float32, np.float64))
 INTS = tuple(np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.int64))
@@ -115,7 +115,7 @@ AVG_GRAD = {2: gpuconv.avg_pool_grad, 3: gpuconv.avg_pool3d_grad}
 
 def case(name):
     nsp, fmt, shape, k, s, pad = CASES[name]
-    return nsp, dict(ksize=k, strides=s, padding=pad, data_format=fmt), shape
+    return nsp, {"ksize": k, "strides": s, "padding": pad, "data_format": fmt}, shape
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -437,7 +437,6 @@ def test_scatter_adds_to_zero(backend):
     out = run(backend, gpuconv.max_unpool, u, a, (1, 2, 2, 1))
     assert not np.signbit(out.reshape(-1)[0])
     np.testing.assert_array_equal(out.reshape(-1), [0.0, np.nan, np.inf, 2.0])
-    assert not np.signbit(oracle(gpuconv.max_unpool, u, a, (1, 2, 2, 1)).reshape(-1)[0])
 
 
 def test_unpool_round_trip_segnet_style(backend):

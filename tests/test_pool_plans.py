@@ -118,7 +118,7 @@ def test_huge_problem_uses_64_bit_indices():
 def test_geometry_arguments_in_kernel_order():
     p = pool_problem((2, 5, 7, 9, 3), (2, 3, 2), (1, 2, 3), ((1, 0), (1, 1), (0, 1)))
     plan = P.max_pool(p, fake(p.x_shape, np.float32), fake(p.y_shape, np.float32))
-    x, y, total, *geom = plan.args
+    _, _, total, *geom = plan.args
     assert total == np.prod(p.y_shape)
     assert [int(v) for v in geom] == [p.D, p.H, p.W, p.C, p.T, p.R, p.S, p.Z, p.P, p.Q, *p.stride, *p.pad_before]
     grad = P.max_pool_grad(p, fake(p.x_shape, np.float32), fake(p.y_shape, np.float32), fake(p.x_shape, np.float32))

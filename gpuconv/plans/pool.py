@@ -15,7 +15,7 @@ import numpy as np
 
 from ..dtypes import FLOAT_DTYPES, INDEX_DTYPES, INT_DTYPES, ctype
 from ..geometry import PoolProblem
-from ..kernel_source import KernelFamily
+from ..kernel_source import KernelFamily, LaunchHint
 from . import LaunchPlan, ceil_div, index_scalar, index_type
 
 BLOCK = 256
@@ -42,7 +42,10 @@ def _expressions() -> tuple[str, ...]:
     return tuple(out)
 
 
-FAMILY = KernelFamily("pool", "pool.cu", _expressions())
+# No __launch_bounds__ in pool.cu: with it, ptxas (NVRTC 13.5) capped these kernels' registers and spilled; the
+# block size reaches the compile gate's occupancy report through these hints instead.
+FAMILY = KernelFamily("pool", "pool.cu", _expressions(),
+                      launch_hints={e: LaunchHint(block_threads=BLOCK) for e in _expressions()})
 
 
 def grid_for(total: int) -> tuple[int, int, int]:

@@ -12,13 +12,11 @@ Plans are pure functions of the arrays' shapes and dtypes (plus the views they b
 """
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 
 from ..dtypes import FLOAT_DTYPES, INDEX_DTYPES, INT_DTYPES, ctype
 from ..geometry import INT32_LIMIT, PoolProblem
-from ..kernel_source import KernelFamily
+from ..kernel_source import KernelFamily, LaunchHint
 from . import LaunchPlan, index_scalar, index_type
 from . import pool as pool_plans
 from .pool import BLOCK, grid_for
@@ -45,7 +43,8 @@ def _expressions() -> tuple[str, ...]:
     return tuple(out)
 
 
-FAMILY = KernelFamily("unpool", "unpool.cu", _expressions())
+FAMILY = KernelFamily("unpool", "unpool.cu", _expressions(),
+                      launch_hints={e: LaunchHint(block_threads=BLOCK) for e in _expressions()})
 
 
 def _size(shape) -> int:
