@@ -439,6 +439,28 @@ def test_scatter_adds_to_zero(backend):
     np.testing.assert_array_equal(out.reshape(-1), [0.0, np.nan, np.inf, 2.0])
 
 
+def test_kernels_guard_out_of_range_argmax(backend):
+    # The API rejects such indices; called directly, the canonical ops still never touch memory outside the
+    # output: the scatter skips bad updates and the gather reads 0 for them.
+    from gpuconv.backend import resolve
+    rng = np.random.default_rng(91)
+    v = rng.standard_normal((2, 1, 3, 4, 2)).astype(np.float32)
+    a = rng.integers(-5, 60, v.shape).astype(np.int64)
+    a[0, 0, 0, 0, 0], a[1, 0, 0, 0, 1] = 10**12, -(10**12)
+    with gpuconv.use_backend(backend):
+        be = resolve({"values": to_backend(backend, v)})
+        out = to_numpy(be.argmax_scatter(to_backend(backend, v), to_backend(backend, a), (2, 1, 4, 6, 2), False))
+        g = rng.standard_normal((2, 1, 4, 6, 2)).astype(np.float32)
+        got = to_numpy(be.argmax_gather(to_backend(backend, g), to_backend(backend, a), True))
+    ok = (a >= 0) & (a < 48)
+    want = np.zeros(96, np.float32)
+    np.add.at(want, (a + np.arange(2).reshape(2, 1, 1, 1, 1) * 48)[ok], v[ok])
+    np.testing.assert_array_equal(out.reshape(-1), want)
+    inside = (a >= 0) & (a < 96)
+    np.testing.assert_array_equal(got[inside], g.reshape(-1)[a[inside]])
+    assert not got[~inside].any()
+
+
 def test_unpool_round_trip_segnet_style(backend):
     # pool 2x2/2 with argmax, unpool with the original shape (odd sizes: no row scrambling), grad of unpool
     x = distinct((2, 7, 5, 3), np.float32, seed=61) + 100       # no zero among the maxima
