@@ -21,8 +21,9 @@ namespace gpuconv {
 // =========================================================================================================
 // One thread per output element y[n, z, p, q, k]. Output row = (n*Z + z)*P + p, one per block row:
 // row = blockIdx.z * gridDim.y + blockIdx.y (< N*Z*P); element j = q*K + k of the row = blockIdx.x * 256 +
-// threadIdx.x (< Q*K). Every index division is 32-bit (a 64-bit division is a called subroutine whose
-// register saves count as spills); only the offsets use Index.
+// threadIdx.x (< Q*K). Every index division is 32-bit (a 64-bit division is a called subroutine); only the
+// offsets use Index. The min-blocks hint 4 (<= 64 registers) matters: without one, NVRTC 13.5's ptxas
+// targeted 32 registers on sm_80 and spilled.
 //   y[n,z,p,q,k] = sum_{t,r,s} [cell in x] sum_{c < Cg} x[n, d, h, w, g*Cg + c] * w[t, r, s, c, k]
 //   d = z*sd - pd + t*dd, h = p*sh - ph + r*dh, w = q*sw - pw + s*dw, g = k / Kg.
 // Consecutive threads take consecutive k: coalesced filter reads and output writes; the input cell is a
@@ -231,11 +232,13 @@ struct FpropFilterTileIterator {
 // keep the transposing stores conflict free) and B. V = 4 (float, half) or 2 (double) loads V channels of
 // x and V output channels of w per instruction and stores y V at a time; it needs Cg % V == 0,
 // Kg % V == 0 and V-element aligned tensors. V = 1 runs any problem.
+// Launch bounds: an 8 x 8 thread tile (64 accumulators) needs ~140-170 registers -> 1 block per SM (8 warps,
+// latency hidden by the 64 independent FMAs per k step, as in CUTLASS's SIMT 128x128_8x2); smaller thread
+// tiles ask for 2 blocks per SM (<= 128 registers).
 template <typename Element, typename Index, int BM, int BN, int BK, int TM, int TN, int V>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN), (TM * TN >= 64 ? 1 : 2)) conv_fprop_tiled(const Element* __restrict__ x,
-                                                                         const Element* __restrict__ w,
-                                                                         Element* __restrict__ y,
-                                                                         GPUCONV_CONV_PROBLEM_PARAMS(Index)) {
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), (TM * TN >= 64 ? 1 : 2))
+    conv_fprop_tiled(const Element* __restrict__ x, const Element* __restrict__ w, Element* __restrict__ y,
+                     GPUCONV_CONV_PROBLEM_PARAMS(Index)) {
     typedef typename Accum<Element>::type Acc;
     constexpr int kThreadsM = BM / TM, kThreadsN = BN / TN, kThreads = kThreadsM * kThreadsN;
     constexpr int kLanesN = kThreadsN < 8 ? kThreadsN : 8, kLanesM = 32 / kLanesN;
