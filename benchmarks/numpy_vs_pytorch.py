@@ -6,7 +6,7 @@ torch.nn.functional.conv2d on channels_last tensors, torch.nn.grad.conv2d_input 
 F.max_pool2d(return_indices=True) and F.max_unpool2d.
 
 Timing: per case, `warmup` untimed calls then `repeats` timed calls of one library, a pause, then the other
-library; the median is reported. Each library's worker threads spin for a while after a call (OpenBLAS
+library; the median is reported (the minimum too: on a shared machine it is the least disturbed call). Each library's worker threads spin for a while after a call (OpenBLAS
 pthreads, OpenMP); timing the two in blocks with a pause keeps one library's spinning threads from stealing
 the cores the other is measured on. Ratio = torch time / gpuconv time (gpuconv's throughput relative to
 PyTorch: > 1 means gpuconv is faster).
@@ -15,7 +15,12 @@ Padding: TF's SAME pads stride-2 layers asymmetrically (the odd cell after); PyT
 padding only, so torch runs with k//2 on both sides, which gives the same output size and the same work.
 Stride-1 fprop outputs are checked to agree before timing.
 
-Usage: python benchmarks/numpy_vs_pytorch.py [--n 8] [--seg-n 4] [--repeats 5] [--only NAME,...]
+numpy's OpenBLAS chooses its kernels when it loads; on CPUs it does not recognise (e.g. AMD family 26) it falls
+back to AVX2 "Haswell" kernels. OPENBLAS_CORETYPE=SkylakeX (set before Python starts) selects the AVX-512 ones;
+each configuration is recorded as its own run.
+
+Usage: [OPENBLAS_CORETYPE=SkylakeX] python benchmarks/numpy_vs_pytorch.py [--n 8] [--seg-n 4] [--repeats 5]
+       [--only NAME,...]
 Writes benchmarks/results/cpu_numpy_vs_pytorch.{json,md}. Not a test.
 """
 from __future__ import annotations
@@ -43,6 +48,24 @@ from gpuconv.bench.layers import RESNET50, SEGNET  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 
 
+def openblas_core() -> str:
+    """The kernel set numpy's OpenBLAS picked at load time (e.g. 'Haswell' = AVX2, 'SkylakeX' = AVX-512)."""
+    import ctypes
+    import glob
+    libdir = Path(np.__file__).resolve().parent.parent / "numpy.libs"
+    for path in glob.glob(str(libdir / "*openblas*")):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename", "openblas_get_corename"):
+            if hasattr(lib, name):
+                fn = getattr(lib, name)
+                fn.restype = ctypes.c_char_p
+                return fn().decode()
+    return "unknown"
+
+
 def machine() -> dict:
     """CPU model, cores, load, library versions and BLAS of this run."""
     import torch
@@ -63,26 +86,27 @@ def machine() -> dict:
     return {
         "cpu": model, "cpu_count": os.cpu_count(), "platform": platform.platform(),
         "python": platform.python_version(), "numpy": np.__version__, "numpy_blas": blas,
+        "openblas_core": openblas_core(), "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "torch_parallel": torch.__config__.parallel_info().splitlines()[:6],
     }
 
 
-def median_ms(fn, warmup: int, repeats: int) -> float:
+def times_ms(fn, warmup: int, repeats: int) -> list:
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+        times.append(1e3 * (time.perf_counter() - t0))
+    return times
 
 
-def pair(ours, theirs, warmup: int, repeats: int, pause: float) -> tuple[float, float]:
-    a = median_ms(ours, warmup, repeats)
+def pair(ours, theirs, warmup: int, repeats: int, pause: float) -> tuple[list, list]:
+    a = times_ms(ours, warmup, repeats)
     time.sleep(pause)
-    b = median_ms(theirs, warmup, repeats)
+    b = times_ms(theirs, warmup, repeats)
     time.sleep(pause)
     return a, b
 
@@ -141,25 +165,37 @@ def pool_cases(n: int, only):
             partial(F.max_unpool2d, vt, it, k, s, output_size=size)
 
 
-def markdown(rows, info, summary, cfg) -> str:
+def run_label(info: dict) -> str:
+    env = info.get("OPENBLAS_CORETYPE")
+    return f"OPENBLAS_CORETYPE={env}" if env else "default"
+
+
+def markdown(runs: list) -> str:
+    """All recorded runs (one per OpenBLAS configuration), each with its machine line, table and summary."""
     lines = ["# gpuconv NumPy backend vs PyTorch CPU", "",
-             f"Run {info['date']}: {info['cpu']}, {info['cpu_count']} cores; numpy {info['numpy']} "
-             f"({info['numpy_blas']}); torch {info['torch']} ({info['torch_threads']} threads); "
-             f"python {info['python']}.",
-             f"Load average before / after the run: {info['load_before']} / {info['load_after']} "
-             "(the machine is shared; other jobs run at the same time).",
-             f"ResNet-50 convs at N={cfg['n']} float32 NHWC/channels_last; SegNet pooling at N={cfg['seg_n']}. "
-             f"Median of {cfg['repeats']} calls after {cfg['warmup']} warm-up call(s), libraries timed in "
-             "separate blocks.", "",
-             "| layer | op | gpuconv ms | torch ms | ratio (torch/gpuconv) | gpuconv GF/s |",
-             "|---|---|---:|---:|---:|---:|"]
-    for r in rows:
-        gf = f"{r['flops'] / r['gpuconv_ms'] / 1e6:.0f}" if r["flops"] else ""
-        lines.append(f"| {r['layer']} | {r['op']} | {r['gpuconv_ms']:.1f} | {r['torch_ms']:.1f} | "
-                     f"{r['ratio']:.2f} | {gf} |")
-    lines += ["", f"Median ratio {summary['median_ratio']:.2f}, minimum {summary['min_ratio']:.2f} "
-              f"({summary['min_case']}), geometric mean {summary['geomean_ratio']:.2f} over "
-              f"{summary['cases']} cases.", ""]
+             "Ratio = torch time / gpuconv time (gpuconv's throughput relative to PyTorch; > 1: gpuconv faster). "
+             "Written by benchmarks/numpy_vs_pytorch.py; one section per numpy OpenBLAS configuration.", ""]
+    for run in runs:
+        info, cfg, summary, rows = run["machine"], run["config"], run["summary"], run["results"]
+        lines += [f"## {run['label']} (OpenBLAS kernels: {info['openblas_core']})", "",
+                  f"Run {info['date']}: {info['cpu']}, {info['cpu_count']} cores; numpy {info['numpy']} "
+                  f"({info['numpy_blas']}); torch {info['torch']} ({info['torch_threads']} threads); "
+                  f"python {info['python']}.",
+                  f"Load average before / after: {info['load_before']} / {info['load_after']} "
+                  "(shared machine: other jobs ran at the same time).",
+                  f"ResNet-50 convs at N={cfg['n']} float32 NHWC/channels_last; SegNet pooling at N={cfg['seg_n']}. "
+                  f"Median of {cfg['repeats']} calls after {cfg['warmup']} warm-up call(s), libraries timed in "
+                  "separate blocks.", "",
+                  "| layer | op | gpuconv ms | torch ms | ratio (torch/gpuconv) | ratio of minima | gpuconv GF/s |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            gf = f"{r['flops'] / r['gpuconv_ms'] / 1e6:.0f}" if r["flops"] else ""
+            lines.append(f"| {r['layer']} | {r['op']} | {r['gpuconv_ms']:.1f} | {r['torch_ms']:.1f} | "
+                         f"{r['ratio']:.2f} | {r['min_ratio']:.2f} | {gf} |")
+        lines += ["", f"Median ratio {summary['median_ratio']:.2f}, minimum {summary['min_ratio']:.2f} "
+                  f"({summary['min_case']}), geometric mean {summary['geomean_ratio']:.2f} over "
+                  f"{summary['cases']} cases; median of the per-case ratios of minimum times "
+                  f"{summary['median_ratio_of_minima']:.2f}.", ""]
     return "\n".join(lines)
 
 
@@ -183,25 +219,34 @@ def main(argv=None) -> int:
     cfg = {"n": args.n, "seg_n": args.seg_n, "repeats": args.repeats, "warmup": args.warmup, "dtype": "float32"}
 
     rows = []
-    print("| layer | op | gpuconv ms | torch ms | ratio (torch/gpuconv) |\n|---|---|---:|---:|---:|", flush=True)
+    print("| layer | op | gpuconv ms | torch ms | ratio (torch/gpuconv) | ratio of minima |\n"
+          "|---|---|---:|---:|---:|---:|", flush=True)
     cases = itertools.chain(conv_cases(args.n, only), pool_cases(args.seg_n, only))   # lazily: one layer's data at a time
     for name, op, flops, ours, theirs in cases:
-        a, b = pair(ours, theirs, args.warmup, args.repeats, args.pause)
-        rows.append({"layer": name, "op": op, "flops": flops, "gpuconv_ms": a, "torch_ms": b, "ratio": b / a})
-        print(f"| {name} | {op} | {a:.1f} | {b:.1f} | {b / a:.2f} |", flush=True)
+        ta, tb = pair(ours, theirs, args.warmup, args.repeats, args.pause)
+        a, b = statistics.median(ta), statistics.median(tb)
+        rows.append({"layer": name, "op": op, "flops": flops, "gpuconv_ms": a, "torch_ms": b, "ratio": b / a,
+                     "gpuconv_min_ms": min(ta), "torch_min_ms": min(tb), "min_ratio": min(tb) / min(ta),
+                     "gpuconv_all_ms": ta, "torch_all_ms": tb})
+        print(f"| {name} | {op} | {a:.1f} | {b:.1f} | {b / a:.2f} | {min(tb) / min(ta):.2f} |", flush=True)
     info["load_after"] = [round(v, 2) for v in os.getloadavg()]
     ratios = [r["ratio"] for r in rows]
     worst = min(rows, key=lambda r: r["ratio"])
     summary = {"cases": len(rows), "median_ratio": statistics.median(ratios), "min_ratio": worst["ratio"],
                "min_case": f"{worst['layer']} {worst['op']}",
-               "geomean_ratio": float(np.exp(np.mean(np.log(ratios))))}
+               "geomean_ratio": float(np.exp(np.mean(np.log(ratios)))),
+               "median_ratio_of_minima": statistics.median(r["min_ratio"] for r in rows)}
     print(f"\nmedian ratio {summary['median_ratio']:.2f}, min {summary['min_ratio']:.2f} ({summary['min_case']}), "
           f"geomean {summary['geomean_ratio']:.2f}; load {info['load_before']} -> {info['load_after']}")
     if not args.no_write:
+        # One run per OpenBLAS configuration: this run replaces an earlier one with the same label.
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "cpu_numpy_vs_pytorch.json").write_text(
-            json.dumps({"machine": info, "config": cfg, "summary": summary, "results": rows}, indent=1))
-        (RESULTS / "cpu_numpy_vs_pytorch.md").write_text(markdown(rows, info, summary, cfg))
+        path = RESULTS / "cpu_numpy_vs_pytorch.json"
+        runs = json.loads(path.read_text()).get("runs", []) if path.exists() else []
+        run = {"label": run_label(info), "machine": info, "config": cfg, "summary": summary, "results": rows}
+        runs = [r for r in runs if r.get("label") != run["label"]] + [run]
+        path.write_text(json.dumps({"runs": runs}, indent=1))
+        (RESULTS / "cpu_numpy_vs_pytorch.md").write_text(markdown(runs))
     return 0
 
 
