@@ -16,6 +16,11 @@ from typing import Iterator, Sequence
 # Upper bound for any scratch array of the NumPy backend (column buffers, masks, accumulators).
 SCRATCH_BYTES = 32 * 2**20
 
+# Pooling sweeps make several passes over their box-shaped scratch per tap; boxes about this size stay in
+# cache and touch fewer fresh pages (measured on the CPU box: 2x2 argmax pooling of 4x360x480x64 floats
+# 198 ms with 32 MiB boxes, 143 ms with 4 MiB ones, on a loaded machine).
+POOL_BOX_BYTES = 4 * 2**20
+
 
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)

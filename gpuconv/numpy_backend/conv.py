@@ -7,10 +7,15 @@ materialised) and multiplies it by a per-group weight matrix:
     dgrad: split into stride phases: dx[phase::stride] is a stride-1 gather over dy with the taps k for which
            (phase + pad_before - k*dilation) is a multiple of the stride, offset = that multiple / stride, weights
            w[tap]^T (K/G, C/G). No multiply touches an inserted zero and no output cell is written twice.
-    wgrad: dw = sum over boxes of cols(x)^T @ dy_box (the fprop columns).
+           When C/G is well below K/G (a 3-channel first layer) dgrad is GEMM + col2im instead: dcol = dy @ w^T
+           for all taps, each tap's block added to its strided slice of dx (_dgrad_scatter; no np.add.at).
+    wgrad: dw = sum over boxes of cols(x)^T @ dy_box (the fprop columns), boxes added in a fixed order.
 Column blocks are bounded by _window.SCRATCH_BYTES (boxes over batch, then depth, rows, columns). A 1x1, stride-1,
-unpadded tap reads src as it is, so that case is a plain GEMM with no copy. float16 is converted to float32 block
-by block and rounded once on output; float32 and float64 run in their own precision (sgemm / dgemm).
+unpadded tap reads src as it is, so that case is a plain GEMM with no copy. Copies move long contiguous pieces:
+taps that read consecutive input columns are copied as one run (C*S values per output), and with fewer than
+_FEW_CHANNELS channels the block is stored transposed (one output row per copy). GEMMs go through _gemm, which
+picks the call shape OpenBLAS runs fast. float16 is converted to float32 block by block and rounded once on
+output; float32 and float64 run in their own precision (sgemm / dgemm).
 """
 from __future__ import annotations
 

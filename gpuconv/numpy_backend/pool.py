@@ -9,7 +9,9 @@ float16) within _window.SCRATCH_BYTES, except that a float16 gradient box is nev
 Max scan rule (TF's MaxPoolWithArgmax on CPU): row-major over the window, the first in-bounds cell seeds the
 maximum and a later cell replaces it only if strictly greater. Processing the taps in row-major order with a
 strict `>` and seeding from the first in-bounds cell gives exactly that: ties keep the first cell, a NaN wins
-only as the first cell, and a NaN later in the window is never selected.
+only as the first cell, and a NaN later in the window is never selected. The replacement is a bitwise select
+through an all-ones/zero mask of the value's width (compare, then xor/and/xor), which is exact for every dtype
+(signed zeros, NaN payloads) and an order of magnitude faster than np.copyto(where=) or np.where.
 """
 from __future__ import annotations
 
@@ -25,6 +27,11 @@ from ._window import box_shape, boxes, tap_range
 # Values per argmax_scatter chunk: small enough that integer sums in float64 stay exact (< 2^52 for
 # |v| < 2^31) and the float64 chunk accumulator stays within the scratch budget.
 _SCATTER_CHUNK = 2**20
+
+
+def _pool_boxes(p: PoolProblem, unit: int):
+    """Output boxes of a pooling sweep: cache-sized (POOL_BOX_BYTES), never above the scratch budget."""
+    return boxes(p.y_shape[:4], unit, min(_window.SCRATCH_BYTES, _window.POOL_BOX_BYTES))
 
 
 def _taps(p: PoolProblem):
@@ -156,7 +163,7 @@ def max_pool(x: np.ndarray, p: PoolProblem) -> np.ndarray:
     if y.size == 0:
         return y
     scratch = _select_scratch(x.dtype)
-    for box in boxes(p.y_shape[:4], scratch.unit(p.C) + p.C * x.itemsize):
+    for box in _pool_boxes(p, scratch.unit(p.C) + p.C * x.itemsize):
         _select(x, p, box, y[box], scratch.get(box_shape(box) + (p.C,)), False)
     return y
 
@@ -176,7 +183,7 @@ def max_pool_argmax(x: np.ndarray, p: PoolProblem, index_dtype, include_batch: b
     # Flat offset of each tap relative to the window origin.
     toff = np.array([((t * p.H + r) * p.W + s) * p.C for t, r, s in _taps(p)], index_dtype)
     per_batch = p.D * p.H * p.W * p.C
-    for box in boxes(p.y_shape[:4], scratch.unit(p.C) + p.C * x.itemsize):
+    for box in _pool_boxes(p, scratch.unit(p.C) + p.C * x.itemsize):
         sc = scratch.get(box_shape(box) + (p.C,))
         tap_id = sc["tap"]
         _select(x, p, box, y[box], sc, True)
@@ -209,7 +216,7 @@ def _scatter_boxes(p: PoolProblem, dtype: np.dtype, unit: int):
         n_step = max(1, _window.SCRATCH_BYTES // per_item)
         return [(slice(n, min(n + n_step, p.N)), slice(0, p.Z), slice(0, p.P), slice(0, p.Q))
                 for n in range(0, p.N, n_step)], True
-    return list(boxes(p.y_shape[:4], unit)), False
+    return list(_pool_boxes(p, unit)), False
 
 
 def _scatter_taps(p: PoolProblem, box, dx: np.ndarray, acc, g: np.ndarray, sc) -> None:
@@ -280,7 +287,7 @@ def avg_pool(x: np.ndarray, p: PoolProblem) -> np.ndarray:
         return y
     acc_dt = accumulator_dtype(x.dtype)
     convert = acc_dt != x.dtype
-    for box in boxes(p.y_shape[:4], p.C * (acc_dt.itemsize if convert else 0)):
+    for box in _pool_boxes(p, p.C * acc_dt.itemsize):     # cache-sized even without scratch
         shape = box_shape(box) + (p.C,)
         acc = np.zeros(shape, acc_dt) if convert else y[box]
         if not convert:
