@@ -9,8 +9,14 @@
 namespace gpuconv {
 
 // ---- accumulation type: float16 accumulates in float32, everything else in itself -------------------------
+// Signed integers sum in the unsigned type of the same width: overflow then wraps modulo 2^bits, as NumPy's
+// integer sums do, instead of being undefined behaviour (the cast back is modular on every CUDA compiler).
 template <typename T> struct Accum { typedef T type; };
 template <> struct Accum<__half> { typedef float type; };
+template <> struct Accum<signed char> { typedef unsigned char type; };
+template <> struct Accum<short> { typedef unsigned short type; };
+template <> struct Accum<int> { typedef unsigned int type; };
+template <> struct Accum<long long> { typedef unsigned long long type; };
 
 template <typename T> __device__ __forceinline__ typename Accum<T>::type to_accum(T v) { return v; }
 template <> __device__ __forceinline__ float to_accum<__half>(__half v) { return __half2float(v); }
@@ -22,7 +28,10 @@ template <> __device__ __forceinline__ __half from_accum<__half>(float v) { retu
 // The first in-bounds cell seeds the maximum; a later cell replaces it only if strictly greater. A NaN
 // compares false, so it wins only as the first cell, and ties go to the first cell (TF's CPU rule).
 template <typename T> __device__ __forceinline__ bool replaces(T candidate, T current) {
-    return to_accum(candidate) > to_accum(current);
+    return candidate > current;
+}
+template <> __device__ __forceinline__ bool replaces<__half>(__half candidate, __half current) {
+    return __half2float(candidate) > __half2float(current);
 }
 
 }  // namespace gpuconv

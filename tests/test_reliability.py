@@ -171,3 +171,15 @@ def test_emulator_compile_cache_is_safe_under_concurrent_first_use(tmp_path, mon
     assert len(out) == 4
     for o in out:
         np.testing.assert_array_equal(o, expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_integer_gradient_sums_wrap_like_numpy(backend):
+    """An int32 cell chosen by two overlapping windows sums past 2^31: wraps modulo 2^32 on every backend."""
+    x = np.zeros((1, 1, 3, 1), np.int32)
+    x[0, 0, 1, 0] = 9                       # the middle cell is the max of both 2-wide windows (stride 1)
+    dy = np.full((1, 1, 2, 1), 2**31 - 1, np.int32)
+    with gc.use_backend(backend):
+        dx = gc.max_pool_grad(x, gc.max_pool2d(x, (1, 2), 1, "VALID"), dy, (1, 2), 1, "VALID")
+    expected = np.array([0, np.int32(-2), 0], np.int32)   # (2^31 - 1) * 2 = 2^32 - 2 -> -2 in int32
+    np.testing.assert_array_equal(dx.reshape(-1), expected)

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -302,8 +303,13 @@ def _build(src: _Source, sanitize: bool) -> Path:
         return so
 
 
+# A build younger than this is never pruned: another process may have built it and not loaded it yet.
+PRUNE_MIN_AGE_S = 600
+
+
 def _prune(out_dir: Path, family: str, sanitize: bool) -> None:
-    """Deletes all but the KEEP_BUILDS newest libraries of a family and mode (a loaded one stays mapped)."""
+    """Deletes all but the KEEP_BUILDS newest libraries of a family and mode (a loaded one stays mapped),
+    sparing recent builds that a concurrent process may be about to load."""
     pattern = re.compile(re.escape(family) + r"-[0-9a-f]{20}" + ("-asan" if sanitize else "") + r"\.so")
     builds = []
     for p in out_dir.glob(f"{family}-*.so"):
@@ -312,7 +318,10 @@ def _prune(out_dir: Path, family: str, sanitize: bool) -> None:
                 builds.append((p.stat().st_mtime, p))
         except FileNotFoundError:   # pruned by another process
             continue
-    for _, p in sorted(builds, reverse=True)[KEEP_BUILDS:]:
+    now = time.time()
+    for mtime, p in sorted(builds, reverse=True)[KEEP_BUILDS:]:
+        if now - mtime < PRUNE_MIN_AGE_S:
+            continue
         for stale in (p, p.with_suffix(".json")):
             stale.unlink(missing_ok=True)
 
