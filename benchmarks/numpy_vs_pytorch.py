@@ -5,11 +5,11 @@ channels_last) and the SegNet pooling ladder (2x2/2 max_pool_with_argmax and max
 torch.nn.functional.conv2d on channels_last tensors, torch.nn.grad.conv2d_input / conv2d_weight,
 F.max_pool2d(return_indices=True) and F.max_unpool2d.
 
-Timing: per case, `warmup` untimed calls then `repeats` timed calls of one library, a pause, then the other
-library; the median is reported (the minimum too: on a shared machine it is the least disturbed call). Each library's worker threads spin for a while after a call (OpenBLAS
-pthreads, OpenMP); timing the two in blocks with a pause keeps one library's spinning threads from stealing
-the cores the other is measured on. Ratio = torch time / gpuconv time (gpuconv's throughput relative to
-PyTorch: > 1 means gpuconv is faster).
+Timing: per case, `warmup` untimed calls of each library, then `repeats` timed calls alternating between the
+libraries, so both see the same background load on a shared machine; the median is reported (the minimum too:
+the least disturbed call). Each library's worker threads spin for a while after a call (OpenBLAS pthreads,
+OpenMP), so every call is followed by a pause that keeps them off the cores the other library is timed on.
+Ratio = torch time / gpuconv time (gpuconv's throughput relative to PyTorch: > 1 means gpuconv is faster).
 
 Padding: TF's SAME pads stride-2 layers asymmetrically (the odd cell after); PyTorch's conv2d takes symmetric
 padding only, so torch runs with k//2 on both sides, which gives the same output size and the same work.
@@ -92,22 +92,24 @@ def machine() -> dict:
     }
 
 
-def times_ms(fn, warmup: int, repeats: int) -> list:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(1e3 * (time.perf_counter() - t0))
-    return times
+def timed_ms(fn, pause: float) -> float:
+    t0 = time.perf_counter()
+    fn()
+    dt = 1e3 * (time.perf_counter() - t0)
+    time.sleep(pause)
+    return dt
 
 
 def pair(ours, theirs, warmup: int, repeats: int, pause: float) -> tuple[list, list]:
-    a = times_ms(ours, warmup, repeats)
-    time.sleep(pause)
-    b = times_ms(theirs, warmup, repeats)
-    time.sleep(pause)
+    """Per-call times of both libraries, interleaved call by call so that both see the same background load,
+    with a pause after every call so that neither library's spinning worker threads overlap the other's call."""
+    for _ in range(warmup):
+        timed_ms(ours, pause)
+        timed_ms(theirs, pause)
+    a, b = [], []
+    for _ in range(repeats):
+        a.append(timed_ms(ours, pause))
+        b.append(timed_ms(theirs, pause))
     return a, b
 
 
@@ -184,8 +186,8 @@ def markdown(runs: list) -> str:
                   f"Load average before / after: {info['load_before']} / {info['load_after']} "
                   "(shared machine: other jobs ran at the same time).",
                   f"ResNet-50 convs at N={cfg['n']} float32 NHWC/channels_last; SegNet pooling at N={cfg['seg_n']}. "
-                  f"Median of {cfg['repeats']} calls after {cfg['warmup']} warm-up call(s), libraries timed in "
-                  "separate blocks.", "",
+                  f"Median of {cfg['repeats']} calls after {cfg['warmup']} warm-up call(s), the libraries' calls "
+                  "interleaved, each followed by a short pause.", "",
                   "| layer | op | gpuconv ms | torch ms | ratio (torch/gpuconv) | ratio of minima | gpuconv GF/s |",
                   "|---|---|---:|---:|---:|---:|---:|"]
         for r in rows:
@@ -203,9 +205,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=8, help="batch of the ResNet-50 convs")
     ap.add_argument("--seg-n", type=int, default=4, help="batch of the SegNet pooling layers")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--pause", type=float, default=0.3, help="seconds between the two libraries' blocks")
+    ap.add_argument("--pause", type=float, default=0.15, help="seconds of pause after every timed call")
     ap.add_argument("--only", default="", help="comma-separated layer names")
     ap.add_argument("--no-write", action="store_true", help="print only, do not write results/")
     args = ap.parse_args(argv)

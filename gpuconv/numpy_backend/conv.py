@@ -173,9 +173,10 @@ def _gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nda
     2304x256: 56 ms vs 243 ms). The transposed form costs one extra copy of the (small) output.
     """
     m, n = a.shape[-2], b.shape[-1]
-    if a.ndim == 2 and m > 2 * _ROW_BLOCK and a.shape[1] <= 256 and n <= 256:
+    if a.ndim == 2 and a.flags.c_contiguous and m > 2 * _ROW_BLOCK and a.shape[1] <= 256 and n <= 256:
         # Tall and thin: OpenBLAS's threaded path is slow here (25088x64 @ 64x64: 12 ms in one call, 1.3 ms in
-        # blocks of 2048 rows, measured on the CPU box), so feed it row blocks.
+        # blocks of 2048 rows, measured on the CPU box), so feed it row blocks. Only for row-major a: row
+        # blocks of a transposed (column-major) block would be strided reads across the whole block.
         out = np.empty((m, n), np.result_type(a, b)) if out is None else out
         for r in range(0, m, _ROW_BLOCK):
             np.matmul(a[r:r + _ROW_BLOCK], b, out=out[r:r + _ROW_BLOCK])
