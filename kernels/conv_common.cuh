@@ -9,7 +9,9 @@
 //   * vector access            Vec<Element, V>: V-element global loads / stores (128-bit for float x4,
 //                              double x2; 64-bit for half x4) and shared-memory fragment reads;
 //   * mac()                    the one multiply-accumulate every conv kernel uses (an explicit fused
-//                              multiply-add, so the GPU and the CPU emulator round identically).
+//                              multiply-add, so the GPU and the CPU emulator round identically);
+//   * SmemCast<S>              how an element enters a shared-memory tile of type S;
+//   * nvcuda::wmma (emulator)  the WMMA subset tensor-op kernels use, for the CPU emulator only.
 //
 // Canonical layout (channels-last, always three spatial dimensions; 2-D is depth 1):
 //   x (N, D, H, W, C)    w (T, R, S, C/G, K)    y (N, Z, P, Q, K)
@@ -167,6 +169,18 @@ struct Vec<__half, 4> {
     }
 };
 
+// An element as stored in a shared-memory tile of type S: converted to the accumulator type for SIMT tiles
+// (half -> float once, at the store, not at every use), unchanged for tensor-op tiles of the element type.
+template <typename S>
+struct SmemCast {
+    template <typename Element>
+    static __device__ __forceinline__ S apply(Element v) { return S(to_accum(v)); }
+};
+template <>
+struct SmemCast<__half> {
+    static __device__ __forceinline__ __half apply(__half v) { return v; }
+};
+
 // Zero of any element type (a half zero is built from a float zero).
 template <typename Element>
 __device__ __forceinline__ Element zero_element() { return from_accum<Element>(typename Accum<Element>::type(0)); }
@@ -184,3 +198,72 @@ __device__ __forceinline__ void load_fragment4(const double* s, double* v) {
 }
 
 }  // namespace gpuconv
+
+// =========================================================================================================
+// WMMA under the emulator
+// =========================================================================================================
+// The subset of nvcuda::wmma that conv kernels use (16x16x16, half inputs, float accumulators, row-major
+// operands), for the CPU emulator only: every lane holds the whole 16x16 tile, which is the API's contract
+// seen from outside (the lane distribution of a fragment is unspecified, so kernels may only touch fragments
+// through these calls). The documented preconditions are checked: 256-bit aligned pointers, ldm a multiple
+// of 16 bytes. Products are exact in float and summed in k order, so results can differ from tensor cores in
+// the last bits of the float accumulator (tests use tolerances). On the GPU, <mma.h> is the real thing.
+#if defined(GPUCONV_EMULATOR) && !defined(GPUCONV_EMU_HAS_WMMA)
+namespace nvcuda {
+namespace wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment {
+    static constexpr int kRows = std::is_same<Use, matrix_b>::value ? K : M;
+    static constexpr int kCols = std::is_same<Use, matrix_a>::value ? K : N;
+    static constexpr int num_elements = kRows * kCols;
+    T x[kRows * kCols];
+};
+
+inline void check_operand(const void* p, unsigned ldm_bytes, const char* what) {
+    if (reinterpret_cast<unsigned long long>(p) % 32 != 0 || ldm_bytes % 16 != 0)
+        gpuconv_emu::fail("%s: pointer %p must be 256-bit aligned and ldm (%u bytes) a multiple of 16 bytes", what,
+                          p, ldm_bytes);
+}
+
+template <typename Use, int M, int N, int K, typename T, typename L>
+inline void load_matrix_sync(fragment<Use, M, N, K, T, L>& f, const T* p, unsigned ldm) {
+    typedef fragment<Use, M, N, K, T, L> F;
+    check_operand(p, ldm * sizeof(T), "wmma::load_matrix_sync");
+    for (int r = 0; r < F::kRows; ++r)
+        for (int c = 0; c < F::kCols; ++c) f.x[r * F::kCols + c] = p[r * ldm + c];
+}
+
+template <int M, int N, int K, typename T>
+inline void fill_fragment(fragment<accumulator, M, N, K, T>& f, T v) {
+    for (int i = 0; i < M * N; ++i) f.x[i] = v;
+}
+
+template <int M, int N, int K, typename T, typename LA, typename LB>
+inline void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, T, LA>& a,
+                     const fragment<matrix_b, M, N, K, T, LB>& b, const fragment<accumulator, M, N, K, float>& c) {
+    float out[M * N];
+    for (int i = 0; i < M; ++i)
+        for (int j = 0; j < N; ++j) {
+            float acc = c.x[i * N + j];
+            for (int k = 0; k < K; ++k) acc = fmaf(float(a.x[i * K + k]), float(b.x[k * N + j]), acc);
+            out[i * N + j] = acc;
+        }
+    for (int i = 0; i < M * N; ++i) d.x[i] = out[i];
+}
+
+template <int M, int N, int K>
+inline void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f, unsigned ldm, layout_t layout) {
+    check_operand(p, ldm * sizeof(float), "wmma::store_matrix_sync");
+    for (int r = 0; r < M; ++r)
+        for (int c = 0; c < N; ++c)
+            (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[r * N + c];
+}
+}  // namespace wmma
+}  // namespace nvcuda
+#endif

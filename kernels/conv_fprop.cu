@@ -9,10 +9,15 @@
 //   conv_fprop_tiled      implicit GEMM (no im2col buffer): block tile in shared memory, per-thread register
 //                         tile, double-buffered global -> register -> shared loads, predicated borders and
 //                         partial tiles, optional vector loads along the channels.
-// Both sum the GEMM-k terms in the same order (filter tap (t, r, s) outer, channel c inner) with one fused
-// multiply-add per term, so on finite inputs the two variants give bit-identical results.
+//   conv_fprop_tensorop   the same implicit GEMM for float16 on tensor cores (WMMA, float accumulation).
+// analytic and tiled sum the GEMM-k terms in the same order (filter tap (t, r, s) outer, channel c inner)
+// with one fused multiply-add per term, so on finite inputs they give bit-identical results; tensorop sums
+// in the tensor cores' order (float accumulators, results within float rounding of the others).
 // Launch plans: gpuconv/plans/conv_fprop.py.
 #include "conv_common.cuh"
+#ifndef GPUCONV_EMULATOR
+#include <mma.h>
+#endif
 
 namespace gpuconv {
 
@@ -150,15 +155,28 @@ struct FpropActivationTileIterator {
         }
     }
 
-    // Registers -> shared memory, transposed to k-major: smem[kk][m] (row stride kStride).
-    template <int kStride, typename Acc>
-    __device__ __forceinline__ void store(Acc* smem, const Element (&frag)[kIterations][V], int tid) const {
+    // Registers -> shared memory, transposed to k-major: smem[kk][m] (row stride kStride; SIMT tiles).
+    template <int kStride, typename S>
+    __device__ __forceinline__ void store(S* smem, const Element (&frag)[kIterations][V], int tid) const {
 #pragma unroll
         for (int i = 0; i < kIterations; ++i) {
             const int row = tid / kThreadsPerRow + i * kRowsPerPass;
             if (row < BM) {
 #pragma unroll
-                for (int v = 0; v < V; ++v) smem[(kcol + v) * kStride + row] = to_accum(frag[i][v]);
+                for (int v = 0; v < V; ++v) smem[(kcol + v) * kStride + row] = SmemCast<S>::apply(frag[i][v]);
+            }
+        }
+    }
+
+    // Registers -> shared memory, row-major: smem[m][kk] (row stride kStride; tensor-op tiles).
+    template <int kStride, typename S>
+    __device__ __forceinline__ void store_row_major(S* smem, const Element (&frag)[kIterations][V], int tid) const {
+#pragma unroll
+        for (int i = 0; i < kIterations; ++i) {
+            const int row = tid / kThreadsPerRow + i * kRowsPerPass;
+            if (row < BM) {
+#pragma unroll
+                for (int v = 0; v < V; ++v) smem[row * kStride + kcol + v] = SmemCast<S>::apply(frag[i][v]);
             }
         }
     }
@@ -206,14 +224,14 @@ struct FpropFilterTileIterator {
     }
 
     // Registers -> shared memory smem[kk][n] (row stride kStride).
-    template <int kStride, typename Acc>
-    __device__ __forceinline__ void store(Acc* smem, const Element (&frag)[kIterations][V]) const {
+    template <int kStride, typename S>
+    __device__ __forceinline__ void store(S* smem, const Element (&frag)[kIterations][V]) const {
 #pragma unroll
         for (int i = 0; i < kIterations; ++i) {
             const int row = krow + i * kRowsPerPass;
             if (row < BK) {
 #pragma unroll
-                for (int v = 0; v < V; ++v) smem[row * kStride + ncol + v] = to_accum(frag[i][v]);
+                for (int v = 0; v < V; ++v) smem[row * kStride + ncol + v] = SmemCast<S>::apply(frag[i][v]);
             }
         }
     }
@@ -339,6 +357,118 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN), (TM * TN >= 64 ? 1 : 2)
                 for (int v = 0; v < 4; ++v)
                     if (n + v < gemm_n) y_row[n + v] = from_accum<Element>(acc[i][4 * j + v]);
             }
+        }
+    }
+}
+
+// =========================================================================================================
+// conv_fprop_tensorop (float16 on tensor cores)
+// =========================================================================================================
+// The implicit GEMM of conv_fprop_tiled with half operands on tensor cores (WMMA 16x16x16, float
+// accumulators):  Y[m][n] = sum_kk A[m][kk] * B[kk][n],  y[m*K + g*Kg + n] = half(Y[m][n]),  group g =
+// blockIdx.y, blockIdx.x = tile_m * tiles_n + tile_n. Block tile BM x BN x BK, (BM/WM) x (BN/WN) warps, each
+// owning a WM x WN warp tile of (WM/16) x (WN/16) accumulator fragments. Shared memory: two stages of A
+// row-major [BM][BK + 8] and B row-major [BK][BN + 8] in half (the +8 skews rows across banks and keeps
+// every fragment pointer 256-bit aligned), filled through registers by the same tile iterators as the SIMT
+// kernel (V = 4: 64-bit loads along channels); the epilogue stages each accumulator fragment through a
+// per-warp 16 x 16 float tile and writes it with bounds checks.
+template <typename Index, int BM, int BN, int BK, int WM, int WN, int V>
+__global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32)
+    conv_fprop_tensorop(const __half* __restrict__ x, const __half* __restrict__ w, __half* __restrict__ y,
+                        GPUCONV_CONV_PROBLEM_PARAMS(Index)) {
+    namespace wmma = nvcuda::wmma;
+    constexpr int kWarpsM = BM / WM, kWarpsN = BN / WN, kThreads = kWarpsM * kWarpsN * 32;
+    constexpr int kFragsM = WM / 16, kFragsN = WN / 16;
+    constexpr int kStrideA = BK + 8, kStrideB = BN + 8;
+    static_assert(WM % 16 == 0 && WN % 16 == 0 && BK % 16 == 0, "WMMA tiles are 16 x 16 x 16");
+    static_assert((16 * kStrideA * 2) % 32 == 0 && (16 * kStrideB * 2) % 32 == 0, "fragment rows must stay 256-bit aligned");
+
+    typedef FpropActivationTileIterator<__half, Index, BM, BK, V, kThreads> IteratorA;
+    typedef FpropFilterTileIterator<__half, Index, BN, BK, V, kThreads> IteratorB;
+    typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> FragmentC;
+
+    __shared__ __align__(128) __half smem_a[2][BM * kStrideA];
+    __shared__ __align__(128) __half smem_b[2][BK * kStrideB];
+    __shared__ __align__(128) float smem_c[kWarpsM * kWarpsN][16 * 16];
+
+    // ---- setup ----------------------------------------------------------------------------------------
+    const ConvProblemSize<Index> prob(GPUCONV_CONV_PROBLEM_ARGS);
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int g = blockIdx.y;
+    const int gemm_n = prob.fprop_gemm_n();
+    const int tiles_n = (gemm_n + BN - 1) / BN;
+    const Index m0 = Index(blockIdx.x / tiles_n) * BM;
+    const int n0 = int(blockIdx.x % tiles_n) * BN;
+    const int warp_m = (warp / kWarpsN) * WM, warp_n = (warp % kWarpsN) * WN;
+
+    IteratorA iter_a(prob, x, m0, g, tid);
+    IteratorB iter_b(prob, w, n0, g, tid);
+    __half frag_a[IteratorA::kIterations][V];
+    __half frag_b[IteratorB::kIterations][V];
+
+    FragmentC acc[kFragsM][kFragsN];
+#pragma unroll
+    for (int i = 0; i < kFragsM; ++i)
+#pragma unroll
+        for (int j = 0; j < kFragsN; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+
+    // ---- prologue: k-tile 0 into stage 0 -------------------------------------------------------------
+    const int k_tiles = (prob.fprop_gemm_k() + BK - 1) / BK;
+    iter_a.load(prob, frag_a);
+    iter_b.load(prob, frag_b);
+    iter_a.template store_row_major<kStrideA>(smem_a[0], frag_a, tid);
+    iter_b.template store<kStrideB>(smem_b[0], frag_b);
+    __syncthreads();
+
+    // ---- main loop: tensor-core steps on stage kt % 2 while k-tile kt + 1 is loaded -------------------
+    for (int kt = 0; kt < k_tiles; ++kt) {
+        const int stage = kt & 1;
+        const bool has_next = kt + 1 < k_tiles;
+        if (has_next) {
+            iter_a.advance(prob);
+            iter_b.advance(prob);
+            iter_a.load(prob, frag_a);
+            iter_b.load(prob, frag_b);
+        }
+#pragma unroll
+        for (int kk = 0; kk < BK; kk += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a[kFragsM];
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> b[kFragsN];
+#pragma unroll
+            for (int i = 0; i < kFragsM; ++i)
+                wmma::load_matrix_sync(a[i], smem_a[stage] + (warp_m + 16 * i) * kStrideA + kk, kStrideA);
+#pragma unroll
+            for (int j = 0; j < kFragsN; ++j)
+                wmma::load_matrix_sync(b[j], smem_b[stage] + kk * kStrideB + warp_n + 16 * j, kStrideB);
+#pragma unroll
+            for (int i = 0; i < kFragsM; ++i)
+#pragma unroll
+                for (int j = 0; j < kFragsN; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+        }
+        if (has_next) {
+            iter_a.template store_row_major<kStrideA>(smem_a[stage ^ 1], frag_a, tid);
+            iter_b.template store<kStrideB>(smem_b[stage ^ 1], frag_b);
+        }
+        __syncthreads();
+    }
+
+    // ---- epilogue: fragment -> per-warp float tile -> bounds-checked half stores --------------------------
+    const Index gemm_m = prob.fprop_gemm_m();
+    __half* y_group = y + Index(g) * gemm_n;
+    float* tile = smem_c[warp];
+#pragma unroll
+    for (int i = 0; i < kFragsM; ++i) {
+#pragma unroll
+        for (int j = 0; j < kFragsN; ++j) {
+            wmma::store_matrix_sync(tile, acc[i][j], 16, wmma::mem_row_major);
+            __syncwarp();
+#pragma unroll
+            for (int e = lane; e < 256; e += 32) {
+                const Index m = m0 + warp_m + 16 * i + e / 16;
+                const int n = n0 + warp_n + 16 * j + e % 16;
+                if (m < gemm_m && n < gemm_n) y_group[m * prob.K + n] = __float2half_rn(tile[e]);
+            }
+            __syncwarp();
         }
     }
 }

@@ -127,6 +127,31 @@ def test_fprop_float16_vector_path_with_128_tile(kernel_backend):
     check_close(y, x, w, fn, F16, **kw)
 
 
+@pytest.mark.parametrize("index", ["int", "long long"])
+@pytest.mark.parametrize("case", [CASES[3], CASES[6], CASES[7]], ids=["c8_vec_s2_d2", "groups2_vec", "conv3d_vec"])
+def test_fprop_float16_tensorop(kernel_backend, case, index):
+    # Tensor cores (WMMA; in the emulator, conv_common.cuh's model of the WMMA API) with float accumulation.
+    _, fn, xs, ws, kw = case
+    x, w = inputs(xs, ws, F16, seed=41)
+    with forced(variant="tensorop", index=index):
+        y = run(kernel_backend, fn, x, w, **kw)
+    check_close(y, x, w, fn, F16, **kw)
+
+
+def test_fprop_float16_tensorop_refuses_scalar_channels(kernel_backend):
+    _, fn, xs, ws, kw = CASES[4]                      # K = 70: no 4-wide loads along K
+    x, w = inputs(xs, ws, F16)
+    with forced(variant="tensorop"), pytest.raises(ValueError, match="divisible by 4"):
+        run(kernel_backend, fn, x, w, **kw)
+
+
+def test_fprop_float16_tensorop_several_block_tiles(kernel_backend):
+    # gemm_m = 2*12*12 = 288 -> three 128-row tiles; gemm_n = 132 -> two 128-column tiles; gemm_k = 36.
+    x, w = inputs((2, 12, 12, 4), (3, 3, 4, 132), F16, seed=43)
+    y = run(kernel_backend, gpuconv.conv2d, x, w, strides=1, padding="SAME")   # the chooser picks tensorop
+    check_close(y, x, w, gpuconv.conv2d, F16, strides=1, padding="SAME")
+
+
 @pytest.mark.parametrize("fields", [dict(variant="analytic", index="long long"),
                                     dict(variant="tiled", tile="128x128", index="long long")],
                          ids=["analytic", "tiled"])

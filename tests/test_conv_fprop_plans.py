@@ -82,6 +82,26 @@ def test_vector_width_needs_channel_multiples_per_group():
     assert F.choose_fprop_config(prob2d(2, 9, 9, 8, 12, 3, 3), F32, aligned=False).vector == 1
 
 
+def test_float16_with_vector_channels_runs_on_tensor_cores():
+    cfg = F.choose_fprop_config(prob2d(32, 56, 56, 64, 64, 3, 3), F16)
+    assert cfg == F.FpropConfig("tensorop", "int", "128x128", 4)
+    assert cfg.name_expression(F16) == "gpuconv::conv_fprop_tensorop<int, 128, 128, 32, 64, 32, 4>"
+    assert F.choose_fprop_config(huge_problem(), F16) == F.FpropConfig("tensorop", "long long", "128x128", 4)
+    # C = 3: no vector loads, so the SIMT tiled kernel (tensorop would need 240 registers with V = 1)
+    assert F.choose_fprop_config(prob2d(32, 224, 224, 3, 64, 7, 7, stride=2), F16).variant == "tiled"
+    assert F.choose_fprop_config(prob2d(8, 28, 28, 64, 64, 3, 3), F16, aligned=False).variant == "tiled"
+    assert F.choose_fprop_config(prob2d(8, 28, 28, 64, 64, 3, 3), F32).variant == "tiled"
+
+
+def test_tensorop_plan_grid_and_block():
+    p = prob2d(2, 12, 12, 4, 132, 3, 3)
+    with F.override_config(variant="tensorop"):
+        (plan,) = F.plan_fprop(p, F16, *arrays(p, F16))
+    assert plan.block == (256, 1, 1) and plan.grid == (-(-288 // 128) * 2, 1, 1) and plan.shared_mem == 0
+    with F.override_config(variant="tensorop"), pytest.raises(ValueError, match="divisible by 4"):
+        F.plan_fprop(prob2d(1, 5, 5, 3, 8, 3, 3), F16, *arrays(prob2d(1, 5, 5, 3, 8, 3, 3), F16))
+
+
 def test_float64_uses_the_64x64_tile():
     assert F.choose_fprop_config(prob2d(32, 56, 56, 64, 256, 3, 3), F64).tile == "64x64"
 
@@ -107,12 +127,16 @@ def test_64bit_index_when_a_tensor_reaches_2_31_elements():
     (F.FpropConfig("tiled", "long long", "64x64", 1), prob2d(1, 5, 5, 3, 8, 3, 3), "not instantiated"),
     (F.FpropConfig("tiled", "int", "32x32", 1), prob2d(1, 5, 5, 3, 8, 3, 3), "not instantiated"),
     (F.FpropConfig("winograd", "int"), prob2d(1, 5, 5, 3, 8, 3, 3), "unknown variant"),
+    (F.FpropConfig("tensorop", "int", "128x128", 4), prob2d(1, 5, 5, 4, 8, 3, 3), "not instantiated for float32"),
+    (F.FpropConfig("tensorop", "int", "128x128", 1), prob2d(1, 5, 5, 3, 8, 3, 3), "vector width 1 is not 4"),
     (F.FpropConfig("analytic", "int", "64x64", 1), prob2d(1, 5, 5, 3, 8, 3, 3), "no tile"),
     (F.FpropConfig("tiled", "int", "64x64", 1), huge_problem(N=1, C=70000, K=70000, groups=70000, P=1, Q=1,
                                                             H=1, W=1), "groups exceed"),
 ])
 def test_supports_gives_reasons(cfg, problem, fragment):
     dtype = F64 if cfg.vector == 2 and "not 1 or 4" not in fragment else F32
+    if cfg.variant == "tensorop" and "float32" not in fragment:
+        dtype = F16
     reason = F.supports(cfg, problem, dtype)
     assert reason is not None and fragment in reason, reason
 
@@ -199,7 +223,8 @@ def test_override_is_scoped():
 def test_family_lists_every_instance_once():
     exprs = F.FAMILY.name_expressions
     assert len(exprs) == len(set(exprs))
-    expected = sum(1 + 2 * len(F.TILED_INSTANCES[(dt, ix)]) for dt in (F16, F32, F64) for ix in F.INDEX_TYPES)
+    expected = sum(1 + 2 * len(F.TILED_INSTANCES[(dt, ix)]) + len(F.TENSOROP_INSTANCES.get((dt, ix), ()))
+                   for dt in (F16, F32, F64) for ix in F.INDEX_TYPES)
     assert len(exprs) == expected
     for e in exprs:
         assert F.FAMILY.hint(e).block_threads == 256

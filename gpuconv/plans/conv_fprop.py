@@ -12,6 +12,10 @@ tiled      `conv_fprop_tiled<Element, Index, BM, BN, BK, TM, TN, V>`: block tile
            k-tile BK, a TM x TN register tile per thread ((BM/TM)*(BN/TN) = 256 threads), two shared-memory
            stages, V-wide loads of x and w along the channels. Grid (tiles_m * tiles_n, G, 1).
 
+tensorop   `conv_fprop_tensorop<Index, BM, BN, BK, WM, WN, V>` (float16 only): the tiled GEMM on tensor cores
+           (WMMA 16x16x16, float accumulators), block tile 128x128x32, 8 warps of 64x32 warp tiles, V = 4.
+           Grid as tiled.
+
 Tiles (BM x BN x BK, thread tile TM x TN):
     128x128x8 / 8x8    float32, float16 (int and long long index)
     128x64x8  / 8x4    float32, float16 (int index)
@@ -31,6 +35,8 @@ Chooser rules (`choose_fprop_config(p, dtype)`, a pure function of the problem a
 4. Vector width V: 4 for float32 / float16 (128-bit / 64-bit loads), 2 for float64 (128-bit) when
    C/G % V == 0 and K/G % V == 0 (so every vector lies inside one filter tap and one group) and x, w, y are
    aligned to V elements; else 1 (any channel count, e.g. C = 3).
+5. float16 with V = 4 (rule 4) runs tensorop instead of tiled (tensor cores; float accumulation either way).
+   With V = 1 tensorop would hold 16 activation rows per thread (240 registers), so those run tiled.
 
 `supports(config, p, dtype)` returns None or the reason a configuration cannot run a problem.
 `plan_fprop(p, dtype, x, w, y, config=None)` builds the launch; `override_config(...)` forces fields of the
@@ -99,6 +105,12 @@ TILED_INSTANCES: dict[tuple[np.dtype, str], tuple[str, ...]] = {
     (F64, "long long"): ("64x64",),
 }
 
+# Tensor-op tiles: (BM, BN, BK, WM, WN) -- block tile and warp tile; vector width 4 only.
+TENSOROP_TILES: dict[str, tuple[int, int, int, int, int]] = {"128x128": (128, 128, 32, 64, 32)}
+TENSOROP_INSTANCES: dict[tuple[np.dtype, str], tuple[str, ...]] = {(F16, "int"): ("128x128",),
+                                                                 (F16, "long long"): ("128x128",)}
+TENSOROP_VECTOR = 4
+
 # Vector width of the fast path per dtype (elements per load along C and K).
 VECTOR_WIDTH: dict[np.dtype, int] = {F16: 4, F32: 4, F64: 2}
 
@@ -107,15 +119,18 @@ VECTOR_WIDTH: dict[np.dtype, int] = {F16: 4, F32: 4, F64: 2}
 class FpropConfig:
     """One way to run fprop: variant, tile (tiled only), vector width V and index type."""
 
-    variant: str                  # "analytic" | "tiled"
+    variant: str                  # "analytic" | "tiled" | "tensorop"
     index: str = "int"            # "int" | "long long"
-    tile: Optional[str] = None    # key of TILES, tiled only
-    vector: int = 1               # elements per load along the channels, tiled only
+    tile: Optional[str] = None    # key of TILES (tiled) or TENSOROP_TILES (tensorop)
+    vector: int = 1               # elements per load along the channels (tiled, tensorop)
 
     def name_expression(self, dtype) -> str:
         el = ctype(np.dtype(dtype))
         if self.variant == "analytic":
             return f"gpuconv::conv_fprop_analytic<{el}, {self.index}>"
+        if self.variant == "tensorop":
+            bm, bn, bk, wm, wn = TENSOROP_TILES[self.tile]
+            return f"gpuconv::conv_fprop_tensorop<{self.index}, {bm}, {bn}, {bk}, {wm}, {wn}, {self.vector}>"
         t = TILES[self.tile]
         return (f"gpuconv::conv_fprop_tiled<{el}, {self.index}, {t.bm}, {t.bn}, {t.bk}, {t.tm}, {t.tn}, "
                 f"{self.vector}>")
@@ -128,13 +143,21 @@ def _all_configs() -> list[tuple[np.dtype, FpropConfig]]:
         for tile in TILED_INSTANCES[(dt, ix)]:
             for v in (1, VECTOR_WIDTH[dt]):
                 out.append((dt, FpropConfig("tiled", ix, tile, v)))
+        for tile in TENSOROP_INSTANCES.get((dt, ix), ()):
+            out.append((dt, FpropConfig("tensorop", ix, tile, TENSOROP_VECTOR)))
     return out
+
+
+def tensorop_threads(tile: str) -> int:
+    bm, bn, _, wm, wn = TENSOROP_TILES[tile]
+    return (bm // wm) * (bn // wn) * 32
 
 
 def _hints() -> dict[str, LaunchHint]:
     hints = {}
     for dt, cfg in _all_configs():
-        threads = ANALYTIC_BLOCK if cfg.variant == "analytic" else TILES[cfg.tile].threads
+        threads = (ANALYTIC_BLOCK if cfg.variant == "analytic" else TILES[cfg.tile].threads if cfg.variant == "tiled"
+                   else tensorop_threads(cfg.tile))
         hints[cfg.name_expression(dt)] = LaunchHint(block_threads=threads, max_dynamic_smem=0)
     return hints
 
@@ -146,11 +169,11 @@ FAMILY = KernelFamily("conv_fprop", "conv_fprop.cu",
 # ---------------------------------------------------------------------------------------------------------
 # support checks and the chooser (pure functions of the problem)
 # ---------------------------------------------------------------------------------------------------------
-def tiled_grid(p: ConvProblem, tile: str) -> tuple[int, int, int]:
-    """Grid of the tiled kernel: (tiles_m * tiles_n, groups, 1)."""
-    t = TILES[tile]
+def tiled_grid(p: ConvProblem, tile: str, variant: str = "tiled") -> tuple[int, int, int]:
+    """Grid of the tiled and tensorop kernels: (tiles_m * tiles_n, groups, 1)."""
+    bm, bn = (TILES[tile].bm, TILES[tile].bn) if variant == "tiled" else TENSOROP_TILES[tile][:2]
     gemm_m, gemm_n, _ = p.gemm_size("fprop")
-    return (ceil_div(gemm_m, t.bm) * ceil_div(gemm_n, t.bn), p.groups, 1)
+    return (ceil_div(gemm_m, bm) * ceil_div(gemm_n, bn), p.groups, 1)
 
 
 def analytic_grid(p: ConvProblem) -> tuple[int, int, int]:
@@ -180,21 +203,24 @@ def supports(config: FpropConfig, p: ConvProblem, dtype) -> Optional[str]:
         if analytic_grid(p)[2] > MAX_GRID_Y:
             return f"N*Z*P = {p.N * p.Z * p.P} output rows exceed the analytic grid ({MAX_GRID_Y}^2 rows)"
         return None
-    if config.variant != "tiled":
-        return f"unknown variant {config.variant!r} (analytic or tiled)"
-    if config.tile not in TILED_INSTANCES[(dtype, config.index)]:
-        return (f"tile {config.tile!r} is not instantiated for {dtype} with index {config.index!r} "
-                f"(available: {', '.join(TILED_INSTANCES[(dtype, config.index)])})")
+    if config.variant not in ("tiled", "tensorop"):
+        return f"unknown variant {config.variant!r} (analytic, tiled or tensorop)"
+    table = TILED_INSTANCES if config.variant == "tiled" else TENSOROP_INSTANCES
+    available = table.get((dtype, config.index), ())
+    if config.tile not in available:
+        return (f"{config.variant} tile {config.tile!r} is not instantiated for {dtype} with index "
+                f"{config.index!r} (available: {', '.join(available) or 'none'})")
     v = config.vector
-    if v not in (1, VECTOR_WIDTH[dtype]):
-        return f"vector width {v} is not 1 or {VECTOR_WIDTH[dtype]} for {dtype}"
+    widths = (1, VECTOR_WIDTH[dtype]) if config.variant == "tiled" else (TENSOROP_VECTOR,)
+    if v not in widths:
+        return f"vector width {v} is not {' or '.join(map(str, widths))} for {config.variant} in {dtype}"
     if v > 1 and (p.group_c % v or p.group_k % v):
         return f"vector width {v} needs C/groups ({p.group_c}) and K/groups ({p.group_k}) divisible by {v}"
     if gemm_k > INT32_MAX:
         return f"gemm_k = {gemm_k} does not fit in int"
     if p.groups > MAX_GRID_Y:
         return f"{p.groups} groups exceed gridDim.y's limit {MAX_GRID_Y}"
-    if tiled_grid(p, config.tile)[0] > INT32_MAX:
+    if tiled_grid(p, config.tile, config.variant)[0] > INT32_MAX:
         return f"the tiled grid needs more than {INT32_MAX} blocks"
     return None
 
@@ -219,6 +245,10 @@ def choose_fprop_config(p: ConvProblem, dtype, aligned: bool = True) -> FpropCon
         candidates = (["128x128"] if gemm_n > 64 else []) + ["128x64", "64x64"]
         tile = next((t for t in candidates
                      if tiled_grid(p, t)[0] * p.groups >= WAVE_SMS * BLOCKS_PER_SM[t]), "64x64")
+    if dtype == F16 and vector == TENSOROP_VECTOR:
+        tensorop = FpropConfig("tensorop", index, "128x128", vector)
+        if supports(tensorop, p, dtype) is None:
+            return tensorop
     tiled = FpropConfig("tiled", index, tile, vector)
     return tiled if supports(tiled, p, dtype) is None else analytic
 
@@ -234,8 +264,9 @@ def override_config(variant: Optional[str] = None, tile: Optional[str] = None,
                     vector: Optional[int] = None, index: Optional[str] = None) -> Iterator[None]:
     """Force fields of the fprop configuration for the calls inside (unset fields keep the chooser's value).
 
-    variant="analytic" clears tile and vector; variant="tiled" without a tile takes the chooser's tile, or
-    64x64 (or the dtype's only tile) when the chooser picked the analytic variant. A forced configuration that
+    variant="analytic" clears tile and vector; variant="tensorop" defaults to tile 128x128, vector 4;
+    variant="tiled" without a tile takes the chooser's tile when the chooser picked tiled, else 64x64 (or the
+    dtype's only tile). A forced configuration that
     cannot run the problem is a ValueError carrying supports()'s reason.
     """
     fields = {k: v for k, v in dict(variant=variant, tile=tile, vector=vector, index=index).items()
@@ -256,8 +287,11 @@ def _apply_override(cfg: FpropConfig, p: ConvProblem, dtype) -> FpropConfig:
     index = fields.get("index", cfg.index)
     if variant == "analytic":
         return FpropConfig("analytic", index)
-    tile = fields.get("tile", cfg.tile)
-    vector = fields.get("vector", cfg.vector if cfg.variant == "tiled" else 1)
+    if variant == "tensorop":
+        return FpropConfig("tensorop", index, fields.get("tile", "128x128"), fields.get("vector", TENSOROP_VECTOR))
+    same = cfg.variant == variant
+    tile = fields.get("tile", cfg.tile if same else None)
+    vector = fields.get("vector", cfg.vector if cfg.variant != "analytic" else 1)
     if tile is None:
         available = TILED_INSTANCES.get((np.dtype(dtype), index), ("64x64",))
         tile = "64x64" if "64x64" in available else available[0]
@@ -302,5 +336,6 @@ def plan_fprop(p: ConvProblem, dtype, x, w, y, config: Optional[FpropConfig] = N
     args = (x, w, y) + problem_scalars(p, config.index == "long long")
     if config.variant == "analytic":
         return [LaunchPlan(FAMILY.name, expression, analytic_grid(p), (ANALYTIC_BLOCK, 1, 1), 0, args)]
-    t = TILES[config.tile]
-    return [LaunchPlan(FAMILY.name, expression, tiled_grid(p, config.tile), (t.threads, 1, 1), 0, args)]
+    threads = TILES[config.tile].threads if config.variant == "tiled" else tensorop_threads(config.tile)
+    return [LaunchPlan(FAMILY.name, expression, tiled_grid(p, config.tile, config.variant), (threads, 1, 1), 0,
+                       args)]
