@@ -70,9 +70,13 @@ def _tap_dtype(p: PoolProblem, dtype: np.dtype) -> np.dtype:
 
 def _mask(cmp, a, b, out: np.ndarray) -> np.ndarray:
     """out = all ones where cmp(a, b), else 0 (out unsigned). Comparisons into bool then a masked copy
-    (np.copyto(where=)) are an order of magnitude slower than this and the bitwise select below."""
+    (np.copyto(where=)) are an order of magnitude slower than this and the bitwise select below.
+
+    0 - out, not np.negative(out, out=out): NumPy 2.4's in-place np.negative skips elements of some strided
+    views (e.g. a[:, :, 1:2, 0:1] of a (2, 1, 2, 2, 1) array), while binary ufuncs in place are fine.
+    """
     cmp(a, b, out=out, casting="unsafe")
-    return np.negative(out, out=out)
+    return np.subtract(out.dtype.type(0), out, out=out)
 
 
 def _select_bits(dst: np.ndarray, src, mask: np.ndarray, tmp: np.ndarray) -> None:
