@@ -199,19 +199,6 @@ def test_conv_ops_match_loops(case, dtype, column_layout):
                                rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("m,k,n,groups", [(5000, 64, 32, 0), (30, 70, 90, 0), (90, 70, 30, 0), (40, 20, 60, 3)])
-def test_gemm_orientations(m, k, n, groups):
-    """_gemm's row-blocked, transposed and direct forms all equal a plain matmul."""
-    from gpuconv.numpy_backend.conv import _gemm
-    shape_a, shape_b = ((groups, m, k), (groups, k, n)) if groups else ((m, k), (k, n))
-    a, b = rand(shape_a, np.float64), rand(shape_b, np.float64)
-    want = np.matmul(a, b)
-    np.testing.assert_allclose(_gemm(a, b), want, rtol=1e-12)
-    out = np.empty_like(want)
-    assert _gemm(a, b, out=out) is out
-    np.testing.assert_allclose(out, want, rtol=1e-12)
-
-
 def test_conv_float16_accumulates_in_float32_and_rounds_once():
     x, w = rand((2, 6, 7, 8), np.float16), rand((3, 3, 8, 5), np.float16)
     y = gc.conv2d(x, w, 1, "SAME")

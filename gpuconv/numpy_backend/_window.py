@@ -16,9 +16,9 @@ from typing import Iterator, Sequence
 # Upper bound for any scratch array of the NumPy backend (column buffers, masks, accumulators).
 SCRATCH_BYTES = 32 * 2**20
 
-# Pooling sweeps make several passes over their box-shaped scratch per tap; boxes about this size stay in
-# cache and touch fewer fresh pages (measured on the CPU box: 2x2 argmax pooling of 4x360x480x64 floats
-# 198 ms with 32 MiB boxes, 143 ms with 4 MiB ones, on a loaded machine).
+# Pooling sweeps make several passes over box-shaped scratch per tap and gain nothing from larger boxes
+# (measured on the CPU box, quiet: 2x2 argmax pooling of 4x360x480x64 floats 71 ms with 32 MiB or 4 MiB
+# boxes, 91 ms with 256 KiB), so they keep their scratch at this size.
 POOL_BOX_BYTES = 4 * 2**20
 
 

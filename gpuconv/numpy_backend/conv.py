@@ -13,8 +13,7 @@ materialised) and multiplies it by a per-group weight matrix:
 Column blocks are bounded by _window.SCRATCH_BYTES (boxes over batch, then depth, rows, columns). A 1x1, stride-1,
 unpadded tap reads src as it is, so that case is a plain GEMM with no copy. Copies move long contiguous pieces:
 taps that read consecutive input columns are copied as one run (C*S values per output), and with fewer than
-_FEW_CHANNELS channels the block is stored transposed (one output row per copy). GEMMs go through _gemm, which
-picks the call shape OpenBLAS runs fast. float16 is converted to float32 block by block and rounded once on
+_FEW_CHANNELS channels the block is stored transposed (one output row per copy). float16 is converted to float32 block by block and rounded once on
 output; float32 and float64 run in their own precision (sgemm / dgemm).
 """
 from __future__ import annotations
@@ -28,9 +27,6 @@ from ..geometry import ConvProblem
 from ._window import box_shape, boxes, tap_range
 
 
-# Rows per GEMM call for tall, thin products (see _gemm).
-_ROW_BLOCK = 2048
-
 # Below this many channels per group, column blocks are stored transposed (see _Gather.transposed).
 _FEW_CHANNELS = 16
 
@@ -39,7 +35,8 @@ def _tap_runs(offsets) -> list[tuple[int, int]]:
     """(first tap, length) of maximal tap runs that read consecutive input columns (same d, h offsets; w + 1).
 
     Along such a run an output position touches one contiguous stretch of length*C values of an input row, so
-    a run is moved with one strided view instead of `length` short copies (a big win for small C).
+    a run is moved with one strided view instead of `length` short copies (the 7x7/2 first ResNet layer, C = 3:
+    a half-batch block in 5.3 ms instead of 17 ms, measured on the CPU box).
     """
     runs = []
     for j, (od, oh, ow) in enumerate(offsets):
@@ -71,7 +68,7 @@ class _Gather:
         self.row_bytes = 0 if self.identity else self.ntaps * src.shape[-1] * acc.itemsize
         self.runs = _tap_runs(self.offsets) if groups == 1 else [(j, 1) for j in range(self.ntaps)]
         # Few channels: store the columns transposed, (G, taps, Ci, M), so each copy moves a whole output row
-        # (l2 values) instead of Ci values per output (e.g. C = 3: 4.5x faster to build than tap runs).
+        # (l2 values) instead of Ci values per output (the block above: 3.0 ms instead of 5.3 ms by runs).
         self.transposed = self.Ci < _FEW_CHANNELS
         self._buf = None
 
@@ -164,32 +161,6 @@ def _zero_outside(dst: np.ndarray, rng, first_axis: int) -> None:
             dst[(slice(None),) * ax + (slice(hi, dst.shape[ax]),)] = 0
 
 
-def _gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """a @ b (2-D, or batched over a leading group axis), in the orientation OpenBLAS runs fast.
-
-    Measured on this project's CPU box (OpenBLAS 0.3.31, 2 threads): a row-major product with fewer output rows
-    than columns is up to 6x slower than the same product computed transposed, (b^T a^T)^T (e.g. 392x4608 @
-    4608x512: 436 ms vs 72 ms), while with more rows than columns the direct call is the faster one (1568x2304 @
-    2304x256: 56 ms vs 243 ms). The transposed form costs one extra copy of the (small) output.
-    """
-    m, n = a.shape[-2], b.shape[-1]
-    if a.ndim == 2 and a.flags.c_contiguous and m > 2 * _ROW_BLOCK and a.shape[1] <= 256 and n <= 256:
-        # Tall and thin: OpenBLAS's threaded path is slow here (25088x64 @ 64x64: 12 ms in one call, 1.3 ms in
-        # blocks of 2048 rows, measured on the CPU box), so feed it row blocks. Only for row-major a: row
-        # blocks of a transposed (column-major) block would be strided reads across the whole block.
-        out = np.empty((m, n), np.result_type(a, b)) if out is None else out
-        for r in range(0, m, _ROW_BLOCK):
-            np.matmul(a[r:r + _ROW_BLOCK], b, out=out[r:r + _ROW_BLOCK])
-        return out
-    if m >= n:
-        return np.matmul(a, b, out=out)
-    res_t = np.matmul(np.swapaxes(b, -1, -2), np.swapaxes(a, -1, -2))
-    if out is None:
-        return np.ascontiguousarray(np.swapaxes(res_t, -1, -2))
-    np.copyto(out, np.swapaxes(res_t, -1, -2))
-    return out
-
-
 def _split_channels(a: np.ndarray, groups: int) -> np.ndarray:
     """View a (..., G*c) array as (..., G, c) without copying (works for strided views too)."""
     v = a.view()
@@ -202,14 +173,14 @@ def _gather_gemm(gather: _Gather, wmat: np.ndarray, out: np.ndarray) -> None:
     G, _, ko = wmat.shape
     acc = gather.acc
     direct = G == 1 and out.dtype == acc and out.flags.c_contiguous
-    unit = gather.row_bytes + G * ko * acc.itemsize          # columns + a GEMM result (or _gemm's transpose)
+    unit = gather.row_bytes + (0 if direct else G * ko * acc.itemsize)     # columns (+ a GEMM result)
     for box in boxes(out.shape[:4], unit):
         cols = gather.cols(box)
         m = cols.shape[1]
         if direct:
-            _gemm(cols[0], wmat[0], out=out[box].reshape(m, ko))
+            np.matmul(cols[0], wmat[0], out=out[box].reshape(m, ko))
             continue
-        res = _gemm(cols, wmat)                                       # (G, M, Ko)
+        res = np.matmul(cols, wmat)                                   # (G, M, Ko)
         dst = _split_channels(out[box], G)                            # (nb, l0, l1, l2, G, Ko)
         np.copyto(dst, np.moveaxis(res.reshape((G,) + dst.shape[:4] + (ko,)), 0, 4), casting="same_kind")
 
@@ -258,7 +229,7 @@ def _dgrad_scatter(dy: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
     if transposed:
         wmat = np.ascontiguousarray(np.swapaxes(wmat, 1, 2))                # (G, taps*Cg, Kg)
     buf = None
-    for box in boxes(p.y_shape[:4], (2 * ntaps * p.C + p.K) * dy.itemsize):   # dcol, _gemm's transpose, dy copy
+    for box in boxes(p.y_shape[:4], (ntaps * p.C + p.K) * dy.itemsize):     # dcol, a grouped dy copy
         nb, l0, l1, l2 = box_shape(box)
         m = nb * l0 * l1 * l2
         if buf is None:
@@ -273,7 +244,7 @@ def _dgrad_scatter(dy: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
             continue
         dcol = buf[:G * m * ntaps * cg].reshape(G, m, ntaps * cg)
         dyb = dy[box].reshape(m, G, kg).transpose(1, 0, 2)
-        _gemm(dyb if G == 1 else np.ascontiguousarray(dyb), wmat, out=dcol)
+        np.matmul(dyb if G == 1 else np.ascontiguousarray(dyb), wmat, out=dcol)
         dcol = dcol.reshape(G, nb, l0, l1, l2, ntaps, cg)
         for j0, length in runs:
             if length == 1:
@@ -404,12 +375,12 @@ def conv_wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem) -> np.ndarray:
                 dyb = dyb.transpose(1, 0, 2)
             # The first box writes dw directly; later ones are added (a fixed order: deterministic).
             if first:
-                _gemm(cols.transpose(0, 2, 1), dyb, out=dw)
+                np.matmul(cols.transpose(0, 2, 1), dyb, out=dw)
                 first = False
                 continue
             if part is None:
                 part = np.empty_like(dw)
-            _gemm(cols.transpose(0, 2, 1), dyb, out=part)
+            np.matmul(cols.transpose(0, 2, 1), dyb, out=part)
             dw += part
     # (G, taps*Cg, Kg) -> (T, R, S, Cg, G*Kg)
     out = dw.reshape(G, len(taps), cg, kg).transpose(1, 2, 0, 3).reshape(p.w_shape)
