@@ -11,6 +11,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+# Largest stride, window, dilation or pad: the kernels hold each in a C++ int (plans/conv_common.extents_fit_int).
+INT32_MAX = 2**31 - 1
+
 
 def fail(arg: str, expected: str, got: Any) -> None:
     """Raise ValueError naming the argument, the expectation and the given value."""
@@ -108,6 +111,9 @@ def window_param(value: Any, arg: str, nspatial: int, is_channels_last: bool, de
     for v in values:
         if v < minimum:
             fail(arg, f"every value >= {minimum}", _short(value))
+        if v > INT32_MAX:
+            fail(arg, f"every value <= {INT32_MAX} (kernels keep extents, strides, dilations and pads in int)",
+                 _short(value))
     return values
 
 
@@ -144,6 +150,9 @@ def padding_param(padding: Any, nspatial: int, is_channels_last: bool, arg: str 
     for pb, pa in pairs:
         if pb < 0 or pa < 0:
             fail(arg, "non-negative pads", _short(padding))
+        if pb > INT32_MAX or pa > INT32_MAX:
+            fail(arg, f"pads <= {INT32_MAX} (kernels keep extents, strides, dilations and pads in int)",
+                 _short(padding))
     return tuple(pairs)
 
 

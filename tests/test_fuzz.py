@@ -476,3 +476,32 @@ def test_fuzz_invalid_arguments(backend):
 def test_fuzz_invalid_arguments_long(backend):
     _run(invalid_cases(), SLOW, check_invalid, backend)
 
+
+# ---------------------------------------------------------------------------------------------------------
+# regressions found by the fuzzer
+# ---------------------------------------------------------------------------------------------------------
+_ONE = np.ones((1, 1, 1, 1), np.float16)
+_PAST_INT32 = {
+    "conv2d pad 2^40": lambda gc: gc.conv2d(_ONE, _ONE, 1, [[0, 0], [2**40, 0]]),
+    "conv2d stride 2^31": lambda gc: gc.conv2d(_ONE, _ONE, 2**31, "VALID"),
+    "conv2d dilation 2^31": lambda gc: gc.conv2d(_ONE, _ONE, 1, "VALID", dilations=[1, 2**31]),
+    "conv2d_backprop_input stride 2^31": lambda gc: gc.conv2d_backprop_input((1, 1, 1, 1), _ONE, _ONE, 2**31,
+                                                                             "VALID"),
+    "conv2d_backprop_filter stride 2^31": lambda gc: gc.conv2d_backprop_filter(_ONE, (1, 1, 1, 1), _ONE, 2**31,
+                                                                               "VALID"),
+    "max_pool2d ksize 2^31": lambda gc: gc.max_pool2d(_ONE, 2**31, 1, "SAME"),
+    "max_pool2d stride 2^64": lambda gc: gc.max_pool2d(_ONE, 1, 2**64, "VALID"),
+    "avg_pool2d pad 2^31": lambda gc: gc.avg_pool2d(_ONE, 1, 1, [[2**31, 0], [0, 0]]),
+}
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("emulator", marks=pytest.mark.emulator)])
+@pytest.mark.parametrize("what", sorted(_PAST_INT32))
+def test_strides_windows_dilations_pads_past_int32_are_value_errors(backend, what):
+    """Found by test_fuzz_invalid_arguments: a stride/ksize/dilation/pad >= 2^31 was an OverflowError from the
+    kernel plans (np.int32 scalars) and a MemoryError from the NumPy backend (pads of 2^40 cells), while the
+    NumPy backend accepted strides of 2^64; now every backend refuses it in the API layer, naming the argument."""
+    import gpuconv as gc
+    arg = what.split()[1].replace("stride", "strides").replace("pad", "padding").replace("dilation", "dilations")
+    with _guarded(), gc.use_backend(backend), pytest.raises(ValueError, match=arg):
+        _PAST_INT32[what](gc)
