@@ -11,7 +11,8 @@ maximum and a later cell replaces it only if strictly greater. Processing the ta
 strict `>` and seeding from the first in-bounds cell gives exactly that: ties keep the first cell, a NaN wins
 only as the first cell, and a NaN later in the window is never selected. The replacement is a bitwise select
 through an all-ones/zero mask of the value's width (compare, then xor/and/xor), which is exact for every dtype
-(signed zeros, NaN payloads) and an order of magnitude faster than np.copyto(where=) or np.where.
+(signed zeros, NaN payloads) and about 3x faster than np.copyto(where=) or np.where (one tap over 2.7M
+float32 values: 4.2 ms against 13.7 ms, measured on the CPU box).
 """
 from __future__ import annotations
 
@@ -69,8 +70,8 @@ def _tap_dtype(p: PoolProblem, dtype: np.dtype) -> np.dtype:
 
 
 def _mask(cmp, a, b, out: np.ndarray) -> np.ndarray:
-    """out = all ones where cmp(a, b), else 0 (out unsigned). Comparisons into bool then a masked copy
-    (np.copyto(where=)) are an order of magnitude slower than this and the bitwise select below.
+    """out = all ones where cmp(a, b), else 0 (out unsigned), for the bitwise select below (a bool mask and a
+    masked copy, np.copyto(where=), are about 3x slower).
 
     0 - out, not np.negative(out, out=out): NumPy 2.4's in-place np.negative skips elements of some strided
     views (e.g. a[:, :, 1:2, 0:1] of a (2, 1, 2, 2, 1) array), while binary ufuncs in place are fine.
