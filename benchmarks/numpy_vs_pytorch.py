@@ -5,21 +5,22 @@ channels_last) and the SegNet pooling ladder (2x2/2 max_pool_with_argmax and max
 torch.nn.functional.conv2d on channels_last tensors, torch.nn.grad.conv2d_input / conv2d_weight,
 F.max_pool2d(return_indices=True) and F.max_unpool2d.
 
-Timing: per case, `warmup` untimed calls of each library, then `repeats` timed calls alternating between the
-libraries, so both see the same background load on a shared machine; the median is reported (the minimum too:
-the least disturbed call). Each library's worker threads spin for a while after a call (OpenBLAS pthreads,
-OpenMP), so every call is followed by a pause that keeps them off the cores the other library is timed on.
+Timing: per case, each library in its own block: `warmup` untimed calls, then `repeats` back-to-back timed
+calls; the median is reported (the minimum too: on a shared machine it is the least disturbed call). Calls are
+back to back because waking idle worker threads costs time (a torch wgrad measured 3 ms back to back, 30 ms
+with 50 ms pauses); a pause before each block lets the other library's spinning threads (OpenBLAS pthreads,
+OpenMP) go idle first.
 Ratio = torch time / gpuconv time (gpuconv's throughput relative to PyTorch: > 1 means gpuconv is faster).
 
 Padding: TF's SAME pads stride-2 layers asymmetrically (the odd cell after); PyTorch's conv2d takes symmetric
 padding only, so torch runs with k//2 on both sides, which gives the same output size and the same work.
 Stride-1 fprop outputs are checked to agree before timing.
 
-numpy's OpenBLAS chooses its kernels when it loads; on CPUs it does not recognise (e.g. AMD family 26) it falls
-back to AVX2 "Haswell" kernels. OPENBLAS_CORETYPE=SkylakeX (set before Python starts) selects the AVX-512 ones;
-each configuration is recorded as its own run.
+numpy's OpenBLAS picks its kernels when it loads, from the CPU or from OPENBLAS_CORETYPE; the project's CPU box
+sets OPENBLAS_CORETYPE=Haswell (AVX2 kernels) in its environment, while left alone OpenBLAS picks SkylakeX
+(AVX-512) there. Each configuration is recorded as its own run, labelled by the variable and the kernel set.
 
-Usage: [OPENBLAS_CORETYPE=SkylakeX] python benchmarks/numpy_vs_pytorch.py [--n 8] [--seg-n 4] [--repeats 5]
+Usage: [env -u OPENBLAS_CORETYPE] python benchmarks/numpy_vs_pytorch.py [--n 8] [--seg-n 4] [--repeats 7]
        [--only NAME,...]
 Writes benchmarks/results/cpu_numpy_vs_pytorch.{json,md}. Not a test.
 """
@@ -49,7 +50,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def openblas_core() -> str:
-    """The kernel set numpy's OpenBLAS picked at load time (e.g. 'Haswell' = AVX2, 'SkylakeX' = AVX-512)."""
+    """The kernel set numpy's OpenBLAS uses (e.g. 'Haswell' = AVX2, 'SkylakeX' = AVX-512), read from the library."""
     import ctypes
     import glob
     libdir = Path(np.__file__).resolve().parent.parent / "numpy.libs"
@@ -92,24 +93,25 @@ def machine() -> dict:
     }
 
 
-def timed_ms(fn, pause: float) -> float:
-    t0 = time.perf_counter()
-    fn()
-    dt = 1e3 * (time.perf_counter() - t0)
-    time.sleep(pause)
-    return dt
+def times_ms(fn, warmup: int, repeats: int) -> list:
+    """Per-call times of `repeats` back-to-back calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(1e3 * (time.perf_counter() - t0))
+    return times
 
 
 def pair(ours, theirs, warmup: int, repeats: int, pause: float) -> tuple[list, list]:
-    """Per-call times of both libraries, interleaved call by call so that both see the same background load,
-    with a pause after every call so that neither library's spinning worker threads overlap the other's call."""
-    for _ in range(warmup):
-        timed_ms(ours, pause)
-        timed_ms(theirs, pause)
-    a, b = [], []
-    for _ in range(repeats):
-        a.append(timed_ms(ours, pause))
-        b.append(timed_ms(theirs, pause))
+    """Each library timed in its own block of back-to-back calls (its steady state), with a pause before each
+    block so that the other library's worker threads, which spin for a while after a call, have gone idle."""
+    time.sleep(pause)
+    a = times_ms(ours, warmup, repeats)
+    time.sleep(pause)
+    b = times_ms(theirs, warmup, repeats)
     return a, b
 
 
@@ -169,7 +171,7 @@ def pool_cases(n: int, only):
 
 def run_label(info: dict) -> str:
     env = info.get("OPENBLAS_CORETYPE")
-    return f"OPENBLAS_CORETYPE={env}" if env else "default"
+    return f"OPENBLAS_CORETYPE={env}" if env else "OPENBLAS_CORETYPE unset"
 
 
 def markdown(runs: list) -> str:
@@ -186,8 +188,8 @@ def markdown(runs: list) -> str:
                   f"Load average before / after: {info['load_before']} / {info['load_after']} "
                   "(shared machine: other jobs ran at the same time).",
                   f"ResNet-50 convs at N={cfg['n']} float32 NHWC/channels_last; SegNet pooling at N={cfg['seg_n']}. "
-                  f"Median of {cfg['repeats']} calls after {cfg['warmup']} warm-up call(s), the libraries' calls "
-                  "interleaved, each followed by a short pause.", "",
+                  f"Median of {cfg['repeats']} back-to-back calls after {cfg['warmup']} warm-up call(s), each "
+                  "library in its own block.", "",
                   "| layer | op | gpuconv ms | torch ms | ratio (torch/gpuconv) | ratio of minima | gpuconv GF/s |",
                   "|---|---|---:|---:|---:|---:|---:|"]
         for r in rows:
@@ -207,7 +209,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seg-n", type=int, default=4, help="batch of the SegNet pooling layers")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--pause", type=float, default=0.15, help="seconds of pause after every timed call")
+    ap.add_argument("--pause", type=float, default=0.3, help="seconds of pause before each library's block")
     ap.add_argument("--only", default="", help="comma-separated layer names")
     ap.add_argument("--no-write", action="store_true", help="print only, do not write results/")
     args = ap.parse_args(argv)
