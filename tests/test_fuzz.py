@@ -381,7 +381,7 @@ def _mutate_value(draw, value):
     """A bad replacement for `value`: junk, or a near miss of the same kind."""
     if isinstance(value, np.ndarray) and draw(st.booleans()):
         kind = draw(st.sampled_from(["rank-", "rank+", "dtype", "axis", "empty", "negate", "list"]))
-        if kind == "rank-" and value.ndim:
+        if kind == "rank-" and value.ndim and value.shape[0]:
             return value[0]
         if kind == "rank+":
             return value[None]
