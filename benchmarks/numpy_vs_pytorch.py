@@ -20,8 +20,12 @@ numpy's OpenBLAS picks its kernels when it loads, from the CPU or from OPENBLAS_
 sets OPENBLAS_CORETYPE=Haswell (AVX2 kernels) in its environment, while left alone OpenBLAS picks SkylakeX
 (AVX-512) there. Each configuration is recorded as its own run, labelled by the variable and the kernel set.
 
-Usage: [env -u OPENBLAS_CORETYPE] python benchmarks/numpy_vs_pytorch.py [--n 8] [--seg-n 4] [--repeats 7]
-       [--only NAME,...]
+Threads: both libraries use all cores by default. With OPENBLAS_NUM_THREADS=1 both run single-threaded, which on
+a shared machine is far less exposed to one worker thread waiting for the scheduler (2-thread times there come
+in multiples of the scheduler tick, e.g. 8.0, 16.0, 24.0 ms).
+
+Usage: [env -u OPENBLAS_CORETYPE] [OPENBLAS_NUM_THREADS=1] python benchmarks/numpy_vs_pytorch.py [--n 8]
+       [--seg-n 4] [--repeats 7] [--only NAME,...]
 Writes benchmarks/results/cpu_numpy_vs_pytorch.{json,md}. Not a test.
 """
 from __future__ import annotations
@@ -88,6 +92,7 @@ def machine() -> dict:
         "cpu": model, "cpu_count": os.cpu_count(), "platform": platform.platform(),
         "python": platform.python_version(), "numpy": np.__version__, "numpy_blas": blas,
         "openblas_core": openblas_core(), "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+        "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "torch_parallel": torch.__config__.parallel_info().splitlines()[:6],
     }
@@ -171,14 +176,22 @@ def pool_cases(n: int, only):
 
 def run_label(info: dict) -> str:
     env = info.get("OPENBLAS_CORETYPE")
-    return f"OPENBLAS_CORETYPE={env}" if env else "OPENBLAS_CORETYPE unset"
+    label = f"OPENBLAS_CORETYPE={env}" if env else "OPENBLAS_CORETYPE unset"
+    return label + f", {info['torch_threads']} thread{'s' if info['torch_threads'] > 1 else ''}"
 
 
 def markdown(runs: list) -> str:
     """All recorded runs (one per OpenBLAS configuration), each with its machine line, table and summary."""
     lines = ["# gpuconv NumPy backend vs PyTorch CPU", "",
              "Ratio = torch time / gpuconv time (gpuconv's throughput relative to PyTorch; > 1: gpuconv faster). "
-             "Written by benchmarks/numpy_vs_pytorch.py; one section per numpy OpenBLAS configuration.", ""]
+             "Written by benchmarks/numpy_vs_pytorch.py; one section per configuration (numpy's OpenBLAS kernel "
+             "set, thread count).", "",
+             "Reading these numbers: the box is a 2-core VM shared with other jobs. With 2 threads a call often "
+             "waits for its second worker thread to be scheduled, so times cluster at multiples of the scheduler "
+             "tick (8.0, 16.0, 24.0 ms) and PyTorch's 2-thread times are often slower than its 1-thread ones; the "
+             "1-thread runs (median close to minimum) are the ones to compare implementations by. The box's "
+             "environment sets OPENBLAS_CORETYPE=Haswell (AVX2 kernels); unset, OpenBLAS uses SkylakeX (AVX-512) "
+             "kernels there.", ""]
     for run in runs:
         info, cfg, summary, rows = run["machine"], run["config"], run["summary"], run["results"]
         lines += [f"## {run['label']} (OpenBLAS kernels: {info['openblas_core']})", "",
@@ -210,12 +223,19 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--pause", type=float, default=0.3, help="seconds of pause before each library's block")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OPENBLAS_NUM_THREADS", os.cpu_count())),
+                    help="torch threads; numpy's follow OPENBLAS_NUM_THREADS, which sets this default")
     ap.add_argument("--only", default="", help="comma-separated layer names")
     ap.add_argument("--no-write", action="store_true", help="print only, do not write results/")
+    ap.add_argument("--render", action="store_true", help="only rewrite the Markdown from the recorded JSON")
     args = ap.parse_args(argv)
 
+    if args.render:
+        runs = json.loads((RESULTS / "cpu_numpy_vs_pytorch.json").read_text())["runs"]
+        (RESULTS / "cpu_numpy_vs_pytorch.md").write_text(markdown(runs))
+        return 0
     import torch
-    torch.set_num_threads(os.cpu_count())
+    torch.set_num_threads(args.threads)
     only = set(filter(None, args.only.split(",")))
     info = machine()
     info["date"] = datetime.datetime.now().isoformat(timespec="seconds")
