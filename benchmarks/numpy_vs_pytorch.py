@@ -245,7 +245,8 @@ def main(argv=None) -> int:
     rows = []
     print("| layer | op | gpuconv ms | torch ms | ratio (torch/gpuconv) | ratio of minima |\n"
           "|---|---|---:|---:|---:|---:|", flush=True)
-    cases = itertools.chain(conv_cases(args.n, only), pool_cases(args.seg_n, only))   # lazily: one layer's data at a time
+    # Lazily: one layer's arrays at a time.
+    cases = itertools.chain(conv_cases(args.n, only), pool_cases(args.seg_n, only))
     for name, op, flops, ours, theirs in cases:
         ta, tb = pair(ours, theirs, args.warmup, args.repeats, args.pause)
         a, b = statistics.median(ta), statistics.median(tb)

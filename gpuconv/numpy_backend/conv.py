@@ -13,8 +13,8 @@ materialised) and multiplies it by a per-group weight matrix:
 Column blocks are bounded by _window.SCRATCH_BYTES (boxes over batch, then depth, rows, columns). A 1x1, stride-1,
 unpadded tap reads src as it is, so that case is a plain GEMM with no copy. Copies move long contiguous pieces:
 taps that read consecutive input columns are copied as one run (C*S values per output), and with fewer than
-_FEW_CHANNELS channels the block is stored transposed (one output row per copy). float16 is converted to float32 block by block and rounded once on
-output; float32 and float64 run in their own precision (sgemm / dgemm).
+_FEW_CHANNELS channels the block is stored transposed (one output row per copy). float16 is converted to float32
+block by block and rounded once on output; float32 and float64 run in their own precision (sgemm / dgemm).
 """
 from __future__ import annotations
 
@@ -312,7 +312,8 @@ def _add_run(dx, dcol, p: ConvProblem, box, j0: int, length: int, offsets) -> No
 
 
 def conv_dgrad(dy: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
-    """dx[n,i,c] = sum over taps with integer o = (i + pad_before - tap*dilation) / stride in range of dy[n,o,:] @ w[tap, c, :].
+    """dx[n,i,c] = sum of dy[n,o,:] @ w[tap,c,:] over taps with o = (i + pad_before - tap*dilation) / stride an
+    integer in range.
 
     Computed per stride phase (i = phase + stride*j): each phase is a stride-1 gather over dy. When C/G is well
     below K/G (e.g. a 3-channel first layer) the GEMM + col2im form (_dgrad_scatter) moves less data.
