@@ -361,12 +361,12 @@ _junk_scalars = st.one_of(
 
 
 @st.composite
-def _junk_arrays(draw):
+def _junk_arrays(draw, huge=True):
     shape = tuple(draw(st.lists(st.integers(0, 3), max_size=6)))
     dtype = draw(st.sampled_from([np.float16, np.float32, np.float64, np.int8, np.int32, np.int64, np.uint64,
                                   np.bool_, np.complex64, object, "U2", "datetime64[s]"]))
     a = np.zeros(shape, dtype)
-    if draw(st.booleans()) and a.size and np.dtype(dtype).kind in "iu":
+    if huge and draw(st.booleans()) and a.size and np.dtype(dtype).kind in "iu":
         info = np.iinfo(np.dtype(dtype))
         a.reshape(-1)[0] = draw(st.sampled_from([info.min, min(2**31 - 1, info.max), info.max]))
     return a
@@ -374,11 +374,19 @@ def _junk_arrays(draw):
 
 _junk = st.recursive(st.one_of(_junk_scalars, _junk_arrays()),
                      lambda inner: st.one_of(st.lists(inner, max_size=6), st.tuples(inner, inner)), max_leaves=12)
+_junk_no_huge = st.recursive(st.one_of(_junk_scalars.filter(lambda v: not (isinstance(v, int) and abs(v) >= 2**31)),
+                                       _junk_arrays(huge=False)),
+                             lambda inner: st.one_of(st.lists(inner, max_size=6), st.tuples(inner, inner)),
+                             max_leaves=12)
+
+
+SHAPE_ARGS = ("input_sizes", "filter_sizes", "output_shape", "orig_input_shape")
 
 
 @st.composite
-def _mutate_value(draw, value):
-    """A bad replacement for `value`: junk, or a near miss of the same kind."""
+def _mutate_value(draw, value, shape_arg=False):
+    """A bad replacement for `value`: junk, or a near miss of the same kind. A huge entry in a shape argument
+    (shape_arg) is a legal, huge problem rather than an invalid argument, so shapes get no huge entries."""
     if isinstance(value, np.ndarray) and draw(st.booleans()):
         kind = draw(st.sampled_from(["rank-", "rank+", "dtype", "axis", "empty", "negate", "list"]))
         if kind == "rank-" and value.ndim and value.shape[0]:
@@ -406,8 +414,10 @@ def _mutate_value(draw, value):
             seq[i] = 0
         elif kind == "negative":
             seq[i] = -1 if not isinstance(seq[i], (list, tuple)) else [-1, 0]
-        elif kind == "huge":
+        elif kind == "huge" and not shape_arg:
             seq[i] = draw(st.sampled_from(HUGE)) if not isinstance(seq[i], (list, tuple)) else [2**40, 0]
+        elif kind == "huge":
+            seq[i] = -2**40
         elif kind == "length":
             seq = seq + [1] if draw(st.booleans()) else seq[:-1]
         elif kind == "nest":
@@ -418,7 +428,7 @@ def _mutate_value(draw, value):
             except (TypeError, ValueError, IndexError):
                 seq[i] = 0.5
         return seq
-    return draw(_junk)
+    return draw(_junk_no_huge if shape_arg else _junk)
 
 
 @st.composite
@@ -435,11 +445,11 @@ def invalid_cases(draw):
         where, key = draw(st.sampled_from(slots))
         if where == "arg":
             args = list(case.args)
-            args[key] = draw(_mutate_value(args[key]))
+            args[key] = draw(_mutate_value(args[key], params[key] in SHAPE_ARGS))
             case = dataclasses.replace(case, args=tuple(args))
         else:
             kwargs = dict(case.kwargs)
-            kwargs[key] = draw(_mutate_value(kwargs.get(key, 1)))
+            kwargs[key] = draw(_mutate_value(kwargs.get(key, 1), key in SHAPE_ARGS))
             case = dataclasses.replace(case, kwargs=kwargs)
     if draw(st.integers(0, 19)) == 0:                       # an argument the function does not take
         case = dataclasses.replace(case, kwargs={**case.kwargs, "bogus": 1})
