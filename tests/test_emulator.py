@@ -426,3 +426,35 @@ def test_sanitize_catches_global_overrun(sanitized):
     with pytest.raises(EmulatorError, match="heap-buffer-overflow") as info:
         launch(sanitized, BUGS, "global_overrun", (1, 1, 1), (64, 1, 1), 0, x, np.zeros_like(x), np.int32(64))
     assert "planted_bugs.cu:39" in str(info.value)
+
+
+def test_a_source_edited_during_the_build_is_not_cached_under_the_old_text(tmp_path, monkeypatch):
+    """g++ reads the live file after the key was hashed: a build whose sources changed must be redone."""
+    from gpuconv.executors import emulator as emu
+
+    monkeypatch.setenv("GPUCONV_CACHE_DIR", str(tmp_path / "cache"))
+    kdir = tmp_path / "kernels"
+    kdir.mkdir()
+    source = kdir / "fill.cu"
+    kernel = "__global__ void fill(float* y, int n) {{ int i = threadIdx.x; if (i < n) y[i] = {value}f; }}\n"
+    source.write_text(kernel.format(value=1.0))
+    real_run = emu._run
+    edits = []
+
+    def run_and_edit(cmd, what):
+        out = real_run(cmd, what)
+        if "-c" in cmd and not edits:      # the first compile has read fill.cu: now the file changes
+            source.write_text(kernel.format(value=2.0))
+            edits.append(cmd)
+        return out
+
+    monkeypatch.setattr(emu, "_run", run_and_edit)
+    family = KernelFamily("emu_fill_race", "fill.cu", ("fill",))
+    ex = EmulatorExecutor()
+    ex.load_family(family, kdir)
+    y = np.zeros(4, np.float32)
+    launch(ex, family, "fill", (1, 1, 1), (4, 1, 1), 0, y, np.int32(4))
+    assert edits, "the build did not run"
+    np.testing.assert_array_equal(y, 2.0)          # built from the text on disk, not the half-old one
+    libraries = list((tmp_path / "cache").rglob("emu_fill_race-*.so"))
+    assert len(libraries) == 1                     # nothing cached under the old text's key

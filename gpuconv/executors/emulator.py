@@ -260,17 +260,20 @@ def _shared_memory_layout(so: Path) -> dict:
     return {"static_smem": sorted(ranges), "dynamic_offset": block.value + SMEM_REDZONE}
 
 
-_build_locks: dict[str, threading.Lock] = {}
+_build_locks: dict[str, threading.RLock] = {}
 _build_locks_guard = threading.Lock()
 
 
-def _build(src: _Source, sanitize: bool) -> Path:
-    """The path of the family's library, building it if the cache does not have it (thread- and process-safe)."""
+def _build(src: _Source, sanitize: bool, _retries: int = 3) -> Path:
+    """The path of the family's library, building it if the cache does not have it (thread- and process-safe).
+
+    The sources are hashed before and after compiling; a build whose sources changed meanwhile is discarded.
+    """
     key = _build_key(src, sanitize)
     out_dir = cache_dir()
     so = out_dir / f"{key}.so"
     with _build_locks_guard:
-        lock = _build_locks.setdefault(key, threading.Lock())
+        lock = _build_locks.setdefault(key, threading.RLock())  # re-entered by a rebuild
     with lock:
         if so.is_file():
             return so
@@ -295,6 +298,13 @@ def _build(src: _Source, sanitize: bool) -> Path:
             _run([_cxx(), *flags, "-shared", str(obj), str(asm), "-o", str(tmp_so), "-Wl,--no-undefined"],
                  f"g++ linking kernel family {src.family.name!r} for the emulator")
             (tmp / "layout.json").write_text(json.dumps(_shared_memory_layout(tmp_so)))
+            if _build_key(src, sanitize) != key:
+                # A source was saved while g++ read it: this library may not match the hashed text, so it
+                # must not be cached under that key. Build again from what is on disk now.
+                if _retries <= 0:
+                    raise EmulatorBuildError(f"kernel family {src.family.name!r}: its sources kept changing "
+                                             "during the emulator build")
+                return _build(src, sanitize, _retries - 1)
             os.replace(tmp / "layout.json", out_dir / f"{key}.json")
             os.replace(tmp_so, so)   # last: the .so marks a complete build
         finally:
