@@ -490,3 +490,54 @@ def test_scratch_is_bounded(monkeypatch):
     v, a = BACKEND.max_pool_argmax(x, pp, np.dtype(np.int64), False)
     assert _peak_extra(BACKEND.argmax_scatter, v, a, x.shape, False) < limit
     assert _peak_extra(BACKEND.argmax_gather, x, a, False) < limit
+
+
+# ---------------------------------------------------------------------------------------------------------
+# tiled max-pool fast path (windows that tile the rows) against the generic sweep
+# ---------------------------------------------------------------------------------------------------------
+TILED_CASES = [
+    # x (canonical N, D, H, W, C), window, stride, padding
+    ((3, 1, 6, 8, 5), (1, 2, 2), (1, 2, 2), "VALID"),
+    ((2, 1, 7, 9, 3), (1, 2, 2), (1, 2, 2), "SAME"),          # border row and column by the generic sweep
+    ((2, 1, 9, 7, 2), (1, 3, 3), (1, 3, 3), "SAME"),          # width padded before: interior from q = 1
+    ((2, 3, 6, 6, 2), (1, 3, 2), (2, 3, 2), "VALID"),         # 3-D, one depth tap, depth stride 2
+    ((2, 1, 4, 300, 1), (1, 2, 2), (1, 2, 2), "VALID"),       # offsets past uint8: uint16 codes
+    ((1, 1, 4, 300, 300), (1, 2, 2), (1, 2, 2), "VALID"),     # offsets past uint16: int32 codes
+    ((2, 1, 5, 6, 3), (1, 1, 3), (1, 1, 3), "VALID"),         # one window row
+    ((2, 1, 6, 5, 3), (1, 3, 1), (1, 3, 1), "VALID"),         # one window column
+]
+
+
+def _generic_max_pool(monkeypatch, x, p, index_dtype, include):
+    from gpuconv.numpy_backend import pool as pool_module
+    with monkeypatch.context() as mp:
+        mp.setattr(pool_module, "_tiled", lambda p: False)
+        return pool_module.max_pool_argmax(x, p, index_dtype, include), pool_module.max_pool(x, p)
+
+
+@pytest.mark.parametrize("case", TILED_CASES)
+@pytest.mark.parametrize("data", ["ties", "nan", "zeros", "int16"])
+def test_tiled_max_pool_matches_generic_sweep(monkeypatch, case, data):
+    """Bit for bit (NaN payloads, signed zeros), with small fast boxes so that boxes split rows and columns."""
+    from gpuconv.geometry import pool_problem
+    from gpuconv.numpy_backend import pool as pool_module
+    xs, window, stride, pad = case
+    rng = np.random.default_rng(7)
+    x = (rng.integers(-3, 3, size=xs) / 2).astype(np.float32)
+    if data == "nan":
+        x[rng.random(xs) < 0.05] = np.nan
+    elif data == "zeros":
+        x = np.where(rng.random(xs) < 0.5, np.float32(0.0), np.minimum(x, 0)).astype(np.float32)
+        x[rng.random(xs) < 0.5] *= -1                   # +0 and -0 mixed, maxima often zero
+    elif data == "int16":
+        x = rng.integers(-2, 3, size=xs).astype(np.int16)
+    p = pool_problem(x.shape, window, stride, pad)
+    assert pool_module._tiled(p)
+    for values in (7, 10**6):
+        monkeypatch.setattr(pool_module, "_FAST_BOX_VALUES", values)
+        for idt, include in ((np.dtype(np.int64), False), (np.dtype(np.int32), True)):
+            (want_y, want_a), want_m = _generic_max_pool(monkeypatch, x, p, idt, include)
+            y, a = BACKEND.max_pool_argmax(x, p, idt, include)
+            assert y.tobytes() == want_y.tobytes()
+            np.testing.assert_array_equal(a, want_a)
+            assert BACKEND.max_pool(x, p).tobytes() == want_m.tobytes()
