@@ -11,6 +11,8 @@
 //   * mac()                    the one multiply-accumulate every conv kernel uses (an explicit fused
 //                              multiply-add, so the GPU and the CPU emulator round identically);
 //   * SmemCast<S>              how an element enters a shared-memory tile of type S;
+//   * conv_nonfinite_flag      sets *flag when an operand holds inf or NaN: the tiled kernels then compute
+//                              their tiles by the analytic formula, in which absent taps never multiply;
 //   * nvcuda::wmma (emulator)  the WMMA subset tensor-op kernels use, for the CPU emulator only.
 //
 // Canonical layout (channels-last, always three spatial dimensions; 2-D is depth 1):
@@ -195,6 +197,42 @@ __device__ __forceinline__ void load_fragment4(const double* s, double* v) {
     const double2 a = *reinterpret_cast<const double2*>(s);
     const double2 b = *reinterpret_cast<const double2*>(s + 2);
     v[0] = a.x; v[1] = a.y; v[2] = b.x; v[3] = b.y;
+}
+
+// =========================================================================================================
+// Non-finite operands: absent taps never multiply
+// =========================================================================================================
+// DESIGN.md §2: a tap that reads outside x (padding), or a dgrad tap whose dy coordinate is off the stride
+// lattice or out of range (an inserted zero), is ABSENT: it takes no part in any multiplication. The
+// implicit-GEMM kernels load such taps as zeros and multiply them, which is the same thing while the other
+// operand is finite (0 * v = 0 adds nothing) but not when it holds inf or NaN (0 * inf = NaN). The operand
+// that meets those zeros is w for fprop and dgrad and dy for wgrad. So a plan that runs a tiled kernel first
+// runs conv_nonfinite_flag over that operand (on a zeroed int in device memory; no host synchronisation);
+// the tiled kernel reads the flag once, block-uniformly, and when it is set computes its tile's outputs with
+// the analytic kernel's per-output function (the same code as the analytic kernel, so the two cannot drift).
+
+// True when v is neither inf nor NaN (exponent field not all ones); bit tests, so no fast-math flag or math
+// header can change the answer.
+__device__ __forceinline__ bool is_finite_value(float v) {
+    return (__float_as_uint(v) & 0x7f800000u) != 0x7f800000u;
+}
+__device__ __forceinline__ bool is_finite_value(double v) {
+    return (static_cast<unsigned long long>(__double_as_longlong(v)) & 0x7ff0000000000000ull) !=
+           0x7ff0000000000000ull;
+}
+__device__ __forceinline__ bool is_finite_value(__half v) { return (__half_as_ushort(v) & 0x7c00u) != 0x7c00u; }
+
+// *flag = 1 when some a[i], i < n, is inf or NaN; *flag is left alone otherwise (the plan zeroes it first).
+// Grid-stride; every writer stores the same value 1, so concurrent stores need no atomics.
+template <typename Element, typename Index>
+__global__ void __launch_bounds__(256, 4)
+    conv_nonfinite_flag(const Element* __restrict__ a, Index n, int* __restrict__ flag) {
+    for (Index i = Index(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += Index(gridDim.x) * blockDim.x) {
+        if (!is_finite_value(__ldg(a + i))) {
+            *flag = 1;
+            return;
+        }
+    }
 }
 
 }  // namespace gpuconv

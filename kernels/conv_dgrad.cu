@@ -14,7 +14,10 @@
 //                          gemm_m = N * Dp*Hp*Wp (dx pixels of the phase), gemm_n = Cg,
 //                          gemm_k = taps_of_phase * Kg (padded to BK per tap).
 //                        Block tile BM x BN x 8 in shared memory (double-buffered), thread tile TM x TN in
-//                        registers, predicated borders and partial tiles.
+//                        registers, predicated borders and partial tiles. It loads dy cells of absent taps
+//                        (out of range) as zeros and multiplies them; so it takes a flag that
+//                        conv_nonfinite_flag (conv_common.cuh) sets when w holds inf or NaN, and then computes
+//                        its tile with dgrad_element, the analytic kernel's per-element sum.
 #include "conv_common.cuh"
 
 namespace gpuconv {
@@ -111,51 +114,60 @@ struct TapWalk {
 // ---------------------------------------------------------------------------------------------------------
 // conv_dgrad_analytic
 // ---------------------------------------------------------------------------------------------------------
+// One dx element dx[n, x_d, x_h, x_w, c] (formula at the top of this file): taps in (t, r, s) order, channels
+// k ascending, a fixed summation order. A tap whose dy coordinate is off the stride lattice or out of range is
+// skipped: absent, never multiplied. Shared by conv_dgrad_analytic and conv_dgrad_tiled's non-finite fallback.
+template <typename Element, typename Idx>
+__device__ __forceinline__ typename Accum<Element>::type dgrad_element(const Element* __restrict__ dy,
+                                                                       const Element* __restrict__ w,
+                                                                       const ConvProblemSize<Idx>& pr, int n,
+                                                                       int x_d, int x_h, int x_w, int c) {
+    typedef typename Accum<Element>::type Acc;
+    DGRAD_PROBLEM_LOCALS(pr);
+    (void)D; (void)H; (void)W; (void)N;
+    const int g = c / Cg, cg = c - g * Cg;
+    // Per axis, dy coordinate numerator u = x + pad - tap*dil kept as floor quotient and remainder by the
+    // stride, stepped by -dil per tap: no division inside the tap loops (ptxas outlines divisions there).
+    const TapWalk wd(x_d + pd, sd, dd), wh(x_h + ph, sh, dh), ww(x_w + pw, sw, dw);
+    Acc acc = Acc(0);
+    TapWalk zt = wd;
+    for (int t = 0; t < T && zt.q >= 0; ++t, zt.step(wd)) {
+        if (zt.rem != 0 || zt.q >= Z) continue;
+        TapWalk pr_ = wh;
+        for (int r = 0; r < R && pr_.q >= 0; ++r, pr_.step(wh)) {
+            if (pr_.rem != 0 || pr_.q >= P) continue;
+            TapWalk qs = ww;
+            for (int s = 0; s < S && qs.q >= 0; ++s, qs.step(ww)) {
+                if (qs.rem != 0 || qs.q >= Q) continue;
+                const Element* dy_row = dy + ((((Idx)n * Z + zt.q) * P + pr_.q) * Q + qs.q) * K + (Idx)g * Kg;
+                const Element* w_row = w + ((((Idx)t * R + r) * S + s) * Cg + cg) * K + (Idx)g * Kg;
+#pragma unroll 1   // unrolled, ptxas spills around the remainder loop (sm_80/sm_90, NVRTC 13.5)
+                for (int k = 0; k < Kg; ++k) acc = mac(to_accum(dy_row[k]), to_accum(w_row[k]), acc);
+            }
+        }
+    }
+    return acc;
+}
+
 // dx[i] for i = (((n*D + d)*H + h)*W + w)*C + c, one thread per element (grid: ceil(N*D*H*W*C / 256) blocks;
-// no grid-stride loop, so the Idx divisions run once, before the summation loops), formula at the top of this
-// file; taps in (t, r, s) order, channels k ascending: a fixed summation order.
+// no grid-stride loop, so the Idx divisions run once, before the summation loops); the sum is dgrad_element's.
 template <typename Element, typename Idx>
 __device__ __forceinline__ void dgrad_analytic(const Element* __restrict__ dy, const Element* __restrict__ w,
                                                Element* __restrict__ dx, const ConvProblemSize<Idx>& pr) {
-    typedef typename Accum<Element>::type Acc;
     DGRAD_PROBLEM_LOCALS(pr);
     const Idx total = (Idx)N * D * H * W * C;
     const Idx i = (Idx)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= total) return;
-    {
-        // Two divisions in Idx (before anything is live), the rest in int: D*H*W < 2^31 (plans check it).
-        const Idx pixel = i / C;
-        const int c = (int)(i - pixel * C);
-        const int image_pixels = D * H * W;
-        const int n = (int)(pixel / image_pixels);
-        int rest = (int)(pixel - (Idx)n * image_pixels);
-        const int x_w = rest % W; rest /= W;
-        const int x_h = rest % H;
-        const int x_d = rest / H;
-        const int g = c / Cg, cg = c - g * Cg;
-        // Per axis, dy coordinate numerator u = x + pad - tap*dil kept as floor quotient and remainder by the
-        // stride, stepped by -dil per tap: no division inside the tap loops (ptxas outlines divisions there).
-        const TapWalk wd(x_d + pd, sd, dd), wh(x_h + ph, sh, dh), ww(x_w + pw, sw, dw);
-        Acc acc = Acc(0);
-        TapWalk zt = wd;
-        for (int t = 0; t < T && zt.q >= 0; ++t, zt.step(wd)) {
-            if (zt.rem != 0 || zt.q >= Z) continue;
-            TapWalk pr_ = wh;
-            for (int r = 0; r < R && pr_.q >= 0; ++r, pr_.step(wh)) {
-                if (pr_.rem != 0 || pr_.q >= P) continue;
-                TapWalk qs = ww;
-                for (int s = 0; s < S && qs.q >= 0; ++s, qs.step(ww)) {
-                    if (qs.rem != 0 || qs.q >= Q) continue;
-                    const Element* dy_row =
-                        dy + ((((Idx)n * Z + zt.q) * P + pr_.q) * Q + qs.q) * K + (Idx)g * Kg;
-                    const Element* w_row = w + ((((Idx)t * R + r) * S + s) * Cg + cg) * K + (Idx)g * Kg;
-#pragma unroll 1   // unrolled, ptxas spills around the remainder loop (sm_80/sm_90, NVRTC 13.5)
-                    for (int k = 0; k < Kg; ++k) acc = mac(to_accum(dy_row[k]), to_accum(w_row[k]), acc);
-                }
-            }
-        }
-        dx[i] = from_accum<Element>(acc);
-    }
+    // Two divisions in Idx (before anything is live), the rest in int: D*H*W < 2^31 (plans check it).
+    const Idx pixel = i / C;
+    const int c = (int)(i - pixel * C);
+    const int image_pixels = D * H * W;
+    const int n = (int)(pixel / image_pixels);
+    int rest = (int)(pixel - (Idx)n * image_pixels);
+    const int x_w = rest % W; rest /= W;
+    const int x_h = rest % H;
+    const int x_d = rest / H;
+    dx[i] = from_accum<Element>(dgrad_element(dy, w, pr, n, x_d, x_h, x_w, c));
 }
 
 template <typename Element, typename Idx>
@@ -204,8 +216,8 @@ __device__ __forceinline__ void mma_stage(Acc (&acc)[TM][TN], const Acc (*As)[BM
 // zero-upsampled dy: taps that miss a phase are never iterated.
 template <typename Element, typename Idx, int BM, int BN, int TM, int TN>
 __device__ __forceinline__ void dgrad_tiled(const Element* __restrict__ dy, const Element* __restrict__ w,
-                                            Element* __restrict__ dx, const ConvProblemSize<Idx>& pr,
-                                            int n_tiles) {
+                                            Element* __restrict__ dx, const int* __restrict__ nonfinite,
+                                            const ConvProblemSize<Idx>& pr, int n_tiles) {
     typedef typename Accum<Element>::type Acc;
     DGRAD_PROBLEM_LOCALS(pr);
     static_assert((BM / TM) * (BN / TN) == kThreads, "16 x 16 threads per CTA");
@@ -243,6 +255,21 @@ __device__ __forceinline__ void dgrad_tiled(const Element* __restrict__ dy, cons
         j = local % ax_h.size;
         i = local / ax_h.size;
     };
+    if (*nonfinite) {
+        // w holds inf or NaN: an absent tap (dy off the lattice or out of range) must not multiply it. The
+        // tile's dx elements by the analytic formula, consecutive threads on consecutive channels
+        // (block-uniform branch; no barrier on this path).
+        for (int e = threadIdx.x; e < BM * BN; e += kThreads) {
+            const int row = e / BN, c = n0 + e % BN;
+            if (m0 + row >= gemm_m || c >= Cg) continue;
+            int n, ii, j, l;
+            locate(row, n, ii, j, l);
+            const int x_d = ax_d.first + ii * sd, x_h = ax_h.first + j * sh, x_w = ax_w.first + l * sw;
+            dx[((((Idx)n * D + x_d) * H + x_h) * W + x_w) * C + (Idx)g * Cg + c] =
+                from_accum<Element>(dgrad_element(dy, w, pr, n, x_d, x_h, x_w, g * Cg + c));
+        }
+        return;
+    }
     const int ktiles_per_tap = (Kg + kTileK - 1) / kTileK;
     const int k_tiles = ax_d.ntaps * ax_h.ntaps * ax_w.ntaps * ktiles_per_tap;
 
@@ -353,8 +380,8 @@ __device__ __forceinline__ void dgrad_tiled(const Element* __restrict__ dy, cons
 template <typename Element, typename Idx, int BM, int BN, int TM, int TN>
 __global__ void __launch_bounds__(kThreads, min_blocks(TM * TN, sizeof(typename Accum<Element>::type)))
 conv_dgrad_tiled(const Element* __restrict__ dy, const Element* __restrict__ w, Element* __restrict__ dx,
-                 GPUCONV_CONV_PROBLEM_PARAMS(Idx), int n_tiles) {
-    dgrad_tiled<Element, Idx, BM, BN, TM, TN>(dy, w, dx, ConvProblemSize<Idx>(GPUCONV_CONV_PROBLEM_ARGS),
+                 const int* __restrict__ nonfinite, GPUCONV_CONV_PROBLEM_PARAMS(Idx), int n_tiles) {
+    dgrad_tiled<Element, Idx, BM, BN, TM, TN>(dy, w, dx, nonfinite, ConvProblemSize<Idx>(GPUCONV_CONV_PROBLEM_ARGS),
                                               n_tiles);
 }
 

@@ -10,6 +10,9 @@
 //                         tile, double-buffered global -> register -> shared loads, predicated borders and
 //                         partial tiles, optional vector loads along the channels.
 //   conv_fprop_tensorop   the same implicit GEMM for float16 on tensor cores (WMMA, float accumulation).
+// tiled and tensorop take a flag set by conv_nonfinite_flag (conv_common.cuh) over w: when w holds inf or NaN
+// they compute their tiles with the analytic kernel's fprop_output instead, so a padding tap never multiplies
+// (0 * inf would be NaN; DESIGN.md §2: out-of-bounds taps are absent).
 // analytic and tiled sum the GEMM-k terms in the same order (filter tap (t, r, s) outer, channel c inner)
 // with one fused multiply-add per term, so on finite inputs they give bit-identical results; tensorop sums
 // in the tensor cores' order (float accumulators, results within float rounding of the others).
@@ -24,44 +27,29 @@ namespace gpuconv {
 // =========================================================================================================
 // conv_fprop_analytic
 // =========================================================================================================
-// One thread per output element y[n, z, p, q, k]. Output row = (n*Z + z)*P + p, one per block row:
-// row = blockIdx.z * gridDim.y + blockIdx.y (< N*Z*P); element j = q*K + k of the row = blockIdx.x * 256 +
-// threadIdx.x (< Q*K). Every index division is 32-bit (a 64-bit division is a called subroutine); only the
-// offsets use Index. The min-blocks hint 4 (<= 64 registers) matters: without one, NVRTC 13.5's ptxas
-// targeted 32 registers on sm_80 and spilled.
+// One output element: y[n, z, p, q, k] = fprop_output(prob, x, w, o, k) with o the corner of its input
+// window (fprop_window_origin). Taps whose cell lies outside x are skipped: absent, never multiplied.
 //   y[n,z,p,q,k] = sum_{t,r,s} [cell in x] sum_{c < Cg} x[n, d, h, w, g*Cg + c] * w[t, r, s, c, k]
 //   d = z*sd - pd + t*dd, h = p*sh - ph + r*dh, w = q*sw - pw + s*dw, g = k / Kg.
-// Consecutive threads take consecutive k: coalesced filter reads and output writes; the input cell is a
-// warp-wide broadcast.
+// Shared by conv_fprop_analytic and the non-finite fallback of conv_fprop_tiled / conv_fprop_tensorop.
 template <typename Element, typename Index>
-__global__ void __launch_bounds__(256, 4) conv_fprop_analytic(const Element* __restrict__ x,
-                                                           const Element* __restrict__ w,
-                                                           Element* __restrict__ y,
-                                                           GPUCONV_CONV_PROBLEM_PARAMS(Index)) {
+__device__ __forceinline__ typename Accum<Element>::type fprop_output(const ConvProblemSize<Index>& prob,
+                                                                      const Element* __restrict__ x,
+                                                                      const Element* __restrict__ w,
+                                                                      const WindowOrigin& o, int k) {
     typedef typename Accum<Element>::type Acc;
-    const ConvProblemSize<Index> prob(GPUCONV_CONV_PROBLEM_ARGS);
-
-    // ---- setup: output coordinates and window origin ---------------------------------------------------
-    const int row = int(blockIdx.z * gridDim.y + blockIdx.y);
-    const int j = int(blockIdx.x * blockDim.x + threadIdx.x);
-    if (row >= prob.N * prob.Z * prob.P || j >= prob.Q * prob.K) return;
-    const int k = j % prob.K, q = j / prob.K;
-    const int pp = row % prob.P, z = (row / prob.P) % prob.Z, n = row / (prob.P * prob.Z);
-    const int d0 = z * prob.stride_d - prob.pad_d;
-    const int h0 = pp * prob.stride_h - prob.pad_h;
-    const int w0 = q * prob.stride_w - prob.pad_w;
     const int g = k / prob.group_k;
-    const Element* x_image = x + Index(n) * prob.x_image_stride() + Index(g) * prob.group_c;
+    const Element* x_image = x + Index(o.n) * prob.x_image_stride() + Index(g) * prob.group_c;
     const Index filter_tap_stride = Index(prob.group_c) * prob.K;  // w elements per filter tap
 
-    // ---- main loop: filter taps, then channels ---------------------------------------------------------
+    // ---- filter taps, then channels ----------------------------------------------------------------------
     Acc acc = Acc(0);
     for (int t = 0; t < prob.T; ++t) {
-        const int d = d0 + t * prob.dilation_d;
+        const int d = o.d + t * prob.dilation_d;
         for (int r = 0; r < prob.R; ++r) {
-            const int h = h0 + r * prob.dilation_h;
+            const int h = o.h + r * prob.dilation_h;
             for (int s = 0; s < prob.S; ++s) {
-                const int wc = w0 + s * prob.dilation_w;
+                const int wc = o.w + s * prob.dilation_w;
                 if (!in_bounds(prob, d, h, wc)) continue;
                 const Element* xp = x_image + ((Index(d) * prob.H + h) * prob.W + wc) * prob.C;
                 const Element* wp = w + Index((t * prob.R + r) * prob.S + s) * filter_tap_stride + k;
@@ -70,9 +58,55 @@ __global__ void __launch_bounds__(256, 4) conv_fprop_analytic(const Element* __r
             }
         }
     }
+    return acc;
+}
 
-    // ---- epilogue --------------------------------------------------------------------------------------
-    y[Index(row) * (Index(prob.Q) * prob.K) + j] = from_accum<Element>(acc);
+// One thread per output element y[n, z, p, q, k]. Output row = (n*Z + z)*P + p, one per block row:
+// row = blockIdx.z * gridDim.y + blockIdx.y (< N*Z*P); element j = q*K + k of the row = blockIdx.x * 256 +
+// threadIdx.x (< Q*K). Every index division is 32-bit (a 64-bit division is a called subroutine); only the
+// offsets use Index. The min-blocks hint 4 (<= 64 registers) matters: without one, NVRTC 13.5's ptxas
+// targeted 32 registers on sm_80 and spilled. The sum is fprop_output's.
+// Consecutive threads take consecutive k: coalesced filter reads and output writes; the input cell is a
+// warp-wide broadcast.
+template <typename Element, typename Index>
+__global__ void __launch_bounds__(256, 4) conv_fprop_analytic(const Element* __restrict__ x,
+                                                           const Element* __restrict__ w,
+                                                           Element* __restrict__ y,
+                                                           GPUCONV_CONV_PROBLEM_PARAMS(Index)) {
+    const ConvProblemSize<Index> prob(GPUCONV_CONV_PROBLEM_ARGS);
+
+    // ---- setup: output coordinates and window origin ---------------------------------------------------
+    const int row = int(blockIdx.z * gridDim.y + blockIdx.y);
+    const int j = int(blockIdx.x * blockDim.x + threadIdx.x);
+    if (row >= prob.N * prob.Z * prob.P || j >= prob.Q * prob.K) return;
+    const int k = j % prob.K, q = j / prob.K;
+    const int pp = row % prob.P, z = (row / prob.P) % prob.Z, n = row / (prob.P * prob.Z);
+    WindowOrigin o;
+    o.n = n;
+    o.d = z * prob.stride_d - prob.pad_d;
+    o.h = pp * prob.stride_h - prob.pad_h;
+    o.w = q * prob.stride_w - prob.pad_w;
+
+    // ---- sum and epilogue ------------------------------------------------------------------------------
+    y[Index(row) * (Index(prob.Q) * prob.K) + j] = from_accum<Element>(fprop_output(prob, x, w, o, k));
+}
+
+// Non-finite fallback of the implicit-GEMM kernels (conv_common.cuh): the BM x BN block tile (m0, n0) of
+// group g computed element by element with fprop_output, consecutive threads on consecutive output channels.
+template <typename Element, typename Index, int BM, int BN, int kThreads>
+__device__ __forceinline__ void fprop_tile_by_formula(const ConvProblemSize<Index>& prob,
+                                                      const Element* __restrict__ x,
+                                                      const Element* __restrict__ w, Element* __restrict__ y,
+                                                      Index m0, int n0, int g) {
+    const Index gemm_m = prob.fprop_gemm_m();
+    const int gemm_n = prob.fprop_gemm_n();
+    for (int e = threadIdx.x; e < BM * BN; e += kThreads) {
+        const Index m = m0 + e / BN;
+        const int n = n0 + e % BN;
+        if (m >= gemm_m || n >= gemm_n) continue;
+        const int k = g * gemm_n + n;
+        y[m * prob.K + k] = from_accum<Element>(fprop_output(prob, x, w, fprop_window_origin(prob, m), k));
+    }
 }
 
 // =========================================================================================================
@@ -256,7 +290,7 @@ struct FpropFilterTileIterator {
 template <typename Element, typename Index, int BM, int BN, int BK, int TM, int TN, int V>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN), (TM * TN >= 64 ? 1 : 2))
     conv_fprop_tiled(const Element* __restrict__ x, const Element* __restrict__ w, Element* __restrict__ y,
-                     GPUCONV_CONV_PROBLEM_PARAMS(Index)) {
+                     const int* __restrict__ nonfinite, GPUCONV_CONV_PROBLEM_PARAMS(Index)) {
     typedef typename Accum<Element>::type Acc;
     constexpr int kThreadsM = BM / TM, kThreadsN = BN / TN, kThreads = kThreadsM * kThreadsN;
     constexpr int kLanesN = kThreadsN < 8 ? kThreadsN : 8, kLanesM = 32 / kLanesN;
@@ -281,6 +315,10 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN), (TM * TN >= 64 ? 1 : 2)
     const int tiles_n = (gemm_n + BN - 1) / BN;
     const Index m0 = Index(blockIdx.x / tiles_n) * BM;
     const int n0 = int(blockIdx.x % tiles_n) * BN;
+    if (*nonfinite) {  // w holds inf or NaN: padding must not multiply it (block-uniform; no barrier below)
+        fprop_tile_by_formula<Element, Index, BM, BN, kThreads>(prob, x, w, y, m0, n0, g);
+        return;
+    }
     const int warp = tid / 32, lane = tid % 32;
     const int ty = (warp / kWarpsN) * kLanesM + lane / kLanesN;  // thread row in [0, kThreadsM)
     const int tx = (warp % kWarpsN) * kLanesN + lane % kLanesN;  // thread column in [0, kThreadsN)
@@ -373,9 +411,9 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN), (TM * TN >= 64 ? 1 : 2)
 // kernel (V = 4: 64-bit loads along channels); the epilogue stages each accumulator fragment through a
 // per-warp 16 x 16 float tile and writes it with bounds checks.
 template <typename Index, int BM, int BN, int BK, int WM, int WN, int V>
-__global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32)
+__global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32, 1)
     conv_fprop_tensorop(const __half* __restrict__ x, const __half* __restrict__ w, __half* __restrict__ y,
-                        GPUCONV_CONV_PROBLEM_PARAMS(Index)) {
+                        const int* __restrict__ nonfinite, GPUCONV_CONV_PROBLEM_PARAMS(Index)) {
     namespace wmma = nvcuda::wmma;
     constexpr int kWarpsM = BM / WM, kWarpsN = BN / WN, kThreads = kWarpsM * kWarpsN * 32;
     constexpr int kFragsM = WM / 16, kFragsN = WN / 16;
@@ -399,6 +437,10 @@ __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32)
     const int tiles_n = (gemm_n + BN - 1) / BN;
     const Index m0 = Index(blockIdx.x / tiles_n) * BM;
     const int n0 = int(blockIdx.x % tiles_n) * BN;
+    if (*nonfinite) {  // w holds inf or NaN: padding must not multiply it (block-uniform; no barrier below)
+        fprop_tile_by_formula<__half, Index, BM, BN, kThreads>(prob, x, w, y, m0, n0, g);
+        return;
+    }
     const int warp_m = (warp / kWarpsN) * WM, warp_n = (warp % kWarpsN) * WN;
 
     IteratorA iter_a(prob, x, m0, g, tid);

@@ -12,6 +12,9 @@
 //                        split-K over gemm_k (blockIdx.z). With one split it writes dw directly; with more,
 //                        each split writes an Acc partial tile to a workspace [splits, T*R*S*Cg, K] and
 //   conv_wgrad_reduce    sums the splits in split order (deterministic) and converts to the output dtype.
+// The tiled kernel loads x cells of padding as zeros and multiplies them by dy; it takes a flag that
+// conv_nonfinite_flag (conv_common.cuh) sets when dy holds inf or NaN, and then computes each split's partial
+// with wgrad_element, the analytic kernel's sum restricted to the split's range (absent taps never multiply).
 #include "conv_common.cuh"
 
 namespace gpuconv {
@@ -43,46 +46,70 @@ constexpr int min_blocks(int thread_tile, int acc_bytes) {
 // ---------------------------------------------------------------------------------------------------------
 // conv_wgrad_analytic
 // ---------------------------------------------------------------------------------------------------------
+// One dw element dw[t, r, s, c, k] (xc = g*Cg + c, the x channel), summed over the dy pixels
+// kk = ((n*Z + z)*P + p)*Q + q in [kk_begin, kk_end) in row-major order: a fixed summation order. The pixels
+// are walked row by row ((n, z, p) carried, no division after the start); a pixel whose x cell lies outside x
+// is skipped: absent, never multiplied. Shared by conv_wgrad_analytic (the whole range) and the non-finite
+// fallback of conv_wgrad_tiled (its split's range).
+template <typename Element, typename Idx>
+__device__ __forceinline__ typename Accum<Element>::type wgrad_element(const Element* __restrict__ x,
+                                                                       const Element* __restrict__ dy,
+                                                                       const ConvProblemSize<Idx>& pr, int t,
+                                                                       int r, int s, int xc, int k,
+                                                                       Idx kk_begin, Idx kk_end) {
+    typedef typename Accum<Element>::type Acc;
+    WGRAD_PROBLEM_LOCALS(pr);
+    Acc acc = Acc(0);
+    if (kk_begin >= kk_end) return acc;
+    Idx rest = kk_begin;
+    int q0 = (int)(rest % Q); rest /= Q;
+    int p = (int)(rest % P); rest /= P;
+    int z = (int)(rest % Z);
+    int n = (int)(rest / Z);
+    for (Idx kk = kk_begin; kk < kk_end;) {
+        const Idx left = kk_end - kk;
+        const int q1 = left < (Idx)(Q - q0) ? q0 + (int)left : Q;
+        const int x_d = z * sd + t * dd - pd;
+        const int x_h = p * sh + r * dh - ph;
+        if (x_d >= 0 && x_d < D && x_h >= 0 && x_h < H) {
+            const Element* x_row = x + (((Idx)n * D + x_d) * H + x_h) * W * C + xc;
+            const Element* dy_row = dy + ((((Idx)n * Z + z) * P + p) * Q) * K + k;
+            for (int q = q0; q < q1; ++q) {
+                const int x_w = q * sw + s * ddw - pw;
+                if (x_w < 0 || x_w >= W) continue;
+                acc = mac(to_accum(x_row[(Idx)x_w * C]), to_accum(dy_row[(Idx)q * K]), acc);
+            }
+        }
+        kk += q1 - q0;
+        q0 = 0;
+        if (++p == P) {
+            p = 0;
+            if (++z == Z) { z = 0; ++n; }
+        }
+    }
+    return acc;
+}
+
 // dw[i] for i = (((t*R + r)*S + s)*Cg + c)*K + k, one thread per element (grid: ceil(T*R*S*Cg*K / 256)
-// blocks, no grid-stride loop); the sum runs over (n, z, p, q) in row-major order: a fixed summation order. k is the fastest thread index, so dy reads of a
-// warp are contiguous and x reads are broadcasts.
+// blocks, no grid-stride loop); the sum over all N*Z*P*Q dy pixels is wgrad_element's. k is the fastest thread
+// index, so dy reads of a warp are contiguous and x reads are broadcasts.
 template <typename Element, typename Idx>
 __device__ __forceinline__ void wgrad_analytic(const Element* __restrict__ x, const Element* __restrict__ dy,
                                                Element* __restrict__ dw, const ConvProblemSize<Idx>& pr) {
-    typedef typename Accum<Element>::type Acc;
     WGRAD_PROBLEM_LOCALS(pr);
     const Idx total = (Idx)T * R * S * Cg * K;
     const Idx i = (Idx)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= total) return;
-    {
-        // One division in Idx, the rest in int (T*R*S*Cg < 2^31: plans check it).
-        const Idx row = i / K;
-        const int k = (int)(i - row * K);
-        int rest = (int)row;
-        const int c = rest % Cg; rest /= Cg;
-        const int s = rest % S; rest /= S;
-        const int r = rest % R;
-        const int t = rest / R;
-        const int xc = (k / Kg) * Cg + c;
-        Acc acc = Acc(0);
-        for (int n = 0; n < N; ++n)
-            for (int z = 0; z < Z; ++z) {
-                const int x_d = z * sd + t * dd - pd;
-                if (x_d < 0 || x_d >= D) continue;
-                for (int p = 0; p < P; ++p) {
-                    const int x_h = p * sh + r * dh - ph;
-                    if (x_h < 0 || x_h >= H) continue;
-                    for (int q = 0; q < Q; ++q) {
-                        const int x_w = q * sw + s * ddw - pw;
-                        if (x_w < 0 || x_w >= W) continue;
-                        const Element xv = x[((((Idx)n * D + x_d) * H + x_h) * W + x_w) * C + xc];
-                        const Element gv = dy[((((Idx)n * Z + z) * P + p) * Q + q) * K + k];
-                        acc = mac(to_accum(xv), to_accum(gv), acc);
-                    }
-                }
-            }
-        dw[i] = from_accum<Element>(acc);
-    }
+    // One division in Idx, the rest in int (T*R*S*Cg < 2^31: plans check it).
+    const Idx row = i / K;
+    const int k = (int)(i - row * K);
+    int rest = (int)row;
+    const int c = rest % Cg; rest /= Cg;
+    const int s = rest % S; rest /= S;
+    const int r = rest % R;
+    const int t = rest / R;
+    const int xc = (k / Kg) * Cg + c;
+    dw[i] = from_accum<Element>(wgrad_element(x, dy, pr, t, r, s, xc, k, (Idx)0, (Idx)N * Z * P * Q));
 }
 
 template <typename Element, typename Idx>
@@ -130,8 +157,8 @@ __device__ __forceinline__ void mma_stage(Acc (&acc)[TM][TN], const Acc (*As)[BM
 // advances by BK per k-tile with an incremental (n, z, p, q) carry, no division in the loop.
 template <typename Element, typename Out, typename Idx, int BM, int BN, int TM, int TN>
 __device__ __forceinline__ void wgrad_tiled(const Element* __restrict__ x, const Element* __restrict__ dy,
-                                            Out* __restrict__ out, const ConvProblemSize<Idx>& pr, int n_tiles,
-                                            Idx k_per_split) {
+                                            Out* __restrict__ out, const int* __restrict__ nonfinite,
+                                            const ConvProblemSize<Idx>& pr, int n_tiles, Idx k_per_split) {
     typedef typename Accum<Element>::type Acc;
     WGRAD_PROBLEM_LOCALS(pr);
     static_assert(BM / TM == 16 && BN / TN == 16 && TM % 4 == 0 && TN % 4 == 0, "16 x 16 threads per CTA");
@@ -152,6 +179,21 @@ __device__ __forceinline__ void wgrad_tiled(const Element* __restrict__ x, const
     const Idx k_end = k_begin + k_per_split < gemm_k ? k_begin + k_per_split : gemm_k;
     const int k_tiles = k_begin < k_end ? (int)((k_end - k_begin + kTileK - 1) / kTileK) : 0;
     const int m0 = tile_m * BM, n0 = tile_n * BN;
+    if (*nonfinite) {
+        // dy holds inf or NaN: a padding cell of x must not multiply it. This split's partial (or, with one
+        // split, dw itself) by the analytic formula over the split's gemm_k range, the same partial/reduce
+        // structure as the GEMM path; consecutive threads on consecutive k (block-uniform; no barrier here).
+        Out* out_split = out + (Idx)blockIdx.z * ((Idx)gemm_n * K);
+        for (int e = threadIdx.x; e < BM * BN; e += kThreads) {
+            const int m = m0 + e % BM, col = n0 + e / BM;
+            if (m >= Kg || col >= gemm_n) continue;
+            const int tap = col / Cg, c = col - tap * Cg;
+            const int s = tap % S, r = (tap / S) % R, t = tap / (S * R);
+            out_split[(Idx)col * K + (Idx)g * Kg + m] =
+                from_accum<Out>(wgrad_element(x, dy, pr, t, r, s, g * Cg + c, g * Kg + m, k_begin, k_end));
+        }
+        return;
+    }
 
     const int tid = threadIdx.x;
     const int tx = tid % 16, ty = tid / 16;
@@ -260,9 +302,11 @@ __device__ __forceinline__ void wgrad_tiled(const Element* __restrict__ x, const
 template <typename Element, typename Out, typename Idx, int BM, int BN, int TM, int TN>
 __global__ void __launch_bounds__(kThreads, min_blocks(TM * TN, sizeof(typename Accum<Element>::type)))
 conv_wgrad_tiled(const Element* __restrict__ x, const Element* __restrict__ dy, Out* __restrict__ out,
-                 GPUCONV_CONV_PROBLEM_PARAMS(Idx), int n_tiles, Idx k_per_split) {
-    wgrad_tiled<Element, Out, Idx, BM, BN, TM, TN>(x, dy, out, ConvProblemSize<Idx>(GPUCONV_CONV_PROBLEM_ARGS),
-                                                   n_tiles, k_per_split);
+                 const int* __restrict__ nonfinite, GPUCONV_CONV_PROBLEM_PARAMS(Idx), int n_tiles,
+                 Idx k_per_split) {
+    wgrad_tiled<Element, Out, Idx, BM, BN, TM, TN>(x, dy, out, nonfinite,
+                                                   ConvProblemSize<Idx>(GPUCONV_CONV_PROBLEM_ARGS), n_tiles,
+                                                   k_per_split);
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -196,16 +196,24 @@ def test_every_dgrad_plan_names_a_declared_expression(dtype):
         configs += [DG.DgradConfig("tiled", t, index) for t in DG.tiles_for(dtype)]
         for c in configs:
             arrs = [FakeArray(dtype)] * 3
-            (plan,) = DG.dgrad_plans(c, p, *arrs)
+            flag = FakeArray(np.int32)
+            plans = DG.dgrad_plans(c, p, *arrs, flag)
+            assert len(plans) == (2 if c.variant == "tiled" else 1)
+            if c.variant == "tiled":                     # the non-finite flag over w, then the GEMM
+                assert plans[0].name_expression in DG.FAMILY.name_expressions
+                assert plans[0].args[0] is arrs[1] and plans[0].args[2] is flag
+                assert plans[1].args[3] is flag
+            plan = plans[-1]
             assert plan.name_expression in DG.FAMILY.name_expressions
             assert plan.block == (256, 1, 1) and plan.shared_mem == 0
-            scalars = plan.args[3:3 + len(PROBLEM_PARAM_NAMES)]
+            first = 4 if c.variant == "tiled" else 3
+            scalars = plan.args[first:first + len(PROBLEM_PARAM_NAMES)]
             want = np.int64 if index == "long long" else np.int32
             assert all(type(s) is want for s in scalars)
             assert int(scalars[PROBLEM_PARAM_NAMES.index("groups")]) == p.groups
             if c.variant == "tiled":
                 assert plan.grid == DG.tiled_grid(p, c.tile)
-                assert len(plan.args) == 3 + len(PROBLEM_PARAM_NAMES) + 1
+                assert len(plan.args) == 4 + len(PROBLEM_PARAM_NAMES) + 1
             else:
                 assert plan.grid[0] * 256 >= p.N * p.D * p.H * p.W * p.C
 
@@ -219,8 +227,13 @@ def test_every_wgrad_plan_names_a_declared_expression(dtype):
             configs += [WG.WgradConfig("tiled", t, s, index) for s in {1, WG.normalise_splits(p, 3)}]
         for c in configs:
             ws = FakeArray(acc) if WG.workspace_elements(c, p) else None
-            plans = WG.wgrad_plans(c, p, FakeArray(dtype), FakeArray(dtype), FakeArray(dtype), ws)
+            dy, flag = FakeArray(dtype), FakeArray(np.int32)
+            plans = WG.wgrad_plans(c, p, FakeArray(dtype), dy, FakeArray(dtype), ws, flag)
             assert all(pl.name_expression in WG.FAMILY.name_expressions for pl in plans)
+            if c.variant == "tiled":                     # the non-finite flag over dy first
+                flag_plan, plans = plans[0], plans[1:]
+                assert flag_plan.name_expression.startswith("gpuconv::conv_nonfinite_flag<")
+                assert flag_plan.args[0] is dy and flag_plan.args[2] is flag and plans[0].args[3] is flag
             if c.variant == "tiled" and c.splits > 1:
                 tiled, red = plans
                 assert tiled.args[2] is ws and tiled.grid[2] == c.splits

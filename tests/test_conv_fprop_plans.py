@@ -35,6 +35,16 @@ def arrays(p: ConvProblem, dtype):
     return (np.zeros(p.x_shape, dtype), np.zeros(p.w_shape, dtype), np.zeros(p.y_shape, dtype))
 
 
+FLAG = np.zeros(1, np.int32)   # the tiled kernels' non-finite flag (plans/conv_common.py)
+
+
+def conv_plan(p, dtype, *arrs):
+    """The conv launch of plan_fprop (the last one; tiled plans start with the non-finite flag launch)."""
+    plans = F.plan_fprop(p, dtype, *arrs, nonfinite=FLAG)
+    assert len(plans) == (1 if "analytic" in plans[-1].name_expression else 2)
+    return plans[-1]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the chooser
 # ---------------------------------------------------------------------------------------------------------
@@ -96,7 +106,7 @@ def test_float16_with_vector_channels_runs_on_tensor_cores():
 def test_tensorop_plan_grid_and_block():
     p = prob2d(2, 12, 12, 4, 132, 3, 3)
     with F.override_config(variant="tensorop"):
-        (plan,) = F.plan_fprop(p, F16, *arrays(p, F16))
+        plan = conv_plan(p, F16, *arrays(p, F16))
     assert plan.block == (256, 1, 1) and plan.grid == (-(-288 // 128) * 2, 1, 1) and plan.shared_mem == 0
     with F.override_config(variant="tensorop"), pytest.raises(ValueError, match="divisible by 4"):
         F.plan_fprop(prob2d(1, 5, 5, 3, 8, 3, 3), F16, *arrays(prob2d(1, 5, 5, 3, 8, 3, 3), F16))
@@ -154,12 +164,14 @@ def test_tiled_plan_grid_block_and_exact_scalars():
     p = prob2d(3, 9, 9, 8, 12, 3, 3, stride=2, dilation=2)
     x, w, y = arrays(p, F32)
     with F.override_config(variant="tiled", tile="64x64"):
-        (plan,) = F.plan_fprop(p, F32, x, w, y)
+        flag_plan, plan = F.plan_fprop(p, F32, x, w, y, nonfinite=FLAG)
+    assert flag_plan.name_expression == "gpuconv::conv_nonfinite_flag<float, int>"
+    assert flag_plan.args[0] is w and flag_plan.args[2] is FLAG and int(flag_plan.args[1]) == w.size
     gemm_m = 3 * 5 * 5
     assert plan.grid == (-(-gemm_m // 64) * 1, 1, 1) and plan.block == (256, 1, 1) and plan.shared_mem == 0
     assert plan.name_expression == "gpuconv::conv_fprop_tiled<float, int, 64, 64, 8, 4, 4, 4>"
-    assert plan.args[:3] == (x, w, y)
-    scalars = plan.args[3:]
+    assert plan.args[:4] == (x, w, y, FLAG)
+    scalars = plan.args[4:]
     assert len(scalars) == len(PROBLEM_PARAM_NAMES) == 22
     assert all(type(s) is np.int32 for s in scalars)
     assert [int(s) for s in scalars] == list(problem_values(p))
@@ -180,7 +192,7 @@ def test_analytic_plan_grid_folds_rows_over_y_and_z():
 def test_grouped_plan_puts_groups_on_grid_y():
     p = prob2d(2, 6, 6, 16, 24, 3, 3, groups=2)
     x, w, y = arrays(p, F32)
-    (plan,) = F.plan_fprop(p, F32, x, w, y)
+    plan = conv_plan(p, F32, x, w, y)
     assert plan.grid[1] == 2 and "64, 64" in plan.name_expression and plan.name_expression.endswith("4>")
 
 
@@ -189,10 +201,10 @@ def test_misaligned_arrays_fall_back_to_scalar_loads():
     x = np.zeros(int(np.prod(p.x_shape)) + 1, np.float32)[1:].reshape(p.x_shape)
     w, y = np.zeros(p.w_shape, np.float32), np.zeros(p.y_shape, np.float32)
     assert not F.arrays_aligned(F32, x, w, y)
-    (plan,) = F.plan_fprop(p, F32, x, w, y)
+    plan = conv_plan(p, F32, x, w, y)
     assert plan.name_expression.endswith(", 1>")
     with F.override_config(vector=4), pytest.raises(ValueError, match="aligned"):
-        F.plan_fprop(p, F32, x, w, y)
+        F.plan_fprop(p, F32, x, w, y, nonfinite=FLAG)
 
 
 def test_override_that_cannot_run_is_a_value_error_with_the_reason():
@@ -205,7 +217,7 @@ def test_override_tiled_on_a_problem_the_chooser_sends_to_analytic():
     p = prob2d(2, 6, 6, 4, 4, 3, 3, groups=4)          # gemm_n = 1 -> analytic by default
     assert F.choose_fprop_config(p, F64).variant == "analytic"
     with F.override_config(variant="tiled"):
-        (plan,) = F.plan_fprop(p, F64, *arrays(p, F64))
+        plan = conv_plan(p, F64, *arrays(p, F64))
     assert plan.name_expression == "gpuconv::conv_fprop_tiled<double, int, 64, 64, 8, 4, 4, 1>"
     assert plan.grid == (2, 4, 1)                        # gemm_m = 72: two 64-row tiles; 4 groups
 
@@ -213,8 +225,8 @@ def test_override_tiled_on_a_problem_the_chooser_sends_to_analytic():
 def test_override_is_scoped():
     p = prob2d(1, 5, 5, 3, 8, 3, 3)
     with F.override_config(variant="analytic"):
-        assert "analytic" in F.plan_fprop(p, F32, *arrays(p, F32))[0].name_expression
-    assert "tiled" in F.plan_fprop(p, F32, *arrays(p, F32))[0].name_expression
+        assert "analytic" in conv_plan(p, F32, *arrays(p, F32)).name_expression
+    assert "tiled" in conv_plan(p, F32, *arrays(p, F32)).name_expression
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -223,8 +235,8 @@ def test_override_is_scoped():
 def test_family_lists_every_instance_once():
     exprs = F.FAMILY.name_expressions
     assert len(exprs) == len(set(exprs))
-    expected = sum(1 + 2 * len(F.TILED_INSTANCES[(dt, ix)]) + len(F.TENSOROP_INSTANCES.get((dt, ix), ()))
-                   for dt in (F16, F32, F64) for ix in F.INDEX_TYPES)
+    expected = sum(2 + 2 * len(F.TILED_INSTANCES[(dt, ix)]) + len(F.TENSOROP_INSTANCES.get((dt, ix), ()))
+                   for dt in (F16, F32, F64) for ix in F.INDEX_TYPES)          # + 1: conv_nonfinite_flag
     assert len(exprs) == expected
     for e in exprs:
         assert F.FAMILY.hint(e).block_threads == 256

@@ -6,6 +6,8 @@ uninitialised; an empty problem returns zeros without a launch.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..geometry import ConvProblem
 from ..plans import conv_dgrad as plans
 
@@ -17,6 +19,8 @@ def conv_dgrad(executor, dy, w, p: ConvProblem):
         return xp.zeros(p.x_shape, dtype=dy.dtype)
     config = plans.config_for(p, dy.dtype)
     dx = xp.empty(p.x_shape, dtype=dy.dtype)
-    for plan in plans.dgrad_plans(config, p, dy, w, dx):
+    # The tiled kernel's non-finite flag (plans/conv_common.py), zeroed on the stream: no host synchronisation.
+    flag = xp.zeros((1,), dtype=np.int32) if plans.needs_nonfinite_flag(config) else None
+    for plan in plans.dgrad_plans(config, p, dy, w, dx, flag):
         executor.launch(plan)
     return dx

@@ -6,6 +6,8 @@ deterministic split reduction when there is more than one split. An empty proble
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..dtypes import accumulator_dtype
 from ..geometry import ConvProblem
 from ..plans import conv_wgrad as plans
@@ -20,6 +22,8 @@ def conv_wgrad(executor, x, dy, p: ConvProblem):
     dw = xp.empty(p.w_shape, dtype=x.dtype)
     n_ws = plans.workspace_elements(config, p)
     workspace = xp.empty((n_ws,), dtype=accumulator_dtype(x.dtype)) if n_ws else None
-    for plan in plans.wgrad_plans(config, p, x, dy, dw, workspace):
+    # The tiled kernel's non-finite flag (plans/conv_common.py), zeroed on the stream: no host synchronisation.
+    flag = xp.zeros((1,), dtype=np.int32) if plans.needs_nonfinite_flag(config) else None
+    for plan in plans.wgrad_plans(config, p, x, dy, dw, workspace, flag):
         executor.launch(plan)
     return dw

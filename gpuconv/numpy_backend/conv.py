@@ -53,8 +53,9 @@ def _tap_runs(offsets) -> list[tuple[int, int]]:
 class _Gather:
     """Column blocks of one gather: src (N, A0, A1, A2, G*Ci) read at o*stride + offset per axis and tap."""
 
-    # Target size of a phased column block (see phased below).
-    PHASED_BLOCK_BYTES = 4 * 2**20
+    # Target size of a column block (see row_bytes below).
+    BLOCK_BYTES = 4 * 2**20
+    cache_blocks = True
 
     def __init__(self, src: np.ndarray, out_spatial, strides, offsets, groups: int, acc: np.dtype):
         self.src = src
@@ -78,12 +79,13 @@ class _Gather:
         # larger than the column block (stride volume <= taps).
         self.phased = (self.transposed and groups == 1 and not self.identity
                        and int(np.prod(self.strides)) <= self.ntaps)
-        if self.phased:
-            # Boxes are sized by row_bytes against the scratch budget; a phased block is budgeted at about
-            # _PHASED_BLOCK_BYTES instead, so that it is still in cache when the GEMM reads it (first ResNet layer,
-            # fprop per batch of 8: 20 ms with 4 MiB blocks, 33 ms with 32 MiB ones, on the CPU box).
+        if not self.identity and self.cache_blocks:
+            # Boxes are sized by row_bytes against the scratch budget; a column block is budgeted at about
+            # BLOCK_BYTES instead, so that it is still in cache when the GEMM reads it (ResNet-50 at N=8 on the
+            # CPU box, one thread: 3x3/64 fprop 27 -> 19 ms, 7x7/2 first layer fprop 33 -> 20 ms with 4 MiB
+            # blocks instead of 32 MiB ones).
             from . import _window
-            self.row_bytes *= max(1, _window.SCRATCH_BYTES // self.PHASED_BLOCK_BYTES)
+            self.row_bytes *= max(1, _window.SCRATCH_BYTES // self.BLOCK_BYTES)
         self._buf = None
 
     def _fill(self, dst: np.ndarray, n_sl: slice, ranges, offs) -> None:
@@ -243,6 +245,9 @@ def _taps(p: ConvProblem):
 
 def conv_fprop(x: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
     """y[n,o,k] = sum over taps and group channels of x[n, o*stride + tap*dilation - pad_before, c] * w[tap, c, k]."""
+    from . import _nonfinite
+    if not _nonfinite.operand_is_finite(w):          # padding must not multiply inf/NaN (DESIGN.md section 2)
+        return _nonfinite.conv_fprop(x, w, p)
     y = np.empty(p.y_shape, x.dtype)
     if y.size == 0:
         return y
@@ -370,6 +375,9 @@ def conv_dgrad(dy: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
     Computed per stride phase (i = phase + stride*j): each phase is a stride-1 gather over dy. When C/G is well
     below K/G (e.g. a 3-channel first layer) the GEMM + col2im form (_dgrad_scatter) moves less data.
     """
+    from . import _nonfinite
+    if not _nonfinite.operand_is_finite(w):          # absent taps must not multiply inf/NaN (DESIGN.md section 2)
+        return _nonfinite.conv_dgrad(dy, w, p)
     dx = np.empty(p.x_shape, dy.dtype)
     if dx.size == 0:
         return dx
@@ -407,6 +415,9 @@ def conv_dgrad(dy: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
 
 def conv_wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem) -> np.ndarray:
     """dw[tap, c, k] = sum over n, o of x[n, o*stride + tap*dilation - pad_before, c] * dy[n, o, k]."""
+    from . import _nonfinite
+    if not _nonfinite.operand_is_finite(dy):         # padding must not multiply inf/NaN (DESIGN.md section 2)
+        return _nonfinite.conv_wgrad(x, dy, p)
     acc = accumulator_dtype(x.dtype)
     G, cg, kg = p.groups, p.group_c, p.group_k
     taps = _taps(p)

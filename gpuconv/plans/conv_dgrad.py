@@ -27,6 +27,15 @@ Chooser rules (`choose_dgrad_config`, a pure function of the problem and the dty
      (2 waves of 132 SMs, H100 SXM / H200; a fixed SM count, no device query); if none launches that many,
      the usable tile with the most CTAs.
 
+Launch sequence (`dgrad_plans`):
+  * analytic: [conv_dgrad_analytic] (it skips absent taps itself).
+  * tiled: [conv_nonfinite_flag<Element, Index>(w, T*R*S*C/G*K, nonfinite), conv_dgrad_tiled(dy, w, dx,
+    nonfinite, problem..., n_tiles)]. The tiled GEMM loads dy cells of absent taps (out of range) as zeros and
+    multiplies them by w; when w holds inf or NaN the flag makes every block compute its tile by the analytic
+    kernel's per-element sum, so absent taps never multiply (plans/conv_common.py). `nonfinite` is a zeroed
+    1-element int32 array the caller allocates (kernel_backend/conv_dgrad.py: xp.zeros);
+    `needs_nonfinite_flag(config)` says whether a plan takes it.
+
 Tests may force a configuration with `forced_config(variant=..., tile=...)` (a context manager read by
 `config_for`, which the kernel backend calls); the chooser itself stays pure.
 """
@@ -45,7 +54,7 @@ from ..dtypes import FLOAT_DTYPES, ctype
 from ..geometry import ConvProblem
 from ..kernel_source import KernelFamily, LaunchHint
 from . import LaunchPlan, ceil_div, index_type
-from .conv_common import extents_fit_int, problem_scalars
+from .conv_common import extents_fit_int, flag_expressions, nonfinite_flag_plan, problem_scalars
 
 BLOCK = 256                  # threads of every dgrad kernel
 TILE_K = 8                   # BK of the tiled kernel (kernels/conv_dgrad.cu kTileK)
@@ -94,7 +103,7 @@ def _expressions() -> tuple[str, ...]:
     for dt, ix in itertools.product(FLOAT_DTYPES, _INDEX_TYPES):
         out.append(analytic_expression(dt, ix))
         out.extend(tiled_expression(dt, ix, t) for t in tiles_for(dt))
-    return tuple(out)
+    return tuple(out) + flag_expressions()
 
 
 FAMILY = KernelFamily("conv_dgrad", "conv_dgrad.cu", _expressions(),
@@ -223,8 +232,14 @@ def config_for(p: ConvProblem, dtype) -> DgradConfig:
 # ---------------------------------------------------------------------------------------------------------
 # plans
 # ---------------------------------------------------------------------------------------------------------
-def dgrad_plans(config: DgradConfig, p: ConvProblem, dy, w, dx) -> list[LaunchPlan]:
-    """The launches computing dx (every element written) from dy and w; p must not be empty."""
+def needs_nonfinite_flag(config: DgradConfig) -> bool:
+    """Whether the configuration's plan takes the non-finite flag (the tiled variant)."""
+    return config.variant == "tiled"
+
+
+def dgrad_plans(config: DgradConfig, p: ConvProblem, dy, w, dx, nonfinite=None) -> list[LaunchPlan]:
+    """The launches computing dx (every element written) from dy and w; p must not be empty. `nonfinite`: a
+    zeroed 1-element int32 array, required when needs_nonfinite_flag(config)."""
     dtype = np.dtype(dx.dtype)
     ix64 = config.index == "long long"
     scalars = problem_scalars(p, ix64)
@@ -234,6 +249,7 @@ def dgrad_plans(config: DgradConfig, p: ConvProblem, dy, w, dx) -> list[LaunchPl
                            (dy, w, dx) + scalars)]
     bn = TILES[config.tile][1]
     n_tiles = ceil_div(p.group_c, bn)
-    return [LaunchPlan(FAMILY.name, tiled_expression(dtype, config.index, config.tile),
-                       tiled_grid(p, config.tile), (BLOCK, 1, 1), 0,
-                       (dy, w, dx) + scalars + (np.int32(n_tiles),))]
+    flag = nonfinite_flag_plan(FAMILY.name, w, p.T * p.R * p.S * p.group_c * p.K, config.index, nonfinite)
+    return [flag, LaunchPlan(FAMILY.name, tiled_expression(dtype, config.index, config.tile),
+                             tiled_grid(p, config.tile), (BLOCK, 1, 1), 0,
+                             (dy, w, dx, nonfinite) + scalars + (np.int32(n_tiles),))]

@@ -38,9 +38,21 @@ Chooser rules (`choose_fprop_config(p, dtype)`, a pure function of the problem a
 5. float16 with V = 4 (rule 4) runs tensorop instead of tiled (tensor cores; float accumulation either way).
    With V = 1 tensorop would hold 16 activation rows per thread (240 registers), so those run tiled.
 
+Launch sequence (`plan_fprop`)
+------------------------------
+analytic             [conv_fprop_analytic]  (skips padding taps itself)
+tiled / tensorop     [conv_nonfinite_flag<Element, Index>(w, T*R*S*C/G*K, nonfinite),
+                      conv_fprop_tiled / conv_fprop_tensorop(x, w, y, nonfinite, problem...)]
+The tiled GEMMs multiply padding as zeros; when w holds inf or NaN the flag makes every block compute its
+tile by the analytic formula instead, so padding never multiplies w (plans/conv_common.py). `nonfinite` is a
+zeroed 1-element int32 array the caller allocates (kernel_backend/conv_fprop.py: xp.zeros).
+
 `supports(config, p, dtype)` returns None or the reason a configuration cannot run a problem.
-`plan_fprop(p, dtype, x, w, y, config=None)` builds the launch; `override_config(...)` forces fields of the
-chosen configuration for the calls inside it (tests use it to run the tiled variant on tiny problems).
+`select_config(p, dtype, x, w, y)` is the chooser plus any active override (what plan_fprop runs when given
+no config); `needs_nonfinite_flag(config)` says whether its plan takes the flag.
+`plan_fprop(p, dtype, x, w, y, config=None, nonfinite=None)` builds the launches; `override_config(...)`
+forces fields of the chosen configuration for the calls inside it (tests use it to run the tiled variant on
+tiny problems).
 """
 from __future__ import annotations
 
@@ -57,7 +69,7 @@ from ..dtypes import FLOAT_DTYPES, ctype
 from ..geometry import ConvProblem
 from ..kernel_source import KernelFamily, LaunchHint
 from . import LaunchPlan, ceil_div, index_type
-from .conv_common import INT32_MAX, extents_fit_int, problem_scalars
+from .conv_common import INT32_MAX, extents_fit_int, flag_expressions, nonfinite_flag_plan, problem_scalars
 
 ANALYTIC_BLOCK = 256
 WAVE_SMS = 132               # SMs of an H100 SXM / H200: the machine a tile's grid should fill
@@ -154,7 +166,7 @@ def tensorop_threads(tile: str) -> int:
 
 
 def _hints() -> dict[str, LaunchHint]:
-    hints = {}
+    hints = {e: LaunchHint(block_threads=256, max_dynamic_smem=0) for e in flag_expressions()}
     for dt, cfg in _all_configs():
         threads = (ANALYTIC_BLOCK if cfg.variant == "analytic" else TILES[cfg.tile].threads if cfg.variant == "tiled"
                    else tensorop_threads(cfg.tile))
@@ -163,7 +175,7 @@ def _hints() -> dict[str, LaunchHint]:
 
 
 FAMILY = KernelFamily("conv_fprop", "conv_fprop.cu",
-                      tuple(cfg.name_expression(dt) for dt, cfg in _all_configs()), _hints())
+                      tuple(cfg.name_expression(dt) for dt, cfg in _all_configs()) + flag_expressions(), _hints())
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -315,16 +327,29 @@ def arrays_aligned(dtype, *arrays) -> bool:
     return all(_address(a) % nbytes == 0 for a in arrays)
 
 
-def plan_fprop(p: ConvProblem, dtype, x, w, y, config: Optional[FpropConfig] = None) -> list[LaunchPlan]:
-    """The launches that compute y = conv(x, w) for a non-empty problem (one launch).
+def select_config(p: ConvProblem, dtype, x, w, y) -> FpropConfig:
+    """choose_fprop_config for these arrays' alignment, then any active override_config."""
+    dtype = np.dtype(dtype)
+    return _apply_override(choose_fprop_config(p, dtype, arrays_aligned(dtype, x, w, y)), p, dtype)
 
-    config: None -> choose_fprop_config (then any active override_config). A configuration that cannot run
-    the problem raises ValueError with supports()'s reason; a vector width > 1 with misaligned arrays too.
+
+def needs_nonfinite_flag(config: FpropConfig) -> bool:
+    """Whether the configuration's plan takes the non-finite flag (the implicit-GEMM variants)."""
+    return config.variant != "analytic"
+
+
+def plan_fprop(p: ConvProblem, dtype, x, w, y, config: Optional[FpropConfig] = None,
+               nonfinite=None) -> list[LaunchPlan]:
+    """The launches that compute y = conv(x, w) for a non-empty problem (module docstring: launch sequence).
+
+    config: None -> select_config. A configuration that cannot run the problem raises ValueError with
+    supports()'s reason; a vector width > 1 with misaligned arrays too. nonfinite: a zeroed 1-element int32
+    array, required when needs_nonfinite_flag(config).
     """
     dtype = np.dtype(dtype)
     aligned = arrays_aligned(dtype, x, w, y)
     if config is None:
-        config = _apply_override(choose_fprop_config(p, dtype, aligned), p, dtype)
+        config = select_config(p, dtype, x, w, y)
     reason = supports(config, p, dtype)
     if reason is None and config.vector > 1 and not aligned:
         reason = f"vector width {config.vector} needs x, w and y aligned to {config.vector} elements"
@@ -333,9 +358,11 @@ def plan_fprop(p: ConvProblem, dtype, x, w, y, config: Optional[FpropConfig] = N
     expression = config.name_expression(dtype)
     if expression not in FAMILY.name_expressions:  # guards the tables above against drift
         raise AssertionError(f"{expression} is not in the conv_fprop family's name expressions")
-    args = (x, w, y) + problem_scalars(p, config.index == "long long")
+    scalars = problem_scalars(p, config.index == "long long")
     if config.variant == "analytic":
-        return [LaunchPlan(FAMILY.name, expression, analytic_grid(p), (ANALYTIC_BLOCK, 1, 1), 0, args)]
+        return [LaunchPlan(FAMILY.name, expression, analytic_grid(p), (ANALYTIC_BLOCK, 1, 1), 0,
+                           (x, w, y) + scalars)]
     threads = TILES[config.tile].threads if config.variant == "tiled" else tensorop_threads(config.tile)
-    return [LaunchPlan(FAMILY.name, expression, tiled_grid(p, config.tile, config.variant), (threads, 1, 1), 0,
-                       args)]
+    flag = nonfinite_flag_plan(FAMILY.name, w, p.T * p.R * p.S * p.group_c * p.K, config.index, nonfinite)
+    return [flag, LaunchPlan(FAMILY.name, expression, tiled_grid(p, config.tile, config.variant), (threads, 1, 1),
+                             0, (x, w, y, nonfinite) + scalars)]

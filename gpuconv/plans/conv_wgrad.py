@@ -24,6 +24,16 @@ Chooser rules (`choose_wgrad_config`, a pure function of the problem and the dty
      WORKSPACE_LIMIT bytes; then normalised (k_per_split = ceil(k-tiles / splits) * 8, splits =
      ceil(gemm_k / k_per_split)) so no split is empty.
 
+Launch sequence (`wgrad_plans`):
+  * analytic: [conv_wgrad_analytic] (it skips absent taps itself).
+  * tiled: [conv_nonfinite_flag<Element, Index>(dy, N*Z*P*Q*K, nonfinite), conv_wgrad_tiled(x, dy, dw or
+    workspace, nonfinite, problem..., n_tiles, k_per_split)] + [conv_wgrad_reduce] when splits > 1. The tiled
+    GEMM loads x cells of padding as zeros and multiplies them by dy; when dy holds inf or NaN the flag makes
+    every block compute its split's partial by the analytic kernel's per-element sum over the split's gemm_k
+    range, so padding never multiplies dy, with the same partial/reduce structure (plans/conv_common.py).
+    `nonfinite` is a zeroed 1-element int32 array the caller allocates (kernel_backend/conv_wgrad.py:
+    xp.zeros); `needs_nonfinite_flag(config)` says whether a plan takes it.
+
 Tests may force fields with `forced_config(variant=..., tile=..., splits=...)` (read by `config_for`).
 """
 from __future__ import annotations
@@ -41,7 +51,7 @@ from ..dtypes import FLOAT_DTYPES, accumulator_dtype, ctype
 from ..geometry import ConvProblem
 from ..kernel_source import KernelFamily, LaunchHint
 from . import LaunchPlan, ceil_div, index_scalar, index_type
-from .conv_common import extents_fit_int, problem_scalars
+from .conv_common import extents_fit_int, flag_expressions, nonfinite_flag_plan, problem_scalars
 
 BLOCK = 256
 TILE_K = 8                        # BK of the tiled kernel (kernels/conv_wgrad.cu kTileK)
@@ -105,7 +115,7 @@ def _expressions() -> tuple[str, ...]:
             out.append(tiled_expression(dt, ix, t, 1))
             if accumulator_dtype(dt) != dt:
                 out.append(tiled_expression(dt, ix, t, 2))
-    return tuple(out)
+    return tuple(out) + flag_expressions()
 
 
 FAMILY = KernelFamily("conv_wgrad", "conv_wgrad.cu", _expressions(),
@@ -263,9 +273,15 @@ def config_for(p: ConvProblem, dtype) -> WgradConfig:
 # ---------------------------------------------------------------------------------------------------------
 # plans
 # ---------------------------------------------------------------------------------------------------------
-def wgrad_plans(config: WgradConfig, p: ConvProblem, x, dy, dw, workspace=None) -> list[LaunchPlan]:
+def needs_nonfinite_flag(config: WgradConfig) -> bool:
+    """Whether the configuration's plan takes the non-finite flag (the tiled variant)."""
+    return config.variant == "tiled"
+
+
+def wgrad_plans(config: WgradConfig, p: ConvProblem, x, dy, dw, workspace=None, nonfinite=None) -> list[LaunchPlan]:
     """The launches computing dw (every element written); p must not be empty. `workspace` is a 1-D
-    accumulator-dtype array of workspace_elements(config, p) elements when config.splits > 1."""
+    accumulator-dtype array of workspace_elements(config, p) elements when config.splits > 1; `nonfinite` a
+    zeroed 1-element int32 array, required when needs_nonfinite_flag(config)."""
     dtype = np.dtype(dw.dtype)
     ix64 = config.index == "long long"
     scalars = problem_scalars(p, ix64)
@@ -278,9 +294,10 @@ def wgrad_plans(config: WgradConfig, p: ConvProblem, x, dy, dw, workspace=None) 
     out = dw if config.splits == 1 else workspace
     if out is None:
         raise ValueError("split-K wgrad needs a workspace of workspace_elements(config, p) elements")
-    plans = [LaunchPlan(FAMILY.name, tiled_expression(dtype, config.index, config.tile, config.splits),
+    plans = [nonfinite_flag_plan(FAMILY.name, dy, p.N * p.Z * p.P * p.Q * p.K, config.index, nonfinite),
+             LaunchPlan(FAMILY.name, tiled_expression(dtype, config.index, config.tile, config.splits),
                         tiled_grid(p, config.tile, config.splits), (BLOCK, 1, 1), 0,
-                        (x, dy, out) + scalars + (np.int32(nt), kps))]
+                        (x, dy, out, nonfinite) + scalars + (np.int32(nt), kps))]
     if config.splits > 1:
         size = dw_elements(p)
         grid = (max(1, min(ceil_div(size, BLOCK), MAX_BLOCKS)), 1, 1)

@@ -1,0 +1,126 @@
+"""Exact convolutions for an operand that holds inf or NaN: absent taps never multiply.
+
+DESIGN.md section 2: a tap that reads outside x (padding), or a dgrad tap whose dy coordinate is off the stride
+lattice or out of range (an inserted zero), is absent -- it takes no part in any multiplication. conv.py's
+fast paths build zero-filled column blocks and multiply them by the other operand, which is exact while that
+operand is finite (0 * v = 0) but not when it holds inf or NaN (0 * inf = NaN). The operand that meets those
+zeros is w for fprop and dgrad and dy for wgrad; conv.py routes a problem here when that operand is not all
+finite (one np.isfinite pass over it), so finite problems keep the fast paths bit for bit.
+
+Here every filter tap is one GEMM per group restricted to the tap's in-bounds output box (_window.tap_range):
+    fprop  y[:, box]        += x[:, tap's input cells] @ w[tap]
+    dgrad  dx[:, tap cells] += dy[:, box] @ w[tap]^T      (cells o*stride + tap*dilation - pad_before that lie
+                                                           in dx: exactly the (i, o, tap) triples of the gather
+                                                           rule, every stride phase at once; one tap never
+                                                           reaches a dx cell twice)
+    wgrad  dw[tap]          += x[:, tap's input cells]^T @ dy[:, box]
+so no product ever involves padding or an inserted zero. Taps are added in (t, r, s) order, batches in order:
+deterministic. Accumulation in the accumulator dtype (float32 for float16), rounded once on output. Batch
+chunks bound the per-tap copies by _window.SCRATCH_BYTES.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from ..dtypes import accumulator_dtype
+from ..geometry import ConvProblem
+from ._window import SCRATCH_BYTES, tap_range
+
+
+def operand_is_finite(a: np.ndarray) -> bool:
+    """False when `a` holds an inf or a NaN (conv.py's routing test)."""
+    return bool(np.isfinite(a).all())
+
+
+def _tap_boxes(p: ConvProblem):
+    """Per filter tap (t, r, s) in order: (tap index, output box, input cells) or None when no output of the
+    tap reads inside x. Output box: slices of (Z, P, Q); input cells: strided slices of (D, H, W)."""
+    out_ext, in_ext = (p.Z, p.P, p.Q), (p.D, p.H, p.W)
+    for j, tap in enumerate(itertools.product(range(p.T), range(p.R), range(p.S))):
+        rng = [tap_range(0, o, s, k * d - b, 0, n)
+               for o, s, k, d, b, n in zip(out_ext, p.stride, tap, p.dilation, p.pad_before, in_ext)]
+        if any(hi <= lo for lo, hi, _ in rng):
+            yield j, None, None
+            continue
+        out_box = tuple(slice(lo, hi) for lo, hi, _ in rng)
+        in_cells = tuple(slice(i0, i0 + (hi - lo - 1) * s + 1, s) for (lo, hi, i0), s in zip(rng, p.stride))
+        yield j, out_box, in_cells
+
+
+def _batches(p: ConvProblem, acc: np.dtype):
+    """Batch slices whose per-tap copies (an x box and a y box per image) stay within SCRATCH_BYTES."""
+    per_image = max(1, p.Z * p.P * p.Q * (p.C + p.K) * acc.itemsize * 2)
+    step = max(1, SCRATCH_BYTES // per_image)
+    for n0 in range(0, p.N, step):
+        yield slice(n0, min(n0 + step, p.N))
+
+
+def _grouped(a: np.ndarray, groups: int, acc: np.dtype) -> np.ndarray:
+    """(..., G*c) -> (G, M, c) in the accumulator dtype, M = the product of the leading extents."""
+    return np.ascontiguousarray(a.reshape(-1, groups, a.shape[-1] // groups).transpose(1, 0, 2), dtype=acc)
+
+
+def _ungroup(res: np.ndarray, shape) -> np.ndarray:
+    """(G, M, c) -> shape = (..., G*c)."""
+    return res.transpose(1, 0, 2).reshape(shape)
+
+
+def _taps_matrix(w: np.ndarray, p: ConvProblem, acc: np.dtype) -> np.ndarray:
+    """w (T, R, S, Cg, K) -> (taps, G, Cg, Kg) in the accumulator dtype."""
+    ntaps = p.T * p.R * p.S
+    return np.ascontiguousarray(
+        w.reshape(ntaps, p.group_c, p.groups, p.group_k).transpose(0, 2, 1, 3), dtype=acc)
+
+
+@np.errstate(invalid="ignore", over="ignore")      # NaN and inf results are the point here
+def conv_fprop(x: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
+    """y = conv(x, w) with padding taps absent (module docstring)."""
+    acc = accumulator_dtype(x.dtype)
+    y = np.zeros(p.y_shape, acc)
+    if y.size and x.size:
+        wt = _taps_matrix(w, p, acc)
+        for j, out_box, in_cells in _tap_boxes(p):
+            if out_box is None:
+                continue
+            for nb in _batches(p, acc):
+                target = y[(nb,) + out_box]
+                res = np.matmul(_grouped(x[(nb,) + in_cells], p.groups, acc), wt[j])       # (G, M, Kg)
+                target += _ungroup(res, target.shape)
+    return y.astype(x.dtype, copy=False)
+
+
+@np.errstate(invalid="ignore", over="ignore")
+def conv_dgrad(dy: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
+    """dx = the input gradient with absent taps (off the stride lattice, out of range) never multiplied."""
+    acc = accumulator_dtype(dy.dtype)
+    dx = np.zeros(p.x_shape, acc)
+    if dx.size and dy.size:
+        wt = np.ascontiguousarray(_taps_matrix(w, p, acc).transpose(0, 1, 3, 2))           # (taps, G, Kg, Cg)
+        for j, out_box, in_cells in _tap_boxes(p):
+            if out_box is None:
+                continue
+            for nb in _batches(p, acc):
+                target = dx[(nb,) + in_cells]
+                res = np.matmul(_grouped(dy[(nb,) + out_box], p.groups, acc), wt[j])     # (G, M, Cg)
+                target += _ungroup(res, target.shape)
+    return dx.astype(dy.dtype, copy=False)
+
+
+@np.errstate(invalid="ignore", over="ignore")
+def conv_wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem) -> np.ndarray:
+    """dw = the filter gradient with padding cells of x never multiplied by dy."""
+    acc = accumulator_dtype(x.dtype)
+    ntaps = p.T * p.R * p.S
+    dw = np.zeros((ntaps, p.groups, p.group_c, p.group_k), acc)
+    if dw.size and x.size and dy.size:
+        for j, out_box, in_cells in _tap_boxes(p):
+            if out_box is None:
+                continue
+            for nb in _batches(p, acc):
+                xs = _grouped(x[(nb,) + in_cells], p.groups, acc)                         # (G, M, Cg)
+                ds = _grouped(dy[(nb,) + out_box], p.groups, acc)                         # (G, M, Kg)
+                dw[j] += np.matmul(xs.transpose(0, 2, 1), ds)
+    out = dw.transpose(0, 2, 1, 3).reshape(p.w_shape)
+    return np.ascontiguousarray(out, dtype=x.dtype)
