@@ -223,3 +223,240 @@ def test_quick_gpu_run_uses_cuda_events_and_rotated_inputs(tmp_path):
     assert rc == 0 and doc["device"]["kind"] == "gpu" and doc["device"]["l2_bytes"]
     ours = [r for r in doc["results"] if r["impl"] == "gpuconv-cuda"]
     assert ours and ours[0]["clock"] == "cuda_events" and ours[0]["copies"] > 1
+    copy = doc["device"]["copy_bandwidth"]
+    assert copy["gbps"] > 0 and copy["l2_factor"] >= 4, copy
+    if doc["peak"]:                                 # a measured copy lands below the datasheet bandwidth
+        assert copy["gbps"] < 1.1 * doc["peak"]["mem_gbps"], copy
+    assert ours[0]["pct_copy_bw"] is None           # a convolution row
+
+
+# ---------------------------------------------------------------------------------------------------------
+# pooling against the measured copy bandwidth (GPU runs; tested here with fakes, no GPU needed)
+# ---------------------------------------------------------------------------------------------------------
+def test_copy_bandwidth_arithmetic_and_buffer_size():
+    assert metrics.copy_gbps(2**30, 1e-3) == pytest.approx(2 * 2**30 / 1e-3 / 1e9)   # read + write
+    assert metrics.copy_gbps(2**30, 0.0) is None
+    l2 = 50 * 2**20
+    assert timing.copy_buffer_bytes(l2, 80 * 2**30) == (2**30, "1024 MiB per buffer = 20.5 x L2")
+    size, why = timing.copy_buffer_bytes(l2, 2 * 2**30 + 12345)          # two buffers <= half the free memory
+    assert size == 512 * 2**20 and size % 16 == 0 and "10.2 x L2" in why
+    size, why = timing.copy_buffer_bytes(l2, 600 * 2**20)                # 150 MiB < 4 x 50 MiB
+    assert size is None and "200 MiB needed" in why
+    assert timing.copy_buffer_bytes(None, None)[0] == 2**30
+
+
+def test_measure_copy_bandwidth_takes_the_best_method_and_survives_a_failing_one():
+    t = FakeTimer([])
+
+    def copy(seconds):                                                   # a fake copy taking `seconds`
+        def run():
+            t.now += seconds
+        return run
+
+    def broken():
+        raise RuntimeError("nvrtc failed")
+
+    calls = {"memcpy": copy(0.004), "kernel": copy(0.002), "other": broken}
+    got = timing.measure_copy_bandwidth(calls, 2**30, t, warmup=2, budget_s=0.02, min_reps=3, max_reps=18)
+    assert got["method"] == "kernel" and got["gbps"] == pytest.approx(2 * 2**30 / 0.002 / 1e9)
+    assert got["methods"]["memcpy"]["gbps"] == pytest.approx(2 * 2**30 / 0.004 / 1e9)
+    assert "nvrtc failed" in got["methods"]["other"]["error"]
+    assert got["bytes_per_copy"] == 2 * got["buffer_bytes"] == 2**31
+    none = timing.measure_copy_bandwidth({"memcpy": broken}, 2**30, t, warmup=1, min_reps=1)
+    assert none["gbps"] is None and none["method"] is None and none["reason"]
+
+
+class _FakeCupy:
+    """Just enough of CuPy for timing.cupy_copy_calls and cli.measure_copy_bandwidth."""
+    uint8, uint64 = "uint8", int
+
+    def __init__(self, free=80 * 2**30):
+        self.log = []
+        fake = self
+
+        class Ptr:
+            def __init__(self, n):
+                self.ptr = 1000 + n + len(fake.log)
+
+        class Array:
+            def __init__(self, n):
+                self.data, self.n = Ptr(n), n
+                fake.log.append(("alloc", n))
+
+            def fill(self, v):
+                fake.log.append(("fill", v))
+
+        class Runtime:
+            memcpyDeviceToDevice = 3
+
+            @staticmethod
+            def memGetInfo():
+                return free, 2 * free
+
+            @staticmethod
+            def memcpyAsync(dst, src, n, kind, stream):
+                fake.log.append(("memcpy", n, kind, stream))
+
+        class Kernel:
+            def __init__(self, src, name):
+                fake.log.append(("compile", name))
+
+            def __call__(self, grid, block, args):
+                fake.log.append(("launch", grid, block, args[2]))
+
+        class Stream:
+            ptr = 0
+
+        import types
+        self.cuda = types.SimpleNamespace(runtime=Runtime, get_current_stream=lambda: Stream())
+        self.Array, self.RawKernel = Array, Kernel
+
+    def empty(self, n, dtype):
+        return self.Array(n)
+
+    def get_default_memory_pool(self):
+        import types
+        return types.SimpleNamespace(free_all_blocks=lambda: self.log.append(("free",)))
+
+
+def test_cupy_copy_calls_issue_a_device_to_device_memcpy_and_a_16_byte_kernel():
+    cp = _FakeCupy()
+    calls = timing.cupy_copy_calls(cp, 2**20)
+    calls["memcpy"]()
+    calls["kernel"]()
+    assert ("memcpy", 2**20, 3, 0) in cp.log
+    assert ("launch", (2**20 // 16 // 256,), (256,), 2**20 // 16) in cp.log
+    with pytest.raises(ValueError):
+        timing.cupy_copy_calls(cp, 100)
+
+
+def test_cli_measures_copy_bandwidth_with_the_run_timing(monkeypatch):
+    cp = _FakeCupy(free=8 * 2**30)
+    monkeypatch.setitem(sys.modules, "cupy", cp)
+    monkeypatch.setattr(timing, "CudaEventTimer", lambda: timing.CpuTimer())
+    got = cli.measure_copy_bandwidth("quick", 50 * 2**20)
+    assert got["gbps"] > 0 and got["method"] in ("memcpy", "kernel")
+    assert got["buffer_bytes"] == 2**30 and got["l2_factor"] == pytest.approx(20.48)
+    assert ("free",) in cp.log                                             # buffers released afterwards
+    small = cli.measure_copy_bandwidth("quick", 2**30)                     # 4 x L2 does not fit: a reason
+    assert small["gbps"] is None and "needed" in small["reason"]
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    assert cli.measure_copy_bandwidth("quick", None)["gbps"] is None       # no CuPy: no number, no crash
+
+
+def test_segnet_ladder_at_the_gpu_default_batch_has_large_tensors():
+    full = build_cases(["segnet"], ["pool_argmax"], ["float32"], cli.default_batch("full", "gpu"))
+    assert cli.default_batch("full", "gpu") == 32 and cli.default_batch("full", "cpu") == 1
+    big = [c.layer.name for c in full if c.describe()["large_tensor"]]
+    assert big == ["segnet_pool1", "segnet_pool2", "segnet_pool3", "segnet_pool4"]
+    assert full[0].tensor_bytes == 32 * 360 * 480 * 64 * 4                 # 1.4 GB
+    quick = build_cases(["segnet"], ["unpool"], ["float32"], cli.default_batch("quick", "gpu"))
+    assert [c.layer.name for c in quick if c.describe()["large_tensor"]] == \
+        ["segnet_pool1", "segnet_pool2", "segnet_pool3"]
+
+
+def test_percent_of_copy_and_the_target():
+    assert metrics.percent_of_copy("pool", 2400.0, 3000.0) == pytest.approx(80.0)
+    assert metrics.percent_of_copy("conv", 2400.0, 3000.0) is None
+    assert metrics.percent_of_copy("pool", 2400.0, None) is None
+    row = {"status": "ok", "large_tensor": True, "pct_copy_bw": 80.0}
+    assert metrics.meets_pool_target(row) is True
+    assert metrics.meets_pool_target({**row, "pct_copy_bw": 79.9}) is False
+    assert metrics.meets_pool_target({**row, "large_tensor": False}) is None
+    assert metrics.meets_pool_target({**row, "pct_copy_bw": None}) is None
+
+
+def _gpu_doc(copy_gbps=3000.0):
+    def row(layer, op, impl, gbps, large, status="ok"):
+        r = {"layer_set": "segnet", "layer": layer, "op": op, "dtype": "float32", "batch": 32, "kind": "pool",
+             "impl": impl, "status": status, "note": "", "tensor_bytes": (2**28 if large else 2**20),
+             "large_tensor": large, "flops": 0}
+        if status == "ok":
+            r.update(median_ms=1.0, p20_ms=1.0, p80_ms=1.1, reps=50, gflops=None, gbps=gbps,
+                     pct_peak=100 * gbps / 3350, pct_copy_bw=metrics.percent_of_copy("pool", gbps, copy_gbps))
+        return r
+    rows = [row("segnet_pool1", "pool_argmax", "gpuconv-cuda", 2700.0, True),
+            row("segnet_pool1", "unpool", "gpuconv-cuda", 1500.0, True),
+            row("segnet_pool1", "unpool", "torch-cudnn", 2000.0, True),
+            row("segnet_pool5", "pool_argmax", "gpuconv-cuda", 900.0, False),
+            row("segnet_pool2", "pool_grad", "gpuconv-cuda", None, True, status="error")]
+    copy = {"gbps": copy_gbps, "method": "kernel", "buffer_bytes": 2**30, "bytes_per_copy": 2**31,
+            "l2_factor": 20.48, "methods": {"memcpy": {"gbps": 2900.0}, "kernel": {"gbps": copy_gbps}}}
+    if copy_gbps is None:
+        copy = {"gbps": None, "reason": "RuntimeError: no memory"}
+    return {"created": "now", "command": "bench", "gpuconv": "0", "backend": "cuda",
+            "device": {"kind": "gpu", "name": "NVIDIA H100 80GB HBM3", "gpu": {}, "copy_bandwidth": copy},
+            "settings": {"timing": "cuda events", "batch": 32, "batch3d": 2},
+            "implementations": {}, "results": rows}
+
+
+def test_pool_target_summary_and_markdown_column():
+    doc = _gpu_doc()
+    report.add_ratios(doc["results"])
+    t = report.pool_target(doc)
+    assert (t["target_pct"], t["min_tensor_bytes"], t["copy_gbps"]) == (80.0, 64 * 2**20, 3000.0)
+    assert [(r["op"], r["meets"]) for r in t["rows"]] == [("pool_argmax", True), ("unpool", False),
+                                                          ("pool_grad", None)]    # gpuconv rows >= 64 MiB only
+    assert (t["qualifying"], t["met"]) == (3, 1)
+    md = report.markdown(doc)
+    assert "| % peak | % copy BW | x gpuconv |" in md
+    assert "- measured copy bandwidth: 3000 GB/s (best of memcpy 2900, kernel 3000 GB/s" in md
+    assert "| 90.0 ✓ |" in md and "| 50.0 ✗ |" in md and "| 66.7 ✗ |" in md   # torch row marked too
+    assert "| 30.0 |" in md                                                    # pool5: small tensor, no mark
+    assert "**Pooling target**" in md and "Met by 1 of 3 qualifying rows" in md
+    assert "| segnet_pool1 | unpool | float32 | 32 | 256 | 1500.0 | 50.0 | NO |" in md
+    assert "not run (error)" in md
+    header = next(line for line in md.splitlines() if line.startswith("| layer | op | dtype | N | impl"))
+    for line in md.splitlines():                                               # every table row has all columns
+        if line.startswith("| segnet_pool") and "impl" not in line and line.count("|") > 9:
+            assert line.count("|") == header.count("|")
+
+
+def test_unmeasured_copy_bandwidth_is_stated_not_fatal():
+    doc = _gpu_doc(copy_gbps=None)
+    report.add_ratios(doc["results"])
+    md = report.markdown(doc)
+    assert "measured copy bandwidth: not measured (RuntimeError: no memory)" in md
+    assert "Not checked: the copy bandwidth was not measured." in md
+
+
+def test_fake_gpu_run_reports_percent_of_copy_bandwidth(tmp_path, monkeypatch):
+    """cli.main down the GPU path (kind gpu) with the GPU replaced: the numpy backend named gpuconv-cuda, a CPU
+    clock for CUDA events, a fixed measured copy bandwidth. Checks the wiring, not GPU numbers."""
+    from gpuconv.bench.peers import GpuconvImpl
+
+    class FakeCudaImpl(GpuconvImpl):
+        def __init__(self, backend):
+            super().__init__("numpy")
+            self.name = "gpuconv-cuda"
+
+    monkeypatch.setattr(cli, "_resolve_backend", lambda requested: ("cuda", ""))
+    monkeypatch.setattr(cli, "GpuconvImpl", FakeCudaImpl)
+    monkeypatch.setattr(cli, "_device_info", lambda kind: {"kind": "gpu", "name": "NVIDIA H100 80GB HBM3",
+                                                           "gpu": {}, "l2_bytes": 2**20})
+    monkeypatch.setattr(cli, "measure_copy_bandwidth",
+                        lambda mode, l2: {"gbps": 0.5, "method": "memcpy", "buffer_bytes": 2**22, "methods": {}})
+    monkeypatch.setattr(timing, "CudaEventTimer", lambda: timing.CpuTimer())
+    monkeypatch.setattr(metrics, "LARGE_TENSOR_BYTES", 10**6)        # 45x60x64: float32 0.69 MB, float64 1.38 MB
+    rc = cli.main(["--quick", "--batch", "1", "--match", "quick_pool", "--ops", "pool,unpool", "--dtypes",
+                   "float32,float64", "--peers", "none", "--out", str(tmp_path), "--name", "g"])
+    doc = json.loads((tmp_path / "g.json").read_text())
+    assert rc == 0 and doc["device"]["copy_bandwidth"]["gbps"] == 0.5
+    for r in doc["results"]:
+        assert r["status"] == "ok" and r["pct_copy_bw"] == pytest.approx(100 * r["gbps"] / 0.5)
+        assert r["pct_peak"] == pytest.approx(100 * r["gbps"] / 3350)
+        assert r["large_tensor"] == (r["dtype"] == "float64")
+    t = doc["pool_target"]
+    assert t["qualifying"] == 2 and {r["dtype"] for r in t["rows"]} == {"float64"}
+    md = (tmp_path / "g.md").read_text()
+    assert "% copy BW" in md and "**Pooling target**" in md and "qualifying rows" in md
+
+
+def test_cpu_runs_have_no_copy_bandwidth_column(tmp_path):
+    rc, doc = _run(tmp_path, "--match", "quick_pool", "--ops", "pool", "--peers", "none")
+    assert rc == 0
+    assert "copy_bandwidth" not in doc["device"] and "pool_target" not in doc
+    (r,) = doc["results"]
+    assert "pct_copy_bw" not in r and r["tensor_bytes"] == 45 * 60 * 64 * 4 and r["large_tensor"] is False
+    md = (tmp_path / "t.md").read_text()
+    assert "copy BW" not in md and "Pooling target" not in md

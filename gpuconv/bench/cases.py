@@ -87,7 +87,16 @@ class Case:
             d["w_shape"] = list(self.w_shape)
         else:
             d["ksize"] = self.layer.ksize
+            d["tensor_bytes"] = self.tensor_bytes
+            d["large_tensor"] = self.tensor_bytes >= metrics.LARGE_TENSOR_BYTES
         return d
+
+    @property
+    def tensor_bytes(self) -> int | None:
+        """Pooling: bytes of the full-resolution tensor (what the >= 64 MiB pooling target is stated for)."""
+        if self.kind != "pool":
+            return None
+        return metrics.pool_tensor_bytes(self.problem, self.dtype)
 
     def host_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
         """Uniform[-1, 1] inputs of the case's dtype, tie-free enough for pooling (continuous values)."""

@@ -4,6 +4,10 @@ On a GPU (backend cuda): CUDA events after a timed warm-up, inputs rotated throu
 twice the L2 cache, medians of many repetitions; peers cuDNN through PyTorch (TF32 off unless --tf32) and an
 im2col + cuBLAS baseline in CuPy. On a machine without a GPU (backend numpy): perf_counter medians after
 warm-up; peers PyTorch and TensorFlow on the CPU. Progress goes to stderr, the report paths to stdout.
+
+On a GPU the device's copy bandwidth is measured once per run (a device-to-device copy >= 4x L2, the same
+timing loop) and every pooling row gets its % of it next to GB/s and % of the datasheet peak; the report states
+the pooling target (>= 80% of it on tensors >= 64 MiB) and which rows meet it.
 """
 from __future__ import annotations
 
@@ -100,6 +104,34 @@ def _free_gpu_memory() -> None:
         pass
 
 
+def measure_copy_bandwidth(mode: str, l2: int | None) -> dict[str, Any]:
+    """The GPU's copy bandwidth, measured once per run (timing.measure_copy_bandwidth with the run's timing
+    settings): {'gbps', 'method', 'buffer_bytes', 'l2_factor', 'methods', ...} or {'gbps': None, 'reason'}."""
+    calls = None
+    try:
+        import cupy
+        free, _total = cupy.cuda.runtime.memGetInfo()
+        nbytes, why = timing.copy_buffer_bytes(l2, free)
+        if nbytes is None:
+            return {"gbps": None, "reason": why}
+        warmup, warmup_s, budget_s, min_reps, max_reps = TIMING[(mode, "gpu")]
+        calls = timing.cupy_copy_calls(cupy, nbytes)
+        result = timing.measure_copy_bandwidth(calls, nbytes, timing.CudaEventTimer(), warmup=warmup,
+                                               warmup_s=warmup_s, budget_s=budget_s, min_reps=min_reps,
+                                               max_reps=max_reps)
+        return {**result, "buffer": why, "l2_factor": nbytes / l2 if l2 else None}
+    except Exception as exc:  # no copy bandwidth is a missing column, not a failed run
+        return {"gbps": None, "reason": f"{type(exc).__name__}: {exc}"}
+    finally:
+        calls = None
+        _free_gpu_memory()
+
+
+def default_batch(mode: str, kind: str) -> int:
+    """Batch of 2-D layers without --batch: 32 on a GPU (8 with --quick), 1 on the CPU."""
+    return {("quick", "gpu"): 8, ("full", "gpu"): 32}.get((mode, kind), 1)
+
+
 def _device_info(kind: str) -> dict[str, Any]:
     from ..device_report import cpu_report, gpu_report
     if kind == "gpu":
@@ -129,8 +161,12 @@ class Progress:
               file=self.stream or sys.stderr, flush=True)
 
 
-def run_case(case: Case, impl, kind: str, mode: str, l2: int | None, peak, args) -> dict[str, Any]:
-    """Time one case on one implementation; a row for the report (status ok / unsupported / error)."""
+def run_case(case: Case, impl, kind: str, mode: str, l2: int | None, peak, args,
+             copy_bw: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Time one case on one implementation; a row for the report (status ok / unsupported / error).
+
+    copy_bw: the run's measured copy bandwidth (GPU runs); ok rows then get pct_copy_bw (None for convolutions
+    and when the measurement failed). Without it (CPU runs) rows have no pct_copy_bw field."""
     row: dict[str, Any] = {**case.describe(), "impl": impl.name, "status": "ok", "note": ""}
     why = impl.supports(case)
     if why:
@@ -159,6 +195,8 @@ def run_case(case: Case, impl, kind: str, mode: str, l2: int | None, peak, args)
     row.update(metrics.percent_of_peak(case.kind, row["gflops"], row["gbps"], case.dtype, peak,
                                        tf32=args.tf32 and not impl.name.startswith("gpuconv"),
                                        cpu_peak_gflops=args.cpu_peak_gflops if kind == "cpu" else None))
+    if copy_bw is not None:
+        row["pct_copy_bw"] = metrics.percent_of_copy(case.kind, row["gbps"], copy_bw.get("gbps"))
     return row
 
 
@@ -179,7 +217,7 @@ def main(argv: list[str]) -> int:
         return 2
     kind = "gpu" if backend == "cuda" else "cpu"
     mode = "quick" if args.quick else "full"
-    batch = args.batch or {("quick", "gpu"): 8, ("full", "gpu"): 32}.get((mode, kind), 1)
+    batch = args.batch or default_batch(mode, kind)
     batch3d = args.batch3d or (2 if kind == "gpu" else 1)
     layer_sets = args.layers or (["quick"] if args.quick else ["resnet50", "unet3d", "segnet"])
     cases = build_cases(layer_sets, args.ops or list(ALL_OPS), args.dtypes, batch, args.match, batch3d)
@@ -220,12 +258,18 @@ def main(argv: list[str]) -> int:
                    + (", inputs rotated past 2x L2" if kind == "gpu" else ""))
     print(f"gpuconv bench: {len(cases)} cases x {len(runnable)} implementations on {device['name']} "
           f"(backend {backend}, batch {batch}, 3-D batch {batch3d}, {mode})", file=sys.stderr)
+    copy_bw = None
+    if kind == "gpu":
+        copy_bw = device["copy_bandwidth"] = measure_copy_bandwidth(mode, device.get("l2_bytes"))
+        print("gpuconv bench: measured copy bandwidth " + (
+            f"{copy_bw['gbps']:.0f} GB/s ({copy_bw['method']}, {copy_bw.get('buffer')})" if copy_bw.get("gbps")
+            else f"unavailable: {copy_bw.get('reason')}"), file=sys.stderr)
 
     progress = Progress(len(cases) * len(runnable))
     rows = []
     for case in cases:
         for impl in runnable:
-            row = run_case(case, impl, kind, mode, device.get("l2_bytes"), peak, args)
+            row = run_case(case, impl, kind, mode, device.get("l2_bytes"), peak, args, copy_bw)
             rows.append(row)
             progress.step(f"{case.name} {impl.name}: {_describe(row)}")
 

@@ -8,6 +8,10 @@ fake clock:
 GPU discipline (notes/kernel-performance.md §8): warm up for a while (compilation, clocks), then time each call
 with its own CUDA event pair on the current stream, synchronising once at the end; rotate through several copies
 of the inputs so that their working set exceeds the L2 cache and no call finds its inputs cached by the last.
+
+The device's copy bandwidth (the yardstick of memory-bound pooling) is measured with the same loop: a
+device-to-device copy of a buffer >= 4x the L2 cache (1 GiB where memory allows), bytes = read + write, the best of
+cudaMemcpyAsync and a 16-byte-per-thread copy kernel.
 """
 from __future__ import annotations
 
@@ -16,7 +20,9 @@ import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
+
+from .metrics import copy_gbps
 
 
 @dataclass(frozen=True)
@@ -149,3 +155,84 @@ def copies_for_l2(bytes_per_call: int, l2_bytes: int | None, *, factor: float = 
     want = math.ceil(factor * l2_bytes / bytes_per_call)
     cap = max(1, max_total_bytes // bytes_per_call)
     return int(max(1, min(want, max_copies, cap)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the device's measured copy bandwidth
+# ---------------------------------------------------------------------------------------------------------
+COPY_KERNEL = r"""
+extern "C" __global__ void gpuconv_bench_copy16(const int4* __restrict__ src, int4* __restrict__ dst,
+                                                unsigned long long n) {
+    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dst[i] = src[i];
+}
+"""
+COPY_BLOCK = 256
+
+
+def copy_buffer_bytes(l2_bytes: int | None, free_bytes: int | None, *, target: int = 2**30,
+                      l2_factor: float = 4.0, align: int = 2**20) -> tuple[int | None, str]:
+    """(bytes of each of the two copy buffers, why) for the copy-bandwidth measurement.
+
+    `target` (1 GiB) where it fits: the two buffers may take at most half of the free device memory. The size is
+    rounded down to `align` (so it is a multiple of 16) and must be >= l2_factor x L2, or the copy would run
+    partly from the cache: (None, reason) then. An unknown L2 size is accepted (stated in the reason).
+    """
+    size = target
+    if free_bytes is not None:
+        size = min(size, free_bytes // 4)
+    size = size // align * align
+    if l2_bytes:
+        need = math.ceil(l2_factor * l2_bytes)
+        if size < need:
+            return None, (f"only {size / 2**20:.0f} MiB per buffer fits in free device memory; "
+                          f"{l2_factor:g} x L2 = {need / 2**20:.0f} MiB needed")
+        return size, f"{size / 2**20:.0f} MiB per buffer = {size / l2_bytes:.1f} x L2"
+    if size <= 0:
+        return None, "no device memory free for the copy buffers"
+    return size, f"{size / 2**20:.0f} MiB per buffer (L2 size unknown)"
+
+
+def cupy_copy_calls(cupy, nbytes: int) -> dict[str, Callable[[], Any]]:
+    """Two ways to copy one nbytes buffer to another on CuPy's current stream: 'memcpy' (cudaMemcpyAsync,
+    device to device) and 'kernel' (COPY_KERNEL, one int4 per thread). nbytes must be a multiple of 16."""
+    if nbytes % 16:
+        raise ValueError("copy buffers must be a multiple of 16 bytes")
+    src = cupy.empty(nbytes, dtype=cupy.uint8)
+    dst = cupy.empty(nbytes, dtype=cupy.uint8)
+    src.fill(1)          # touch both buffers before timing
+    dst.fill(0)
+    rt = cupy.cuda.runtime
+    kernel = cupy.RawKernel(COPY_KERNEL, "gpuconv_bench_copy16")
+    n16 = nbytes // 16
+    grid = (n16 + COPY_BLOCK - 1) // COPY_BLOCK
+
+    def memcpy():
+        rt.memcpyAsync(dst.data.ptr, src.data.ptr, nbytes, rt.memcpyDeviceToDevice,
+                       cupy.cuda.get_current_stream().ptr)
+
+    def kernel_copy():
+        kernel((grid,), (COPY_BLOCK,), (src, dst, cupy.uint64(n16)))
+
+    return {"memcpy": memcpy, "kernel": kernel_copy}
+
+
+def measure_copy_bandwidth(calls: Mapping[str, Callable[[], Any]], nbytes: int, timer,
+                           **measure_kw) -> dict[str, Any]:
+    """Time each copy method with `measure`; the copy bandwidth is the best method's (bytes read + written) /
+    median time. A method that raises is recorded with its error; {'gbps': None, ...} when none ran."""
+    methods: dict[str, dict[str, Any]] = {}
+    for name, call in calls.items():
+        try:
+            r = measure([call], timer, **measure_kw)
+        except Exception as exc:  # e.g. the copy kernel does not compile: the other method still counts
+            methods[name] = {"gbps": None, "error": f"{type(exc).__name__}: {exc}"}
+            continue
+        methods[name] = {"gbps": copy_gbps(nbytes, r.median_s), "median_ms": r.median_s * 1e3,
+                         "min_ms": r.min_s * 1e3, "p20_ms": r.p20_s * 1e3, "p80_ms": r.p80_s * 1e3,
+                         "reps": r.reps, "warmup": r.warmup}
+    ok = {k: v for k, v in methods.items() if v.get("gbps")}
+    best = max(ok, key=lambda k: ok[k]["gbps"]) if ok else None
+    return {"gbps": ok[best]["gbps"] if best else None, "method": best, "buffer_bytes": nbytes,
+            "bytes_per_copy": 2 * nbytes, "clock": timer.name, "methods": methods,
+            **({} if best else {"reason": "no copy method ran"})}
