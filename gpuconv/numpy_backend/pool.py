@@ -227,9 +227,10 @@ _FAST_BOX_VALUES = 2**18
 
 
 def _tiled(p: PoolProblem) -> bool:
-    """Whether the tiled fast path applies (per-item indices must also fit int32 offsets)."""
+    """Whether the tiled fast path applies (per-item indices must fit int32 offsets, and one output position's
+    channels a fast box, which keeps its scratch bounded)."""
     return (p.T == 1 and p.stride[1] == p.R and p.stride[2] == p.S and p.R * p.S > 1
-            and p.D * p.H * p.W * p.C < 2**31)
+            and p.D * p.H * p.W * p.C < 2**31 and p.C <= _FAST_BOX_VALUES)
 
 
 def _interior(p: PoolProblem) -> list:
@@ -281,7 +282,7 @@ class _FastScratch:
     def __init__(self, p: PoolProblem, dtype, values: int):
         wide = 2 if (p.R, p.S) == (2, 2) else p.R          # stage-1 maxima: 2 (2x2) or R values per output
         code_dt = np.dtype(_code_dtype(p)[0])
-        parts = [("cm", dtype, wide * values), ("abs", dtype, values), ("rel", np.int32, values),
+        parts = [("cm", dtype, wide * values), ("rel", np.int32, values),
                  ("ne", bool, values)] + ([("code", code_dt, values)] if code_dt != np.int32 else [])
         sizes = [-(-np.dtype(dt).itemsize * n // 64) * 64 for _, dt, n in parts]
         buf = _cached_bytes(sum(sizes))
@@ -323,16 +324,13 @@ def _fast_boxes(p: PoolProblem, inner: list):
 
 
 def _check(m: np.ndarray, sc: _FastScratch) -> str:
-    """"nan" if some maximum is NaN, else "zero" if some maximum is zero, else "ok" (floats; one min-reduction
-    of |m|, which propagates NaN)."""
+    """"nan" if some maximum is NaN, else "zero" if some maximum is zero, else "ok" (floats: a NaN-propagating
+    min-reduction, then a comparison with zero into the byte scratch; lighter than |m| and one reduction)."""
     if m.dtype.kind != "f":
         return "ok"
-    a = sc.cut(sc.abs, m.shape)
-    np.abs(m, out=a)
-    low = np.minimum.reduce(a, axis=None)
-    if np.isnan(low):
+    if np.isnan(np.minimum.reduce(m, axis=None)):
         return "nan"
-    return "zero" if low == 0 else "ok"
+    return "zero" if np.equal(m, 0, out=sc.cut(sc.ne, m.shape)).any() else "ok"
 
 
 def _code_dtype(p: PoolProblem) -> tuple[type, int]:
@@ -364,8 +362,18 @@ def _first_max(p: PoolProblem, X: np.ndarray, m: np.ndarray, sc: _FastScratch, b
     k = len(taps)
     r, s = taps[k - 2]
     np.not_equal(X[:, :, r, :, s], m, out=ne)
-    np.multiply(flag, code.dtype.type(offs[k - 1] - offs[k - 2]), out=code)
-    for t in range(k - 3, -1, -1):
+    step = offs[k - 1] - offs[k - 2]
+    if step == 1 and k > 2:
+        # n * 1 + the next difference in one op (2x2 windows, unit C).
+        np.add(flag, code.dtype.type(offs[k - 2] - offs[k - 3]), out=code, casting="unsafe")
+        first = k - 4
+        r, s = taps[k - 3]
+        np.not_equal(X[:, :, r, :, s], m, out=ne)
+        np.multiply(code, flag, out=code)
+    else:
+        np.multiply(flag, code.dtype.type(step), out=code)
+        first = k - 3
+    for t in range(first, -1, -1):
         r, s = taps[t]
         np.not_equal(X[:, :, r, :, s], m, out=ne)
         code += code.dtype.type(offs[t + 1] - offs[t])
