@@ -1,16 +1,22 @@
-// gpuconv convolution helpers shared by the conv families (fprop now; dgrad and wgrad may include it).
+// gpuconv convolution helpers shared by the conv families (conv_fprop.cu, conv_dgrad.cu, conv_wgrad.cu).
 //
 // What lives here (CUTLASS vocabulary):
 //   * ConvProblemSize<Index>   the canonical problem, built once per thread from the kernel's scalar
 //                              parameters and passed by value to the tile iterators;
 //   * GPUCONV_CONV_PROBLEM_PARAMS / GPUCONV_CONV_PROBLEM_ARGS   the one kernel parameter list of a problem
 //                              (its order is mirrored by gpuconv/plans/conv_common.py:problem_scalars);
+//     GPUCONV_CONV_PROBLEM_LOCALS   the problem as int locals with the index formulas' short names;
 //   * border predicates        in_bounds(): "is this coordinate inside x" (zero fill outside);
 //   * vector access            Vec<Element, V>: V-element global loads / stores (128-bit for float x4,
 //                              double x2; 64-bit for half x4) and shared-memory fragment reads;
 //   * mac()                    the one multiply-accumulate every conv kernel uses (an explicit fused
 //                              multiply-add, so the GPU and the CPU emulator round identically);
 //   * SmemCast<S>              how an element enters a shared-memory tile of type S;
+//   * SIMT implicit GEMM       SimtThreadTile (a thread's register tile, its warp-level main-loop step
+//                              mma_stage and the rows / columns the epilogue writes), pipelined_main_loop
+//                              (the double-buffered global -> registers -> shared loop of every tiled kernel,
+//                              tensor-op included) and simt16x16 (the block shape of dgrad's and wgrad's tiled
+//                              kernels);
 //   * conv_nonfinite_flag      sets *flag when an operand holds inf or NaN: the tiled kernels then compute
 //                              their tiles by the analytic formula, in which absent taps never multiply;
 //   * nvcuda::wmma (emulator)  the WMMA subset tensor-op kernels use, for the CPU emulator only.
@@ -18,6 +24,13 @@
 // Canonical layout (channels-last, always three spatial dimensions; 2-D is depth 1):
 //   x (N, D, H, W, C)    w (T, R, S, C/G, K)    y (N, Z, P, Q, K)
 // NVRTC-clean: no <cstdint>/<cmath>. Under the emulator GPUCONV_EMULATOR is defined.
+//
+// Launch bounds: every kernel's __launch_bounds__ names an explicit minimum of resident blocks per SM,
+// __launch_bounds__(threads, min_blocks). With a bare __launch_bounds__(threads), NVRTC 13.5's ptxas picks its
+// own register cap and spills (conv_fprop_analytic, conv_fprop_tensorop and the tiled backprop kernels all did),
+// which fails the compile gate (`python -m gpuconv check-kernels`: zero spills on sm_80 and sm_90). Choose
+// min_blocks so that 65536 / (threads * min_blocks) registers hold the kernel's live state, and say why above
+// the kernel.
 #pragma once
 #include "common.cuh"
 
@@ -39,6 +52,20 @@ namespace gpuconv {
 #define GPUCONV_CONV_PROBLEM_ARGS                                                                            \
     N, D, H, W, C, K, T, R, S, Z, P, Q, stride_d, stride_h, stride_w, dilation_d, dilation_h, dilation_w,    \
         pad_d, pad_h, pad_w, groups
+
+// The problem's extents as int locals with the short names of the index formulas, for a ConvProblemSize pr
+// (they shadow the Index-typed kernel parameters): N..Q, sd sh sw (strides), dil_d dil_h dil_w (dilations),
+// pd ph pw (pads before), Cg = C/G, Kg = K/G.
+#define GPUCONV_CONV_PROBLEM_LOCALS(pr)                                                                      \
+    const int N = pr.N, D = pr.D, H = pr.H, W = pr.W, C = pr.C, K = pr.K, T = pr.T, R = pr.R, S = pr.S;      \
+    const int Z = pr.Z, P = pr.P, Q = pr.Q;                                                                  \
+    const int sd = pr.stride_d, sh = pr.stride_h, sw = pr.stride_w;                                          \
+    const int dil_d = pr.dilation_d, dil_h = pr.dilation_h, dil_w = pr.dilation_w;                           \
+    const int pd = pr.pad_d, ph = pr.pad_h, pw = pr.pad_w;                                                   \
+    const int Cg = pr.group_c, Kg = pr.group_k;                                                              \
+    (void)N; (void)D; (void)H; (void)W; (void)C; (void)K; (void)T; (void)R; (void)S; (void)Z; (void)P;       \
+    (void)Q; (void)sd; (void)sh; (void)sw; (void)dil_d; (void)dil_h; (void)dil_w; (void)pd; (void)ph;        \
+    (void)pw; (void)Cg; (void)Kg
 
 template <typename Index>
 struct ConvProblemSize {
@@ -198,6 +225,99 @@ __device__ __forceinline__ void load_fragment4(const double* s, double* v) {
     const double2 b = *reinterpret_cast<const double2*>(s + 2);
     v[0] = a.x; v[1] = a.y; v[2] = b.x; v[3] = b.y;
 }
+
+// =========================================================================================================
+// SIMT implicit GEMM: thread tile, warp-level main-loop step, pipelined main loop
+// =========================================================================================================
+
+// The register tile of one thread of a SIMT implicit-GEMM kernel (conv_fprop_tiled, conv_dgrad_tiled,
+// conv_wgrad_tiled): TM x TN accumulators made of (TM/4) x (TN/4) sub-tiles of 4 x 4, spread kSpacingM =
+// BM/(TM/4) rows and kSpacingN = BN/(TN/4) columns of the BM x BN block tile apart. Thread (ty, tx) owns
+//   rows    row(i, ty) = (i/4)*kSpacingM + ty*4 + i%4,   i < TM
+//   columns col(j, tx) = (j/4)*kSpacingN + tx*4 + j%4,   j < TN
+// so each 4-wide fragment read from shared memory is one 128-bit access (two for double), broadcast or
+// conflict free across a warp whose lanes hold consecutive ty or tx. The epilogues write the same rows and
+// columns.
+template <int BM, int BN, int TM, int TN>
+struct SimtThreadTile {
+    static_assert(TM % 4 == 0 && TN % 4 == 0, "register tiles are made of 4 x 4 sub-tiles");
+    static_assert(BM % TM == 0 && BN % TN == 0, "thread tile does not divide the block tile");
+    static constexpr int kSpacingM = BM / (TM / 4), kSpacingN = BN / (TN / 4);
+
+    static __device__ __forceinline__ int row(int i, int ty) { return (i / 4) * kSpacingM + ty * 4 + (i % 4); }
+    static __device__ __forceinline__ int col(int j, int tx) { return (j / 4) * kSpacingN + tx * 4 + (j % 4); }
+
+    template <typename Acc>
+    static __device__ __forceinline__ void clear(Acc (&acc)[TM][TN]) {
+#pragma unroll
+        for (int i = 0; i < TM; ++i)
+#pragma unroll
+            for (int j = 0; j < TN; ++j) acc[i][j] = Acc(0);
+    }
+
+    // Warp-level main-loop step over one shared-memory stage:
+    //   acc[i][j] = mac(A[kk][row(i)], B[kk][col(j)], acc[i][j])   for kk = 0 .. BK-1 in order
+    // A is k-major (sa[kk*kStrideA + m]), B is sb[kk*kStrideB + n]; one fused multiply-add per term, so the sum
+    // order is gemm_k ascending, the analytic kernels' order.
+    template <int BK, int kStrideA, int kStrideB, typename Acc>
+    static __device__ __forceinline__ void mma_stage(Acc (&acc)[TM][TN], const Acc* sa, const Acc* sb, int ty,
+                                                     int tx) {
+#pragma unroll
+        for (int kk = 0; kk < BK; ++kk) {
+            Acc a[TM], b[TN];
+#pragma unroll
+            for (int i = 0; i < TM; i += 4) load_fragment4(sa + kk * kStrideA + row(i, ty), a + i);
+#pragma unroll
+            for (int j = 0; j < TN; j += 4) load_fragment4(sb + kk * kStrideB + col(j, tx), b + j);
+#pragma unroll
+            for (int i = 0; i < TM; ++i)
+#pragma unroll
+                for (int j = 0; j < TN; ++j) acc[i][j] = mac(a[i], b[j], acc[i][j]);
+        }
+    }
+};
+
+// The double-buffered main loop of every implicit-GEMM kernel (CUTLASS's pipelined Mma, two shared-memory
+// stages): k-tile 0 travels global -> registers -> stage 0; then, for k-tile kt, k-tile kt + 1 travels global ->
+// registers while stage kt % 2 is multiplied, and is stored to the other stage, which was last read in
+// iteration kt - 1 (that iteration ended with a barrier). The steps are the kernel's:
+//   load_first()     k-tile 0 of both operands, global -> registers
+//   load_next()      advance the tile iterators by one k-tile, global -> registers
+//   store(stage)     registers -> shared-memory stage (0 or 1)
+//   compute(stage)   the warp-level steps over one stage
+// k_tiles >= 1 and block-uniform (every thread reaches every barrier). A kernel whose gemm_k range can be
+// empty guards the call (a guard inside would cost the tensor-op kernel 14 registers on sm_90).
+template <typename LoadFirst, typename LoadNext, typename Store, typename Compute>
+__device__ __forceinline__ void pipelined_main_loop(int k_tiles, LoadFirst&& load_first, LoadNext&& load_next,
+                                                    Store&& store, Compute&& compute) {
+    load_first();
+    store(0);
+    __syncthreads();
+    for (int kt = 0; kt < k_tiles; ++kt) {
+        const int stage = kt & 1;
+        const bool has_next = kt + 1 < k_tiles;  // uniform across the block
+        if (has_next) load_next();
+        compute(stage);
+        if (has_next) store(stage ^ 1);
+        __syncthreads();
+    }
+}
+
+// The block shape of the tiled backprop kernels (conv_dgrad_tiled, conv_wgrad_tiled): 16 x 16 threads, so a
+// BM x BN block tile gives each thread a (BM/16) x (BN/16) register tile; k-tiles of 8; shared rows padded.
+// The plans mirror kThreads and kTileK (gpuconv/plans/conv_common.py SIMT16_BLOCK, SIMT16_TILE_K).
+namespace simt16x16 {
+constexpr int kThreads = 256;   // 16 x 16
+constexpr int kTileK = 8;       // BK: gemm_k extent of one shared-memory stage
+constexpr int kSmemPad = 4;     // pads a shared row so transposed stores are bank-conflict free
+
+// Resident blocks per SM the tiled kernels ask ptxas for (the min-blocks value of __launch_bounds__; header
+// comment). An 8x8 thread tile needs ~150 registers: 1 block (8 warps) per SM; 8x4 fits 128 registers in
+// float: 2 blocks, and so does 4x4 (3 blocks = 80 registers spills with 64-bit indexing). Double accumulators: 1.
+constexpr int min_blocks(int thread_tile, int acc_bytes) {
+    return acc_bytes > 4 || thread_tile >= 64 ? 1 : 2;
+}
+}  // namespace simt16x16
 
 // =========================================================================================================
 // Non-finite operands: absent taps never multiply

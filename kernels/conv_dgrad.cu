@@ -23,17 +23,11 @@
 namespace gpuconv {
 namespace dgrad {
 
-constexpr int kThreads = 256;   // every tiled configuration runs 16 x 16 threads
-constexpr int kTileK = 8;       // BK: gemm_k extent of one shared-memory stage
-constexpr int kSmemPad = 4;     // pads a shared row so transposed stores are bank-conflict free
-
-// Resident CTAs per SM the tiled kernels ask ptxas for (__launch_bounds__ minBlocks; without it ptxas picks its
-// own register cap and spills). An 8x8 thread tile needs ~150 registers: 1 CTA (8 warps) per SM; 8x4 fits
-// 128 registers in float: 2 CTAs, and so does 4x4 (3 CTAs = 80 registers spills in 64-bit indexing).
-// Double accumulators: 1.
-constexpr int min_blocks(int thread_tile, int acc_bytes) {
-    return acc_bytes > 4 || thread_tile >= 64 ? 1 : 2;
-}
+// The tiled kernel's block shape (conv_common.cuh): 16 x 16 threads, k-tiles of kTileK, padded shared rows.
+using simt16x16::kThreads;
+using simt16x16::kTileK;
+using simt16x16::kSmemPad;
+using simt16x16::min_blocks;
 
 // ---------------------------------------------------------------------------------------------------------
 // Stride phases
@@ -51,17 +45,6 @@ struct PhaseAxis {
     int off0;       // dy coordinate = i + off0 - it*off_step
     int off_step;   // l / gcd(s, l)
 };
-
-// The problem's extents as int locals with the short names of the index formulas (shadowing the Index-typed
-// kernel parameters): N..Q, sd sh sw (strides), dd dh dw (dilations), pd ph pw (pads before), Cg, Kg.
-#define DGRAD_PROBLEM_LOCALS(pr)                                                                             \
-    const int N = pr.N, D = pr.D, H = pr.H, W = pr.W, C = pr.C, K = pr.K, T = pr.T, R = pr.R, S = pr.S;      \
-    const int Z = pr.Z, P = pr.P, Q = pr.Q;                                                                  \
-    const int sd = pr.stride_d, sh = pr.stride_h, sw = pr.stride_w;                                          \
-    const int dd = pr.dilation_d, dh = pr.dilation_h, dw = pr.dilation_w;                                    \
-    const int pd = pr.pad_d, ph = pr.pad_h, pw = pr.pad_w;                                                   \
-    const int Cg = pr.group_c, Kg = pr.group_k;                                                              \
-    (void)C; (void)K; (void)Cg; (void)Kg
 
 __device__ __forceinline__ int gcd_int(int a, int b) {
     while (b != 0) { int t = a % b; a = b; b = t; }
@@ -123,12 +106,11 @@ __device__ __forceinline__ typename Accum<Element>::type dgrad_element(const Ele
                                                                        const ConvProblemSize<Idx>& pr, int n,
                                                                        int x_d, int x_h, int x_w, int c) {
     typedef typename Accum<Element>::type Acc;
-    DGRAD_PROBLEM_LOCALS(pr);
-    (void)D; (void)H; (void)W; (void)N;
+    GPUCONV_CONV_PROBLEM_LOCALS(pr);
     const int g = c / Cg, cg = c - g * Cg;
     // Per axis, dy coordinate numerator u = x + pad - tap*dil kept as floor quotient and remainder by the
     // stride, stepped by -dil per tap: no division inside the tap loops (ptxas outlines divisions there).
-    const TapWalk wd(x_d + pd, sd, dd), wh(x_h + ph, sh, dh), ww(x_w + pw, sw, dw);
+    const TapWalk wd(x_d + pd, sd, dil_d), wh(x_h + ph, sh, dil_h), ww(x_w + pw, sw, dil_w);
     Acc acc = Acc(0);
     TapWalk zt = wd;
     for (int t = 0; t < T && zt.q >= 0; ++t, zt.step(wd)) {
@@ -154,7 +136,7 @@ __device__ __forceinline__ typename Accum<Element>::type dgrad_element(const Ele
 template <typename Element, typename Idx>
 __device__ __forceinline__ void dgrad_analytic(const Element* __restrict__ dy, const Element* __restrict__ w,
                                                Element* __restrict__ dx, const ConvProblemSize<Idx>& pr) {
-    DGRAD_PROBLEM_LOCALS(pr);
+    GPUCONV_CONV_PROBLEM_LOCALS(pr);
     const Idx total = (Idx)N * D * H * W * C;
     const Idx i = (Idx)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= total) return;
@@ -170,33 +152,13 @@ __device__ __forceinline__ void dgrad_analytic(const Element* __restrict__ dy, c
     dx[i] = from_accum<Element>(dgrad_element(dy, w, pr, n, x_d, x_h, x_w, c));
 }
 
+// Launch bounds: 4 blocks of 256 threads per SM (<= 64 registers; it needs 37-56; 5 blocks spill with 64-bit
+// indices).
 template <typename Element, typename Idx>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(256, 4)
 conv_dgrad_analytic(const Element* __restrict__ dy, const Element* __restrict__ w, Element* __restrict__ dx,
                     GPUCONV_CONV_PROBLEM_PARAMS(Idx)) {
     dgrad_analytic<Element, Idx>(dy, w, dx, ConvProblemSize<Idx>(GPUCONV_CONV_PROBLEM_ARGS));
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Warp-level main-loop step shared by the tiled kernels: one BK slice of the block tile from shared memory.
-// Thread (ty, tx) owns rows  j*64 + ty*4 + {0..3}, j < TM/4  and columns  j*64 + tx*4 + {0..3}, j < TN/4,
-// so a warp's fragment reads are contiguous 16-byte vectors (conflict free / broadcast).
-// ---------------------------------------------------------------------------------------------------------
-template <int BM, int BN, int TM, int TN, typename Acc>
-__device__ __forceinline__ void mma_stage(Acc (&acc)[TM][TN], const Acc (*As)[BM + kSmemPad],
-                                          const Acc (*Bs)[BN + kSmemPad], int ty, int tx) {
-#pragma unroll
-    for (int kk = 0; kk < kTileK; ++kk) {
-        Acc a[TM], b[TN];
-#pragma unroll
-        for (int i = 0; i < TM; i += 4) load_fragment4(&As[kk][i * 16 + ty * 4], a + i);
-#pragma unroll
-        for (int j = 0; j < TN; j += 4) load_fragment4(&Bs[kk][j * 16 + tx * 4], b + j);
-#pragma unroll
-        for (int i = 0; i < TM; ++i)
-#pragma unroll
-            for (int j = 0; j < TN; ++j) acc[i][j] = mac(a[i], b[j], acc[i][j]);
-    }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -219,9 +181,9 @@ __device__ __forceinline__ void dgrad_tiled(const Element* __restrict__ dy, cons
                                             Element* __restrict__ dx, const int* __restrict__ nonfinite,
                                             const ConvProblemSize<Idx>& pr, int n_tiles) {
     typedef typename Accum<Element>::type Acc;
-    DGRAD_PROBLEM_LOCALS(pr);
-    static_assert((BM / TM) * (BN / TN) == kThreads, "16 x 16 threads per CTA");
-    static_assert(BM / TM == 16 && BN / TN == 16 && TM % 4 == 0 && TN % 4 == 0, "thread tile layout");
+    typedef SimtThreadTile<BM, BN, TM, TN> ThreadTile;
+    GPUCONV_CONV_PROBLEM_LOCALS(pr);
+    static_assert(BM / TM == 16 && BN / TN == 16, "16 x 16 threads per CTA");
     constexpr int kElemsA = BM * kTileK / kThreads;          // A elements each thread loads per k-tile
     constexpr int kElemsB = BN * kTileK / kThreads;
     constexpr int kThreadsPerRowA = kTileK / kElemsA;
@@ -234,9 +196,9 @@ __device__ __forceinline__ void dgrad_tiled(const Element* __restrict__ dy, cons
     const int phase = blockIdx.z;
     const int g = blockIdx.y;
     const int tile_m = blockIdx.x / n_tiles, tile_n = blockIdx.x % n_tiles;
-    const PhaseAxis ax_d = make_phase_axis(phase / (sh * sw), D, T, sd, dd, pd);
-    const PhaseAxis ax_h = make_phase_axis((phase / sw) % sh, H, R, sh, dh, ph);
-    const PhaseAxis ax_w = make_phase_axis(phase % sw, W, S, sw, dw, pw);
+    const PhaseAxis ax_d = make_phase_axis(phase / (sh * sw), D, T, sd, dil_d, pd);
+    const PhaseAxis ax_h = make_phase_axis((phase / sw) % sh, H, R, sh, dil_h, ph);
+    const PhaseAxis ax_w = make_phase_axis(phase % sw, W, S, sw, dil_w, pw);
     const Idx gemm_m = (Idx)N * ax_d.size * ax_h.size * ax_w.size;
     const Idx m0 = (Idx)tile_m * BM;
     const int n0 = tile_n * BN;
@@ -337,33 +299,22 @@ __device__ __forceinline__ void dgrad_tiled(const Element* __restrict__ dy, cons
     };
 
     Acc acc[TM][TN];
-#pragma unroll
-    for (int i = 0; i < TM; ++i)
-#pragma unroll
-        for (int j = 0; j < TN; ++j) acc[i][j] = Acc(0);
+    ThreadTile::clear(acc);
 
     // ---- main loop: global -> registers (next tile) while the current tile is multiplied from smem -----
-    if (k_tiles > 0) {
-        tap_update();
-        load_tile();
-        store_tile(0);
-        __syncthreads();
-        for (int kt = 0; kt < k_tiles; ++kt) {
-            const bool more = kt + 1 < k_tiles;
-            if (more) {
-                tap_advance();
-                load_tile();
-            }
-            mma_stage<BM, BN, TM, TN>(acc, As[kt & 1], Bs[kt & 1], ty, tx);
-            if (more) store_tile((kt + 1) & 1);
-            __syncthreads();
-        }
+    if (k_tiles > 0) {  // no k-tile (a tapless phase): the accumulators stay zero
+        pipelined_main_loop(
+            k_tiles, [&]() { tap_update(); load_tile(); }, [&]() { tap_advance(); load_tile(); }, store_tile,
+            [&](int stage) {
+                ThreadTile::template mma_stage<kTileK, BM + kSmemPad, BN + kSmemPad>(acc, &As[stage][0][0],
+                                                                                     &Bs[stage][0][0], ty, tx);
+            });
     }
 
     // ---- epilogue: registers -> dx (every dx element of the tile written once, zeros for tapless phases) -
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
-        const int row = (i / 4) * 64 + ty * 4 + (i % 4);
+        const int row = ThreadTile::row(i, ty);
         if (m0 + row >= gemm_m) continue;
         int n, ii, j, l;
         locate(row, n, ii, j, l);
@@ -371,7 +322,7 @@ __device__ __forceinline__ void dgrad_tiled(const Element* __restrict__ dy, cons
         Element* dx_row = dx + ((((Idx)n * D + x_d) * H + x_h) * W + x_w) * C + (Idx)g * Cg;
 #pragma unroll
         for (int jj = 0; jj < TN; ++jj) {
-            const int c = n0 + (jj / 4) * 64 + tx * 4 + (jj % 4);
+            const int c = n0 + ThreadTile::col(jj, tx);
             if (c < Cg) dx_row[c] = from_accum<Element>(acc[i][jj]);
         }
     }

@@ -189,28 +189,18 @@ struct FpropActivationTileIterator {
         }
     }
 
-    // Registers -> shared memory, transposed to k-major: smem[kk][m] (row stride kStride; SIMT tiles).
-    template <int kStride, typename S>
+    // Registers -> shared memory: tile element (m, kk) at smem[m*kStrideM + kk*kStrideK], either k-major
+    // (kStrideM = 1: smem[kk][m], SIMT tiles, a transposing store) or row-major (kStrideK = 1: smem[m][kk],
+    // tensor-op tiles).
+    template <int kStrideM, int kStrideK, typename S>
     __device__ __forceinline__ void store(S* smem, const Element (&frag)[kIterations][V], int tid) const {
 #pragma unroll
         for (int i = 0; i < kIterations; ++i) {
             const int row = tid / kThreadsPerRow + i * kRowsPerPass;
             if (row < BM) {
 #pragma unroll
-                for (int v = 0; v < V; ++v) smem[(kcol + v) * kStride + row] = SmemCast<S>::apply(frag[i][v]);
-            }
-        }
-    }
-
-    // Registers -> shared memory, row-major: smem[m][kk] (row stride kStride; tensor-op tiles).
-    template <int kStride, typename S>
-    __device__ __forceinline__ void store_row_major(S* smem, const Element (&frag)[kIterations][V], int tid) const {
-#pragma unroll
-        for (int i = 0; i < kIterations; ++i) {
-            const int row = tid / kThreadsPerRow + i * kRowsPerPass;
-            if (row < BM) {
-#pragma unroll
-                for (int v = 0; v < V; ++v) smem[row * kStride + kcol + v] = SmemCast<S>::apply(frag[i][v]);
+                for (int v = 0; v < V; ++v)
+                    smem[row * kStrideM + (kcol + v) * kStrideK] = SmemCast<S>::apply(frag[i][v]);
             }
         }
     }
@@ -271,6 +261,61 @@ struct FpropFilterTileIterator {
     }
 };
 
+// The block tile of one block of the fprop implicit GEMM: group g = blockIdx.y; blockIdx.x = tile_m * tiles_n +
+// tile_n (consecutive blocks share an activation tile, so it is read from DRAM once and from L2 by the others).
+template <typename Index, int BM, int BN>
+struct FpropBlockTile {
+    Index m0;  // first GEMM row (output pixel)
+    int n0;    // first GEMM column (output channel of the group)
+    int g;
+
+    __device__ __forceinline__ explicit FpropBlockTile(const ConvProblemSize<Index>& p) {
+        const int tiles_n = (p.fprop_gemm_n() + BN - 1) / BN;
+        m0 = Index(blockIdx.x / tiles_n) * BM;
+        n0 = int(blockIdx.x % tiles_n) * BN;
+        g = blockIdx.y;
+    }
+};
+
+// The global -> registers -> shared path of both operands, for pipelined_main_loop (conv_common.cuh): the two
+// tile iterators and the register fragments a k-tile travels through. The SIMT and tensor-op kernels differ
+// only in the shared layout of A (kStrideAM, kStrideAK of FpropActivationTileIterator::store).
+template <typename Element, typename Index, int BM, int BN, int BK, int V, int kThreads>
+struct FpropTileLoader {
+    typedef FpropActivationTileIterator<Element, Index, BM, BK, V, kThreads> IteratorA;
+    typedef FpropFilterTileIterator<Element, Index, BN, BK, V, kThreads> IteratorB;
+
+    IteratorA iter_a;
+    IteratorB iter_b;
+    Element frag_a[IteratorA::kIterations][V];
+    Element frag_b[IteratorB::kIterations][V];
+
+    __device__ __forceinline__ FpropTileLoader(const ConvProblemSize<Index>& p, const Element* x, const Element* w,
+                                               const FpropBlockTile<Index, BM, BN>& block, int tid)
+        : iter_a(p, x, block.m0, block.g, tid), iter_b(p, w, block.n0, block.g, tid) {}
+
+    // k-tile 0, global -> registers.
+    __device__ __forceinline__ void load(const ConvProblemSize<Index>& p) {
+        iter_a.load(p, frag_a);
+        iter_b.load(p, frag_b);
+    }
+
+    // The next k-tile, global -> registers.
+    __device__ __forceinline__ void advance_and_load(const ConvProblemSize<Index>& p) {
+        iter_a.advance(p);
+        iter_b.advance(p);
+        iter_a.load(p, frag_a);
+        iter_b.load(p, frag_b);
+    }
+
+    // Registers -> one shared-memory stage: A at sa[m*kStrideAM + kk*kStrideAK], B at sb[kk*kStrideB + n].
+    template <int kStrideAM, int kStrideAK, int kStrideB, typename S>
+    __device__ __forceinline__ void store(S* sa, S* sb, int tid) const {
+        iter_a.template store<kStrideAM, kStrideAK>(sa, frag_a, tid);
+        iter_b.template store<kStrideB>(sb, frag_b);
+    }
+};
+
 // =========================================================================================================
 // conv_fprop_tiled
 // =========================================================================================================
@@ -292,17 +337,12 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN), (TM * TN >= 64 ? 1 : 2)
     conv_fprop_tiled(const Element* __restrict__ x, const Element* __restrict__ w, Element* __restrict__ y,
                      const int* __restrict__ nonfinite, GPUCONV_CONV_PROBLEM_PARAMS(Index)) {
     typedef typename Accum<Element>::type Acc;
+    typedef SimtThreadTile<BM, BN, TM, TN> ThreadTile;
     constexpr int kThreadsM = BM / TM, kThreadsN = BN / TN, kThreads = kThreadsM * kThreadsN;
     constexpr int kLanesN = kThreadsN < 8 ? kThreadsN : 8, kLanesM = 32 / kLanesN;
     constexpr int kWarpsN = kThreadsN / kLanesN;
-    constexpr int kGroupsM = TM / 4, kGroupsN = TN / 4;  // 4 x 4 sub-tiles per thread
     constexpr int kStrideA = BM + 4, kStrideB = BN;
-    static_assert(TM % 4 == 0 && TN % 4 == 0, "register tiles are made of 4 x 4 sub-tiles");
     static_assert(kThreads % 32 == 0 && kThreadsM % kLanesM == 0, "warp layout does not divide the tile");
-    static_assert(BM % TM == 0 && BN % TN == 0, "thread tile does not divide the block tile");
-
-    typedef FpropActivationTileIterator<Element, Index, BM, BK, V, kThreads> IteratorA;
-    typedef FpropFilterTileIterator<Element, Index, BN, BK, V, kThreads> IteratorB;
 
     __shared__ __align__(16) Acc smem_a[2][BK * kStrideA];
     __shared__ __align__(16) Acc smem_b[2][BK * kStrideB];
@@ -310,90 +350,47 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN), (TM * TN >= 64 ? 1 : 2)
     // ---- setup: tile coordinates, thread layout, iterators ---------------------------------------------
     const ConvProblemSize<Index> prob(GPUCONV_CONV_PROBLEM_ARGS);
     const int tid = threadIdx.x;
-    const int g = blockIdx.y;
-    const int gemm_n = prob.fprop_gemm_n();
-    const int tiles_n = (gemm_n + BN - 1) / BN;
-    const Index m0 = Index(blockIdx.x / tiles_n) * BM;
-    const int n0 = int(blockIdx.x % tiles_n) * BN;
+    const FpropBlockTile<Index, BM, BN> block(prob);
     if (*nonfinite) {  // w holds inf or NaN: padding must not multiply it (block-uniform; no barrier below)
-        fprop_tile_by_formula<Element, Index, BM, BN, kThreads>(prob, x, w, y, m0, n0, g);
+        fprop_tile_by_formula<Element, Index, BM, BN, kThreads>(prob, x, w, y, block.m0, block.n0, block.g);
         return;
     }
     const int warp = tid / 32, lane = tid % 32;
     const int ty = (warp / kWarpsN) * kLanesM + lane / kLanesN;  // thread row in [0, kThreadsM)
     const int tx = (warp % kWarpsN) * kLanesN + lane % kLanesN;  // thread column in [0, kThreadsN)
 
-    IteratorA iter_a(prob, x, m0, g, tid);
-    IteratorB iter_b(prob, w, n0, g, tid);
-    Element frag_a[IteratorA::kIterations][V];
-    Element frag_b[IteratorB::kIterations][V];
-
+    FpropTileLoader<Element, Index, BM, BN, BK, V, kThreads> loader(prob, x, w, block, tid);
     Acc acc[TM][TN];
-#pragma unroll
-    for (int i = 0; i < TM; ++i)
-#pragma unroll
-        for (int j = 0; j < TN; ++j) acc[i][j] = Acc(0);
-
-    // ---- prologue: k-tile 0 into stage 0 -------------------------------------------------------------
-    const int k_tiles = (prob.fprop_gemm_k() + BK - 1) / BK;
-    iter_a.load(prob, frag_a);
-    iter_b.load(prob, frag_b);
-    iter_a.template store<kStrideA>(smem_a[0], frag_a, tid);
-    iter_b.template store<kStrideB>(smem_b[0], frag_b);
-    __syncthreads();
+    ThreadTile::clear(acc);
 
     // ---- main loop: compute stage kt % 2 while k-tile kt + 1 travels global -> registers -> the other stage
-    for (int kt = 0; kt < k_tiles; ++kt) {
-        const int stage = kt & 1;
-        const bool has_next = kt + 1 < k_tiles;  // uniform across the block
-        if (has_next) {
-            iter_a.advance(prob);
-            iter_b.advance(prob);
-            iter_a.load(prob, frag_a);
-            iter_b.load(prob, frag_b);
-        }
-
-        const Acc* sa = smem_a[stage];
-        const Acc* sb = smem_b[stage];
-#pragma unroll
-        for (int kk = 0; kk < BK; ++kk) {
-            Acc a[TM], b[TN];
-#pragma unroll
-            for (int j = 0; j < kGroupsM; ++j) load_fragment4(sa + kk * kStrideA + j * (BM / kGroupsM) + ty * 4, a + 4 * j);
-#pragma unroll
-            for (int j = 0; j < kGroupsN; ++j) load_fragment4(sb + kk * kStrideB + j * (BN / kGroupsN) + tx * 4, b + 4 * j);
-#pragma unroll
-            for (int i = 0; i < TM; ++i)
-#pragma unroll
-                for (int j = 0; j < TN; ++j) acc[i][j] = mac(a[i], b[j], acc[i][j]);
-        }
-
-        if (has_next) {
-            // The other stage was last read in iteration kt - 1, which ended with the barrier below.
-            iter_a.template store<kStrideA>(smem_a[stage ^ 1], frag_a, tid);
-            iter_b.template store<kStrideB>(smem_b[stage ^ 1], frag_b);
-        }
-        __syncthreads();
-    }
+    pipelined_main_loop(
+        (prob.fprop_gemm_k() + BK - 1) / BK, [&]() { loader.load(prob); },
+        [&]() { loader.advance_and_load(prob); },
+        [&](int stage) { loader.template store<1, kStrideA, kStrideB>(smem_a[stage], smem_b[stage], tid); },
+        [&](int stage) {
+            ThreadTile::template mma_stage<BK, kStrideA, kStrideB>(acc, smem_a[stage], smem_b[stage], ty, tx);
+        });
 
     // ---- epilogue: bounds-checked stores of the register tile, 4 output channels at a time ------------
     const Index gemm_m = prob.fprop_gemm_m();
-    Element* y_group = y + Index(g) * gemm_n;
+    const int gemm_n = prob.fprop_gemm_n();
+    Element* y_group = y + Index(block.g) * gemm_n;
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
-        const Index m = m0 + (i / 4) * (BM / kGroupsM) + ty * 4 + (i % 4);
+        const Index m = block.m0 + ThreadTile::row(i, ty);
         if (m >= gemm_m) continue;
         Element* y_row = y_group + m * prob.K;
 #pragma unroll
-        for (int j = 0; j < kGroupsN; ++j) {
-            const int n = n0 + j * (BN / kGroupsN) + tx * 4;
+        for (int j = 0; j < TN; j += 4) {
+            const int n = block.n0 + ThreadTile::col(j, tx);
             if (V > 1 && n + 3 < gemm_n) {
 #pragma unroll
-                for (int v = 0; v < 4; v += V) Vec<Element, V>::store(y_row + n + v, &acc[i][4 * j + v]);
+                for (int v = 0; v < 4; v += V) Vec<Element, V>::store(y_row + n + v, &acc[i][j + v]);
             } else {
 #pragma unroll
                 for (int v = 0; v < 4; ++v)
-                    if (n + v < gemm_n) y_row[n + v] = from_accum<Element>(acc[i][4 * j + v]);
+                    if (n + v < gemm_n) y_row[n + v] = from_accum<Element>(acc[i][j + v]);
             }
         }
     }
@@ -421,8 +418,6 @@ __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32, 1)
     static_assert(WM % 16 == 0 && WN % 16 == 0 && BK % 16 == 0, "WMMA tiles are 16 x 16 x 16");
     static_assert((16 * kStrideA * 2) % 32 == 0 && (16 * kStrideB * 2) % 32 == 0, "fragment rows must stay 256-bit aligned");
 
-    typedef FpropActivationTileIterator<__half, Index, BM, BK, V, kThreads> IteratorA;
-    typedef FpropFilterTileIterator<__half, Index, BN, BK, V, kThreads> IteratorB;
     typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> FragmentC;
 
     __shared__ __align__(128) __half smem_a[2][BM * kStrideA];
@@ -432,71 +427,47 @@ __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32, 1)
     // ---- setup ----------------------------------------------------------------------------------------
     const ConvProblemSize<Index> prob(GPUCONV_CONV_PROBLEM_ARGS);
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-    const int g = blockIdx.y;
-    const int gemm_n = prob.fprop_gemm_n();
-    const int tiles_n = (gemm_n + BN - 1) / BN;
-    const Index m0 = Index(blockIdx.x / tiles_n) * BM;
-    const int n0 = int(blockIdx.x % tiles_n) * BN;
+    const FpropBlockTile<Index, BM, BN> block(prob);
     if (*nonfinite) {  // w holds inf or NaN: padding must not multiply it (block-uniform; no barrier below)
-        fprop_tile_by_formula<__half, Index, BM, BN, kThreads>(prob, x, w, y, m0, n0, g);
+        fprop_tile_by_formula<__half, Index, BM, BN, kThreads>(prob, x, w, y, block.m0, block.n0, block.g);
         return;
     }
     const int warp_m = (warp / kWarpsN) * WM, warp_n = (warp % kWarpsN) * WN;
 
-    IteratorA iter_a(prob, x, m0, g, tid);
-    IteratorB iter_b(prob, w, n0, g, tid);
-    __half frag_a[IteratorA::kIterations][V];
-    __half frag_b[IteratorB::kIterations][V];
-
+    FpropTileLoader<__half, Index, BM, BN, BK, V, kThreads> loader(prob, x, w, block, tid);
     FragmentC acc[kFragsM][kFragsN];
 #pragma unroll
     for (int i = 0; i < kFragsM; ++i)
 #pragma unroll
         for (int j = 0; j < kFragsN; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
 
-    // ---- prologue: k-tile 0 into stage 0 -------------------------------------------------------------
-    const int k_tiles = (prob.fprop_gemm_k() + BK - 1) / BK;
-    iter_a.load(prob, frag_a);
-    iter_b.load(prob, frag_b);
-    iter_a.template store_row_major<kStrideA>(smem_a[0], frag_a, tid);
-    iter_b.template store<kStrideB>(smem_b[0], frag_b);
-    __syncthreads();
-
     // ---- main loop: tensor-core steps on stage kt % 2 while k-tile kt + 1 is loaded -------------------
-    for (int kt = 0; kt < k_tiles; ++kt) {
-        const int stage = kt & 1;
-        const bool has_next = kt + 1 < k_tiles;
-        if (has_next) {
-            iter_a.advance(prob);
-            iter_b.advance(prob);
-            iter_a.load(prob, frag_a);
-            iter_b.load(prob, frag_b);
-        }
+    pipelined_main_loop(
+        (prob.fprop_gemm_k() + BK - 1) / BK, [&]() { loader.load(prob); },
+        [&]() { loader.advance_and_load(prob); },
+        [&](int stage) { loader.template store<kStrideA, 1, kStrideB>(smem_a[stage], smem_b[stage], tid); },
+        [&](int stage) {
 #pragma unroll
-        for (int kk = 0; kk < BK; kk += 16) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a[kFragsM];
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> b[kFragsN];
+            for (int kk = 0; kk < BK; kk += 16) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a[kFragsM];
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> b[kFragsN];
 #pragma unroll
-            for (int i = 0; i < kFragsM; ++i)
-                wmma::load_matrix_sync(a[i], smem_a[stage] + (warp_m + 16 * i) * kStrideA + kk, kStrideA);
+                for (int i = 0; i < kFragsM; ++i)
+                    wmma::load_matrix_sync(a[i], smem_a[stage] + (warp_m + 16 * i) * kStrideA + kk, kStrideA);
 #pragma unroll
-            for (int j = 0; j < kFragsN; ++j)
-                wmma::load_matrix_sync(b[j], smem_b[stage] + kk * kStrideB + warp_n + 16 * j, kStrideB);
+                for (int j = 0; j < kFragsN; ++j)
+                    wmma::load_matrix_sync(b[j], smem_b[stage] + kk * kStrideB + warp_n + 16 * j, kStrideB);
 #pragma unroll
-            for (int i = 0; i < kFragsM; ++i)
+                for (int i = 0; i < kFragsM; ++i)
 #pragma unroll
-                for (int j = 0; j < kFragsN; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
-        }
-        if (has_next) {
-            iter_a.template store_row_major<kStrideA>(smem_a[stage ^ 1], frag_a, tid);
-            iter_b.template store<kStrideB>(smem_b[stage ^ 1], frag_b);
-        }
-        __syncthreads();
-    }
+                    for (int j = 0; j < kFragsN; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+            }
+        });
 
     // ---- epilogue: fragment -> per-warp float tile -> bounds-checked half stores --------------------------
     const Index gemm_m = prob.fprop_gemm_m();
-    __half* y_group = y + Index(g) * gemm_n;
+    const int gemm_n = prob.fprop_gemm_n();
+    __half* y_group = y + Index(block.g) * gemm_n;
     float* tile = smem_c[warp];
 #pragma unroll
     for (int i = 0; i < kFragsM; ++i) {
@@ -506,8 +477,8 @@ __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32, 1)
             __syncwarp();
 #pragma unroll
             for (int e = lane; e < 256; e += 32) {
-                const Index m = m0 + warp_m + 16 * i + e / 16;
-                const int n = n0 + warp_n + 16 * j + e % 16;
+                const Index m = block.m0 + warp_m + 16 * i + e / 16;
+                const int n = block.n0 + warp_n + 16 * j + e % 16;
                 if (m < gemm_m && n < gemm_n) y_group[m * prob.K + n] = __float2half_rn(tile[e]);
             }
             __syncwarp();

@@ -20,28 +20,12 @@
 namespace gpuconv {
 namespace wgrad {
 
-constexpr int kThreads = 256;   // every tiled configuration runs 16 x 16 threads
-constexpr int kTileK = 8;       // BK: gemm_k extent (dy pixels) of one shared-memory stage
-constexpr int kSmemPad = 4;
-
-// Resident CTAs per SM the tiled kernels ask ptxas for (__launch_bounds__ minBlocks; without it ptxas picks its
-// own register cap and spills). An 8x8 thread tile needs ~150 registers: 1 CTA (8 warps) per SM; 8x4 fits
-// 128 registers in float: 2 CTAs, and so does 4x4 (3 CTAs = 80 registers spills in 64-bit indexing).
-// Double accumulators: 1.
-constexpr int min_blocks(int thread_tile, int acc_bytes) {
-    return acc_bytes > 4 || thread_tile >= 64 ? 1 : 2;
-}
-
-// The problem's extents as int locals with the short names of the index formulas: N..Q, sd sh sw (strides),
-// dd dh ddw (dilations; dw is the output), pd ph pw (pads before), Cg, Kg.
-#define WGRAD_PROBLEM_LOCALS(pr)                                                                             \
-    const int N = pr.N, D = pr.D, H = pr.H, W = pr.W, C = pr.C, K = pr.K, T = pr.T, R = pr.R, S = pr.S;      \
-    const int Z = pr.Z, P = pr.P, Q = pr.Q;                                                                  \
-    const int sd = pr.stride_d, sh = pr.stride_h, sw = pr.stride_w;                                          \
-    const int dd = pr.dilation_d, dh = pr.dilation_h, ddw = pr.dilation_w;                                   \
-    const int pd = pr.pad_d, ph = pr.pad_h, pw = pr.pad_w;                                                   \
-    const int Cg = pr.group_c, Kg = pr.group_k;                                                              \
-    (void)N; (void)C; (void)T; (void)Cg; (void)Kg
+// The tiled kernel's block shape (conv_common.cuh): 16 x 16 threads, k-tiles of kTileK gemm_k rows (dy
+// pixels), padded shared rows.
+using simt16x16::kThreads;
+using simt16x16::kTileK;
+using simt16x16::kSmemPad;
+using simt16x16::min_blocks;
 
 // ---------------------------------------------------------------------------------------------------------
 // conv_wgrad_analytic
@@ -58,7 +42,7 @@ __device__ __forceinline__ typename Accum<Element>::type wgrad_element(const Ele
                                                                        int r, int s, int xc, int k,
                                                                        Idx kk_begin, Idx kk_end) {
     typedef typename Accum<Element>::type Acc;
-    WGRAD_PROBLEM_LOCALS(pr);
+    GPUCONV_CONV_PROBLEM_LOCALS(pr);
     Acc acc = Acc(0);
     if (kk_begin >= kk_end) return acc;
     Idx rest = kk_begin;
@@ -69,13 +53,13 @@ __device__ __forceinline__ typename Accum<Element>::type wgrad_element(const Ele
     for (Idx kk = kk_begin; kk < kk_end;) {
         const Idx left = kk_end - kk;
         const int q1 = left < (Idx)(Q - q0) ? q0 + (int)left : Q;
-        const int x_d = z * sd + t * dd - pd;
-        const int x_h = p * sh + r * dh - ph;
+        const int x_d = z * sd + t * dil_d - pd;
+        const int x_h = p * sh + r * dil_h - ph;
         if (x_d >= 0 && x_d < D && x_h >= 0 && x_h < H) {
             const Element* x_row = x + (((Idx)n * D + x_d) * H + x_h) * W * C + xc;
             const Element* dy_row = dy + ((((Idx)n * Z + z) * P + p) * Q) * K + k;
             for (int q = q0; q < q1; ++q) {
-                const int x_w = q * sw + s * ddw - pw;
+                const int x_w = q * sw + s * dil_w - pw;
                 if (x_w < 0 || x_w >= W) continue;
                 acc = mac(to_accum(x_row[(Idx)x_w * C]), to_accum(dy_row[(Idx)q * K]), acc);
             }
@@ -96,7 +80,7 @@ __device__ __forceinline__ typename Accum<Element>::type wgrad_element(const Ele
 template <typename Element, typename Idx>
 __device__ __forceinline__ void wgrad_analytic(const Element* __restrict__ x, const Element* __restrict__ dy,
                                                Element* __restrict__ dw, const ConvProblemSize<Idx>& pr) {
-    WGRAD_PROBLEM_LOCALS(pr);
+    GPUCONV_CONV_PROBLEM_LOCALS(pr);
     const Idx total = (Idx)T * R * S * Cg * K;
     const Idx i = (Idx)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= total) return;
@@ -112,32 +96,12 @@ __device__ __forceinline__ void wgrad_analytic(const Element* __restrict__ x, co
     dw[i] = from_accum<Element>(wgrad_element(x, dy, pr, t, r, s, xc, k, (Idx)0, (Idx)N * Z * P * Q));
 }
 
+// Launch bounds: 8 blocks of 256 threads per SM (<= 32 registers, what it needs).
 template <typename Element, typename Idx>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(256, 8)
 conv_wgrad_analytic(const Element* __restrict__ x, const Element* __restrict__ dy, Element* __restrict__ dw,
                     GPUCONV_CONV_PROBLEM_PARAMS(Idx)) {
     wgrad_analytic<Element, Idx>(x, dy, dw, ConvProblemSize<Idx>(GPUCONV_CONV_PROBLEM_ARGS));
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Warp-level main-loop step: one BK slice of the block tile from shared memory (same thread layout as
-// conv_dgrad_tiled: thread (ty, tx) owns rows j*64 + ty*4 + {0..3} and columns j*64 + tx*4 + {0..3}).
-// ---------------------------------------------------------------------------------------------------------
-template <int BM, int BN, int TM, int TN, typename Acc>
-__device__ __forceinline__ void mma_stage(Acc (&acc)[TM][TN], const Acc (*As)[BM + kSmemPad],
-                                          const Acc (*Bs)[BN + kSmemPad], int ty, int tx) {
-#pragma unroll
-    for (int kk = 0; kk < kTileK; ++kk) {
-        Acc a[TM], b[TN];
-#pragma unroll
-        for (int i = 0; i < TM; i += 4) load_fragment4(&As[kk][i * 16 + ty * 4], a + i);
-#pragma unroll
-        for (int j = 0; j < TN; j += 4) load_fragment4(&Bs[kk][j * 16 + tx * 4], b + j);
-#pragma unroll
-        for (int i = 0; i < TM; ++i)
-#pragma unroll
-            for (int j = 0; j < TN; ++j) acc[i][j] = mac(a[i], b[j], acc[i][j]);
-    }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -149,8 +113,8 @@ __device__ __forceinline__ void mma_stage(Acc (&acc)[TM][TN], const Acc (*As)[BM
 //   blockIdx.x = tile_m * n_tiles + tile_n
 // GEMM of one group (gemm_m = Kg, gemm_n = Cg*T*R*S, gemm_k = N*Z*P*Q):
 //   A[kk, m] = dy[kk*K + g*Kg + m]                    kk = ((n*Z + z)*P + p)*Q + q  (dy's own pixel order)
-//   B[kk, col] = x[n, z*sd + t*dd - pd, p*sh + r*dh - ph, q*sw + s*dw - pw, g*Cg + c],  col = tap*Cg + c,
-//                tap = (t*R + r)*S + s
+//   B[kk, col] = x[n, z*sd + t*dil_d - pd, p*sh + r*dil_h - ph, q*sw + s*dil_w - pw, g*Cg + c],
+//                col = tap*Cg + c,  tap = (t*R + r)*S + s
 //   out[split][col*K + g*Kg + m] = sum_{kk in split} A[kk, m] * B[kk, col]   (= dw's own element order)
 // Both operands are contiguous along m / col, so a warp loads one gemm_k row of 64..128 consecutive elements.
 // Each thread's gemm_n columns are fixed for the whole main loop (tap offsets computed once); its gemm_k row
@@ -160,8 +124,9 @@ __device__ __forceinline__ void wgrad_tiled(const Element* __restrict__ x, const
                                             Out* __restrict__ out, const int* __restrict__ nonfinite,
                                             const ConvProblemSize<Idx>& pr, int n_tiles, Idx k_per_split) {
     typedef typename Accum<Element>::type Acc;
-    WGRAD_PROBLEM_LOCALS(pr);
-    static_assert(BM / TM == 16 && BN / TN == 16 && TM % 4 == 0 && TN % 4 == 0, "16 x 16 threads per CTA");
+    typedef SimtThreadTile<BM, BN, TM, TN> ThreadTile;
+    GPUCONV_CONV_PROBLEM_LOCALS(pr);
+    static_assert(BM / TM == 16 && BN / TN == 16, "16 x 16 threads per CTA");
     constexpr int kElemsA = BM * kTileK / kThreads;           // consecutive m each thread loads per k-tile
     constexpr int kElemsB = BN * kTileK / kThreads;           // consecutive columns each thread loads
     static_assert(BM / kElemsA == 32 && BN / kElemsB == 32, "one warp per gemm_k row of a tile");
@@ -230,9 +195,9 @@ __device__ __forceinline__ void wgrad_tiled(const Element* __restrict__ x, const
         const int tap = col_valid[e] ? col / Cg : 0;
         const int c = col_valid[e] ? col - tap * Cg : 0;
         const int s = tap % S, r = (tap / S) % R, t = tap / (S * R);
-        col_dz[e] = t * dd - pd;
-        col_dh[e] = r * dh - ph;
-        col_dw[e] = s * ddw - pw;
+        col_dz[e] = t * dil_d - pd;
+        col_dh[e] = r * dil_h - ph;
+        col_dw[e] = s * dil_w - pw;
         col_c[e] = g * Cg + c;
     }
     const Idx a_col_base = (Idx)g * Kg + m0 + a_m;
@@ -262,38 +227,28 @@ __device__ __forceinline__ void wgrad_tiled(const Element* __restrict__ x, const
     };
 
     Acc acc[TM][TN];
-#pragma unroll
-    for (int i = 0; i < TM; ++i)
-#pragma unroll
-        for (int j = 0; j < TN; ++j) acc[i][j] = Acc(0);
+    ThreadTile::clear(acc);
 
     // ---- main loop: global -> registers (next tile) while the current tile is multiplied from smem -----
-    if (k_tiles > 0) {
-        load_tile();
-        store_tile(0);
-        __syncthreads();
-        for (int kt = 0; kt < k_tiles; ++kt) {
-            const bool more = kt + 1 < k_tiles;
-            if (more) {
-                row_advance();
-                load_tile();
-            }
-            mma_stage<BM, BN, TM, TN>(acc, As[kt & 1], Bs[kt & 1], ty, tx);
-            if (more) store_tile((kt + 1) & 1);
-            __syncthreads();
-        }
+    if (k_tiles > 0) {  // no k-tile (an empty split): the accumulators stay zero
+        pipelined_main_loop(
+            k_tiles, load_tile, [&]() { row_advance(); load_tile(); }, store_tile,
+            [&](int stage) {
+                ThreadTile::template mma_stage<kTileK, BM + kSmemPad, BN + kSmemPad>(acc, &As[stage][0][0],
+                                                                                     &Bs[stage][0][0], ty, tx);
+            });
     }
 
     // ---- epilogue: registers -> out (dw, or this split's workspace slice; zeros for an empty split) -----
     Out* out_split = out + (Idx)blockIdx.z * ((Idx)gemm_n * K);
 #pragma unroll
     for (int j = 0; j < TN; ++j) {
-        const int col = n0 + (j / 4) * 64 + tx * 4 + (j % 4);
+        const int col = n0 + ThreadTile::col(j, tx);
         if (col >= gemm_n) continue;
         Out* out_col = out_split + (Idx)col * K + (Idx)g * Kg;
 #pragma unroll
         for (int i = 0; i < TM; ++i) {
-            const int m = m0 + (i / 4) * 64 + ty * 4 + (i % 4);
+            const int m = m0 + ThreadTile::row(i, ty);
             if (m < Kg) out_col[m] = from_accum<Out>(acc[i][j]);
         }
     }
@@ -314,8 +269,9 @@ conv_wgrad_tiled(const Element* __restrict__ x, const Element* __restrict__ dy, 
 // ---------------------------------------------------------------------------------------------------------
 // dw[i] = sum_{split = 0 .. splits-1} ws[split*size + i], summed in split order (deterministic), converted
 // once to the output dtype. One thread per element, grid-stride; reads of a warp are contiguous per split.
+// Launch bounds: 8 blocks of 256 threads per SM (<= 32 registers, what it needs).
 template <typename Element, typename Idx>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(256, 8)
 conv_wgrad_reduce(const typename Accum<Element>::type* __restrict__ ws, Element* __restrict__ dw, Idx size,
                   int splits) {
     typedef typename Accum<Element>::type Acc;
