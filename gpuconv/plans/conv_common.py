@@ -20,8 +20,20 @@ on a 1-element int32 `flag` the caller allocates zeroed (`xp.zeros((1,), np.int3
 The flag kernel sets it to 1 when some operand element is inf or NaN; the tiled kernel reads it and, when set,
 computes its tiles by the analytic kernel's per-output function. Finite operands cost one pass over the operand.
 Analytic plans need no flag (the analytic kernels skip absent taps).
+
+Also shared by the conv plan modules: grid limits and the grid of a tiled kernel (`tile_grid`, `grid_reason`),
+the first checks of a configuration (`config_reason`), the backprop kernels' 16 x 16-thread tiles
+(`SIMT16_TILES`), forced-configuration context managers (`ForcedFields`, `apply_forced`) and the
+[flag, tiled kernel] launch pair (`flagged_launch`).
 """
 from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+from typing import Iterator
+
+import numpy as np
 
 from ..dtypes import FLOAT_DTYPES, ctype
 from ..geometry import ConvProblem
@@ -78,3 +90,127 @@ def nonfinite_flag_plan(family: str, operand, elements: int, index: str, flag) -
     grid = (max(1, min(ceil_div(elements, FLAG_BLOCK), FLAG_MAX_BLOCKS)), 1, 1)
     return LaunchPlan(family, flag_expression(operand.dtype, index), grid, (FLAG_BLOCK, 1, 1), 0,
                       (operand, index_scalar(index == "long long")(elements), flag))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# limits and device assumptions every conv chooser shares
+# ---------------------------------------------------------------------------------------------------------
+INDEX_TYPES: tuple[str, ...] = (index_type(False), index_type(True))
+SM_COUNT = 132               # H100 SXM / H200: the choosers' fixed device assumption (no device query)
+GRID_X_MAX = INT32_MAX
+GRID_YZ_MAX = 65535
+
+
+def filter_elements(p: ConvProblem) -> int:
+    """Elements of w (and dw): T*R*S*C/G*K."""
+    return p.T * p.R * p.S * p.group_c * p.K
+
+
+def tile_grid(gemm_m: int, gemm_n: int, bm: int, bn: int, groups: int, z: int = 1) -> tuple[int, int, int]:
+    """Grid of a tiled conv kernel: x = m-tiles * n-tiles (blockIdx.x = tile_m * tiles_n + tile_n), y = groups,
+    z = the family's third axis (1, stride phases or splits)."""
+    return ceil_div(gemm_m, bm) * ceil_div(gemm_n, bn), groups, z
+
+
+def grid_reason(grid: tuple[int, int, int], z_what: str) -> str:
+    """'' when a tiled grid fits CUDA's limits, else why not (`z_what` names what runs along z)."""
+    gx, gy, gz = grid
+    if gy > GRID_YZ_MAX:
+        return f"{gy} groups exceed the grid's y limit {GRID_YZ_MAX}"
+    if gz > GRID_YZ_MAX:
+        return f"{gz} {z_what} exceed the grid's z limit {GRID_YZ_MAX}"
+    if gx > GRID_X_MAX:
+        return f"{gx} tiles exceed the grid's x limit {GRID_X_MAX}"
+    return ""
+
+
+def config_reason(config, p: ConvProblem, dtype, variants: tuple[str, ...]) -> str:
+    """'' when config's variant, index type and dtype can run p at all, else why not (the checks every
+    dgrad / wgrad configuration starts with)."""
+    if config.variant not in variants:
+        return f"unknown variant {config.variant!r} (one of {variants})"
+    if config.index not in INDEX_TYPES:
+        return f"unknown index type {config.index!r}"
+    if config.index == "int" and p.needs_int64():
+        return "a tensor has >= 2^31 elements: 32-bit indices would overflow (use 'long long')"
+    if not extents_fit_int(p):
+        return "an extent, stride, dilation or pad does not fit in a C++ int"
+    return ""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the 16 x 16-thread SIMT tiles of the backprop kernels (kernels/conv_common.cuh namespace simt16x16)
+# ---------------------------------------------------------------------------------------------------------
+SIMT16_BLOCK = 256           # kThreads
+SIMT16_TILE_K = 8            # kTileK: gemm_k rows of one shared-memory stage
+# name -> (BM, BN, TM, TN), TM = BM/16, TN = BN/16; each family instantiates a subset, in this order.
+SIMT16_TILES: dict[str, tuple[int, int, int, int]] = {
+    "128x128": (128, 128, 8, 8),
+    "128x64": (128, 64, 8, 4),
+    "64x128": (64, 128, 4, 8),
+    "64x64": (64, 64, 4, 4),
+}
+
+
+def simt16_tiles(*names: str) -> dict[str, tuple[int, int, int, int]]:
+    """The SIMT16_TILES entries a family instantiates."""
+    return {n: SIMT16_TILES[n] for n in names}
+
+
+def simt16_tiles_for(tiles, dtype) -> tuple[str, ...]:
+    """Tile names instantiated for a dtype: float64 only 64x64 (an 8x8 double tile would not fit 255 registers)."""
+    return ("64x64",) if np.dtype(dtype) == np.float64 else tuple(tiles)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# forced configurations (tests, benchmarks): a context manager per family, read by its config_for
+# ---------------------------------------------------------------------------------------------------------
+class ForcedFields:
+    """Configuration fields forced for the calls inside `force(...)`; a context variable, so threads and async
+    tasks see only their own."""
+
+    def __init__(self, family: str, config_type):
+        self._var: contextvars.ContextVar[dict | None] = contextvars.ContextVar(f"gpuconv_{family}_forced",
+                                                                               default=None)
+        self._config_type = config_type
+
+    @contextlib.contextmanager
+    def force(self, **fields) -> Iterator[None]:
+        unknown = set(fields) - {f.name for f in dataclasses.fields(self._config_type)}
+        if unknown:
+            raise TypeError(f"unknown {self._config_type.__name__} fields {sorted(unknown)}")
+        token = self._var.set(fields)
+        try:
+            yield
+        finally:
+            self._var.reset(token)
+
+    def get(self) -> dict | None:
+        """The forced fields now in effect (None: none)."""
+        return self._var.get()
+
+
+def apply_forced(config, fields: dict, default_tile: str, **analytic_fields):
+    """config with forced `fields` applied: a forced tiled variant without a tile takes `default_tile` when
+    config has none; an analytic result takes `analytic_fields` (its tile-only fields reset)."""
+    if fields.get("variant") == "tiled" and "tile" not in fields and config.tile is None:
+        fields = {**fields, "tile": default_tile}
+    config = dataclasses.replace(config, **fields)
+    if config.variant == "analytic":
+        config = dataclasses.replace(config, **analytic_fields)
+    return config
+
+
+# ---------------------------------------------------------------------------------------------------------
+# launches
+# ---------------------------------------------------------------------------------------------------------
+def flagged_launch(family: str, operand, elements: int, index: str, nonfinite, expression: str,
+                   grid: tuple[int, int, int], block: int, args: tuple) -> list[LaunchPlan]:
+    """[conv_nonfinite_flag over operand's `elements`, the tiled kernel `expression`(args)] (module docstring)."""
+    return [nonfinite_flag_plan(family, operand, elements, index, nonfinite),
+            LaunchPlan(family, expression, grid, (block, 1, 1), 0, args)]
+
+
+def needs_nonfinite_flag(config) -> bool:
+    """Whether a conv configuration's plan takes the non-finite flag (every implicit-GEMM variant)."""
+    return config.variant != "analytic"

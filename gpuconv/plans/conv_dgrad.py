@@ -41,12 +41,8 @@ Tests may force a configuration with `forced_config(variant=..., tile=...)` (a c
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import dataclasses
 import itertools
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
@@ -54,30 +50,25 @@ from ..dtypes import FLOAT_DTYPES, ctype
 from ..geometry import ConvProblem
 from ..kernel_source import KernelFamily, LaunchHint
 from . import LaunchPlan, ceil_div, index_type
-from .conv_common import extents_fit_int, flag_expressions, nonfinite_flag_plan, problem_scalars
+from .conv_common import (GRID_X_MAX, INDEX_TYPES, SIMT16_BLOCK, SIMT16_TILE_K, SM_COUNT, ForcedFields, apply_forced,
+                          config_reason, filter_elements, flag_expressions, flagged_launch, grid_reason,
+                          problem_scalars, simt16_tiles, simt16_tiles_for, tile_grid)
+from .conv_common import needs_nonfinite_flag  # noqa: F401 (re-exported: the kernel backend asks here)
 
-BLOCK = 256                  # threads of every dgrad kernel
-TILE_K = 8                   # BK of the tiled kernel (kernels/conv_dgrad.cu kTileK)
-SM_COUNT = 132               # H100 SXM / H200; the chooser's fixed device assumption
+BLOCK = SIMT16_BLOCK         # threads of every dgrad kernel
+TILE_K = SIMT16_TILE_K       # BK of the tiled kernel (kernels/conv_common.cuh simt16x16::kTileK)
 TARGET_CTAS = 2 * SM_COUNT   # aim for at least two waves of CTAs
 MIN_N_UTILISATION = 0.75     # C/G over the gemm_n extent the tiles cover
-GRID_YZ_MAX = 65535
-GRID_X_MAX = 2**31 - 1
 INT_LIMIT = 2**31 - 1024     # per-image pixel counts stay below this (int arithmetic plus a tile of slack)
 
 # name -> (BM, BN, TM, TN); every configuration runs 16 x 16 threads.
-TILES: dict[str, tuple[int, int, int, int]] = {
-    "128x128": (128, 128, 8, 8),
-    "128x64": (128, 64, 8, 4),
-    "64x64": (64, 64, 4, 4),
-}
+TILES: dict[str, tuple[int, int, int, int]] = simt16_tiles("128x128", "128x64", "64x64")
 VARIANTS = ("analytic", "tiled")
-_INDEX_TYPES = (index_type(False), index_type(True))
 
 
 def tiles_for(dtype) -> tuple[str, ...]:
     """Tile names instantiated for a dtype (float64 only 64x64: an 8x8 double tile would not fit 255 registers)."""
-    return ("64x64",) if np.dtype(dtype) == np.float64 else tuple(TILES)
+    return simt16_tiles_for(TILES, dtype)
 
 
 @dataclass(frozen=True)
@@ -100,7 +91,7 @@ def tiled_expression(dtype, index: str, tile: str) -> str:
 
 def _expressions() -> tuple[str, ...]:
     out = []
-    for dt, ix in itertools.product(FLOAT_DTYPES, _INDEX_TYPES):
+    for dt, ix in itertools.product(FLOAT_DTYPES, INDEX_TYPES):
         out.append(analytic_expression(dt, ix))
         out.extend(tiled_expression(dt, ix, t) for t in tiles_for(dt))
     return tuple(out) + flag_expressions()
@@ -126,7 +117,7 @@ def phase_rows(p: ConvProblem) -> int:
 def tiled_grid(p: ConvProblem, tile: str) -> tuple[int, int, int]:
     """(m-tiles x n-tiles, groups, phases) of conv_dgrad_tiled."""
     bm, bn, _, _ = TILES[tile]
-    return ceil_div(phase_rows(p), bm) * ceil_div(p.group_c, bn), p.groups, phase_count(p)
+    return tile_grid(phase_rows(p), p.group_c, bm, bn, p.groups, phase_count(p))
 
 
 def tiled_ctas(p: ConvProblem, tile: str) -> int:
@@ -145,14 +136,9 @@ def gemm_n_utilisation(p: ConvProblem, tile: str) -> float:
 # ---------------------------------------------------------------------------------------------------------
 def supports(config: DgradConfig, p: ConvProblem, dtype=np.float32) -> tuple[bool, str]:
     """Whether `config` can run problem `p` in `dtype`, and if not, why (CUTLASS's can_implement)."""
-    if config.variant not in VARIANTS:
-        return False, f"unknown variant {config.variant!r} (one of {VARIANTS})"
-    if config.index not in _INDEX_TYPES:
-        return False, f"unknown index type {config.index!r}"
-    if config.index == "int" and p.needs_int64():
-        return False, "a tensor has >= 2^31 elements: 32-bit indices would overflow (use 'long long')"
-    if not extents_fit_int(p):
-        return False, "an extent, stride, dilation or pad does not fit in a C++ int"
+    why = config_reason(config, p, dtype, VARIANTS)
+    if why:
+        return False, why
     if p.D * p.H * p.W >= INT_LIMIT:
         return False, "an image has >= 2^31 - 1024 pixels: the kernels index pixels within an image in int"
     if np.dtype(dtype) not in FLOAT_DTYPES:
@@ -163,14 +149,8 @@ def supports(config: DgradConfig, p: ConvProblem, dtype=np.float32) -> tuple[boo
         return True, ""
     if config.tile not in tiles_for(dtype):
         return False, f"tile {config.tile!r} is not instantiated for {np.dtype(dtype)} (have {tiles_for(dtype)})"
-    gx, gy, gz = tiled_grid(p, config.tile)
-    if gy > GRID_YZ_MAX:
-        return False, f"{gy} groups exceed the grid's y limit {GRID_YZ_MAX}"
-    if gz > GRID_YZ_MAX:
-        return False, f"{gz} stride phases exceed the grid's z limit {GRID_YZ_MAX}"
-    if gx > GRID_X_MAX:
-        return False, f"{gx} tiles exceed the grid's x limit {GRID_X_MAX}"
-    return True, ""
+    why = grid_reason(tiled_grid(p, config.tile), "stride phases")
+    return not why, why
 
 
 def choose_tile(p: ConvProblem, dtype) -> str:
@@ -197,20 +177,12 @@ def choose_dgrad_config(p: ConvProblem, dtype) -> DgradConfig:
 # ---------------------------------------------------------------------------------------------------------
 # test override
 # ---------------------------------------------------------------------------------------------------------
-_forced: contextvars.ContextVar[dict | None] = contextvars.ContextVar("gpuconv_dgrad_forced", default=None)
+_forced = ForcedFields("dgrad", DgradConfig)
 
 
-@contextlib.contextmanager
-def forced_config(**fields) -> Iterator[None]:
+def forced_config(**fields):
     """Force DgradConfig fields (variant, tile, index) for the calls inside (tests: tiled on tiny problems)."""
-    unknown = set(fields) - {f.name for f in dataclasses.fields(DgradConfig)}
-    if unknown:
-        raise TypeError(f"unknown DgradConfig fields {sorted(unknown)}")
-    token = _forced.set(fields)
-    try:
-        yield
-    finally:
-        _forced.reset(token)
+    return _forced.force(**fields)
 
 
 def config_for(p: ConvProblem, dtype) -> DgradConfig:
@@ -218,11 +190,7 @@ def config_for(p: ConvProblem, dtype) -> DgradConfig:
     config = choose_dgrad_config(p, dtype)
     fields = _forced.get()
     if fields:
-        if fields.get("variant") == "tiled" and "tile" not in fields and config.tile is None:
-            fields = {**fields, "tile": tiles_for(dtype)[-1]}
-        config = dataclasses.replace(config, **fields)
-        if config.variant == "analytic":
-            config = dataclasses.replace(config, tile=None)
+        config = apply_forced(config, fields, tiles_for(dtype)[-1], tile=None)
         ok, why = supports(config, p, dtype)
         if not ok:
             raise ValueError(f"forced dgrad config {config} cannot run: {why}")
@@ -232,11 +200,6 @@ def config_for(p: ConvProblem, dtype) -> DgradConfig:
 # ---------------------------------------------------------------------------------------------------------
 # plans
 # ---------------------------------------------------------------------------------------------------------
-def needs_nonfinite_flag(config: DgradConfig) -> bool:
-    """Whether the configuration's plan takes the non-finite flag (the tiled variant)."""
-    return config.variant == "tiled"
-
-
 def dgrad_plans(config: DgradConfig, p: ConvProblem, dy, w, dx, nonfinite=None) -> list[LaunchPlan]:
     """The launches computing dx (every element written) from dy and w; p must not be empty. `nonfinite`: a
     zeroed 1-element int32 array, required when needs_nonfinite_flag(config)."""
@@ -247,9 +210,7 @@ def dgrad_plans(config: DgradConfig, p: ConvProblem, dy, w, dx, nonfinite=None) 
         grid = (ceil_div(p.N * p.D * p.H * p.W * p.C, BLOCK), 1, 1)
         return [LaunchPlan(FAMILY.name, analytic_expression(dtype, config.index), grid, (BLOCK, 1, 1), 0,
                            (dy, w, dx) + scalars)]
-    bn = TILES[config.tile][1]
-    n_tiles = ceil_div(p.group_c, bn)
-    flag = nonfinite_flag_plan(FAMILY.name, w, p.T * p.R * p.S * p.group_c * p.K, config.index, nonfinite)
-    return [flag, LaunchPlan(FAMILY.name, tiled_expression(dtype, config.index, config.tile),
-                             tiled_grid(p, config.tile), (BLOCK, 1, 1), 0,
-                             (dy, w, dx, nonfinite) + scalars + (np.int32(n_tiles),))]
+    n_tiles = ceil_div(p.group_c, TILES[config.tile][1])
+    return flagged_launch(FAMILY.name, w, filter_elements(p), config.index, nonfinite,
+                          tiled_expression(dtype, config.index, config.tile), tiled_grid(p, config.tile), BLOCK,
+                          (dy, w, dx, nonfinite) + scalars + (np.int32(n_tiles),))

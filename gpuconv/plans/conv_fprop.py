@@ -56,12 +56,9 @@ tiny problems).
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import dataclasses
 import itertools
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -69,15 +66,16 @@ from ..dtypes import FLOAT_DTYPES, ctype
 from ..geometry import ConvProblem
 from ..kernel_source import KernelFamily, LaunchHint
 from . import LaunchPlan, ceil_div, index_type
-from .conv_common import INT32_MAX, extents_fit_int, flag_expressions, nonfinite_flag_plan, problem_scalars
+from .conv_common import (GRID_YZ_MAX, INDEX_TYPES, INT32_MAX, SM_COUNT, ForcedFields, extents_fit_int,
+                          filter_elements, flag_expressions, flagged_launch, problem_scalars, tile_grid)
+from .conv_common import needs_nonfinite_flag  # noqa: F401 (re-exported: the kernel backend asks here)
 
 ANALYTIC_BLOCK = 256
-WAVE_SMS = 132               # SMs of an H100 SXM / H200: the machine a tile's grid should fill
+WAVE_SMS = SM_COUNT          # SMs of an H100 SXM / H200: the machine a tile's grid should fill
 # Resident blocks per SM of each tile (registers limit them; compile gate, sm_80 and sm_90).
 BLOCKS_PER_SM = {"128x128": 1, "128x64": 2, "64x64": 2}
 MIN_TILED_GEMM_N = 8
-MAX_GRID_Y = 65535           # groups run along gridDim.y
-INDEX_TYPES = (index_type(False), index_type(True))
+MAX_GRID_Y = GRID_YZ_MAX     # groups run along gridDim.y
 
 
 @dataclass(frozen=True)
@@ -185,7 +183,7 @@ def tiled_grid(p: ConvProblem, tile: str, variant: str = "tiled") -> tuple[int, 
     """Grid of the tiled and tensorop kernels: (tiles_m * tiles_n, groups, 1)."""
     bm, bn = (TILES[tile].bm, TILES[tile].bn) if variant == "tiled" else TENSOROP_TILES[tile][:2]
     gemm_m, gemm_n, _ = p.gemm_size("fprop")
-    return (ceil_div(gemm_m, bm) * ceil_div(gemm_n, bn), p.groups, 1)
+    return tile_grid(gemm_m, gemm_n, bm, bn, p.groups)
 
 
 def analytic_grid(p: ConvProblem) -> tuple[int, int, int]:
@@ -268,12 +266,11 @@ def choose_fprop_config(p: ConvProblem, dtype, aligned: bool = True) -> FpropCon
 # ---------------------------------------------------------------------------------------------------------
 # overrides (tests, benchmarks)
 # ---------------------------------------------------------------------------------------------------------
-_override: contextvars.ContextVar[Optional[dict]] = contextvars.ContextVar("gpuconv_fprop_override", default=None)
+_override = ForcedFields("fprop", FpropConfig)
 
 
-@contextlib.contextmanager
 def override_config(variant: Optional[str] = None, tile: Optional[str] = None,
-                    vector: Optional[int] = None, index: Optional[str] = None) -> Iterator[None]:
+                    vector: Optional[int] = None, index: Optional[str] = None):
     """Force fields of the fprop configuration for the calls inside (unset fields keep the chooser's value).
 
     variant="analytic" clears tile and vector; variant="tensorop" defaults to tile 128x128, vector 4;
@@ -281,13 +278,8 @@ def override_config(variant: Optional[str] = None, tile: Optional[str] = None,
     dtype's only tile). A forced configuration that
     cannot run the problem is a ValueError carrying supports()'s reason.
     """
-    fields = {k: v for k, v in dict(variant=variant, tile=tile, vector=vector, index=index).items()
-              if v is not None}
-    token = _override.set(fields)
-    try:
-        yield
-    finally:
-        _override.reset(token)
+    return _override.force(**{k: v for k, v in dict(variant=variant, tile=tile, vector=vector, index=index).items()
+                              if v is not None})
 
 
 def _apply_override(cfg: FpropConfig, p: ConvProblem, dtype) -> FpropConfig:
@@ -333,11 +325,6 @@ def select_config(p: ConvProblem, dtype, x, w, y) -> FpropConfig:
     return _apply_override(choose_fprop_config(p, dtype, arrays_aligned(dtype, x, w, y)), p, dtype)
 
 
-def needs_nonfinite_flag(config: FpropConfig) -> bool:
-    """Whether the configuration's plan takes the non-finite flag (the implicit-GEMM variants)."""
-    return config.variant != "analytic"
-
-
 def plan_fprop(p: ConvProblem, dtype, x, w, y, config: Optional[FpropConfig] = None,
                nonfinite=None) -> list[LaunchPlan]:
     """The launches that compute y = conv(x, w) for a non-empty problem (module docstring: launch sequence).
@@ -363,6 +350,5 @@ def plan_fprop(p: ConvProblem, dtype, x, w, y, config: Optional[FpropConfig] = N
         return [LaunchPlan(FAMILY.name, expression, analytic_grid(p), (ANALYTIC_BLOCK, 1, 1), 0,
                            (x, w, y) + scalars)]
     threads = TILES[config.tile].threads if config.variant == "tiled" else tensorop_threads(config.tile)
-    flag = nonfinite_flag_plan(FAMILY.name, w, p.T * p.R * p.S * p.group_c * p.K, config.index, nonfinite)
-    return [flag, LaunchPlan(FAMILY.name, expression, tiled_grid(p, config.tile, config.variant), (threads, 1, 1),
-                             0, (x, w, y, nonfinite) + scalars)]
+    return flagged_launch(FAMILY.name, w, filter_elements(p), config.index, nonfinite, expression,
+                          tiled_grid(p, config.tile, config.variant), threads, (x, w, y, nonfinite) + scalars)

@@ -38,12 +38,9 @@ Tests may force fields with `forced_config(variant=..., tile=..., splits=...)` (
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
 import itertools
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
@@ -51,31 +48,25 @@ from ..dtypes import FLOAT_DTYPES, accumulator_dtype, ctype
 from ..geometry import ConvProblem
 from ..kernel_source import KernelFamily, LaunchHint
 from . import LaunchPlan, ceil_div, index_scalar, index_type
-from .conv_common import extents_fit_int, flag_expressions, nonfinite_flag_plan, problem_scalars
+from .conv_common import (GRID_X_MAX, GRID_YZ_MAX, INDEX_TYPES, SIMT16_BLOCK, SIMT16_TILE_K, SM_COUNT, ForcedFields,
+                          apply_forced, config_reason, filter_elements, flag_expressions, flagged_launch, grid_reason,
+                          problem_scalars, simt16_tiles, simt16_tiles_for, tile_grid)
+from .conv_common import needs_nonfinite_flag  # noqa: F401 (re-exported: the kernel backend asks here)
 
-BLOCK = 256
-TILE_K = 8                        # BK of the tiled kernel (kernels/conv_wgrad.cu kTileK)
-SM_COUNT = 132                    # H100 SXM / H200; the chooser's fixed device assumption
+BLOCK = SIMT16_BLOCK
+TILE_K = SIMT16_TILE_K            # BK of the tiled kernel (kernels/conv_common.cuh simt16x16::kTileK)
 TARGET_CTAS = 2 * SM_COUNT
 MIN_KTILES_PER_SPLIT = 16         # >= 128 gemm_k rows per split: the partial tile store stays a small cost
 MAX_SPLITS = 256
 WORKSPACE_LIMIT = 256 * 2**20     # bytes of split-K partials
 MAX_BLOCKS = 32768                # grid cap of the grid-stride reduce kernel
-GRID_YZ_MAX = 65535
-GRID_X_MAX = 2**31 - 1
 
-TILES: dict[str, tuple[int, int, int, int]] = {
-    "128x128": (128, 128, 8, 8),
-    "128x64": (128, 64, 8, 4),
-    "64x128": (64, 128, 4, 8),
-    "64x64": (64, 64, 4, 4),
-}
+TILES: dict[str, tuple[int, int, int, int]] = simt16_tiles("128x128", "128x64", "64x128", "64x64")
 VARIANTS = ("analytic", "tiled")
-_INDEX_TYPES = (index_type(False), index_type(True))
 
 
 def tiles_for(dtype) -> tuple[str, ...]:
-    return ("64x64",) if np.dtype(dtype) == np.float64 else tuple(TILES)
+    return simt16_tiles_for(TILES, dtype)
 
 
 @dataclass(frozen=True)
@@ -108,7 +99,7 @@ def reduce_expression(dtype, index: str) -> str:
 
 def _expressions() -> tuple[str, ...]:
     out = []
-    for dt, ix in itertools.product(FLOAT_DTYPES, _INDEX_TYPES):
+    for dt, ix in itertools.product(FLOAT_DTYPES, INDEX_TYPES):
         out.append(analytic_expression(dt, ix))
         out.append(reduce_expression(dt, ix))
         for t in tiles_for(dt):
@@ -150,7 +141,7 @@ def normalise_splits(p: ConvProblem, splits: int) -> int:
 
 
 def dw_elements(p: ConvProblem) -> int:
-    return p.T * p.R * p.S * p.group_c * p.K
+    return filter_elements(p)
 
 
 def workspace_elements(config: WgradConfig, p: ConvProblem) -> int:
@@ -161,8 +152,9 @@ def workspace_elements(config: WgradConfig, p: ConvProblem) -> int:
 
 
 def tiled_grid(p: ConvProblem, tile: str, splits: int) -> tuple[int, int, int]:
-    mt, nt = tile_count(p, tile)
-    return mt * nt, p.groups, splits
+    bm, bn, _, _ = TILES[tile]
+    m, n, _ = p.gemm_size("wgrad")
+    return tile_grid(m, n, bm, bn, p.groups, splits)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -170,14 +162,9 @@ def tiled_grid(p: ConvProblem, tile: str, splits: int) -> tuple[int, int, int]:
 # ---------------------------------------------------------------------------------------------------------
 def supports(config: WgradConfig, p: ConvProblem, dtype=np.float32) -> tuple[bool, str]:
     """Whether `config` can run problem `p` in `dtype`, and if not, why."""
-    if config.variant not in VARIANTS:
-        return False, f"unknown variant {config.variant!r} (one of {VARIANTS})"
-    if config.index not in _INDEX_TYPES:
-        return False, f"unknown index type {config.index!r}"
-    if config.index == "int" and p.needs_int64():
-        return False, "a tensor has >= 2^31 elements: 32-bit indices would overflow (use 'long long')"
-    if not extents_fit_int(p):
-        return False, "an extent, stride, dilation or pad does not fit in a C++ int"
+    why = config_reason(config, p, dtype, VARIANTS)
+    if why:
+        return False, why
     if p.T * p.R * p.S * p.group_c >= 2**31:
         return False, "T*R*S*C/G >= 2^31: the kernels index filter rows (gemm_n) in int"
     if np.dtype(dtype) not in FLOAT_DTYPES:
@@ -191,13 +178,9 @@ def supports(config: WgradConfig, p: ConvProblem, dtype=np.float32) -> tuple[boo
     if config.splits < 1 or config.splits != normalise_splits(p, config.splits):
         return False, (f"splits={config.splits} is not a normalised split count for gemm_k "
                        f"{p.N * p.Z * p.P * p.Q} (normalise_splits gives {normalise_splits(p, config.splits)})")
-    gx, gy, gz = tiled_grid(p, config.tile, config.splits)
-    if gy > GRID_YZ_MAX:
-        return False, f"{gy} groups exceed the grid's y limit {GRID_YZ_MAX}"
-    if gz > GRID_YZ_MAX:
-        return False, f"{gz} splits exceed the grid's z limit {GRID_YZ_MAX}"
-    if gx > GRID_X_MAX:
-        return False, f"{gx} tiles exceed the grid's x limit {GRID_X_MAX}"
+    why = grid_reason(tiled_grid(p, config.tile, config.splits), "splits")
+    if why:
+        return False, why
     if config.splits > 1 and config.index == "int" and workspace_elements(config, p) >= 2**31:
         return False, "the split-K workspace has >= 2^31 elements: use 'long long' indices or fewer splits"
     return True, ""
@@ -236,20 +219,12 @@ def choose_wgrad_config(p: ConvProblem, dtype) -> WgradConfig:
 # ---------------------------------------------------------------------------------------------------------
 # test override
 # ---------------------------------------------------------------------------------------------------------
-_forced: contextvars.ContextVar[dict | None] = contextvars.ContextVar("gpuconv_wgrad_forced", default=None)
+_forced = ForcedFields("wgrad", WgradConfig)
 
 
-@contextlib.contextmanager
-def forced_config(**fields) -> Iterator[None]:
+def forced_config(**fields):
     """Force WgradConfig fields (variant, tile, splits, index) for the calls inside (tests)."""
-    unknown = set(fields) - {f.name for f in dataclasses.fields(WgradConfig)}
-    if unknown:
-        raise TypeError(f"unknown WgradConfig fields {sorted(unknown)}")
-    token = _forced.set(fields)
-    try:
-        yield
-    finally:
-        _forced.reset(token)
+    return _forced.force(**fields)
 
 
 def config_for(p: ConvProblem, dtype) -> WgradConfig:
@@ -257,12 +232,8 @@ def config_for(p: ConvProblem, dtype) -> WgradConfig:
     config = choose_wgrad_config(p, dtype)
     fields = _forced.get()
     if fields:
-        if fields.get("variant") == "tiled" and "tile" not in fields and config.tile is None:
-            fields = {**fields, "tile": choose_tile(p, dtype)}
-        config = dataclasses.replace(config, **fields)
-        if config.variant == "analytic":
-            config = dataclasses.replace(config, tile=None, splits=1)
-        else:
+        config = apply_forced(config, fields, choose_tile(p, dtype), tile=None, splits=1)
+        if config.variant != "analytic":
             config = dataclasses.replace(config, splits=normalise_splits(p, config.splits))
         ok, why = supports(config, p, dtype)
         if not ok:
@@ -273,11 +244,6 @@ def config_for(p: ConvProblem, dtype) -> WgradConfig:
 # ---------------------------------------------------------------------------------------------------------
 # plans
 # ---------------------------------------------------------------------------------------------------------
-def needs_nonfinite_flag(config: WgradConfig) -> bool:
-    """Whether the configuration's plan takes the non-finite flag (the tiled variant)."""
-    return config.variant == "tiled"
-
-
 def wgrad_plans(config: WgradConfig, p: ConvProblem, x, dy, dw, workspace=None, nonfinite=None) -> list[LaunchPlan]:
     """The launches computing dw (every element written); p must not be empty. `workspace` is a 1-D
     accumulator-dtype array of workspace_elements(config, p) elements when config.splits > 1; `nonfinite` a
@@ -294,10 +260,10 @@ def wgrad_plans(config: WgradConfig, p: ConvProblem, x, dy, dw, workspace=None, 
     out = dw if config.splits == 1 else workspace
     if out is None:
         raise ValueError("split-K wgrad needs a workspace of workspace_elements(config, p) elements")
-    plans = [nonfinite_flag_plan(FAMILY.name, dy, p.N * p.Z * p.P * p.Q * p.K, config.index, nonfinite),
-             LaunchPlan(FAMILY.name, tiled_expression(dtype, config.index, config.tile, config.splits),
-                        tiled_grid(p, config.tile, config.splits), (BLOCK, 1, 1), 0,
-                        (x, dy, out, nonfinite) + scalars + (np.int32(nt), kps))]
+    plans = flagged_launch(FAMILY.name, dy, p.N * p.Z * p.P * p.Q * p.K, config.index, nonfinite,
+                           tiled_expression(dtype, config.index, config.tile, config.splits),
+                           tiled_grid(p, config.tile, config.splits), BLOCK,
+                           (x, dy, out, nonfinite) + scalars + (np.int32(nt), kps))
     if config.splits > 1:
         size = dw_elements(p)
         grid = (max(1, min(ceil_div(size, BLOCK), MAX_BLOCKS)), 1, 1)
