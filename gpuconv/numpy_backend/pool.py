@@ -306,7 +306,9 @@ def _fast_shape(p: PoolProblem, inner: list) -> tuple[int, int, int]:
     rows = max(1, min(p1 - p0, _FAST_BOX_VALUES // (cols * p.C)))
     items = 1
     if rows == p1 - p0 and cols == q1 - q0:
-        items = max(1, min(p.N, _FAST_BOX_VALUES // (rows * cols * p.C)))
+        # Whole planes: up to twice the values per box (2x2 argmax pooling of 4x22x30x512 floats in one box
+        # of 4 items: 0.54 ms instead of 0.63 ms in two boxes; splitting rows gains nothing from larger boxes).
+        items = max(1, min(p.N, 2 * _FAST_BOX_VALUES // (rows * cols * p.C)))
     return items, rows, cols
 
 
