@@ -183,3 +183,35 @@ def test_integer_gradient_sums_wrap_like_numpy(backend):
         dx = gc.max_pool_grad(x, gc.max_pool2d(x, (1, 2), 1, "VALID"), dy, (1, 2), 1, "VALID")
     expected = np.array([0, np.int32(-2), 0], np.int32)   # (2^31 - 1) * 2 = 2^32 - 2 -> -2 in int32
     np.testing.assert_array_equal(dx.reshape(-1), expected)
+
+
+@pytest.mark.gpu
+def test_ops_on_several_cupy_streams_at_once():
+    """Each thread launches on its own non-blocking stream; results equal the NumPy backend's."""
+    import cupy
+
+    cases = [_inputs() for _ in range(4)]
+    with gc.use_backend("numpy"):
+        expected = [_ops(*c) for c in cases]
+    streams = [cupy.cuda.Stream(non_blocking=True) for _ in cases]
+    results: dict[int, list] = {}
+    errors: list[BaseException] = []
+
+    def work(i):
+        try:
+            with streams[i]:
+                got = _ops(*(cupy.asarray(a) for a in cases[i]))
+                streams[i].synchronize()
+            results[i] = [cupy.asnumpy(g) for g in got]
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(cases))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert not errors, errors
+    for i, got in results.items():
+        for e, g in zip(expected[i], got):
+            np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
