@@ -165,16 +165,24 @@ def max_pool_grad_with_argmax(input: Any, grad: Any, argmax: Any, ksize, strides
     return from_canonical(be.argmax_scatter(dy5, a5, p.x_shape, include), 2, True)
 
 
+def spread_pooled(op: str, be, nspatial: int, cl: bool, layout: str, dy_arg: str, dy, shape_arg: str, shape,
+                  ksize, strides, padding):
+    """A pooled tensor spread back over its pre-pooling shape (avg_pool_grad, avg_unpool): the shape, pooled
+    with ksize/strides/padding, must give the tensor's size."""
+    A.tensor(dy, dy_arg, nspatial + 2, FLOAT_DTYPES, layout)
+    dy5 = to_canonical(dy, be.xp, nspatial, cl)
+    x_shape = A.shape_param(shape, shape_arg, nspatial, cl, dy5.shape[0], dy5.shape[-1])
+    p = _problem(nspatial, x_shape, cl, ksize, strides, padding)
+    A.same_shape(dy5, f"{dy_arg} / {shape_arg}", p.y_shape,
+                 f"{dy_arg}'s shape equal to the pooled shape of {shape_arg}, canonical N,D,H,W,C")
+    return from_canonical(getattr(be, op)(dy5, p), nspatial, cl)
+
+
 def avg_pool_grad_nd(nspatial, orig_input_shape, grad, ksize, strides, padding, data_format):
     be = resolve({"grad": grad})
     cl = A.channels_last(data_format, nspatial)
-    A.tensor(grad, "grad", nspatial + 2, FLOAT_DTYPES, _LAYOUT[nspatial][0 if cl else 1])
-    dy5 = to_canonical(grad, be.xp, nspatial, cl)
-    x_shape = A.shape_param(orig_input_shape, "orig_input_shape", nspatial, cl, dy5.shape[0], dy5.shape[-1])
-    p = _problem(nspatial, x_shape, cl, ksize, strides, padding)
-    A.same_shape(dy5, "grad / orig_input_shape", p.y_shape,
-                 "grad's shape equal to the pooled shape of orig_input_shape, canonical N,D,H,W,C")
-    return from_canonical(be.avg_pool_grad(dy5, p), nspatial, cl)
+    return spread_pooled("avg_pool_grad", be, nspatial, cl, _LAYOUT[nspatial][0 if cl else 1], "grad", grad,
+                         "orig_input_shape", orig_input_shape, ksize, strides, padding)
 
 
 def avg_pool_grad(orig_input_shape, grad: Any, ksize, strides, padding, data_format: str = "NHWC"):

@@ -7,10 +7,22 @@ import numpy as np
 
 from . import _args as A
 from .backend import from_canonical, resolve, to_canonical
-from .dtypes import FLOAT_DTYPES, INDEX_DTYPES
-from .pool import MAX_DTYPES, _flag, _problem, check_argmax
+from .dtypes import INDEX_DTYPES
+from .pool import MAX_DTYPES, _flag, check_argmax, spread_pooled
 
 _LAYOUT = {4: "NHWC", 5: "NDHWC"}
+
+
+def _with_argmax(arg: str, t: Any, argmax: Any, include_batch_in_index: Any):
+    """Shared checks of the argmax-indexed ops: a 4-D/5-D channels-last tensor and an int32/int64 argmax of the
+    same rank. Returns (backend, number of spatial dims, include_batch flag)."""
+    be = resolve({arg: t, "argmax": argmax})
+    include = _flag(include_batch_in_index, "include_batch_in_index")
+    if t.ndim not in (4, 5):
+        A.fail(arg, "a 4-D (NHWC) or 5-D (NDHWC) tensor", f"shape {tuple(t.shape)}")
+    A.tensor(t, arg, t.ndim, MAX_DTYPES, _LAYOUT[t.ndim])
+    A.tensor(argmax, "argmax", t.ndim, INDEX_DTYPES, _LAYOUT[t.ndim])
+    return be, t.ndim - 2, include
 
 
 def max_unpool(updates: Any, argmax: Any, output_shape, include_batch_in_index: bool = False):
@@ -20,13 +32,7 @@ def max_unpool(updates: Any, argmax: Any, output_shape, include_batch_in_index: 
     size from the pooled size x stride would scramble rows when H or W is not a multiple of the stride.
     TF: the `tf.scatter_nd` recipe of seed 004; SegNet's unpooling.
     """
-    be = resolve({"updates": updates, "argmax": argmax})
-    include = _flag(include_batch_in_index, "include_batch_in_index")
-    if updates.ndim not in (4, 5):
-        A.fail("updates", "a 4-D (NHWC) or 5-D (NDHWC) tensor", f"shape {tuple(updates.shape)}")
-    nspatial = updates.ndim - 2
-    A.tensor(updates, "updates", updates.ndim, MAX_DTYPES, _LAYOUT[updates.ndim])
-    A.tensor(argmax, "argmax", updates.ndim, INDEX_DTYPES, _LAYOUT[updates.ndim])
+    be, nspatial, include = _with_argmax("updates", updates, argmax, include_batch_in_index)
     A.same_shape(argmax, "argmax", updates.shape, "the shape of updates")
     out5 = A.shape_param(output_shape, "output_shape", nspatial, True, updates.shape[0], updates.shape[-1])
     per_batch = int(np.prod(out5[1:]))
@@ -38,13 +44,7 @@ def max_unpool(updates: Any, argmax: Any, output_shape, include_batch_in_index: 
 
 def max_unpool_grad(grad: Any, argmax: Any, include_batch_in_index: bool = False):
     """Gradient of max_unpool: grad gathered at argmax (shape of argmax)."""
-    be = resolve({"grad": grad, "argmax": argmax})
-    include = _flag(include_batch_in_index, "include_batch_in_index")
-    if grad.ndim not in (4, 5):
-        A.fail("grad", "a 4-D (NHWC) or 5-D (NDHWC) tensor", f"shape {tuple(grad.shape)}")
-    nspatial = grad.ndim - 2
-    A.tensor(grad, "grad", grad.ndim, MAX_DTYPES, _LAYOUT[grad.ndim])
-    A.tensor(argmax, "argmax", grad.ndim, INDEX_DTYPES, _LAYOUT[grad.ndim])
+    be, nspatial, include = _with_argmax("grad", grad, argmax, include_batch_in_index)
     if argmax.shape[0] != grad.shape[0] or argmax.shape[-1] != grad.shape[-1]:
         A.fail("argmax", f"batch {grad.shape[0]} and channels {grad.shape[-1]} (those of grad)",
                f"shape {tuple(argmax.shape)}")
@@ -67,10 +67,5 @@ def avg_unpool(updates: Any, ksize, strides, padding, output_shape, data_format=
     nspatial = updates.ndim - 2
     fmt = _LAYOUT[updates.ndim] if data_format is None else data_format
     cl = A.channels_last(fmt, nspatial)
-    A.tensor(updates, "updates", updates.ndim, FLOAT_DTYPES, fmt)
-    u5 = to_canonical(updates, be.xp, nspatial, cl)
-    x_shape = A.shape_param(output_shape, "output_shape", nspatial, cl, u5.shape[0], u5.shape[-1])
-    p = _problem(nspatial, x_shape, cl, ksize, strides, padding)
-    A.same_shape(u5, "updates / output_shape", p.y_shape,
-                 "updates' shape equal to the pooled shape of output_shape, canonical N,D,H,W,C")
-    return from_canonical(be.avg_unpool(u5, p), nspatial, cl)
+    return spread_pooled("avg_unpool", be, nspatial, cl, fmt, "updates", updates, "output_shape", output_shape,
+                         ksize, strides, padding)
