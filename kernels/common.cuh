@@ -77,3 +77,127 @@ __device__ __forceinline__ long long atomic_add_index(long long* p, long long v)
 }
 
 }  // namespace gpuconv
+
+// ---- lane vectors: VEC consecutive elements moved as 64/128-bit accesses (appended by the pooling family) ---
+// load_lanes / store_lanes move VEC consecutive elements of one tensor. VEC = 1 is a plain scalar access.
+// VEC > 1 needs VEC * sizeof(T) to be a multiple of 4 bytes and p aligned to min(16, VEC * sizeof(T)) bytes:
+// the bytes move as 16-byte (uint4), 8-byte (uint2) or 4-byte chunks, loads through the read-only path (__ldg;
+// the emulator faults a misaligned __ldg / __stwb like the GPU does). Lanes are unpacked from the 32-bit words
+// by shifts and bit casts (little-endian, as on the GPU and x86): exact for every dtype, no type punning.
+namespace gpuconv {
+
+// An element's bits as the unsigned integer of its width, and back.
+template <typename T> struct LaneBits;
+template <> struct LaneBits<float> {
+    typedef unsigned int U;
+    static __device__ __forceinline__ U to(float v) { return __float_as_uint(v); }
+    static __device__ __forceinline__ float from(U u) { return __uint_as_float(u); }
+};
+template <> struct LaneBits<double> {
+    typedef unsigned long long U;
+    static __device__ __forceinline__ U to(double v) { return static_cast<U>(__double_as_longlong(v)); }
+    static __device__ __forceinline__ double from(U u) { return __longlong_as_double(static_cast<long long>(u)); }
+};
+template <> struct LaneBits<__half> {
+    typedef unsigned short U;
+    static __device__ __forceinline__ U to(__half v) { return __half_as_ushort(v); }
+    static __device__ __forceinline__ __half from(U u) { return __ushort_as_half(u); }
+};
+// Integers: the conversions between a signed type and its unsigned twin are modular (bits unchanged).
+template <typename T, typename Unsigned> struct IntLaneBits {
+    typedef Unsigned U;
+    static __device__ __forceinline__ U to(T v) { return static_cast<U>(v); }
+    static __device__ __forceinline__ T from(U u) { return static_cast<T>(u); }
+};
+template <> struct LaneBits<signed char> : IntLaneBits<signed char, unsigned char> {};
+template <> struct LaneBits<unsigned char> : IntLaneBits<unsigned char, unsigned char> {};
+template <> struct LaneBits<short> : IntLaneBits<short, unsigned short> {};
+template <> struct LaneBits<unsigned short> : IntLaneBits<unsigned short, unsigned short> {};
+template <> struct LaneBits<int> : IntLaneBits<int, unsigned int> {};
+template <> struct LaneBits<long long> : IntLaneBits<long long, unsigned long long> {};
+
+// NW 32-bit words at p (aligned to min(16, 4*NW) bytes): 16 bytes per __ldg where possible.
+template <int NW> __device__ __forceinline__ void ldg_words(const unsigned int* p, unsigned int (&w)[NW]) {
+    if constexpr (NW % 4 == 0) {
+#pragma unroll
+        for (int k = 0; k < NW; k += 4) {
+            const uint4 t = __ldg(reinterpret_cast<const uint4*>(p + k));
+            w[k] = t.x; w[k + 1] = t.y; w[k + 2] = t.z; w[k + 3] = t.w;
+        }
+    } else if constexpr (NW == 2) {
+        const uint2 t = __ldg(reinterpret_cast<const uint2*>(p));
+        w[0] = t.x; w[1] = t.y;
+    } else {
+        static_assert(NW == 1, "lane vectors are 4, 8 or a multiple of 16 bytes");
+        w[0] = __ldg(p);
+    }
+}
+
+template <int NW> __device__ __forceinline__ void stwb_words(unsigned int* p, const unsigned int (&w)[NW]) {
+    if constexpr (NW % 4 == 0) {
+#pragma unroll
+        for (int k = 0; k < NW; k += 4) {
+            __stwb(reinterpret_cast<uint4*>(p + k), make_uint4(w[k], w[k + 1], w[k + 2], w[k + 3]));
+        }
+    } else if constexpr (NW == 2) {
+        __stwb(reinterpret_cast<uint2*>(p), make_uint2(w[0], w[1]));
+    } else {
+        static_assert(NW == 1, "lane vectors are 4, 8 or a multiple of 16 bytes");
+        __stwb(p, w[0]);
+    }
+}
+
+// v[k] = p[k], k < VEC.
+template <int VEC, typename T> __device__ __forceinline__ void load_lanes(const T* p, T (&v)[VEC]) {
+    if constexpr (VEC == 1) {
+        v[0] = *p;
+    } else {
+        static_assert(VEC * sizeof(T) % 4 == 0, "lane vectors are whole 32-bit words");
+        typedef typename LaneBits<T>::U U;
+        constexpr int NW = VEC * sizeof(T) / 4;
+        unsigned int w[NW];
+        ldg_words<NW>(reinterpret_cast<const unsigned int*>(p), w);
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+            U u;
+            if constexpr (sizeof(T) == 8) {
+                u = static_cast<U>(w[2 * k]) | (static_cast<U>(w[2 * k + 1]) << 32);
+            } else if constexpr (sizeof(T) == 4) {
+                u = static_cast<U>(w[k]);
+            } else {
+                constexpr int per_word = 4 / sizeof(T);
+                u = static_cast<U>(w[k / per_word] >> (8 * sizeof(T) * (k % per_word)));
+            }
+            v[k] = LaneBits<T>::from(u);
+        }
+    }
+}
+
+// p[k] = v[k], k < VEC.
+template <int VEC, typename T> __device__ __forceinline__ void store_lanes(T* p, const T (&v)[VEC]) {
+    if constexpr (VEC == 1) {
+        *p = v[0];
+    } else {
+        static_assert(VEC * sizeof(T) % 4 == 0, "lane vectors are whole 32-bit words");
+        constexpr int NW = VEC * sizeof(T) / 4;
+        unsigned int w[NW];
+#pragma unroll
+        for (int k = 0; k < NW; ++k) w[k] = 0u;
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+            const auto u = LaneBits<T>::to(v[k]);
+            if constexpr (sizeof(T) == 8) {
+                w[2 * k] = static_cast<unsigned int>(u);
+                w[2 * k + 1] = static_cast<unsigned int>(static_cast<unsigned long long>(u) >> 32);
+            } else if constexpr (sizeof(T) == 4) {
+                w[k] = static_cast<unsigned int>(u);
+            } else {
+                constexpr int per_word = 4 / sizeof(T);
+                w[k / per_word] |= static_cast<unsigned int>(u) << (8 * sizeof(T) * (k % per_word));
+            }
+        }
+        stwb_words<NW>(reinterpret_cast<unsigned int*>(p), w);
+    }
+}
+
+}  // namespace gpuconv

@@ -5,14 +5,19 @@
 // d in [z*sd - pd, z*sd - pd + T), h in [p*sh - ph, ...+R), w in [q*sw - pw, ...+S); cells outside x are padding
 // and never take part. Every window holds at least one input cell (geometry.pool_problem guarantees it).
 //
-// Layout of the work: one thread per output element of the kernel (y for forward kernels, x for gradients),
-// the channel index fastest, so consecutive threads read and write consecutive addresses in NHWC (coalesced);
-// grid-stride loops. I is the index type (int, or long long when a tensor has >= 2^31 elements), chosen by the
-// launch plan. Sums accumulate in Accum<V> (float for __half) in a fixed order: no atomics, bit-identical
-// results run to run. Gradients are gathers: each input cell loops over the <= ceil(k/s) windows per axis that
-// cover it.
+// Layout of the work: one thread per VEC consecutive channels of one output element of the kernel (y for
+// forward kernels, x for gradients), the channel index fastest, so consecutive threads read and write
+// consecutive addresses in NHWC (coalesced); grid-stride loops over the total / VEC lane groups. VEC = 1 is one
+// element per thread with scalar accesses; VEC > 1 (the plan checks C % VEC == 0 and that every array is aligned
+// to min(16, VEC * element size) bytes) moves each thread's lanes with 64/128-bit accesses (load_lanes /
+// store_lanes, common.cuh) and runs the scalar computation once per lane: same scan rule, same summation order
+// per element, so every VEC gives the same bits. I is the index type (int, or long long when a tensor has
+// >= 2^31 elements), chosen by the launch plan. Sums accumulate in Accum<V> (float for __half) in a fixed
+// order: no atomics, bit-identical results run to run. Gradients are gathers: each input cell loops over the
+// <= ceil(k/s) windows per axis that cover it.
 //
-// Kernel parameters, shared by every kernel after its arrays and `total` (the number of threads' elements):
+// Kernel parameters, shared by every kernel after its arrays and `total` (the number of elements written, a
+// multiple of VEC):
 //   D, H, W, C, T, R, S, Z, P, Q, sd, sh, sw, pd, ph, pw   (all of type I)
 #include "common.cuh"
 
@@ -55,28 +60,34 @@ template <typename I> __device__ __forceinline__ I cell_count(const Span3<I>& s)
 }
 
 // ---- the max-pool scan ------------------------------------------------------------------------------------
-// Scans the in-bounds cells of one window row-major (d, then h, then w) in channel plane xc (x + n*DHWC + c):
-// the first cell seeds, a later cell replaces only if strictly greater (gpuconv::replaces: ties -> first cell,
-// a NaN wins only as the first cell). Returns the selected cell's offset ((d*H + h)*W + w)*C from xc and its
-// value. The forward kernels and the gradient share this function, so they cannot disagree on a selection.
-template <typename V, typename I>
-__device__ __forceinline__ I max_scan(const V* __restrict__ xc, const PoolGeom<I>& g, const Span3<I>& s,
-                                      V& best) {
-    I best_off = ((s.d0 * g.H + s.h0) * g.W + s.w0) * g.C;
-    best = xc[best_off];
+// Scans the in-bounds cells of one window row-major (d, then h, then w) in the VEC channel planes xc + k,
+// k < VEC (xc = x + n*DHWC + c), each lane on its own: the first cell seeds, a later cell replaces only if
+// strictly greater (gpuconv::replaces: ties -> first cell, a NaN wins only as the first cell). Gives each
+// lane's selected cell's offset ((d*H + h)*W + w)*C from xc and its value. The forward kernels and the
+// gradient share this function, so they cannot disagree on a selection.
+template <int VEC, typename V, typename I>
+__device__ __forceinline__ void max_scan(const V* __restrict__ xc, const PoolGeom<I>& g, const Span3<I>& s,
+                                         V (&best)[VEC], I (&best_off)[VEC]) {
+    const I first = ((s.d0 * g.H + s.h0) * g.W + s.w0) * g.C;
+    load_lanes<VEC>(xc + first, best);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) best_off[k] = first;
     for (I d = s.d0; d < s.d1; ++d) {
         for (I h = s.h0; h < s.h1; ++h) {
             I off = ((d * g.H + h) * g.W + s.w0) * g.C;
             for (I w = s.w0; w < s.w1; ++w, off += g.C) {
-                const V v = xc[off];
-                if (replaces(v, best)) {
-                    best = v;
-                    best_off = off;
+                V v[VEC];
+                load_lanes<VEC>(xc + off, v);
+#pragma unroll
+                for (int k = 0; k < VEC; ++k) {
+                    if (replaces(v[k], best[k])) {
+                        best[k] = v[k];
+                        best_off[k] = off;
+                    }
                 }
             }
         }
     }
-    return best_off;
 }
 
 }  // namespace gpuconv
@@ -85,52 +96,63 @@ __device__ __forceinline__ I max_scan(const V* __restrict__ xc, const PoolGeom<I
 // max pooling
 // ============================================================================================================
 // y[n,z,p,q,c] = x[n,d*,h*,w*,c], (d*,h*,w*) = max_scan over the in-bounds cells of window (z,p,q).
-// One thread per y element; total = N*Z*P*Q*C.
-template <typename V, typename I>
+// One thread per VEC consecutive y elements; total = N*Z*P*Q*C.
+template <typename V, typename I, int VEC>
 __global__ void
 pool_max_fwd(const V* __restrict__ x, V* __restrict__ y, I total, GPUCONV_POOL_PARAMS) {
     using namespace gpuconv;
     const PoolGeom<I> g = GPUCONV_POOL_GEOM;
     const I x_batch = g.D * g.H * g.W * g.C;
-    for (I i = grid_first<I>(); i < total; i = grid_step(i, total)) {
-        // ---- setup: output position, window, channel plane
+    const I groups = total / VEC;
+    for (I j = grid_first<I>(); j < groups; j = grid_step(j, groups)) {
+        // ---- setup: output position (first of VEC channels), window, channel planes
+        const I i = j * VEC;
         const Pos5<I> o = unflatten5(i, g.Z, g.P, g.Q, g.C);
         const Span3<I> s = window_cells(g, o.a, o.b, o.e);
         // ---- main loop + epilogue
-        V best;
-        max_scan(x + o.n * x_batch + o.c, g, s, best);
-        y[i] = best;
+        V best[VEC];
+        I off[VEC];
+        max_scan<VEC>(x + o.n * x_batch + o.c, g, s, best, off);
+        store_lanes<VEC>(y + i, best);
     }
 }
 
 // As pool_max_fwd, plus argmax[n,z,p,q,c] = ((d*·H + h*)·W + w*)·C + c  (+ n·D·H·W·C when include_batch),
 // TF's max_pool_with_argmax index ((y*W + x)*C + c for 2-D). A is the argmax type (int or long long); the API
 // checked that the largest index fits in it.
-template <typename V, typename I, typename A>
+template <typename V, typename I, typename A, int VEC>
 __global__ void
 pool_max_argmax_fwd(const V* __restrict__ x, V* __restrict__ y, A* __restrict__ argmax, I total,
                     GPUCONV_POOL_PARAMS, int include_batch) {
     using namespace gpuconv;
     const PoolGeom<I> g = GPUCONV_POOL_GEOM;
     const I x_batch = g.D * g.H * g.W * g.C;
-    for (I i = grid_first<I>(); i < total; i = grid_step(i, total)) {
+    const I groups = total / VEC;
+    for (I j = grid_first<I>(); j < groups; j = grid_step(j, groups)) {
         // ---- setup
+        const I i = j * VEC;
         const Pos5<I> o = unflatten5(i, g.Z, g.P, g.Q, g.C);
         const Span3<I> s = window_cells(g, o.a, o.b, o.e);
         const I batch_off = o.n * x_batch;
         // ---- main loop
-        V best;
-        const I off = max_scan(x + batch_off + o.c, g, s, best);
-        // ---- epilogue: the index in 64 bits only where the plan chose 64-bit indexing
-        y[i] = best;
-        argmax[i] = static_cast<A>(off + o.c + (include_batch ? batch_off : I(0)));
+        V best[VEC];
+        I off[VEC];
+        max_scan<VEC>(x + batch_off + o.c, g, s, best, off);
+        // ---- epilogue: the index in 64 bits only where the plan chose 64-bit indexing; lane k is channel c + k
+        store_lanes<VEC>(y + i, best);
+        const I base = o.c + (include_batch ? batch_off : I(0));
+        A index[VEC];
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) index[k] = static_cast<A>(off[k] + base + I(k));
+        store_lanes<VEC>(argmax + i, index);
     }
 }
 
 // dx[n,d,h,w,c] = sum, over the windows (z,p,q) covering (d,h,w) in increasing (z,p,q) order, of dy[n,z,p,q,c]
 //                 for those windows whose max_scan selects (d,h,w)   (selection recomputed from x).
-// One thread per x element; total = N*D*H*W*C. Gather form: no atomics, no memset, a fixed summation order.
-template <typename V, typename I>
+// One thread per VEC consecutive x elements; total = N*D*H*W*C. Gather form: no atomics, no memset, a fixed
+// summation order per element.
+template <typename V, typename I, int VEC>
 __global__ void
 pool_max_bwd(const V* __restrict__ x, const V* __restrict__ dy, V* __restrict__ dx, I total, GPUCONV_POOL_PARAMS) {
     using namespace gpuconv;
@@ -138,8 +160,10 @@ pool_max_bwd(const V* __restrict__ x, const V* __restrict__ dy, V* __restrict__ 
     const PoolGeom<I> g = GPUCONV_POOL_GEOM;
     const I x_batch = g.D * g.H * g.W * g.C;
     const I y_batch = g.Z * g.P * g.Q * g.C;
-    for (I i = grid_first<I>(); i < total; i = grid_step(i, total)) {
-        // ---- setup: this cell, its offset in its channel plane, the covering windows
+    const I groups = total / VEC;
+    for (I j = grid_first<I>(); j < groups; j = grid_step(j, groups)) {
+        // ---- setup: this cell (first of VEC channels), its offset in its channel plane, the covering windows
+        const I i = j * VEC;
         const Pos5<I> c = unflatten5(i, g.D, g.H, g.W, g.C);
         const I own_off = ((c.a * g.H + c.b) * g.W + c.e) * g.C;
         const V* xc = x + c.n * x_batch + c.c;
@@ -148,20 +172,35 @@ pool_max_bwd(const V* __restrict__ x, const V* __restrict__ dy, V* __restrict__ 
         covering_windows(c.a, g.T, g.sd, g.pd, g.Z, z0, z1);
         covering_windows(c.b, g.R, g.sh, g.ph, g.P, p0, p1);
         covering_windows(c.e, g.S, g.sw, g.pw, g.Q, q0, q1);
-        // ---- main loop: re-run each covering window's scan
-        Acc acc = Acc(0);
+        // ---- main loop: re-run each covering window's scan; read dy only where some lane's scan selects this cell
+        Acc acc[VEC];
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) acc[k] = Acc(0);
         for (I z = z0; z < z1; ++z) {
             for (I p = p0; p < p1; ++p) {
                 for (I q = q0; q < q1; ++q) {
-                    V best;
-                    if (max_scan(xc, g, window_cells(g, z, p, q), best) == own_off) {
-                        acc += to_accum(dyc[((z * g.P + p) * g.Q + q) * g.C]);
+                    V best[VEC];
+                    I off[VEC];
+                    max_scan<VEC>(xc, g, window_cells(g, z, p, q), best, off);
+                    bool any = false;
+#pragma unroll
+                    for (int k = 0; k < VEC; ++k) any = any || off[k] == own_off;
+                    if (any) {
+                        V v[VEC];
+                        load_lanes<VEC>(dyc + ((z * g.P + p) * g.Q + q) * g.C, v);
+#pragma unroll
+                        for (int k = 0; k < VEC; ++k) {
+                            if (off[k] == own_off) acc[k] += to_accum(v[k]);
+                        }
                     }
                 }
             }
         }
         // ---- epilogue
-        dx[i] = from_accum<V>(acc);
+        V out[VEC];
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) out[k] = from_accum<V>(acc[k]);
+        store_lanes<VEC>(dx + i, out);
     }
 }
 
@@ -169,29 +208,42 @@ pool_max_bwd(const V* __restrict__ x, const V* __restrict__ dy, V* __restrict__ 
 // average pooling
 // ============================================================================================================
 // y[n,z,p,q,c] = (sum of x[n,d,h,w,c] over the in-bounds cells of window (z,p,q), row-major) / count(z,p,q),
-// count = number of in-bounds cells (padding never counted). Accumulates in Accum<V>.
-template <typename V, typename I>
+// count = number of in-bounds cells (padding never counted). Accumulates in Accum<V>, per lane.
+template <typename V, typename I, int VEC>
 __global__ void
 pool_avg_fwd(const V* __restrict__ x, V* __restrict__ y, I total, GPUCONV_POOL_PARAMS) {
     using namespace gpuconv;
     typedef typename Accum<V>::type Acc;
     const PoolGeom<I> g = GPUCONV_POOL_GEOM;
     const I x_batch = g.D * g.H * g.W * g.C;
-    for (I i = grid_first<I>(); i < total; i = grid_step(i, total)) {
+    const I groups = total / VEC;
+    for (I j = grid_first<I>(); j < groups; j = grid_step(j, groups)) {
         // ---- setup
+        const I i = j * VEC;
         const Pos5<I> o = unflatten5(i, g.Z, g.P, g.Q, g.C);
         const Span3<I> s = window_cells(g, o.a, o.b, o.e);
         const V* xc = x + o.n * x_batch + o.c;
         // ---- main loop
-        Acc acc = Acc(0);
+        Acc acc[VEC];
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) acc[k] = Acc(0);
         for (I d = s.d0; d < s.d1; ++d) {
             for (I h = s.h0; h < s.h1; ++h) {
                 I off = ((d * g.H + h) * g.W + s.w0) * g.C;
-                for (I w = s.w0; w < s.w1; ++w, off += g.C) acc += to_accum(xc[off]);
+                for (I w = s.w0; w < s.w1; ++w, off += g.C) {
+                    V v[VEC];
+                    load_lanes<VEC>(xc + off, v);
+#pragma unroll
+                    for (int k = 0; k < VEC; ++k) acc[k] += to_accum(v[k]);
+                }
             }
         }
         // ---- epilogue
-        y[i] = from_accum<V>(acc / static_cast<Acc>(cell_count(s)));
+        const Acc count = static_cast<Acc>(cell_count(s));
+        V out[VEC];
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) out[k] = from_accum<V>(acc[k] / count);
+        store_lanes<VEC>(y + i, out);
     }
 }
 
@@ -199,16 +251,19 @@ pool_avg_fwd(const V* __restrict__ x, V* __restrict__ y, I total, GPUCONV_POOL_P
 //   dx[n,d,h,w,c] = sum over windows o = (z,p,q) covering (d,h,w), increasing order, of dy[n,o,c] / count(o)
 // Divide = false (avg_unpool, the adjoint of sum pooling):
 //   dx[n,d,h,w,c] = sum over the same windows of dy[n,o,c]
-// One thread per x element; total = N*D*H*W*C. Gather form: no atomics, a fixed summation order.
-template <typename V, typename I, bool Divide>
+// One thread per VEC consecutive x elements; total = N*D*H*W*C. Gather form: no atomics, a fixed summation
+// order per element.
+template <typename V, typename I, bool Divide, int VEC>
 __global__ void
 pool_avg_bwd(const V* __restrict__ dy, V* __restrict__ dx, I total, GPUCONV_POOL_PARAMS) {
     using namespace gpuconv;
     typedef typename Accum<V>::type Acc;
     const PoolGeom<I> g = GPUCONV_POOL_GEOM;
     const I y_batch = g.Z * g.P * g.Q * g.C;
-    for (I i = grid_first<I>(); i < total; i = grid_step(i, total)) {
+    const I groups = total / VEC;
+    for (I j = grid_first<I>(); j < groups; j = grid_step(j, groups)) {
         // ---- setup
+        const I i = j * VEC;
         const Pos5<I> c = unflatten5(i, g.D, g.H, g.W, g.C);
         const V* dyc = dy + c.n * y_batch + c.c;
         I z0, z1, p0, p1, q0, q1;
@@ -216,21 +271,30 @@ pool_avg_bwd(const V* __restrict__ dy, V* __restrict__ dx, I total, GPUCONV_POOL
         covering_windows(c.b, g.R, g.sh, g.ph, g.P, p0, p1);
         covering_windows(c.e, g.S, g.sw, g.pw, g.Q, q0, q1);
         // ---- main loop
-        Acc acc = Acc(0);
+        Acc acc[VEC];
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) acc[k] = Acc(0);
         for (I z = z0; z < z1; ++z) {
             for (I p = p0; p < p1; ++p) {
                 for (I q = q0; q < q1; ++q) {
-                    const Acc v = to_accum(dyc[((z * g.P + p) * g.Q + q) * g.C]);
+                    V v[VEC];
+                    load_lanes<VEC>(dyc + ((z * g.P + p) * g.Q + q) * g.C, v);
                     if (Divide) {
-                        acc += v / static_cast<Acc>(cell_count(window_cells(g, z, p, q)));
+                        const Acc count = static_cast<Acc>(cell_count(window_cells(g, z, p, q)));
+#pragma unroll
+                        for (int k = 0; k < VEC; ++k) acc[k] += to_accum(v[k]) / count;
                     } else {
-                        acc += v;
+#pragma unroll
+                        for (int k = 0; k < VEC; ++k) acc[k] += to_accum(v[k]);
                     }
                 }
             }
         }
         // ---- epilogue
-        dx[i] = from_accum<V>(acc);
+        V out[VEC];
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) out[k] = from_accum<V>(acc[k]);
+        store_lanes<VEC>(dx + i, out);
     }
 }
 

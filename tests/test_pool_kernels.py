@@ -6,6 +6,9 @@ ties; gradients are integer-valued so that every summation order gives the same 
 selections, so most comparisons are exact. Where sums of arbitrary floats are compared, tolerances are per dtype.
 The scatter (max_unpool, max_pool_grad_with_argmax) is also checked bit-for-bit against np.add.at, which adds
 duplicates in increasing update order as the kernel promises, under several emulator thread orders.
+The vectorised pooling variants (VEC channels per thread) run forced to every VEC and as chosen, against the NumPy
+backend and bit-for-bit against VEC = 1; a misaligned view must fall back to VEC = 1 (and the emulator's __ldg
+alignment check must catch a vector load the plan let through by mistake).
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import pytest
 from conftest import to_backend, to_numpy
 
 import gpuconv
+from gpuconv.plans import pool as pool_plans
 
 FLOATS = tuple(np.dtype(t) for t in (np.float16, np.float32, np.float64))
 INTS = tuple(np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.int64))
@@ -491,6 +495,174 @@ def test_repeated_calls_are_bit_identical(backend):
         first = call()
         for _ in range(2):
             assert call().tobytes() == first.tobytes()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# vectorised variants (VEC channels per thread, 64/128-bit accesses): every VEC, forced and chosen, against the
+# NumPy backend and bit-for-bit against VEC = 1; a misaligned view falls back to VEC = 1
+# ---------------------------------------------------------------------------------------------------------
+VEC_DTYPES = tuple(np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.float16, np.float32, np.float64, np.int64))
+VEC_SHAPES = {2: lambda C: (2, 5, 7, C), 3: lambda C: (1, 3, 4, 5, C)}
+VEC_POOL = {2: ((3, 2), (2, 1), "SAME"), 3: ((2, 3, 2), (1, 2, 2), "SAME")}
+
+
+@pytest.fixture
+def launched(monkeypatch):
+    """The name expressions of the pooling plans built while the test runs (any backend)."""
+    names = []
+    build = pool_plans._plan
+
+    def recording(*args, **kwargs):
+        plan = build(*args, **kwargs)
+        names.append(plan.name_expression)
+        return plan
+    monkeypatch.setattr(pool_plans, "_plan", recording)
+    return names
+
+
+def vec_of(expression: str) -> int:
+    return int(expression.rsplit(", ", 1)[1][:-1])
+
+
+def lane_data(shape, dtype, seed):
+    """Ties in every lane (a small value range), each dtype's extremes, and for floats NaN and -inf in some lanes:
+    at the first cell of some windows (NaN wins there) and at later cells (NaN never wins there)."""
+    dtype = np.dtype(dtype)
+    x = small_ints(shape, dtype, seed=seed)
+    rng = np.random.default_rng(seed + 100)
+    flat = x.reshape(-1)
+    hot = rng.choice(flat.size, max(2, flat.size // 16), replace=False)
+    if dtype.kind == "f":
+        flat[hot[: len(hot) // 2]] = np.nan
+        flat[hot[len(hot) // 2:]] = -np.inf
+        x[(0,) * (x.ndim - 1)][:2] = np.nan             # first cell of the first window, lanes 0 and 1
+    else:
+        info = np.iinfo(dtype)
+        flat[hot[: len(hot) // 2]] = info.max
+        flat[hot[len(hot) // 2:]] = info.min
+    return x
+
+
+def vec_cases():
+    for dt in VEC_DTYPES:
+        for vec in pool_plans.vec_widths(dt):
+            # C = VEC, 2 VEC, 3 VEC (float32: 4, 8, 12); the scalar kernel forced on C = 4
+            for C in ((vec, 2 * vec, 3 * vec) if vec > 1 else (4,)):
+                for nsp in (2, 3):
+                    yield pytest.param(dt, vec, C, nsp, id=f"{dt}-vec{vec}-C{C}-{nsp}d")
+
+
+@pytest.mark.parametrize("dtype,vec,C,nsp", list(vec_cases()))
+def test_vectorised_max_pool_every_vec(kernel_backend, launched, dtype, vec, C, nsp):
+    x = lane_data(VEC_SHAPES[nsp](C), dtype, seed=C + nsp)
+    k, s, pad = VEC_POOL[nsp]
+    with pool_plans.force_vec(vec):
+        y = run(kernel_backend, MAX_POOL[nsp], x, k, s, pad)
+        ym, am = run(kernel_backend, gpuconv.max_pool_with_argmax, x[:, 0] if nsp == 3 else x, k[-2:], s[-2:], pad,
+                     include_batch_in_index=True)
+        dy = small_ints(y.shape, dtype, seed=5)
+        dx = run(kernel_backend, MAX_GRAD[nsp], x, y, dy, k, s, pad)
+    assert launched and all(vec_of(e) == vec for e in launched), launched
+    x2 = x[:, 0] if nsp == 3 else x
+    assert_same(y, oracle(MAX_POOL[nsp], x, k, s, pad))
+    want = oracle(gpuconv.max_pool_with_argmax, x2, k[-2:], s[-2:], pad, include_batch_in_index=True)
+    assert_same(ym, want[0])
+    assert_same(am, want[1])
+    assert_same(dx, oracle(MAX_GRAD[nsp], x, y, dy, k, s, pad))
+
+
+@pytest.mark.parametrize("index_dtype", ["int32", "int64"])
+@pytest.mark.parametrize("dtype", [np.dtype(np.int8), np.dtype(np.float16), np.dtype(np.float32),
+                                   np.dtype(np.float64)], ids=str)
+def test_vectorised_argmax_index_types(kernel_backend, launched, dtype, index_dtype):
+    vec = pool_plans.vec_widths(dtype)[0]
+    x = lane_data((2, 6, 5, 2 * vec), dtype, seed=9)
+    for include_batch in (False, True):
+        got = run(kernel_backend, gpuconv.max_pool_with_argmax, x, 3, 2, "SAME", output_dtype=index_dtype,
+                  include_batch_in_index=include_batch)
+        want = oracle(gpuconv.max_pool_with_argmax, x, 3, 2, "SAME", output_dtype=index_dtype,
+                      include_batch_in_index=include_batch)
+        assert_same(got[0], want[0])
+        assert_same(got[1], want[1])
+    assert [vec_of(e) for e in launched] == [vec, vec]          # chosen: the widest
+
+
+@pytest.mark.parametrize("dtype,vec,C,nsp", [c for c in vec_cases() if c.values[0].kind == "f"])
+def test_vectorised_avg_pool_every_vec(kernel_backend, launched, dtype, vec, C, nsp):
+    shape = VEC_SHAPES[nsp](C)
+    k, s, pad = VEC_POOL[nsp]
+    x = np.random.default_rng(C).uniform(-1, 1, shape).astype(dtype)
+    y_shape = oracle(AVG_POOL[nsp], x, k, s, pad).shape
+    dy = np.random.default_rng(C + 1).uniform(-1, 1, y_shape).astype(dtype)
+    results = {}
+    for v in sorted({1, vec}):
+        with pool_plans.force_vec(v):
+            results[v] = (run(kernel_backend, AVG_POOL[nsp], x, k, s, pad),
+                          run(kernel_backend, AVG_GRAD[nsp], shape, dy, k, s, pad),
+                          run(kernel_backend, gpuconv.avg_unpool, dy, k, s, pad, shape))
+    assert sorted({vec_of(e) for e in launched}) == sorted({1, vec})
+    for got, want in zip(results[vec], results[1]):        # same summation order per element: same bits
+        assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+    assert_close(results[vec][0], oracle(AVG_POOL[nsp], x, k, s, pad))
+    assert_close(results[vec][1], oracle(AVG_GRAD[nsp], shape, dy, k, s, pad))
+    assert_close(results[vec][2], oracle(gpuconv.avg_unpool, dy, k, s, pad, shape))
+
+
+@pytest.mark.parametrize("C", [4, 8, 12, 6, 3])
+@pytest.mark.parametrize("dtype", [np.dtype(np.int8), np.dtype(np.float16), np.dtype(np.float32),
+                                   np.dtype(np.float64)], ids=str)
+def test_chosen_vec_is_the_widest_that_applies(kernel_backend, launched, dtype, C):
+    # fresh NumPy (malloc) and CuPy allocations are 16-byte aligned, so only C decides
+    x = lane_data((2, 5, 6, C), dtype, seed=C)
+    assert_same(run(kernel_backend, gpuconv.max_pool2d, x, 2, 2, "SAME"), oracle(gpuconv.max_pool2d, x, 2, 2, "SAME"))
+    want = next(v for v in pool_plans.vec_widths(dtype) if C % v == 0)
+    assert [vec_of(e) for e in launched] == [want]
+
+
+def misaligned(backend, a, elements=1):
+    """A copy of `a` on `backend` whose data pointer is `elements` elements past an allocation's start."""
+    if backend == "cuda":
+        import cupy as xp
+    else:
+        xp = np
+    buf = xp.empty(a.size + elements, a.dtype)
+    out = buf[elements:].reshape(a.shape)
+    out[...] = xp.asarray(a)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.dtype(np.int8), np.dtype(np.float16), np.dtype(np.float32),
+                                   np.dtype(np.float64)], ids=str)
+def test_misaligned_view_falls_back_to_vec1(kernel_backend, launched, dtype):
+    vec = pool_plans.vec_widths(dtype)[0]
+    x = lane_data((2, 5, 6, vec), dtype, seed=3)
+    xm = misaligned(kernel_backend, x)
+    assert pool_plans.vector_lanes(xm) == 1
+    y = run(kernel_backend, gpuconv.max_pool2d, xm, 3, 2, "SAME")
+    got = run(kernel_backend, gpuconv.max_pool_with_argmax, xm, 3, 2, "SAME")
+    dy = small_ints(y.shape, dtype, seed=4)
+    dx = run(kernel_backend, gpuconv.max_pool_grad, x, y, misaligned(kernel_backend, dy), 3, 2, "SAME")
+    assert [vec_of(e) for e in launched] == [1, 1, 1]
+    assert_same(y, oracle(gpuconv.max_pool2d, x, 3, 2, "SAME"))
+    want = oracle(gpuconv.max_pool_with_argmax, x, 3, 2, "SAME")
+    assert_same(got[0], want[0])
+    assert_same(got[1], want[1])
+    assert_same(dx, oracle(gpuconv.max_pool_grad, x, y, dy, 3, 2, "SAME"))
+    if dtype.kind == "f":
+        assert_same(run(kernel_backend, gpuconv.avg_pool2d, xm, 3, 2, "SAME"), run(kernel_backend, gpuconv.avg_pool2d,
+                                                                                    x, 3, 2, "SAME"))
+    with pool_plans.force_vec(vec), pytest.raises(ValueError, match="not aligned"):
+        run(kernel_backend, gpuconv.max_pool2d, xm, 3, 2, "SAME")
+
+
+@pytest.mark.emulator
+def test_emulator_catches_a_misaligned_vector_load(monkeypatch):
+    # were the plan's alignment test wrong, the vector __ldg would fault (on the GPU: "misaligned address")
+    from gpuconv.executors.emulator import EmulatorError
+    monkeypatch.setattr(pool_plans, "vector_lanes", lambda *arrays: pool_plans.MAX_VEC)
+    x = misaligned("emulator", distinct((1, 4, 4, 4), np.float32))
+    with pytest.raises(EmulatorError, match="misaligned"):
+        run("emulator", gpuconv.max_pool2d, x, 2, 2, "VALID")
 
 
 # ---------------------------------------------------------------------------------------------------------
