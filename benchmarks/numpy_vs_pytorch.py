@@ -22,7 +22,9 @@ sets OPENBLAS_CORETYPE=Haswell (AVX2 kernels) in its environment, while left alo
 
 Threads: both libraries use all cores by default. With OPENBLAS_NUM_THREADS=1 both run single-threaded, which on
 a shared machine is far less exposed to one worker thread waiting for the scheduler (2-thread times there come
-in multiples of the scheduler tick, e.g. 8.0, 16.0, 24.0 ms).
+in multiples of the scheduler tick, e.g. 8.0, 16.0, 24.0 ms). --threads (default: OPENBLAS_NUM_THREADS, else all
+cores) sets torch's threads and gpuconv's worker pool (GPUCONV_NUM_THREADS, unless already set); numpy's BLAS
+threads follow OPENBLAS_NUM_THREADS.
 
 Usage: [env -u OPENBLAS_CORETYPE] [OPENBLAS_NUM_THREADS=1] python benchmarks/numpy_vs_pytorch.py [--n 8]
        [--seg-n 4] [--repeats 7] [--only NAME,...]
@@ -49,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 import gpuconv as gc  # noqa: E402
 from gpuconv.bench.layers import RESNET50, SEGNET  # noqa: E402
+from gpuconv.numpy_backend import _parallel  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -94,6 +97,7 @@ def machine() -> dict:
         "openblas_core": openblas_core(), "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
         "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "gpuconv_threads": _parallel.num_threads(),
         "torch_parallel": torch.__config__.parallel_info().splitlines()[:6],
     }
 
@@ -193,10 +197,13 @@ def describe(run: dict) -> str:
     threads = info["torch_threads"]
     env = info.get("OPENBLAS_CORETYPE")
     numpy_threads = info.get("OPENBLAS_NUM_THREADS") or f"unset, all {info['cpu_count']} cores"
+    pool = info.get("gpuconv_threads")
+    pool_text = f"gpuconv worker pool {pool} thread{'s' if pool != 1 else ''} (GPUCONV_NUM_THREADS)" if pool \
+        else "gpuconv single-threaded apart from BLAS (before the worker pool)"
     default = ", the box's default environment" if env == BOX_DEFAULT_CORETYPE else ""
     return (f"{info['cpu']} ({info['cpu_count']} cores, shared VM); numpy {info['numpy']} with "
             f"{info['numpy_blas']}, OpenBLAS kernels {info['openblas_core']} "
-            f"(OPENBLAS_CORETYPE={env or 'unset'}{default}), OPENBLAS_NUM_THREADS={numpy_threads}; "
+            f"(OPENBLAS_CORETYPE={env or 'unset'}{default}), OPENBLAS_NUM_THREADS={numpy_threads}; {pool_text}; "
             f"torch {info['torch']}, torch.set_num_threads({threads}); python {info['python']}")
 
 
@@ -217,8 +224,15 @@ def markdown(runs: list) -> str:
              "Reading these numbers: the box is a 2-core VM shared with other jobs (each section gives the load "
              "average). Under load, a 2-thread call often waits for its second worker thread to be scheduled, so "
              "times cluster at multiples of the scheduler tick (8.0, 16.0, 24.0 ms); on a quiet box PyTorch's "
-             "2-thread times are about half its 1-thread ones, while in the NumPy backend only the GEMMs use the "
-             "second core (pooling, unpooling and column building are single-threaded NumPy). The 1-thread runs "
+             "2-thread times are about half its 1-thread ones. The NumPy backend spreads independent output chunks "
+             "(pooling boxes, column blocks with their GEMMs, scatter slices) over its worker pool "
+             "(GPUCONV_NUM_THREADS, set to the run's thread count), and its GEMMs use OpenBLAS's threads as well. "
+             "Convs hand their boxes to the pool only when BLAS is single-threaded (1-thread runs: OpenBLAS 1 thread, "
+             "pool 1 worker, so nothing changes there); with OpenBLAS on 2 threads they keep serial boxes and "
+             "2-thread GEMMs, because both kinds of threads at once measured slower (14.3 ms against 12.8 ms for "
+             "the 8x56x56x64 3x3 fprop). PyTorch's own times for the SegNet layers vary a lot from run to run "
+             "(pool2 max_pool_with_argmax at one thread: 5 ms in one run, 28 ms in another), which moves the "
+             "median ratio by several hundredths between otherwise identical runs. The 1-thread runs "
              "(median close to minimum) are the ones to compare implementations by; the headline is the first "
              "section, the box's default kernels on one thread. The box's environment sets "
              "OPENBLAS_CORETYPE=Haswell (AVX2 kernels); unset, OpenBLAS uses SkylakeX (AVX-512) kernels there. "
@@ -279,6 +293,8 @@ def main(argv=None) -> int:
         return 0
     import torch
     torch.set_num_threads(args.threads)
+    os.environ.setdefault("GPUCONV_NUM_THREADS", str(args.threads))
+    _parallel.set_num_threads(None)             # (re)read GPUCONV_NUM_THREADS
     only = set(filter(None, args.only.split(",")))
     info = machine()
     info["date"] = datetime.datetime.now().isoformat(timespec="seconds")

@@ -14,7 +14,7 @@ import pytest
 
 import gpuconv as gc
 from gpuconv.numpy_backend import BACKEND
-from gpuconv.numpy_backend import _window
+from gpuconv.numpy_backend import _parallel, _window
 
 RNG = np.random.default_rng(1234)
 
@@ -469,16 +469,27 @@ def _peak_extra(fn, *args):
     return peak - sum(o.nbytes for o in outs)
 
 
-def test_scratch_is_bounded(monkeypatch):
-    """With a 4 MiB budget, a layer whose full im2col buffer is 72 MiB stays within it (+ filter copies)."""
+@pytest.fixture
+def threads():
+    """Set the NumPy backend's worker count for one test: threads(n)."""
+    yield _parallel.set_num_threads
+    _parallel.set_num_threads(None)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_scratch_is_bounded(monkeypatch, threads, workers):
+    """With a 4 MiB budget, a layer whose full im2col buffer is 72 MiB stays within it (+ filter copies), per
+    worker: total scratch = workers x budget."""
     from gpuconv.geometry import conv_problem, pool_problem
+    threads(workers)
     monkeypatch.setattr(_window, "SCRATCH_BYTES", 4 * 2**20)
+    monkeypatch.setattr(_parallel, "gemm_chunks", lambda: _parallel.workers() > 1)
     x = np.ones((8, 64, 64, 64), np.float32).reshape(8, 1, 64, 64, 64)
     w = np.ones((1, 3, 3, 64, 64), np.float32)
     p = conv_problem(x.shape, w.shape, (1, 1, 1), (1, 1, 1), "SAME")
     full_im2col = p.N * p.P * p.Q * 9 * 64 * 4
     assert full_im2col > 16 * _window.SCRATCH_BYTES
-    limit = _window.SCRATCH_BYTES + 4 * w.nbytes + 2**20
+    limit = workers * (_window.SCRATCH_BYTES + 4 * w.nbytes + 2**20)      # the serial bound, per worker
     dy = np.ones(p.y_shape, np.float32)
     assert _peak_extra(BACKEND.conv_fprop, x, w, p) < limit
     assert _peak_extra(BACKEND.conv_dgrad, dy, w, p) < limit
@@ -541,3 +552,118 @@ def test_tiled_max_pool_matches_generic_sweep(monkeypatch, case, data):
             assert y.tobytes() == want_y.tobytes()
             np.testing.assert_array_equal(a, want_a)
             assert BACKEND.max_pool(x, p).tobytes() == want_m.tobytes()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# worker pool: results independent of the thread count, concurrent callers, bounded cost of huge windows
+# ---------------------------------------------------------------------------------------------------------
+def _all_ops(rng):
+    """Every canonical op on a few problems (small scratch budgets make many boxes), as a list of arrays."""
+    from gpuconv.geometry import conv_problem, pool_problem
+    outs = []
+    for xs, ws, stride, pad, dt in [((3, 1, 9, 10, 5), (1, 3, 4, 5, 6), (1, 2, 2), "SAME", np.float32),
+                                    ((2, 1, 8, 8, 2), (1, 3, 3, 2, 9), (1, 1, 1), "SAME", np.float32),  # col2im
+                                    ((2, 1, 7, 6, 4), (1, 3, 3, 2, 6), (1, 1, 1), "VALID", np.float16),  # groups
+                                    ((2, 1, 12, 12, 20), (1, 3, 3, 20, 8), (1, 1, 1), "SAME", np.float64)]:
+        x = rng.standard_normal(xs).astype(dt)
+        w = rng.standard_normal(ws).astype(dt)
+        p = conv_problem(x.shape, w.shape, stride, (1, 1, 1), pad)
+        dy = rng.standard_normal(p.y_shape).astype(dt)
+        outs += [BACKEND.conv_fprop(x, w, p), BACKEND.conv_dgrad(dy, w, p), BACKEND.conv_wgrad(x, dy, p)]
+    for xs, win, stride, pad in [((3, 1, 13, 11, 6), (1, 3, 3), (1, 2, 2), "SAME"),
+                                 ((3, 1, 12, 16, 6), (1, 2, 2), (1, 2, 2), "SAME"),   # tiled
+                                 ((2, 1, 9, 9, 3), (1, 2, 2), (1, 1, 1), "VALID")]:
+        x = np.round(rng.standard_normal(xs)).astype(np.float32)
+        x[rng.random(xs) < 0.02] = np.nan
+        p = pool_problem(x.shape, win, stride, pad)
+        y, a = BACKEND.max_pool_argmax(x, p, np.dtype(np.int64), False)
+        dy = rng.standard_normal(p.y_shape).astype(np.float32)
+        outs += [y, a, BACKEND.max_pool(x, p), BACKEND.max_pool_grad(x, dy, p), BACKEND.avg_pool(x, p),
+                 BACKEND.avg_pool_grad(dy, p), BACKEND.avg_unpool(dy, p),
+                 BACKEND.argmax_scatter(dy, a, p.x_shape, False), BACKEND.argmax_gather(x, a, False)]
+    return outs
+
+
+@pytest.mark.parametrize("budget", [3000, 32 * 2**20])
+def test_results_do_not_depend_on_thread_count(monkeypatch, threads, budget):
+    """Bit for bit the same with 1, 2 and 3 workers (each output element is computed by one worker, wgrad's
+    partial sums are added in box order)."""
+    from gpuconv.numpy_backend import pool as pool_module
+    monkeypatch.setattr(_window, "SCRATCH_BYTES", budget)
+    monkeypatch.setattr(pool_module, "_FAST_BOX_VALUES", 50 if budget < 2**20 else 2**18)
+    monkeypatch.setattr(pool_module, "_PIECE_MIN", 16)
+    monkeypatch.setattr(pool_module, "_PARALLEL_MIN", 0)
+    monkeypatch.setattr(_parallel, "gemm_chunks", lambda: _parallel.workers() > 1)    # whatever BLAS's threads
+    results = []
+    for n in (1, 2, 3):
+        threads(n)
+        results.append(_all_ops(np.random.default_rng(5)))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            assert a.tobytes() == b.tobytes()
+
+
+def test_calls_from_several_threads_share_the_pool(monkeypatch, threads):
+    """8 user threads calling at once through a 2-worker pool: no deadlock, same bits as serial calls."""
+    import concurrent.futures
+    from gpuconv.numpy_backend import pool as pool_module
+    monkeypatch.setattr(_window, "SCRATCH_BYTES", 3000)
+    monkeypatch.setattr(pool_module, "_PARALLEL_MIN", 0)
+    monkeypatch.setattr(_parallel, "gemm_chunks", lambda: _parallel.workers() > 1)
+    threads(1)
+    want = _all_ops(np.random.default_rng(9))
+    threads(2)
+    with concurrent.futures.ThreadPoolExecutor(8) as ex:
+        got = list(ex.map(lambda _: _all_ops(np.random.default_rng(9)), range(8)))
+    for outs in got:
+        for a, b in zip(want, outs):
+            assert a.tobytes() == b.tobytes()
+
+
+def test_errors_in_chunks_reach_the_caller(threads):
+    threads(2)
+
+    def fn(i):
+        if i == 3:
+            raise ValueError("chunk 3")
+        return i
+
+    with pytest.raises(ValueError, match="chunk 3"):
+        _parallel.map_chunks(fn, range(8))
+    seen = []
+    with pytest.raises(ValueError, match="chunk 3"):
+        _parallel.map_ordered(fn, range(8), seen.append)
+    assert seen == [0, 1, 2, 4, 5, 6, 7]
+    assert _parallel.map_chunks(lambda i: None, range(4)) is None     # the pool still works
+
+
+def test_huge_window_on_tiny_input_costs_the_input_not_the_window():
+    """A 2^28 window (or a 2^28 dilation) on a 1x1 input: only taps that can touch the input are visited, and
+    no buffer spans the receptive field (this used to reach 6 GiB and MemoryError)."""
+    x = np.full((1, 1, 1, 1), 3, np.float32)
+    w = np.arange(1, 10, dtype=np.float32).reshape(3, 3, 1, 1)
+    big = 2**28
+    tracemalloc.start()
+    try:
+        assert gc.max_pool2d(x, big, 1, "SAME").ravel().tolist() == [3.0]
+        assert gc.max_pool2d(x, big, big, "SAME").ravel().tolist() == [3.0]
+        assert gc.avg_pool2d(x, big, 1, "SAME").ravel().tolist() == [3.0]
+        v, a = gc.max_pool_with_argmax(x, big, 1, "SAME")
+        assert v.ravel().tolist() == [3.0] and a.ravel().tolist() == [0]
+        assert gc.max_unpool(v, a, x.shape).ravel().tolist() == [3.0]
+        assert gc.max_pool_grad(x, v, x, big, 1, "SAME").ravel().tolist() == [3.0]
+        assert gc.avg_pool_grad(x.shape, x, big, 1, "SAME").ravel().tolist() == [3.0]
+        assert gc.avg_unpool(x, big, 1, "SAME", x.shape).ravel().tolist() == [3.0]
+        x2 = np.arange(12, dtype=np.float32).reshape(1, 3, 4, 1)
+        y2 = gc.max_pool2d(x2, [1, big, 3, 1], 1, "SAME")
+        np.testing.assert_array_equal(y2, gc.max_pool2d(x2, [1, 5, 3, 1], 1, "SAME"))
+        # Conv: only the centre tap of a hugely dilated 3x3 filter reads the input.
+        assert gc.conv2d(x, w, 1, "SAME", dilations=big).ravel().tolist() == [15.0]
+        assert gc.conv2d_backprop_input(x.shape, w, x, 1, "SAME", dilations=big).ravel().tolist() == [15.0]
+        dw = gc.conv2d_backprop_filter(x, w.shape, x, 1, "SAME", dilations=big)
+        assert dw.ravel().tolist() == [0, 0, 0, 0, 9, 0, 0, 0, 0]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20

@@ -10,20 +10,38 @@ materialised) and multiplies it by a per-group weight matrix:
            When C/G is well below K/G (a 3-channel first layer) dgrad is GEMM + col2im instead: dcol = dy @ w^T
            for all taps, each tap's block added to its strided slice of dx (_dgrad_scatter; no np.add.at).
     wgrad: dw = sum over boxes of cols(x)^T @ dy_box (the fprop columns), boxes added in a fixed order.
-Column blocks are bounded by _window.SCRATCH_BYTES (boxes over batch, then depth, rows, columns). A 1x1, stride-1,
-unpadded tap reads src as it is, so that case is a plain GEMM with no copy. Copies move long contiguous pieces:
-taps that read consecutive input columns are copied as one run (C*S values per output), and with fewer than
-_FEW_CHANNELS channels the block is stored transposed (one output row per copy). float16 is converted to float32
-block by block and rounded once on output; float32 and float64 run in their own precision (sgemm / dgemm).
+
+Column blocks are cache-sized: a box of output positions is chosen so that its column block is about
+_Gather.BLOCK_BYTES = 4 MiB (boxes over batch, then depth, rows, columns), so the block is still in cache when
+the GEMM reads it (ResNet-50 at N=8 on the CPU box, one thread: 3x3/64 fprop 27 -> 19 ms, 7x7/2 first layer fprop
+33 -> 20 ms with 4 MiB blocks instead of blocks of the whole 32 MiB scratch budget). Every scratch array stays
+within _window.SCRATCH_BYTES. A 1x1, stride-1, unpadded tap reads src as it is, so that case is a plain GEMM with
+no copy. Copies move long contiguous pieces: taps that read consecutive input columns are copied as one run (C*S
+values per output), and with fewer than _FEW_CHANNELS channels the block is stored transposed (one output row per
+copy). float16 is converted to float32 block by block and rounded once on output; float32 and float64 run in
+their own precision (sgemm / dgemm).
+
+Threads (_parallel): the boxes of one call are independent chunks spread over the worker pool; each box's
+columns and GEMM are computed by one worker exactly as in the serial loop, with that worker's own column buffer
+(scratch: workers x one column block + GEMM result). wgrad's per-box partial products are added to dw in box
+order on the calling thread. Boxes go to the pool only when BLAS is single-threaded; with a multi-threaded BLAS the
+boxes run in order and each GEMM uses BLAS's threads (both at once oversubscribe the cores:
+_parallel.gemm_chunks).
+
+Cost is bounded by the operands' sizes whatever the dilation: a column block holds taps x box outputs, and the
+phased copy of a box's input region (_fill_phased) is used only where that region is no larger than the block,
+so a huge dilated filter on a tiny input never allocates its (mostly empty) receptive field.
 """
 from __future__ import annotations
 
 import itertools
+import threading
 
 import numpy as np
 
 from ..dtypes import accumulator_dtype
 from ..geometry import ConvProblem
+from . import _parallel
 from ._window import box_shape, boxes, tap_range
 
 
@@ -53,9 +71,8 @@ def _tap_runs(offsets) -> list[tuple[int, int]]:
 class _Gather:
     """Column blocks of one gather: src (N, A0, A1, A2, G*Ci) read at o*stride + offset per axis and tap."""
 
-    # Target size of a column block (see row_bytes below).
+    # Target size of a column block (module docstring; row_bytes below).
     BLOCK_BYTES = 4 * 2**20
-    cache_blocks = True
 
     def __init__(self, src: np.ndarray, out_spatial, strides, offsets, groups: int, acc: np.dtype):
         self.src = src
@@ -79,14 +96,13 @@ class _Gather:
         # larger than the column block (stride volume <= taps).
         self.phased = (self.transposed and groups == 1 and not self.identity
                        and int(np.prod(self.strides)) <= self.ntaps)
-        if not self.identity and self.cache_blocks:
-            # Boxes are sized by row_bytes against the scratch budget; a column block is budgeted at about
-            # BLOCK_BYTES instead, so that it is still in cache when the GEMM reads it (ResNet-50 at N=8 on the
-            # CPU box, one thread: 3x3/64 fprop 27 -> 19 ms, 7x7/2 first layer fprop 33 -> 20 ms with 4 MiB
-            # blocks instead of 32 MiB ones).
+        if not self.identity:
+            # Boxes are sized by row_bytes against the scratch budget; scaling it budgets a column block at about
+            # BLOCK_BYTES instead, so that it is still in cache when the GEMM reads it (module docstring).
             from . import _window
             self.row_bytes *= max(1, _window.SCRATCH_BYTES // self.BLOCK_BYTES)
-        self._buf = None
+        # Column buffers are per thread: boxes of one gather may be filled by several workers at once.
+        self._local = threading.local()
 
     def _fill(self, dst: np.ndarray, n_sl: slice, ranges, offs) -> None:
         """dst = src read by one tap at the outputs ranges[a] = (o0, o1), zero outside src.
@@ -142,6 +158,18 @@ class _Gather:
         np.copyto(inner, view)
         _zero_outside(dst, [rd, rh], 1)
 
+    def _region_values(self, box) -> int:
+        """Values of _fill_phased's padded region copy for a box: with a large dilation it spans the whole
+        receptive field (a huge dilated filter on a tiny input), and is then not used (the per-tap copies
+        fill the same columns, bounded by the block)."""
+        total = box[0].stop - box[0].start
+        for a, b in enumerate(box[1:]):
+            s = self.strides[a]
+            lo = min(o[a] for o in self.offsets)
+            hi = max(o[a] for o in self.offsets)
+            total *= -(-((b.stop - 1 - b.start) * s + hi - lo + 1) // s) * s
+        return total * self.Ci
+
     def _fill_phased(self, col_t: np.ndarray, box) -> None:
         """col_t (taps, Ci, nb, l0, l1, l2) = the transposed columns of a box, zero outside src.
 
@@ -185,18 +213,19 @@ class _Gather:
         if self.identity:
             return self.src[box].reshape(1, m, self.Ci)
         size = self.G * m * self.ntaps * self.Ci
-        if self._buf is None or self._buf.size < size:
-            self._buf = np.empty(size, self.acc)
+        buf = getattr(self._local, "buf", None)
+        if buf is None or buf.size < size:
+            buf = self._local.buf = np.empty(size, self.acc)
         ranges = [(b.start, b.stop) for b in box[1:]]
         if self.transposed:
-            col_t = self._buf[:size].reshape(self.G, self.ntaps, self.Ci, nb, l0, l1, l2)
-            if self.phased:
+            col_t = buf[:size].reshape(self.G, self.ntaps, self.Ci, nb, l0, l1, l2)
+            if self.phased and self._region_values(box) <= size:
                 self._fill_phased(col_t[0], box)
             else:
                 for j, offs in enumerate(self.offsets):
                     self._fill(col_t[:, j], box[0], ranges, offs)
             return col_t.reshape(self.G, self.ntaps * self.Ci, m).transpose(0, 2, 1)
-        col = self._buf[:size].reshape(self.G, nb, l0, l1, l2, self.ntaps, self.Ci)
+        col = buf[:size].reshape(self.G, nb, l0, l1, l2, self.ntaps, self.Ci)
         for j0, length in self.runs:
             if length > 1:
                 self._fill_run(col, box, j0, length)
@@ -223,20 +252,26 @@ def _split_channels(a: np.ndarray, groups: int) -> np.ndarray:
 
 
 def _gather_gemm(gather: _Gather, wmat: np.ndarray, out: np.ndarray) -> None:
-    """out[n, o] = cols(n, o) @ wmat per group, box by box. wmat: (G, ntaps*Ci, Ko); out: (N, O0, O1, O2, G*Ko)."""
+    """out[n, o] = cols(n, o) @ wmat per group, box by box. wmat: (G, ntaps*Ci, Ko); out: (N, O0, O1, O2, G*Ko).
+
+    Boxes are independent (each writes its own block of out), so they are spread over the worker pool.
+    """
     G, _, ko = wmat.shape
     acc = gather.acc
     direct = G == 1 and out.dtype == acc and out.flags.c_contiguous
     unit = gather.row_bytes + (0 if direct else G * ko * acc.itemsize)     # columns (+ a GEMM result)
-    for box in boxes(out.shape[:4], unit):
+
+    def one(box) -> None:
         cols = gather.cols(box)
         m = cols.shape[1]
         if direct:
             np.matmul(cols[0], wmat[0], out=out[box].reshape(m, ko))
-            continue
+            return
         res = np.matmul(cols, wmat)                                   # (G, M, Ko)
         dst = _split_channels(out[box], G)                            # (nb, l0, l1, l2, G, Ko)
         np.copyto(dst, np.moveaxis(res.reshape((G,) + dst.shape[:4] + (ko,)), 0, 4), casting="same_kind")
+
+    _parallel.map_chunks(one, list(boxes(out.shape[:4], unit)), _parallel.gemm_chunks())
 
 
 def _taps(p: ConvProblem):
@@ -285,29 +320,38 @@ def _dgrad_scatter(dy: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
     transposed = cg < _FEW_CHANNELS
     if transposed:
         wmat = np.ascontiguousarray(np.swapaxes(wmat, 1, 2))                # (G, taps*Cg, Kg)
-    buf = None
+    # Boxes of different batch items add into disjoint parts of dx; boxes of one item share cells at their
+    # edges, so each item's boxes (a group) run in order on one worker: every cell sums in the serial order.
+    groups: dict = {}
     for box in boxes(p.y_shape[:4], (ntaps * p.C + p.K) * dy.itemsize):     # dcol, a grouped dy copy
-        nb, l0, l1, l2 = box_shape(box)
-        m = nb * l0 * l1 * l2
-        if buf is None:
-            buf = np.empty(G * m * ntaps * cg, dy.dtype)
-        if transposed:
-            dcol_t = buf[:G * m * ntaps * cg].reshape(G, ntaps * cg, m)
-            # (taps*Cg x Kg) @ (Kg x M), the second operand a transposed view of dy: one BLAS call, no copy.
-            np.matmul(wmat, dy[box].reshape(m, G, kg).transpose(1, 2, 0), out=dcol_t)
-            dcol_t = dcol_t.reshape(G, ntaps, cg, nb, l0, l1, l2)
-            for j, offs in enumerate(offsets):
-                _add_tap(dx, dcol_t, p, box, j, offs, (0, l2), transposed=True)
-            continue
-        dcol = buf[:G * m * ntaps * cg].reshape(G, m, ntaps * cg)
-        dyb = dy[box].reshape(m, G, kg).transpose(1, 0, 2)
-        np.matmul(dyb if G == 1 else np.ascontiguousarray(dyb), wmat, out=dcol)
-        dcol = dcol.reshape(G, nb, l0, l1, l2, ntaps, cg)
-        for j0, length in runs:
-            if length == 1:
-                _add_tap(dx, dcol, p, box, j0, offsets[j0], (0, l2))
-            else:
-                _add_run(dx, dcol, p, box, j0, length, offsets)
+        groups.setdefault((box[0].start, box[0].stop), []).append(box)
+
+    def group(box_list) -> None:
+        buf = None
+        for box in box_list:
+            nb, l0, l1, l2 = box_shape(box)
+            m = nb * l0 * l1 * l2
+            if buf is None:
+                buf = np.empty(G * m * ntaps * cg, dy.dtype)
+            if transposed:
+                dcol_t = buf[:G * m * ntaps * cg].reshape(G, ntaps * cg, m)
+                # (taps*Cg x Kg) @ (Kg x M), the second operand a transposed view of dy: one BLAS call, no copy.
+                np.matmul(wmat, dy[box].reshape(m, G, kg).transpose(1, 2, 0), out=dcol_t)
+                dcol_t = dcol_t.reshape(G, ntaps, cg, nb, l0, l1, l2)
+                for j, offs in enumerate(offsets):
+                    _add_tap(dx, dcol_t, p, box, j, offs, (0, l2), transposed=True)
+                continue
+            dcol = buf[:G * m * ntaps * cg].reshape(G, m, ntaps * cg)
+            dyb = dy[box].reshape(m, G, kg).transpose(1, 0, 2)
+            np.matmul(dyb if G == 1 else np.ascontiguousarray(dyb), wmat, out=dcol)
+            dcol = dcol.reshape(G, nb, l0, l1, l2, ntaps, cg)
+            for j0, length in runs:
+                if length == 1:
+                    _add_tap(dx, dcol, p, box, j0, offsets[j0], (0, l2))
+                else:
+                    _add_run(dx, dcol, p, box, j0, length, offsets)
+
+    _parallel.map_chunks(group, list(groups.values()), _parallel.gemm_chunks())
     return dx
 
 
@@ -422,14 +466,17 @@ def conv_wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem) -> np.ndarray:
     G, cg, kg = p.groups, p.group_c, p.group_k
     taps = _taps(p)
     dw = np.zeros((G, len(taps) * cg, kg), acc)
-    first = True
     if x.size and dy.size and dw.size:
         offsets = [tuple(k * d - b for k, d, b in zip(tap, p.dilation, p.pad_before)) for tap in taps]
         gather = _Gather(x, (p.Z, p.P, p.Q), p.stride, offsets, G, acc)
         convert = G > 1 or dy.dtype != acc
         unit = gather.row_bytes + (p.K * acc.itemsize if convert else 0)
-        part = None
-        for box in boxes(dy.shape[:4], unit):
+        # Per box a partial product cols^T @ dy_box, computed on any worker; the partials are added to dw in box
+        # order on this thread (the first one is dw), so the sum is the serial one whatever the thread count.
+        free: list = []
+        state = {"first": True}
+
+        def partial(box) -> np.ndarray:
             cols = gather.cols(box)                                       # (G, M, taps*Cg)
             m = cols.shape[1]
             dyb = dy[box].reshape(m, G, kg)
@@ -437,15 +484,27 @@ def conv_wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem) -> np.ndarray:
                 dyb = np.ascontiguousarray(dyb.transpose(1, 0, 2), dtype=acc)     # (G, M, Kg)
             else:
                 dyb = dyb.transpose(1, 0, 2)
-            # The first box writes dw directly; later ones are added (a fixed order: deterministic).
-            if first:
-                np.matmul(cols.transpose(0, 2, 1), dyb, out=dw)
-                first = False
-                continue
-            if part is None:
+            try:
+                part = free.pop()
+            except IndexError:
                 part = np.empty_like(dw)
             np.matmul(cols.transpose(0, 2, 1), dyb, out=part)
-            dw += part
+            return part
+
+        def add(part: np.ndarray) -> None:
+            if state["first"]:
+                np.copyto(dw, part)
+                state["first"] = False
+            else:
+                np.add(dw, part, out=dw)
+            free.append(part)
+
+        box_list = list(boxes(dy.shape[:4], unit))
+        if _parallel.gemm_chunks():
+            _parallel.map_ordered(partial, box_list, add)
+        else:
+            for box in box_list:
+                add(partial(box))
     # (G, taps*Cg, Kg) -> (T, R, S, Cg, G*Kg)
     out = dw.reshape(G, len(taps), cg, kg).transpose(1, 2, 0, 3).reshape(p.w_shape)
     return np.ascontiguousarray(out, dtype=x.dtype)

@@ -18,6 +18,7 @@ float32 values: 4.2 ms against 13.7 ms, measured on the CPU box).
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import threading
@@ -26,12 +27,20 @@ import numpy as np
 
 from ..dtypes import accumulator_dtype
 from ..geometry import PoolProblem
-from . import _window
+from . import _parallel, _window
 from ._window import box_shape, boxes, tap_range
 
 # Values per argmax_scatter chunk: small enough that integer sums in float64 stay exact (< 2^52 for
 # |v| < 2^31) and the float64 chunk accumulator stays within the scratch budget.
 _SCATTER_CHUNK = 2**20
+
+# Index chunks of at least this many values are split into one piece per worker (argmax_scatter / _gather;
+# smaller ones: waking a worker costs more than it saves).
+_PIECE_MIN = 2**18
+
+# Pooling sweeps with fewer output values than this run on the calling thread: waking a worker costs more than
+# it saves (2x2 argmax pooling of 4x11x15x512 floats on the CPU box: 0.47 ms serial, 0.78 ms on 2 workers).
+_PARALLEL_MIN = 2**18
 
 
 def _pool_boxes(p: PoolProblem, unit: int):
@@ -39,8 +48,38 @@ def _pool_boxes(p: PoolProblem, unit: int):
     return boxes(p.y_shape[:4], unit, min(_window.SCRATCH_BYTES, _window.POOL_BOX_BYTES))
 
 
-def _taps(p: PoolProblem):
-    return list(itertools.product(range(p.T), range(p.R), range(p.S)))
+@functools.lru_cache(maxsize=256)
+def _axis_taps(n: int, k: int, s: int, pb: int, o: int) -> list:
+    """Window taps t in [0, k) along one axis that some output o' in [0, o) reads in bounds: o'*s + t - pb in
+    [0, n). A union of o intervals of length n, so at most min(k, o*n, (o-1)*s + n) taps: a huge window on a
+    small input costs the input and output extents, not the window's."""
+    out: list = []
+    last = -1
+    for q in range(o):
+        lo, hi = max(0, pb - q * s), min(k, pb - q * s + n)   # decreasing in q: walk o from the top
+        if hi <= lo:
+            continue
+        out.append((lo, hi))
+    taps: list = []
+    for lo, hi in sorted(out):
+        lo = max(lo, last + 1)
+        if hi > lo:
+            taps.extend(range(lo, hi))
+            last = hi - 1
+    return tuple(taps)
+
+
+@functools.lru_cache(maxsize=64)
+def _taps(p: PoolProblem) -> tuple:
+    """The window taps (t, r, s) that touch x for some output, in row-major order (the scan order). The others
+    read only padding and are skipped by every sweep anyway; leaving them out keeps a huge window cheap. Tap
+    numbers j (positions in this list) are what the sweeps record; toff maps them to flat offsets."""
+    return tuple(itertools.product(*_tap_axes(p)))
+
+
+def _tap_axes(p: PoolProblem) -> list:
+    return [_axis_taps(n, k, s, pb, o) for n, k, s, pb, o in
+            zip((p.D, p.H, p.W), p.window, p.stride, p.pad_before, (p.Z, p.P, p.Q))]
 
 
 def _tap_slices(p: PoolProblem, box, tap):
@@ -69,7 +108,7 @@ def _bits(dtype: np.dtype) -> np.dtype:
 
 def _tap_dtype(p: PoolProblem, dtype: np.dtype) -> np.dtype:
     """Tap numbers are kept in x's width where they fit, so one mask serves values and tap numbers."""
-    need = np.min_scalar_type(p.T * p.R * p.S - 1)
+    need = np.min_scalar_type(max(0, math.prod(len(a) for a in _tap_axes(p)) - 1))
     return _bits(dtype) if need.itemsize <= np.dtype(dtype).itemsize else need
 
 
@@ -95,19 +134,20 @@ def _select_bits(dst: np.ndarray, src, mask: np.ndarray, tmp: np.ndarray) -> Non
 
 
 class _Scratch:
-    """Box-shaped scratch arrays of a pooling sweep, allocated once for the largest box."""
+    """Box-shaped scratch arrays of a pooling sweep, allocated once per thread for the largest box it sees
+    (boxes of one sweep may run on several workers: _parallel)."""
 
     def __init__(self, dtypes: dict):
         self.dtypes = {k: np.dtype(v) for k, v in dtypes.items()}
-        self.size = 0
-        self.flat = {}
+        self._local = threading.local()
 
     def get(self, shape) -> dict:
         n = int(np.prod(shape))
-        if n > self.size:
-            self.size = n
-            self.flat = {k: np.empty(n, dt) for k, dt in self.dtypes.items()}
-        return {k: a[:n].reshape(shape) for k, a in self.flat.items()}
+        loc = self._local
+        if n > getattr(loc, "size", 0):
+            loc.size = n
+            loc.flat = {k: np.empty(n, dt) for k, dt in self.dtypes.items()}
+        return {k: a[:n].reshape(shape) for k, a in loc.flat.items()}
 
     def unit(self, channels: int) -> int:
         return channels * sum(dt.itemsize for dt in self.dtypes.values())
@@ -136,11 +176,15 @@ def _select(x: np.ndarray, p: PoolProblem, box, y: np.ndarray, sc: dict, want_ta
             td = fd - (np.arange(box[1].start, box[1].stop) * p.stride[0] - p.pad_before[0])
             th = fh - (np.arange(box[2].start, box[2].stop) * p.stride[1] - p.pad_before[1])
             tw = fw - (np.arange(box[3].start, box[3].stop) * p.stride[2] - p.pad_before[2])
-            seed = (td[:, None, None] * p.R + th[None, :, None]) * p.S + tw[None, None, :]
+            # As positions in _taps(p) (per axis: the position of the tap among the axis's live taps).
+            ad, ah, aw = [np.asarray(a) for a in _tap_axes(p)]
+            td, th, tw = np.searchsorted(ad, td), np.searchsorted(ah, th), np.searchsorted(aw, tw)
+            seed = (td[:, None, None] * len(ah) + th[None, :, None]) * len(aw) + tw[None, None, :]
             tap_id[...] = seed[None, :, :, :, None]
         first = 0
     else:
         # Without padding before, tap (0, 0, 0) is in bounds for every output and seeds it.
+        # (the one exception: no live taps at all cannot happen, the first tap is in bounds for every output)
         _, sel = _tap_slices(p, box, (0, 0, 0))
         y[...] = x[sel]
         if want_tap:
@@ -175,8 +219,8 @@ def max_pool(x: np.ndarray, p: PoolProblem) -> np.ndarray:
         _max_pool_tiled(x, p, y, None, False)
         return y
     scratch = _select_scratch(x.dtype)
-    for box in _pool_boxes(p, scratch.unit(p.C) + p.C * x.itemsize):
-        _select(x, p, box, y[box], scratch.get(box_shape(box) + (p.C,)), False)
+    _parallel.map_chunks(lambda box: _select(x, p, box, y[box], scratch.get(box_shape(box) + (p.C,)), False),
+                         list(_pool_boxes(p, scratch.unit(p.C) + p.C * x.itemsize)), y.size >= _PARALLEL_MIN)
     return y
 
 
@@ -300,15 +344,26 @@ class _FastScratch:
 
 def _fast_shape(p: PoolProblem, inner: list) -> tuple[int, int, int]:
     """(items, rows, columns) of output positions per fast box, about _FAST_BOX_VALUES values: several batch
-    items where a whole interior plane fits, else whole interior rows where a row fits."""
-    (p0, p1), (q0, q1) = inner[1:]
-    cols = max(1, min(q1 - q0, _FAST_BOX_VALUES // p.C))
-    rows = max(1, min(p1 - p0, _FAST_BOX_VALUES // (cols * p.C)))
+    items where a whole interior plane fits, else whole interior rows where a row fits. Rows are spread evenly
+    over the boxes of a plane, and with several workers boxes hold at most a worker's share of the interior, so
+    that every worker gets boxes (box shapes change no result: each window is computed on its own)."""
+    (z0, z1), (p0, p1), (q0, q1) = inner
+    limit = _FAST_BOX_VALUES
+    nw = _parallel.workers()
+    if nw > 1:
+        # About two boxes per worker: a worker that starts late (a busy machine) leaves its share to the others.
+        limit = max(p.C, min(limit, -(-p.N * max(0, z1 - z0) * (p1 - p0) * (q1 - q0) * p.C // (2 * nw))))
+    cols = max(1, min(q1 - q0, limit // p.C))
+    rows = max(1, min(p1 - p0, limit // (cols * p.C)))
+    if p1 > p0:
+        rows = -(-(p1 - p0) // -(-(p1 - p0) // rows))          # the same number of boxes, rows spread evenly
     items = 1
     if rows == p1 - p0 and cols == q1 - q0:
         # Whole planes: up to twice the values per box (2x2 argmax pooling of 4x22x30x512 floats in one box
         # of 4 items: 0.54 ms instead of 0.63 ms in two boxes; splitting rows gains nothing from larger boxes).
-        items = max(1, min(p.N, 2 * _FAST_BOX_VALUES // (rows * cols * p.C)))
+        wide = 2 * _FAST_BOX_VALUES if nw == 1 else limit
+        items = max(1, min(p.N, wide // (rows * cols * p.C)))
+        items = -(-p.N // -(-p.N // items))                   # items spread evenly too
     return items, rows, cols
 
 
@@ -446,11 +501,14 @@ def _fix_zeros(x: np.ndarray, m: np.ndarray, flat: np.ndarray, shift) -> None:
 
 
 def _max_pool_tiled(x: np.ndarray, p: PoolProblem, y: np.ndarray, argmax, include_batch: bool) -> None:
-    """y (and argmax, unless None) by the tiled fast path inside, the generic sweep on the border."""
+    """y (and argmax, unless None) by the tiled fast path inside, the generic sweep on the border.
+
+    Fast boxes and border boxes are independent chunks (each writes its own outputs) for the worker pool; each
+    worker carves its fast-box scratch from its own per-thread buffer."""
     inner = _interior(p)
     per_batch = p.D * p.H * p.W * p.C
     items, rows, cols = _fast_shape(p, inner)
-    sc = _FastScratch(p, x.dtype, items * rows * cols * p.C)
+    values = items * rows * cols * p.C
     exact = _select_scratch(x.dtype, _tap_dtype(p, x.dtype))
     idx_dt = argmax.dtype if argmax is not None else np.dtype(np.int64)
     toff = np.array([((t * p.H + r) * p.W + s) * p.C for t, r, s in _taps(p)], idx_dt)
@@ -466,7 +524,10 @@ def _max_pool_tiled(x: np.ndarray, p: PoolProblem, y: np.ndarray, argmax, includ
         else:
             _select(x, p, box, y[box], exact.get(box_shape(box) + (p.C,)), False)
 
-    for ns, z, (a, b), q in _fast_boxes(p, inner):
+    def fast(fbox) -> None:
+        ns, z, (a, b), q = fbox
+        # The per-thread buffer is carved afresh per box (cheap): another call on this thread may have used it.
+        sc = _FastScratch(p, x.dtype, values)
         m = y[ns[0]:ns[1], z, a:b, q[0]:q[1]]
         d = z * p.stride[0] - p.pad_before[0]
         shift = ((d * p.H + (a - p0) * p.R) * p.W + (q[0] - q0) * p.S) * p.C
@@ -475,9 +536,9 @@ def _max_pool_tiled(x: np.ndarray, p: PoolProblem, y: np.ndarray, argmax, includ
         if status == "nan":
             for n in range(*ns):
                 redo((slice(n, n + 1), slice(z, z + 1), slice(a, b), slice(q[0], q[1])))
-            continue
+            return
         if rel is None:
-            continue
+            return
         items = (np.arange(*ns, dtype=np.int64) * per_batch)[:, None, None, None]
         if argmax is not None:
             out = argmax[ns[0]:ns[1], z, a:b, q[0]:q[1]]
@@ -486,8 +547,10 @@ def _max_pool_tiled(x: np.ndarray, p: PoolProblem, y: np.ndarray, argmax, includ
                 out += items.astype(out.dtype)
         if status == "zero":
             _fix_zeros(x, m, rel, items)
-    for box in _border_boxes(p, inner, exact.unit(p.C) + p.C * x.itemsize):
-        redo(box)
+
+    chunks = [(fast, b) for b in _fast_boxes(p, inner)]
+    chunks += [(redo, b) for b in _border_boxes(p, inner, exact.unit(p.C) + p.C * x.itemsize)]
+    _parallel.map_chunks(lambda c: c[0](c[1]), chunks, y.size >= _PARALLEL_MIN)
 
 
 def max_pool_argmax(x: np.ndarray, p: PoolProblem, index_dtype, include_batch: bool):
@@ -503,8 +566,9 @@ def max_pool_argmax(x: np.ndarray, p: PoolProblem, index_dtype, include_batch: b
     scratch = _select_scratch(x.dtype, _tap_dtype(p, x.dtype))
     # Flat offset of each tap relative to the window origin.
     toff = np.array([((t * p.H + r) * p.W + s) * p.C for t, r, s in _taps(p)], index_dtype)
-    for box in _pool_boxes(p, scratch.unit(p.C) + p.C * x.itemsize):
-        _argmax_box(x, p, box, y, argmax, scratch.get(box_shape(box) + (p.C,)), toff, include_batch)
+    _parallel.map_chunks(
+        lambda box: _argmax_box(x, p, box, y, argmax, scratch.get(box_shape(box) + (p.C,)), toff, include_batch),
+        list(_pool_boxes(p, scratch.unit(p.C) + p.C * x.itemsize)), y.size >= _PARALLEL_MIN)
     return y, argmax
 
 
@@ -562,7 +626,8 @@ def max_pool_grad(x: np.ndarray, dy: np.ndarray, p: PoolProblem) -> np.ndarray:
         return dx
     scratch = _select_scratch(x.dtype, _tap_dtype(p, x.dtype))
     box_list, accumulate = _scatter_boxes(p, x.dtype, scratch.unit(p.C) + p.C * x.itemsize)
-    for box in box_list:
+
+    def one(box) -> None:
         shape = box_shape(box) + (p.C,)
         sc = scratch.get(shape)
         y = np.empty(shape, x.dtype)
@@ -571,7 +636,20 @@ def max_pool_grad(x: np.ndarray, dy: np.ndarray, p: PoolProblem) -> np.ndarray:
         _scatter_taps(p, box, dx, acc, dy[box], sc)
         if accumulate:
             dx[box[0]] = acc
+
+    _scatter_map(p, accumulate, one, box_list)
     return dx
+
+
+def _scatter_map(p: PoolProblem, accumulate: bool, fn, box_list) -> None:
+    """Run a scatter's boxes: on the worker pool where boxes write disjoint dx cells (no overlapping windows:
+    each cell belongs to one window; or accumulator boxes of whole batch items), else in order on this thread
+    (overlapping windows add into shared cells, in box order)."""
+    if accumulate or not _overlapping(p):
+        _parallel.map_chunks(fn, box_list)
+    else:
+        for box in box_list:
+            fn(box)
 
 
 def _counts(n: int, k: int, s: int, pb: int, o0: int, o1: int) -> np.ndarray:
@@ -595,12 +673,14 @@ def avg_pool(x: np.ndarray, p: PoolProblem) -> np.ndarray:
         return y
     acc_dt = accumulator_dtype(x.dtype)
     convert = acc_dt != x.dtype
-    for box in _pool_boxes(p, p.C * acc_dt.itemsize):     # cache-sized even without scratch
+    taps = _taps(p)
+
+    def one(box) -> None:
         shape = box_shape(box) + (p.C,)
         acc = np.zeros(shape, acc_dt) if convert else y[box]
         if not convert:
             acc[...] = 0
-        for tap in _taps(p):
+        for tap in taps:
             found = _tap_slices(p, box, tap)
             if found is not None:
                 inner, sel = found
@@ -608,6 +688,8 @@ def avg_pool(x: np.ndarray, p: PoolProblem) -> np.ndarray:
         acc /= _window_counts(p, box, acc_dt)
         if convert:
             y[box] = acc
+
+    _parallel.map_chunks(one, list(_pool_boxes(p, p.C * acc_dt.itemsize)))   # cache-sized even without scratch
     return y
 
 
@@ -618,7 +700,8 @@ def _spread(g: np.ndarray, p: PoolProblem, divide: bool) -> np.ndarray:
         return dx
     acc_dt = accumulator_dtype(g.dtype)
     box_list, accumulate = _scatter_boxes(p, g.dtype, p.C * acc_dt.itemsize)
-    for box in box_list:
+
+    def one(box) -> None:
         gb = g[box]
         if divide:
             gb = np.divide(gb, _window_counts(p, box, acc_dt), dtype=acc_dt)
@@ -626,6 +709,8 @@ def _spread(g: np.ndarray, p: PoolProblem, divide: bool) -> np.ndarray:
         _scatter_taps(p, box, dx, acc, gb, None)
         if accumulate:
             dx[box[0]] = acc
+
+    _scatter_map(p, accumulate, one, box_list)
     return dx
 
 
@@ -734,15 +819,25 @@ def argmax_scatter(values: np.ndarray, argmax: np.ndarray, out_shape, include_ba
         lo = int(idx.min()) if not slab else 0
         span = slab or int(idx.max()) - lo + 1
         unique = False
+        pieces = _parallel.split(idx.size, _parallel.workers() if idx.size >= _PIECE_MIN else 1)
         if span <= _window.SCRATCH_BYTES:
             seen = np.zeros(span, bool)
-            seen[idx - lo if lo else idx] = True
+
+            def mark(r):                 # runs now (map_chunks returns when done): no early binding
+                # Threads may store True into one byte at once: the same value, whoever wins.
+                seen[idx[r[0]:r[1]] - lo if lo else idx[r[0]:r[1]]] = True
+
+            _parallel.map_chunks(mark, pieces)
             unique = int(np.count_nonzero(seen)) == idx.size
         if unique:
-            if slab:
-                target[idx] = v              # no other chunk writes this slab: assign
-            else:
-                target[idx] += v
+            # Distinct cells: the pieces write disjoint cells, in any order.
+            def put(r):
+                if slab:
+                    target[idx[r[0]:r[1]]] = v[r[0]:r[1]]       # no other chunk writes this slab: assign
+                else:
+                    target[idx[r[0]:r[1]]] += v[r[0]:r[1]]
+
+            _parallel.map_chunks(put, pieces)
             continue
         for c0 in range(0, idx.size, _SCATTER_CHUNK):
             uniq, sums = _sum_duplicates(idx[c0:c0 + _SCATTER_CHUNK], v[c0:c0 + _SCATTER_CHUNK], values.dtype)
@@ -760,5 +855,10 @@ def argmax_gather(grad: np.ndarray, argmax: np.ndarray, include_batch: bool) -> 
     per_batch = grad.size // grad.shape[0]
     for vs, base, idx, _ in _index_chunks(argmax, per_batch, include_batch,
                                           _whole_items(argmax, per_batch, include_batch)):
-        np.take(flat_g[base:], idx, out=flat_out[vs], mode="clip")   # in range (checked by the API layer)
+        dst = flat_out[vs]
+
+        def take(r):
+            np.take(flat_g[base:], idx[r[0]:r[1]], out=dst[r[0]:r[1]], mode="clip")   # in range (checked by the API layer)
+
+        _parallel.map_chunks(take, _parallel.split(idx.size, _parallel.workers() if idx.size >= _PIECE_MIN else 1))
     return out

@@ -1,0 +1,247 @@
+"""The NumPy backend's worker pool: independent output chunks spread over threads.
+
+NumPy releases the GIL in ufuncs, copies, fancy indexing and matmul, so threads run the per-chunk work of an op
+(a pooling box, a column block and its GEMM, a slice of a scatter) on several cores at once.
+
+Rules every caller keeps (results are bit-identical whatever the thread count):
+  - each chunk writes its own part of the output (no two chunks touch one output element), and computes it
+    exactly as the serial loop would: the same boxes, the same operations in the same order;
+  - reductions that span chunks (conv wgrad's sum over boxes) are not split: chunks return partial results and
+    the caller combines them in chunk order (`map_ordered`);
+  - scratch is per thread (per-thread buffers or per-chunk arrays, never a shared mutable buffer), so the memory
+    bound of the serial path holds per worker: total scratch = workers x the per-worker budget
+    (_window.SCRATCH_BYTES for column blocks, _window.POOL_BOX_BYTES for pooling boxes).
+
+The pool is process-wide, created lazily with `num_threads()` workers: GPUCONV_NUM_THREADS if set, else
+os.cpu_count(). 1 is the serial path (no pool at all). The calling thread works too: it takes chunks from the
+same queue as the pool's threads, so a call finishes even when the pool is busy with other callers' work, and
+users may call gpuconv from several threads at once. A chunk never submits work itself: code already running
+inside a chunk (a pool thread, or a caller while it runs chunks) gets the serial path, so nothing waits on a
+pool that may be waiting on it.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Sequence
+
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_size: int | None = None
+_local = threading.local()
+
+
+def _configured() -> int:
+    env = os.environ.get("GPUCONV_NUM_THREADS", "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            pass
+    return max(1, os.cpu_count() or 1)
+
+
+def num_threads() -> int:
+    """Workers of the pool (GPUCONV_NUM_THREADS, else os.cpu_count(); read once, at first use)."""
+    global _size
+    if _size is None:
+        with _lock:
+            if _size is None:
+                _size = _configured()
+    return _size
+
+
+def set_num_threads(n: int | None) -> None:
+    """Set the worker count (None: back to GPUCONV_NUM_THREADS / os.cpu_count()). Calls already running keep
+    the pool they started with; the old pool's threads exit once idle."""
+    global _size, _pool
+    with _lock:
+        old, _pool = _pool, None
+        _size = None if n is None else max(1, int(n))
+    if old is not None:
+        old.shutdown(wait=False)
+
+
+def _mark_worker() -> None:
+    _local.inside = True
+
+
+def workers() -> int:
+    """Threads a call may use now: 1 inside a chunk (no nested parallelism), else num_threads()."""
+    return 1 if getattr(_local, "inside", False) else num_threads()
+
+
+def _get_pool(n: int) -> ThreadPoolExecutor:
+    global _pool
+    with _lock:
+        if _pool is None:
+            # n - 1 pool threads: the caller is the n-th worker.
+            _pool = ThreadPoolExecutor(max_workers=max(1, n - 1), thread_name_prefix="gpuconv-numpy",
+                                       initializer=_mark_worker)
+        return _pool
+
+
+def map_chunks(fn: Callable, items: Iterable, parallel: bool = True) -> None:
+    """fn(item) for every item; independent items, spread over the workers (serial when 1 worker or 1 item, or
+    when not `parallel`: the caller's judgement that the work is too small to pay for waking a thread)."""
+    if not parallel:
+        for it in items:
+            fn(it)
+        return
+    map_ordered(fn, items, None)
+
+
+_blas_get = None
+
+
+def blas_threads() -> int:
+    """Threads numpy's BLAS uses now (threadpoolctl if installed, else OpenBLAS's own getter from numpy's
+    bundled library); 0 when unknown."""
+    global _blas_get
+    if _blas_get is None:
+        _blas_get = _find_blas_getter()
+    try:
+        return int(_blas_get())
+    except Exception:
+        return 0
+
+
+def _find_blas_getter() -> Callable:
+    try:
+        import threadpoolctl
+
+        def via_threadpoolctl() -> int:
+            info = [i for i in threadpoolctl.threadpool_info() if i.get("user_api") == "blas"]
+            return max((i.get("num_threads", 0) for i in info), default=0)
+        return via_threadpoolctl
+    except ImportError:
+        pass
+    try:
+        import ctypes
+        import glob
+
+        import numpy as np
+        libdir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(np.__file__))), "numpy.libs")
+        for path in glob.glob(os.path.join(libdir, "*openblas*")):
+            lib = ctypes.CDLL(path)
+            for name in ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
+                         "openblas_get_num_threads64_", "openblas_get_num_threads"):
+                if hasattr(lib, name):
+                    fn = getattr(lib, name)
+                    fn.restype = ctypes.c_int
+                    return fn
+    except Exception:
+        pass
+    return lambda: 0
+
+
+def gemm_chunks() -> bool:
+    """Whether chunks that each run a GEMM should go to the worker pool: only when BLAS is single-threaded.
+
+    Measured on the CPU box (2 cores, quiet; 3x3 convs of ResNet-50 at N=8, float32): worker chunks with a
+    1-thread BLAS 12.1 ms (8x56x56x64 fprop), serial chunks with a 2-thread BLAS 12.8 ms, both at once 14.3 ms
+    (each chunk's GEMM also wakes BLAS's threads: 4 busy threads on 2 cores). So either BLAS threads or chunk
+    threads, never both; with BLAS threads the GEMM-heavy convs keep today's serial chunks."""
+    return workers() > 1 and blas_threads() == 1
+
+
+def map_ordered(fn: Callable, items: Iterable, combine: Callable | None) -> None:
+    """fn(item) for every item on the workers; combine(result) is called in item order, on the calling thread
+    (e.g. a fixed-order sum of per-chunk partial results). Exceptions propagate (the first in item order)."""
+    items: Sequence = items if isinstance(items, (list, tuple)) else list(items)
+    n = min(workers(), len(items))
+    if n <= 1:
+        for it in items:
+            r = fn(it)
+            if combine is not None:
+                combine(r)
+        return
+    pool = _get_pool(num_threads())
+    count = len(items)
+    results = [None] * count
+    errors = [None] * count
+    done = [threading.Event() for _ in range(count)] if combine is not None else None
+    counter = iter(range(count))
+    take = threading.Lock()
+    # With combine, a pool thread starts chunk i only once i < (chunks combined) + 2n, so at most about 2n
+    # partial results are alive at a time.
+    state = {"next": 0}
+    progress = threading.Condition()
+
+    def drain() -> None:
+        prev = getattr(_local, "inside", False)
+        _local.inside = True
+        try:
+            while True:
+                with take:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                if done is not None:
+                    with progress:
+                        progress.wait_for(lambda: i < state["next"] + 2 * n)
+                try:
+                    results[i] = fn(items[i])
+                except BaseException as e:        # reported on the calling thread
+                    errors[i] = e
+                if done is not None:
+                    done[i].set()
+        finally:
+            _local.inside = prev
+
+    futures = [pool.submit(drain) for _ in range(n - 1)]
+    try:
+        if combine is None:
+            drain()
+        else:
+            _combine_in_order(fn, items, combine, results, errors, done, counter, take, state, progress)
+    finally:
+        # Whatever happened (an error in combine included), no chunk is left to start and no pool thread waits.
+        with take:
+            for _ in counter:
+                pass
+        with progress:
+            state["next"] = count + 2 * n
+            progress.notify_all()
+        for f in futures:
+            if not f.cancel():
+                f.result()
+    for e in errors:
+        if e is not None:
+            raise e
+
+
+def _combine_in_order(fn, items, combine, results, errors, done, counter, take, state, progress) -> None:
+    """The calling thread's part of map_ordered: combine finished chunks in order, work on chunks meanwhile."""
+    nxt, count = 0, len(items)
+    while nxt < count:
+        if done[nxt].is_set():
+            if errors[nxt] is None:
+                combine(results[nxt])
+                results[nxt] = None               # free the partial result
+            nxt += 1
+            with progress:
+                state["next"] = nxt
+                progress.notify_all()
+            continue
+        with take:
+            i = next(counter, None)
+        if i is None:
+            done[nxt].wait()
+            continue
+        prev = getattr(_local, "inside", False)
+        _local.inside = True
+        try:
+            results[i] = fn(items[i])
+        except BaseException as e:
+            errors[i] = e
+        finally:
+            _local.inside = prev
+        done[i].set()
+
+
+def split(n: int, parts: int) -> list[tuple[int, int]]:
+    """[0, n) in at most `parts` contiguous ranges of near-equal length."""
+    parts = max(1, min(parts, n))
+    return [(n * k // parts, n * (k + 1) // parts) for k in range(parts) if n * (k + 1) // parts > n * k // parts]
