@@ -8,6 +8,13 @@ float16) within _window.SCRATCH_BYTES, except that a float16 gradient box is nev
 
 Windows that tile the rows (stride == window, e.g. 2x2/2) take a fast path (see "Tiled fast path" below).
 
+Only window taps that touch x for some output are visited (_taps): a huge window on a small input costs the input
+and output extents. Threads (_parallel): boxes that write disjoint outputs (every sweep's output boxes; scatters
+without overlapping windows or with whole-item accumulators; slices of argmax_scatter / argmax_gather index
+chunks) run on the worker pool, each with per-thread scratch (total scratch: workers x the per-box budget);
+scatters whose boxes add into shared cells run in box order. Sweeps under _PARALLEL_MIN output values stay on
+the calling thread.
+
 Max scan rule (TF's MaxPoolWithArgmax on CPU): row-major over the window, the first in-bounds cell seeds the
 maximum and a later cell replaces it only if strictly greater. Processing the taps in row-major order with a
 strict `>` and seeding from the first in-bounds cell gives exactly that: ties keep the first cell, a NaN wins
