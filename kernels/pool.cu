@@ -148,6 +148,30 @@ pool_max_argmax_fwd(const V* __restrict__ x, V* __restrict__ y, A* __restrict__ 
     }
 }
 
+// ---- shared by the gather gradients: the windows covering an input cell, and the lane epilogue ------------------
+namespace gpuconv {
+// Calls visit(z, p, q) for every window (z,p,q) that covers input cell c, in increasing (z,p,q) order.
+template <typename I, typename Visit>
+__device__ __forceinline__ void for_each_covering_window(const PoolGeom<I>& g, const Pos5<I>& c, Visit visit) {
+    I z0, z1, p0, p1, q0, q1;
+    covering_windows(c.a, g.T, g.sd, g.pd, g.Z, z0, z1);
+    covering_windows(c.b, g.R, g.sh, g.ph, g.P, p0, p1);
+    covering_windows(c.e, g.S, g.sw, g.pw, g.Q, q0, q1);
+    for (I z = z0; z < z1; ++z)
+        for (I p = p0; p < p1; ++p)
+            for (I q = q0; q < q1; ++q) visit(z, p, q);
+}
+
+// Rounds VEC accumulators to V once and stores them as one lane group.
+template <int VEC, typename V, typename Acc>
+__device__ __forceinline__ void store_accumulated(V* dst, const Acc (&acc)[VEC]) {
+    V out[VEC];
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) out[k] = from_accum<V>(acc[k]);
+    store_lanes<VEC>(dst, out);
+}
+}  // namespace gpuconv
+
 // dx[n,d,h,w,c] = sum, over the windows (z,p,q) covering (d,h,w) in increasing (z,p,q) order, of dy[n,z,p,q,c]
 //                 for those windows whose max_scan selects (d,h,w)   (selection recomputed from x).
 // One thread per VEC consecutive x elements; total = N*D*H*W*C. Gather form: no atomics, no memset, a fixed
@@ -168,39 +192,28 @@ pool_max_bwd(const V* __restrict__ x, const V* __restrict__ dy, V* __restrict__ 
         const I own_off = ((c.a * g.H + c.b) * g.W + c.e) * g.C;
         const V* xc = x + c.n * x_batch + c.c;
         const V* dyc = dy + c.n * y_batch + c.c;
-        I z0, z1, p0, p1, q0, q1;
-        covering_windows(c.a, g.T, g.sd, g.pd, g.Z, z0, z1);
-        covering_windows(c.b, g.R, g.sh, g.ph, g.P, p0, p1);
-        covering_windows(c.e, g.S, g.sw, g.pw, g.Q, q0, q1);
         // ---- main loop: re-run each covering window's scan; read dy only where some lane's scan selects this cell
         Acc acc[VEC];
 #pragma unroll
         for (int k = 0; k < VEC; ++k) acc[k] = Acc(0);
-        for (I z = z0; z < z1; ++z) {
-            for (I p = p0; p < p1; ++p) {
-                for (I q = q0; q < q1; ++q) {
-                    V best[VEC];
-                    I off[VEC];
-                    max_scan<VEC>(xc, g, window_cells(g, z, p, q), best, off);
-                    bool any = false;
+        for_each_covering_window(g, c, [&](I z, I p, I q) {
+            V best[VEC];
+            I off[VEC];
+            max_scan<VEC>(xc, g, window_cells(g, z, p, q), best, off);
+            bool any = false;
 #pragma unroll
-                    for (int k = 0; k < VEC; ++k) any = any || off[k] == own_off;
-                    if (any) {
-                        V v[VEC];
-                        load_lanes<VEC>(dyc + ((z * g.P + p) * g.Q + q) * g.C, v);
+            for (int k = 0; k < VEC; ++k) any = any || off[k] == own_off;
+            if (any) {
+                V v[VEC];
+                load_lanes<VEC>(dyc + ((z * g.P + p) * g.Q + q) * g.C, v);
 #pragma unroll
-                        for (int k = 0; k < VEC; ++k) {
-                            if (off[k] == own_off) acc[k] += to_accum(v[k]);
-                        }
-                    }
+                for (int k = 0; k < VEC; ++k) {
+                    if (off[k] == own_off) acc[k] += to_accum(v[k]);
                 }
             }
-        }
+        });
         // ---- epilogue
-        V out[VEC];
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) out[k] = from_accum<V>(acc[k]);
-        store_lanes<VEC>(dx + i, out);
+        store_accumulated<VEC>(dx + i, acc);
     }
 }
 
@@ -266,35 +279,24 @@ pool_avg_bwd(const V* __restrict__ dy, V* __restrict__ dx, I total, GPUCONV_POOL
         const I i = j * VEC;
         const Pos5<I> c = unflatten5(i, g.D, g.H, g.W, g.C);
         const V* dyc = dy + c.n * y_batch + c.c;
-        I z0, z1, p0, p1, q0, q1;
-        covering_windows(c.a, g.T, g.sd, g.pd, g.Z, z0, z1);
-        covering_windows(c.b, g.R, g.sh, g.ph, g.P, p0, p1);
-        covering_windows(c.e, g.S, g.sw, g.pw, g.Q, q0, q1);
         // ---- main loop
         Acc acc[VEC];
 #pragma unroll
         for (int k = 0; k < VEC; ++k) acc[k] = Acc(0);
-        for (I z = z0; z < z1; ++z) {
-            for (I p = p0; p < p1; ++p) {
-                for (I q = q0; q < q1; ++q) {
-                    V v[VEC];
-                    load_lanes<VEC>(dyc + ((z * g.P + p) * g.Q + q) * g.C, v);
-                    if (Divide) {
-                        const Acc count = static_cast<Acc>(cell_count(window_cells(g, z, p, q)));
+        for_each_covering_window(g, c, [&](I z, I p, I q) {
+            V v[VEC];
+            load_lanes<VEC>(dyc + ((z * g.P + p) * g.Q + q) * g.C, v);
+            if (Divide) {
+                const Acc count = static_cast<Acc>(cell_count(window_cells(g, z, p, q)));
 #pragma unroll
-                        for (int k = 0; k < VEC; ++k) acc[k] += to_accum(v[k]) / count;
-                    } else {
+                for (int k = 0; k < VEC; ++k) acc[k] += to_accum(v[k]) / count;
+            } else {
 #pragma unroll
-                        for (int k = 0; k < VEC; ++k) acc[k] += to_accum(v[k]);
-                    }
-                }
+                for (int k = 0; k < VEC; ++k) acc[k] += to_accum(v[k]);
             }
-        }
+        });
         // ---- epilogue
-        V out[VEC];
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) out[k] = from_accum<V>(acc[k]);
-        store_lanes<VEC>(dx + i, out);
+        store_accumulated<VEC>(dx + i, acc);
     }
 }
 
