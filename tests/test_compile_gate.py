@@ -227,3 +227,12 @@ def test_options_match_cupy_rawmodule():
     expected = (tuple(core.assemble_cupy_compiler_options(user)) + ("-ftz=true", "-arch=sm_90",
                                                                     "--device-as-default-execution-space"))
     assert cg.cupy_nvrtc_options(90) == expected
+
+
+def test_every_kernel_file_has_a_registered_family():
+    """Each kernels/*.cu is declared by a plan module, so the gate and the emulator cover all of them."""
+    from gpuconv import kernel_source
+
+    declared = {fam.file for fam in kernel_source.families()}
+    on_disk = {p.name for p in kernel_source.kernel_dir().glob("*.cu")}
+    assert declared == on_disk
