@@ -41,7 +41,7 @@ import numpy as np
 
 from ..dtypes import accumulator_dtype
 from ..geometry import ConvProblem
-from . import _parallel
+from . import _parallel, _winograd
 from ._window import box_shape, boxes, tap_range
 
 
@@ -289,6 +289,8 @@ def conv_fprop(x: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
     if x.size == 0:
         y[...] = 0
         return y
+    if _winograd.applies(p, x.dtype) and _winograd.fprop(x, w, p, y):
+        return y
     acc = accumulator_dtype(x.dtype)
     G, cg, kg = p.groups, p.group_c, p.group_k
     taps = _taps(p)
@@ -428,6 +430,8 @@ def conv_dgrad(dy: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
     if dy.size == 0:
         dx[...] = 0
         return dx
+    if _winograd.applies(p, dy.dtype) and _winograd.dgrad(dy, w, p, dx):
+        return dx
     acc = accumulator_dtype(dy.dtype)
     G, cg, kg = p.groups, p.group_c, p.group_k
     taps = _taps(p)
@@ -462,6 +466,10 @@ def conv_wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem) -> np.ndarray:
     from . import _nonfinite
     if not _nonfinite.operand_is_finite(dy):         # padding must not multiply inf/NaN (DESIGN.md section 2)
         return _nonfinite.conv_wgrad(x, dy, p)
+    if x.size and dy.size and _winograd.applies(p, x.dtype):
+        dw = _winograd.wgrad(x, dy, p)
+        if dw is not None:
+            return dw
     acc = accumulator_dtype(x.dtype)
     G, cg, kg = p.groups, p.group_c, p.group_k
     taps = _taps(p)

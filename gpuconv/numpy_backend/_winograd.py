@@ -1,0 +1,339 @@
+"""Winograd F(2x2, 3x3) for float32 3x3 stride-1 convolutions on the CPU: 2.25x fewer multiplications.
+
+A 2x2 block of outputs of a 3x3 convolution reads a 4x4 input tile d. With the transforms of Lavin & Gray
+("Fast Algorithms for Convolutional Neural Networks", 2016)
+
+    B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+    G   = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
+    A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
+
+the block is y = A^T [ sum_c (G g_ck G^T) * (B^T d_c B) ] A (elementwise product of 4x4 matrices): per tile
+the 16 components of V = B^T d B times the 16 components of U = G g G^T, which over all tiles and channels are
+16 GEMMs  M[j] = V[j] (tiles x C) @ U[j] (C x K)  of 4 multiplications per output instead of 9. Every
+transform is adds, subtracts and halvings (exact in binary), so float32 results stay within a few ulps of the
+dot product's magnitude, like direct summation in another order.
+
+    fprop  y = winograd(x, w)
+    dgrad  dx = winograd(dy, w flipped and transposed), the input padded by 2 - pad_before (a stride-1 dgrad
+           is the full correlation of dy with the flipped filter)
+    wgrad  the adjoint: dU[j] = V[j]^T @ E[j] with E = A dy A^T per 2x2 block of dy, then dw = G^T dU G
+           (the derivative of y = A^T[U * V]A with respect to g); partial sums over chunks added in order.
+
+Work goes in chunks of whole tile rows of some batch items, about CHUNK_BYTES of V and M, so that the
+transforms run on cached data (each is a handful of NumPy adds over the chunk) and the scratch stays within
+_window.SCRATCH_BYTES (per worker); a problem whose single tile row would not fit is convolved directly. Chunks are independent (wgrad: partials combined in chunk order), so they go to the worker pool like
+conv.py's boxes and the result does not depend on the thread count.
+
+Non-finite values: a tile mixes its 16 input cells, so an inf that direct summation keeps in one output can
+meet another inf in a neighbouring output of the tile (inf - inf = NaN). Each chunk's outputs (wgrad: the
+result) are checked; if any is not finite, the op returns None and conv.py computes it directly, which gives
+exactly the direct path's infs and NaNs. (A finite Winograd output cannot have a non-finite direct value: an
+inf or NaN never cancels to a finite number.)
+
+Used by conv.py when `applies` says so: float32, groups 1, a 3x3 (x depth 1) filter, stride 1, dilation 1, at
+least MIN_CHANNELS input and output channels (below that the direct GEMMs are too thin to lose), and outputs
+that tiles cover without much waste (MAX_WORK_RATIO). GPUCONV_WINOGRAD=0 (read per call) convolves directly.
+Measured on the CPU box (ResNet-50 3x3 layers, N=8, float32, one thread, OpenBLAS Haswell kernels; fprop /
+dgrad / wgrad in ms, direct -> Winograd): 56x56x64 20.6/19.8/20.7 -> 13.0/13.0/13.3, 28x28x128
+17.6/17.6/18.1 -> 9.9/10.2/10.6, 14x14x256 16.9/17.4/17.4 -> 9.9/10.5/10.1.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import threading
+
+import numpy as np
+
+from ..geometry import ConvProblem
+from . import _parallel
+
+# Channels (C and K) below which the direct path stays faster.
+MIN_CHANNELS = 32
+
+# Winograd is used only where its tiles' multiplications (16 per tile: a partial tile where P or Q is odd counts
+# whole) are at most this fraction of the direct ones (9 per output). Even sizes give 0.44; a 7x7 output (16
+# tiles for 49 outputs, 0.58) was slower than direct on the CPU box (ResNet-50 res5 3x3 at N=8, float32, one
+# thread: fprop 15.4 ms against 17.5, dgrad 27.3 against 24.2), 14x14 much faster (9.9 against 16.9 ms).
+MAX_WORK_RATIO = 0.52
+
+# Target scratch bytes of one chunk (_chunk_bytes), at most _window.SCRATCH_BYTES. Measured with V and M alone at
+# 2, 4, 8 and 16 MiB (about 3.5 / 7 / 14 / 28 MiB in all): 4 and 8 best, 16 about 15% slower.
+CHUNK_BYTES = 8 * 2**20
+
+_local = threading.local()
+
+
+def enabled() -> bool:
+    return os.environ.get("GPUCONV_WINOGRAD", "1").strip() != "0"
+
+
+def applies(p: ConvProblem, dtype: np.dtype) -> bool:
+    """Whether conv.py may use Winograd for this problem (fprop, dgrad and wgrad share the conditions)."""
+    return (enabled() and np.dtype(dtype) == np.float32 and p.groups == 1
+            and (p.T, p.R, p.S) == (1, 3, 3) and p.stride == (1, 1, 1) and p.dilation[1:] == (1, 1)
+            and p.pad_before[0] == 0 and p.Z == p.D
+            and min(p.C, p.K) >= MIN_CHANNELS and min(p.P, p.Q) >= 2
+            and 16 * -(-p.P // 2) * -(-p.Q // 2) <= MAX_WORK_RATIO * 9 * p.P * p.Q and fits(p))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Transforms. Arrays carry the tile components on their leading axes; everything else broadcasts.
+# ---------------------------------------------------------------------------------------------------------
+
+def filter_transform(w: np.ndarray) -> np.ndarray:
+    """U (16, C, K) = G g G^T per (c, k) of w (3, 3, C, K), float32."""
+    w = np.asarray(w, np.float32)
+
+    def g_rows(a):          # G applied along axis 0 of a (3, ...): the 4 rows of G a
+        h = np.multiply(np.add(a[0], a[2]), np.float32(0.5))
+        half1 = np.multiply(a[1], np.float32(0.5))
+        return [a[0], h + half1, h - half1, a[2]]
+
+    rows = g_rows(w)                                          # 4 x (3, C, K): G along r
+    return np.stack([col for r in rows for col in g_rows(r)])  # 16 x (C, K): G along s
+
+
+def _filter_adjoint(du: np.ndarray) -> np.ndarray:
+    """dw (3, 3, C, K) = G^T dU G from dU (4, 4, C, K)."""
+    def gt_rows(a):         # G^T applied along axis 0 of a (4, ...)
+        h = np.multiply(np.add(a[1], a[2]), np.float32(0.5))
+        return [a[0] + h, np.multiply(np.subtract(a[1], a[2]), np.float32(0.5)), h + a[3]]
+
+    return np.stack([np.stack(gt_rows(r)) for r in gt_rows(du)])
+
+
+def _scratch(name: str, size: int) -> np.ndarray:
+    """A per-thread float32 buffer of at least `size` values, kept between calls."""
+    buf = getattr(_local, name, None)
+    if buf is None or buf.size < size:
+        buf = np.empty(size, np.float32)
+        setattr(_local, name, buf)
+    return buf[:size]
+
+
+def _region(src: np.ndarray, n: tuple, rows: tuple, cols: tuple, name: str) -> np.ndarray:
+    """src[n0:n1, r0:r1, c0:c1] with zeros where the rows or columns lie outside src (a per-thread buffer)."""
+    (n0, n1), (r0, r1), (c0, c1) = n, rows, cols
+    H, W, C = src.shape[1:]
+    out = _scratch(name, (n1 - n0) * (r1 - r0) * (c1 - c0) * C).reshape(n1 - n0, r1 - r0, c1 - c0, C)
+    i0, i1 = max(r0, 0), min(r1, H)
+    j0, j1 = max(c0, 0), min(c1, W)
+    if i1 <= i0 or j1 <= j0:
+        out[...] = 0
+        return out
+    out[:, i0 - r0:i1 - r0, j0 - c0:j1 - c0] = src[n0:n1, i0:i1, j0:j1]
+    out[:, :i0 - r0] = 0
+    out[:, i1 - r0:] = 0
+    out[:, :, :j0 - c0] = 0
+    out[:, :, j1 - c0:] = 0
+    return out
+
+
+def _input_transform(d: np.ndarray, tq: int, V: np.ndarray) -> None:
+    """V (16, nb, rb, tq, C) = B^T d B of the tiles of the padded region d (nb, 2 rb + 2, 2 tq + 2, C)."""
+    nb, rows, _, C = d.shape
+    rb = (rows - 2) // 2
+    R = [d[:, k:k + 2 * rb:2] for k in range(4)]              # tile row k of every tile row: (nb, rb, Wp, C)
+    t = _scratch("rows", 4 * nb * rb * d.shape[2] * C).reshape((4,) + R[0].shape)
+    np.subtract(R[0], R[2], out=t[0])
+    np.add(R[1], R[2], out=t[1])
+    np.subtract(R[2], R[1], out=t[2])
+    np.subtract(R[1], R[3], out=t[3])
+    for a in range(4):
+        c = [t[a][:, :, k:k + 2 * tq:2] for k in range(4)]      # tile column k: (nb, rb, tq, C)
+        np.subtract(c[0], c[2], out=V[4 * a])
+        np.add(c[1], c[2], out=V[4 * a + 1])
+        np.subtract(c[2], c[1], out=V[4 * a + 2])
+        np.subtract(c[1], c[3], out=V[4 * a + 3])
+
+
+def _output_transform(M: np.ndarray, out: np.ndarray) -> None:
+    """out (nb, rows, cols, K) = A^T m A of the tiles M (16, nb, rb, tq, K); rows <= 2 rb, cols <= 2 tq (the
+    last tile row or column may stick out of the output and is then cut)."""
+    rows, cols = out.shape[1:3]
+    S = _scratch("sums", 8 * M[0].size).reshape((2, 4) + M.shape[1:])
+    for b in range(4):
+        np.add(M[b], M[4 + b], out=S[0, b])
+        S[0, b] += M[8 + b]
+        np.subtract(M[4 + b], M[8 + b], out=S[1, b])
+        S[1, b] -= M[12 + b]
+    for a in range(2):
+        ra = (rows - a + 1) // 2                               # output rows a, a + 2, ... of this chunk
+        for b in range(2):
+            cb = (cols - b + 1) // 2
+            dst = out[:, a::2, b::2]
+            s = [S[a, k][:, :ra, :cb] for k in range(4)]
+            if b == 0:
+                np.add(s[0], s[1], out=dst)
+                dst += s[2]
+            else:
+                np.subtract(s[1], s[2], out=dst)
+                dst -= s[3]
+
+
+def _quiet(fn):
+    """Run fn without floating-point warnings: an inf or overflow met here only sends the op to the direct path
+    (np.errstate is per thread, so each chunk function sets it where it runs)."""
+    @functools.wraps(fn)
+    def run(*args):
+        with np.errstate(all="ignore"):
+            return fn(*args)
+    return run
+
+
+def _finite(a: np.ndarray) -> bool:
+    """All values finite (NaN-propagating min and max: cheap reductions, no temporary)."""
+    return bool(np.isfinite(np.max(a)) and np.isfinite(np.min(a)))
+
+
+def _chunk_bytes(nb: int, rb: int, tq: int, C: int, K: int, wgrad: bool) -> int:
+    """Scratch bytes of a chunk of nb items x rb tile rows: input region, row-stage sums, V, M (or E), output
+    row sums (wgrad: the dy region instead)."""
+    t = nb * rb * tq
+    values = nb * (2 * rb + 2) * (2 * tq + 2) * C + 4 * nb * rb * (2 * tq + 2) * C + 16 * t * (C + K)
+    values += 4 * t * K * (2 if not wgrad else 1) + (2 * t * 2 * K if wgrad else 0)
+    return 4 * values
+
+
+def _budget() -> int:
+    from ._window import SCRATCH_BYTES
+    return min(CHUNK_BYTES, SCRATCH_BYTES)
+
+
+def fits(p: ConvProblem) -> bool:
+    """Whether one tile row of one item fits the scratch budget (else conv.py convolves directly)."""
+    tq = -(-p.Q // 2)
+    return _chunk_bytes(1, 1, tq, max(p.C, p.K), max(p.C, p.K), True) <= _budget()
+
+
+def _chunks(n: int, tp: int, tq: int, C: int, K: int, wgrad: bool) -> list:
+    """(items, tile rows) chunks within the budget: whole planes of several items where they fit, else tile
+    rows of one item, spread evenly."""
+    budget = _budget()
+    if _chunk_bytes(1, tp, tq, C, K, wgrad) <= budget:
+        items = 1
+        while items < n and _chunk_bytes(items + 1, tp, tq, C, K, wgrad) <= budget:
+            items += 1
+        items = -(-n // -(-n // items))                       # spread evenly
+        return [((i, min(i + items, n)), (0, tp)) for i in range(0, n, items)]
+    rb = 1
+    while rb < tp and _chunk_bytes(1, rb + 1, tq, C, K, wgrad) <= budget:
+        rb += 1
+    rb = -(-tp // -(-tp // rb))
+    return [((i, i + 1), (r, min(r + rb, tp))) for i in range(n) for r in range(0, tp, rb)]
+
+
+def correlate(x: np.ndarray, U: np.ndarray, pad: tuple, out: np.ndarray) -> bool:
+    """out (N, P, Q, K) = the 3x3 correlation of x (N, H, W, C) with the transformed filter U (16, C, K),
+    output (p, q) reading x[p - pad[0] + r, q - pad[1] + s] (zero outside x). False (out partly written) when
+    an output is not finite: the caller must then compute directly."""
+    N, P, Q, K = out.shape
+    C = x.shape[-1]
+    tp, tq = -(-P // 2), -(-Q // 2)
+    chunks = _chunks(N, tp, tq, C, K, False)
+    bad = []
+
+    @_quiet
+    def one(chunk) -> None:
+        if bad:
+            return
+        (n0, n1), (i0, i1) = chunk
+        nb, rb = n1 - n0, i1 - i0
+        d = _region(x, (n0, n1), (2 * i0 - pad[0], 2 * i1 - pad[0] + 2), (-pad[1], 2 * tq - pad[1] + 2), "region")
+        t = nb * rb * tq
+        V = _scratch("V", 16 * t * C).reshape(16, nb, rb, tq, C)
+        _input_transform(d, tq, V)
+        M = _scratch("M", 16 * t * K).reshape(16, t, K)
+        np.matmul(V.reshape(16, t, C), U, out=M)
+        dst = out[n0:n1, 2 * i0:min(2 * i1, P)]
+        _output_transform(M.reshape(16, nb, rb, tq, K), dst)
+        if not _finite(dst):
+            bad.append(chunk)
+
+    _parallel.map_chunks(one, chunks, _parallel.gemm_chunks())
+    return not bad
+
+
+@_quiet
+def fprop(x: np.ndarray, w: np.ndarray, p: ConvProblem, y: np.ndarray) -> bool:
+    """y = conv(x, w) for an `applies` problem (5-D channels-last arrays). False: compute directly instead."""
+    x4 = x.reshape((p.N * p.D,) + x.shape[2:])
+    y4 = y.reshape((p.N * p.Z,) + y.shape[2:])
+    return correlate(x4, filter_transform(w[0]), p.pad_before[1:], y4)
+
+
+@_quiet
+def dgrad(dy: np.ndarray, w: np.ndarray, p: ConvProblem, dx: np.ndarray) -> bool:
+    """dx = the stride-1 dgrad: dy correlated with w flipped in (r, s) and transposed in (c, k), padded by
+    2 - pad_before (dx[i] reads dy[i + pad_before - r] = dy[i - (2 - pad_before) + (2 - r)])."""
+    w_flip = np.ascontiguousarray(w[0, ::-1, ::-1].transpose(0, 1, 3, 2))
+    dy4 = dy.reshape((p.N * p.Z,) + dy.shape[2:])
+    dx4 = dx.reshape((p.N * p.D,) + dx.shape[2:])
+    pad = (2 - p.pad_before[1], 2 - p.pad_before[2])
+    return correlate(dy4, filter_transform(w_flip), pad, dx4)
+
+
+def _dy_transform(e: np.ndarray, E: np.ndarray) -> None:
+    """E (16, nb, rb, tq, K) = A' e A'^T of the 2x2 blocks of e (nb, 2 rb, 2 tq, K), with A' = A except for the
+    sign of its last row ([0, 1] instead of [0, -1]); wgrad restores the sign on dU (one flip per row and
+    column 3), so rows and columns 0 and 3 are plain copies."""
+    nb, rows, cols, K = e.shape
+    rb, tq = rows // 2, cols // 2
+    e0, e1 = e[:, 0::2], e[:, 1::2]                            # (nb, rb, 2 tq, K)
+    t = _scratch("rows", 2 * e0.size).reshape((2,) + e0.shape)
+    np.add(e0, e1, out=t[0])
+    np.subtract(e0, e1, out=t[1])
+    for a, r in enumerate((e0, t[0], t[1], e1)):
+        c0, c1 = r[:, :, 0::2], r[:, :, 1::2]
+        np.copyto(E[4 * a], c0)
+        np.add(c0, c1, out=E[4 * a + 1])
+        np.subtract(c0, c1, out=E[4 * a + 2])
+        np.copyto(E[4 * a + 3], c1)
+
+
+@_quiet
+def wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem):
+    """dw (1, 3, 3, C, K) of an `applies` problem, or None when not finite (compute directly instead)."""
+    x4 = x.reshape((p.N * p.D,) + x.shape[2:])
+    dy4 = dy.reshape((p.N * p.Z,) + dy.shape[2:])
+    N, P, Q, K = dy4.shape
+    C = x4.shape[-1]
+    pad = p.pad_before[1:]
+    tp, tq = -(-P // 2), -(-Q // 2)
+    du = np.zeros((16, C, K), np.float32)
+    free: list = []
+
+    @_quiet
+    def partial(chunk) -> np.ndarray:
+        (n0, n1), (i0, i1) = chunk
+        nb, rb = n1 - n0, i1 - i0
+        t = nb * rb * tq
+        d = _region(x4, (n0, n1), (2 * i0 - pad[0], 2 * i1 - pad[0] + 2), (-pad[1], 2 * tq - pad[1] + 2), "region")
+        V = _scratch("V", 16 * t * C).reshape(16, nb, rb, tq, C)
+        _input_transform(d, tq, V)
+        e = _region(dy4, (n0, n1), (2 * i0, 2 * i1), (0, 2 * tq), "dy")
+        E = _scratch("M", 16 * t * K).reshape(16, nb, rb, tq, K)
+        _dy_transform(e, E)
+        try:
+            part = free.pop()
+        except IndexError:
+            part = np.empty_like(du)
+        np.matmul(V.reshape(16, t, C).transpose(0, 2, 1), E.reshape(16, t, K), out=part)
+        return part
+
+    def add(part: np.ndarray) -> None:
+        np.add(du, part, out=du)
+        free.append(part)
+
+    chunks = _chunks(N, tp, tq, C, K, True)
+    if _parallel.gemm_chunks():
+        _parallel.map_ordered(partial, chunks, add)
+    else:
+        for c in chunks:
+            add(partial(c))
+    du = du.reshape(4, 4, C, K)
+    du[3] *= -1                                                # undo A' (see _dy_transform)
+    du[:, 3] *= -1
+    dw = _filter_adjoint(du)
+    return dw[None] if _finite(dw) else None

@@ -1,0 +1,180 @@
+"""The NumPy backend's Winograd F(2x2, 3x3) path (numpy_backend/_winograd.py) against the direct path.
+
+Reference: the same op in float64, which never takes the Winograd path (it is checked against the loop reference
+and TensorFlow elsewhere). Bound: float32 rounding of the transforms and of the sums, |error| <= 16 eps x the
+same op on |operands| (a wrong transform gives errors of the order of the values themselves).
+Every test asserts that the Winograd path ran (a spy on _winograd.correlate / wgrad), so none passes vacuously.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import gpuconv as gc
+from gpuconv.geometry import conv_problem
+from gpuconv.numpy_backend import _parallel, _winograd
+
+RNG = np.random.default_rng(11)
+EPS = np.finfo(np.float32).eps
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Counts of Winograd fprop/dgrad correlations and wgrads that ran to the end."""
+    calls = {"correlate": 0, "wgrad": 0}
+    correlate, wgrad = _winograd.correlate, _winograd.wgrad
+
+    def counted_correlate(*args):
+        ok = correlate(*args)
+        calls["correlate"] += ok
+        return ok
+
+    def counted_wgrad(*args):
+        dw = wgrad(*args)
+        calls["wgrad"] += dw is not None
+        return dw
+
+    monkeypatch.setattr(_winograd, "correlate", counted_correlate)
+    monkeypatch.setattr(_winograd, "wgrad", counted_wgrad)
+    return calls
+
+
+def _ops(x, w, dy, padding, fmt="NHWC"):
+    """fprop, dgrad, wgrad of one 2-D stride-1 convolution."""
+    return (gc.conv2d(x, w, 1, padding, data_format=fmt),
+            gc.conv2d_backprop_input(x.shape, w, dy, 1, padding, data_format=fmt),
+            gc.conv2d_backprop_filter(x, w.shape, dy, 1, padding, data_format=fmt))
+
+
+def _check_close(got, x, w, dy, padding, fmt="NHWC"):
+    x64, w64, dy64 = (a.astype(np.float64) for a in (x, w, dy))
+    want = _ops(x64, w64, dy64, padding, fmt)
+    scale = _ops(np.abs(x64), np.abs(w64), np.abs(dy64), padding, fmt)
+    for name, g, r, s in zip(("fprop", "dgrad", "wgrad"), got, want, scale):
+        assert g.dtype == np.float32 and g.shape == r.shape, name
+        err = np.abs(g - r)
+        assert (err <= 16 * EPS * s + 1e-30).all(), (name, float((err / (s + 1e-30)).max() / EPS))
+
+
+CASES = [
+    # (N, H, W, C, K), padding
+    ((2, 8, 10, 32, 40), "SAME"),
+    ((1, 10, 12, 32, 32), "VALID"),
+    ((3, 16, 6, 48, 33), "SAME"),
+    ((2, 9, 4, 32, 32), [[0, 0], [2, 1], [0, 2], [0, 0]]),     # odd H, asymmetric explicit padding
+    ((1, 5, 5, 32, 32), [[0, 0], [3, 0], [0, 3], [0, 0]]),     # pad 3: dgrad reads dy with a negative pad
+    ((2, 6, 8, 32, 64), [[0, 0], [0, 0], [1, 1], [0, 0]]),
+]
+
+
+@pytest.mark.parametrize("shape,padding", CASES)
+def test_winograd_matches_direct(spy, shape, padding):
+    N, H, W, C, K = shape
+    x, w = RNG.standard_normal((N, H, W, C), np.float32), RNG.standard_normal((3, 3, C, K), np.float32)
+    p = conv_problem((N, 1, H, W, C), (1, 3, 3, C, K), (1, 1, 1), (1, 1, 1),
+                     padding if isinstance(padding, str) else [(0, 0)] + [tuple(v) for v in padding[1:3]])
+    assert _winograd.applies(p, np.float32)
+    dy = RNG.standard_normal((N, p.P, p.Q, K), np.float32)
+    got = _ops(x, w, dy, padding)
+    assert spy == {"correlate": 2, "wgrad": 1}
+    _check_close(got, x, w, dy, padding)
+
+
+def test_winograd_nchw_and_conv3d_depth_one_filter(spy):
+    x, w = RNG.standard_normal((2, 32, 8, 6), np.float32), RNG.standard_normal((3, 3, 32, 32), np.float32)
+    dy = RNG.standard_normal((2, 32, 8, 6), np.float32)
+    _check_close(_ops(x, w, dy, "SAME", "NCHW"), x, w, dy, "SAME", "NCHW")
+    assert spy == {"correlate": 2, "wgrad": 1}
+    # conv3d with a 1x3x3 filter: depth slices are items of the 2-D correlation.
+    x3, w3 = RNG.standard_normal((2, 3, 6, 8, 32), np.float32), RNG.standard_normal((1, 3, 3, 32, 32), np.float32)
+    got = gc.conv3d(x3, w3, 1, "SAME")
+    want = gc.conv3d(x3.astype(np.float64), w3.astype(np.float64), 1, "SAME")
+    scale = gc.conv3d(np.abs(x3).astype(np.float64), np.abs(w3).astype(np.float64), 1, "SAME")
+    assert (np.abs(got - want) <= 16 * EPS * scale).all()
+    assert spy["correlate"] == 3
+
+
+def test_small_chunks_and_threads(spy, monkeypatch):
+    """Chunks of a few tile rows (budget forced down) give the same values within rounding, and the result does
+    not depend on the worker count (bit for bit)."""
+    x, w = RNG.standard_normal((3, 20, 14, 32), np.float32), RNG.standard_normal((3, 3, 32, 48), np.float32)
+    dy = RNG.standard_normal((3, 20, 14, 48), np.float32)
+    whole = _ops(x, w, dy, "SAME")
+    p = conv_problem((3, 1, 20, 14, 32), (1, 3, 3, 32, 48), (1, 1, 1), (1, 1, 1), "SAME")
+    monkeypatch.setattr(_winograd, "CHUNK_BYTES", _winograd._chunk_bytes(1, 3, 7, 48, 48, True))
+    assert len(_winograd._chunks(3, 10, 7, 32, 48, False)) > 3       # rows of one item per chunk
+    results = []
+    monkeypatch.setattr(_parallel, "gemm_chunks", lambda: _parallel.workers() > 1)
+    try:
+        for n in (1, 2, 3):
+            _parallel.set_num_threads(n)
+            results.append(_ops(x, w, dy, "SAME"))
+    finally:
+        _parallel.set_num_threads(None)
+    assert spy == {"correlate": 8, "wgrad": 4}
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert a.tobytes() == b.tobytes()
+    _check_close(results[0], x, w, dy, "SAME")
+    for a, b in zip(whole, results[0]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    assert _winograd.applies(p, np.float32)
+
+
+def test_not_applied_outside_its_conditions(monkeypatch):
+    def prob(x=(2, 1, 8, 8, 32), w=(1, 3, 3, 32, 32), stride=1, dilation=1, padding="SAME"):
+        return conv_problem(x, w, (stride,) * 3, (dilation,) * 3, padding)
+    assert _winograd.applies(prob(), np.float32)
+    assert not _winograd.applies(prob(), np.float64)
+    assert not _winograd.applies(prob(), np.float16)
+    assert not _winograd.applies(prob(stride=2), np.float32)
+    assert not _winograd.applies(prob(dilation=2), np.float32)
+    assert not _winograd.applies(prob(w=(1, 5, 5, 32, 32)), np.float32)
+    assert not _winograd.applies(prob(w=(3, 3, 3, 32, 32)), np.float32)
+    assert not _winograd.applies(prob(w=(1, 3, 3, 16, 32)), np.float32)               # grouped (C = 32)
+    assert not _winograd.applies(prob(x=(2, 1, 8, 8, 16), w=(1, 3, 3, 16, 32)), np.float32)   # few channels
+    assert not _winograd.applies(prob(x=(2, 1, 7, 7, 32)), np.float32)                # 7x7: too much waste
+    monkeypatch.setenv("GPUCONV_WINOGRAD", "0")
+    assert not _winograd.applies(prob(), np.float32)
+    monkeypatch.delenv("GPUCONV_WINOGRAD")
+    from gpuconv.numpy_backend import _window
+    monkeypatch.setattr(_window, "SCRATCH_BYTES", 2**16)                              # one tile row too big
+    assert not _winograd.applies(prob(x=(1, 1, 8, 600, 32)), np.float32)
+
+
+def test_non_finite_inputs_give_the_direct_results(spy, monkeypatch):
+    """An inf that direct summation keeps in its outputs meets another inf inside a Winograd tile (inf - inf):
+    such calls are redone directly, so infs and NaNs land exactly where the direct path puts them."""
+    x = np.abs(RNG.standard_normal((2, 8, 8, 32), np.float32))
+    w = np.abs(RNG.standard_normal((3, 3, 32, 32), np.float32))
+    dy = RNG.standard_normal((2, 8, 8, 32), np.float32)
+    x[0, 3, 3, 5] = np.inf
+    x[1, 6, 2, 0] = np.nan
+    dy[1, 0, 0, 3] = -np.inf
+    with np.errstate(invalid="ignore"):                     # the direct path's own NaN warnings
+        got = _ops(x, w, dy, "SAME")
+    assert spy == {"correlate": 0, "wgrad": 0}
+    monkeypatch.setenv("GPUCONV_WINOGRAD", "0")
+    with np.errstate(invalid="ignore"):
+        want = _ops(x, w, dy, "SAME")
+    for g, r in zip(got, want):
+        assert g.tobytes() == r.tobytes()
+    assert np.isinf(got[0]).any() and np.isnan(got[0]).any()
+
+
+def test_overflow_inside_the_transforms_falls_back(spy):
+    """Values near float32's limit overflow in B^T d B (sums of two cells) but not in direct products with a
+    small filter: the call is redone directly and stays finite, with no warning from the abandoned pass."""
+    big = np.float32(2.5e38)
+    x = np.where(RNG.random((1, 6, 6, 32)) < 0.5, big, -big).astype(np.float32)
+    w = (RNG.standard_normal((3, 3, 32, 32)) * 1e-6).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = gc.conv2d(x, w, 1, "VALID")
+    assert spy["correlate"] == 0
+    assert np.isfinite(y).all()
+    want = gc.conv2d(x.astype(np.float64), w.astype(np.float64), 1, "VALID")
+    scale = gc.conv2d(np.abs(x).astype(np.float64), np.abs(w).astype(np.float64), 1, "VALID")
+    assert (np.abs(y - want) <= 16 * EPS * scale).all()
