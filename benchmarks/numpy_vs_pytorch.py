@@ -9,7 +9,10 @@ Timing: per case, each library in its own block: `warmup` untimed calls, then `r
 calls; the median is reported (the minimum too: on a shared machine it is the least disturbed call). Calls are
 back to back because waking idle worker threads costs time (a torch wgrad measured 3 ms back to back, 30 ms
 with 50 ms pauses); a pause before each block lets the other library's spinning threads (OpenBLAS pthreads,
-OpenMP) go idle first.
+OpenMP) go idle first. The whole case list runs `rounds` times (default 3) and each case's samples from all rounds
+are pooled before the median: both libraries' times drift on a shared machine (PyTorch's SegNet pooling took
+1.0 ms in one pass over the list and 6.6 ms in another, its per-call page faults depending on the allocator's
+history), and rounds spread every case over that drift instead of sampling it once.
 Ratio = torch time / gpuconv time (gpuconv's throughput relative to PyTorch: > 1 means gpuconv is faster).
 
 Padding: TF's SAME pads stride-2 layers asymmetrically (the odd cell after); PyTorch's conv2d takes symmetric
@@ -27,7 +30,7 @@ cores) sets torch's threads and gpuconv's worker pool (GPUCONV_NUM_THREADS, unle
 threads follow OPENBLAS_NUM_THREADS.
 
 Usage: [env -u OPENBLAS_CORETYPE] [OPENBLAS_NUM_THREADS=1] python benchmarks/numpy_vs_pytorch.py [--n 8]
-       [--seg-n 4] [--repeats 7] [--only NAME,...]
+       [--seg-n 4] [--repeats 7] [--rounds 3] [--only NAME,...]
 Writes benchmarks/results/cpu_numpy_vs_pytorch.{json,md}. Not a test.
 """
 from __future__ import annotations
@@ -213,6 +216,17 @@ def _order(run: dict) -> tuple:
     return (info.get("OPENBLAS_CORETYPE") != BOX_DEFAULT_CORETYPE, info["torch_threads"] != 1, run["label"])
 
 
+def _sampling(cfg: dict) -> str:
+    rounds = cfg.get("rounds", 1)
+    text = (f"Median of {cfg['repeats']} back-to-back calls after {cfg['warmup']} warm-up call(s), each library in "
+            "its own block")
+    if rounds > 1:
+        text = (f"The whole case list run {rounds} times in a row; per case, the median of all "
+                f"{rounds} x {cfg['repeats']} calls ({cfg['repeats']} back-to-back calls after {cfg['warmup']} "
+                "warm-up call(s) per round, each library in its own block)")
+    return text + "."
+
+
 def markdown(runs: list) -> str:
     """All recorded runs (one per OpenBLAS configuration), each with its exact configuration, table and summary."""
     runs = sorted(runs, key=_order)
@@ -254,8 +268,7 @@ def markdown(runs: list) -> str:
                   f"Run {info['date']}. Load average before / after: {info['load_before']} / {info['load_after']} "
                   "(shared machine: other jobs ran at the same time).",
                   f"ResNet-50 convs at N={cfg['n']} float32 NHWC/channels_last; SegNet pooling at N={cfg['seg_n']}. "
-                  f"Median of {cfg['repeats']} back-to-back calls after {cfg['warmup']} warm-up call(s), each "
-                  "library in its own block.", "",
+                  f"{_sampling(cfg)}", "",
                   "| layer | op | gpuconv ms | torch ms | ratio (torch/gpuconv) | ratio of minima | gpuconv GF/s |",
                   "|---|---|---:|---:|---:|---:|---:|"]
         for r in rows:
@@ -278,6 +291,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=8, help="batch of the ResNet-50 convs")
     ap.add_argument("--seg-n", type=int, default=4, help="batch of the SegNet pooling layers")
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="times the whole case list is run; each case's samples from all rounds are pooled")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--pause", type=float, default=0.3, help="seconds of pause before each library's block")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OPENBLAS_NUM_THREADS", os.cpu_count())),
@@ -299,20 +314,30 @@ def main(argv=None) -> int:
     info = machine()
     info["date"] = datetime.datetime.now().isoformat(timespec="seconds")
     info["load_before"] = [round(v, 2) for v in os.getloadavg()]
-    cfg = {"n": args.n, "seg_n": args.seg_n, "repeats": args.repeats, "warmup": args.warmup, "dtype": "float32"}
+    cfg = {"n": args.n, "seg_n": args.seg_n, "repeats": args.repeats, "warmup": args.warmup, "rounds": args.rounds,
+           "dtype": "float32"}
 
+    samples: dict = {}
+    for round_ in range(args.rounds):
+        print(f"round {round_ + 1} of {args.rounds}\n"
+              "| layer | op | gpuconv ms | torch ms | ratio (torch/gpuconv) | ratio of minima |\n"
+              "|---|---|---:|---:|---:|---:|", flush=True)
+        # Lazily: one layer's arrays at a time.
+        cases = itertools.chain(conv_cases(args.n, only), pool_cases(args.seg_n, only))
+        for name, op, flops, ours, theirs in cases:
+            ta, tb = pair(ours, theirs, args.warmup, args.repeats, args.pause)
+            entry = samples.setdefault((name, op), {"flops": flops, "ours": [], "theirs": []})
+            entry["ours"] += ta
+            entry["theirs"] += tb
+            a, b = statistics.median(ta), statistics.median(tb)
+            print(f"| {name} | {op} | {a:.1f} | {b:.1f} | {b / a:.2f} | {min(tb) / min(ta):.2f} |", flush=True)
     rows = []
-    print("| layer | op | gpuconv ms | torch ms | ratio (torch/gpuconv) | ratio of minima |\n"
-          "|---|---|---:|---:|---:|---:|", flush=True)
-    # Lazily: one layer's arrays at a time.
-    cases = itertools.chain(conv_cases(args.n, only), pool_cases(args.seg_n, only))
-    for name, op, flops, ours, theirs in cases:
-        ta, tb = pair(ours, theirs, args.warmup, args.repeats, args.pause)
+    for (name, op), e in samples.items():
+        ta, tb = e["ours"], e["theirs"]
         a, b = statistics.median(ta), statistics.median(tb)
-        rows.append({"layer": name, "op": op, "flops": flops, "gpuconv_ms": a, "torch_ms": b, "ratio": b / a,
+        rows.append({"layer": name, "op": op, "flops": e["flops"], "gpuconv_ms": a, "torch_ms": b, "ratio": b / a,
                      "gpuconv_min_ms": min(ta), "torch_min_ms": min(tb), "min_ratio": min(tb) / min(ta),
                      "gpuconv_all_ms": ta, "torch_all_ms": tb})
-        print(f"| {name} | {op} | {a:.1f} | {b:.1f} | {b / a:.2f} | {min(tb) / min(ta):.2f} |", flush=True)
     info["load_after"] = [round(v, 2) for v in os.getloadavg()]
     ratios = [r["ratio"] for r in rows]
     worst = min(rows, key=lambda r: r["ratio"])
