@@ -19,14 +19,16 @@ dot product's magnitude, like direct summation in another order.
     wgrad  the adjoint: dU[j] = V[j]^T @ E[j] with E = A dy A^T per 2x2 block of dy, then dw = G^T dU G
            (the derivative of y = A^T[U * V]A with respect to g); partial sums over chunks added in order.
 
-Work goes in chunks of whole tile rows of some batch items, about CHUNK_BYTES of V and M, so that the
-transforms run on cached data (each is a handful of NumPy adds over the chunk) and the scratch stays within
-_window.SCRATCH_BYTES (per worker); a problem whose single tile row would not fit is convolved directly. Chunks are independent (wgrad: partials combined in chunk order), so they go to the worker pool like
-conv.py's boxes and the result does not depend on the thread count.
+Work goes in chunks of whole tile rows of some batch items, about CHUNK_BYTES of scratch each (input region,
+V, M, sums), so that the transforms run on cached data (each is a handful of NumPy adds over the chunk) and the
+scratch stays within _window.SCRATCH_BYTES per worker; a problem whose single tile row would not fit is
+convolved directly. Chunks are independent (wgrad: partials combined in chunk order), so they go to the worker
+pool like conv.py's boxes and the result does not depend on the thread count. Scratch buffers are per thread and
+kept between calls (like pool.py's fast-path buffer).
 
 Non-finite values: a tile mixes its 16 input cells, so an inf that direct summation keeps in one output can
 meet another inf in a neighbouring output of the tile (inf - inf = NaN). Each chunk's outputs (wgrad: the
-result) are checked; if any is not finite, the op returns None and conv.py computes it directly, which gives
+result) are checked; if any is not finite, the op reports failure and conv.py computes it directly, which gives
 exactly the direct path's infs and NaNs. (A finite Winograd output cannot have a non-finite direct value: an
 inf or NaN never cancels to a finite number.)
 
@@ -202,8 +204,9 @@ def _budget() -> int:
 
 
 def fits(p: ConvProblem) -> bool:
-    """Whether one tile row of one item fits the scratch budget (else conv.py convolves directly)."""
-    tq = -(-p.Q // 2)
+    """Whether one tile row of one item fits the scratch budget (else conv.py convolves directly); dgrad tiles
+    dx, whose width W may exceed Q."""
+    tq = -(-max(p.Q, p.W) // 2)
     return _chunk_bytes(1, 1, tq, max(p.C, p.K), max(p.C, p.K), True) <= _budget()
 
 
