@@ -228,7 +228,8 @@ def _chunks(n: int, tp: int, tq: int, C: int, K: int, wgrad: bool) -> list:
 
 
 def correlate(x: np.ndarray, U: np.ndarray, pad: tuple, out: np.ndarray) -> bool:
-    """out (N, P, Q, K) = the 3x3 correlation of x (N, H, W, C) with the transformed filter U (16, C, K),
+    """out (N, P, Q, K) = the 3x3 correlation of x (N, H, W, C) with the transformed filter U (16, C, K; any
+    strides BLAS takes, e.g. a transposed view),
     output (p, q) reading x[p - pad[0] + r, q - pad[1] + s] (zero outside x). False (out partly written) when
     an output is not finite: the caller must then compute directly."""
     N, P, Q, K = out.shape
@@ -270,11 +271,13 @@ def fprop(x: np.ndarray, w: np.ndarray, p: ConvProblem, y: np.ndarray) -> bool:
 def dgrad(dy: np.ndarray, w: np.ndarray, p: ConvProblem, dx: np.ndarray) -> bool:
     """dx = the stride-1 dgrad: dy correlated with w flipped in (r, s) and transposed in (c, k), padded by
     2 - pad_before (dx[i] reads dy[i + pad_before - r] = dy[i - (2 - pad_before) + (2 - r)])."""
-    w_flip = np.ascontiguousarray(w[0, ::-1, ::-1].transpose(0, 1, 3, 2))
+    # U of the flipped filter, (16, C, K), used as (16, K, C) through a transposed view (BLAS reads it as it
+    # is; a transposed copy of w costs about as much as the transform).
+    u = filter_transform(w[0, ::-1, ::-1]).transpose(0, 2, 1)
     dy4 = dy.reshape((p.N * p.Z,) + dy.shape[2:])
     dx4 = dx.reshape((p.N * p.D,) + dx.shape[2:])
     pad = (2 - p.pad_before[1], 2 - p.pad_before[2])
-    return correlate(dy4, filter_transform(w_flip), pad, dx4)
+    return correlate(dy4, u, pad, dx4)
 
 
 def _dy_transform(e: np.ndarray, E: np.ndarray) -> None:
