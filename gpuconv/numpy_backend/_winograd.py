@@ -229,9 +229,8 @@ def _chunks(n: int, tp: int, tq: int, C: int, K: int, wgrad: bool) -> list:
 
 def correlate(x: np.ndarray, U: np.ndarray, pad: tuple, out: np.ndarray) -> bool:
     """out (N, P, Q, K) = the 3x3 correlation of x (N, H, W, C) with the transformed filter U (16, C, K; any
-    strides BLAS takes, e.g. a transposed view),
-    output (p, q) reading x[p - pad[0] + r, q - pad[1] + s] (zero outside x). False (out partly written) when
-    an output is not finite: the caller must then compute directly."""
+    strides BLAS takes, e.g. a transposed view), output (p, q) reading x[p - pad[0] + r, q - pad[1] + s] (zero
+    outside x). False (out partly written) when an output is not finite: the caller must then compute directly."""
     N, P, Q, K = out.shape
     C = x.shape[-1]
     tp, tq = -(-P // 2), -(-Q // 2)
