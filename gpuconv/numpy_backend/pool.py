@@ -507,23 +507,36 @@ def _fix_zeros(x: np.ndarray, m: np.ndarray, flat: np.ndarray, shift) -> None:
     m[zm] = x.reshape(-1)[(flat + shift)[zm]]
 
 
-def _max_pool_tiled(x: np.ndarray, p: PoolProblem, y: np.ndarray, argmax, include_batch: bool) -> None:
-    """y (and argmax, unless None) by the tiled fast path inside, the generic sweep on the border.
-
-    Fast boxes and border boxes are independent chunks (each writes its own outputs) for the worker pool; each
-    worker carves its fast-box scratch from its own per-thread buffer."""
+@functools.lru_cache(maxsize=32)
+def _tiled_plan(p: PoolProblem, dtype: np.dtype, idx_dt: np.dtype, workers: int) -> tuple:
+    """The per-problem setup of _max_pool_tiled, kept for repeated calls (its Python work is a tenth of a small
+    pooling call: 4x22x30x512 floats, 2x2 argmax). workers: the pool size the box shapes were made for.
+    Arrays are read-only."""
     inner = _interior(p)
-    per_batch = p.D * p.H * p.W * p.C
     items, rows, cols = _fast_shape(p, inner)
     values = items * rows * cols * p.C
-    exact = _select_scratch(x.dtype, _tap_dtype(p, x.dtype))
-    idx_dt = argmax.dtype if argmax is not None else np.dtype(np.int64)
+    exact = _select_scratch(dtype, _tap_dtype(p, dtype))
     toff = np.array([((t * p.H + r) * p.W + s) * p.C for t, r, s in _taps(p)], idx_dt)
     # Window origins ((d*H + p*R - pad)*W + q*S - pad)*C + c of the first box (rows p0.., columns q0.., d = 0),
     # int32; another box adds a scalar shift.
     (p0, _), (q0, _) = inner[1:]
     hs = (np.arange(p0, p0 + rows, dtype=np.int32) * p.R - p.pad_before[1]) * np.int32(p.W * p.C)
     base = hs[:, None, None] + _q_base(p, (q0, q0 + cols), np.int32)
+    toff.flags.writeable = base.flags.writeable = False
+    fast_boxes = tuple(_fast_boxes(p, inner))
+    border_boxes = tuple(_border_boxes(p, inner, exact.unit(p.C) + p.C * dtype.itemsize))
+    return values, exact, toff, p0, q0, base, fast_boxes, border_boxes
+
+
+def _max_pool_tiled(x: np.ndarray, p: PoolProblem, y: np.ndarray, argmax, include_batch: bool) -> None:
+    """y (and argmax, unless None) by the tiled fast path inside, the generic sweep on the border.
+
+    Fast boxes and border boxes are independent chunks (each writes its own outputs) for the worker pool; each
+    worker carves its fast-box scratch from its own per-thread buffer."""
+    per_batch = p.D * p.H * p.W * p.C
+    idx_dt = argmax.dtype if argmax is not None else np.dtype(np.int64)
+    values, exact, toff, p0, q0, base, fast_boxes, border_boxes = _tiled_plan(
+        p, x.dtype, idx_dt, _parallel.workers())
 
     def redo(box):
         if argmax is not None:
@@ -555,8 +568,7 @@ def _max_pool_tiled(x: np.ndarray, p: PoolProblem, y: np.ndarray, argmax, includ
         if status == "zero":
             _fix_zeros(x, m, rel, items)
 
-    chunks = [(fast, b) for b in _fast_boxes(p, inner)]
-    chunks += [(redo, b) for b in _border_boxes(p, inner, exact.unit(p.C) + p.C * x.itemsize)]
+    chunks = [(fast, b) for b in fast_boxes] + [(redo, b) for b in border_boxes]
     _parallel.map_chunks(lambda c: c[0](c[1]), chunks, y.size >= _PARALLEL_MIN)
 
 
