@@ -23,7 +23,11 @@ Work goes in chunks of whole tile rows of some batch items, about CHUNK_BYTES of
 V, M, sums), so that the transforms run on cached data (each is a handful of NumPy adds over the chunk) and the
 scratch stays within _window.SCRATCH_BYTES per worker; a problem whose single tile row would not fit is
 convolved directly. Chunks are independent (wgrad: partials combined in chunk order), so they go to the worker
-pool like conv.py's boxes and the result does not depend on the thread count. Scratch buffers are per thread and
+pool like conv.py's boxes (when BLAS is single-threaded; with BLAS threads they run in order and the GEMMs use
+BLAS's threads) and the result does not depend on the thread count. Spreading a chunk's transforms over the
+worker pool between BLAS-threaded GEMMs measured slower on the 2-core CPU box (8x56x56x64 fprop 12.5 ms against
+9.8: OpenBLAS's threads spin after each GEMM and compete with the workers), so the transforms stay with their
+chunk. Scratch buffers are per thread and
 kept between calls (like pool.py's fast-path buffer).
 
 Non-finite values: a tile mixes its 16 input cells, so an inf that direct summation keeps in one output can
