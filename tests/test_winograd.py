@@ -7,6 +7,7 @@ Every test asserts that the Winograd path ran (a spy on _winograd.correlate / wg
 """
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -178,3 +179,23 @@ def test_overflow_inside_the_transforms_falls_back(spy):
     want = gc.conv2d(x.astype(np.float64), w.astype(np.float64), 1, "VALID")
     scale = gc.conv2d(np.abs(x).astype(np.float64), np.abs(w).astype(np.float64), 1, "VALID")
     assert (np.abs(y - want) <= 16 * EPS * scale).all()
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+def test_winograd_matches_tensorflow(spy, padding):
+    """TensorFlow's CPU kernels as an independent oracle on Winograd-sized layers (fprop, both gradients)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    tf = pytest.importorskip("tensorflow")
+    x = RNG.uniform(-1, 1, (2, 12, 10, 48)).astype(np.float32)
+    w = RNG.uniform(-1, 1, (3, 3, 48, 64)).astype(np.float32)
+    y = gc.conv2d(x, w, 1, padding)
+    dy = RNG.uniform(-1, 1, y.shape).astype(np.float32)
+    got = (y, gc.conv2d_backprop_input(x.shape, w, dy, 1, padding),
+           gc.conv2d_backprop_filter(x, w.shape, dy, 1, padding))
+    assert spy == {"correlate": 2, "wgrad": 1}
+    want = (tf.nn.conv2d(x, w, 1, padding).numpy(),
+            tf.compat.v1.nn.conv2d_backprop_input(x.shape, w, dy, [1, 1, 1, 1], padding).numpy(),
+            tf.compat.v1.nn.conv2d_backprop_filter(x, w.shape, dy, [1, 1, 1, 1], padding).numpy())
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
