@@ -105,7 +105,7 @@ def test_small_chunks_and_threads(spy, monkeypatch):
     whole = _ops(x, w, dy, "SAME")
     p = conv_problem((3, 1, 20, 14, 32), (1, 3, 3, 32, 48), (1, 1, 1), (1, 1, 1), "SAME")
     monkeypatch.setattr(_winograd, "CHUNK_BYTES", _winograd._chunk_bytes(1, 3, 7, 48, 48, True))
-    assert len(_winograd._chunks(3, 10, 7, 32, 48, False)) > 3       # rows of one item per chunk
+    assert len(_winograd._chunks(3, 10, 7, lambda nb, rb: _winograd._chunk_bytes(nb, rb, 7, 32, 48, False))) > 3
     results = []
     monkeypatch.setattr(_parallel, "gemm_chunks", lambda: _parallel.workers() > 1)
     try:
@@ -199,3 +199,92 @@ def test_winograd_matches_tensorflow(spy, padding):
             tf.compat.v1.nn.conv2d_backprop_filter(x, w.shape, dy, [1, 1, 1, 1], padding).numpy())
     for g, r in zip(got, want):
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# stride 2 (forward only): numpy_backend/_winograd_s2.py
+# ---------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def spy_s2(monkeypatch):
+    from gpuconv.numpy_backend import _winograd_s2
+    calls = {"fprop": 0}
+    fprop = _winograd_s2.fprop
+
+    def counted(*args):
+        ok = fprop(*args)
+        calls["fprop"] += ok
+        return ok
+
+    monkeypatch.setattr(_winograd_s2, "fprop", counted)
+    return calls
+
+
+def _check_s2(x, w, padding, got):
+    want = gc.conv2d(x.astype(np.float64), w.astype(np.float64), 2, padding)
+    scale = gc.conv2d(np.abs(x).astype(np.float64), np.abs(w).astype(np.float64), 2, padding)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    err = np.abs(got - want)
+    assert (err <= 16 * EPS * scale + 1e-30).all(), float((err / (scale + 1e-30)).max() / EPS)
+
+
+S2_CASES = [
+    ((2, 12, 12, 32, 40), "SAME"),
+    ((1, 13, 9, 32, 32), "VALID"),                           # 6 x 4 outputs, asymmetric SAME-like reads
+    ((1, 12, 54, 32, 32), "SAME"),                            # 6 x 27: a partial last tile column
+    ((2, 12, 12, 48, 32), [[0, 0], [1, 1], [0, 1], [0, 0]]),  # explicit, asymmetric
+    ((2, 11, 11, 32, 32), [[0, 0], [1, 2], [2, 1], [0, 0]]),
+]
+
+
+@pytest.mark.parametrize("shape,padding", S2_CASES)
+def test_stride2_winograd_matches_direct(spy_s2, shape, padding):
+    from gpuconv.numpy_backend import _winograd_s2
+    N, H, W, C, K = shape
+    x, w = RNG.standard_normal((N, H, W, C), np.float32), RNG.standard_normal((3, 3, C, K), np.float32)
+    p = conv_problem((N, 1, H, W, C), (1, 3, 3, C, K), (1, 2, 2), (1, 1, 1),
+                     padding if isinstance(padding, str) else [(0, 0)] + [tuple(v) for v in padding[1:3]])
+    assert _winograd_s2.applies(p, np.float32)
+    y = gc.conv2d(x, w, 2, padding)
+    assert spy_s2["fprop"] == 1
+    _check_s2(x, w, padding, y)
+
+
+def test_stride2_conditions_chunks_threads_and_nonfinite(spy_s2, monkeypatch):
+    from gpuconv.numpy_backend import _winograd_s2
+
+    def prob(x=(2, 1, 16, 16, 32), w=(1, 3, 3, 32, 32), stride=(1, 2, 2)):
+        return conv_problem(x, w, stride, (1, 1, 1), "SAME")
+    assert _winograd_s2.applies(prob(), np.float32)
+    assert not _winograd_s2.applies(prob(), np.float64)
+    assert not _winograd_s2.applies(prob(stride=(1, 1, 1)), np.float32)
+    assert not _winograd_s2.applies(prob(stride=(1, 2, 1)), np.float32)
+    assert not _winograd_s2.applies(prob(x=(2, 1, 14, 14, 32)), np.float32)     # 7 x 7 outputs: no gain
+    assert not _winograd_s2.applies(prob(x=(2, 1, 16, 16, 16), w=(1, 3, 3, 16, 32)), np.float32)
+    monkeypatch.setenv("GPUCONV_WINOGRAD", "0")
+    assert not _winograd_s2.applies(prob(), np.float32)
+    monkeypatch.delenv("GPUCONV_WINOGRAD")
+
+    x, w = RNG.standard_normal((3, 24, 20, 32), np.float32), RNG.standard_normal((3, 3, 32, 40), np.float32)
+    monkeypatch.setattr(_winograd, "CHUNK_BYTES", _winograd_s2._chunk_bytes(1, 2, 5, 32, 40))
+    monkeypatch.setattr(_parallel, "gemm_chunks", lambda: _parallel.workers() > 1)
+    results = []
+    try:
+        for n in (1, 2, 3):
+            _parallel.set_num_threads(n)
+            results.append(gc.conv2d(x, w, 2, "SAME"))
+    finally:
+        _parallel.set_num_threads(None)
+    assert spy_s2["fprop"] == 3
+    assert results[0].tobytes() == results[1].tobytes() == results[2].tobytes()
+    _check_s2(x, w, "SAME", results[0])
+
+    xs = np.abs(x)
+    xs[0, 5, 5, 3] = np.inf
+    xs[1, 9, 2, 0] = np.nan
+    with np.errstate(invalid="ignore"):
+        got = gc.conv2d(xs, np.abs(w), 2, "SAME")
+        monkeypatch.setenv("GPUCONV_WINOGRAD", "0")
+        want = gc.conv2d(xs, np.abs(w), 2, "SAME")
+    assert spy_s2["fprop"] == 3                                 # the non-finite call went direct
+    assert got.tobytes() == want.tobytes()
+    assert np.isinf(got).any() and np.isnan(got).any()

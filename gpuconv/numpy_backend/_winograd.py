@@ -214,18 +214,18 @@ def fits(p: ConvProblem) -> bool:
     return _chunk_bytes(1, 1, tq, max(p.C, p.K), max(p.C, p.K), True) <= _budget()
 
 
-def _chunks(n: int, tp: int, tq: int, C: int, K: int, wgrad: bool) -> list:
-    """(items, tile rows) chunks within the budget: whole planes of several items where they fit, else tile
-    rows of one item, spread evenly."""
+def _chunks(n: int, tp: int, tq: int, size) -> list:
+    """(items, tile rows) chunks within the budget, size(items, tile rows) giving a chunk's scratch bytes: whole
+    planes of several items where they fit, else tile rows of one item, spread evenly."""
     budget = _budget()
-    if _chunk_bytes(1, tp, tq, C, K, wgrad) <= budget:
+    if size(1, tp) <= budget:
         items = 1
-        while items < n and _chunk_bytes(items + 1, tp, tq, C, K, wgrad) <= budget:
+        while items < n and size(items + 1, tp) <= budget:
             items += 1
         items = -(-n // -(-n // items))                       # spread evenly
         return [((i, min(i + items, n)), (0, tp)) for i in range(0, n, items)]
     rb = 1
-    while rb < tp and _chunk_bytes(1, rb + 1, tq, C, K, wgrad) <= budget:
+    while rb < tp and size(1, rb + 1) <= budget:
         rb += 1
     rb = -(-tp // -(-tp // rb))
     return [((i, i + 1), (r, min(r + rb, tp))) for i in range(n) for r in range(0, tp, rb)]
@@ -238,7 +238,7 @@ def correlate(x: np.ndarray, U: np.ndarray, pad: tuple, out: np.ndarray) -> bool
     N, P, Q, K = out.shape
     C = x.shape[-1]
     tp, tq = -(-P // 2), -(-Q // 2)
-    chunks = _chunks(N, tp, tq, C, K, False)
+    chunks = _chunks(N, tp, tq, lambda nb, rb: _chunk_bytes(nb, rb, tq, C, K, False))
     bad = []
 
     @_quiet
@@ -335,7 +335,7 @@ def wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem):
         np.add(du, part, out=du)
         free.append(part)
 
-    chunks = _chunks(N, tp, tq, C, K, True)
+    chunks = _chunks(N, tp, tq, lambda nb, rb: _chunk_bytes(nb, rb, tq, C, K, True))
     if _parallel.gemm_chunks():
         _parallel.map_ordered(partial, chunks, add)
     else:

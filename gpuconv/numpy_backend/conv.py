@@ -1,7 +1,8 @@
 """Convolution on the CPU: fprop, dgrad and wgrad as bounded im2col blocks + BLAS GEMMs.
 
 float32 3x3 stride-1 problems with enough channels go to Winograd F(2x2, 3x3) first (_winograd.py: 2.25x fewer
-multiplications; it hands back to the paths below when an output would not be finite). One gather core serves
+multiplications), stride-2 forward ones to its polyphase form (_winograd_s2.py: 1.44x fewer); both hand back to
+the paths below when an output would not be finite. One gather core serves
 all three operators otherwise. For a box of output positions it builds the column block
 `cols[g, m, tap, ci] = src[n, o*stride + offset(tap)]` (zero where the tap reads outside src; padding is never
 materialised) and multiplies it by a per-group weight matrix:
@@ -43,7 +44,7 @@ import numpy as np
 
 from ..dtypes import accumulator_dtype
 from ..geometry import ConvProblem
-from . import _parallel, _winograd
+from . import _parallel, _winograd, _winograd_s2
 from ._window import box_shape, boxes, tap_range
 
 
@@ -292,6 +293,8 @@ def conv_fprop(x: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
         y[...] = 0
         return y
     if _winograd.applies(p, x.dtype) and _winograd.fprop(x, w, p, y):
+        return y
+    if _winograd_s2.applies(p, x.dtype) and _winograd_s2.fprop(x, w, p, y):
         return y
     acc = accumulator_dtype(x.dtype)
     G, cg, kg = p.groups, p.group_c, p.group_k
