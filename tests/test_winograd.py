@@ -202,29 +202,43 @@ def test_winograd_matches_tensorflow(spy, padding):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# stride 2 (forward only): numpy_backend/_winograd_s2.py
+# stride 2 (fprop and wgrad): numpy_backend/_winograd_s2.py
 # ---------------------------------------------------------------------------------------------------------
 @pytest.fixture
 def spy_s2(monkeypatch):
     from gpuconv.numpy_backend import _winograd_s2
-    calls = {"fprop": 0}
-    fprop = _winograd_s2.fprop
+    calls = {"fprop": 0, "wgrad": 0}
+    fprop, wgrad = _winograd_s2.fprop, _winograd_s2.wgrad
 
     def counted(*args):
         ok = fprop(*args)
         calls["fprop"] += ok
         return ok
 
+    def counted_wgrad(*args):
+        dw = wgrad(*args)
+        calls["wgrad"] += dw is not None
+        return dw
+
     monkeypatch.setattr(_winograd_s2, "fprop", counted)
+    monkeypatch.setattr(_winograd_s2, "wgrad", counted_wgrad)
     return calls
 
 
-def _check_s2(x, w, padding, got):
-    want = gc.conv2d(x.astype(np.float64), w.astype(np.float64), 2, padding)
-    scale = gc.conv2d(np.abs(x).astype(np.float64), np.abs(w).astype(np.float64), 2, padding)
+def _bounded(got, want, scale):
     assert got.dtype == np.float32 and got.shape == want.shape
     err = np.abs(got - want)
     assert (err <= 16 * EPS * scale + 1e-30).all(), float((err / (scale + 1e-30)).max() / EPS)
+
+
+def _check_s2(x, w, padding, got, dy=None, dw=None):
+    """got = stride-2 fprop (and dw = its filter gradient for dy) within the bound of the float64 results."""
+    x64, w64, ax, aw = x.astype(np.float64), w.astype(np.float64), np.abs(x).astype(np.float64), np.abs(w)
+    _bounded(got, gc.conv2d(x64, w64, 2, padding), gc.conv2d(ax, aw.astype(np.float64), 2, padding))
+    if dw is not None:
+        dy64, ady = dy.astype(np.float64), np.abs(dy).astype(np.float64)
+        _bounded(dw, gc.conv2d_backprop_filter(x64, w.shape, dy64, 2, padding),
+                 gc.conv2d_backprop_filter(ax, w.shape, ady, 2, padding))
 
 
 S2_CASES = [
@@ -245,8 +259,10 @@ def test_stride2_winograd_matches_direct(spy_s2, shape, padding):
                      padding if isinstance(padding, str) else [(0, 0)] + [tuple(v) for v in padding[1:3]])
     assert _winograd_s2.applies(p, np.float32)
     y = gc.conv2d(x, w, 2, padding)
-    assert spy_s2["fprop"] == 1
-    _check_s2(x, w, padding, y)
+    dy = RNG.standard_normal(y.shape, np.float32)
+    dw = gc.conv2d_backprop_filter(x, w.shape, dy, 2, padding)
+    assert spy_s2 == {"fprop": 1, "wgrad": 1}
+    _check_s2(x, w, padding, y, dy, dw)
 
 
 def test_stride2_conditions_chunks_threads_and_nonfinite(spy_s2, monkeypatch):
@@ -267,24 +283,27 @@ def test_stride2_conditions_chunks_threads_and_nonfinite(spy_s2, monkeypatch):
     x, w = RNG.standard_normal((3, 24, 20, 32), np.float32), RNG.standard_normal((3, 3, 32, 40), np.float32)
     monkeypatch.setattr(_winograd, "CHUNK_BYTES", _winograd_s2._chunk_bytes(1, 2, 5, 32, 40))
     monkeypatch.setattr(_parallel, "gemm_chunks", lambda: _parallel.workers() > 1)
+    dy = RNG.standard_normal((3, 12, 10, 40), np.float32)
     results = []
     try:
         for n in (1, 2, 3):
             _parallel.set_num_threads(n)
-            results.append(gc.conv2d(x, w, 2, "SAME"))
+            results.append((gc.conv2d(x, w, 2, "SAME"), gc.conv2d_backprop_filter(x, w.shape, dy, 2, "SAME")))
     finally:
         _parallel.set_num_threads(None)
-    assert spy_s2["fprop"] == 3
-    assert results[0].tobytes() == results[1].tobytes() == results[2].tobytes()
-    _check_s2(x, w, "SAME", results[0])
+    assert spy_s2 == {"fprop": 3, "wgrad": 3}
+    for y, dw in results[1:]:
+        assert y.tobytes() == results[0][0].tobytes() and dw.tobytes() == results[0][1].tobytes()
+    _check_s2(x, w, "SAME", results[0][0], dy, results[0][1])
 
     xs = np.abs(x)
     xs[0, 5, 5, 3] = np.inf
     xs[1, 9, 2, 0] = np.nan
     with np.errstate(invalid="ignore"):
-        got = gc.conv2d(xs, np.abs(w), 2, "SAME")
+        got = (gc.conv2d(xs, np.abs(w), 2, "SAME"), gc.conv2d_backprop_filter(xs, w.shape, dy, 2, "SAME"))
         monkeypatch.setenv("GPUCONV_WINOGRAD", "0")
-        want = gc.conv2d(xs, np.abs(w), 2, "SAME")
-    assert spy_s2["fprop"] == 3                                 # the non-finite call went direct
-    assert got.tobytes() == want.tobytes()
-    assert np.isinf(got).any() and np.isnan(got).any()
+        want = (gc.conv2d(xs, np.abs(w), 2, "SAME"), gc.conv2d_backprop_filter(xs, w.shape, dy, 2, "SAME"))
+    assert spy_s2 == {"fprop": 3, "wgrad": 3}                  # the non-finite calls went direct
+    for g, r in zip(got, want):
+        assert g.tobytes() == r.tobytes()
+    assert np.isinf(got[0]).any() and np.isnan(got[0]).any() and np.isnan(got[1]).any()

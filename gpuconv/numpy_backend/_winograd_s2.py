@@ -1,5 +1,5 @@
-"""Stride-2 3x3 float32 convolutions (fprop) on the CPU: a polyphase Winograd with 25 multiplications per 2x2
-output block instead of 36.
+"""Stride-2 3x3 float32 convolutions (fprop and wgrad) on the CPU: a polyphase Winograd with 25 multiplications
+per 2x2 output block instead of 36.
 
 One axis first. Outputs y0, y1 of a stride-2 3-tap correlation read five samples d0..d4:
     y0 = d0 g0 + d1 g1 + d2 g2,        y1 = d2 g0 + d3 g1 + d4 g2.
@@ -16,7 +16,10 @@ the result stays within a few float32 ulps of |x| * |w| like direct summation; f
 Chunks, scratch, threads, the non-finite fallback and GPUCONV_WINOGRAD are those of _winograd.py (stride 1).
 Measured on the CPU box (ResNet-50 stride-2 3x3 fprop, N=8, float32, one thread, OpenBLAS Haswell kernels; direct
 -> this): 56x56x128 18.7 -> 15.2 ms, 28x28x256 17.7 -> 15.5 ms, 112x112x64 21.4 -> 18.5 ms; 14x14x512 (7x7
-outputs) is left direct (MAX_WORK_RATIO). dgrad and wgrad of stride-2 layers stay direct.
+outputs) is left direct (MAX_WORK_RATIO). wgrad is the adjoint: dU_ij = V_ij^T @ dM_ij with dM the adjoint of
+the output transform on dy (per axis dM0 = dy0, dM1 = dy0 + dy1, dM2 = dy1), partial sums over chunks added in
+chunk order, then each term's gradient back to its taps (56x56x128 18.6 -> 14.9 ms, 28x28x256 17.1 -> 15.3 ms).
+dgrad of stride-2 layers stays direct (its adjoint scatters into overlapping patches).
 """
 from __future__ import annotations
 
@@ -144,3 +147,84 @@ def fprop(x: np.ndarray, w: np.ndarray, p: ConvProblem, y: np.ndarray) -> bool:
     chunks = _chunks(N, tp, tq, lambda nb, rb: _chunk_bytes(nb, rb, tq, C, K))
     _parallel.map_chunks(one, chunks, _parallel.gemm_chunks())
     return not bad
+
+
+def _filter_adjoint(du: list, C: int, K: int) -> np.ndarray:
+    """dw (3, 3, C, K) from the nine dU_ij (k_i k_j C, K): each term's gradient goes back to the taps it was
+    made of (per axis: g0 <- terms 0 and 2, g1 <- terms 1 and 4, g2 <- terms 2 and 3)."""
+    terms = [[None] * 5 for _ in range(5)]
+    for c, (gi, gj) in enumerate((gi, gj) for gi in _GROUPS for gj in _GROUPS):
+        blocks = du[c].reshape(len(gi), len(gj), C, K)
+        for x, a in enumerate(gi):
+            for y, b in enumerate(gj):
+                terms[a][b] = blocks[x, y]
+
+    def back(t):            # the adjoint of _terms along one axis: five terms -> three taps
+        return [t[0] + t[2], t[1] + t[4], t[2] + t[3]]
+
+    cols = [back(row) for row in terms]                     # 5 row terms x 3 column taps
+    return np.stack([np.stack(r) for r in back([np.stack(c) for c in cols])])
+
+
+def _dy_transform(e: np.ndarray, E: np.ndarray) -> None:
+    """E (9, nb, rb, tq, K): the adjoint of _output_transform on the 2x2 blocks of e (nb, 2 rb, 2 tq, K): per
+    axis dM0 = dy0, dM1 = dy0 + dy1, dM2 = dy1."""
+    e0, e1 = e[:, 0::2], e[:, 1::2]
+    s = _scratch("rows", e0.size).reshape(e0.shape)
+    np.add(e0, e1, out=s)
+    for i, r in enumerate((e0, s, e1)):
+        c0, c1 = r[:, :, 0::2], r[:, :, 1::2]
+        np.copyto(E[3 * i], c0)
+        np.add(c0, c1, out=E[3 * i + 1])
+        np.copyto(E[3 * i + 2], c1)
+
+
+@_quiet
+def wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem):
+    """dw (1, 3, 3, C, K) of an `applies` problem, or None when not finite (compute directly instead): the
+    adjoint of fprop, dU_ij = V_ij^T @ dM_ij summed over chunks in chunk order, then back to the taps."""
+    x4 = x.reshape((p.N * p.D,) + x.shape[2:])
+    dy4 = dy.reshape((p.N * p.Z,) + dy.shape[2:])
+    N, P, Q, K = dy4.shape
+    C = x4.shape[-1]
+    pt, pl = p.pad_before[1:]
+    tp, tq = -(-P // 2), -(-Q // 2)
+    sizes = [len(gi) * len(gj) for gi in _GROUPS for gj in _GROUPS]
+    du = [np.zeros((k * C, K), np.float32) for k in sizes]
+    free: list = []
+
+    @_quiet
+    def partial(chunk) -> list:
+        (n0, n1), (i0, i1) = chunk
+        nb, rb = n1 - n0, i1 - i0
+        t = nb * rb * tq
+        d = _region(x4, (n0, n1), (4 * i0 - pt, 4 * i1 - pt + 1), (-pl, 4 * tq - pl + 1), "region")
+        flat = _scratch("V", 25 * t * C)
+        V, at = [], 0
+        for k in sizes:
+            V.append(flat[at:at + k * t * C].reshape(nb, rb, tq, k, C))
+            at += k * t * C
+        _input_transform(d, tq, V)
+        E = _scratch("M", 9 * t * K).reshape(9, nb, rb, tq, K)
+        _dy_transform(_region(dy4, (n0, n1), (2 * i0, 2 * i1), (0, 2 * tq), "dy"), E)
+        try:
+            part = free.pop()
+        except IndexError:
+            part = [np.empty_like(a) for a in du]
+        for c in range(9):
+            np.matmul(V[c].reshape(t, sizes[c] * C).T, E[c].reshape(t, K), out=part[c])
+        return part
+
+    def add(part: list) -> None:
+        for a, b in zip(du, part):
+            np.add(a, b, out=a)
+        free.append(part)
+
+    chunks = _chunks(N, tp, tq, lambda nb, rb: _chunk_bytes(nb, rb, tq, C, K))
+    if _parallel.gemm_chunks():
+        _parallel.map_ordered(partial, chunks, add)             # partials combined in chunk order
+    else:
+        for c in chunks:
+            add(partial(c))
+    dw = _filter_adjoint(du, C, K)
+    return dw[None] if _finite(dw) else None

@@ -1,7 +1,7 @@
 """Convolution on the CPU: fprop, dgrad and wgrad as bounded im2col blocks + BLAS GEMMs.
 
 float32 3x3 stride-1 problems with enough channels go to Winograd F(2x2, 3x3) first (_winograd.py: 2.25x fewer
-multiplications), stride-2 forward ones to its polyphase form (_winograd_s2.py: 1.44x fewer); both hand back to
+multiplications), stride-2 fprop and wgrad to its polyphase form (_winograd_s2.py: 1.44x fewer); both hand back to
 the paths below when an output would not be finite. One gather core serves
 all three operators otherwise. For a box of output positions it builds the column block
 `cols[g, m, tap, ci] = src[n, o*stride + offset(tap)]` (zero where the tap reads outside src; padding is never
@@ -474,10 +474,11 @@ def conv_wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem) -> np.ndarray:
     from . import _nonfinite
     if not _nonfinite.operand_is_finite(dy):         # padding must not multiply inf/NaN (DESIGN.md section 2)
         return _nonfinite.conv_wgrad(x, dy, p)
-    if x.size and dy.size and _winograd.applies(p, x.dtype):
-        dw = _winograd.wgrad(x, dy, p)
-        if dw is not None:
-            return dw
+    for fast in (_winograd, _winograd_s2):
+        if x.size and dy.size and fast.applies(p, x.dtype):
+            dw = fast.wgrad(x, dy, p)
+            if dw is not None:
+                return dw
     acc = accumulator_dtype(x.dtype)
     G, cg, kg = p.groups, p.group_c, p.group_k
     taps = _taps(p)
