@@ -21,25 +21,28 @@ RNG = np.random.default_rng(11)
 EPS = np.finfo(np.float32).eps
 
 
+def _count(monkeypatch, module, fprop_names: tuple, wgrad_name: str) -> dict:
+    """Spy on a Winograd module: counts of fprop-like calls that succeeded (True) and wgrads that returned dw."""
+    calls = {name: 0 for name in fprop_names + (wgrad_name,)}
+
+    def counted(name, fn, ok):
+        def run(*args):
+            result = fn(*args)
+            calls[name] += ok(result)
+            return result
+        return run
+
+    for name in fprop_names:
+        monkeypatch.setattr(module, name, counted(name, getattr(module, name), bool))
+    monkeypatch.setattr(module, wgrad_name, counted(wgrad_name, getattr(module, wgrad_name),
+                                                    lambda dw: dw is not None))
+    return calls
+
+
 @pytest.fixture
 def spy(monkeypatch):
-    """Counts of Winograd fprop/dgrad correlations and wgrads that ran to the end."""
-    calls = {"correlate": 0, "wgrad": 0}
-    correlate, wgrad = _winograd.correlate, _winograd.wgrad
-
-    def counted_correlate(*args):
-        ok = correlate(*args)
-        calls["correlate"] += ok
-        return ok
-
-    def counted_wgrad(*args):
-        dw = wgrad(*args)
-        calls["wgrad"] += dw is not None
-        return dw
-
-    monkeypatch.setattr(_winograd, "correlate", counted_correlate)
-    monkeypatch.setattr(_winograd, "wgrad", counted_wgrad)
-    return calls
+    """Counts of stride-1 Winograd correlations (fprop, dgrad) and wgrads that ran to the end."""
+    return _count(monkeypatch, _winograd, ("correlate",), "wgrad")
 
 
 def _ops(x, w, dy, padding, fmt="NHWC"):
@@ -70,14 +73,20 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("shape,padding", CASES)
-def test_winograd_matches_direct(spy, shape, padding):
+def _random_problem(shape, padding, stride: int):
+    """Random float32 x (N, H, W, C) and w (3, 3, C, K), and the canonical problem of their 2-D convolution."""
     N, H, W, C, K = shape
     x, w = RNG.standard_normal((N, H, W, C), np.float32), RNG.standard_normal((3, 3, C, K), np.float32)
-    p = conv_problem((N, 1, H, W, C), (1, 3, 3, C, K), (1, 1, 1), (1, 1, 1),
+    p = conv_problem((N, 1, H, W, C), (1, 3, 3, C, K), (1, stride, stride), (1, 1, 1),
                      padding if isinstance(padding, str) else [(0, 0)] + [tuple(v) for v in padding[1:3]])
+    return x, w, p
+
+
+@pytest.mark.parametrize("shape,padding", CASES)
+def test_winograd_matches_direct(spy, shape, padding):
+    x, w, p = _random_problem(shape, padding, 1)
     assert _winograd.applies(p, np.float32)
-    dy = RNG.standard_normal((N, p.P, p.Q, K), np.float32)
+    dy = RNG.standard_normal((p.N, p.P, p.Q, p.K), np.float32)
     got = _ops(x, w, dy, padding)
     assert spy == {"correlate": 2, "wgrad": 1}
     _check_close(got, x, w, dy, padding)
@@ -207,22 +216,7 @@ def test_winograd_matches_tensorflow(spy, padding):
 @pytest.fixture
 def spy_s2(monkeypatch):
     from gpuconv.numpy_backend import _winograd_s2
-    calls = {"fprop": 0, "wgrad": 0}
-    fprop, wgrad = _winograd_s2.fprop, _winograd_s2.wgrad
-
-    def counted(*args):
-        ok = fprop(*args)
-        calls["fprop"] += ok
-        return ok
-
-    def counted_wgrad(*args):
-        dw = wgrad(*args)
-        calls["wgrad"] += dw is not None
-        return dw
-
-    monkeypatch.setattr(_winograd_s2, "fprop", counted)
-    monkeypatch.setattr(_winograd_s2, "wgrad", counted_wgrad)
-    return calls
+    return _count(monkeypatch, _winograd_s2, ("fprop",), "wgrad")
 
 
 def _bounded(got, want, scale):
@@ -253,10 +247,7 @@ S2_CASES = [
 @pytest.mark.parametrize("shape,padding", S2_CASES)
 def test_stride2_winograd_matches_direct(spy_s2, shape, padding):
     from gpuconv.numpy_backend import _winograd_s2
-    N, H, W, C, K = shape
-    x, w = RNG.standard_normal((N, H, W, C), np.float32), RNG.standard_normal((3, 3, C, K), np.float32)
-    p = conv_problem((N, 1, H, W, C), (1, 3, 3, C, K), (1, 2, 2), (1, 1, 1),
-                     padding if isinstance(padding, str) else [(0, 0)] + [tuple(v) for v in padding[1:3]])
+    x, w, p = _random_problem(shape, padding, 2)
     assert _winograd_s2.applies(p, np.float32)
     y = gc.conv2d(x, w, 2, padding)
     dy = RNG.standard_normal(y.shape, np.float32)

@@ -37,6 +37,7 @@ MAX_WORK_RATIO = 0.75
 _GROUPS = ((0, 1), (2,), (3, 4))
 _COMPONENT = (0, 0, 1, 2, 2)                      # term -> component
 _SLOT = (0, 1, 0, 0, 1)                           # term -> position within its component
+_SIZES = tuple(len(gi) * len(gj) for gi in _GROUPS for gj in _GROUPS)     # terms of the 9 components (25 in all)
 
 
 def applies(p: ConvProblem, dtype: np.dtype) -> bool:
@@ -93,6 +94,22 @@ def _input_transform(d: np.ndarray, tq: int, V: list) -> None:
                 np.copyto(dst, col_terms[b])
 
 
+def _components(x4: np.ndarray, chunk, tq: int, pad: tuple) -> list:
+    """The nine V_ij (nb, rb, tq, k_ij, C) of a chunk ((n0, n1), (i0, i1)) of items x tile rows of x4, in one
+    per-thread buffer."""
+    (n0, n1), (i0, i1) = chunk
+    nb, rb, C = n1 - n0, i1 - i0, x4.shape[-1]
+    t = nb * rb * tq
+    d = _region(x4, (n0, n1), (4 * i0 - pad[0], 4 * i1 - pad[0] + 1), (-pad[1], 4 * tq - pad[1] + 1), "region")
+    flat = _scratch("V", 25 * t * C)
+    V, at = [], 0
+    for k in _SIZES:
+        V.append(flat[at:at + k * t * C].reshape(nb, rb, tq, k, C))
+        at += k * t * C
+    _input_transform(d, tq, V)
+    return V
+
+
 def _output_transform(M: np.ndarray, out: np.ndarray) -> None:
     """out (nb, rows, cols, K) from the components M (9, nb, rb, tq, K): y_i' = M_i' + M_i'+1 along each axis;
     a tile row or column sticking out of the output is cut."""
@@ -116,10 +133,8 @@ def fprop(x: np.ndarray, w: np.ndarray, p: ConvProblem, y: np.ndarray) -> bool:
     out = y.reshape((p.N * p.Z,) + y.shape[2:])
     N, P, Q, K = out.shape
     C = x4.shape[-1]
-    pt, pl = p.pad_before[1:]
     tp, tq = -(-P // 2), -(-Q // 2)
     U = filter_transform(w[0])
-    sizes = [len(gi) * len(gj) for gi in _GROUPS for gj in _GROUPS]
     bad = []
 
     @_quiet
@@ -129,16 +144,10 @@ def fprop(x: np.ndarray, w: np.ndarray, p: ConvProblem, y: np.ndarray) -> bool:
         (n0, n1), (i0, i1) = chunk
         nb, rb = n1 - n0, i1 - i0
         t = nb * rb * tq
-        d = _region(x4, (n0, n1), (4 * i0 - pt, 4 * i1 - pt + 1), (-pl, 4 * tq - pl + 1), "region")
-        flat = _scratch("V", 25 * t * C)
-        V, at = [], 0
-        for k in sizes:
-            V.append(flat[at:at + k * t * C].reshape(nb, rb, tq, k, C))
-            at += k * t * C
-        _input_transform(d, tq, V)
+        V = _components(x4, chunk, tq, p.pad_before[1:])
         M = _scratch("M", 9 * t * K).reshape(9, t, K)
         for c in range(9):
-            np.matmul(V[c].reshape(t, sizes[c] * C), U[c], out=M[c])
+            np.matmul(V[c].reshape(t, _SIZES[c] * C), U[c], out=M[c])
         dst = out[n0:n1, 2 * i0:min(2 * i1, P)]
         _output_transform(M.reshape(9, nb, rb, tq, K), dst)
         if not _finite(dst):
@@ -187,10 +196,8 @@ def wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem):
     dy4 = dy.reshape((p.N * p.Z,) + dy.shape[2:])
     N, P, Q, K = dy4.shape
     C = x4.shape[-1]
-    pt, pl = p.pad_before[1:]
     tp, tq = -(-P // 2), -(-Q // 2)
-    sizes = [len(gi) * len(gj) for gi in _GROUPS for gj in _GROUPS]
-    du = [np.zeros((k * C, K), np.float32) for k in sizes]
+    du = [np.zeros((k * C, K), np.float32) for k in _SIZES]
     free: list = []
 
     @_quiet
@@ -198,13 +205,7 @@ def wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem):
         (n0, n1), (i0, i1) = chunk
         nb, rb = n1 - n0, i1 - i0
         t = nb * rb * tq
-        d = _region(x4, (n0, n1), (4 * i0 - pt, 4 * i1 - pt + 1), (-pl, 4 * tq - pl + 1), "region")
-        flat = _scratch("V", 25 * t * C)
-        V, at = [], 0
-        for k in sizes:
-            V.append(flat[at:at + k * t * C].reshape(nb, rb, tq, k, C))
-            at += k * t * C
-        _input_transform(d, tq, V)
+        V = _components(x4, chunk, tq, p.pad_before[1:])
         E = _scratch("M", 9 * t * K).reshape(9, nb, rb, tq, K)
         _dy_transform(_region(dy4, (n0, n1), (2 * i0, 2 * i1), (0, 2 * tq), "dy"), E)
         try:
@@ -212,7 +213,7 @@ def wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem):
         except IndexError:
             part = [np.empty_like(a) for a in du]
         for c in range(9):
-            np.matmul(V[c].reshape(t, sizes[c] * C).T, E[c].reshape(t, K), out=part[c])
+            np.matmul(V[c].reshape(t, _SIZES[c] * C).T, E[c].reshape(t, K), out=part[c])
         return part
 
     def add(part: list) -> None:
