@@ -258,7 +258,7 @@ def markdown(runs: list) -> str:
         s = run["summary"]
         met = "yes" if s["median_ratio"] >= TARGET_MEDIAN and s["min_ratio"] >= TARGET_MIN else "no"
         lines.append(f"| {run['label']} (OpenBLAS {run['machine']['openblas_core']} kernels) | "
-                     f"{run['machine']['date']} | {s['median_ratio']:.2f} | {s['min_ratio']:.2f} ({s['min_case']}) | "
+                     f"{run['machine']['date']} | {s['median_ratio']:.2f} | {s['min_ratio']:.3f} ({s['min_case']}) | "
                      f"{s['geomean_ratio']:.2f} | {met} |")
     lines.append("")
     for run in runs:
@@ -275,13 +275,13 @@ def markdown(runs: list) -> str:
             gf = f"{r['flops'] / r['gpuconv_ms'] / 1e6:.0f}" if r["flops"] else ""
             lines.append(f"| {r['layer']} | {r['op']} | {r['gpuconv_ms']:.1f} | {r['torch_ms']:.1f} | "
                          f"{r['ratio']:.2f} | {r['min_ratio']:.2f} | {gf} |")
-        lines += ["", f"Median ratio {summary['median_ratio']:.2f}, minimum {summary['min_ratio']:.2f} "
+        lines += ["", f"Median ratio {summary['median_ratio']:.2f}, minimum {summary['min_ratio']:.3f} "
                   f"({summary['min_case']}), geometric mean {summary['geomean_ratio']:.2f} over "
                   f"{summary['cases']} cases; median of the per-case ratios of minimum times "
                   f"{summary['median_ratio_of_minima']:.2f}. Configuration: {run['label']}, OpenBLAS "
                   f"{info['openblas_core']} kernels, {info['cpu']}.",
                   f"Cases below {TARGET_MIN}: "
-                  + (", ".join(f"{r['layer']} {r['op']} {r['ratio']:.2f}" for r in rows if r["ratio"] < TARGET_MIN)
+                  + (", ".join(f"{r['layer']} {r['op']} {r['ratio']:.3f}" for r in rows if r["ratio"] < TARGET_MIN)
                      or "none") + ".", ""]
     return "\n".join(lines)
 
@@ -345,7 +345,7 @@ def main(argv=None) -> int:
                "min_case": f"{worst['layer']} {worst['op']}",
                "geomean_ratio": float(np.exp(np.mean(np.log(ratios)))),
                "median_ratio_of_minima": statistics.median(r["min_ratio"] for r in rows)}
-    print(f"\nmedian ratio {summary['median_ratio']:.2f}, min {summary['min_ratio']:.2f} ({summary['min_case']}), "
+    print(f"\nmedian ratio {summary['median_ratio']:.2f}, min {summary['min_ratio']:.3f} ({summary['min_case']}), "
           f"geomean {summary['geomean_ratio']:.2f}; load {info['load_before']} -> {info['load_after']}")
     if not args.no_write:
         # One run per OpenBLAS configuration: this run replaces an earlier one with the same label.
