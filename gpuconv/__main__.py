@@ -85,6 +85,12 @@ def format_info(data: dict[str, Any]) -> str:
     lines.append("backends:")
     for name, status in (data.get("backends") or {}).items():
         lines.append(f"  {name:<18} {'available' if status == 'yes' else 'unavailable: ' + str(status)}")
+    nb = data.get("numpy-backend")
+    if nb:
+        blas = nb.get("blas_threads") or "unknown"
+        winograd = "on (GPUCONV_WINOGRAD=0 turns it off)" if nb.get("winograd") else "off (GPUCONV_WINOGRAD=0)"
+        lines.append(f"numpy backend: {nb.get('threads')} worker threads (GPUCONV_NUM_THREADS), BLAS threads "
+                     f"{blas}, Winograd {winograd}")
     gpu = data.get("gpu") or {}
     if not gpu.get("available"):
         lines.append(f"GPU: none ({gpu.get('reason', 'NVML reports no device')})")

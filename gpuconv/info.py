@@ -32,5 +32,13 @@ def info() -> dict[str, Any]:
         "nvidia-cuda-nvrtc": _version("nvidia-cuda-nvrtc"),
         "backend": get_backend(),
         "backends": available_backends(),
+        "numpy-backend": numpy_backend_settings(),
         "gpu": gpu_report(),
     }
+
+
+def numpy_backend_settings() -> dict[str, Any]:
+    """The NumPy backend's knobs as they stand: worker threads, BLAS threads (0: unknown), Winograd on/off."""
+    from .numpy_backend import _parallel, _winograd
+    return {"threads": _parallel.num_threads(), "blas_threads": _parallel.blas_threads(),
+            "winograd": _winograd.enabled()}

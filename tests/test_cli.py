@@ -86,6 +86,15 @@ def test_info_runs_and_prints_versions_backends_gpu(capsys):
     assert main(["info", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["backends"]["numpy"] == "yes" and "gpu" in data
+    assert data["numpy-backend"]["threads"] >= 1 and isinstance(data["numpy-backend"]["winograd"], bool)
+
+
+def test_info_shows_the_numpy_backend_settings(capsys, monkeypatch):
+    monkeypatch.setenv("GPUCONV_WINOGRAD", "0")
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "numpy backend: " in out and "worker threads (GPUCONV_NUM_THREADS)" in out
+    assert "Winograd off (GPUCONV_WINOGRAD=0)" in out
 
 
 def test_format_info_with_a_gpu_and_without():
