@@ -507,15 +507,16 @@ def _fix_zeros(x: np.ndarray, m: np.ndarray, flat: np.ndarray, shift) -> None:
     m[zm] = x.reshape(-1)[(flat + shift)[zm]]
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=8)
 def _tiled_plan(p: PoolProblem, dtype: np.dtype, idx_dt: np.dtype, workers: int) -> tuple:
     """The per-problem setup of _max_pool_tiled, kept for repeated calls (its Python work is a tenth of a small
     pooling call: 4x22x30x512 floats, 2x2 argmax). workers: the pool size the box shapes were made for.
-    Arrays are read-only."""
+    Arrays are read-only; the largest, the window origins of one fast box, is at most 4 bytes per box value
+    (2 MiB), and no scratch buffer is kept here."""
     inner = _interior(p)
     items, rows, cols = _fast_shape(p, inner)
     values = items * rows * cols * p.C
-    exact = _select_scratch(dtype, _tap_dtype(p, dtype))
+    unit = _select_scratch(dtype, _tap_dtype(p, dtype)).unit(p.C) + p.C * dtype.itemsize
     toff = np.array([((t * p.H + r) * p.W + s) * p.C for t, r, s in _taps(p)], idx_dt)
     # Window origins ((d*H + p*R - pad)*W + q*S - pad)*C + c of the first box (rows p0.., columns q0.., d = 0),
     # int32; another box adds a scalar shift.
@@ -524,8 +525,8 @@ def _tiled_plan(p: PoolProblem, dtype: np.dtype, idx_dt: np.dtype, workers: int)
     base = hs[:, None, None] + _q_base(p, (q0, q0 + cols), np.int32)
     toff.flags.writeable = base.flags.writeable = False
     fast_boxes = tuple(_fast_boxes(p, inner))
-    border_boxes = tuple(_border_boxes(p, inner, exact.unit(p.C) + p.C * dtype.itemsize))
-    return values, exact, toff, p0, q0, base, fast_boxes, border_boxes
+    border_boxes = tuple(_border_boxes(p, inner, unit))
+    return values, toff, p0, q0, base, fast_boxes, border_boxes
 
 
 def _max_pool_tiled(x: np.ndarray, p: PoolProblem, y: np.ndarray, argmax, include_batch: bool) -> None:
@@ -535,14 +536,21 @@ def _max_pool_tiled(x: np.ndarray, p: PoolProblem, y: np.ndarray, argmax, includ
     worker carves its fast-box scratch from its own per-thread buffer."""
     per_batch = p.D * p.H * p.W * p.C
     idx_dt = argmax.dtype if argmax is not None else np.dtype(np.int64)
-    values, exact, toff, p0, q0, base, fast_boxes, border_boxes = _tiled_plan(
-        p, x.dtype, idx_dt, _parallel.workers())
+    values, toff, p0, q0, base, fast_boxes, border_boxes = _tiled_plan(p, x.dtype, idx_dt, _parallel.workers())
+    made: list = []
+
+    def exact(box) -> dict:
+        """Scratch of the exact sweep, made on first use (most calls never need it); its buffers are per thread,
+        so workers racing to make it may share whichever object they find."""
+        if not made:
+            made.append(_select_scratch(x.dtype, _tap_dtype(p, x.dtype)))
+        return made[0].get(box_shape(box) + (p.C,))
 
     def redo(box):
         if argmax is not None:
-            _argmax_box(x, p, box, y, argmax, exact.get(box_shape(box) + (p.C,)), toff, include_batch)
+            _argmax_box(x, p, box, y, argmax, exact(box), toff, include_batch)
         else:
-            _select(x, p, box, y[box], exact.get(box_shape(box) + (p.C,)), False)
+            _select(x, p, box, y[box], exact(box), False)
 
     def fast(fbox) -> None:
         ns, z, (a, b), q = fbox
