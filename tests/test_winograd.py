@@ -298,3 +298,18 @@ def test_stride2_conditions_chunks_threads_and_nonfinite(spy_s2, monkeypatch):
     for g, r in zip(got, want):
         assert g.tobytes() == r.tobytes()
     assert np.isinf(got[0]).any() and np.isnan(got[0]).any() and np.isnan(got[1]).any()
+
+
+def test_stride2_nchw_and_conv3d_depth_one_filter(spy_s2):
+    """NCHW inputs and conv3d with a 1x3x3 filter, strides (1, 2, 2): depth slices are items."""
+    x, w = RNG.standard_normal((2, 32, 12, 8), np.float32), RNG.standard_normal((3, 3, 32, 32), np.float32)
+    y = gc.conv2d(x, w, 2, "SAME", data_format="NCHW")
+    want = gc.conv2d(x.astype(np.float64), w.astype(np.float64), 2, "SAME", data_format="NCHW")
+    scale = gc.conv2d(np.abs(x).astype(np.float64), np.abs(w).astype(np.float64), 2, "SAME", data_format="NCHW")
+    _bounded(y, want, scale)
+    x3, w3 = RNG.standard_normal((2, 3, 12, 8, 32), np.float32), RNG.standard_normal((1, 3, 3, 32, 32), np.float32)
+    y3 = gc.conv3d(x3, w3, [1, 1, 2, 2, 1], "SAME")
+    want3 = gc.conv3d(x3.astype(np.float64), w3.astype(np.float64), [1, 1, 2, 2, 1], "SAME")
+    scale3 = gc.conv3d(np.abs(x3).astype(np.float64), np.abs(w3).astype(np.float64), [1, 1, 2, 2, 1], "SAME")
+    _bounded(y3, want3, scale3)
+    assert spy_s2["fprop"] == 2
