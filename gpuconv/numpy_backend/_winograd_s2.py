@@ -33,7 +33,7 @@ from ._winograd import (MIN_CHANNELS, _budget, _chunks, _finite, _quiet, _region
 # ones (9 per output): even output sizes give 0.69; 7x7 (16 tiles for 49 outputs, 0.91) gains nothing.
 MAX_WORK_RATIO = 0.75
 
-# Per axis: the five terms (0a, 0b, 1, 2a, 2b) of the three components, and each term's filter combination.
+# Per axis: the five terms (0a, 0b, 1, 2a, 2b) grouped into the three components (filter terms: _terms).
 _GROUPS = ((0, 1), (2,), (3, 4))
 _COMPONENT = (0, 0, 1, 2, 2)                      # term -> component
 _SLOT = (0, 1, 0, 0, 1)                           # term -> position within its component
