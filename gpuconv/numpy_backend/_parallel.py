@@ -7,7 +7,7 @@ Rules every caller keeps (results are bit-identical whatever the thread count):
   - each chunk writes its own part of the output (no two chunks touch one output element), and computes it
     exactly as the serial loop would: the same boxes, the same operations in the same order;
   - reductions that span chunks (conv wgrad's sum over boxes) are not split: chunks return partial results and
-    the caller combines them in chunk order (`map_ordered`);
+    the caller combines them in chunk order (`map_ordered`, `sum_in_order`);
   - scratch is per thread (per-thread buffers or per-chunk arrays, never a shared mutable buffer), so the memory
     bound of the serial path holds per worker: total scratch = workers x the per-worker budget
     (_window.SCRATCH_BYTES for column blocks, _window.POOL_BOX_BYTES for pooling boxes).
@@ -25,6 +25,8 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Sequence
+
+import numpy as np
 
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
@@ -210,6 +212,38 @@ def map_ordered(fn: Callable, items: Iterable, combine: Callable | None) -> None
     for e in errors:
         if e is not None:
             raise e
+
+
+def sum_in_order(partial: Callable, items: Sequence, totals: list, parallel: bool) -> None:
+    """totals[k] = the sum over items of partial's k-th result, added in item order on the calling thread (the
+    first partial is copied in), so the sum is bit-identical whatever the worker count. partial(item, bufs)
+    fills bufs, arrays shaped like totals that are recycled between items. parallel: items go to the worker pool
+    (e.g. gemm_chunks()), else they run in order on this thread. Unchanged totals when there are no items."""
+    free: list = []
+    first = [True]
+
+    def run(item) -> list:
+        try:
+            bufs = free.pop()
+        except IndexError:
+            bufs = [np.empty_like(t) for t in totals]
+        partial(item, bufs)
+        return bufs
+
+    def add(bufs: list) -> None:
+        for t, b in zip(totals, bufs):
+            if first[0]:
+                np.copyto(t, b)
+            else:
+                np.add(t, b, out=t)
+        first[0] = False
+        free.append(bufs)
+
+    if parallel:
+        map_ordered(run, items, add)
+    else:
+        for it in items:
+            add(run(it))
 
 
 def _combine_in_order(fn, items, combine, results, errors, done, counter, take, state, progress) -> None:

@@ -231,6 +231,21 @@ def _chunks(n: int, tp: int, tq: int, size) -> list:
     return [((i, i + 1), (r, min(r + rb, tp))) for i in range(n) for r in range(0, tp, rb)]
 
 
+def fill_until_nonfinite(fill, chunks: list) -> bool:
+    """fill(chunk) writes a chunk's outputs and returns them; chunks go to the worker pool when BLAS is
+    single-threaded (else in order, with BLAS's threads). False as soon as some chunk's outputs are not finite
+    (chunks not yet started are skipped): the caller then computes the whole op directly."""
+    bad = []
+
+    @_quiet
+    def one(chunk) -> None:
+        if not bad and not _finite(fill(chunk)):
+            bad.append(chunk)
+
+    _parallel.map_chunks(one, chunks, _parallel.gemm_chunks())
+    return not bad
+
+
 def correlate(x: np.ndarray, U: np.ndarray, pad: tuple, out: np.ndarray) -> bool:
     """out (N, P, Q, K) = the 3x3 correlation of x (N, H, W, C) with the transformed filter U (16, C, K; any
     strides BLAS takes, e.g. a transposed view), output (p, q) reading x[p - pad[0] + r, q - pad[1] + s] (zero
@@ -239,12 +254,8 @@ def correlate(x: np.ndarray, U: np.ndarray, pad: tuple, out: np.ndarray) -> bool
     C = x.shape[-1]
     tp, tq = -(-P // 2), -(-Q // 2)
     chunks = _chunks(N, tp, tq, lambda nb, rb: _chunk_bytes(nb, rb, tq, C, K, False))
-    bad = []
 
-    @_quiet
-    def one(chunk) -> None:
-        if bad:
-            return
+    def fill(chunk) -> np.ndarray:
         (n0, n1), (i0, i1) = chunk
         nb, rb = n1 - n0, i1 - i0
         d = _region(x, (n0, n1), (2 * i0 - pad[0], 2 * i1 - pad[0] + 2), (-pad[1], 2 * tq - pad[1] + 2), "region")
@@ -255,11 +266,9 @@ def correlate(x: np.ndarray, U: np.ndarray, pad: tuple, out: np.ndarray) -> bool
         np.matmul(V.reshape(16, t, C), U, out=M)
         dst = out[n0:n1, 2 * i0:min(2 * i1, P)]
         _output_transform(M.reshape(16, nb, rb, tq, K), dst)
-        if not _finite(dst):
-            bad.append(chunk)
+        return dst
 
-    _parallel.map_chunks(one, chunks, _parallel.gemm_chunks())
-    return not bad
+    return fill_until_nonfinite(fill, chunks)
 
 
 @_quiet
@@ -311,10 +320,9 @@ def wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem):
     pad = p.pad_before[1:]
     tp, tq = -(-P // 2), -(-Q // 2)
     du = np.zeros((16, C, K), np.float32)
-    free: list = []
 
     @_quiet
-    def partial(chunk) -> np.ndarray:
+    def partial(chunk, bufs: list) -> None:
         (n0, n1), (i0, i1) = chunk
         nb, rb = n1 - n0, i1 - i0
         t = nb * rb * tq
@@ -324,23 +332,10 @@ def wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem):
         e = _region(dy4, (n0, n1), (2 * i0, 2 * i1), (0, 2 * tq), "dy")
         E = _scratch("M", 16 * t * K).reshape(16, nb, rb, tq, K)
         _dy_transform(e, E)
-        try:
-            part = free.pop()
-        except IndexError:
-            part = np.empty_like(du)
-        np.matmul(V.reshape(16, t, C).transpose(0, 2, 1), E.reshape(16, t, K), out=part)
-        return part
-
-    def add(part: np.ndarray) -> None:
-        np.add(du, part, out=du)
-        free.append(part)
+        np.matmul(V.reshape(16, t, C).transpose(0, 2, 1), E.reshape(16, t, K), out=bufs[0])
 
     chunks = _chunks(N, tp, tq, lambda nb, rb: _chunk_bytes(nb, rb, tq, C, K, True))
-    if _parallel.gemm_chunks():
-        _parallel.map_ordered(partial, chunks, add)
-    else:
-        for c in chunks:
-            add(partial(c))
+    _parallel.sum_in_order(partial, chunks, [du], _parallel.gemm_chunks())
     du = du.reshape(4, 4, C, K)
     du[3] *= -1                                                # undo A' (see _dy_transform)
     du[:, 3] *= -1

@@ -27,7 +27,8 @@ import numpy as np
 
 from ..geometry import ConvProblem
 from . import _parallel
-from ._winograd import (MIN_CHANNELS, _budget, _chunks, _finite, _quiet, _region, _scratch, enabled)
+from ._winograd import (MIN_CHANNELS, _budget, _chunks, _finite, _quiet, _region, _scratch, enabled,
+                        fill_until_nonfinite)
 
 # Winograd multiplications (25 per 2x2 tile, partial tiles counted whole) at most this fraction of the direct
 # ones (9 per output): even output sizes give 0.69; 7x7 (16 tiles for 49 outputs, 0.91) gains nothing.
@@ -135,12 +136,8 @@ def fprop(x: np.ndarray, w: np.ndarray, p: ConvProblem, y: np.ndarray) -> bool:
     C = x4.shape[-1]
     tp, tq = -(-P // 2), -(-Q // 2)
     U = filter_transform(w[0])
-    bad = []
 
-    @_quiet
-    def one(chunk) -> None:
-        if bad:
-            return
+    def fill(chunk) -> np.ndarray:
         (n0, n1), (i0, i1) = chunk
         nb, rb = n1 - n0, i1 - i0
         t = nb * rb * tq
@@ -150,12 +147,9 @@ def fprop(x: np.ndarray, w: np.ndarray, p: ConvProblem, y: np.ndarray) -> bool:
             np.matmul(V[c].reshape(t, _SIZES[c] * C), U[c], out=M[c])
         dst = out[n0:n1, 2 * i0:min(2 * i1, P)]
         _output_transform(M.reshape(9, nb, rb, tq, K), dst)
-        if not _finite(dst):
-            bad.append(chunk)
+        return dst
 
-    chunks = _chunks(N, tp, tq, lambda nb, rb: _chunk_bytes(nb, rb, tq, C, K))
-    _parallel.map_chunks(one, chunks, _parallel.gemm_chunks())
-    return not bad
+    return fill_until_nonfinite(fill, _chunks(N, tp, tq, lambda nb, rb: _chunk_bytes(nb, rb, tq, C, K)))
 
 
 def _filter_adjoint(du: list, C: int, K: int) -> np.ndarray:
@@ -198,34 +192,19 @@ def wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem):
     C = x4.shape[-1]
     tp, tq = -(-P // 2), -(-Q // 2)
     du = [np.zeros((k * C, K), np.float32) for k in _SIZES]
-    free: list = []
 
     @_quiet
-    def partial(chunk) -> list:
+    def partial(chunk, bufs: list) -> None:
         (n0, n1), (i0, i1) = chunk
         nb, rb = n1 - n0, i1 - i0
         t = nb * rb * tq
         V = _components(x4, chunk, tq, p.pad_before[1:])
         E = _scratch("M", 9 * t * K).reshape(9, nb, rb, tq, K)
         _dy_transform(_region(dy4, (n0, n1), (2 * i0, 2 * i1), (0, 2 * tq), "dy"), E)
-        try:
-            part = free.pop()
-        except IndexError:
-            part = [np.empty_like(a) for a in du]
         for c in range(9):
-            np.matmul(V[c].reshape(t, _SIZES[c] * C).T, E[c].reshape(t, K), out=part[c])
-        return part
-
-    def add(part: list) -> None:
-        for a, b in zip(du, part):
-            np.add(a, b, out=a)
-        free.append(part)
+            np.matmul(V[c].reshape(t, _SIZES[c] * C).T, E[c].reshape(t, K), out=bufs[c])
 
     chunks = _chunks(N, tp, tq, lambda nb, rb: _chunk_bytes(nb, rb, tq, C, K))
-    if _parallel.gemm_chunks():
-        _parallel.map_ordered(partial, chunks, add)             # partials combined in chunk order
-    else:
-        for c in chunks:
-            add(partial(c))
+    _parallel.sum_in_order(partial, chunks, du, _parallel.gemm_chunks())   # in chunk order: a fixed sum
     dw = _filter_adjoint(du, C, K)
     return dw[None] if _finite(dw) else None

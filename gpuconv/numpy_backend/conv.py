@@ -292,10 +292,9 @@ def conv_fprop(x: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
     if x.size == 0:
         y[...] = 0
         return y
-    if _winograd.applies(p, x.dtype) and _winograd.fprop(x, w, p, y):
-        return y
-    if _winograd_s2.applies(p, x.dtype) and _winograd_s2.fprop(x, w, p, y):
-        return y
+    for fast in (_winograd, _winograd_s2):           # False: an output was not finite, compute directly
+        if fast.applies(p, x.dtype) and fast.fprop(x, w, p, y):
+            return y
     acc = accumulator_dtype(x.dtype)
     G, cg, kg = p.groups, p.group_c, p.group_k
     taps = _taps(p)
@@ -490,10 +489,7 @@ def conv_wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem) -> np.ndarray:
         unit = gather.row_bytes + (p.K * acc.itemsize if convert else 0)
         # Per box a partial product cols^T @ dy_box, computed on any worker; the partials are added to dw in box
         # order on this thread (the first one is dw), so the sum is the serial one whatever the thread count.
-        free: list = []
-        state = {"first": True}
-
-        def partial(box) -> np.ndarray:
+        def partial(box, bufs: list) -> None:
             cols = gather.cols(box)                                       # (G, M, taps*Cg)
             m = cols.shape[1]
             dyb = dy[box].reshape(m, G, kg)
@@ -501,27 +497,9 @@ def conv_wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem) -> np.ndarray:
                 dyb = np.ascontiguousarray(dyb.transpose(1, 0, 2), dtype=acc)     # (G, M, Kg)
             else:
                 dyb = dyb.transpose(1, 0, 2)
-            try:
-                part = free.pop()
-            except IndexError:
-                part = np.empty_like(dw)
-            np.matmul(cols.transpose(0, 2, 1), dyb, out=part)
-            return part
+            np.matmul(cols.transpose(0, 2, 1), dyb, out=bufs[0])
 
-        def add(part: np.ndarray) -> None:
-            if state["first"]:
-                np.copyto(dw, part)
-                state["first"] = False
-            else:
-                np.add(dw, part, out=dw)
-            free.append(part)
-
-        box_list = list(boxes(dy.shape[:4], unit))
-        if _parallel.gemm_chunks():
-            _parallel.map_ordered(partial, box_list, add)
-        else:
-            for box in box_list:
-                add(partial(box))
+        _parallel.sum_in_order(partial, list(boxes(dy.shape[:4], unit)), [dw], _parallel.gemm_chunks())
     # (G, taps*Cg, Kg) -> (T, R, S, Cg, G*Kg)
     out = dw.reshape(G, len(taps), cg, kg).transpose(1, 2, 0, 3).reshape(p.w_shape)
     return np.ascontiguousarray(out, dtype=x.dtype)
