@@ -74,20 +74,26 @@ def _taps_matrix(w: np.ndarray, p: ConvProblem, acc: np.dtype) -> np.ndarray:
         w.reshape(ntaps, p.group_c, p.groups, p.group_k).transpose(0, 2, 1, 3), dtype=acc)
 
 
+def _add_tap_products(src: np.ndarray, wt: np.ndarray, dst: np.ndarray, p: ConvProblem, acc, backward: bool):
+    """dst[tap's cells] += src[tap's cells] @ wt[tap] per group, tap by tap and batch chunk by batch chunk.
+    fprop reads x at the tap's input cells and adds into y's output box; dgrad (backward) the other way round."""
+    for j, out_box, in_cells in _tap_boxes(p):
+        if out_box is None:
+            continue
+        src_cells, dst_cells = (out_box, in_cells) if backward else (in_cells, out_box)
+        for nb in _batches(p, acc):
+            target = dst[(nb,) + dst_cells]
+            res = np.matmul(_grouped(src[(nb,) + src_cells], p.groups, acc), wt[j])       # (G, M, Kg or Cg)
+            target += _ungroup(res, target.shape)
+
+
 @np.errstate(invalid="ignore", over="ignore")      # NaN and inf results are the point here
 def conv_fprop(x: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
     """y = conv(x, w) with padding taps absent (module docstring)."""
     acc = accumulator_dtype(x.dtype)
     y = np.zeros(p.y_shape, acc)
     if y.size and x.size:
-        wt = _taps_matrix(w, p, acc)
-        for j, out_box, in_cells in _tap_boxes(p):
-            if out_box is None:
-                continue
-            for nb in _batches(p, acc):
-                target = y[(nb,) + out_box]
-                res = np.matmul(_grouped(x[(nb,) + in_cells], p.groups, acc), wt[j])       # (G, M, Kg)
-                target += _ungroup(res, target.shape)
+        _add_tap_products(x, _taps_matrix(w, p, acc), y, p, acc, backward=False)
     return y.astype(x.dtype, copy=False)
 
 
@@ -98,13 +104,7 @@ def conv_dgrad(dy: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
     dx = np.zeros(p.x_shape, acc)
     if dx.size and dy.size:
         wt = np.ascontiguousarray(_taps_matrix(w, p, acc).transpose(0, 1, 3, 2))           # (taps, G, Kg, Cg)
-        for j, out_box, in_cells in _tap_boxes(p):
-            if out_box is None:
-                continue
-            for nb in _batches(p, acc):
-                target = dx[(nb,) + in_cells]
-                res = np.matmul(_grouped(dy[(nb,) + out_box], p.groups, acc), wt[j])     # (G, M, Cg)
-                target += _ungroup(res, target.shape)
+        _add_tap_products(dy, wt, dx, p, acc, backward=True)
     return dx.astype(dy.dtype, copy=False)
 
 
