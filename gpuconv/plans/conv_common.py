@@ -126,7 +126,7 @@ def grid_reason(grid: tuple[int, int, int], z_what: str) -> str:
 
 def config_reason(config, p: ConvProblem, dtype, variants: tuple[str, ...]) -> str:
     """'' when config's variant, index type and dtype can run p at all, else why not (the checks every
-    dgrad / wgrad configuration starts with)."""
+    fprop / dgrad / wgrad configuration starts with)."""
     if config.variant not in variants:
         return f"unknown variant {config.variant!r} (one of {variants})"
     if config.index not in INDEX_TYPES:

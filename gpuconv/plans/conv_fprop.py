@@ -66,7 +66,7 @@ from ..dtypes import FLOAT_DTYPES, ctype
 from ..geometry import ConvProblem
 from ..kernel_source import KernelFamily, LaunchHint
 from . import LaunchPlan, ceil_div, index_type
-from .conv_common import (GRID_YZ_MAX, INDEX_TYPES, INT32_MAX, SM_COUNT, ForcedFields, extents_fit_int,
+from .conv_common import (GRID_YZ_MAX, INDEX_TYPES, INT32_MAX, SM_COUNT, ForcedFields, config_reason,
                           filter_elements, flag_expressions, flagged_launch, problem_scalars, tile_grid)
 from .conv_common import needs_nonfinite_flag  # noqa: F401 (re-exported: the kernel backend asks here)
 
@@ -198,12 +198,9 @@ def supports(config: FpropConfig, p: ConvProblem, dtype) -> Optional[str]:
     dtype = np.dtype(dtype)
     if dtype not in FLOAT_DTYPES:
         return f"dtype {dtype} is not float16, float32 or float64"
-    if config.index not in INDEX_TYPES:
-        return f"index type {config.index!r} is not 'int' or 'long long'"
-    if config.index == "int" and p.needs_int64():
-        return "a tensor has >= 2^31 elements: the index type must be 'long long'"
-    if not extents_fit_int(p):
-        return "an extent, stride, dilation or pad does not fit in int"
+    reason = config_reason(config, p, dtype, ("analytic", "tiled", "tensorop"))
+    if reason:
+        return reason
     gemm_m, gemm_n, gemm_k = p.gemm_size("fprop")
     if config.variant == "analytic":
         if config.tile is not None or config.vector != 1:
@@ -213,8 +210,6 @@ def supports(config: FpropConfig, p: ConvProblem, dtype) -> Optional[str]:
         if analytic_grid(p)[2] > MAX_GRID_Y:
             return f"N*Z*P = {p.N * p.Z * p.P} output rows exceed the analytic grid ({MAX_GRID_Y}^2 rows)"
         return None
-    if config.variant not in ("tiled", "tensorop"):
-        return f"unknown variant {config.variant!r} (analytic, tiled or tensorop)"
     table = TILED_INSTANCES if config.variant == "tiled" else TENSOROP_INSTANCES
     available = table.get((dtype, config.index), ())
     if config.tile not in available:
