@@ -201,3 +201,18 @@ def test_numpy_arrays_on_cuda_backend_are_rejected():
     with gc.use_backend("cuda"):
         with pytest.raises(TypeError, match="cupy arrays"):
             gc.max_pool2d(f32(1, 4, 4, 1), 2, 2, "VALID")
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_check_argmax_bounds(dtype):
+    """Every index in [0, limit) passes and anything else fails, including the most negative index against a
+    limit beyond the dtype's range (a one-reduction check on the unsigned view must not let it through)."""
+    from gpuconv.pool import check_argmax
+    lowest = int(np.iinfo(dtype).min)
+    check_argmax(np.array([0, 6], dtype), "argmax", 7)
+    for bad, limit in ((7, 7), (-1, 7), (lowest, 7), (lowest, 2**33), (lowest, 2**64)):
+        with pytest.raises(ValueError, match=f"argmax: expected indices in \\[0, {limit}\\)"):
+            check_argmax(np.array([3, bad], dtype), "argmax", limit)
+    check_argmax(np.array([int(np.iinfo(dtype).max)], dtype), "argmax", 2**64)
+    with pytest.raises(TypeError, match="argmax"):
+        check_argmax(np.array([1], np.uint32), "argmax", 7)
