@@ -437,14 +437,19 @@ def test_argmax_scatter_int64_wraps_exactly():
 
 
 @pytest.mark.parametrize("budget", [32 * 2**20, 300, 20])
-def test_argmax_scatter_chunks(monkeypatch, budget):
-    """Chunked scatter equals a one-shot np.add.at: whole-item chunks (large budget), value chunks split within
-    and across batch items with a mark array (300 bytes) or sorting (20 bytes) to find repeats."""
+@pytest.mark.parametrize("item_min", [2**16, 1])
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+def test_argmax_scatter_chunks(monkeypatch, budget, item_min, index_dtype):
+    """Chunked scatter equals a one-shot np.add.at: whole-item chunks (large budget; items grouped with offsets,
+    or one at a time with their own indices, item_min 1), value chunks split within and across batch items with
+    a mark array (300 bytes) or sorting (20 bytes) to find repeats. argmax is left as it was."""
     from gpuconv.numpy_backend import pool as P
     monkeypatch.setattr(P, "_SCATTER_CHUNK", 7)
+    monkeypatch.setattr(P, "_ITEM_CHUNK_MIN", item_min)
     monkeypatch.setattr(_window, "SCRATCH_BYTES", budget)
     vals = rand((3, 1, 4, 4, 2), np.float64)
-    am = RNG.integers(0, 20, size=vals.shape).astype(np.int32)
+    am = RNG.integers(0, 20, size=vals.shape).astype(index_dtype)
+    before = am.copy()
     for include in (False, True):
         out = BACKEND.argmax_scatter(vals, am, (3, 1, 5, 4, 2), include)
         want = np.zeros(3 * 40)
@@ -453,6 +458,7 @@ def test_argmax_scatter_chunks(monkeypatch, budget):
         np.testing.assert_allclose(out.reshape(-1), want, rtol=1e-12)
         got = BACKEND.argmax_gather(out, am, include)
         np.testing.assert_array_equal(got.reshape(-1), out.reshape(-1)[idx.reshape(-1)])
+        np.testing.assert_array_equal(am, before)
 
 
 # ---------------------------------------------------------------------------------------------------------
