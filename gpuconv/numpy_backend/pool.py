@@ -353,14 +353,14 @@ class _FastScratch:
         return buf[:math.prod(shape)].reshape(shape)
 
 
-def _fast_shape(p: PoolProblem, inner: list) -> tuple[int, int, int]:
+def _fast_shape(p: PoolProblem, inner: list, nw: int) -> tuple[int, int, int]:
     """(items, rows, columns) of output positions per fast box, about _FAST_BOX_VALUES values: several batch
     items where a whole interior plane fits, else whole interior rows where a row fits. Rows are spread evenly
     over the boxes of a plane, and with several workers boxes hold at most a worker's share of the interior, so
-    that every worker gets boxes (box shapes change no result: each window is computed on its own)."""
+    that every worker gets boxes (box shapes change no result: each window is computed on its own).
+    nw: the workers the boxes are for (1 where the sweep runs on the calling thread)."""
     (z0, z1), (p0, p1), (q0, q1) = inner
     limit = _FAST_BOX_VALUES
-    nw = _parallel.workers()
     if nw > 1:
         # About two boxes per worker: a worker that starts late (a busy machine) leaves its share to the others.
         limit = max(p.C, min(limit, -(-p.N * max(0, z1 - z0) * (p1 - p0) * (q1 - q0) * p.C // (2 * nw))))
@@ -378,12 +378,12 @@ def _fast_shape(p: PoolProblem, inner: list) -> tuple[int, int, int]:
     return items, rows, cols
 
 
-def _fast_boxes(p: PoolProblem, inner: list):
+def _fast_boxes(p: PoolProblem, inner: list, nw: int):
     """Fast boxes ((n0, n1), z, (p0, p1), (q0, q1)) covering the interior."""
     (z0, z1), (p0, p1), (q0, q1) = inner
     if z1 <= z0 or p1 <= p0 or q1 <= q0:
         return
-    items, rows, cols = _fast_shape(p, inner)
+    items, rows, cols = _fast_shape(p, inner, nw)
     for z in range(z0, z1):
         for n in range(0, p.N, items):
             for a in range(p0, p1, rows):
@@ -514,11 +514,11 @@ def _fix_zeros(x: np.ndarray, m: np.ndarray, flat: np.ndarray, shift) -> None:
 @functools.lru_cache(maxsize=8)
 def _tiled_plan(p: PoolProblem, dtype: np.dtype, idx_dt: np.dtype, workers: int) -> tuple:
     """The per-problem setup of _max_pool_tiled, kept for repeated calls (its Python work is a tenth of a small
-    pooling call: 4x22x30x512 floats, 2x2 argmax). workers: the pool size the box shapes were made for.
+    pooling call: 4x22x30x512 floats, 2x2 argmax). workers: the workers the box shapes are for.
     Arrays are read-only; the largest, the window origins of one fast box, is at most 4 bytes per box value
     (2 MiB), and no scratch buffer is kept here."""
     inner = _interior(p)
-    items, rows, cols = _fast_shape(p, inner)
+    items, rows, cols = _fast_shape(p, inner, workers)
     values = items * rows * cols * p.C
     unit = _select_scratch(dtype, _tap_dtype(p, dtype)).unit(p.C) + p.C * dtype.itemsize
     toff = np.array([((t * p.H + r) * p.W + s) * p.C for t, r, s in _taps(p)], idx_dt)
@@ -528,7 +528,7 @@ def _tiled_plan(p: PoolProblem, dtype: np.dtype, idx_dt: np.dtype, workers: int)
     hs = (np.arange(p0, p0 + rows, dtype=np.int32) * p.R - p.pad_before[1]) * np.int32(p.W * p.C)
     base = hs[:, None, None] + _q_base(p, (q0, q0 + cols), np.int32)
     toff.flags.writeable = base.flags.writeable = False
-    fast_boxes = tuple(_fast_boxes(p, inner))
+    fast_boxes = tuple(_fast_boxes(p, inner, workers))
     border_boxes = tuple(_border_boxes(p, inner, unit))
     return values, toff, p0, q0, base, fast_boxes, border_boxes
 
@@ -540,7 +540,9 @@ def _max_pool_tiled(x: np.ndarray, p: PoolProblem, y: np.ndarray, argmax, includ
     worker carves its fast-box scratch from its own per-thread buffer."""
     per_batch = p.D * p.H * p.W * p.C
     idx_dt = argmax.dtype if argmax is not None else np.dtype(np.int64)
-    values, toff, p0, q0, base, fast_boxes, border_boxes = _tiled_plan(p, x.dtype, idx_dt, _parallel.workers())
+    parallel = y.size >= _PARALLEL_MIN
+    values, toff, p0, q0, base, fast_boxes, border_boxes = _tiled_plan(p, x.dtype, idx_dt,
+                                                                       _parallel.workers() if parallel else 1)
     made: list = []
 
     def exact(box) -> dict:
@@ -581,7 +583,7 @@ def _max_pool_tiled(x: np.ndarray, p: PoolProblem, y: np.ndarray, argmax, includ
             _fix_zeros(x, m, rel, items)
 
     chunks = [(fast, b) for b in fast_boxes] + [(redo, b) for b in border_boxes]
-    _parallel.map_chunks(lambda c: c[0](c[1]), chunks, y.size >= _PARALLEL_MIN)
+    _parallel.map_chunks(lambda c: c[0](c[1]), chunks, parallel)
 
 
 def max_pool_argmax(x: np.ndarray, p: PoolProblem, index_dtype, include_batch: bool):
