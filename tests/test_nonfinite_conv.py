@@ -10,8 +10,6 @@ every tile to the analytic formula, whose results are then bit-identical to the 
 """
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 

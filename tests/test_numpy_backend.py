@@ -610,6 +610,40 @@ def test_results_do_not_depend_on_thread_count(monkeypatch, threads, budget):
             assert a.tobytes() == b.tobytes()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ieee_specials_give_no_floating_point_warnings(monkeypatch, threads, workers):
+    """inf - inf inside a GEMM, NaN, and float16 sums past 65504 give their IEEE results (NaN, inf) without a
+    NumPy warning, on the calling thread and on the pool's threads (which run in the caller's context:
+    test_chunks_run_in_the_callers_context)."""
+    import warnings
+
+    from gpuconv.numpy_backend import pool as pool_module
+    monkeypatch.setattr(_window, "SCRATCH_BYTES", 3000)
+    monkeypatch.setattr(pool_module, "_PIECE_MIN", 16)
+    monkeypatch.setattr(pool_module, "_PARALLEL_MIN", 0)
+    monkeypatch.setattr(_parallel, "gemm_chunks", lambda: _parallel.workers() > 1)
+    threads(workers)
+    outs = {}
+    for dtype, special in ((np.float32, None), (np.float16, 6e4)):
+        x = np.abs(RNG.standard_normal((2, 8, 8, 4))).astype(dtype)
+        w = np.abs(RNG.standard_normal((3, 3, 4, 4))).astype(dtype)
+        dy = np.abs(RNG.standard_normal((2, 8, 8, 4))).astype(dtype)
+        if special is None:
+            x[0, 2, 2, 1], x[0, 2, 3, 1], x[1, 5, 5, 0] = np.inf, -np.inf, np.nan
+            dy[1, 4, 4, 2], dy[1, 4, 5, 2] = np.inf, -np.inf
+        else:
+            x[...], dy[...] = dtype(special), dtype(special)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            v, a = gc.max_pool_with_argmax(x, 2, 2, "VALID")
+            outs[dtype] = [gc.conv2d(x, w, 1, "SAME"), gc.conv2d_backprop_input(x.shape, w, dy, 1, "SAME"),
+                           gc.conv2d_backprop_filter(x, w.shape, dy, 1, "SAME"), gc.avg_pool2d(x, 2, 1, "VALID"),
+                           gc.max_unpool(np.concatenate([v, v], 2), np.concatenate([a, a], 2), x.shape)]
+    assert all(np.isnan(o).any() for o in outs[np.float32][:4])               # inf - inf, NaN
+    conv16, unpool16 = outs[np.float16][:3], outs[np.float16][4]
+    assert all(np.isinf(o).any() for o in conv16 + [unpool16])                # sums past float16's range
+
+
 def test_calls_from_several_threads_share_the_pool(monkeypatch, threads):
     """8 user threads calling at once through a 2-worker pool: no deadlock, same bits as serial calls."""
     import concurrent.futures
@@ -642,6 +676,29 @@ def test_errors_in_chunks_reach_the_caller(threads):
         _parallel.map_ordered(fn, range(8), seen.append)
     assert seen == [0, 1, 2, 4, 5, 6, 7]
     assert _parallel.map_chunks(lambda i: None, range(4)) is None     # the pool still works
+
+
+@pytest.mark.parametrize("combine", [False, True])
+def test_chunks_run_in_the_callers_context(threads, combine):
+    """Pool threads see the caller's np.errstate (a context variable): a barrier makes two threads run the two
+    chunks at once, so one of them is surely a pool thread."""
+    import threading
+    threads(2)
+    barrier = threading.Barrier(2, timeout=30)
+    seen = {}
+
+    def fn(i):
+        barrier.wait()
+        seen[i] = (threading.get_ident(), np.geterr()["invalid"])
+        return i
+
+    with np.errstate(invalid="ignore"):
+        if combine:
+            _parallel.map_ordered(fn, range(2), lambda r: None)
+        else:
+            _parallel.map_chunks(fn, range(2))
+    assert len({ident for ident, _ in seen.values()}) == 2
+    assert [mode for _, mode in seen.values()] == ["ignore", "ignore"]
 
 
 def test_huge_window_on_tiny_input_costs_the_input_not_the_window():

@@ -163,11 +163,11 @@ def test_non_finite_inputs_give_the_direct_results(spy, monkeypatch):
     x[0, 3, 3, 5] = np.inf
     x[1, 6, 2, 0] = np.nan
     dy[1, 0, 0, 3] = -np.inf
-    with np.errstate(invalid="ignore"):                     # the direct path's own NaN warnings
+    with warnings.catch_warnings():                         # IEEE results, no NumPy warnings on either path
+        warnings.simplefilter("error")
         got = _ops(x, w, dy, "SAME")
-    assert spy == {"correlate": 0, "wgrad": 0}
-    monkeypatch.setenv("GPUCONV_WINOGRAD", "0")
-    with np.errstate(invalid="ignore"):
+        assert spy == {"correlate": 0, "wgrad": 0}
+        monkeypatch.setenv("GPUCONV_WINOGRAD", "0")
         want = _ops(x, w, dy, "SAME")
     for g, r in zip(got, want):
         assert g.tobytes() == r.tobytes()
@@ -290,7 +290,8 @@ def test_stride2_conditions_chunks_threads_and_nonfinite(spy_s2, monkeypatch):
     xs = np.abs(x)
     xs[0, 5, 5, 3] = np.inf
     xs[1, 9, 2, 0] = np.nan
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         got = (gc.conv2d(xs, np.abs(w), 2, "SAME"), gc.conv2d_backprop_filter(xs, w.shape, dy, 2, "SAME"))
         monkeypatch.setenv("GPUCONV_WINOGRAD", "0")
         want = (gc.conv2d(xs, np.abs(w), 2, "SAME"), gc.conv2d_backprop_filter(xs, w.shape, dy, 2, "SAME"))

@@ -13,6 +13,10 @@ Canonical ops (all arrays C-contiguous, channels-last 5-D, validated by the API 
     argmax_scatter(values, argmax, out_shape, include_batch) -> out   zeros(out_shape) + values at argmax
     argmax_gather(grad, argmax, include_batch) -> values   grad's flat cells at argmax
 Output dtype = input dtype; float16 accumulates in float32.
+
+IEEE arithmetic is the contract (NaN and inf propagate, float16 results overflow to inf, as in TensorFlow), so
+the ops run under np.errstate(all="ignore"): no floating-point warnings from inside a GEMM or a cast, on the
+calling thread or the worker pool's (which runs in the caller's context).
 """
 from __future__ import annotations
 
@@ -22,20 +26,24 @@ from . import conv as _conv
 from . import pool as _pool
 
 
+def _ieee(fn):
+    return staticmethod(np.errstate(all="ignore")(fn))
+
+
 class NumpyBackend:
     name = "numpy"
     xp = np
-    conv_fprop = staticmethod(_conv.conv_fprop)
-    conv_dgrad = staticmethod(_conv.conv_dgrad)
-    conv_wgrad = staticmethod(_conv.conv_wgrad)
-    max_pool = staticmethod(_pool.max_pool)
-    max_pool_argmax = staticmethod(_pool.max_pool_argmax)
-    max_pool_grad = staticmethod(_pool.max_pool_grad)
-    avg_pool = staticmethod(_pool.avg_pool)
-    avg_pool_grad = staticmethod(_pool.avg_pool_grad)
-    avg_unpool = staticmethod(_pool.avg_unpool)
-    argmax_scatter = staticmethod(_pool.argmax_scatter)
-    argmax_gather = staticmethod(_pool.argmax_gather)
+    conv_fprop = _ieee(_conv.conv_fprop)
+    conv_dgrad = _ieee(_conv.conv_dgrad)
+    conv_wgrad = _ieee(_conv.conv_wgrad)
+    max_pool = _ieee(_pool.max_pool)
+    max_pool_argmax = _ieee(_pool.max_pool_argmax)
+    max_pool_grad = _ieee(_pool.max_pool_grad)
+    avg_pool = _ieee(_pool.avg_pool)
+    avg_pool_grad = _ieee(_pool.avg_pool_grad)
+    avg_unpool = _ieee(_pool.avg_unpool)
+    argmax_scatter = _ieee(_pool.argmax_scatter)
+    argmax_gather = _ieee(_pool.argmax_gather)
 
 
 BACKEND = NumpyBackend()

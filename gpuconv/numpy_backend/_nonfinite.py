@@ -87,7 +87,6 @@ def _add_tap_products(src: np.ndarray, wt: np.ndarray, dst: np.ndarray, p: ConvP
             target += _ungroup(res, target.shape)
 
 
-@np.errstate(invalid="ignore", over="ignore")      # NaN and inf results are the point here
 def conv_fprop(x: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
     """y = conv(x, w) with padding taps absent (module docstring)."""
     acc = accumulator_dtype(x.dtype)
@@ -97,7 +96,6 @@ def conv_fprop(x: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
     return y.astype(x.dtype, copy=False)
 
 
-@np.errstate(invalid="ignore", over="ignore")
 def conv_dgrad(dy: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
     """dx = the input gradient with absent taps (off the stride lattice, out of range) never multiplied."""
     acc = accumulator_dtype(dy.dtype)
@@ -108,7 +106,6 @@ def conv_dgrad(dy: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
     return dx.astype(dy.dtype, copy=False)
 
 
-@np.errstate(invalid="ignore", over="ignore")
 def conv_wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem) -> np.ndarray:
     """dw = the filter gradient with padding cells of x never multiplied by dy."""
     acc = accumulator_dtype(x.dtype)

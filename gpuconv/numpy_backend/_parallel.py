@@ -17,10 +17,11 @@ os.cpu_count(). 1 is the serial path (no pool at all). The calling thread works 
 same queue as the pool's threads, so a call finishes even when the pool is busy with other callers' work, and
 users may call gpuconv from several threads at once. A chunk never submits work itself: code already running
 inside a chunk (a pool thread, or a caller while it runs chunks) gets the serial path, so nothing waits on a
-pool that may be waiting on it.
+pool that may be waiting on it. Chunks run in the caller's context variables, np.errstate included.
 """
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -192,7 +193,9 @@ def map_ordered(fn: Callable, items: Iterable, combine: Callable | None) -> None
         finally:
             _local.inside = prev
 
-    futures = [pool.submit(drain) for _ in range(n - 1)]
+    # Pool threads run in a copy of the caller's context: np.errstate (a context variable) holds there too.
+    caller = contextvars.copy_context()
+    futures = [pool.submit(caller.copy().run, drain) for _ in range(n - 1)]
     try:
         if combine is None:
             drain()

@@ -45,7 +45,6 @@ dgrad / wgrad in ms, direct -> Winograd): 56x56x64 20.6/19.8/20.7 -> 13.0/13.0/1
 """
 from __future__ import annotations
 
-import functools
 import os
 import threading
 
@@ -178,16 +177,6 @@ def _output_transform(M: np.ndarray, out: np.ndarray) -> None:
                 dst -= s[3]
 
 
-def _quiet(fn):
-    """Run fn without floating-point warnings: an inf or overflow met here only sends the op to the direct path
-    (np.errstate is per thread, so each chunk function sets it where it runs)."""
-    @functools.wraps(fn)
-    def run(*args):
-        with np.errstate(all="ignore"):
-            return fn(*args)
-    return run
-
-
 def _finite(a: np.ndarray) -> bool:
     """All values finite (NaN-propagating min and max: cheap reductions, no temporary)."""
     return bool(np.isfinite(np.max(a)) and np.isfinite(np.min(a)))
@@ -237,7 +226,6 @@ def fill_until_nonfinite(fill, chunks: list) -> bool:
     (chunks not yet started are skipped): the caller then computes the whole op directly."""
     bad = []
 
-    @_quiet
     def one(chunk) -> None:
         if not bad and not _finite(fill(chunk)):
             bad.append(chunk)
@@ -271,7 +259,6 @@ def correlate(x: np.ndarray, U: np.ndarray, pad: tuple, out: np.ndarray) -> bool
     return fill_until_nonfinite(fill, chunks)
 
 
-@_quiet
 def fprop(x: np.ndarray, w: np.ndarray, p: ConvProblem, y: np.ndarray) -> bool:
     """y = conv(x, w) for an `applies` problem (5-D channels-last arrays). False: compute directly instead."""
     x4 = x.reshape((p.N * p.D,) + x.shape[2:])
@@ -279,7 +266,6 @@ def fprop(x: np.ndarray, w: np.ndarray, p: ConvProblem, y: np.ndarray) -> bool:
     return correlate(x4, filter_transform(w[0]), p.pad_before[1:], y4)
 
 
-@_quiet
 def dgrad(dy: np.ndarray, w: np.ndarray, p: ConvProblem, dx: np.ndarray) -> bool:
     """dx = the stride-1 dgrad: dy correlated with w flipped in (r, s) and transposed in (c, k), padded by
     2 - pad_before (dx[i] reads dy[i + pad_before - r] = dy[i - (2 - pad_before) + (2 - r)])."""
@@ -296,8 +282,6 @@ def _dy_transform(e: np.ndarray, E: np.ndarray) -> None:
     """E (16, nb, rb, tq, K) = A' e A'^T of the 2x2 blocks of e (nb, 2 rb, 2 tq, K), with A' = A except for the
     sign of its last row ([0, 1] instead of [0, -1]); wgrad restores the sign on dU (one flip per row and
     column 3), so rows and columns 0 and 3 are plain copies."""
-    nb, rows, cols, K = e.shape
-    rb, tq = rows // 2, cols // 2
     e0, e1 = e[:, 0::2], e[:, 1::2]                            # (nb, rb, 2 tq, K)
     t = _scratch("rows", 2 * e0.size).reshape((2,) + e0.shape)
     np.add(e0, e1, out=t[0])
@@ -310,7 +294,6 @@ def _dy_transform(e: np.ndarray, E: np.ndarray) -> None:
         np.copyto(E[4 * a + 3], c1)
 
 
-@_quiet
 def wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem):
     """dw (1, 3, 3, C, K) of an `applies` problem, or None when not finite (compute directly instead)."""
     x4 = x.reshape((p.N * p.D,) + x.shape[2:])
@@ -321,7 +304,6 @@ def wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem):
     tp, tq = -(-P // 2), -(-Q // 2)
     du = np.zeros((16, C, K), np.float32)
 
-    @_quiet
     def partial(chunk, bufs: list) -> None:
         (n0, n1), (i0, i1) = chunk
         nb, rb = n1 - n0, i1 - i0

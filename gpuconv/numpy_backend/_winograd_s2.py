@@ -27,7 +27,7 @@ import numpy as np
 
 from ..geometry import ConvProblem
 from . import _parallel
-from ._winograd import (MIN_CHANNELS, _budget, _chunks, _finite, _quiet, _region, _scratch, enabled,
+from ._winograd import (MIN_CHANNELS, _budget, _chunks, _finite, _region, _scratch, enabled,
                         fill_until_nonfinite)
 
 # Winograd multiplications (25 per 2x2 tile, partial tiles counted whole) at most this fraction of the direct
@@ -126,7 +126,6 @@ def _output_transform(M: np.ndarray, out: np.ndarray) -> None:
             np.add(S[i, j][:, :ri, :cj], S[i, j + 1][:, :ri, :cj], out=out[:, i::2, j::2])
 
 
-@_quiet
 def fprop(x: np.ndarray, w: np.ndarray, p: ConvProblem, y: np.ndarray) -> bool:
     """y = conv(x, w) for an `applies` problem (5-D channels-last arrays). False (y partly written) when an
     output is not finite: compute directly instead."""
@@ -182,7 +181,6 @@ def _dy_transform(e: np.ndarray, E: np.ndarray) -> None:
         np.copyto(E[3 * i + 2], c1)
 
 
-@_quiet
 def wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem):
     """dw (1, 3, 3, C, K) of an `applies` problem, or None when not finite (compute directly instead): the
     adjoint of fprop, dU_ij = V_ij^T @ dM_ij summed over chunks in chunk order, then back to the taps."""
@@ -193,7 +191,6 @@ def wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem):
     tp, tq = -(-P // 2), -(-Q // 2)
     du = [np.zeros((k * C, K), np.float32) for k in _SIZES]
 
-    @_quiet
     def partial(chunk, bufs: list) -> None:
         (n0, n1), (i0, i1) = chunk
         nb, rb = n1 - n0, i1 - i0
