@@ -54,6 +54,9 @@ def conv_config(rng, nsp, *, dilation=True, explicit=True, groups=False):
     """A TF-runnable conv. 3-D: no axis with stride > 1 and (filter 1 or output size 1): there TF 2.21's CPU
     Conv3D returns wrong values (float64 and Eigen float32: filter 1, e.g. x (1,2,3,3,1), w (2,1,3,1,1),
     strides (1,3,1), SAME; oneDNN float32: output 1, e.g. x (2,4,3,3,1), w (1,2,2,1,2), strides (1,1,2), VALID).
+    2-D with one input channel: no axis with stride > 1 and output size 1, where TF 2.21's float32 Conv2D
+    (oneDNN) returns wrong values and uninitialised memory when N >= 2, the other stride is 1 and the filter
+    is wider than 1 there (e.g. x (2,6,3,1), w (1,2,1,1), strides (1,3), SAME; found at case 300 of 1000).
     The loop reference and PyTorch agree with each other there, not with TF; test_api covers those shapes."""
     while True:
         sp = [int(v) for v in rng.integers(2, 8 if nsp == 2 else 5, nsp)]
@@ -72,6 +75,8 @@ def conv_config(rng, nsp, *, dilation=True, explicit=True, groups=False):
         except ValueError:
             continue
         if nsp == 3 and any(ss > 1 and (kk == 1 or g[0] == 1) for kk, ss, g in zip(k, s, geo)):
+            continue
+        if nsp == 2 and x[-1] == 1 and any(ss > 1 and g[0] == 1 for ss, g in zip(s, geo)):
             continue
         if all(g[0] > 0 for g in geo):
             return dict(x=x, w=w, s=s, d=d, pad=pad, y=(x[0], *[g[0] for g in geo], K))
