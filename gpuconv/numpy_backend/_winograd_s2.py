@@ -1,5 +1,5 @@
-"""Stride-2 3x3 float32 convolutions (fprop and wgrad) on the CPU: a polyphase Winograd with 25 multiplications
-per 2x2 output block instead of 36.
+"""Stride-2 3x3 float32 convolutions (fprop, dgrad and wgrad) on the CPU: a polyphase Winograd with 25
+multiplications per 2x2 output block (dgrad: per 2x2 block of dy) instead of 36.
 
 One axis first. Outputs y0, y1 of a stride-2 3-tap correlation read five samples d0..d4:
     y0 = d0 g0 + d1 g1 + d2 g2,        y1 = d2 g0 + d3 g1 + d4 g2.
@@ -19,7 +19,9 @@ Measured on the CPU box (ResNet-50 stride-2 3x3 fprop, N=8, float32, one thread,
 outputs) is left direct (MAX_WORK_RATIO). wgrad is the adjoint: dU_ij = V_ij^T @ dM_ij with dM the adjoint of
 the output transform on dy (per axis dM0 = dy0, dM1 = dy0 + dy1, dM2 = dy1), partial sums over chunks added in
 chunk order, then each term's gradient back to its taps (56x56x128 18.6 -> 14.9 ms, 28x28x256 17.1 -> 15.3 ms).
-dgrad of stride-2 layers stays direct (its adjoint scatters into overlapping patches).
+dgrad is not fprop's adjoint (that would scatter into overlapping patches) but its own polyphase form: see
+"dgrad" below (56x56x128 18.1 -> 15.7 ms, 28x28x256 17.2 -> 16.4 ms, 112x112x64 22.1 -> 19.5 ms; 14x14x512,
+7x7 dy, stays direct).
 """
 from __future__ import annotations
 
@@ -205,3 +207,145 @@ def wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem):
     _parallel.sum_in_order(partial, chunks, du, _parallel.gemm_chunks())   # in chunk order: a fixed sum
     dw = _filter_adjoint(du, C, K)
     return dw[None] if _finite(dw) else None
+
+
+# dgrad, the transposed stride-2 correlation. Along one axis a block of two dy samples d1 = dy[m], d2 = dy[m+1]
+# (with d0 = dy[m-1]) makes four consecutive dx cells from 2m - pad_before on, alternately of the even-tap and
+# the odd-tap phase:
+#     e0 = d0 g2 + d1 g0,   o0 = d1 g1,   e1 = d1 g2 + d2 g0,   o1 = d2 g1.
+# The even phase is F(2, 2): m0 = (d0 - d1) g2, m1 = d1 (g0 + g2), m2 = (d2 - d1) g0, e0 = m0 + m1, e1 = m1 + m2.
+# So four data terms A = d0 - d1, B = d1, C = d2 - d1, D = d2 carry the products [m0], [m1, o0], [m2], [o1]:
+# 5 multiplications for 4 cells instead of 6. In 2-D each of the 16 data components (a, b) is ONE GEMM,
+# V_ab (tiles x K) @ U_ab (K x n_a n_b C), 25 C columns in all, and each 4x4 block of dx sums its products.
+_DG_WIDTH = (1, 2, 1, 1)                          # filter terms per data term (_dg_terms)
+_DG_PRODUCT = ((0, 0), (1, 0), (1, 1), (2, 0), (3, 0))   # products m0, m1, o0, m2, o1 as (data term, slot)
+_DG_CELLS = ((0, 1), (2,), (1, 3), (4,))          # block cell u (e0, o0, e1, o1) = sum of these products
+
+
+def applies_dgrad(p: ConvProblem, dtype: np.dtype) -> bool:
+    """Whether conv.py may use this path for the input gradient of p (pad_before 0 or 1, as SAME and VALID
+    give for 3x3 stride 2)."""
+    tiles = -(-(p.H + p.pad_before[1]) // 4) * -(-(p.W + p.pad_before[2]) // 4)
+    return (enabled() and np.dtype(dtype) == np.float32 and p.groups == 1
+            and (p.T, p.R, p.S) == (1, 3, 3) and p.stride == (1, 2, 2) and p.dilation[1:] == (1, 1)
+            and p.pad_before[0] == 0 and p.Z == p.D and max(p.pad_before[1:]) <= 1
+            and min(p.C, p.K) >= MIN_CHANNELS and min(p.P, p.Q) >= 2
+            and 25 * tiles <= MAX_WORK_RATIO * 9 * p.P * p.Q
+            and _dgrad_chunk_bytes(1, 1, -(-(p.W + p.pad_before[2]) // 4), p.C, p.K) <= _budget())
+
+
+def _dg_terms(a) -> list:
+    """Per data term (A, B, C, D), its filter terms along axis 0 of a (3, ...): [g2], [g0 + g2, g1], [g0], [g1]."""
+    return [[a[2]], [a[0] + a[2], a[1]], [a[0]], [a[1]]]
+
+
+def _dgrad_filter_transform(w: np.ndarray) -> list:
+    """The 16 U_ab (K, n_a n_b C), float32, columns (row slot, column slot, c): w's taps transposed, since
+    dx = dy @ w^T."""
+    wt = np.asarray(w, np.float32).transpose(0, 1, 3, 2)                    # (3, 3, K, C), a view
+    K, C = wt.shape[2:]
+    # cols[a][i][b][j]: row data term a's filter term i (3 column taps, K, C), then column term b's term j.
+    cols = [[_dg_terms(r) for r in row_terms] for row_terms in _dg_terms(wt)]
+    U = []
+    for a in range(4):
+        for b in range(4):
+            u = np.empty((K, _DG_WIDTH[a], _DG_WIDTH[b], C), np.float32)
+            for i in range(_DG_WIDTH[a]):
+                for j in range(_DG_WIDTH[b]):
+                    u[:, i, j] = cols[a][i][b][j]
+            U.append(u.reshape(K, -1))
+    return U
+
+
+def _dgrad_chunk_bytes(nb: int, rb: int, tq: int, C: int, K: int) -> int:
+    """Scratch bytes of a dgrad chunk: dy region, two row differences, V (16 terms), M (25 products), sums."""
+    t = nb * rb * tq
+    values = nb * (2 * rb + 1) * (2 * tq + 1) * K + 2 * nb * rb * (2 * tq + 1) * K + 16 * t * K + 35 * t * C
+    return 4 * values
+
+
+def _dgrad_input_transform(d: np.ndarray, tq: int, V: np.ndarray) -> None:
+    """V (16, nb, rb, tq, K) from the zero-padded dy region d (nb, 2 rb + 1, 2 tq + 1, K)."""
+    nb, rows, width, K = d.shape
+    rb = (rows - 1) // 2
+    D = [d[:, u:u + 2 * rb:2] for u in range(3)]                 # d0, d1, d2 of every block row
+    diff = _scratch("rows", 2 * nb * rb * width * K).reshape(2, nb, rb, width, K)
+    np.subtract(D[0], D[1], out=diff[0])
+    np.subtract(D[2], D[1], out=diff[1])
+    for a, rv in enumerate((diff[0], D[1], diff[1], D[2])):
+        c = [rv[:, :, u:u + 2 * tq:2] for u in range(3)]
+        np.subtract(c[0], c[1], out=V[4 * a])
+        np.copyto(V[4 * a + 1], c[1])
+        np.subtract(c[2], c[1], out=V[4 * a + 2])
+        np.copyto(V[4 * a + 3], c[2])
+
+
+def _dgrad_output_transform(M: list, dx: np.ndarray, n: tuple, b0: int, pad: tuple) -> None:
+    """dx's 4x4 blocks from block row b0 on: cell (u, v) = sum of the products of _DG_CELLS[u] x _DG_CELLS[v].
+    M[a][b]: (nb, rb, tq, n_a, n_b, C). Block (b, c) starts at dx (4 b - pad[0], 4 c - pad[1]); cells outside
+    dx are cut."""
+    nb, rb, tq = M[0][0].shape[:3]
+    H, W = dx.shape[1:3]
+
+    def product(i, j):
+        (a, s), (b, t) = _DG_PRODUCT[i], _DG_PRODUCT[j]
+        return M[a][b][:, :, :, s, t]
+
+    S = _scratch("sums", 10 * nb * rb * tq * M[0][0].shape[-1]).reshape((5, 2) + M[0][0].shape[:3] + (-1,))
+    cols = []                                                     # per row product i: its four column sums
+    for i in range(5):
+        np.add(product(i, 0), product(i, 1), out=S[i, 0])
+        np.add(product(i, 1), product(i, 3), out=S[i, 1])
+        cols.append((S[i, 0], product(i, 2), S[i, 1], product(i, 4)))
+
+    def span(start: int, count: int, size: int) -> tuple:
+        """(first block, blocks, first cell) of the cells start + 4 k, k < count, inside [0, size)."""
+        first = 0 if start >= 0 else 1
+        last = min(count, (size - 1 - start) // 4 + 1)
+        return first, max(0, last - first), start + 4 * first
+
+    for u, ru in enumerate(_DG_CELLS):
+        fb, nbr, h = span(4 * b0 - pad[0] + u, rb, H)
+        for v in range(4):
+            fc, nbc, w = span(-pad[1] + v, tq, W)
+            if nbr == 0 or nbc == 0:
+                continue
+            dst = dx[n[0]:n[1], h:h + 4 * (nbr - 1) + 1:4, w:w + 4 * (nbc - 1) + 1:4]
+            src = [cols[i][v][:, fb:fb + nbr, fc:fc + nbc] for i in ru]
+            if len(src) == 2:
+                np.add(src[0], src[1], out=dst)
+            else:
+                np.copyto(dst, src[0])
+
+
+def dgrad(dy: np.ndarray, w: np.ndarray, p: ConvProblem, dx: np.ndarray) -> bool:
+    """dx = the stride-2 input gradient for an `applies_dgrad` problem (5-D channels-last arrays). False (dx
+    partly written) when an output is not finite: compute directly instead."""
+    dy4 = dy.reshape((p.N * p.Z,) + dy.shape[2:])
+    out = dx.reshape((p.N * p.D,) + dx.shape[2:])
+    N, H, W, C = out.shape
+    K = dy4.shape[-1]
+    pad = p.pad_before[1:]
+    tp, tq = -(-(H + pad[0]) // 4), -(-(W + pad[1]) // 4)
+    U = _dgrad_filter_transform(w[0])
+
+    def fill(chunk) -> np.ndarray:
+        (n0, n1), (i0, i1) = chunk
+        nb, rb = n1 - n0, i1 - i0
+        t = nb * rb * tq
+        d = _region(dy4, (n0, n1), (2 * i0 - 1, 2 * i1), (-1, 2 * tq), "region")
+        V = _scratch("V", 16 * t * K).reshape(16, nb, rb, tq, K)
+        _dgrad_input_transform(d, tq, V)
+        flat = _scratch("M", 25 * t * C)
+        M, at = [[None] * 4 for _ in range(4)], 0
+        for a in range(4):
+            for b in range(4):
+                k = _DG_WIDTH[a] * _DG_WIDTH[b]
+                m = flat[at:at + t * k * C].reshape(t, k * C)
+                np.matmul(V[4 * a + b].reshape(t, K), U[4 * a + b], out=m)
+                M[a][b] = m.reshape(nb, rb, tq, _DG_WIDTH[a], _DG_WIDTH[b], C)
+                at += t * k * C
+        _dgrad_output_transform(M, out, (n0, n1), i0, pad)
+        return out[n0:n1, max(0, 4 * i0 - pad[0]):max(0, min(H, 4 * i1 - pad[0]))]
+
+    return fill_until_nonfinite(fill, _chunks(N, tp, tq, lambda nb, rb: _dgrad_chunk_bytes(nb, rb, tq, C, K)))

@@ -1,7 +1,7 @@
 """Convolution on the CPU: fprop, dgrad and wgrad as bounded im2col blocks + BLAS GEMMs.
 
 float32 3x3 stride-1 problems with enough channels go to Winograd F(2x2, 3x3) first (_winograd.py: 2.25x fewer
-multiplications), stride-2 fprop and wgrad to its polyphase form (_winograd_s2.py: 1.44x fewer); both hand back to
+multiplications), stride-2 fprop, dgrad and wgrad to its polyphase form (_winograd_s2.py: 1.44x fewer); both hand back to
 the paths below when an output would not be finite. One gather core serves
 all three operators otherwise. For a box of output positions it builds the column block
 `cols[g, m, tap, ci] = src[n, o*stride + offset(tap)]` (zero where the tap reads outside src; padding is never
@@ -435,6 +435,8 @@ def conv_dgrad(dy: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
         dx[...] = 0
         return dx
     if _winograd.applies(p, dy.dtype) and _winograd.dgrad(dy, w, p, dx):
+        return dx
+    if _winograd_s2.applies_dgrad(p, dy.dtype) and _winograd_s2.dgrad(dy, w, p, dx):
         return dx
     acc = accumulator_dtype(dy.dtype)
     G, cg, kg = p.groups, p.group_c, p.group_k
