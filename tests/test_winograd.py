@@ -82,6 +82,19 @@ def _random_problem(shape, padding, stride: int):
     return x, w, p
 
 
+def _per_worker_count(monkeypatch, fn) -> list:
+    """fn() with 1, 2 and 3 workers, its chunks on the pool whatever BLAS's threads."""
+    monkeypatch.setattr(_parallel, "gemm_chunks", lambda: _parallel.workers() > 1)
+    results = []
+    try:
+        for n in (1, 2, 3):
+            _parallel.set_num_threads(n)
+            results.append(fn())
+    finally:
+        _parallel.set_num_threads(None)
+    return results
+
+
 @pytest.mark.parametrize("shape,padding", CASES)
 def test_winograd_matches_direct(spy, shape, padding):
     x, w, p = _random_problem(shape, padding, 1)
@@ -115,14 +128,7 @@ def test_small_chunks_and_threads(spy, monkeypatch):
     p = conv_problem((3, 1, 20, 14, 32), (1, 3, 3, 32, 48), (1, 1, 1), (1, 1, 1), "SAME")
     monkeypatch.setattr(_winograd, "CHUNK_BYTES", _winograd._chunk_bytes(1, 3, 7, 48, 48, True))
     assert len(_winograd._chunks(3, 10, 7, lambda nb, rb: _winograd._chunk_bytes(nb, rb, 7, 32, 48, False))) > 3
-    results = []
-    monkeypatch.setattr(_parallel, "gemm_chunks", lambda: _parallel.workers() > 1)
-    try:
-        for n in (1, 2, 3):
-            _parallel.set_num_threads(n)
-            results.append(_ops(x, w, dy, "SAME"))
-    finally:
-        _parallel.set_num_threads(None)
+    results = _per_worker_count(monkeypatch, lambda: _ops(x, w, dy, "SAME"))
     assert spy == {"correlate": 8, "wgrad": 4}
     for other in results[1:]:
         for a, b in zip(results[0], other):
@@ -273,15 +279,9 @@ def test_stride2_conditions_chunks_threads_and_nonfinite(spy_s2, monkeypatch):
 
     x, w = RNG.standard_normal((3, 24, 20, 32), np.float32), RNG.standard_normal((3, 3, 32, 40), np.float32)
     monkeypatch.setattr(_winograd, "CHUNK_BYTES", _winograd_s2._chunk_bytes(1, 2, 5, 32, 40))
-    monkeypatch.setattr(_parallel, "gemm_chunks", lambda: _parallel.workers() > 1)
     dy = RNG.standard_normal((3, 12, 10, 40), np.float32)
-    results = []
-    try:
-        for n in (1, 2, 3):
-            _parallel.set_num_threads(n)
-            results.append((gc.conv2d(x, w, 2, "SAME"), gc.conv2d_backprop_filter(x, w.shape, dy, 2, "SAME")))
-    finally:
-        _parallel.set_num_threads(None)
+    results = _per_worker_count(
+        monkeypatch, lambda: (gc.conv2d(x, w, 2, "SAME"), gc.conv2d_backprop_filter(x, w.shape, dy, 2, "SAME")))
     assert spy_s2 == {"fprop": 3, "dgrad": 0, "wgrad": 3}
     for y, dw in results[1:]:
         assert y.tobytes() == results[0][0].tobytes() and dw.tobytes() == results[0][1].tobytes()
@@ -364,14 +364,7 @@ def test_stride2_dgrad_conditions_chunks_threads_and_nonfinite(spy_s2, monkeypat
     x_shape, w = (3, 24, 20, 32), RNG.standard_normal((3, 3, 32, 40), np.float32)
     dy = RNG.standard_normal((3, 12, 10, 40), np.float32)
     monkeypatch.setattr(_winograd, "CHUNK_BYTES", _winograd_s2._dgrad_chunk_bytes(1, 2, 5, 32, 40))
-    monkeypatch.setattr(_parallel, "gemm_chunks", lambda: _parallel.workers() > 1)
-    results = []
-    try:
-        for n in (1, 2, 3):
-            _parallel.set_num_threads(n)
-            results.append(_dgrad_s2(x_shape, w, dy, "SAME"))
-    finally:
-        _parallel.set_num_threads(None)
+    results = _per_worker_count(monkeypatch, lambda: _dgrad_s2(x_shape, w, dy, "SAME"))
     assert spy_s2["dgrad"] == 3
     assert all(r.tobytes() == results[0].tobytes() for r in results[1:])
     _check_dgrad_s2(x_shape, w, dy, "SAME", results[0])
