@@ -302,7 +302,7 @@ def test_stride2_conditions_chunks_threads_and_nonfinite(spy_s2, monkeypatch):
 
 
 def test_stride2_nchw_and_conv3d_depth_one_filter(spy_s2):
-    """NCHW inputs and conv3d with a 1x3x3 filter, strides (1, 2, 2): depth slices are items."""
+    """NCHW inputs and conv3d with a 1x3x3 filter, strides (1, 2, 2), fprop and dgrad: depth slices are items."""
     x, w = RNG.standard_normal((2, 32, 12, 8), np.float32), RNG.standard_normal((3, 3, 32, 32), np.float32)
     y = gc.conv2d(x, w, 2, "SAME", data_format="NCHW")
     want = gc.conv2d(x.astype(np.float64), w.astype(np.float64), 2, "SAME", data_format="NCHW")
@@ -314,6 +314,19 @@ def test_stride2_nchw_and_conv3d_depth_one_filter(spy_s2):
     scale3 = gc.conv3d(np.abs(x3).astype(np.float64), np.abs(w3).astype(np.float64), [1, 1, 2, 2, 1], "SAME")
     _bounded(y3, want3, scale3)
     assert spy_s2["fprop"] == 2
+    # dgrad: conv3d_backprop_input (depth slices as items) and conv2d_transpose on NCHW.
+    dy3 = RNG.standard_normal(y3.shape, np.float32)
+    _bounded(gc.conv3d_backprop_input(x3.shape, w3, dy3, [1, 1, 2, 2, 1], "SAME"),
+             gc.conv3d_backprop_input(x3.shape, w3.astype(np.float64), dy3.astype(np.float64), [1, 1, 2, 2, 1], "SAME"),
+             gc.conv3d_backprop_input(x3.shape, np.abs(w3).astype(np.float64), np.abs(dy3).astype(np.float64),
+                                      [1, 1, 2, 2, 1], "SAME"))
+    dy = RNG.standard_normal(y.shape, np.float32)
+
+    def transpose(a, f):
+        return gc.conv2d_transpose(a, f, x.shape, 2, "SAME", data_format="NCHW")
+    _bounded(transpose(dy, w), transpose(dy.astype(np.float64), w.astype(np.float64)),
+             transpose(np.abs(dy).astype(np.float64), np.abs(w).astype(np.float64)))
+    assert spy_s2["dgrad"] == 2
 
 
 def _dgrad_s2(x_shape, w, dy, padding):
