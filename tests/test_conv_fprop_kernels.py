@@ -87,24 +87,25 @@ def forced(**fields):
         yield
 
 
+def check_forced(backend, case, dtype, seed, **fields):
+    """A CASES entry run with the plan fields forced, checked against the NumPy backend."""
+    _, fn, xs, ws, kw = case
+    x, w = inputs(xs, ws, dtype, seed=seed)
+    with forced(**fields):
+        y = run(backend, fn, x, w, **kw)
+    check_close(y, x, w, fn, dtype, **kw)
+
+
 @pytest.mark.parametrize("config", list(CONFIGS))
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_fprop_float32_matches_numpy(kernel_backend, case, config):
-    _, fn, xs, ws, kw = case
-    x, w = inputs(xs, ws, F32, seed=len(xs) + xs[-1])
-    with forced(**CONFIGS[config]):
-        y = run(kernel_backend, fn, x, w, **kw)
-    check_close(y, x, w, fn, F32, **kw)
+    check_forced(kernel_backend, case, F32, len(case[2]) + case[2][-1], **CONFIGS[config])
 
 
 @pytest.mark.parametrize("tile", ["128x128", "128x64"])
 @pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[6]], ids=["c3_same", "c8_vec_s2_d2", "groups2_vec"])
 def test_fprop_large_tiles(kernel_backend, case, tile):
-    _, fn, xs, ws, kw = case
-    x, w = inputs(xs, ws, F32, seed=3)
-    with forced(variant="tiled", tile=tile):
-        y = run(kernel_backend, fn, x, w, **kw)
-    check_close(y, x, w, fn, F32, **kw)
+    check_forced(kernel_backend, case, F32, 3, variant="tiled", tile=tile)
 
 
 @pytest.mark.parametrize("dtype", [F16, F64])
@@ -112,30 +113,18 @@ def test_fprop_large_tiles(kernel_backend, case, tile):
 @pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[5], CASES[7]],
                          ids=["c3_same", "c8_vec_s2_d2", "groups4", "conv3d_vec"])
 def test_fprop_float16_float64(kernel_backend, case, config, dtype):
-    _, fn, xs, ws, kw = case
-    x, w = inputs(xs, ws, dtype, seed=7)
-    with forced(**CONFIGS[config]):
-        y = run(kernel_backend, fn, x, w, **kw)
-    check_close(y, x, w, fn, dtype, **kw)
+    check_forced(kernel_backend, case, dtype, 7, **CONFIGS[config])
 
 
 def test_fprop_float16_vector_path_with_128_tile(kernel_backend):
-    _, fn, xs, ws, kw = CASES[3]
-    x, w = inputs(xs, ws, F16, seed=11)
-    with forced(variant="tiled", tile="128x128", vector=4):
-        y = run(kernel_backend, fn, x, w, **kw)
-    check_close(y, x, w, fn, F16, **kw)
+    check_forced(kernel_backend, CASES[3], F16, 11, variant="tiled", tile="128x128", vector=4)
 
 
 @pytest.mark.parametrize("index", ["int", "long long"])
 @pytest.mark.parametrize("case", [CASES[3], CASES[6], CASES[7]], ids=["c8_vec_s2_d2", "groups2_vec", "conv3d_vec"])
 def test_fprop_float16_tensorop(kernel_backend, case, index):
     # Tensor cores (WMMA; in the emulator, conv_common.cuh's model of the WMMA API) with float accumulation.
-    _, fn, xs, ws, kw = case
-    x, w = inputs(xs, ws, F16, seed=41)
-    with forced(variant="tensorop", index=index):
-        y = run(kernel_backend, fn, x, w, **kw)
-    check_close(y, x, w, fn, F16, **kw)
+    check_forced(kernel_backend, case, F16, 41, variant="tensorop", index=index)
 
 
 def test_fprop_float16_tensorop_refuses_scalar_channels(kernel_backend):
@@ -156,11 +145,7 @@ def test_fprop_float16_tensorop_several_block_tiles(kernel_backend):
                                     dict(variant="tiled", tile="128x128", index="long long")],
                          ids=["analytic", "tiled"])
 def test_fprop_64bit_index_instantiations(kernel_backend, fields):
-    _, fn, xs, ws, kw = CASES[2]
-    x, w = inputs(xs, ws, F32, seed=5)
-    with forced(**fields):
-        y = run(kernel_backend, fn, x, w, **kw)
-    check_close(y, x, w, fn, F32, **kw)
+    check_forced(kernel_backend, CASES[2], F32, 5, **fields)
 
 
 def test_fprop_several_tiles_in_m_and_n(kernel_backend):
