@@ -570,7 +570,9 @@ def _all_ops(rng):
     for xs, ws, stride, pad, dt in [((3, 1, 9, 10, 5), (1, 3, 4, 5, 6), (1, 2, 2), "SAME", np.float32),
                                     ((2, 1, 8, 8, 2), (1, 3, 3, 2, 9), (1, 1, 1), "SAME", np.float32),  # col2im
                                     ((2, 1, 7, 6, 4), (1, 3, 3, 2, 6), (1, 1, 1), "VALID", np.float16),  # groups
-                                    ((2, 1, 12, 12, 20), (1, 3, 3, 20, 8), (1, 1, 1), "SAME", np.float64)]:
+                                    ((2, 1, 12, 12, 20), (1, 3, 3, 20, 8), (1, 1, 1), "SAME", np.float64),
+                                    ((2, 1, 6, 7, 8), (1, 1, 1, 8, 5), (1, 1, 1), "VALID", np.float32),  # plain GEMMs
+                                    ((2, 1, 8, 8, 6), (1, 1, 1, 6, 4), (1, 2, 2), "SAME", np.float32)]:
         x = rng.standard_normal(xs).astype(dt)
         w = rng.standard_normal(ws).astype(dt)
         p = conv_problem(x.shape, w.shape, stride, (1, 1, 1), pad)
@@ -642,6 +644,30 @@ def test_ieee_specials_give_no_floating_point_warnings(monkeypatch, threads, wor
     assert all(np.isnan(o).any() for o in outs[np.float32][:4])               # inf - inf, NaN
     conv16, unpool16 = outs[np.float16][:3], outs[np.float16][4]
     assert all(np.isinf(o).any() for o in conv16 + [unpool16])                # sums past float16's range
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_one_by_one_gemms_are_split_for_the_pool(monkeypatch, threads, workers):
+    """A 1x1 stride-1 conv reads x as it is (no columns to budget); its GEMMs are still split, into the same
+    chunks whatever the worker count, so that a pool with a single-threaded BLAS has work for every worker."""
+    from gpuconv.geometry import conv_problem
+    threads(workers)
+    counts = []
+    real_map, real_sum = _parallel.map_chunks, _parallel.sum_in_order
+    monkeypatch.setattr(_parallel, "map_chunks", lambda fn, items, parallel=True: (
+        counts.append(len(items)), real_map(fn, items, parallel))[1])
+    monkeypatch.setattr(_parallel, "sum_in_order", lambda partial, items, totals, parallel: (
+        counts.append(len(items)), real_sum(partial, items, totals, parallel))[1])
+    x = RNG.standard_normal((8, 1, 32, 32, 128)).astype(np.float32)        # 8192 positions
+    w = RNG.standard_normal((1, 1, 1, 128, 64)).astype(np.float32)
+    p = conv_problem(x.shape, w.shape, (1, 1, 1), (1, 1, 1), "VALID")
+    dy = RNG.standard_normal(p.y_shape).astype(np.float32)
+    y, dx, dw = BACKEND.conv_fprop(x, w, p), BACKEND.conv_dgrad(dy, w, p), BACKEND.conv_wgrad(x, dy, p)
+    assert counts == [2, 2, 2]                                             # boxes of 4096 positions
+    xm, dym = x.reshape(-1, 128).astype(np.float64), dy.reshape(-1, 64).astype(np.float64)
+    np.testing.assert_allclose(y.reshape(-1, 64), xm @ w.reshape(128, 64), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dx.reshape(-1, 128), dym @ w.reshape(128, 64).T, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dw.reshape(128, 64), xm.T @ dym, rtol=1e-4, atol=1e-3)
 
 
 def test_calls_from_several_threads_share_the_pool(monkeypatch, threads):

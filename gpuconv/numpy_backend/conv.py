@@ -19,9 +19,9 @@ _Gather.BLOCK_BYTES = 4 MiB (boxes over batch, then depth, rows, columns), so th
 the GEMM reads it (ResNet-50 at N=8 on the CPU box, one thread: 3x3/64 fprop 27 -> 19 ms, 7x7/2 first layer fprop
 33 -> 20 ms with 4 MiB blocks instead of blocks of the whole 32 MiB scratch budget). Every scratch array stays
 within _window.SCRATCH_BYTES. A 1x1, stride-1, unpadded tap reads src as it is, so that case is a plain GEMM with
-no copy. Copies move long contiguous pieces: taps that read consecutive input columns are copied as one run (C*S
-values per output), and with fewer than _FEW_CHANNELS channels the block is stored transposed (one output row per
-copy). float16 is converted to float32 block by block and rounded once on output; float32 and float64 run in
+no copy (in GEMMs of about 4096 rows, so that the worker pool has chunks: _IDENTITY_POSITIONS). Copies
+move long contiguous pieces: taps that read consecutive input columns are copied as one run (C*S values per
+output), and with fewer than _FEW_CHANNELS channels the block is stored transposed (one output row per copy). float16 is converted to float32 block by block and rounded once on output; float32 and float64 run in
 their own precision (sgemm / dgemm).
 
 Threads (_parallel): the boxes of one call are independent chunks spread over the worker pool; each box's
@@ -44,12 +44,21 @@ import numpy as np
 
 from ..dtypes import accumulator_dtype
 from ..geometry import ConvProblem
-from . import _parallel, _winograd, _winograd_s2
+from . import _parallel, _window, _winograd, _winograd_s2
 from ._window import box_shape, boxes, tap_range
 
 
 # Below this many channels per group, column blocks are stored transposed (see _Gather.transposed).
 _FEW_CHANNELS = 16
+
+# A 1x1 stride-1 gather reads src as it is (_Gather.identity): no column block sizes its boxes, yet with OpenBLAS on
+# one thread the worker pool needs chunks. So its GEMMs run over boxes of about _IDENTITY_POSITIONS output
+# positions: few enough that GEMMs of one worker lose nothing against one whole GEMM (boxes of 98 rows of the
+# 7x7x2048 layer lost 8 %), and wgrad's per-box partial products (C x K values added to dw) stay small against
+# its GEMMs (2*m*C*K flops). The split does not depend on the worker count, nor do results. ResNet-50 1x1
+# layers at N=8 on the CPU box, OpenBLAS on 1 thread and 2 workers: 8-10 -> 4-5 ms at 56x56 and 28x28 px (the
+# 14x14 and 7x7 layers stay one GEMM); on one worker the same times within noise.
+_IDENTITY_POSITIONS = 4096
 
 
 def _tap_runs(offsets) -> list[tuple[int, int]]:
@@ -102,7 +111,6 @@ class _Gather:
         if not self.identity:
             # Boxes are sized by row_bytes against the scratch budget; scaling it budgets a column block at about
             # BLOCK_BYTES instead, so that it is still in cache when the GEMM reads it (module docstring).
-            from . import _window
             self.row_bytes *= max(1, _window.SCRATCH_BYTES // self.BLOCK_BYTES)
         # Column buffers are per thread: boxes of one gather may be filled by several workers at once.
         self._local = threading.local()
@@ -262,7 +270,11 @@ def _gather_gemm(gather: _Gather, wmat: np.ndarray, out: np.ndarray) -> None:
     G, _, ko = wmat.shape
     acc = gather.acc
     direct = G == 1 and out.dtype == acc and out.flags.c_contiguous
-    unit = gather.row_bytes + (0 if direct else G * ko * acc.itemsize)     # columns (+ a GEMM result)
+    result = 0 if direct else G * ko * acc.itemsize                         # a GEMM result per output position
+    unit, budget = gather.row_bytes + result, None                          # (+ its columns)
+    if gather.identity:                                                      # see _IDENTITY_POSITIONS
+        unit = gather.src.shape[-1] * acc.itemsize + result
+        budget = min(unit * _IDENTITY_POSITIONS, _window.SCRATCH_BYTES)
 
     def one(box) -> None:
         cols = gather.cols(box)
@@ -274,7 +286,7 @@ def _gather_gemm(gather: _Gather, wmat: np.ndarray, out: np.ndarray) -> None:
         dst = _split_channels(out[box], G)                            # (nb, l0, l1, l2, G, Ko)
         np.copyto(dst, np.moveaxis(res.reshape((G,) + dst.shape[:4] + (ko,)), 0, 4), casting="same_kind")
 
-    _parallel.map_chunks(one, list(boxes(out.shape[:4], unit)), _parallel.gemm_chunks())
+    _parallel.map_chunks(one, list(boxes(out.shape[:4], unit, budget)), _parallel.gemm_chunks())
 
 
 def _taps(p: ConvProblem):
@@ -488,7 +500,10 @@ def conv_wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem) -> np.ndarray:
         offsets = [tuple(k * d - b for k, d, b in zip(tap, p.dilation, p.pad_before)) for tap in taps]
         gather = _Gather(x, (p.Z, p.P, p.Q), p.stride, offsets, G, acc)
         convert = G > 1 or dy.dtype != acc
-        unit = gather.row_bytes + (p.K * acc.itemsize if convert else 0)
+        unit, budget = gather.row_bytes + (p.K * acc.itemsize if convert else 0), None
+        if gather.identity:                                                  # see _IDENTITY_POSITIONS
+            unit = gather.src.shape[-1] * acc.itemsize
+            budget = min(unit * _IDENTITY_POSITIONS, _window.SCRATCH_BYTES)
         # Per box a partial product cols^T @ dy_box, computed on any worker; the partials are added to dw in box
         # order on this thread (the first one is dw), so the sum is the serial one whatever the thread count.
         def partial(box, bufs: list) -> None:
@@ -501,7 +516,7 @@ def conv_wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem) -> np.ndarray:
                 dyb = dyb.transpose(1, 0, 2)
             np.matmul(cols.transpose(0, 2, 1), dyb, out=bufs[0])
 
-        _parallel.sum_in_order(partial, list(boxes(dy.shape[:4], unit)), [dw], _parallel.gemm_chunks())
+        _parallel.sum_in_order(partial, list(boxes(dy.shape[:4], unit, budget)), [dw], _parallel.gemm_chunks())
     # (G, taps*Cg, Kg) -> (T, R, S, Cg, G*Kg)
     out = dw.reshape(G, len(taps), cg, kg).transpose(1, 2, 0, 3).reshape(p.w_shape)
     return np.ascontiguousarray(out, dtype=x.dtype)
