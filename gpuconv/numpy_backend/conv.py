@@ -21,8 +21,9 @@ the GEMM reads it (ResNet-50 at N=8 on the CPU box, one thread: 3x3/64 fprop 27 
 within _window.SCRATCH_BYTES. A 1x1, stride-1, unpadded tap reads src as it is, so that case is a plain GEMM with
 no copy (in GEMMs of about 4096 rows, so that the worker pool has chunks: _IDENTITY_POSITIONS). Copies
 move long contiguous pieces: taps that read consecutive input columns are copied as one run (C*S values per
-output), and with fewer than _FEW_CHANNELS channels the block is stored transposed (one output row per copy). float16 is converted to float32 block by block and rounded once on output; float32 and float64 run in
-their own precision (sgemm / dgemm).
+output), and with fewer than _FEW_CHANNELS channels the block is stored transposed (one output row per copy).
+float16 is converted to float32 block by block and rounded once on output; float32 and float64 run in their own
+precision (sgemm / dgemm).
 
 Threads (_parallel): the boxes of one call are independent chunks spread over the worker pool; each box's
 columns and GEMM are computed by one worker exactly as in the serial loop, with that worker's own column buffer
@@ -53,7 +54,7 @@ _FEW_CHANNELS = 16
 
 # A 1x1 stride-1 gather reads src as it is (_Gather.identity): no column block sizes its boxes, yet with OpenBLAS on
 # one thread the worker pool needs chunks. So its GEMMs run over boxes of about _IDENTITY_POSITIONS output
-# positions: few enough that GEMMs of one worker lose nothing against one whole GEMM (boxes of 98 rows of the
+# positions: enough rows that a worker's GEMMs lose nothing against one whole GEMM (boxes of 98 rows of the
 # 7x7x2048 layer lost 8 %), and wgrad's per-box partial products (C x K values added to dw) stay small against
 # its GEMMs (2*m*C*K flops). The split does not depend on the worker count, nor do results. ResNet-50 1x1
 # layers at N=8 on the CPU box, OpenBLAS on 1 thread and 2 workers: 8-10 -> 4-5 ms at 56x56 and 28x28 px (the
@@ -271,7 +272,7 @@ def _gather_gemm(gather: _Gather, wmat: np.ndarray, out: np.ndarray) -> None:
     acc = gather.acc
     direct = G == 1 and out.dtype == acc and out.flags.c_contiguous
     result = 0 if direct else G * ko * acc.itemsize                         # a GEMM result per output position
-    unit, budget = gather.row_bytes + result, None                          # (+ its columns)
+    unit, budget = gather.row_bytes + result, None                          # and its columns
     if gather.identity:                                                      # see _IDENTITY_POSITIONS
         unit = gather.src.shape[-1] * acc.itemsize + result
         budget = min(unit * _IDENTITY_POSITIONS, _window.SCRATCH_BYTES)
