@@ -897,7 +897,8 @@ def argmax_gather(grad: np.ndarray, argmax: np.ndarray, include_batch: bool) -> 
         dst = flat_out[vs]
 
         def take(r):
-            np.take(flat_g[base:], idx[r[0]:r[1]], out=dst[r[0]:r[1]], mode="clip")   # in range (checked by the API layer)
+            # mode="clip": the indices are in range (checked by the API layer), and clip skips NumPy's own check.
+            np.take(flat_g[base:], idx[r[0]:r[1]], out=dst[r[0]:r[1]], mode="clip")
 
         _parallel.map_chunks(take, _parallel.split(idx.size, _parallel.workers() if idx.size >= _PIECE_MIN else 1))
     return out
