@@ -897,7 +897,8 @@ def argmax_gather(grad: np.ndarray, argmax: np.ndarray, include_batch: bool) -> 
         dst = flat_out[vs]
 
         def take(r):
-            # mode="clip": the indices are in range (checked by the API layer), and clip skips NumPy's own check.
+            # mode="clip": the indices are in range (checked by the API layer); "raise" would check again and
+            # buffer out (NumPy's np.take documentation).
             np.take(flat_g[base:], idx[r[0]:r[1]], out=dst[r[0]:r[1]], mode="clip")
 
         _parallel.map_chunks(take, _parallel.split(idx.size, _parallel.workers() if idx.size >= _PIECE_MIN else 1))
