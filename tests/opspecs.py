@@ -271,6 +271,7 @@ CONV2D_CONFIGS = [
     ConvCfg((1, 5, 5, 6), (3, 3, 2, 6), (2, 2), [[0, 0], [0, 0], [1, 1], [2, 0]], "NCHW", 1, F16),  # groups 3
     ConvCfg((1, 7, 5, 2), (3, 2, 2, 2), (2, 3), "SAME", "NHWC", (2, 2), F32),              # stride x dilation
     ConvCfg((2, 6, 3, 1), (1, 2, 1, 1), (1, 3), "SAME", "NHWC", None, F32),  # TF 2.21 CPU float32: wrong values
+    ConvCfg((3, 8, 8, 4), (1, 1, 4, 4), (1, 2), "VALID", "NHWC", None, F32),  # TF 2.21 CPU float32 wgrad: heap overrun
 ]
 
 CONV3D_CONFIGS = [

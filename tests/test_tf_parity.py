@@ -18,7 +18,10 @@ import loop_reference as R
 
 pytestmark = pytest.mark.tf
 
+# Cases i = GPUCONV_TF_FIRST .. + GPUCONV_TF_CASES - 1 per op (case i draws from its own seed): a long run can go on
+# where an earlier one stopped.
 N_CASES = int(os.environ.get("GPUCONV_TF_CASES", "8"))
+FIRST_CASE = int(os.environ.get("GPUCONV_TF_FIRST", "0"))
 TOL = {np.dtype(np.float16): (1e-2, 1e-2), np.dtype(np.float32): (1e-4, 2e-5), np.dtype(np.float64): (1e-10, 1e-10)}
 
 
@@ -50,13 +53,18 @@ def _tie_free(rng, shape, dtype=np.float32):
 # ---------------------------------------------------------------------------------------------------------
 # random configurations (TF-supported subset), re-rolled until the output is non-empty
 # ---------------------------------------------------------------------------------------------------------
-def conv_config(rng, nsp, *, dilation=True, explicit=True, groups=False):
+def conv_config(rng, nsp, *, dilation=True, explicit=True, groups=False, float32_wgrad=False):
     """A TF-runnable conv. 3-D: no axis with stride > 1 and (filter 1 or output size 1): there TF 2.21's CPU
     Conv3D returns wrong values (float64 and Eigen float32: filter 1, e.g. x (1,2,3,3,1), w (2,1,3,1,1),
     strides (1,3,1), SAME; oneDNN float32: output 1, e.g. x (2,4,3,3,1), w (1,2,2,1,2), strides (1,1,2), VALID).
     2-D with one input channel: no axis with stride > 1 and output size 1, where TF 2.21's float32 Conv2D
     (oneDNN) returns wrong values and uninitialised memory when N >= 2, the other stride is 1 and the filter
     is wider than 1 there (e.g. x (2,6,3,1), w (1,2,1,1), strides (1,3), SAME; found at case 300 of 1000).
+    float32_wgrad (a float32 Conv2DBackpropFilter): no 1x1 filter with strides (1, s > 1). With strides (1, 2) TF
+    2.21's CPU kernel (oneDNN) writes out of bounds: heap corruption, an abort tens to thousands of calls later
+    (e.g. x (3,8,8,4), w (1,1,4,4), VALID: "free(): invalid size"; found at case 10482 of 12000). (1, 3) and
+    (1, 4) ran 3000 calls cleanly on two shapes, too few to trust; Conv2D and Conv2DBackpropInput of the same
+    shapes, and float64, ran 4000 calls cleanly.
     The loop reference and PyTorch agree with each other there, not with TF; test_api covers those shapes."""
     while True:
         sp = [int(v) for v in rng.integers(2, 8 if nsp == 2 else 5, nsp)]
@@ -77,6 +85,8 @@ def conv_config(rng, nsp, *, dilation=True, explicit=True, groups=False):
         if nsp == 3 and any(ss > 1 and (kk == 1 or g[0] == 1) for kk, ss, g in zip(k, s, geo)):
             continue
         if nsp == 2 and x[-1] == 1 and any(ss > 1 and g[0] == 1 for ss, g in zip(s, geo)):
+            continue
+        if float32_wgrad and k == [1, 1] and s[0] == 1 and s[1] > 1:
             continue
         if all(g[0] > 0 for g in geo):
             return dict(x=x, w=w, s=s, d=d, pad=pad, y=(x[0], *[g[0] for g in geo], K))
@@ -115,7 +125,7 @@ def _full(v):
     return [1, *v, 1]
 
 
-CASES = range(N_CASES)
+CASES = range(FIRST_CASE, FIRST_CASE + N_CASES)
 DTYPES = [np.float32, np.float64, np.float16]
 
 
@@ -160,8 +170,8 @@ def test_conv2d_transpose_and_backprop_input(tf, i):
 @pytest.mark.parametrize("i", CASES)
 def test_conv2d_backprop_filter(tf, i):
     rng = np.random.default_rng(400 + i)
-    c = conv_config(rng, 2, dilation=False)
     dt = DTYPES[i % 3]
+    c = conv_config(rng, 2, dilation=False, float32_wgrad=dt == np.float32)
     x, dy = _u(rng, c["x"], dt), _u(rng, c["y"], dt)
     padding, explicit = _raw_pad(c["pad"], 2)
     want = tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=list(c["w"]), out_backprop=dy,
