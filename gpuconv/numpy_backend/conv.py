@@ -116,6 +116,15 @@ class _Gather:
         # Column buffers are per thread: boxes of one gather may be filled by several workers at once.
         self._local = threading.local()
 
+    def box_sizing(self, extra: int) -> tuple[int, int | None]:
+        """(bytes per output position, budget) for boxes(): the column row plus `extra` bytes (a GEMM result, a
+        converted dy row) against the scratch budget; for the identity gather, which has no columns, boxes of
+        about _IDENTITY_POSITIONS positions."""
+        if self.identity:
+            unit = self.src.shape[-1] * self.acc.itemsize + extra
+            return unit, min(unit * _IDENTITY_POSITIONS, _window.SCRATCH_BYTES)
+        return self.row_bytes + extra, None
+
     def _fill(self, dst: np.ndarray, n_sl: slice, ranges, offs) -> None:
         """dst = src read by one tap at the outputs ranges[a] = (o0, o1), zero outside src.
 
@@ -271,11 +280,7 @@ def _gather_gemm(gather: _Gather, wmat: np.ndarray, out: np.ndarray) -> None:
     G, _, ko = wmat.shape
     acc = gather.acc
     direct = G == 1 and out.dtype == acc and out.flags.c_contiguous
-    result = 0 if direct else G * ko * acc.itemsize                         # a GEMM result per output position
-    unit, budget = gather.row_bytes + result, None                          # and its columns
-    if gather.identity:                                                      # see _IDENTITY_POSITIONS
-        unit = gather.src.shape[-1] * acc.itemsize + result
-        budget = min(unit * _IDENTITY_POSITIONS, _window.SCRATCH_BYTES)
+    unit, budget = gather.box_sizing(0 if direct else G * ko * acc.itemsize)   # columns (+ a GEMM result)
 
     def one(box) -> None:
         cols = gather.cols(box)
@@ -501,10 +506,7 @@ def conv_wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem) -> np.ndarray:
         offsets = [tuple(k * d - b for k, d, b in zip(tap, p.dilation, p.pad_before)) for tap in taps]
         gather = _Gather(x, (p.Z, p.P, p.Q), p.stride, offsets, G, acc)
         convert = G > 1 or dy.dtype != acc
-        unit, budget = gather.row_bytes + (p.K * acc.itemsize if convert else 0), None
-        if gather.identity:                                                  # see _IDENTITY_POSITIONS
-            unit = gather.src.shape[-1] * acc.itemsize
-            budget = min(unit * _IDENTITY_POSITIONS, _window.SCRATCH_BYTES)
+        unit, budget = gather.box_sizing(p.K * acc.itemsize if convert else 0)
         # Per box a partial product cols^T @ dy_box, computed on any worker; the partials are added to dw in box
         # order on this thread (the first one is dw), so the sum is the serial one whatever the thread count.
         def partial(box, bufs: list) -> None:
