@@ -447,10 +447,10 @@ def _first_max(p: PoolProblem, X: np.ndarray, m: np.ndarray, sc: _FastScratch, b
         code += code.dtype.type(offs[t + 1] - offs[t])
         np.multiply(code, flag, out=code)
     rel = sc.cut(sc.rel, m.shape)
+    if code is not rel:
+        np.copyto(rel, code, casting="unsafe")     # a cast copy, then int32 ops: cheaper than a mixed-type multiply
     if unit > 1:
-        np.multiply(code, np.int32(unit), out=rel)
-    elif code is not rel:
-        np.copyto(rel, code, casting="unsafe")
+        rel *= np.int32(unit)
     rel += base
     if shift:
         rel += np.int32(shift)
