@@ -43,14 +43,19 @@ _SLOT = (0, 1, 0, 0, 1)                           # term -> position within its 
 _SIZES = tuple(len(gi) * len(gj) for gi in _GROUPS for gj in _GROUPS)     # terms of the 9 components (25 in all)
 
 
-def applies(p: ConvProblem, dtype: np.dtype) -> bool:
-    """Whether conv.py may use this path for the forward convolution of p."""
-    tiles = -(-p.P // 2) * -(-p.Q // 2)
+def _pays(p: ConvProblem, dtype: np.dtype, tiles: int) -> bool:
+    """The conditions fprop, wgrad and dgrad share: a float32 ungrouped 3x3 stride-2 undilated conv (depth 1),
+    enough channels, and `tiles` blocks of 25 multiplications within MAX_WORK_RATIO of the direct ones."""
     return (enabled() and np.dtype(dtype) == np.float32 and p.groups == 1
             and (p.T, p.R, p.S) == (1, 3, 3) and p.stride == (1, 2, 2) and p.dilation[1:] == (1, 1)
             and p.pad_before[0] == 0 and p.Z == p.D
             and min(p.C, p.K) >= MIN_CHANNELS and min(p.P, p.Q) >= 2
-            and 25 * tiles <= MAX_WORK_RATIO * 9 * p.P * p.Q
+            and 25 * tiles <= MAX_WORK_RATIO * 9 * p.P * p.Q)
+
+
+def applies(p: ConvProblem, dtype: np.dtype) -> bool:
+    """Whether conv.py may use this path for the forward convolution (and the filter gradient) of p."""
+    return (_pays(p, dtype, -(-p.P // 2) * -(-p.Q // 2))
             and _chunk_bytes(1, 1, -(-p.Q // 2), p.C, p.K) <= _budget())
 
 
@@ -225,13 +230,9 @@ _DG_CELLS = ((0, 1), (2,), (1, 3), (4,))          # block cell u (e0, o0, e1, o1
 def applies_dgrad(p: ConvProblem, dtype: np.dtype) -> bool:
     """Whether conv.py may use this path for the input gradient of p (pad_before 0 or 1, as SAME and VALID
     give for 3x3 stride 2)."""
-    tiles = -(-(p.H + p.pad_before[1]) // 4) * -(-(p.W + p.pad_before[2]) // 4)
-    return (enabled() and np.dtype(dtype) == np.float32 and p.groups == 1
-            and (p.T, p.R, p.S) == (1, 3, 3) and p.stride == (1, 2, 2) and p.dilation[1:] == (1, 1)
-            and p.pad_before[0] == 0 and p.Z == p.D and max(p.pad_before[1:]) <= 1
-            and min(p.C, p.K) >= MIN_CHANNELS and min(p.P, p.Q) >= 2
-            and 25 * tiles <= MAX_WORK_RATIO * 9 * p.P * p.Q
-            and _dgrad_chunk_bytes(1, 1, -(-(p.W + p.pad_before[2]) // 4), p.C, p.K) <= _budget())
+    tq = -(-(p.W + p.pad_before[2]) // 4)
+    return (_pays(p, dtype, -(-(p.H + p.pad_before[1]) // 4) * tq) and max(p.pad_before[1:]) <= 1
+            and _dgrad_chunk_bytes(1, 1, tq, p.C, p.K) <= _budget())
 
 
 def _dg_terms(a) -> list:
