@@ -560,6 +560,36 @@ def test_tiled_max_pool_matches_generic_sweep(monkeypatch, case, data):
             assert BACKEND.max_pool(x, p).tobytes() == want_m.tobytes()
 
 
+@pytest.mark.parametrize("xs, pad", [((4, 1, 22, 30, 512), "VALID"), ((3, 1, 30, 44, 512), "VALID"),
+                                     ((4, 1, 90, 120, 256), "VALID"), ((2, 1, 7, 9, 3), "SAME")])
+@pytest.mark.parametrize("nw", [1, 2, 3, 8])
+def test_fast_boxes_tile_the_interior_in_few_boxes_per_worker(xs, pad, nw):
+    """The fast boxes cover the interior once; serial boxes hold at most twice _FAST_BOX_VALUES values (whole
+    planes), boxes for several workers at most _FAST_BOX_VALUES and a worker's share: one box per worker where a
+    share fits (SegNet's pool5 at N=4 on 2 workers: 2 boxes, not 4)."""
+    from gpuconv.geometry import pool_problem
+    from gpuconv.numpy_backend import pool as pool_module
+    p = pool_problem(xs, (1, 2, 2), (1, 2, 2), pad)
+    inner = pool_module._interior(p)
+    covered = np.zeros((p.N, p.Z, p.P, p.Q), np.int64)
+    sizes = []
+    for (n0, n1), z, (a, b), (q0, q1) in pool_module._fast_boxes(p, inner, nw):
+        covered[n0:n1, z, a:b, q0:q1] += 1
+        sizes.append((n1 - n0) * (b - a) * (q1 - q0) * p.C)
+    (z0, z1), (p0, p1), (q0, q1) = inner
+    want = np.zeros_like(covered)
+    want[:, z0:z1, p0:p1, q0:q1] = 1
+    np.testing.assert_array_equal(covered, want)
+    total = sum(sizes)
+    if nw == 1:
+        assert max(sizes) <= 2 * pool_module._FAST_BOX_VALUES
+        assert len(sizes) == 1 or total > 2 * pool_module._FAST_BOX_VALUES
+    else:
+        assert max(sizes) <= min(pool_module._FAST_BOX_VALUES, -(-total // nw))
+    if nw == 2 and xs == (4, 1, 22, 30, 512):
+        assert len(sizes) == 2
+
+
 # ---------------------------------------------------------------------------------------------------------
 # worker pool: results independent of the thread count, concurrent callers, bounded cost of huge windows
 # ---------------------------------------------------------------------------------------------------------
