@@ -439,11 +439,16 @@ def test_argmax_scatter_int64_wraps_exactly():
 @pytest.mark.parametrize("budget", [32 * 2**20, 300, 20])
 @pytest.mark.parametrize("item_min", [2**16, 1])
 @pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
-def test_argmax_scatter_chunks(monkeypatch, budget, item_min, index_dtype):
+@pytest.mark.parametrize("workers", [1, 3])
+def test_argmax_scatter_chunks(monkeypatch, threads, budget, item_min, index_dtype, workers):
     """Chunked scatter equals a one-shot np.add.at: whole-item chunks (large budget; items grouped with offsets,
     or one at a time with their own indices, item_min 1), value chunks split within and across batch items with
-    a mark array (300 bytes) or sorting (20 bytes) to find repeats. argmax is left as it was."""
+    a mark array (300 bytes) or sorting (20 bytes) to find repeats; with 3 workers, whole chunks run on the
+    workers (disjoint: whole-item chunks of the scatter, every chunk of the gather). argmax is left as it was."""
     from gpuconv.numpy_backend import pool as P
+    threads(workers)
+    monkeypatch.setattr(P, "_PARALLEL_MIN", 0)
+    monkeypatch.setattr(P, "_PIECE_MIN", 2**40)
     monkeypatch.setattr(P, "_SCATTER_CHUNK", 7)
     monkeypatch.setattr(P, "_ITEM_CHUNK_MIN", item_min)
     monkeypatch.setattr(_window, "SCRATCH_BYTES", budget)
@@ -622,14 +627,16 @@ def _all_ops(rng):
     return outs
 
 
+@pytest.mark.parametrize("piece_min", [16, 2**40])
 @pytest.mark.parametrize("budget", [3000, 32 * 2**20])
-def test_results_do_not_depend_on_thread_count(monkeypatch, threads, budget):
+def test_results_do_not_depend_on_thread_count(monkeypatch, threads, budget, piece_min):
     """Bit for bit the same with 1, 2 and 3 workers (each output element is computed by one worker, wgrad's
-    partial sums are added in box order)."""
+    partial sums are added in box order). piece_min: argmax_scatter / _gather split each index chunk into
+    pieces (16), or run whole chunks on the workers (2**40: no chunk is split)."""
     from gpuconv.numpy_backend import pool as pool_module
     monkeypatch.setattr(_window, "SCRATCH_BYTES", budget)
     monkeypatch.setattr(pool_module, "_FAST_BOX_VALUES", 50 if budget < 2**20 else 2**18)
-    monkeypatch.setattr(pool_module, "_PIECE_MIN", 16)
+    monkeypatch.setattr(pool_module, "_PIECE_MIN", piece_min)
     monkeypatch.setattr(pool_module, "_PARALLEL_MIN", 0)
     monkeypatch.setattr(_parallel, "gemm_chunks", lambda: _parallel.workers() > 1)    # whatever BLAS's threads
     results = []
