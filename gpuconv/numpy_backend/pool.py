@@ -10,10 +10,10 @@ Windows that tile the rows (stride == window, e.g. 2x2/2) take a fast path (see 
 
 Only window taps that touch x for some output are visited (_taps): a huge window on a small input costs the input
 and output extents. Threads (_parallel): boxes that write disjoint outputs (every sweep's output boxes; scatters
-without overlapping windows or with whole-item accumulators; slices of argmax_scatter / argmax_gather index
-chunks) run on the worker pool, each with per-thread scratch (total scratch: workers x the per-box budget);
-scatters whose boxes add into shared cells run in box order. Sweeps under _PARALLEL_MIN output values stay on
-the calling thread.
+without overlapping windows or with whole-item accumulators; argmax_scatter / argmax_gather index chunks that
+write disjoint outputs, or slices of a large chunk) run on the worker pool, each with per-thread scratch (total
+scratch: workers x the per-box budget); scatters whose boxes add into shared cells run in box order. Sweeps and
+index chunks under _PARALLEL_MIN output values or indices stay on the calling thread.
 
 Max scan rule (TF's MaxPoolWithArgmax on CPU): row-major over the window, the first in-bounds cell seeds the
 maximum and a later cell replaces it only if strictly greater. Processing the taps in row-major order with a
