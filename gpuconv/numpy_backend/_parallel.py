@@ -17,7 +17,8 @@ os.cpu_count(). 1 is the serial path (no pool at all). The calling thread works 
 same queue as the pool's threads, so a call finishes even when the pool is busy with other callers' work, and
 users may call gpuconv from several threads at once. A chunk never submits work itself: code already running
 inside a chunk (a pool thread, or a caller while it runs chunks) gets the serial path, so nothing waits on a
-pool that may be waiting on it. Chunks run in the caller's context variables, np.errstate included.
+pool that may be waiting on it. Chunks run in the caller's context variables and floating-point error state
+(np.errstate).
 """
 from __future__ import annotations
 
@@ -193,9 +194,16 @@ def map_ordered(fn: Callable, items: Iterable, combine: Callable | None) -> None
         finally:
             _local.inside = prev
 
-    # Pool threads run in a copy of the caller's context: np.errstate (a context variable) holds there too.
+    # Pool threads run in a copy of the caller's context (np.errstate is a context variable in NumPy 2) and
+    # under the caller's floating-point error state set explicitly (NumPy 1.x keeps it per thread).
     caller = contextvars.copy_context()
-    futures = [pool.submit(caller.copy().run, drain) for _ in range(n - 1)]
+    err, call = np.geterr(), np.geterrcall()
+
+    def pool_drain() -> None:
+        with np.errstate(call=call, **err):
+            drain()
+
+    futures = [pool.submit(caller.copy().run, pool_drain) for _ in range(n - 1)]
     try:
         if combine is None:
             drain()

@@ -251,6 +251,8 @@ def _argmax_box(x: np.ndarray, p: PoolProblem, box, y: np.ndarray, argmax: np.nd
     bw = _axis_index(box[3].start, box[3].stop, p.stride[2], p.pad_before[2], index_dtype)
     base = ((bd[:, None, None] * p.H + bh[None, :, None]) * p.W + bw[None, None, :]) * p.C
     out = argmax[box]
+    if tap_id.dtype == np.uint64:
+        tap_id = tap_id.view(np.int64)            # exact (few taps); NumPy 1.x takes no uint64 indices
     np.take(toff, tap_id, out=out, mode="clip")   # "raise" would buffer out
     out += base[..., None]
     out += np.arange(p.C, dtype=index_dtype)
