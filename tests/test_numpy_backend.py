@@ -244,6 +244,21 @@ def test_conv_empty(xs, ws, os):
     assert dw.shape == ws and not dw.any()
 
 
+def test_reshaped_view_never_copies():
+    """conv's column views: a reshape that needs a copy is an error, a possible one is a view of the same memory
+    (what setting .shape did before NumPy 2.5 deprecated it)."""
+    from gpuconv.numpy_backend.conv import _reshaped_view, _split_channels
+    a = np.arange(2 * 3 * 4 * 6).reshape(2, 3, 4, 6)
+    v = _reshaped_view(a[:, 1:], (2, 2, 24))                 # rows of a slice: mergeable
+    v[0, 0, 0] = -1
+    assert a[0, 1, 0, 0] == -1
+    with pytest.raises(ValueError, match="needs a copy"):
+        _reshaped_view(a[:, :, ::2], (2, 3, 12))            # every other row: not mergeable
+    s = _split_channels(a[..., ::1][:, :, 1:3], 3)           # (2, 3, 2, 6) -> (2, 3, 2, 3, 2)
+    assert s.shape == (2, 3, 2, 3, 2) and np.shares_memory(s, a)
+    np.testing.assert_array_equal(s.reshape(2, 3, 2, 6), a[:, :, 1:3])
+
+
 def test_conv_empty_input_with_padding_gives_zeros():
     # W = 0 with explicit padding 2+2 and a 3-wide filter: output width 2 of zeros.
     x, w = np.ones((1, 3, 0, 2), np.float32), np.ones((1, 3, 2, 4), np.float32)

@@ -174,8 +174,8 @@ class _Gather:
         view = np.lib.stride_tricks.as_strided(
             base, shape=(box[0].stop - n0, rd[1] - rd[0], rh[1] - rh[0], qhi - qlo, length * C),
             strides=(st[0], st[1] * sd, st[2] * sh, st[3] * sw, st[4]), writeable=False)
-        inner = dst[:, rd[0]:rd[1], rh[0]:rh[1]].view()
-        inner.shape = inner.shape[:4] + (length * C,)     # raises rather than copy: taps are adjacent in col
+        inner = dst[:, rd[0]:rd[1], rh[0]:rh[1]]
+        inner = _reshaped_view(inner, inner.shape[:4] + (length * C,))     # taps are adjacent in col
         np.copyto(inner, view)
         _zero_outside(dst, [rd, rh], 1)
 
@@ -265,11 +265,18 @@ def _zero_outside(dst: np.ndarray, rng, first_axis: int) -> None:
             dst[(slice(None),) * ax + (slice(hi, dst.shape[ax]),)] = 0
 
 
+def _reshaped_view(a: np.ndarray, shape: tuple) -> np.ndarray:
+    """a reshaped without copying: ValueError where the reshape would need a copy (what setting .shape did,
+    which NumPy 2.5 deprecates; ndarray.reshape's copy=False needs NumPy 2.1)."""
+    v = a.reshape(shape)
+    if v.size and not np.may_share_memory(v, a):
+        raise ValueError(f"a view of shape {shape} of an array of shape {a.shape}, strides {a.strides} needs a copy")
+    return v
+
+
 def _split_channels(a: np.ndarray, groups: int) -> np.ndarray:
     """View a (..., G*c) array as (..., G, c) without copying (works for strided views too)."""
-    v = a.view()
-    v.shape = a.shape[:-1] + (groups, a.shape[-1] // groups)
-    return v
+    return _reshaped_view(a, a.shape[:-1] + (groups, a.shape[-1] // groups))
 
 
 def _gather_gemm(gather: _Gather, wmat: np.ndarray, out: np.ndarray) -> None:
@@ -431,8 +438,8 @@ def _add_run(dx, dcol, p: ConvProblem, box, j0: int, length: int, offsets) -> No
         target = np.lib.stride_tricks.as_strided(
             base, shape=(nb, rd[1] - rd[0], rh[1] - rh[0], count, length * C),
             strides=(st[0], st[1] * sd, st[2] * sh, st[3] * sw * classes, st[4]))
-        src = dcol[0, :, rd[0]:rd[1], rh[0]:rh[1], qlo + k:qhi:classes, j0:j0 + length, :].view()
-        src.shape = src.shape[:4] + (length * C,)        # raises rather than copy: the run's taps are adjacent
+        src = dcol[0, :, rd[0]:rd[1], rh[0]:rh[1], qlo + k:qhi:classes, j0:j0 + length, :]
+        src = _reshaped_view(src, src.shape[:4] + (length * C,))        # the run's taps are adjacent
         target += src
 
 
