@@ -559,7 +559,8 @@ def _compile_error_reason(fam: KernelFamily, log: str) -> str:
            if re.search(r"nv_mangled_name\s+" + re.escape(e) + r"\s*$", log, re.MULTILINE)]
     if bad:
         return "NVRTC compile error: name expression(s) that name no kernel: " + ", ".join(bad)
-    return "NVRTC compile error"
+    hint = kernel_source.compile_hint(log)
+    return "NVRTC compile error" + (f": {hint}" if hint else "")
 
 
 def _select(families: Iterable[KernelFamily | str] | None) -> tuple[KernelFamily, ...]:

@@ -99,5 +99,52 @@ NVRTC_GATE_EXTRA: tuple[str, ...] = ("-ftz=true", "--device-as-default-execution
 
 
 def module_options() -> tuple[str, ...]:
-    """The options gpuconv passes to RawModule: NVRTC_OPTIONS and -I<kernel_dir()> for #include "common.cuh"."""
-    return NVRTC_OPTIONS + ("-I" + str(kernel_dir()),)
+    """The options gpuconv passes to RawModule: NVRTC_OPTIONS, -I<kernel_dir()> for #include "common.cuh", and
+    the directory of the CUDA C runtime headers where CuPy's CUDA include directory lacks them
+    (crt_include_options)."""
+    return NVRTC_OPTIONS + ("-I" + str(kernel_dir()),) + crt_include_options()
+
+
+# The header that <mma.h> (conv_fprop.cu's tensor-core kernel) includes and pip's CUDA wheels ship apart.
+CRT_HEADER = "crt/mma.h"
+
+
+@functools.lru_cache(maxsize=None)
+def crt_include_options() -> tuple[str, ...]:
+    """("-I<dir>",) for the directory holding crt/mma.h where the CUDA include directory CuPy compiles with
+    (cuda.pathfinder's 'cudart' headers, as CuPy 14 finds them) does not hold it, else ().
+
+    A full toolkit and CUDA 13's wheels (nvidia-cuda-crt, `cuda-toolkit[crt]`) put crt/ next to the runtime
+    headers; CUDA 12's wheels put it in nvidia-cuda-nvcc-cu12's directory (`cuda-toolkit[nvcc]`, pathfinder's
+    'nvcc' headers), which NVRTC does not search. That directory is added only if it holds no runtime headers
+    of its own (cuda_runtime.h), which would shadow CuPy's (e.g. a system toolkit of another version). () too
+    where cuda.pathfinder is not installed or no such directory is found (the CUDA executor then explains
+    NVRTC's error)."""
+    try:
+        from cuda.pathfinder import find_nvidia_header_directory
+    except ImportError:
+        return ()
+
+    def find(libname: str) -> Path | None:
+        try:
+            found = find_nvidia_header_directory(libname)
+        except Exception:                     # unknown name in this pathfinder version, unreadable tree, ...
+            return None
+        return Path(found) if found else None
+
+    cudart = find("cudart")
+    if cudart is None or (cudart / CRT_HEADER).is_file():
+        return ()
+    nvcc = find("nvcc")
+    if nvcc is not None and (nvcc / CRT_HEADER).is_file() and not (nvcc / "cuda_runtime.h").is_file():
+        return ("-I" + str(nvcc),)
+    return ()
+
+
+def compile_hint(log: str) -> str:
+    """What to do about an NVRTC error log, where gpuconv knows ("" otherwise)."""
+    if CRT_HEADER in log:
+        return (f"NVRTC cannot find {CRT_HEADER}, which <mma.h> includes. With CUDA from pip wheels install "
+                "cuda-toolkit[crt]==13.* (CUDA 13) or cuda-toolkit[nvcc]==12.* (CUDA 12); gpuconv's extras "
+                "cuda13 and cuda12 do. Or use a full CUDA toolkit (CUDA_PATH).")
+    return ""

@@ -236,3 +236,74 @@ def test_every_kernel_file_has_a_registered_family():
     declared = {fam.file for fam in kernel_source.families()}
     on_disk = {p.name for p in kernel_source.kernel_dir().glob("*.cu")}
     assert declared == on_disk
+
+
+# ---------------------------------------------------------------------------------------------------------
+# crt/mma.h: where pip's CUDA wheels keep the C runtime headers
+# ---------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def pathfinder(monkeypatch, tmp_path):
+    """A fake cuda.pathfinder whose header directories are folders under tmp_path; crt_include_options' cache is
+    cleared around the test."""
+    import sys
+    import types
+
+    dirs: dict = {}
+
+    def find_nvidia_header_directory(libname):
+        if libname not in dirs:
+            raise RuntimeError(f"UNKNOWN libname={libname!r}")
+        return None if dirs[libname] is None else str(dirs[libname])
+
+    module = types.ModuleType("cuda.pathfinder")
+    module.find_nvidia_header_directory = find_nvidia_header_directory
+    monkeypatch.setitem(sys.modules, "cuda.pathfinder", module)
+    kernel_source.crt_include_options.cache_clear()
+
+    def make(libname, *files):
+        d = tmp_path / libname
+        for f in files:
+            (d / f).parent.mkdir(parents=True, exist_ok=True)
+            (d / f).write_text("")
+        d.mkdir(exist_ok=True)
+        dirs[libname] = d
+        return d
+
+    yield make, dirs
+    kernel_source.crt_include_options.cache_clear()
+
+
+def test_crt_headers_next_to_the_runtime_headers_need_no_option(pathfinder):
+    make, _ = pathfinder
+    make("cudart", "cuda_runtime.h", "mma.h", "crt/mma.h")           # a toolkit, or CUDA 13 wheels with crt
+    make("nvcc", "crt/mma.h")
+    assert kernel_source.crt_include_options() == ()
+
+
+def test_crt_headers_of_cuda12_wheels_come_from_the_nvcc_directory(pathfinder):
+    make, _ = pathfinder
+    make("cudart", "cuda_runtime.h", "mma.h")                        # nvidia-cuda-runtime-cu12
+    nvcc = make("nvcc", "crt/mma.h", "nvPTXCompiler.h")               # nvidia-cuda-nvcc-cu12
+    assert kernel_source.crt_include_options() == ("-I" + str(nvcc),)
+    assert kernel_source.module_options()[-1] == "-I" + str(nvcc)
+
+
+def test_no_crt_option_that_would_shadow_the_runtime_headers_or_without_a_source(pathfinder):
+    make, dirs = pathfinder
+    make("cudart", "cuda_runtime.h", "mma.h")
+    make("nvcc", "crt/mma.h", "cuda_runtime.h")                       # a whole (other) toolkit: would shadow
+    assert kernel_source.crt_include_options() == ()
+    del dirs["nvcc"]                                                  # pathfinder knows no 'nvcc' headers
+    kernel_source.crt_include_options.cache_clear()
+    assert kernel_source.crt_include_options() == ()
+    dirs["nvcc"] = None                                               # ... or finds none
+    kernel_source.crt_include_options.cache_clear()
+    assert kernel_source.crt_include_options() == ()
+
+
+def test_compile_hint_names_the_wheels_for_a_missing_crt_header():
+    hint = kernel_source.compile_hint('mma.h(55): catastrophic error: cannot open source file "crt/mma.h"')
+    assert "cuda-toolkit[crt]==13.*" in hint and "cuda-toolkit[nvcc]==12.*" in hint
+    assert kernel_source.compile_hint("error: expected a ';'") == ""
+    fam = KernelFamily("f", "f.cu", ("k<float>",))
+    assert "cuda-toolkit[crt]" in cg._compile_error_reason(fam, 'cannot open source file "crt/mma.h"')

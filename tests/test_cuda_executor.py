@@ -116,10 +116,27 @@ def test_rawmodule_built_from_the_family(fake):
     assert ex.name == "cuda" and ex.xp is fake
     ex.launch(plan())
     (mod,) = fake.modules
-    assert mod.kwargs == {"code": kernel_source.read_source(GOOD.file),
-                          "options": kernel_source.NVRTC_OPTIONS + ("-I" + str(kernel_source.kernel_dir()),),
+    assert mod.kwargs == {"code": kernel_source.read_source(GOOD.file), "options": kernel_source.module_options(),
                           "name_expressions": GOOD.name_expressions, "backend": "nvrtc"}
+    assert kernel_source.module_options()[:2] == kernel_source.NVRTC_OPTIONS + ("-I" + str(kernel_source.kernel_dir()),)
     assert mod.compiled == ["gate_axpy<float, 128>"]
+
+
+def test_missing_crt_header_gets_a_hint_other_compile_errors_pass_through(fake, monkeypatch):
+    """NVRTC's 'cannot open crt/mma.h' (pip CUDA without the C runtime headers) becomes a RuntimeError that says
+    what to install; any other compile error reaches the caller unchanged."""
+    class CompileException(Exception):
+        pass
+
+    log = 'mma.h(55): catastrophic error: cannot open source file "crt/mma.h"'
+    monkeypatch.setattr(fake.RawModule, "get_function", lambda self, name: (_ for _ in ()).throw(CompileException(log)))
+    with pytest.raises(RuntimeError, match=r"cuda-toolkit\[crt\]==13.*cuda-toolkit\[nvcc\]==12") as info:
+        CudaExecutor([GOOD]).launch(plan())
+    assert isinstance(info.value.__cause__, CompileException) and log in str(info.value)
+    monkeypatch.setattr(fake.RawModule, "get_function",
+                        lambda self, name: (_ for _ in ()).throw(CompileException("error: expected a ';'")))
+    with pytest.raises(CompileException, match="expected a ';'"):
+        CudaExecutor([GOOD]).launch(plan())
 
 
 def test_launch_passes_plan_through_on_the_current_stream(fake):

@@ -117,3 +117,19 @@ def test_installed_wheel_imports_without_cuda_and_finds_its_kernels(wheel, tmp_p
     # The NumPy backend ran: the 2x2 maxima of an increasing ramp are each window's last cell.
     assert got["y"][0][0][0] == [15.0, 16.0, 17.0] and got["argmax"][0][0][0] == [15, 16, 17]
     assert got["z_sum"] > 0
+
+
+def test_cuda_extras_bring_the_c_runtime_headers(wheel):
+    """The cuda12 / cuda13 extras install CuPy with CUDA from pip plus the crt/ headers that <mma.h> includes
+    (conv_fprop.cu's tensor-core kernel); without them NVRTC cannot compile conv_fprop.cu on a machine without
+    a CUDA toolkit (kernel_source.crt_include_options)."""
+    with zipfile.ZipFile(wheel) as z:
+        meta = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    requires = [line.split(":", 1)[1].strip() for line in meta.splitlines() if line.startswith("Requires-Dist:")]
+
+    def extra(name):
+        return {r.split(";")[0].replace(" ", "") for r in requires if f'extra == "{name}"' in r}
+
+    assert {"cupy-cuda13x[ctk]>=14", "cuda-toolkit[crt]==13.*"} <= extra("cuda13")
+    assert {"cupy-cuda12x[ctk]>=14", "cuda-toolkit[nvcc]==12.*"} <= extra("cuda12")
+    assert [r for r in requires if "extra ==" not in r] == ["numpy>=1.24"]      # the base install: NumPy only

@@ -41,7 +41,8 @@ def cuda_availability() -> str:
     try:
         cupy.cuda.nvrtc.getVersion()
     except Exception as exc:
-        return f"CuPy cannot load NVRTC: {exc} (pip install 'cupy-cuda13x[ctk]')"
+        return (f"CuPy cannot load NVRTC: {exc} (pip install 'gpuconv[cuda13]' or 'gpuconv[cuda12]': NVRTC and the "
+                "CUDA headers as wheels)")
     return "yes"
 
 
@@ -98,7 +99,13 @@ class CudaExecutor:
                 if name_expression not in self.family(family_name).name_expressions:
                     raise ValueError(f"{name_expression!r} is not a name expression of kernel family "
                                      f"{family_name!r} (declare it in the family's plan module)")
-                fn = self._module(family_name, device_id).get_function(name_expression)
+                try:
+                    fn = self._module(family_name, device_id).get_function(name_expression)
+                except Exception as exc:          # CuPy's CompileException carries NVRTC's log in its message
+                    hint = kernel_source.compile_hint(str(exc))
+                    if hint:
+                        raise RuntimeError(f"compiling kernel family {family_name!r} failed: {hint}\n{exc}") from exc
+                    raise
                 self._functions[key] = fn
             if shared_mem > max(DEFAULT_DYNAMIC_SMEM_LIMIT, self._smem_opt_in.get(key, 0)):
                 fn.max_dynamic_shared_size_bytes = shared_mem
