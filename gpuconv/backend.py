@@ -57,7 +57,11 @@ def is_cupy_array(a: Any) -> bool:
 
 
 def array_kind(a: Any, arg: str) -> str:
-    """'numpy' or 'cupy'; a TypeError naming the argument for anything else (lists included)."""
+    """'numpy' or 'cupy'; a TypeError naming the argument for anything else (lists included, and NumPy masked
+    arrays: the ops would use the masked-out values as data)."""
+    if isinstance(a, np.ma.MaskedArray):
+        fail_type(arg, "a NumPy or CuPy array (not a masked array: gpuconv would use the masked-out values; pass "
+                  f"{arg}.filled(value))", "numpy.ma.MaskedArray")
     if isinstance(a, np.ndarray):
         return "numpy"
     if is_cupy_array(a):

@@ -101,6 +101,7 @@ def mutations(name, kwargs):
         a = kwargs[arg]
         yield f"{arg} wrong rank", arg, with_(arg, a[0]), (ValueError,)
         yield f"{arg} as list", arg, with_(arg, a.tolist()), (TypeError,)
+        yield f"{arg} masked", arg, with_(arg, np.ma.masked_array(a, mask=np.zeros(a.shape, bool))), (TypeError,)
         yield f"{arg} complex", arg, with_(arg, a.astype(np.complex64)), (TypeError, ValueError)
         yield f"{arg} string", arg, with_(arg, np.full(a.shape, "a")), (TypeError, ValueError)
         if arg != "argmax" and len([k for k in _tensor_args(kwargs) if k != "argmax"]) > 1:
