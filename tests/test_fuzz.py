@@ -355,9 +355,12 @@ def test_fuzz_emulator_vs_numpy_long(family):
 # ---------------------------------------------------------------------------------------------------------
 # (2^31 - 1 itself is legal: a pad of 2^31 - 1 is a valid, huge problem, not an invalid argument)
 HUGE = [2**31, 2**40, 2**63 - 1, 2**64, -2**63]
+# Junk strings from a fixed alphabet (ASCII, accented, CJK, NUL, an emoji, a lone surrogate): hypothesis's
+# default text strategy warns about characters that do not round-trip through UTF-8 in newer versions.
+_JUNK_CHARS = "aZ0 _-,.[]()éß漢\x00\U0001F600\ud800"
 _junk_scalars = st.one_of(
     st.integers(-3, 0), st.sampled_from(HUGE), st.floats(allow_nan=True, allow_infinity=True), st.none(),
-    st.booleans(), st.text(max_size=5), st.sampled_from(["SAME", "VALID", "same", "NHWC", "NCHW", "NCDHW", "int64",
+    st.booleans(), st.text(alphabet=_JUNK_CHARS, max_size=5), st.sampled_from(["SAME", "VALID", "same", "NHWC", "NCHW", "NCDHW", "int64",
                                                          "int16", b"SAME", 1j, object(), ...]))
 
 
