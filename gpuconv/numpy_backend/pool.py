@@ -593,9 +593,11 @@ def _fix_zeros(x: np.ndarray, m: np.ndarray, flat: np.ndarray, shift) -> None:
 
 
 @functools.lru_cache(maxsize=8)
-def _tiled_plan(p: PoolProblem, dtype: np.dtype, idx_dt: np.dtype, workers: int) -> tuple:
+def _tiled_plan(p: PoolProblem, dtype: np.dtype, idx_dt: np.dtype, workers: int, box_values: int) -> tuple:
     """The per-problem setup of _max_pool_tiled, kept for repeated calls (its Python work is a tenth of a small
-    pooling call: 4x22x30x512 floats, 2x2 argmax). workers: the workers the box shapes are for.
+    pooling call: 4x22x30x512 floats, 2x2 argmax). workers: the workers the box shapes are for. box_values: the
+    module's _FAST_BOX_VALUES at the call, which the box shapes follow: part of the cache key, so that no plan
+    outlives a change of it (tests change it).
     Arrays are read-only; the largest, the window origins of one fast box, is at most 4 bytes per box value
     (2 MiB), and no scratch buffer is kept here."""
     inner = _interior(p)
@@ -622,8 +624,8 @@ def _max_pool_tiled(x: np.ndarray, p: PoolProblem, y: np.ndarray, argmax, includ
     per_batch = p.D * p.H * p.W * p.C
     idx_dt = argmax.dtype if argmax is not None else np.dtype(np.int64)
     parallel = y.size >= _PARALLEL_MIN
-    values, toff, p0, q0, base, fast_boxes, border_boxes = _tiled_plan(p, x.dtype, idx_dt,
-                                                                       _parallel.workers() if parallel else 1)
+    values, toff, p0, q0, base, fast_boxes, border_boxes = _tiled_plan(
+        p, x.dtype, idx_dt, _parallel.workers() if parallel else 1, _FAST_BOX_VALUES)
     made: list = []
 
     def exact(box) -> dict:
