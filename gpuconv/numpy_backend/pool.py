@@ -433,6 +433,12 @@ def _code_dtype(p: PoolProblem) -> tuple[type, int]:
     return (np.uint16 if top * p.C < 2**16 else np.int32), 1
 
 
+def _factor(flags: np.ndarray, code: np.ndarray) -> np.ndarray:
+    """Boolean flags as a multiplier of code: viewed as uint8 for uint8 codes (uint8 x uint8 ops are cheaper
+    than mixed ones), as they are otherwise."""
+    return flags.view(np.uint8) if code.dtype == np.uint8 else flags
+
+
 def _two_by_two(p: PoolProblem) -> bool:
     """Whether the fast path's 2x2 specialisation applies (2x2 windows; the fast path itself has stride 2)."""
     return (p.R, p.S) == (2, 2)
@@ -453,7 +459,7 @@ def _tap_code(p: PoolProblem, X: np.ndarray, m: np.ndarray, sc: _FastScratch) ->
     offs = [(r * p.W + s) * (C // unit) for r, s in taps]
     code = sc.cut(sc.code, m.shape)
     ne = sc.cut(sc.ne, m.shape)
-    flag = ne.view(np.uint8) if code.dtype == np.uint8 else ne
+    flag = _factor(ne, code)
     k = len(taps)
     r, s = taps[k - 2]
     np.not_equal(X[:, :, r, :, s], m, out=ne)
@@ -495,7 +501,7 @@ def _tap_code_2x2(p: PoolProblem, X: np.ndarray, cm: np.ndarray, m: np.ndarray, 
     np.greater(X[:, :, 1], X[:, :, 0], out=row1)
     n0 = sc.cut(sc.ne, m.shape)
     n1 = sc.cut(sc.ne2, m.shape)
-    flag0 = n0.view(np.uint8) if code.dtype == np.uint8 else n0
+    flag0 = _factor(n0, code)
     dt = code.dtype.type
     np.not_equal(cm[:, :, 0], m, out=n0)                      # n10
     if o11 - o10 == 1:
@@ -506,7 +512,7 @@ def _tap_code_2x2(p: PoolProblem, X: np.ndarray, cm: np.ndarray, m: np.ndarray, 
     np.logical_or(n0, row1[..., 0, :], out=n0)                # n00
     np.not_equal(cm[:, :, 1], m, out=n1)
     np.logical_or(n1, row1[..., 1, :], out=n1)                # n01
-    np.multiply(code, n1.view(np.uint8) if code.dtype == np.uint8 else n1, out=code)
+    np.multiply(code, _factor(n1, code), out=code)
     code += dt(o01)
     np.multiply(code, flag0, out=code)
     return code
