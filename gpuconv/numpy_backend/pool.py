@@ -345,8 +345,8 @@ class _FastScratch:
         code_dt = np.dtype(_code_dtype(p)[0])
         parts = [("cm", dtype, wide * values), ("rel", np.int32, values),
                  ("ne", bool, values)] + ([("code", code_dt, values)] if code_dt != np.int32 else [])
-        if two:                                            # _tap_code_2x2's row choices and second flags
-            parts += [("row1", bool, 2 * values), ("ne2", bool, values)]
+        if two:                                            # _tap_code_2x2's flags of window row 0
+            parts += [("row0", bool, 2 * values)]
         sizes = [-(-np.dtype(dt).itemsize * n // 64) * 64 for _, dt, n in parts]
         buf = _cached_bytes(sum(sizes))
         at = 0
@@ -483,38 +483,35 @@ def _tap_code(p: PoolProblem, X: np.ndarray, m: np.ndarray, sc: _FastScratch) ->
 
 
 def _tap_code_2x2(p: PoolProblem, X: np.ndarray, cm: np.ndarray, m: np.ndarray, sc: _FastScratch) -> np.ndarray:
-    """_tap_code for 2x2 windows from the column maxima cm (nb, rows, 2, nq, C) (_fast_box), with two
-    comparisons against m instead of three against the taps (which are strided and no longer in cache).
+    """_tap_code for 2x2 windows from the column maxima cm (nb, rows, 2, nq, C) (_fast_box): one comparison of
+    window row 0 (both columns) with m and one of column 0's maxima with m, instead of three strided tap
+    comparisons.
 
-    Column s holds m iff cm[:, :, s] == m, and its row 0 holds the column's maximum iff not X[row 1] > X[row 0]
-    (one contiguous comparison over whole window rows). In row-major order the first tap equal to m is then
-    (0,0) if column 0 holds m in row 0, else (0,1) if column 1 holds m in row 0, else (1,0) if column 0 holds m,
-    else (1,1): F = n00 * (o01 + n01 * (o10 - o01 + n10 * (o11 - o10))) with the "not" flags
-    n10 = (cm0 != m), n00 = n10 | row1_0, n01 = (cm1 != m) | row1_1 and offsets o_rs = (r*W + s)*C.
+    In row-major order the first tap equal to m is (0,0) if x00 == m, else (0,1) if x01 == m, else (1,0) if column
+    0 holds m (then x10 == m), else (1,1): F = n00 * (o01 + n01 * (o10 - o01 + n10 * (o11 - o10))) with the "not"
+    flags n00 = (x00 != m), n01 = (x01 != m), n10 = (cm0 != m) and offsets o_rs = (r*W + s)*C. Row 0 is read
+    once, contiguously, against m broadcast over the window's two columns; its flags are stored split by column
+    like cm, so the steps after it run over contiguous data (SegNet pool3, 4x90x120x256 floats, 1 thread: 6.2
+    instead of 6.3-6.4 ms with the row choices X[row 1] > X[row 0] over whole windows and two more comparisons).
     """
     C = p.C
     _, unit = _code_dtype(p)
     o01, o10, o11 = C // unit, p.W * C // unit, (p.W + 1) * C // unit
     nb, rows, nq, _ = m.shape
     code = sc.cut(sc.code, m.shape)
-    row1 = sc.cut(sc.row1, (nb, rows, nq, 2, C))
-    np.greater(X[:, :, 1], X[:, :, 0], out=row1)
-    n0 = sc.cut(sc.ne, m.shape)
-    n1 = sc.cut(sc.ne2, m.shape)
-    flag0 = _factor(n0, code)
+    row0 = sc.cut(sc.row0, (nb, rows, 2, nq, C))
+    np.not_equal(X[:, :, 0], m[:, :, :, None, :], out=row0.transpose(0, 1, 3, 2, 4))
+    n10 = sc.cut(sc.ne, m.shape)
+    np.not_equal(cm[:, :, 0], m, out=n10)
     dt = code.dtype.type
-    np.not_equal(cm[:, :, 0], m, out=n0)                      # n10
     if o11 - o10 == 1:
-        np.add(flag0, dt(o10 - o01), out=code, casting="unsafe")
+        np.add(_factor(n10, code), dt(o10 - o01), out=code, casting="unsafe")
     else:
-        np.multiply(flag0, dt(o11 - o10), out=code, casting="unsafe")
+        np.multiply(_factor(n10, code), dt(o11 - o10), out=code, casting="unsafe")
         code += dt(o10 - o01)
-    np.logical_or(n0, row1[..., 0, :], out=n0)                # n00
-    np.not_equal(cm[:, :, 1], m, out=n1)
-    np.logical_or(n1, row1[..., 1, :], out=n1)                # n01
-    np.multiply(code, _factor(n1, code), out=code)
+    np.multiply(code, _factor(row0[:, :, 1], code), out=code)      # n01
     code += dt(o01)
-    np.multiply(code, flag0, out=code)
+    np.multiply(code, _factor(row0[:, :, 0], code), out=code)      # n00
     return code
 
 
