@@ -2,8 +2,17 @@
 
 Cases: every ResNet-50 v1.5 conv layer of gpuconv.bench.layers.RESNET50 (fprop, dgrad, wgrad; float32, NHWC /
 channels_last) and the SegNet pooling ladder (2x2/2 max_pool_with_argmax and max_unpool). Peers:
-torch.nn.functional.conv2d on channels_last tensors, torch.nn.grad.conv2d_input / conv2d_weight,
-F.max_pool2d(return_indices=True) and F.max_unpool2d.
+torch.nn.functional.conv2d on channels_last tensors and, for dgrad and wgrad, the call autograd makes
+(torch.ops.aten.convolution_backward with the layer's input tensor), F.max_pool2d(return_indices=True) and
+F.max_unpool2d.
+
+The conv peer is PyTorch's oneDNN convolution on channels-last memory (issue 2's yardstick), and each case checks
+that it is: one call per case runs with oneDNN's verbose mode on, and a case whose PyTorch call executed no
+channels-last (acdb) oneDNN convolution stops the run; the kernels are recorded with the results. On one thread
+PyTorch leaves oneDNN for unstrided 1x1 convolutions of a batch below 16 (its native im2col path, 2-5x slower:
+gpuconv.bench.peers.torch_cpu_dilation), so 1x1 layers run with dilation 2, which changes nothing for a 1x1 filter.
+(torch.nn.grad.conv2d_input, used here before 2026-11-21, passes an expanded dummy input, which also leaves the
+channels-last path for dilated 1x1 filters.)
 
 Timing: per case, each library in its own block: `warmup` untimed calls, then `repeats` back-to-back timed
 calls; the median is reported (the minimum too: on a shared machine it is the least disturbed call). Calls are
@@ -54,6 +63,7 @@ sys.path.insert(0, str(ROOT))
 
 import gpuconv as gc  # noqa: E402
 from gpuconv.bench.layers import RESNET50, SEGNET  # noqa: E402
+from gpuconv.bench.peers import torch_cpu_dilation, torch_onednn_convolutions  # noqa: E402
 from gpuconv.numpy_backend import _parallel  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -142,22 +152,36 @@ def conv_cases(n: int, only):
         xt = torch.from_numpy(x).permute(0, 3, 1, 2)            # NCHW view of NHWC memory = channels_last
         dyt = torch.from_numpy(dy).permute(0, 3, 1, 2)
         wt = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
-        tp = k // 2
-        yt = F.conv2d(xt, wt, stride=s, padding=tp)
+        tp, d = k // 2, torch_cpu_dilation((k, k))
+        cb = torch.ops.aten.convolution_backward
+        # Arguments are bound now (partial), not looked up when the case runs.
+        peers = {"fprop": partial(F.conv2d, xt, wt, stride=s, padding=tp, dilation=d),
+                 "dgrad": partial(cb, dyt, xt, wt, None, [s, s], [tp, tp], [d, d], False, [0, 0], 1,
+                                  (True, False, False)),
+                 "wgrad": partial(cb, dyt, xt, wt, None, [s, s], [tp, tp], [d, d], False, [0, 0], 1,
+                                  (False, True, False))}
+        ours = {"fprop": partial(gc.conv2d, x, w, s, pad),
+                "dgrad": partial(gc.conv2d_backprop_input, x.shape, w, dy, s, pad),
+                "wgrad": partial(gc.conv2d_backprop_filter, x, w.shape, dy, s, pad)}
+        yt = peers["fprop"]()
         if tuple(yt.shape) != (y.shape[0], y.shape[3], y.shape[1], y.shape[2]):
             raise RuntimeError(f"{layer.name}: torch output {tuple(yt.shape)} vs gpuconv {y.shape}")
         if s == 1:
-            err = float(np.abs(yt.permute(0, 2, 3, 1).numpy() - y).max())
-            if err > 1e-3 * float(np.abs(y).max()):
-                raise RuntimeError(f"{layer.name}: fprop differs from torch by {err}")
+            # Same padding on both sides: the same numbers (stride-2 SAME pads TF's odd cell after, torch both).
+            torch_nhwc = {"fprop": yt, "dgrad": peers["dgrad"]()[0], "wgrad": peers["wgrad"]()[1].permute(2, 3, 1, 0)}
+            for op, want in torch_nhwc.items():
+                got = y if op == "fprop" else ours[op]()
+                want = (want.permute(0, 2, 3, 1) if op != "wgrad" else want).numpy()
+                err = float(np.abs(want - got).max())
+                if err > 1e-3 * float(np.abs(got).max()):
+                    raise RuntimeError(f"{layer.name}: {op} differs from torch by {err}")
         flops = 2 * int(np.prod(y.shape)) * k * k * w.shape[2]
-        # Arguments are bound now (partial), not looked up when the case runs.
-        yield layer.name, "fprop", flops, partial(gc.conv2d, x, w, s, pad), \
-            partial(F.conv2d, xt, wt, stride=s, padding=tp)
-        yield layer.name, "dgrad", flops, partial(gc.conv2d_backprop_input, x.shape, w, dy, s, pad), \
-            partial(torch.nn.grad.conv2d_input, xt.shape, wt, dyt, stride=s, padding=tp)
-        yield layer.name, "wgrad", flops, partial(gc.conv2d_backprop_filter, x, w.shape, dy, s, pad), \
-            partial(torch.nn.grad.conv2d_weight, xt, wt.shape, dyt, stride=s, padding=tp)
+        for op in ("fprop", "dgrad", "wgrad"):
+            kernels = torch_onednn_convolutions(torch, peers[op])
+            if not any("acdb" in kern for kern in kernels):
+                raise RuntimeError(f"{layer.name} {op}: PyTorch ran no channels-last oneDNN convolution "
+                                   f"(oneDNN reported {kernels or 'nothing'}); the peer must be oneDNN")
+            yield layer.name, op, flops, ours[op], peers[op], "; ".join(kernels)
 
 
 def pool_cases(n: int, only):
@@ -176,9 +200,9 @@ def pool_cases(n: int, only):
             raise RuntimeError(f"{layer.name}: pooled values differ from torch")
         size = tuple(x.shape[1:3])
         yield layer.name, "max_pool_with_argmax", 0, partial(gc.max_pool_with_argmax, x, k, s, pad), \
-            partial(F.max_pool2d, xt, k, s, return_indices=True)
+            partial(F.max_pool2d, xt, k, s, return_indices=True), "aten max_pool2d_with_indices"
         yield layer.name, "max_unpool", 0, partial(gc.max_unpool, v, a, x.shape), \
-            partial(F.max_unpool2d, vt, it, k, s, output_size=size)
+            partial(F.max_unpool2d, vt, it, k, s, output_size=size), "aten max_unpool2d"
 
 
 def run_label(info: dict) -> str:
@@ -328,9 +352,9 @@ def main(argv=None) -> int:
               "|---|---|---:|---:|---:|---:|", flush=True)
         # Lazily: one layer's arrays at a time.
         cases = itertools.chain(conv_cases(args.n, only), pool_cases(args.seg_n, only))
-        for name, op, flops, ours, theirs in cases:
+        for name, op, flops, ours, theirs, kernel in cases:
             ta, tb = pair(ours, theirs, args.warmup, args.repeats, args.pause)
-            entry = samples.setdefault((name, op), {"flops": flops, "ours": [], "theirs": []})
+            entry = samples.setdefault((name, op), {"flops": flops, "kernel": kernel, "ours": [], "theirs": []})
             entry["ours"] += ta
             entry["theirs"] += tb
             a, b = statistics.median(ta), statistics.median(tb)
@@ -339,7 +363,8 @@ def main(argv=None) -> int:
     for (name, op), e in samples.items():
         ta, tb = e["ours"], e["theirs"]
         a, b = statistics.median(ta), statistics.median(tb)
-        rows.append({"layer": name, "op": op, "flops": e["flops"], "gpuconv_ms": a, "torch_ms": b, "ratio": b / a,
+        rows.append({"layer": name, "op": op, "flops": e["flops"], "torch_kernel": e["kernel"],
+                     "gpuconv_ms": a, "torch_ms": b, "ratio": b / a,
                      "gpuconv_min_ms": min(ta), "torch_min_ms": min(tb), "min_ratio": min(tb) / min(ta),
                      "gpuconv_all_ms": ta, "torch_all_ms": tb})
     info["load_after"] = [round(v, 2) for v in os.getloadavg()]

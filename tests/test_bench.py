@@ -460,3 +460,36 @@ def test_cpu_runs_have_no_copy_bandwidth_column(tmp_path):
     assert "pct_copy_bw" not in r and r["tensor_bytes"] == 45 * 60 * 64 * 4 and r["large_tensor"] is False
     md = (tmp_path / "t.md").read_text()
     assert "copy BW" not in md and "Pooling target" not in md
+
+
+def test_torch_cpu_dilation_only_for_one_tap_filters():
+    """Dilation 2 (which changes nothing for one tap per axis) only where the filter has one tap per axis."""
+    from gpuconv.bench.peers import torch_cpu_dilation
+    assert torch_cpu_dilation((1, 1)) == 2 and torch_cpu_dilation((1, 1, 1)) == 2
+    assert torch_cpu_dilation((3, 3)) == 1 and torch_cpu_dilation((1, 3)) == 1 and torch_cpu_dilation((7, 7)) == 1
+
+
+def test_onednn_convolutions_reads_exec_lines_only():
+    from gpuconv.bench.peers import onednn_convolutions
+    text = "\n".join([
+        "onednn_verbose,v1,primitive,info,template:operation,engine,primitive,implementation,prop_kind",
+        "onednn_verbose,v1,primitive,exec,cpu,reorder,jit:uni,undef,src:f32::blocked:abcd::f0 dst:f32::blocked:"
+        "Acdb64a::f0,attr-scratchpad:user,,64x64x1x1,0.01",
+        "onednn_verbose,v1,primitive,exec,cpu,convolution,brgconv_1x1:avx512_core,forward_training,"
+        "src:f32::blocked:acdb::f0 wei:f32:a:blocked:Acdb64a::f0 bia:undef,attr-scratchpad:user,,mb8_ic64oc64,0.8",
+        "onednn_verbose,v1,primitive,create:cache_miss,cpu,convolution,jit_1x1:avx512_core,backward_data,"
+        "src:f32:a:blocked:aBcd16b::f0,,,mb8,0.1",
+        "unrelated output, convolution, exec"])
+    assert onednn_convolutions(text) == ["brgconv_1x1:avx512_core forward_training src:f32::blocked:acdb::f0"]
+    assert onednn_convolutions("") == []
+
+
+def test_fd_stdout_captures_descriptor_one_and_restores_it(capfd):
+    import os
+    from gpuconv.bench.peers import fd_stdout
+    before = os.fstat(1).st_ino
+    got = fd_stdout(lambda: os.write(1, b"from C level\n"))
+    assert got == "from C level\n"
+    assert os.fstat(1).st_ino == before
+    os.write(1, b"after\n")
+    assert "after" in capfd.readouterr().out

@@ -6,7 +6,8 @@ Each implementation has `name`, `device` ('cpu' or 'gpu'), `availability()` ('ye
 zero-argument closure per input copy, each running the op once on its own copy (outputs are allocated by the
 call, as a user's call would). Preparation (uploads, layout changes, argmax for unpooling) is never timed.
 
-Peers: PyTorch (cuDNN on the GPU with cudnn.benchmark and channels_last; oneDNN on the CPU), TensorFlow on the
+Peers: PyTorch (cuDNN on the GPU with cudnn.benchmark and channels_last; oneDNN on the CPU, checked per case
+through oneDNN's verbose output, 1x1 filters dilated so that PyTorch does not leave oneDNN), TensorFlow on the
 CPU, and an im2col + cuBLAS baseline in CuPy (fprop only). PyTorch pads symmetrically: where TF's SAME padding is
 asymmetric (stride 2, odd total) the PyTorch peer pads by the larger side on both ends, which gives the same
 output size and FLOP count but not the same numbers; the row says so.
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import tempfile
 from typing import Any, Callable
 
 import numpy as np
@@ -188,7 +191,10 @@ class TorchImpl:
         self._configure()
         if case.kind == "conv":
             pads, self.note = torch_padding(case)
-            return [self._conv(case, inputs, pads) for _ in range(copies)]
+            calls = [self._conv(case, inputs, pads) for _ in range(copies)]
+            if self.device == "cpu" and not torch_onednn_convolutions(self._torch, calls[0]):
+                self.note = "; ".join(filter(None, [self.note, "PyTorch ran its native kernel here, not oneDNN"]))
+            return calls
         self.note = ""
         return [self._pool(case, inputs) for _ in range(copies)]
 
@@ -202,12 +208,13 @@ class TorchImpl:
         got = tuple((case.x_shape[1 + i] + 2 * pads[i] - e[i]) // s[i] + 1 for i in range(n))
         if got != tuple(case.y_shape[1:-1]):
             raise Unsupported(f"padding {pads} gives output {got}, TF gives {tuple(case.y_shape[1:-1])}")
+        d = [torch_cpu_dilation(e) if self.device == "cpu" else 1] * n
         if case.op == "fprop":
-            return lambda: conv(x, w, None, s, pads)
+            return lambda: conv(x, w, None, s, pads, d)
         if case.op in ("dgrad", "wgrad"):
             mask = [case.op == "dgrad", case.op == "wgrad", False]
             cb = torch.ops.aten.convolution_backward
-            return lambda: cb(dy, x, w, None, s, pads, [1] * n, False, [0] * n, 1, mask)
+            return lambda: cb(dy, x, w, None, s, pads, d, False, [0] * n, 1, mask)
         tr = F.conv_transpose2d if n == 2 else F.conv_transpose3d
         op = [case.x_shape[1 + i] - ((case.y_shape[1 + i] - 1) * s[i] - 2 * pads[i] + e[i]) for i in range(n)]
         if any(o < 0 or o >= s[i] for i, o in enumerate(op)):
@@ -244,6 +251,62 @@ class TorchImpl:
               else torch.ops.aten.max_pool3d_with_indices_backward)
         g = dy.contiguous(memory_format=torch.channels_last if n == 2 else torch.channels_last_3d)
         return lambda: bw(g, x, k, s, pads, [1] * n, ceil, idx)
+
+
+def torch_cpu_dilation(filter_spatial) -> int:
+    """Dilation for PyTorch's CPU convolution peer: 2 for a filter of one tap per axis, else 1.
+
+    PyTorch's CPU convolution runs oneDNN except, on one thread, for unstrided undilated 1x1 convolutions of a
+    batch below 16: those take its native im2col path (thnn_conv2d / _slow_conv2d; ConvParams::use_mkldnn in
+    aten/src/ATen/native/Convolution.cpp), 2-5x slower on the CPU box (8x56x56x64 -> 64 fprop, 1 thread: 4.5
+    ms native, 0.85 ms oneDNN). A dilation changes nothing for a filter with one tap per axis (same output size,
+    same arithmetic) and makes use_mkldnn choose oneDNN, the peer the CPU targets name."""
+    return 2 if all(int(e) == 1 for e in filter_spatial) else 1
+
+
+def fd_stdout(fn: Callable[[], Any]) -> str:
+    """What fn writes to file descriptor 1 (C-level output such as oneDNN's verbose lines), captured through a
+    temporary file; Python's sys.stdout is flushed first and the descriptor restored afterwards."""
+    import ctypes
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    libc.fflush(None)
+    saved = os.dup(1)
+    with tempfile.TemporaryFile() as f:
+        os.dup2(f.fileno(), 1)
+        try:
+            fn()
+            libc.fflush(None)
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+        f.seek(0)
+        return f.read().decode(errors="replace")
+
+
+def onednn_convolutions(verbose_text: str) -> list[str]:
+    """'implementation prop_kind src-descriptor' of each convolution primitive oneDNN's verbose output says it
+    executed (lines like 'onednn_verbose,v1,primitive,exec,cpu,convolution,brgconv_1x1:avx512_core,
+    forward_training,src:f32::blocked:acdb::f0 wei:...')."""
+    found = []
+    for line in verbose_text.splitlines():
+        fields = line.split(",")
+        if "exec" in fields and "convolution" in fields:
+            i = fields.index("convolution")
+            if len(fields) > i + 3:
+                found.append(f"{fields[i + 1]} {fields[i + 2]} {fields[i + 3].split(' ')[0]}")
+    return found
+
+
+def torch_onednn_convolutions(torch, fn: Callable[[], Any]) -> list[str]:
+    """onednn_convolutions of one call of fn, with oneDNN's verbose mode on for that call only."""
+    mk = torch.backends.mkldnn
+    return onednn_convolutions(fd_stdout(lambda: _verbose_call(mk, fn)))
+
+
+def _verbose_call(mk, fn: Callable[[], Any]) -> None:
+    with mk.verbose(mk.VERBOSE_ON):
+        fn()
 
 
 def torch_padding(case: Case) -> tuple[list[int], str]:
