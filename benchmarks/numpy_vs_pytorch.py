@@ -259,6 +259,17 @@ def markdown(runs: list) -> str:
              "Written by benchmarks/numpy_vs_pytorch.py; one section per configuration (numpy's OpenBLAS kernel "
              "set, thread count), each header naming it exactly. Target (issue 2 item 4): median ratio >= "
              f"{TARGET_MEDIAN} and no case below {TARGET_MIN}.", "",
+             "The conv peer is PyTorch's oneDNN convolution on channels-last memory in every case: each case ran "
+             "its PyTorch call once with oneDNN's verbose mode on and the run stops unless a channels-last "
+             "oneDNN convolution executed; the 'PyTorch kernel' column names it. 1x1 layers run with dilation 2 "
+             "(no change for a 1x1 filter): on one thread PyTorch otherwise leaves oneDNN for them (its native "
+             "im2col path, 2-5x slower), which is what the runs before 2026-11-21 21:00 timed for 18 of the 52 "
+             "cases. dgrad and wgrad are the calls autograd makes (aten convolution_backward).", "",
+             "Why the kernel set matters: the NumPy backend's convolutions are GEMMs in numpy's OpenBLAS, and on "
+             "this CPU OpenBLAS's SGEMM with its Haswell (AVX2) kernels runs at 93-122 GF/s on one thread, with "
+             "its SkylakeX (AVX-512) kernels at 182-234 GF/s (the 1x1 layers' GEMM shapes and a 4096x4096x1024 "
+             "one, 2026-11-21); oneDNN's 1x1 convolution reaches about 230 GF/s. With the Haswell kernels the 1x1 "
+             "layers therefore cannot pass about half of PyTorch's speed.", "",
              "Reading these numbers: the box is a 2-core VM shared with other jobs (each section gives the load "
              "average). Under load, a 2-thread call often waits for its second worker thread to be scheduled, so "
              "times cluster at multiples of the scheduler tick (8.0, 16.0, 24.0 ms); on a quiet box PyTorch's "
@@ -276,7 +287,8 @@ def markdown(runs: list) -> str:
              "(pool2 max_pool_with_argmax at one thread: 5 ms in one run, 28 ms in another), which moves the "
              "median ratio by several hundredths between otherwise identical runs. The 1-thread runs "
              "(median close to minimum) are the ones to compare implementations by; the headline is the first "
-             "section, the box's default kernels on one thread. The box's environment sets "
+             "section, the box's default kernels on one thread; the target holds or not per configuration "
+             "(Summary). The box's environment sets "
              "OPENBLAS_CORETYPE=Haswell (AVX2 kernels); unset, OpenBLAS uses SkylakeX (AVX-512) kernels there. "
              "PyTorch's CPU kernels (oneDNN) pick AVX-512 either way.", "",
              "## Summary", "",
@@ -297,12 +309,14 @@ def markdown(runs: list) -> str:
                   "(shared machine: other jobs ran at the same time).",
                   f"ResNet-50 convs at N={cfg['n']} float32 NHWC/channels_last; SegNet pooling at N={cfg['seg_n']}. "
                   f"{_sampling(cfg)}", "",
-                  "| layer | op | gpuconv ms | torch ms | ratio (torch/gpuconv) | ratio of minima | gpuconv GF/s |",
-                  "|---|---|---:|---:|---:|---:|---:|"]
+                  "| layer | op | gpuconv ms | torch ms | ratio (torch/gpuconv) | ratio of minima | gpuconv GF/s "
+                  "| PyTorch kernel |",
+                  "|---|---|---:|---:|---:|---:|---:|---|"]
         for r in rows:
             gf = f"{r['flops'] / r['gpuconv_ms'] / 1e6:.0f}" if r["flops"] else ""
+            kernel = r.get("torch_kernel", "not recorded (before the oneDNN check)")
             lines.append(f"| {r['layer']} | {r['op']} | {r['gpuconv_ms']:.1f} | {r['torch_ms']:.1f} | "
-                         f"{r['ratio']:.2f} | {r['min_ratio']:.2f} | {gf} |")
+                         f"{r['ratio']:.2f} | {r['min_ratio']:.2f} | {gf} | {kernel} |")
         lines += ["", f"Median ratio {summary['median_ratio']:.2f}, minimum {summary['min_ratio']:.3f} "
                   f"({summary['min_case']}), geometric mean {summary['geomean_ratio']:.2f} over "
                   f"{summary['cases']} cases; median of the per-case ratios of minimum times "
