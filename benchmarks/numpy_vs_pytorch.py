@@ -70,21 +70,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def openblas_core() -> str:
-    """The kernel set numpy's OpenBLAS uses (e.g. 'Haswell' = AVX2, 'SkylakeX' = AVX-512), read from the library."""
-    import ctypes
-    import glob
-    libdir = Path(np.__file__).resolve().parent.parent / "numpy.libs"
-    for path in glob.glob(str(libdir / "*openblas*")):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename", "openblas_get_corename"):
-            if hasattr(lib, name):
-                fn = getattr(lib, name)
-                fn.restype = ctypes.c_char_p
-                return fn().decode()
-    return "unknown"
+    """The kernel set numpy's OpenBLAS uses (e.g. 'Haswell' = AVX2, 'SkylakeX' = AVX-512)."""
+    return _parallel.blas_kernels() or "unknown"
 
 
 def machine() -> dict:

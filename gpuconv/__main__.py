@@ -91,6 +91,8 @@ def format_info(data: dict[str, Any]) -> str:
         winograd = "on (GPUCONV_WINOGRAD=0 turns it off)" if nb.get("winograd") else "off (GPUCONV_WINOGRAD=0)"
         lines.append(f"numpy backend: {nb.get('threads')} worker threads (GPUCONV_NUM_THREADS), BLAS threads "
                      f"{blas}, Winograd {winograd}")
+        if nb.get("blas_kernels"):
+            lines.append(f"numpy BLAS kernels: {nb['blas_kernels']}")
     gpu = data.get("gpu") or {}
     if not gpu.get("available"):
         lines.append(f"GPU: none ({gpu.get('reason', 'NVML reports no device')})")

@@ -38,7 +38,8 @@ def info() -> dict[str, Any]:
 
 
 def numpy_backend_settings() -> dict[str, Any]:
-    """The NumPy backend's knobs as they stand: worker threads, BLAS threads (0: unknown), Winograd on/off."""
+    """The NumPy backend's knobs as they stand: worker threads, BLAS threads (0: unknown), numpy's BLAS kernel
+    set (with what chose it), Winograd on/off."""
     from .numpy_backend import _parallel, _winograd
     return {"threads": _parallel.num_threads(), "blas_threads": _parallel.blas_threads(),
-            "winograd": _winograd.enabled()}
+            "blas_kernels": _parallel.blas_kernel_note(), "winograd": _winograd.enabled()}

@@ -155,3 +155,37 @@ def test_check_kernels_without_nvrtc(fixture_registry, monkeypatch, capsys):
     monkeypatch.setattr(compile_gate, "_nvrtc", unavailable)
     assert main(["check-kernels"]) == 2
     assert "cannot run the compile gate here: cuda-bindings is not installed" in capsys.readouterr().err
+
+
+def test_info_names_numpys_blas_kernels_and_what_chose_them(capsys, monkeypatch):
+    """The BLAS kernel line: the set numpy's OpenBLAS reports, and OPENBLAS_CORETYPE when that chose it."""
+    from gpuconv.numpy_backend import _parallel
+    monkeypatch.setattr(_parallel, "blas_kernels", lambda: "Haswell")
+    monkeypatch.setattr(_parallel, "cpu_has_avx512", lambda: True)
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    assert main(["info"]) == 0
+    assert ("numpy BLAS kernels: Haswell (set by OPENBLAS_CORETYPE=Haswell); this CPU has AVX-512, which these "
+            "kernels leave unused: unset OPENBLAS_CORETYPE for faster GEMMs") in capsys.readouterr().out
+    monkeypatch.delenv("OPENBLAS_CORETYPE")
+    monkeypatch.setattr(_parallel, "blas_kernels", lambda: "SkylakeX")
+    assert _parallel.blas_kernel_note() == "SkylakeX (OpenBLAS's choice for this CPU)"
+    monkeypatch.setattr(_parallel, "cpu_has_avx512", lambda: False)
+    monkeypatch.setattr(_parallel, "blas_kernels", lambda: "Haswell")
+    assert _parallel.blas_kernel_note() == "Haswell (OpenBLAS's choice for this CPU)"
+    monkeypatch.setattr(_parallel, "blas_kernels", lambda: "")
+    assert _parallel.blas_kernel_note() == "unknown (not numpy's bundled OpenBLAS)"
+
+
+def test_blas_kernels_reads_numpys_openblas():
+    """On numpy's wheels (bundled OpenBLAS) the kernel set is a non-empty name; elsewhere '' (unknown)."""
+    import glob
+    import os
+
+    import numpy as np
+
+    from gpuconv.numpy_backend import _parallel
+    name = _parallel.blas_kernels()
+    assert isinstance(name, str)
+    libs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(np.__file__))), "numpy.libs")
+    if glob.glob(os.path.join(libs, "*openblas*")):
+        assert name and name == name.strip()

@@ -121,23 +121,71 @@ def _find_blas_getter() -> Callable:
         return via_threadpoolctl
     except ImportError:
         pass
+    fn = _openblas_function(("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
+                             "openblas_get_num_threads64_", "openblas_get_num_threads"), "c_int")
+    return fn if fn is not None else (lambda: 0)
+
+
+def _openblas_function(names: Sequence[str], restype: str):
+    """The first of `names` exported by numpy's bundled OpenBLAS (numpy.libs), with ctypes restype `restype`;
+    None when there is no such library or function."""
     try:
         import ctypes
         import glob
 
-        import numpy as np
         libdir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(np.__file__))), "numpy.libs")
         for path in glob.glob(os.path.join(libdir, "*openblas*")):
             lib = ctypes.CDLL(path)
-            for name in ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
-                         "openblas_get_num_threads64_", "openblas_get_num_threads"):
+            for name in names:
                 if hasattr(lib, name):
                     fn = getattr(lib, name)
-                    fn.restype = ctypes.c_int
+                    fn.restype = getattr(ctypes, restype)
                     return fn
     except Exception:
         pass
-    return lambda: 0
+    return None
+
+
+# OpenBLAS kernel sets that use AVX-512 (OpenBLAS's names; its Zen 4/5 support runs these as well).
+AVX512_KERNELS = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
+
+
+def blas_kernels() -> str:
+    """The kernel set numpy's OpenBLAS runs ('Haswell' = AVX2, 'SkylakeX' = AVX-512, ...), chosen when numpy
+    loads it, from the CPU or from OPENBLAS_CORETYPE; '' when unknown (another BLAS, or no getter)."""
+    fn = _openblas_function(("scipy_openblas_get_corename64_", "scipy_openblas_get_corename",
+                             "openblas_get_corename64_", "openblas_get_corename"), "c_char_p")
+    try:
+        return fn().decode().strip() if fn is not None else ""
+    except Exception:
+        return ""
+
+
+def cpu_has_avx512() -> bool:
+    """Whether /proc/cpuinfo lists avx512f (False where there is no /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "avx512f" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def blas_kernel_note() -> str:
+    """One line on numpy's BLAS kernels for `gpuconv info`: the set, what chose it, and whether it leaves the
+    CPU's AVX-512 unused (the NumPy backend's convolutions are GEMMs in this BLAS: on the project's AMD EPYC box
+    OpenBLAS's AVX2 SGEMM ran at about half the speed of its AVX-512 one, README "Benchmarks")."""
+    kernels = blas_kernels()
+    if not kernels:
+        return "unknown (not numpy's bundled OpenBLAS)"
+    forced = os.environ.get("OPENBLAS_CORETYPE", "").strip()
+    note = kernels + (f" (set by OPENBLAS_CORETYPE={forced})" if forced else " (OpenBLAS's choice for this CPU)")
+    if kernels.lower() not in AVX512_KERNELS and cpu_has_avx512():
+        note += "; this CPU has AVX-512, which these kernels leave unused" + (
+            ": unset OPENBLAS_CORETYPE for faster GEMMs" if forced else "")
+    return note
 
 
 def gemm_chunks() -> bool:
