@@ -256,7 +256,7 @@ def markdown(runs: list) -> str:
              "this CPU OpenBLAS's SGEMM with its Haswell (AVX2) kernels runs at 93-122 GF/s on one thread, with "
              "its SkylakeX (AVX-512) kernels at 182-234 GF/s (the 1x1 layers' GEMM shapes and a 4096x4096x1024 "
              "one, 2026-11-21); oneDNN's 1x1 convolution reaches about 230 GF/s. With the Haswell kernels the 1x1 "
-             "layers therefore cannot pass about half of PyTorch's speed.", "",
+             "layers' fprop and dgrad therefore stay near half of PyTorch's speed.", "",
              "Reading these numbers: the box is a 2-core VM shared with other jobs (each section gives the load "
              "average). Under load, a 2-thread call often waits for its second worker thread to be scheduled, so "
              "times cluster at multiples of the scheduler tick (8.0, 16.0, 24.0 ms); on a quiet box PyTorch's "

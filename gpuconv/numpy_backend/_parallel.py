@@ -146,7 +146,8 @@ def _openblas_function(names: Sequence[str], restype: str):
     return None
 
 
-# OpenBLAS kernel sets that use AVX-512 (OpenBLAS's names; its Zen 4/5 support runs these as well).
+# OpenBLAS kernel sets that use AVX-512 (OpenBLAS's names; it runs SkylakeX on AVX-512 AMD CPUs too, as on the
+# CPU box's AMD EPYC).
 AVX512_KERNELS = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
 
 
