@@ -63,7 +63,7 @@ sys.path.insert(0, str(ROOT))
 
 import gpuconv as gc  # noqa: E402
 from gpuconv.bench.layers import RESNET50, SEGNET  # noqa: E402
-from gpuconv.bench.peers import torch_cpu_dilation, torch_onednn_convolutions  # noqa: E402
+from gpuconv.bench.peers import channels_last_onednn, torch_cpu_dilation, torch_onednn_convolutions  # noqa: E402
 from gpuconv.numpy_backend import _parallel  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -155,17 +155,17 @@ def conv_cases(n: int, only):
             raise RuntimeError(f"{layer.name}: torch output {tuple(yt.shape)} vs gpuconv {y.shape}")
         if s == 1:
             # Same padding on both sides: the same numbers (stride-2 SAME pads TF's odd cell after, torch both).
-            torch_nhwc = {"fprop": yt, "dgrad": peers["dgrad"]()[0], "wgrad": peers["wgrad"]()[1].permute(2, 3, 1, 0)}
-            for op, want in torch_nhwc.items():
+            torch_as_tf = {"fprop": yt.permute(0, 2, 3, 1), "dgrad": peers["dgrad"]()[0].permute(0, 2, 3, 1),
+                           "wgrad": peers["wgrad"]()[1].permute(2, 3, 1, 0)}
+            for op, want in torch_as_tf.items():
                 got = y if op == "fprop" else ours[op]()
-                want = (want.permute(0, 2, 3, 1) if op != "wgrad" else want).numpy()
-                err = float(np.abs(want - got).max())
+                err = float(np.abs(want.numpy() - got).max())
                 if err > 1e-3 * float(np.abs(got).max()):
                     raise RuntimeError(f"{layer.name}: {op} differs from torch by {err}")
         flops = 2 * int(np.prod(y.shape)) * k * k * w.shape[2]
         for op in ("fprop", "dgrad", "wgrad"):
             kernels = torch_onednn_convolutions(torch, peers[op])
-            if not any("acdb" in kern for kern in kernels):
+            if not channels_last_onednn(kernels):
                 raise RuntimeError(f"{layer.name} {op}: PyTorch ran no channels-last oneDNN convolution "
                                    f"(oneDNN reported {kernels or 'nothing'}); the peer must be oneDNN")
             yield layer.name, op, flops, ours[op], peers[op], "; ".join(kernels)

@@ -484,6 +484,14 @@ def test_onednn_convolutions_reads_exec_lines_only():
     assert onednn_convolutions("") == []
 
 
+def test_channels_last_onednn_needs_a_channels_last_source():
+    from gpuconv.bench.peers import channels_last_onednn
+    assert channels_last_onednn(["brgconv_1x1:avx512_core forward_training src:f32::blocked:acdb::f0"])
+    assert channels_last_onednn(["jit:avx512_core backward_data src:f32::blocked:acdeb::f0"])
+    assert not channels_last_onednn(["jit_1x1:avx512_core backward_data src:f32:a:blocked:aBcd16b::f0"])
+    assert not channels_last_onednn([])
+
+
 def test_fd_stdout_captures_descriptor_one_and_restores_it(capfd):
     import os
     from gpuconv.bench.peers import fd_stdout

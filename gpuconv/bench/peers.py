@@ -192,8 +192,9 @@ class TorchImpl:
         if case.kind == "conv":
             pads, self.note = torch_padding(case)
             calls = [self._conv(case, inputs, pads) for _ in range(copies)]
-            if self.device == "cpu" and not torch_onednn_convolutions(self._torch, calls[0]):
-                self.note = "; ".join(filter(None, [self.note, "PyTorch ran its native kernel here, not oneDNN"]))
+            if self.device == "cpu" and not channels_last_onednn(torch_onednn_convolutions(self._torch, calls[0])):
+                self.note = "; ".join(filter(None, [self.note, "PyTorch ran no channels-last oneDNN convolution "
+                                                                 "here (its native kernel or a reordered layout)"]))
             return calls
         self.note = ""
         return [self._pool(case, inputs) for _ in range(copies)]
@@ -301,12 +302,17 @@ def onednn_convolutions(verbose_text: str) -> list[str]:
 def torch_onednn_convolutions(torch, fn: Callable[[], Any]) -> list[str]:
     """onednn_convolutions of one call of fn, with oneDNN's verbose mode on for that call only."""
     mk = torch.backends.mkldnn
-    return onednn_convolutions(fd_stdout(lambda: _verbose_call(mk, fn)))
+
+    def verbose_call() -> None:
+        with mk.verbose(mk.VERBOSE_ON):
+            fn()
+    return onednn_convolutions(fd_stdout(verbose_call))
 
 
-def _verbose_call(mk, fn: Callable[[], Any]) -> None:
-    with mk.verbose(mk.VERBOSE_ON):
-        fn()
+def channels_last_onednn(convolutions: list[str]) -> bool:
+    """Whether one of these oneDNN convolutions (onednn_convolutions) read channels-last memory (format tag
+    acdb in 2-D, acdeb in 3-D): the CPU peer the targets name."""
+    return any(tag in c for c in convolutions for tag in (":acdb:", ":acdeb:"))
 
 
 def torch_padding(case: Case) -> tuple[list[int], str]:

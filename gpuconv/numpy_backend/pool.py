@@ -272,9 +272,9 @@ def _argmax_box(x: np.ndarray, p: PoolProblem, box, y: np.ndarray, argmax: np.nd
 #           a box is redone by the exact sweep; a zero maximum is given the bits of its selected cell (below).
 #   index:  without NaN the scan selects the first cell in row-major order that equals the maximum
 #           (numerically): its offset from the window origin comes from comparisons with m and a few
-#           small-integer ops (_tap_code: one comparison per tap but the last; 2x2: _tap_code_2x2, two
-#           comparisons of the column maxima and one over whole window rows), then int32 adds (_flat_index) and
-#           a cast copy into the index output.
+#           small-integer ops (_tap_code: one comparison per tap but the last; 2x2: _tap_code_2x2, one
+#           comparison of window row 0 with the broadcast maximum and one of column 0's maxima), then int32 adds
+#           (_flat_index) and a cast copy into the index output.
 # Only outputs whose windows lie entirely inside x take this path; the border rows and columns (SAME padding)
 # go through the generic sweep. 2x2/2 argmax pooling, float32, single thread on the CPU box: 4x90x120x256
 # 6.4 ms (generic sweep 13.6 ms), 4x22x30x512 0.53 ms (1.4 ms); max_pool (values only) about 2.5x faster still.
