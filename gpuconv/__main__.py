@@ -71,7 +71,11 @@ def _delegate(command: str, rest: list[str]) -> int:
 # ---------------------------------------------------------------------------------------------------------
 def _info(args) -> int:
     from . import info
-    data = info()
+    try:
+        data = info()
+    except ValueError as err:          # a malformed GPUCONV_* setting: say which, no traceback
+        print(f"gpuconv info: {err}", file=sys.stderr)
+        return 2
     print(json.dumps(data, indent=2, default=str) if args.json else format_info(data))
     return 0
 

@@ -64,10 +64,8 @@ _FORMATS = {2: ("NHWC", "NCHW"), 3: ("NDHWC", "NCDHW")}
 def channels_last(data_format: Any, nspatial: int, arg: str = "data_format") -> bool:
     """True for NHWC/NDHWC, False for NCHW/NCDHW; anything else is a ValueError."""
     last, first = _FORMATS[nspatial]
-    if data_format == last:
-        return True
-    if data_format == first:
-        return False
+    if isinstance(data_format, str) and data_format in (last, first):    # str first: arrays compare elementwise
+        return data_format == last
     fail(arg, f"{last!r} or {first!r}", _short(data_format))
 
 
@@ -184,6 +182,8 @@ def shape_param(value: Any, arg: str, nspatial: int, is_channels_last: bool, bat
     for v in (n, ch) + tuple(spatial):
         if v < 0:
             fail(arg, "non-negative sizes", list(seq))
+        if v > INT32_MAX:
+            fail(arg, f"sizes <= {INT32_MAX} (kernels keep extents in int)", list(seq))
     return canonical_shape(n, spatial, ch)
 
 

@@ -51,7 +51,7 @@ def _dgrad(nspatial, shape_arg, shape, filters, dy_arg, dy, strides, padding, da
     # Spatial-only shape: batch from the gradient, channels from the filters' in-channels (TF's rule).
     x_shape = A.shape_param(shape, shape_arg, nspatial, cl, batch=dy5.shape[0], channels=None
                             if len(A.int_sequence(shape, shape_arg)) == nspatial + 2 else w5.shape[3])
-    p = conv_problem(x_shape, w5.shape, stride, dilation, pad)
+    p = conv_problem(x_shape, w5.shape, stride, dilation, pad, input_arg=shape_arg)
     check_backprop_output(p, dy5.shape, pad, shape_arg)
     return from_canonical(be.conv_dgrad(dy5, w5, p), nspatial, cl)
 
@@ -63,12 +63,13 @@ def _wgrad(nspatial, x, filter_sizes, dy, strides, padding, data_format, dilatio
     A.tensor(dy, "out_backprop", nspatial + 2, FLOAT_DTYPES, _layout(nspatial, cl))
     A.same_dtype({"input": x, "out_backprop": dy})
     sizes = A.int_sequence(filter_sizes, "filter_sizes")
-    if len(sizes) != nspatial + 2 or min(sizes) < 0:
-        A.fail("filter_sizes", f"{nspatial + 2} non-negative sizes ({_FILTER_LAYOUT[nspatial]})", list(sizes))
+    if len(sizes) != nspatial + 2 or min(sizes) < 0 or max(sizes) > A.INT32_MAX:
+        A.fail("filter_sizes", f"{nspatial + 2} sizes in [0, {A.INT32_MAX}] ({_FILTER_LAYOUT[nspatial]})",
+               list(sizes))
     x5 = to_canonical(x, be.xp, nspatial, cl)
     dy5 = to_canonical(dy, be.xp, nspatial, cl)
     w_shape = (1,) * (3 - nspatial) + sizes
-    p = conv_problem(x5.shape, w_shape, stride, dilation, pad)
+    p = conv_problem(x5.shape, w_shape, stride, dilation, pad, filter_arg="filter_sizes")
     check_backprop_output(p, dy5.shape, pad, "input", filter_arg="filter_sizes")
     return from_canonical_filters(be.conv_wgrad(x5, dy5, p), nspatial)
 

@@ -17,13 +17,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence, Union
 
-from ._args import fail
+from ._args import INT32_MAX, fail
 
 Triple = tuple[int, int, int]
 # Padding after normalisation: "SAME", "VALID" or explicit (before, after) pairs, one per spatial dimension.
 Padding = Union[str, tuple[tuple[int, int], ...]]
 
 INT32_LIMIT = 2**31
+# Every tensor of a problem has fewer elements than this, so that its size in bytes (8-byte values at most) and
+# every flat index (argmax, the kernels' 64-bit index type) fit in int64. Anything smaller can be allocated in
+# principle; where memory is short NumPy / CuPy raise their MemoryError naming the size.
+ELEMENT_LIMIT = 2**60
 
 
 def _trunc_div(a: int, b: int) -> int:
@@ -37,12 +41,15 @@ def effective_size(k: int, d: int) -> int:
     return (k - 1) * d + 1
 
 
-def axis_geometry(n: int, k: int, s: int, d: int, padding, axis: str = "spatial") -> tuple[int, int, int]:
+def axis_geometry(n: int, k: int, s: int, d: int, padding, axis: str = "spatial",
+                  input_arg: str = "input") -> tuple[int, int, int]:
     """Output size and (pad_before, pad_after) of one spatial axis, TF's rule exactly.
 
     VALID: out = (n - e + s) / s; SAME: out = ceil(n / s) with total pad max(0, (out-1)*s + e - n), the odd
     cell at the end; explicit (pb, pa): out = (n + pb + pa - e + s) / s. Division truncates as in C++. A
-    negative size is a ValueError; zero is allowed (an empty result).
+    negative size is a ValueError naming input_arg (the argument that gave n); zero is allowed (an empty
+    result). Explicit pads that would make the output longer than both the input and INT32_MAX are a ValueError
+    (extents, like pads, must fit in a C++ int).
     """
     e = effective_size(k, d)
     if padding == "SAME":
@@ -56,9 +63,12 @@ def axis_geometry(n: int, k: int, s: int, d: int, padding, axis: str = "spatial"
         pb, pa = padding
         out = _trunc_div(n + pb + pa - e + s, s)
     if out < 0:
-        fail("input", f"an input at least as large as the window along {axis} "
+        fail(input_arg, f"an input at least as large as the window along {axis} "
              f"(window extent {e} with dilation, padding {pb}+{pa})",
              f"input size {n}: computed output size would be negative ({out})")
+    if out > max(n, INT32_MAX):
+        fail("padding", f"pads giving an output size <= {INT32_MAX} along {axis} (input size {n}, window "
+             f"extent {e}, stride {s})", f"padding {pb}+{pa}: output size {out}")
     return out, pb, pa
 
 
@@ -196,35 +206,48 @@ def _prod(shape: Sequence[int]) -> int:
 _AXES = ("depth", "height", "width")
 
 
+def check_elements(shape: Sequence[int], arg: str, what: str) -> None:
+    """A tensor shape with fewer than ELEMENT_LIMIT elements, else a ValueError naming arg."""
+    if _prod(shape) >= ELEMENT_LIMIT:
+        fail(arg, f"{what} with fewer than 2^60 elements (sizes in bytes and indices are int64)",
+             f"{_prod(shape)} elements (canonical shape {tuple(int(v) for v in shape)})")
+
+
 def conv_problem(x_shape: Sequence[int], w_shape: Sequence[int], stride: Triple, dilation: Triple,
-                 padding: Padding) -> ConvProblem:
+                 padding: Padding, input_arg: str = "input", filter_arg: str = "filters") -> ConvProblem:
     """Build the canonical problem of a forward conv from canonical x and w shapes.
 
-    Checks the channel and group rule (C = G * w_in, K divisible by G) and that no output size is negative.
+    Checks the channel and group rule (C = G * w_in, K divisible by G), that no output size is negative and that
+    every tensor has fewer than 2^60 elements. input_arg / filter_arg: the arguments that gave x's and w's shapes
+    (e.g. input_sizes, filter_sizes), named in the errors.
     """
     N, D, H, W, C = (int(v) for v in x_shape)
     T, R, S, Cg, K = (int(v) for v in w_shape)
     if Cg <= 0:
-        fail("filters", "a positive in-channel extent", f"filter shape with in-channels {Cg}")
+        fail(filter_arg, "a positive in-channel extent", f"filter shape with in-channels {Cg}")
     if min(T, R, S) <= 0:
         # A zero-extent window has effective size 0 and would give an output larger than the input (TF refuses
         # filters with zero elements).
-        fail("filters", "positive window extents", f"window (depth, height, width) {(T, R, S)}")
+        fail(filter_arg, "positive window extents", f"window (depth, height, width) {(T, R, S)}")
     if C % Cg != 0:
-        fail("filters", f"in-channels dividing the input's channel count {C} (grouped convolution: "
+        fail(filter_arg, f"in-channels dividing the channel count {C} of {input_arg} (grouped convolution: "
              f"input channels = groups x filter in-channels)", f"filter in-channels {Cg}")
     groups = C // Cg
     if groups == 0 or K % groups != 0:
-        fail("filters", f"out-channels divisible by the number of groups {groups}", f"out-channels {K}")
+        fail(filter_arg, f"out-channels divisible by the number of groups {groups}", f"out-channels {K}")
     out, pb, pa = [], [], []
     for ax, (n, k, s, d) in enumerate(zip((D, H, W), (T, R, S), stride, dilation)):
         pad = padding if isinstance(padding, str) else padding[ax]
-        o, b, a = axis_geometry(n, k, s, d, pad, _AXES[ax])
+        o, b, a = axis_geometry(n, k, s, d, pad, _AXES[ax], input_arg)
         out.append(o)
         pb.append(b)
         pa.append(a)
-    return ConvProblem(N, D, H, W, C, K, T, R, S, out[0], out[1], out[2],
-                       tuple(stride), tuple(dilation), tuple(pb), tuple(pa), groups)
+    p = ConvProblem(N, D, H, W, C, K, T, R, S, out[0], out[1], out[2],
+                    tuple(stride), tuple(dilation), tuple(pb), tuple(pa), groups)
+    check_elements(p.x_shape, input_arg, "an input")
+    check_elements(p.w_shape, filter_arg, "filters")
+    check_elements(p.y_shape, f"{input_arg}, {filter_arg}, padding", "an output")
+    return p
 
 
 def check_backprop_output(p: ConvProblem, dy_shape: Sequence[int], padding: Padding, shape_arg: str,
@@ -251,8 +274,9 @@ def check_backprop_output(p: ConvProblem, dy_shape: Sequence[int], padding: Padd
                  f"{_AXES[ax]} {sizes[ax]}, whose forward size is {want}")
 
 
-def pool_problem(x_shape: Sequence[int], window: Triple, stride: Triple, padding: Padding) -> PoolProblem:
-    """Build the canonical problem of a pooling op from the canonical input shape."""
+def pool_problem(x_shape: Sequence[int], window: Triple, stride: Triple, padding: Padding,
+                 input_arg: str = "input") -> PoolProblem:
+    """Build the canonical problem of a pooling op from the canonical input shape (given by input_arg)."""
     N, D, H, W, C = (int(v) for v in x_shape)
     out, pb, pa = [], [], []
     for ax, (n, k, s) in enumerate(zip((D, H, W), window, stride)):
@@ -260,11 +284,14 @@ def pool_problem(x_shape: Sequence[int], window: Triple, stride: Triple, padding
         if not isinstance(pad, str) and max(pad) >= k:
             # TF (pooling_ops_common.cc) refuses pads >= window: such a window could hold only padding.
             fail("padding", f"explicit pads smaller than the window ({k}) along {_AXES[ax]}", f"{pad}")
-        o, b, a = axis_geometry(n, k, s, 1, pad, _AXES[ax])
+        o, b, a = axis_geometry(n, k, s, 1, pad, _AXES[ax], input_arg)
         if n == 0 and o > 0:
-            fail("input", f"a non-empty {_AXES[ax]} (every pooling window must hold an input cell)",
+            fail(input_arg, f"a non-empty {_AXES[ax]} (every pooling window must hold an input cell)",
                  f"{_AXES[ax]} 0 with padding {pad}")
         out.append(o)
         pb.append(b)
         pa.append(a)
-    return PoolProblem(N, D, H, W, C, *window, out[0], out[1], out[2], tuple(stride), tuple(pb), tuple(pa))
+    p = PoolProblem(N, D, H, W, C, *window, out[0], out[1], out[2], tuple(stride), tuple(pb), tuple(pa))
+    check_elements(p.x_shape, input_arg, "an input")
+    check_elements(p.y_shape, f"{input_arg}, padding", "an output")
+    return p

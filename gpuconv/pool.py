@@ -19,11 +19,11 @@ MAX_DTYPES = FLOAT_DTYPES + INT_DTYPES
 _LAYOUT = {2: ("NHWC", "NCHW"), 3: ("NDHWC", "NCDHW")}
 
 
-def _problem(nspatial: int, x_shape5, cl: bool, ksize, strides, padding):
+def _problem(nspatial: int, x_shape5, cl: bool, ksize, strides, padding, input_arg: str = "input"):
     window = A.to_triple(A.window_param(ksize, "ksize", nspatial, cl), 1)
     stride = A.to_triple(A.window_param(strides, "strides", nspatial, cl), 1)
     pad = A.pairs_to_triple(A.padding_param(padding, nspatial, cl))
-    return pool_problem(x_shape5, window, stride, pad)
+    return pool_problem(x_shape5, window, stride, pad, input_arg)
 
 
 def _forward(op: str, nspatial: int, x, ksize, strides, padding, data_format, dtypes):
@@ -63,7 +63,7 @@ def index_dtype(output_dtype: Any) -> np.dtype:
     """'int64' / 'int32' / a NumPy integer dtype -> the argmax dtype."""
     try:
         dt = np.dtype(output_dtype)
-    except TypeError:
+    except (TypeError, ValueError):                 # not a dtype at all, or a malformed structured one
         dt = None
     if dt not in INDEX_DTYPES:
         A.fail("output_dtype", "'int64' or 'int32'", repr(output_dtype))
@@ -78,7 +78,7 @@ def max_pool_with_argmax(input: Any, ksize, strides, padding, data_format: str =
     TF: `tf.nn.max_pool_with_argmax`. Differs from TF: explicit padding is accepted.
     """
     be = resolve({"input": input})
-    if data_format != "NHWC":
+    if not (isinstance(data_format, str) and data_format == "NHWC"):
         A.fail("data_format", "'NHWC' (max_pool_with_argmax is NHWC only, as in TF)", repr(data_format))
     include = _flag(include_batch_in_index, "include_batch_in_index")
     idx = index_dtype(output_dtype)
@@ -176,7 +176,7 @@ def spread_pooled(op: str, be, nspatial: int, cl: bool, layout: str, dy_arg: str
     A.tensor(dy, dy_arg, nspatial + 2, FLOAT_DTYPES, layout)
     dy5 = to_canonical(dy, be.xp, nspatial, cl)
     x_shape = A.shape_param(shape, shape_arg, nspatial, cl, dy5.shape[0], dy5.shape[-1])
-    p = _problem(nspatial, x_shape, cl, ksize, strides, padding)
+    p = _problem(nspatial, x_shape, cl, ksize, strides, padding, shape_arg)
     A.same_shape(dy5, f"{dy_arg} / {shape_arg}", p.y_shape,
                  f"{dy_arg}'s shape equal to the pooled shape of {shape_arg}, canonical N,D,H,W,C")
     return from_canonical(getattr(be, op)(dy5, p), nspatial, cl)

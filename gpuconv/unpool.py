@@ -1,13 +1,13 @@
 """Unpooling: max_unpool (scatter at argmax, TF's scatter_nd recipe), its gradient, and avg_unpool."""
 from __future__ import annotations
 
+import math
 from typing import Any
-
-import numpy as np
 
 from . import _args as A
 from .backend import from_canonical, resolve, to_canonical
 from .dtypes import INDEX_DTYPES
+from .geometry import check_elements
 from .pool import MAX_DTYPES, _flag, check_argmax, spread_pooled
 
 _LAYOUT = {4: "NHWC", 5: "NDHWC"}
@@ -35,7 +35,8 @@ def max_unpool(updates: Any, argmax: Any, output_shape, include_batch_in_index: 
     be, nspatial, include = _with_argmax("updates", updates, argmax, include_batch_in_index)
     A.same_shape(argmax, "argmax", updates.shape, "the shape of updates")
     out5 = A.shape_param(output_shape, "output_shape", nspatial, True, updates.shape[0], updates.shape[-1])
-    per_batch = int(np.prod(out5[1:]))
+    check_elements(out5, "output_shape", "an output")
+    per_batch = math.prod(out5[1:])
     check_argmax(argmax, "argmax", per_batch * (out5[0] if include else 1))
     u5 = to_canonical(updates, be.xp, nspatial, True)
     a5 = be.xp.ascontiguousarray(argmax).reshape(u5.shape)
@@ -49,7 +50,7 @@ def max_unpool_grad(grad: Any, argmax: Any, include_batch_in_index: bool = False
         A.fail("argmax", f"batch {grad.shape[0]} and channels {grad.shape[-1]} (those of grad)",
                f"shape {tuple(argmax.shape)}")
     g5 = to_canonical(grad, be.xp, nspatial, True)
-    per_batch = int(np.prod(g5.shape[1:]))
+    per_batch = math.prod(g5.shape[1:])
     check_argmax(argmax, "argmax", per_batch * (g5.shape[0] if include else 1))
     a5 = to_canonical(argmax, be.xp, nspatial, True)
     return from_canonical(be.argmax_gather(g5, a5, include), nspatial, True)

@@ -97,6 +97,21 @@ def test_info_shows_the_numpy_backend_settings(capsys, monkeypatch):
     assert "Winograd off (GPUCONV_WINOGRAD=0)" in out
 
 
+@pytest.mark.parametrize("var,value", [("GPUCONV_BACKEND", "opencl"), ("GPUCONV_NUM_THREADS", "0"),
+                                       ("GPUCONV_NUM_THREADS", "lots"), ("GPUCONV_WINOGRAD", "maybe")])
+def test_info_names_a_malformed_setting_without_a_traceback(capsys, monkeypatch, var, value):
+    from gpuconv.numpy_backend import _parallel
+    monkeypatch.setenv(var, value)
+    _parallel.set_num_threads(None)                  # GPUCONV_NUM_THREADS is read at first use
+    try:
+        assert main(["info"]) == 2
+    finally:
+        monkeypatch.delenv(var)
+        _parallel.set_num_threads(None)
+    err = capsys.readouterr().err
+    assert err.startswith(f"gpuconv info: {var}: expected") and repr(value) in err and "Traceback" not in err
+
+
 def test_format_info_with_a_gpu_and_without():
     base = {"gpuconv": "0.1.0", "python": "3.11.7", "numpy": "2.1", "cupy": None, "backend": "auto",
             "backends": {"numpy": "yes", "cuda": "CuPy is not installed"}}

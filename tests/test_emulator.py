@@ -386,7 +386,7 @@ def test_order_from_environment(monkeypatch):
     assert (ex.order, ex.seed) == ("shuffle", 7)
     assert (EmulatorExecutor(order="reverse").order, EmulatorExecutor(seed=3).seed) == ("reverse", 3)
     monkeypatch.setenv("GPUCONV_EMULATOR_ORDER", "sideways")
-    with pytest.raises(ValueError, match="emulator order must be one of"):
+    with pytest.raises(ValueError, match="GPUCONV_EMULATOR_ORDER: emulator order must be one of"):
         EmulatorExecutor()
     assert parse_order("Reverse") == ("reverse", None)
     with pytest.raises(ValueError):

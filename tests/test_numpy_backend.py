@@ -156,6 +156,12 @@ CONV_CASES = [
     # ... with tap runs whose stretches overlap (filter width > stride): col2im by classes of outputs
     (2, (2, 9, 10, 2), (3, 5, 2, 8), (1, 2, 2), (1, 1, 1), ((0, 0), (1, 2), (2, 1))),
     (2, (1, 6, 7, 3), (2, 4, 3, 8), (1, 1, 1), (1, 1, 1), ((0, 0), (1, 0), (2, 1))),
+    # strides beyond the filter extent: dgrad phases without taps (zeros), C/G >= K/G so the phase path runs
+    (2, (2, 7, 9, 3), (2, 1, 3, 3), (1, 3, 4), (1, 1, 1), ((0, 0), (1, 0), (0, 2))),
+    (3, (1, 5, 4, 6, 2), (1, 2, 1, 2, 2), (3, 1, 5), (1, 2, 1), ((0, 1), (0, 0), (1, 0))),
+    # filters larger than the padded input: taps that never meet the input (their filter gradient is zero)
+    (2, (1, 4, 5, 2), (9, 11, 2, 3), (1, 1, 1), (1, 1, 1), ((0, 0), (4, 4), (5, 5))),
+    (2, (2, 3, 4, 2), (7, 6, 2, 2), (1, 2, 3), (1, 1, 2), ((0, 0), (5, 1), (2, 6))),
 ]
 
 
@@ -781,12 +787,13 @@ def test_chunks_run_in_the_callers_context(threads, combine):
 
 def test_huge_window_on_tiny_input_costs_the_input_not_the_window():
     """A 2^28 window (or a 2^28 dilation) on a 1x1 input: only taps that can touch the input are visited, and
-    no buffer spans the receptive field (this used to reach 6 GiB and MemoryError)."""
+    no buffer spans the receptive field (this used to reach 6 GiB and MemoryError). Measured on a second run,
+    so that lazy imports and per-thread buffers of the first one (this test alone in a process) do not count."""
     x = np.full((1, 1, 1, 1), 3, np.float32)
     w = np.arange(1, 10, dtype=np.float32).reshape(3, 3, 1, 1)
     big = 2**28
-    tracemalloc.start()
-    try:
+
+    def run() -> None:
         assert gc.max_pool2d(x, big, 1, "SAME").ravel().tolist() == [3.0]
         assert gc.max_pool2d(x, big, big, "SAME").ravel().tolist() == [3.0]
         assert gc.avg_pool2d(x, big, 1, "SAME").ravel().tolist() == [3.0]
@@ -804,7 +811,57 @@ def test_huge_window_on_tiny_input_costs_the_input_not_the_window():
         assert gc.conv2d_backprop_input(x.shape, w, x, 1, "SAME", dilations=big).ravel().tolist() == [15.0]
         dw = gc.conv2d_backprop_filter(x, w.shape, x, 1, "SAME", dilations=big)
         assert dw.ravel().tolist() == [0, 0, 0, 0, 9, 0, 0, 0, 0]
+
+    run()
+    tracemalloc.start()
+    try:
+        run()
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert peak < 2**20
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-3", "2.5", "100000"])
+def test_malformed_thread_count_is_a_value_error(monkeypatch, threads, value):
+    """GPUCONV_NUM_THREADS and set_num_threads take an integer in [1, MAX_THREADS]; anything else is refused,
+    never clamped or ignored (a typo must not silently become the CPU count or 100000 threads)."""
+    monkeypatch.setenv("GPUCONV_NUM_THREADS", value)
+    threads(None)
+    with pytest.raises(ValueError, match=f"GPUCONV_NUM_THREADS: expected .* got {value!r}"):
+        _parallel.num_threads()
+    monkeypatch.setenv("GPUCONV_NUM_THREADS", " 3 ")
+    threads(None)
+    assert _parallel.num_threads() == 3
+    for bad in (0, -1, 2.0, True, "x", _parallel.MAX_THREADS + 1):
+        with pytest.raises(ValueError, match="num_threads"):
+            threads(bad)
+    threads(_parallel.MAX_THREADS)
+    assert _parallel.num_threads() == _parallel.MAX_THREADS
+
+
+def test_malformed_winograd_setting_is_a_value_error(monkeypatch):
+    x = RNG.standard_normal((1, 6, 6, 32)).astype(np.float32)
+    w = RNG.standard_normal((3, 3, 32, 32)).astype(np.float32)
+    monkeypatch.setenv("GPUCONV_WINOGRAD", "off")
+    with pytest.raises(ValueError, match="GPUCONV_WINOGRAD: expected 0 .* got 'off'"):
+        gc.conv2d(x, w, 1, "SAME")
+    monkeypatch.setenv("GPUCONV_WINOGRAD", "0")
+    direct = gc.conv2d(x, w, 1, "SAME")
+    monkeypatch.setenv("GPUCONV_WINOGRAD", "")
+    np.testing.assert_allclose(gc.conv2d(x, w, 1, "SAME"), direct, rtol=1e-4, atol=1e-4)
+
+
+def test_huge_filter_gradient_costs_its_output_not_the_taps():
+    """filter_sizes of 1001 x 1001 on a 1x1 input: dw (4 MB) is zero except the one tap that meets the input,
+    and the gather visits only that tap (it used to build million-entry tap lists and a 1001^2-tap column)."""
+    x = np.full((1, 1, 1, 1), 3, np.float32)
+    gc.conv2d_backprop_filter(x, (3, 3, 1, 1), x, 1, "SAME")      # lazy imports outside the measurement
+    tracemalloc.start()
+    try:
+        dw = gc.conv2d_backprop_filter(x, (1001, 1001, 1, 1), x, 1, "SAME")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert dw.shape == (1001, 1001, 1, 1) and dw[500, 500, 0, 0] == 9 and np.count_nonzero(dw) == 1
+    assert peak - dw.nbytes < 2**20

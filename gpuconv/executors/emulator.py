@@ -484,7 +484,10 @@ class EmulatorExecutor:
 
     def __init__(self, order: str | None = None, seed: int | None = None, sanitize: bool = False,
                  workers: int | None = None):
-        env_order, env_seed = parse_order(os.environ.get(ORDER_ENV) or "forward")
+        try:
+            env_order, env_seed = parse_order(os.environ.get(ORDER_ENV) or "forward")
+        except ValueError as err:
+            raise ValueError(f"environment variable {ORDER_ENV}: {err}") from None
         self.order = parse_order(order)[0] if order is not None else env_order
         self.seed = int(seed) if seed is not None else (env_seed if env_seed is not None else 0)
         self.sanitize = bool(sanitize)

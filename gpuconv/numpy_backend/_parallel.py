@@ -36,14 +36,28 @@ _size: int | None = None
 _local = threading.local()
 
 
+# Most workers a pool may have: far above any core count this backend scales to, low enough that a typo
+# (GPUCONV_NUM_THREADS=100000) is an error rather than a hundred thousand threads.
+MAX_THREADS = 1024
+
+
+def _checked(n, source: str) -> int:
+    """n as a worker count in [1, MAX_THREADS], else a ValueError naming where it came from."""
+    try:
+        value = int(n) if not isinstance(n, (bool, float)) else None
+    except (TypeError, ValueError):
+        value = None
+    if value is None or not 1 <= value <= MAX_THREADS:
+        raise ValueError(f"{source}: expected an integer number of worker threads in [1, {MAX_THREADS}], "
+                         f"got {n!r}")
+    return value
+
+
 def _configured() -> int:
     env = os.environ.get("GPUCONV_NUM_THREADS", "").strip()
     if env:
-        try:
-            return max(1, int(env))
-        except ValueError:
-            pass
-    return max(1, os.cpu_count() or 1)
+        return _checked(env, "GPUCONV_NUM_THREADS")
+    return min(MAX_THREADS, max(1, os.cpu_count() or 1))
 
 
 def num_threads() -> int:
@@ -62,7 +76,7 @@ def set_num_threads(n: int | None) -> None:
     global _size, _pool
     with _lock:
         old, _pool = _pool, None
-        _size = None if n is None else max(1, int(n))
+        _size = None if n is None else _checked(n, "num_threads")
     if old is not None:
         old.shutdown(wait=False)
 

@@ -70,7 +70,11 @@ _local = threading.local()
 
 
 def enabled() -> bool:
-    return os.environ.get("GPUCONV_WINOGRAD", "1").strip() != "0"
+    """GPUCONV_WINOGRAD: unset, empty or 1 -> on, 0 -> off; anything else is a ValueError (not a silent 'on')."""
+    value = os.environ.get("GPUCONV_WINOGRAD", "").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(f"GPUCONV_WINOGRAD: expected 0 (off) or 1 (on), got {value!r}")
+    return value != "0"
 
 
 def applies(p: ConvProblem, dtype: np.dtype) -> bool:
