@@ -93,7 +93,8 @@ def conv2d_backprop_input(input_sizes, filters: Any, out_backprop: Any, strides,
                           data_format: str = "NHWC", dilations=None):
     """Gradient of conv2d with respect to its input (dgrad). input_sizes: full or spatial-only shape.
 
-    TF: `tf.nn.conv2d_backprop_input`. Differs from TF: dilations > 1 are supported.
+    TF: `tf.raw_ops.Conv2DBackpropInput` (`tf.compat.v1.nn.conv2d_backprop_input`). Differs from TF: dilations
+    > 1 are supported.
     """
     return _dgrad(2, "input_sizes", input_sizes, filters, "out_backprop", out_backprop, strides, padding,
                   data_format, dilations)
@@ -126,7 +127,8 @@ def conv3d_transpose(input: Any, filters: Any, output_shape, strides, padding="S
 
 def conv2d_backprop_filter(input: Any, filter_sizes, out_backprop: Any, strides, padding,
                            data_format: str = "NHWC", dilations=None):
-    """Gradient of conv2d with respect to its filters (wgrad). TF: `tf.nn.conv2d_backprop_filter`."""
+    """Gradient of conv2d with respect to its filters (wgrad). TF: `tf.raw_ops.Conv2DBackpropFilter`
+    (`tf.compat.v1.nn.conv2d_backprop_filter`)."""
     return _wgrad(2, input, filter_sizes, out_backprop, strides, padding, data_format, dilations)
 
 

@@ -38,8 +38,9 @@ def _forward(op: str, nspatial: int, x, ksize, strides, padding, data_format, dt
 def max_pool2d(input: Any, ksize, strides, padding, data_format: str = "NHWC"):
     """2-D max pooling. TF: `tf.nn.max_pool2d`.
 
-    Differs from TF: an all-NaN or all -inf window gives its first cell's value (TF's CPU kernel gives the
-    dtype's lowest value); explicit padding is accepted.
+    Differs from TF: a window whose first in-bounds cell is NaN gives NaN (TF's CPU max_pool skips NaN cells,
+    its argmax and MaxPoolGrad do not); an all -inf window gives -inf (TF: the dtype's lowest value);
+    explicit padding is accepted.
     """
     return _forward("max_pool", 2, input, ksize, strides, padding, data_format, MAX_DTYPES)
 
@@ -126,7 +127,8 @@ def max_pool_grad(orig_input: Any, orig_output: Any, grad: Any, ksize, strides, 
 
 def max_pool3d_grad(orig_input: Any, orig_output: Any, grad: Any, ksize, strides, padding,
                     data_format: str = "NDHWC"):
-    """Gradient of max_pool3d. TF: `tf.raw_ops.MaxPool3DGrad`."""
+    """Gradient of max_pool3d. TF: `tf.raw_ops.MaxPool3DGrad`. Differs from TF: with tied maxima only the first
+    gets the gradient (TF's 3-D CPU kernel gives it to every tied cell; its 2-D MaxPoolGrad agrees with this)."""
     return _max_grad(3, orig_input, orig_output, grad, ksize, strides, padding, data_format)
 
 

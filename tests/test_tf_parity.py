@@ -284,6 +284,31 @@ def test_max_pool3d_grad(tf, i):
     _close(gpuconv.max_pool3d_grad(x, y, dy, c["k"], c["s"], c["pad"]), want)
 
 
+def test_documented_max_pool_differences(tf):
+    """The README's difference rows, pinned against TF 2.21 CPU. 3-D gradient with ties: TF's MaxPool3DGrad
+    gives every cell equal to orig_output the window's whole gradient (a 2x2 window of ones passes on 4x what it
+    got), gpuconv the first maximum only, like TF's own 2-D MaxPoolGrad. Forward NaN: TF's max_pool skips NaN
+    cells; gpuconv keeps a first-cell NaN, as TF's max_pool_with_argmax and MaxPoolGrad do."""
+    x3, y3 = np.ones((1, 1, 2, 2, 1), np.float32), np.ones((1, 1, 1, 1, 1), np.float32)
+    tf3 = tf.raw_ops.MaxPool3DGrad(orig_input=x3, orig_output=y3, grad=y3, ksize=[1, 1, 2, 2, 1],
+                                   strides=[1] * 5, padding="VALID").numpy()
+    assert tf3.ravel().tolist() == [1, 1, 1, 1]
+    assert gpuconv.max_pool3d_grad(x3, y3, y3, [1, 2, 2], 1, "VALID").ravel().tolist() == [1, 0, 0, 0]
+    x2, y2 = np.ones((1, 2, 2, 1), np.float32), np.ones((1, 1, 1, 1), np.float32)
+    tf2 = tf.raw_ops.MaxPoolGrad(orig_input=x2, orig_output=y2, grad=y2, ksize=[1, 2, 2, 1], strides=[1] * 4,
+                                 padding="VALID").numpy()
+    assert tf2.ravel().tolist() == [1, 0, 0, 0] == gpuconv.max_pool_grad(x2, y2, y2, 2, 1, "VALID").ravel().tolist()
+
+    first_nan = np.array([np.nan, 1, 2, 0], np.float32).reshape(1, 2, 2, 1)
+    assert tf.nn.max_pool2d(first_nan, 2, 2, "VALID").numpy().ravel().tolist() == [2.0]
+    assert np.isnan(gpuconv.max_pool2d(first_nan, 2, 2, "VALID")).all()
+    values, argmax = tf.nn.max_pool_with_argmax(first_nan, 2, 2, "VALID")
+    assert np.isnan(values.numpy()).all() and argmax.numpy().ravel().tolist() == [0]
+    later_nan = np.array([1, np.nan, 2, 0], np.float32).reshape(1, 2, 2, 1)
+    assert gpuconv.max_pool2d(later_nan, 2, 2, "VALID").ravel().tolist() == [2.0]
+    assert tf.nn.max_pool2d(later_nan, 2, 2, "VALID").numpy().ravel().tolist() == [2.0]
+
+
 @pytest.mark.parametrize("i", CASES)
 def test_max_pool_grad_with_argmax(tf, i):
     rng = np.random.default_rng(1200 + i)

@@ -1,8 +1,9 @@
 """The NumPy backend's Winograd F(2x2, 3x3) path (numpy_backend/_winograd.py) against the direct path.
 
 Reference: the same op in float64, which never takes the Winograd path (it is checked against the loop reference
-and TensorFlow elsewhere). Bound: float32 rounding of the transforms and of the sums, |error| <= 16 eps x the
-same op on |operands| (a wrong transform gives errors of the order of the values themselves).
+and TensorFlow elsewhere). Bound on random normal data: float32 rounding of the transforms and of the sums,
+|error| <= 16 eps x the same op on |operands| (a wrong transform gives errors of the order of the values
+themselves). On values spread over many decades only the normwise bound holds (`_normwise_scales`).
 Every test asserts that the Winograd path ran (a spy on _winograd.correlate / wgrad), so none passes vacuously.
 """
 from __future__ import annotations
@@ -407,3 +408,72 @@ def test_stride2_dgrad_against_tensorflow(spy_s2):
         want = tf.compat.v1.nn.conv2d_backprop_input(x_shape, w, dy, [1, 2, 2, 1], "SAME").numpy()
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     assert spy_s2["dgrad"] == 2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The error bound on data whose magnitudes vary by orders of magnitude inside a window
+# ---------------------------------------------------------------------------------------------------------
+def _spread(shape, decades):
+    """Standard normal values times 10^u, u uniform in [-decades, decades] per value: windows mix tiny and huge."""
+    return (RNG.standard_normal(shape) * 10.0 ** RNG.uniform(-decades, decades, shape)).astype(np.float32)
+
+
+def _normwise_scales(x, w, dy, stride, padding):
+    """The bounds Winograd keeps (README "Precision"): fprop and dgrad per output, sum over input channels of
+    (sum of |operand| over the output's window) x (sum of |w| over the filter's taps), i.e. the op on |operand|
+    with every tap of w replaced by its (c, k) tap sum; wgrad per filter value, the sum over the filter's taps of
+    the same op on absolute values. Direct summation keeps the smaller per-product bound (the op on |operands|)."""
+    x64, dy64 = np.abs(x).astype(np.float64), np.abs(dy).astype(np.float64)
+    tap_sums = np.broadcast_to(np.abs(w).astype(np.float64).sum(axis=(0, 1), keepdims=True), w.shape)
+    fprop = gc.conv2d(x64, np.ascontiguousarray(tap_sums), stride, padding)
+    dgrad = gc.conv2d_backprop_input(x.shape, np.ascontiguousarray(tap_sums), dy64, stride, padding)
+    wgrad = gc.conv2d_backprop_filter(x64, w.shape, dy64, stride, padding).sum(axis=(0, 1), keepdims=True)
+    return fprop, dgrad, wgrad
+
+
+@pytest.mark.parametrize("stride,shape,padding", [
+    (1, (2, 8, 10, 32, 40), "SAME"), (1, (1, 8, 6, 32, 32), [[0, 0], [2, 0], [1, 1], [0, 0]]),
+    (2, (2, 16, 16, 32, 40), "SAME"), (2, (1, 13, 17, 32, 32), "VALID")])
+def test_spread_magnitudes_stay_within_the_normwise_bound(spy, spy_s2, monkeypatch, stride, shape, padding):
+    """Values spread over 8 decades (the per-product bound of direct summation fails here by factors of 1e3 to
+    1e8, measured): every Winograd variant stays within 16 eps of the normwise bound."""
+    from gpuconv.numpy_backend import _winograd_s2
+    monkeypatch.setattr(_winograd_s2, "MAX_WORK_RATIO", 10.0)        # small dgrad shapes take the path too
+    N, H, W, C, K = shape
+    x, w = _spread((N, H, W, C), 4), _spread((3, 3, C, K), 4)
+    p = conv_problem((N, 1, H, W, C), (1, 3, 3, C, K), (1, stride, stride), (1, 1, 1),
+                     padding if isinstance(padding, str) else [(0, 0)] + [tuple(v) for v in padding[1:3]])
+    dy = _spread((N, p.P, p.Q, K), 4)
+    got = _ops_strided(x, w, dy, stride, padding)
+    ran = {1: (spy, {"correlate": 2, "wgrad": 1}), 2: (spy_s2, {"fprop": 1, "dgrad": 1, "wgrad": 1})}[stride]
+    assert ran[0] == ran[1]
+    want = _ops_strided(x.astype(np.float64), w.astype(np.float64), dy.astype(np.float64), stride, padding)
+    for name, g, r, s in zip(("fprop", "dgrad", "wgrad"), got, want, _normwise_scales(x, w, dy, stride, padding)):
+        err = np.abs(g - r)
+        assert (err <= 16 * EPS * s).all(), (name, float((err / s).max() / EPS))
+
+
+def _ops_strided(x, w, dy, stride, padding):
+    return (gc.conv2d(x, w, stride, padding), gc.conv2d_backprop_input(x.shape, w, dy, stride, padding),
+            gc.conv2d_backprop_filter(x, w.shape, dy, stride, padding))
+
+
+@pytest.mark.parametrize("stride,x_shape,padding", [
+    (1, (1, 4, 2, 32), [[0, 0], [0, 0], [2, 0], [0, 0]]),    # column 0 of the filter meets only padding
+    (1, (2, 2, 7, 32), [[0, 0], [0, 2], [1, 0], [0, 0]]),    # filter row 2 reads only the padding below
+])
+def test_wgrad_taps_meeting_only_padding_are_exact_zeros(spy, stride, x_shape, padding):
+    """A filter tap that never meets the input has the gradient 0 exactly (a sum over nothing), as on the direct
+    path; Winograd's adjoint would give it rounding noise from the other taps (1.8e-7 in the first case)."""
+    from gpuconv.numpy_backend.conv import _active_taps
+    x = RNG.uniform(-1, 1, x_shape).astype(np.float32)
+    p = conv_problem((x_shape[0], 1) + x_shape[1:], (1, 3, 3, 32, 32), (1, stride, stride), (1, 1, 1),
+                     [(0, 0)] + [tuple(v) for v in padding[1:3]])
+    dy = RNG.uniform(-1, 1, (p.N, p.P, p.Q, p.K)).astype(np.float32)
+    dw = gc.conv2d_backprop_filter(x, (3, 3, 32, 32), dy, stride, padding)
+    assert spy["wgrad"] == 1
+    active = _active_taps(p)
+    keep = np.zeros((3, 3), bool)
+    keep[np.ix_(active[1], active[2])] = True
+    assert not keep.all()
+    assert (dw[~keep] == 0).all() and np.count_nonzero(dw[keep]) == keep.sum() * 32 * 32

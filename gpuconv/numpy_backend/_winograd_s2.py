@@ -10,8 +10,9 @@ terms,
 5 multiplications for 2 outputs instead of 6. In 2-D the tensor product gives 9 components (i, j) of k_i * k_j
 terms (k = 2, 1, 2; 25 in all), and each component is ONE GEMM, M_ij = V_ij (tiles x k_i k_j C) @ U_ij
 (k_i k_j C x K): the sum over a component's terms happens inside the GEMM. The transforms are subtractions and
-copies of a 5x5 input patch per block (patches of neighbouring blocks share a row or column), exact in binary, so
-the result stays within a few float32 ulps of |x| * |w| like direct summation; filter sums g0 + g2 round once.
+copies of a 5x5 input patch per block (patches of neighbouring blocks share a row or column); filter sums g0 + g2
+round once. Products pair cells and taps that direct summation does not (d2 g2 inside (d4 - d2) g2), so the error
+bound is the normwise one of _winograd.py, not |x| * |w| per output.
 
 Chunks, scratch, threads, the non-finite fallback and GPUCONV_WINOGRAD are those of _winograd.py (stride 1).
 Measured on the CPU box (ResNet-50 stride-2 3x3 fprop, N=8, float32, one thread, OpenBLAS Haswell kernels; direct

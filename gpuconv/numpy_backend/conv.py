@@ -319,6 +319,19 @@ def _active_taps(p: ConvProblem) -> list[np.ndarray]:
     return active
 
 
+def _zero_inactive_taps(dw: np.ndarray, p: ConvProblem) -> np.ndarray:
+    """dw with exact zeros at the taps that never meet the input. Winograd's filter adjoint (G^T dU G) mixes
+    the taps, so such a tap would otherwise get rounding noise from its neighbours instead of its sum over
+    nothing."""
+    active = _active_taps(p)
+    if all(len(a) == n for a, n in zip(active, (p.T, p.R, p.S))):
+        return dw
+    keep = np.zeros((p.T, p.R, p.S), bool)
+    keep[np.ix_(*active)] = True
+    dw[~keep] = 0
+    return dw
+
+
 def conv_fprop(x: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
     """y[n,o,k] = sum over taps and group channels of x[n, o*stride + tap*dilation - pad_before, c] * w[tap, c, k]."""
     from . import _nonfinite
@@ -520,7 +533,7 @@ def conv_wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem) -> np.ndarray:
         if x.size and dy.size and fast.applies(p, x.dtype):
             dw = fast.wgrad(x, dy, p)
             if dw is not None:
-                return dw
+                return _zero_inactive_taps(dw, p)
     acc = accumulator_dtype(x.dtype)
     G, cg, kg = p.groups, p.group_c, p.group_k
     active = _active_taps(p)
