@@ -315,22 +315,52 @@ def markdown(runs: list) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def _at_least(minimum: int):
+    """An argparse type: an integer >= minimum, else an error that gives the value."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+    return parse
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line, checked before any work: counts positive, --only names known layers."""
+    positive = _at_least(1)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=8, help="batch of the ResNet-50 convs")
-    ap.add_argument("--seg-n", type=int, default=4, help="batch of the SegNet pooling layers")
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--rounds", type=int, default=3,
+    ap.add_argument("--n", type=positive, default=8, help="batch of the ResNet-50 convs")
+    ap.add_argument("--seg-n", type=positive, default=4, help="batch of the SegNet pooling layers")
+    ap.add_argument("--repeats", type=positive, default=7)
+    ap.add_argument("--rounds", type=positive, default=3,
                     help="times the whole case list is run; each case's samples from all rounds are pooled")
-    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--warmup", type=_at_least(0), default=1)
     ap.add_argument("--pause", type=float, default=0.3, help="seconds of pause before each library's block")
-    ap.add_argument("--threads", type=int, default=int(os.environ.get("OPENBLAS_NUM_THREADS", os.cpu_count())),
+    # A string default goes through `type` as well: a malformed OPENBLAS_NUM_THREADS is an error, no traceback.
+    ap.add_argument("--threads", type=positive, default=os.environ.get("OPENBLAS_NUM_THREADS") or str(os.cpu_count()),
                     help="torch threads; numpy's follow OPENBLAS_NUM_THREADS, which sets this default")
-    ap.add_argument("--only", default="", help="comma-separated layer names")
+    ap.add_argument("--only", default=None, help="comma-separated layer names (default: all)")
     ap.add_argument("--no-write", action="store_true", help="print only, do not write results/")
     ap.add_argument("--render", action="store_true", help="only rewrite the Markdown from the recorded JSON")
     args = ap.parse_args(argv)
+    if not 0 <= args.pause < float("inf"):
+        ap.error(f"--pause: expected a finite number of seconds >= 0, got {args.pause}")
+    known = [layer.name for layer in RESNET50 + SEGNET]
+    only = [name.strip() for name in (args.only or "").split(",") if name.strip()]
+    if args.only is not None and not only:
+        ap.error(f"--only: expected comma-separated layer names, got {args.only!r}; known: {', '.join(known)}")
+    unknown = [name for name in only if name not in known]
+    if unknown:
+        ap.error(f"--only: unknown layer {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
+    args.only = set(only)                       # empty: every layer
+    return args
 
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     if args.render:
         runs = json.loads((RESULTS / "cpu_numpy_vs_pytorch.json").read_text())["runs"]
         (RESULTS / "cpu_numpy_vs_pytorch.md").write_text(markdown(runs))
@@ -339,7 +369,6 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("GPUCONV_NUM_THREADS", str(args.threads))
     _parallel.set_num_threads(None)             # (re)read GPUCONV_NUM_THREADS
-    only = set(filter(None, args.only.split(",")))
     info = machine()
     info["date"] = datetime.datetime.now().isoformat(timespec="seconds")
     info["load_before"] = [round(v, 2) for v in os.getloadavg()]
@@ -352,7 +381,7 @@ def main(argv=None) -> int:
               "| layer | op | gpuconv ms | torch ms | ratio (torch/gpuconv) | ratio of minima |\n"
               "|---|---|---:|---:|---:|---:|", flush=True)
         # Lazily: one layer's arrays at a time.
-        cases = itertools.chain(conv_cases(args.n, only), pool_cases(args.seg_n, only))
+        cases = itertools.chain(conv_cases(args.n, args.only), pool_cases(args.seg_n, args.only))
         for name, op, flops, ours, theirs, kernel in cases:
             ta, tb = pair(ours, theirs, args.warmup, args.repeats, args.pause)
             entry = samples.setdefault((name, op), {"flops": flops, "kernel": kernel, "ours": [], "theirs": []})

@@ -124,19 +124,29 @@ def _check_kernels(args) -> int:
     try:
         archs = tuple(int(a) for a in args.arch.split(",") if a.strip())
     except ValueError:
+        archs = ()
+    if not archs:
         print(f"check-kernels: --arch takes comma-separated integers such as 80,90, not {args.arch!r}",
               file=sys.stderr)
         return 2
     families = None
-    if args.family:
+    if args.family is not None:
         names = [n.strip() for value in args.family for n in value.split(",") if n.strip()]
         known = {f.name for f in kernel_source.families()}
         unknown = [n for n in names if n not in known]
+        if not names:
+            print(f"check-kernels: --family takes kernel family names, not {','.join(args.family)!r}; known: "
+                  f"{', '.join(sorted(known))}", file=sys.stderr)
+            return 2
         if unknown:
             print(f"check-kernels: unknown kernel family {', '.join(unknown)}; known: {', '.join(sorted(known))}",
                   file=sys.stderr)
             return 2
         families = names
+    elif not kernel_source.families():   # a gate that checks nothing must not pass
+        print("check-kernels: no kernel families are registered (kernel_source.families() is empty), nothing to "
+              "compile", file=sys.stderr)
+        return 1
     try:
         report = compile_gate.check_kernels(archs=archs, families=families)
     except compile_gate.GateUnavailable as exc:
@@ -151,8 +161,6 @@ def _check_kernels(args) -> int:
         print(report.to_markdown())
     else:
         print(report.format_table())
-    if not report.families:
-        print("check-kernels: warning: no kernel families are registered, nothing was compiled", file=sys.stderr)
     return 0 if report.ok else 1
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -74,7 +75,13 @@ def max_abs_error(got: Any, want: Any) -> float:
 
 
 def backend_choice(requested: str) -> tuple[str | None, str]:
-    """(backend, reason): the backend the demo runs on, or None and why the requested one cannot run."""
+    """(backend, reason): the backend the demo runs on, or None and why the requested one cannot run (also
+    when a GPUCONV_* setting is malformed: every op would fail on it)."""
+    from .info import settings
+    try:
+        settings()
+    except ValueError as err:
+        return None, str(err)
     try:
         from .backend import available_backends
         avail = available_backends()
@@ -579,6 +586,32 @@ def write_json(d: Demo, path: Path, picture: Path | None) -> None:
     path.write_text(json.dumps(data, indent=2))
 
 
+DPI_RANGE = (10, 1200)   # demo.png is 8 x 8.6 inches: 80 x 86 to 9600 x 10320 pixels
+
+
+def _dpi(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not DPI_RANGE[0] <= value <= DPI_RANGE[1]:
+        raise argparse.ArgumentTypeError(f"expected an integer in [{DPI_RANGE[0]}, {DPI_RANGE[1]}], got {text!r}")
+    return value
+
+
+def out_dir_problem(path: Path) -> str | None:
+    """Create the output folder now, before any work: None, or why it cannot be used (shared with bench)."""
+    if path.exists() and not path.is_dir():
+        return f"{str(path)!r} exists and is not a folder"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create the folder {str(path)!r}: {exc.strerror or exc}"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"cannot write into the folder {str(path)!r}"
+    return None
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m gpuconv demo", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -586,7 +619,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="where the ops run (auto: cuda when a GPU is available, else numpy)")
     p.add_argument("--out", default="gpuconv-demo", type=Path, help="folder for demo.png and checks.json")
     p.add_argument("--image", default=DEFAULT_IMAGE, type=Path, help="photograph for the round trip")
-    p.add_argument("--dpi", default=80, type=int, help="resolution of demo.png (8 x 8.6 inches)")
+    p.add_argument("--dpi", default=80, type=_dpi,
+                   help=f"resolution of demo.png (8 x 8.6 inches), {DPI_RANGE[0]}..{DPI_RANGE[1]}")
     return p.parse_args(argv)
 
 
@@ -604,6 +638,10 @@ def main(argv: list[str]) -> int:
     if not args.image.is_file():
         print(f"gpuconv demo: no image at {args.image}", file=sys.stderr)
         return 2
+    problem = out_dir_problem(args.out)
+    if problem:
+        print(f"gpuconv demo: --out: {problem}", file=sys.stderr)
+        return 2
     d = Demo(backend)
     d.say(f"gpuconv {gc.__version__} demo on backend {backend!r} ({reason})")
     if backend != "numpy":
@@ -619,7 +657,6 @@ def main(argv: list[str]) -> int:
     except Exception as exc:
         d.fail_section(exc)
     print_report(d)
-    args.out.mkdir(parents=True, exist_ok=True)
     write_json(d, args.out / "checks.json", picture)
     return 0 if d.checks and all(c.passed for c in d.checks) else 1
 

@@ -18,9 +18,10 @@ def info() -> dict[str, Any]:
     import numpy
 
     from . import __version__
-    from .backend import available_backends, get_backend
+    from .backend import available_backends
     from .device_report import gpu_report
 
+    knobs = settings()
     cupy = next((v for v in (_version(d) for d in ("cupy-cuda13x", "cupy-cuda12x", "cupy")) if v), None)
     return {
         "gpuconv": __version__,
@@ -30,11 +31,21 @@ def info() -> dict[str, Any]:
         "cupy": cupy,
         "cuda-bindings": _version("cuda-bindings"),
         "nvidia-cuda-nvrtc": _version("nvidia-cuda-nvrtc"),
-        "backend": get_backend(),
+        "backend": knobs["backend"],
         "backends": available_backends(),
-        "numpy-backend": numpy_backend_settings(),
+        "numpy-backend": knobs["numpy-backend"],
         "gpu": gpu_report(),
     }
+
+
+def settings() -> dict[str, Any]:
+    """The GPUCONV_* settings in force: {'backend': get_backend(), 'numpy-backend': numpy_backend_settings()}.
+
+    Raises ValueError naming the variable when one is malformed (GPUCONV_BACKEND, GPUCONV_NUM_THREADS,
+    GPUCONV_WINOGRAD); the CLI reads them up front this way so that a bad value is a usage error, not a failure
+    of every op later on."""
+    from .backend import get_backend
+    return {"backend": get_backend(), "numpy-backend": numpy_backend_settings()}
 
 
 def numpy_backend_settings() -> dict[str, Any]:

@@ -1,8 +1,11 @@
 """`python -m gpuconv bench`: tiny --quick runs write complete reports; peers degrade cleanly; timing helpers."""
 from __future__ import annotations
 
+import importlib.util
 import json
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -111,6 +114,96 @@ def test_usage_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["--dtypes", "bfloat16"])
     assert cli.main(["--quick", "--backend", "numpy", "--match", "no-such-layer", "--out", str(tmp_path)]) == 2
+
+
+def _usage_error(capsys, argv) -> str:
+    """The one error line of a usage error (exit 2) from bench's parser; nothing is measured."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("where", ["a file", "below a file"])
+def test_unusable_out_is_a_usage_error_before_any_measurement(tmp_path, monkeypatch, capsys, where):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    out = afile if where == "a file" else afile / "sub"
+    monkeypatch.setattr(cli, "build_cases", lambda *a: pytest.fail("measured before checking --out"))
+    line = _usage_error(capsys, ["--quick", "--backend", "numpy", "--out", str(out)])
+    assert line.startswith("python -m gpuconv bench: error: --out: ") and repr(str(out)) in line
+
+
+@pytest.mark.parametrize("name", ["a/b", "", ".", "..", "a/"])
+def test_name_with_a_folder_is_a_usage_error(tmp_path, capsys, name):
+    line = _usage_error(capsys, ["--quick", "--backend", "numpy", "--out", str(tmp_path), "--name", name])
+    assert line.endswith(f"--name: expected a file stem such as 2026-01-01_h100, without a folder (that is --out), "
+                         f"got {name!r}")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["-3", "0", "nan", "inf", "-inf", "fast"])
+def test_cpu_peak_gflops_must_be_positive_and_finite(tmp_path, capsys, value):
+    line = _usage_error(capsys, ["--quick", "--out", str(tmp_path), f"--cpu-peak-gflops={value}"])
+    assert line.endswith(f"argument --cpu-peak-gflops: expected a positive number of GFLOP/s, got {value!r}")
+
+
+def test_out_is_created_when_the_arguments_are_parsed(tmp_path):
+    out = tmp_path / "new" / "folder"
+    args = cli.parse_args(["--quick", "--out", str(out), "--name", "run-1", "--cpu-peak-gflops", "1e3"])
+    assert out.is_dir() and args.name == "run-1" and args.cpu_peak_gflops == 1000.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# benchmarks/numpy_vs_pytorch.py: its command line only (the benchmark itself takes minutes)
+# ---------------------------------------------------------------------------------------------------------
+NUMPY_VS_PYTORCH = Path(__file__).resolve().parents[1] / "benchmarks" / "numpy_vs_pytorch.py"
+
+
+@pytest.fixture(scope="module")
+def numpy_vs_pytorch():
+    spec = importlib.util.spec_from_file_location("numpy_vs_pytorch", NUMPY_VS_PYTORCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--rounds", "0"], "argument --rounds: expected an integer >= 1, got '0'"),
+    (["--repeats", "0"], "argument --repeats: expected an integer >= 1, got '0'"),
+    (["--threads", "0"], "argument --threads: expected an integer >= 1, got '0'"),
+    (["--threads", "two"], "argument --threads: expected an integer >= 1, got 'two'"),
+    (["--n", "-1"], "argument --n: expected an integer >= 1, got '-1'"),
+    (["--warmup", "-1"], "argument --warmup: expected an integer >= 0, got '-1'"),
+    (["--pause", "-1"], "--pause: expected a finite number of seconds >= 0, got -1.0"),
+    (["--only", "bogus,segnet_pool1,nope"], "--only: unknown layer 'bogus', 'nope'; known: conv1_7x7s2, "),
+    (["--only", ","], "--only: expected comma-separated layer names, got ','; known: conv1_7x7s2, "),
+])
+def test_numpy_vs_pytorch_usage_errors(numpy_vs_pytorch, capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        numpy_vs_pytorch.parse_args(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    if "--only" in argv:
+        assert "res2_3x3_64" in err and "segnet_pool5" in err            # the valid names are listed
+
+
+def test_numpy_vs_pytorch_arguments(numpy_vs_pytorch, monkeypatch):
+    args = numpy_vs_pytorch.parse_args(["--only", " res2_3x3_64, segnet_pool1", "--rounds", "1", "--threads", "2"])
+    assert args.only == {"res2_3x3_64", "segnet_pool1"} and args.rounds == 1 and args.threads == 2
+    assert numpy_vs_pytorch.parse_args([]).only == set()                    # every layer
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
+    assert numpy_vs_pytorch.parse_args([]).threads == 3
+
+
+def test_numpy_vs_pytorch_bad_argument_fails_at_once_without_a_traceback():
+    out = subprocess.run([sys.executable, str(NUMPY_VS_PYTORCH), "--only", "bogus"], capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("numpy_vs_pytorch.py: error: --only: unknown layer")
 
 
 # ---------------------------------------------------------------------------------------------------------

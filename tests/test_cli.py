@@ -97,19 +97,31 @@ def test_info_shows_the_numpy_backend_settings(capsys, monkeypatch):
     assert "Winograd off (GPUCONV_WINOGRAD=0)" in out
 
 
+@pytest.mark.parametrize("command", ["info", "demo", "bench"])
 @pytest.mark.parametrize("var,value", [("GPUCONV_BACKEND", "opencl"), ("GPUCONV_NUM_THREADS", "0"),
                                        ("GPUCONV_NUM_THREADS", "lots"), ("GPUCONV_WINOGRAD", "maybe")])
-def test_info_names_a_malformed_setting_without_a_traceback(capsys, monkeypatch, var, value):
+def test_a_malformed_setting_is_named_up_front_without_a_traceback(capsys, monkeypatch, tmp_path, command, var,
+                                                                   value):
+    """info, demo and bench read the GPUCONV_* settings first (gpuconv.info.settings) and stop with exit 2."""
+    from gpuconv.bench import cli
     from gpuconv.numpy_backend import _parallel
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("work started despite a malformed setting")
+
+    monkeypatch.setattr(cli, "build_cases", must_not_run)
+    monkeypatch.setattr("gpuconv.demo.Demo", must_not_run)
+    argv = {"info": ["info"], "demo": ["demo", "--backend", "numpy", "--out", str(tmp_path)],
+            "bench": ["bench", "--quick", "--backend", "numpy", "--out", str(tmp_path)]}[command]
     monkeypatch.setenv(var, value)
     _parallel.set_num_threads(None)                  # GPUCONV_NUM_THREADS is read at first use
     try:
-        assert main(["info"]) == 2
+        assert main(argv) == 2
     finally:
         monkeypatch.delenv(var)
         _parallel.set_num_threads(None)
     err = capsys.readouterr().err
-    assert err.startswith(f"gpuconv info: {var}: expected") and repr(value) in err and "Traceback" not in err
+    assert err.startswith(f"gpuconv {command}: {var}: expected") and repr(value) in err and "Traceback" not in err
 
 
 def test_format_info_with_a_gpu_and_without():
@@ -162,6 +174,29 @@ def test_check_kernels_fails_on_spill(fixture_registry, capsys):
 def test_check_kernels_usage_errors(fixture_registry, capsys, argv, message):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--arch", ","], "--arch takes comma-separated integers such as 80,90, not ','"),
+    (["--arch", ""], "--arch takes comma-separated integers such as 80,90, not ''"),
+    (["--family", ","], "--family takes kernel family names, not ','; known: gate_good, gate_spill"),
+    (["--family", ""], "--family takes kernel family names, not ''; known: gate_good, gate_spill"),
+])
+def test_check_kernels_empty_arch_or_family_list_is_a_usage_error(fixture_registry, monkeypatch, capsys, argv,
+                                                                  message):
+    monkeypatch.setattr(compile_gate, "check_kernels", lambda **kw: pytest.fail("the gate ran on an empty list"))
+    assert main(["check-kernels", *argv]) == 2
+    out = capsys.readouterr()
+    assert out.err == f"check-kernels: {message}\n" and "PASSED" not in out.out
+
+
+def test_check_kernels_with_no_registered_family_fails(monkeypatch, capsys):
+    """A gate that would check nothing does not pass (exit 1), and says why."""
+    monkeypatch.setattr(kernel_source, "families", lambda: ())
+    monkeypatch.setattr(compile_gate, "check_kernels", lambda **kw: pytest.fail("nothing to compile"))
+    assert main(["check-kernels"]) == 1
+    out = capsys.readouterr()
+    assert "no kernel families are registered" in out.err and "PASSED" not in out.out + out.err
 
 
 def test_check_kernels_without_nvrtc(fixture_registry, monkeypatch, capsys):

@@ -63,6 +63,41 @@ def test_missing_image_is_a_usage_error(tmp_path, capsys):
     assert demo.main(["--backend", "numpy", "--image", str(tmp_path / "nope.png")]) == 2
 
 
+@pytest.mark.parametrize("where", ["a file", "below a file"])
+def test_unusable_out_is_a_usage_error_before_any_work(tmp_path, monkeypatch, capsys, where):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    out = afile if where == "a file" else afile / "sub"
+    monkeypatch.setattr(demo, "Demo", lambda *a, **k: pytest.fail("the demo ran before checking --out"))
+    assert demo.main(["--backend", "numpy", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gpuconv demo: --out: ") and repr(str(out)) in err and err.count("\n") == 1
+    assert (" exists and is not a folder" if where == "a file" else "cannot create the folder") in err
+
+
+def test_out_is_created_before_any_work(tmp_path, monkeypatch):
+    out = tmp_path / "new" / "folder"
+
+    class Started(Exception):
+        pass
+
+    def first_work(*args, **kwargs):
+        assert out.is_dir()
+        raise Started                      # stop the demo here
+
+    monkeypatch.setattr(demo, "Demo", first_work)
+    with pytest.raises(Started):
+        demo.main(["--backend", "numpy", "--out", str(out)])
+
+
+@pytest.mark.parametrize("dpi", ["0", "-1", "9", "1201", "100000", "eighty"])
+def test_dpi_outside_its_range_is_a_usage_error(capsys, dpi):
+    with pytest.raises(SystemExit) as exc:
+        demo.parse_args(["--dpi", dpi])
+    assert exc.value.code == 2
+    assert f"argument --dpi: expected an integer in [10, 1200], got {dpi!r}" in capsys.readouterr().err
+
+
 def test_pad_full_matches_the_transposed_conv_shape_rule():
     dy = np.ones((1, 4, 3, 2), np.float32)
     padded = demo.pad_full(dy, 2, (3, 3), (9, 8))

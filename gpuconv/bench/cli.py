@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
+import math
 import shlex
 import sys
 import time
@@ -38,6 +39,16 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _gflops(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number of GFLOP/s, got {text!r}")
+    return value
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m gpuconv bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
@@ -56,7 +67,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--peers", default="auto",
                    help=f"'auto', 'none' or a comma list from: {', '.join(PEER_NAMES)}")
     p.add_argument("--tf32", action="store_true", help="let the peers use TF32 for float32 (stated in the report)")
-    p.add_argument("--cpu-peak-gflops", type=float, default=None,
+    p.add_argument("--cpu-peak-gflops", type=_gflops, default=None,
                    help="the CPU's peak, if you know it, for '%% of peak' on the CPU (omitted otherwise)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for the reports")
     p.add_argument("--name", default=None, help="file stem (default <date>_<device>)")
@@ -74,6 +85,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for opt in ("batch", "batch3d"):
         if getattr(args, opt) is not None and getattr(args, opt) < 1:
             p.error(f"--{opt} must be >= 1")
+    if args.name is not None and (args.name in ("", ".", "..") or Path(args.name).name != args.name
+                                  or "\0" in args.name):
+        p.error(f"--name: expected a file stem such as 2026-01-01_h100, without a folder (that is --out), "
+                f"got {args.name!r}")
+    from ..demo import out_dir_problem
+    problem = out_dir_problem(args.out)       # created now, not after every measurement
+    if problem:
+        p.error(f"--out: {problem}")
     return args
 
 
