@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
+import inspect
 import os
 import threading
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -78,6 +80,31 @@ def tensor_kind(arrays: dict[str, Any]) -> str:
         fail_type(", ".join(kinds), "all NumPy or all CuPy arrays (gpuconv never copies between host and "
                   "device implicitly)", listing)
     return found.pop()
+
+
+def _device_id(a: Any) -> int | None:
+    return getattr(getattr(a, "device", None), "id", None) if is_cupy_array(a) else None
+
+
+def on_tensor_device(op: Callable) -> Callable:
+    """Decorator of every public op: run it with the GPU that holds its CuPy tensor arguments as the current
+    device, so that outputs and scratch are allocated there and its kernels launch there (CuPy allocates and
+    launches on the current device, whatever device the inputs are on). Tensors on different GPUs are a
+    ValueError naming them: gpuconv never copies between devices."""
+    @functools.wraps(op)
+    def run(*args, **kwargs):
+        devices = {d for d in map(_device_id, (*args, *kwargs.values())) if d is not None}
+        if not devices:
+            return op(*args, **kwargs)
+        if len(devices) > 1:
+            bound = inspect.signature(op).bind(*args, **kwargs).arguments
+            where = {name: _device_id(v) for name, v in bound.items() if _device_id(v) is not None}
+            fail(", ".join(where), "CuPy tensors on one GPU (gpuconv never copies between devices)",
+                 ", ".join(f"{name} on device {d}" for name, d in where.items()))
+        import cupy
+        with cupy.cuda.Device(devices.pop()):
+            return op(*args, **kwargs)
+    return run
 
 
 # ---------------------------------------------------------------------------------------------------------

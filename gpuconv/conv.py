@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from . import _args as A
-from .backend import canonical_filters, from_canonical, from_canonical_filters, resolve, to_canonical
+from .backend import (canonical_filters, from_canonical, from_canonical_filters, on_tensor_device, resolve,
+                      to_canonical)
 from .dtypes import FLOAT_DTYPES
 from .geometry import check_backprop_output, conv_problem
 
@@ -74,6 +75,7 @@ def _wgrad(nspatial, x, filter_sizes, dy, strides, padding, data_format, dilatio
     return from_canonical_filters(be.conv_wgrad(x5, dy5, p), nspatial)
 
 
+@on_tensor_device
 def conv2d(input: Any, filters: Any, strides, padding, data_format: str = "NHWC", dilations=None):
     """2-D convolution (cross-correlation) with TF's padding rule.
 
@@ -84,11 +86,13 @@ def conv2d(input: Any, filters: Any, strides, padding, data_format: str = "NHWC"
     return _fprop(2, input, filters, strides, padding, data_format, dilations)
 
 
+@on_tensor_device
 def conv3d(input: Any, filters: Any, strides, padding, data_format: str = "NDHWC", dilations=None):
     """3-D convolution. TF: `tf.nn.conv3d` (gpuconv also accepts explicit padding)."""
     return _fprop(3, input, filters, strides, padding, data_format, dilations)
 
 
+@on_tensor_device
 def conv2d_backprop_input(input_sizes, filters: Any, out_backprop: Any, strides, padding,
                           data_format: str = "NHWC", dilations=None):
     """Gradient of conv2d with respect to its input (dgrad). input_sizes: full or spatial-only shape.
@@ -100,6 +104,7 @@ def conv2d_backprop_input(input_sizes, filters: Any, out_backprop: Any, strides,
                   data_format, dilations)
 
 
+@on_tensor_device
 def conv3d_backprop_input(input_sizes, filters: Any, out_backprop: Any, strides, padding,
                           data_format: str = "NDHWC", dilations=None):
     """Gradient of conv3d with respect to its input. TF: `tf.raw_ops.Conv3DBackpropInputV2`."""
@@ -107,6 +112,7 @@ def conv3d_backprop_input(input_sizes, filters: Any, out_backprop: Any, strides,
                   data_format, dilations)
 
 
+@on_tensor_device
 def conv2d_transpose(input: Any, filters: Any, output_shape, strides, padding="SAME",
                      data_format: str = "NHWC", dilations=None):
     """Transposed 2-D convolution = conv2d_backprop_input with output_shape as the input size.
@@ -118,6 +124,7 @@ def conv2d_transpose(input: Any, filters: Any, output_shape, strides, padding="S
                   dilations)
 
 
+@on_tensor_device
 def conv3d_transpose(input: Any, filters: Any, output_shape, strides, padding="SAME",
                      data_format: str = "NDHWC", dilations=None):
     """Transposed 3-D convolution. TF: `tf.nn.conv3d_transpose`."""
@@ -125,6 +132,7 @@ def conv3d_transpose(input: Any, filters: Any, output_shape, strides, padding="S
                   dilations)
 
 
+@on_tensor_device
 def conv2d_backprop_filter(input: Any, filter_sizes, out_backprop: Any, strides, padding,
                            data_format: str = "NHWC", dilations=None):
     """Gradient of conv2d with respect to its filters (wgrad). TF: `tf.raw_ops.Conv2DBackpropFilter`
@@ -132,6 +140,7 @@ def conv2d_backprop_filter(input: Any, filter_sizes, out_backprop: Any, strides,
     return _wgrad(2, input, filter_sizes, out_backprop, strides, padding, data_format, dilations)
 
 
+@on_tensor_device
 def conv3d_backprop_filter(input: Any, filter_sizes, out_backprop: Any, strides, padding,
                            data_format: str = "NDHWC", dilations=None):
     """Gradient of conv3d with respect to its filters. TF: `tf.raw_ops.Conv3DBackpropFilterV2`."""

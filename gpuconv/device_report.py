@@ -41,8 +41,11 @@ def _device(pynvml, h) -> dict[str, Any]:
     mem = _query(pynvml, pynvml.nvmlDeviceGetMemoryInfo, h)
     power = _query(pynvml, pynvml.nvmlDeviceGetPowerUsage, h)
     limit = _query(pynvml, pynvml.nvmlDeviceGetEnforcedPowerLimit, h)
+    pci = _query(pynvml, pynvml.nvmlDeviceGetPciInfo, h)
+    bus_id = getattr(pci, "busId", None)
     return {
         "name": _query(pynvml, pynvml.nvmlDeviceGetName, h),
+        "pci_bus_id": bus_id.decode() if isinstance(bus_id, bytes) else bus_id,
         "memory_total_gib": round(mem.total / 2**30, 1) if mem else None,
         "sm_clock_mhz": _query(pynvml, pynvml.nvmlDeviceGetClockInfo, h, pynvml.NVML_CLOCK_SM),
         "sm_clock_max_mhz": _query(pynvml, pynvml.nvmlDeviceGetMaxClockInfo, h, pynvml.NVML_CLOCK_SM),
@@ -53,6 +56,24 @@ def _device(pynvml, h) -> dict[str, Any]:
         "power_w": power / 1000 if power is not None else None,
         "power_limit_w": limit / 1000 if limit is not None else None,
     }
+
+
+def pci_key(bus_id: Any) -> tuple[int, int, int, int] | None:
+    """(domain, bus, device, function) of a PCI bus id in any of the spellings NVML and CUDA use
+    ('00000000:3B:00.0', '0000:3b:00.0'), or None."""
+    try:
+        domain, bus, rest = str(bus_id).strip().split(":")
+        device, function = rest.split(".")
+        return int(domain, 16), int(bus, 16), int(device, 16), int(function, 16)
+    except (ValueError, AttributeError):
+        return None
+
+
+def matching_device(devices: list[dict[str, Any]], bus_id: Any) -> dict[str, Any] | None:
+    """The NVML record with this PCI bus id. NVML numbers GPUs in PCI order and ignores CUDA_VISIBLE_DEVICES,
+    so a CUDA device index does not name an NVML device; the bus id does."""
+    key = pci_key(bus_id)
+    return next((d for d in devices if key is not None and pci_key(d.get("pci_bus_id")) == key), None)
 
 
 def cpu_report() -> dict[str, Any]:

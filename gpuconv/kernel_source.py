@@ -67,7 +67,7 @@ def read_source(file: str) -> str:
 
 
 def source_hash(file: str) -> str:
-    """Hash of a .cu file and every header in the kernel directory (a cache key)."""
+    """Hash of a .cu file and every header in the kernel directory (a cache key: family_options)."""
     h = hashlib.sha256()
     kdir = kernel_dir()
     for path in [source_path(file)] + sorted(kdir.glob("*.cuh")):
@@ -103,6 +103,14 @@ def module_options() -> tuple[str, ...]:
     the directory of the CUDA C runtime headers where CuPy's CUDA include directory lacks them
     (crt_include_options)."""
     return NVRTC_OPTIONS + ("-I" + str(kernel_dir()),) + crt_include_options()
+
+
+def family_options(fam: KernelFamily) -> tuple[str, ...]:
+    """module_options() plus -DGPUCONV_SOURCE_HASH=<source_hash(fam.file)>, what the CUDA executor compiles a
+    family with. CuPy's disk cache (~/.cupy/kernel_cache) keys a module on its source text and options, not on
+    the headers it #includes: without the hash, an edited or upgraded common.cuh would load the old cubin. The
+    macro is used by no kernel, so the compile gate's module_options() compile the same code."""
+    return module_options() + (f"-DGPUCONV_SOURCE_HASH={source_hash(fam.file)}",)
 
 
 # The header that <mma.h> (conv_fprop.cu's tensor-core kernel) includes and pip's CUDA wheels ship apart.

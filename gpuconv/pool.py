@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from . import _args as A
-from .backend import from_canonical, resolve, to_canonical
+from .backend import from_canonical, on_tensor_device, resolve, to_canonical
 from .dtypes import FLOAT_DTYPES, INDEX_DTYPES, INT_DTYPES
 from .geometry import pool_problem
 
@@ -35,6 +35,7 @@ def _forward(op: str, nspatial: int, x, ksize, strides, padding, data_format, dt
     return from_canonical(getattr(be, op)(x5, p), nspatial, cl)
 
 
+@on_tensor_device
 def max_pool2d(input: Any, ksize, strides, padding, data_format: str = "NHWC"):
     """2-D max pooling. TF: `tf.nn.max_pool2d`.
 
@@ -45,16 +46,19 @@ def max_pool2d(input: Any, ksize, strides, padding, data_format: str = "NHWC"):
     return _forward("max_pool", 2, input, ksize, strides, padding, data_format, MAX_DTYPES)
 
 
+@on_tensor_device
 def max_pool3d(input: Any, ksize, strides, padding, data_format: str = "NDHWC"):
     """3-D max pooling. TF: `tf.nn.max_pool3d`."""
     return _forward("max_pool", 3, input, ksize, strides, padding, data_format, MAX_DTYPES)
 
 
+@on_tensor_device
 def avg_pool2d(input: Any, ksize, strides, padding, data_format: str = "NHWC"):
     """2-D average pooling; the divisor counts in-bounds cells only. TF: `tf.nn.avg_pool2d`."""
     return _forward("avg_pool", 2, input, ksize, strides, padding, data_format, FLOAT_DTYPES)
 
 
+@on_tensor_device
 def avg_pool3d(input: Any, ksize, strides, padding, data_format: str = "NDHWC"):
     """3-D average pooling. TF: `tf.nn.avg_pool3d`."""
     return _forward("avg_pool", 3, input, ksize, strides, padding, data_format, FLOAT_DTYPES)
@@ -71,6 +75,7 @@ def index_dtype(output_dtype: Any) -> np.dtype:
     return dt
 
 
+@on_tensor_device
 def max_pool_with_argmax(input: Any, ksize, strides, padding, data_format: str = "NHWC",
                          output_dtype="int64", include_batch_in_index: bool = False):
     """2-D max pooling that also returns each maximum's flat index (NHWC only, as in TF).
@@ -115,6 +120,7 @@ def _max_grad(nspatial, orig_input, orig_output, grad, ksize, strides, padding, 
     return from_canonical(be.max_pool_grad(x5, dy5, p), nspatial, cl)
 
 
+@on_tensor_device
 def max_pool_grad(orig_input: Any, orig_output: Any, grad: Any, ksize, strides, padding,
                   data_format: str = "NHWC"):
     """Gradient of max_pool2d: each window's gradient goes to its selected cell; overlaps add.
@@ -125,6 +131,7 @@ def max_pool_grad(orig_input: Any, orig_output: Any, grad: Any, ksize, strides, 
     return _max_grad(2, orig_input, orig_output, grad, ksize, strides, padding, data_format)
 
 
+@on_tensor_device
 def max_pool3d_grad(orig_input: Any, orig_output: Any, grad: Any, ksize, strides, padding,
                     data_format: str = "NDHWC"):
     """Gradient of max_pool3d. TF: `tf.raw_ops.MaxPool3DGrad`. Differs from TF: with tied maxima only the first
@@ -148,6 +155,7 @@ def check_argmax(argmax: Any, arg: str, limit: int) -> None:
         A.fail(arg, f"indices in [0, {limit})", f"indices from {int(argmax.min())} to {int(argmax.max())}")
 
 
+@on_tensor_device
 def max_pool_grad_with_argmax(input: Any, grad: Any, argmax: Any, ksize, strides, padding,
                               include_batch_in_index: bool = False):
     """Gradient of max_pool_with_argmax: grad scattered to input's shape at argmax; duplicates add.
@@ -191,6 +199,7 @@ def avg_pool_grad_nd(nspatial, orig_input_shape, grad, ksize, strides, padding, 
                          "orig_input_shape", orig_input_shape, ksize, strides, padding)
 
 
+@on_tensor_device
 def avg_pool_grad(orig_input_shape, grad: Any, ksize, strides, padding, data_format: str = "NHWC"):
     """Gradient of avg_pool2d: dy / count spread over each window's in-bounds cells; overlaps add.
 
@@ -199,6 +208,7 @@ def avg_pool_grad(orig_input_shape, grad: Any, ksize, strides, padding, data_for
     return avg_pool_grad_nd(2, orig_input_shape, grad, ksize, strides, padding, data_format)
 
 
+@on_tensor_device
 def avg_pool3d_grad(orig_input_shape, grad: Any, ksize, strides, padding, data_format: str = "NDHWC"):
     """Gradient of avg_pool3d. TF: `tf.raw_ops.AvgPool3DGrad`."""
     return avg_pool_grad_nd(3, orig_input_shape, grad, ksize, strides, padding, data_format)

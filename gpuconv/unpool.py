@@ -5,7 +5,7 @@ import math
 from typing import Any
 
 from . import _args as A
-from .backend import from_canonical, resolve, to_canonical
+from .backend import from_canonical, on_tensor_device, resolve, to_canonical
 from .dtypes import INDEX_DTYPES
 from .geometry import check_elements
 from .pool import MAX_DTYPES, _flag, check_argmax, spread_pooled
@@ -25,6 +25,7 @@ def _with_argmax(arg: str, t: Any, argmax: Any, include_batch_in_index: Any):
     return be, t.ndim - 2, include
 
 
+@on_tensor_device
 def max_unpool(updates: Any, argmax: Any, output_shape, include_batch_in_index: bool = False):
     """Zeros of output_shape with each update added at its argmax (duplicate indices add).
 
@@ -43,6 +44,7 @@ def max_unpool(updates: Any, argmax: Any, output_shape, include_batch_in_index: 
     return from_canonical(be.argmax_scatter(u5, a5, out5, include), nspatial, True)
 
 
+@on_tensor_device
 def max_unpool_grad(grad: Any, argmax: Any, include_batch_in_index: bool = False):
     """Gradient of max_unpool: grad gathered at argmax (shape of argmax)."""
     be, nspatial, include = _with_argmax("grad", grad, argmax, include_batch_in_index)
@@ -56,6 +58,7 @@ def max_unpool_grad(grad: Any, argmax: Any, include_batch_in_index: bool = False
     return from_canonical(be.argmax_gather(g5, a5, include), nspatial, True)
 
 
+@on_tensor_device
 def avg_unpool(updates: Any, ksize, strides, padding, output_shape, data_format=None):
     """Copy each pooled value into every in-bounds cell of its window (overlaps add): the adjoint of sum pooling.
 

@@ -31,7 +31,20 @@ template <typename T> __device__ __forceinline__ bool replaces(T candidate, T cu
     return candidate > current;
 }
 template <> __device__ __forceinline__ bool replaces<__half>(__half candidate, __half current) {
-    return __half2float(candidate) > __half2float(current);
+    return __half2float(candidate) > __half2float(current);     // a float16 subnormal is a normal float32
+}
+
+// float32 compares as integers: CuPy compiles every module with -ftz=true, appended after the caller's options
+// (cupy/cuda/compiler.py), under which a float '>' (setp.gt.ftz.f32) takes every subnormal for zero, so a
+// larger subnormal would not replace a smaller one. Integer compares never flush. The key of a non-NaN float
+// orders like its value: the bits for x >= 0, the magnitude bits flipped for x < 0, and -0 shares +0's key 0.
+__device__ __forceinline__ int ordered_key(int bits) {
+    return bits >= 0 ? bits : (bits == int(0x80000000u) ? 0 : bits ^ 0x7fffffff);
+}
+template <> __device__ __forceinline__ bool replaces<float>(float candidate, float current) {
+    const int a = __float_as_int(candidate), b = __float_as_int(current);
+    const bool nan = (a & 0x7fffffff) > 0x7f800000 || (b & 0x7fffffff) > 0x7f800000;   // NaN compares false
+    return !nan && ordered_key(a) > ordered_key(b);
 }
 
 }  // namespace gpuconv

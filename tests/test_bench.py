@@ -594,3 +594,65 @@ def test_fd_stdout_captures_descriptor_one_and_restores_it(capfd):
     assert os.fstat(1).st_ino == before
     os.write(1, b"after\n")
     assert "after" in capfd.readouterr().out
+
+
+def test_the_timed_gpu_is_found_by_pci_bus_id(monkeypatch):
+    """NVML numbers GPUs in PCI order and ignores CUDA_VISIBLE_DEVICES: the report names the GPU whose bus id is
+    CuPy's current device's, in either spelling, not NVML's device 0."""
+    import types
+
+    from gpuconv.device_report import matching_device, pci_key
+    assert pci_key("00000000:3B:00.0") == pci_key("0000:3b:00.0") == (0, 0x3B, 0, 0)
+    assert pci_key(None) is None and pci_key("garbage") is None
+    devices = [{"index": 0, "name": "A", "pci_bus_id": "00000000:17:00.0"},
+               {"index": 1, "name": "B", "pci_bus_id": "00000000:3B:00.0"}]
+    assert matching_device(devices, "0000:3b:00.0")["name"] == "B"
+    assert matching_device(devices, "0000:99:00.0") is None and matching_device(devices, None) is None
+
+    fake = types.ModuleType("cupy")
+    fake.cuda = types.SimpleNamespace(Device=lambda: types.SimpleNamespace(pci_bus_id="0000:3B:00.0", id=0))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    assert cli._timed_gpu({"devices": devices})["name"] == "B"
+    assert cli._timed_gpu({"devices": devices[:1]})["name"] == "A"      # one GPU: the one timed
+    monkeypatch.setitem(sys.modules, "cupy", None)                       # no CuPy: unknown among several
+    assert cli._timed_gpu({"devices": devices}) == {}
+    assert "B, driver 1" in report._gpu_line({"devices": devices, "driver": "1"}, devices[1])
+    assert report._gpu_line({"devices": devices, "driver": "1"}).startswith("A, driver 1")
+
+
+def test_gpu_report_reads_every_field_through_nvml(monkeypatch):
+    """device_report.gpu_report against a stand-in pynvml: every field, the PCI bus id decoded, and a query
+    NVML refuses (NVMLError) gives None instead of an exception."""
+    import types
+
+    from gpuconv.device_report import gpu_report
+
+    class NVMLError(Exception):
+        pass
+
+    def refused(*args):
+        raise NVMLError("not supported")
+
+    nvml = types.ModuleType("pynvml")
+    nvml.NVMLError = NVMLError
+    nvml.NVML_CLOCK_SM, nvml.NVML_CLOCK_MEM, nvml.NVML_TEMPERATURE_GPU = 1, 2, 0
+    nvml.nvmlInit = nvml.nvmlShutdown = lambda: None
+    nvml.nvmlDeviceGetCount = lambda: 2
+    nvml.nvmlDeviceGetHandleByIndex = lambda i: i
+    nvml.nvmlSystemGetDriverVersion = lambda: b"580.1"
+    nvml.nvmlDeviceGetName = lambda h: [b"GPU A", "GPU B"][h]
+    nvml.nvmlDeviceGetPciInfo = lambda h: types.SimpleNamespace(busId=[b"00000000:17:00.0", "00000000:3B:00.0"][h])
+    nvml.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(total=80 * 2**30)
+    nvml.nvmlDeviceGetClockInfo = lambda h, kind: 1980 if kind == 1 else 2619
+    nvml.nvmlDeviceGetMaxClockInfo = lambda h, kind: 1980
+    nvml.nvmlDeviceGetPerformanceState = lambda h: 0
+    nvml.nvmlDeviceGetTemperature = lambda h, kind: 40
+    nvml.nvmlDeviceGetPowerUsage = lambda h: 75000
+    nvml.nvmlDeviceGetEnforcedPowerLimit = refused
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    g = gpu_report()
+    assert g["available"] and g["driver"] == "580.1"
+    a, b = g["devices"]
+    assert (a["name"], a["pci_bus_id"], b["name"], b["pci_bus_id"]) == ("GPU A", "00000000:17:00.0", "GPU B",
+                                                                          "00000000:3B:00.0")
+    assert a["memory_total_gib"] == 80.0 and a["power_w"] == 75.0 and a["power_limit_w"] is None

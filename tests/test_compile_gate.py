@@ -333,3 +333,42 @@ def test_every_family_compiles_for_other_gpus(arch):
         assert c.ok, f"{fam.name} sm_{arch}:\n{c.log[-3000:]}"
         unlowered = [e for e, name in c.lowered.items() if not name]
         assert not unlowered and set(c.lowered) == set(fam.name_expressions), (fam.name, arch, unlowered)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# flush-to-zero: CuPy compiles every module with -ftz=true, after gpuconv's options
+# ---------------------------------------------------------------------------------------------------------
+def _ptx(source: str, options) -> str:
+    """PTX of source under options, with -arch=sm_XX replaced by its virtual compute_XX."""
+    nvrtc = cg._nvrtc()
+    ok = nvrtc.nvrtcResult.NVRTC_SUCCESS
+    err, prog = nvrtc.nvrtcCreateProgram(source.encode(), b"probe.cu", 0, [], [])
+    assert err == ok
+    try:
+        opts = [o.replace("-arch=sm_", "-arch=compute_").encode() for o in options]
+        err, = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+        _, size = nvrtc.nvrtcGetProgramLogSize(prog)
+        log = b" " * size
+        nvrtc.nvrtcGetProgramLog(prog, log)
+        assert err == ok, log.decode(errors="replace")
+        _, size = nvrtc.nvrtcGetPTXSize(prog)
+        ptx = b" " * size
+        nvrtc.nvrtcGetPTX(prog, ptx)
+        return ptx.decode(errors="replace")
+    finally:
+        nvrtc.nvrtcDestroyProgram(prog)
+
+
+@gate_test
+def test_max_pool_float32_comparison_is_not_flushed_to_zero():
+    """Under CuPy's -ftz=true a float '>' is setp.gt.ftz.f32, which takes every subnormal for zero (the probe's
+    plain compare shows the option is in force); the max-pool scan rule for float32 must compare without it
+    (kernels/common.cuh replaces<float>: integer keys), so the larger of two subnormals still wins."""
+    source = ('#include "common.cuh"\n'
+              'extern "C" __global__ void plain(const float* a, const float* b, int* o) { o[0] = a[0] > b[0]; }\n'
+              'extern "C" __global__ void scan(const float* a, const float* b, int* o) {\n'
+              '    o[0] = gpuconv::replaces(a[0], b[0]); }\n')
+    ptx = _ptx(source, cg.cupy_nvrtc_options(80))
+    bodies = {name: ptx.split(f".entry {name}(")[1].split(".entry")[0] for name in ("plain", "scan")}
+    assert "setp.gt.ftz.f32" in bodies["plain"]
+    assert ".f32" not in "".join(line for line in bodies["scan"].splitlines() if "setp" in line)

@@ -48,6 +48,8 @@ class FakeCupy(types.ModuleType):
                 return Kernel(name, self)
 
         class Kernel:
+            shared_size_bytes = 0       # static shared memory (tests set it per kernel)
+
             def __init__(self, name, module):
                 self.name, self.module, self.smem_settings = name, module, []
 
@@ -116,10 +118,26 @@ def test_rawmodule_built_from_the_family(fake):
     assert ex.name == "cuda" and ex.xp is fake
     ex.launch(plan())
     (mod,) = fake.modules
-    assert mod.kwargs == {"code": kernel_source.read_source(GOOD.file), "options": kernel_source.module_options(),
+    assert mod.kwargs == {"code": kernel_source.read_source(GOOD.file), "options": kernel_source.family_options(GOOD),
                           "name_expressions": GOOD.name_expressions, "backend": "nvrtc"}
+    assert kernel_source.family_options(GOOD) == kernel_source.module_options() + (
+        f"-DGPUCONV_SOURCE_HASH={kernel_source.source_hash(GOOD.file)}",)
     assert kernel_source.module_options()[:2] == kernel_source.NVRTC_OPTIONS + ("-I" + str(kernel_source.kernel_dir()),)
     assert mod.compiled == ["gate_axpy<float, 128>"]
+
+
+def test_options_change_when_an_included_header_changes(tmp_path, monkeypatch):
+    """CuPy's disk cache keys a module on its code and options only: an edit to a header the .cu includes must
+    change the options (the source hash), or the old cubin would be loaded."""
+    import shutil
+    kdir = tmp_path / "kernels"
+    shutil.copytree(kernel_source.kernel_dir(), kdir)
+    monkeypatch.setattr(kernel_source, "kernel_dir", lambda: kdir)
+    fam = kernel_source.family("pool")
+    before = kernel_source.family_options(fam)
+    (kdir / "common.cuh").write_text((kdir / "common.cuh").read_text() + "\n// edited\n")
+    after = kernel_source.family_options(fam)
+    assert before != after and before[:-1] == after[:-1] and after[-1].startswith("-DGPUCONV_SOURCE_HASH=")
 
 
 def test_missing_crt_header_gets_a_hint_other_compile_errors_pass_through(fake, monkeypatch):
@@ -182,6 +200,19 @@ def test_large_dynamic_smem_opt_in(fake):
     ex.launch(plan(shared_mem=100 * 1024))
     assert kernel.smem_settings == [64 * 1024, 100 * 1024]
     assert fake.launches[-1][6] == {"shared_mem": 100 * 1024}
+
+
+def test_dynamic_smem_opt_in_counts_static_shared_memory(fake):
+    """20 KiB static + 40 KiB dynamic passes the 48 KiB a block gets without the opt-in: opted in, although the
+    dynamic request alone is below 48 KiB."""
+    ex = CudaExecutor([GOOD])
+    ex.launch(plan(shared_mem=16 * 1024))
+    kernel = fake.launches[-1][0]
+    kernel.shared_size_bytes = 20 * 1024
+    ex.launch(plan(shared_mem=28 * 1024))
+    assert kernel.smem_settings == []           # 48 KiB in all: no opt-in
+    ex.launch(plan(shared_mem=40 * 1024))
+    assert kernel.smem_settings == [40 * 1024]
 
 
 def test_unknown_family_and_name_expression(fake):
@@ -257,6 +288,7 @@ def test_gpu_axpy_matches_numpy():
     n = 1000
     x, y = np.arange(n, dtype=np.float32), np.linspace(-1, 1, n, dtype=np.float32)
     dx, dy = cupy.asarray(x), cupy.asarray(y)
+    cupy.cuda.Stream.null.synchronize()      # the uploads ran on the null stream, which a non-blocking one skips
     ex = CudaExecutor([GOOD])
     with cupy.cuda.Stream(non_blocking=True) as stream:
         ex.launch(LaunchPlan("gate_good", "gate_axpy<float, 128>", (-(-n // 128), 1, 1), (128, 1, 1), 0,

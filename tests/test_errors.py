@@ -201,6 +201,71 @@ def test_mixed_numpy_and_cupy_like_arrays_are_rejected():
         gc.conv2d(f32(1, 3, 3, 1), FakeCupyArray(), 1, "SAME")
 
 
+def _fake_cupy(monkeypatch):
+    """A stand-in cupy module whose arrays know their device and whose Device context records the current one."""
+    import sys
+    import types
+    fake = types.ModuleType("cupy")
+    fake.current, fake.entered = 0, []
+
+    class Device:
+        def __init__(self, i):
+            self.i = i
+
+        def __enter__(self):
+            self.previous, fake.current = fake.current, self.i
+            fake.entered.append(self.i)
+
+        def __exit__(self, *exc):
+            fake.current = self.previous
+
+    fake.cuda = types.SimpleNamespace(Device=Device)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+
+    class Array:                       # recognised as CuPy by module and the CUDA array interface
+        __module__ = "cupy._core.core"
+        __cuda_array_interface__ = {}
+        ndim, shape, dtype = 4, (1, 3, 3, 1), np.dtype(np.float32)
+
+        def __init__(self, device_id):
+            self.device = types.SimpleNamespace(id=device_id)
+
+    return fake, Array
+
+
+def test_tensors_on_different_gpus_are_rejected_naming_them(monkeypatch):
+    _, Array = _fake_cupy(monkeypatch)
+    with pytest.raises(ValueError, match="input, filters: expected CuPy tensors on one GPU.*"
+                                         "input on device 0, filters on device 1"):
+        gc.conv2d(Array(0), Array(1), 1, "SAME")
+    with pytest.raises(ValueError, match="updates, argmax: .*updates on device 1, argmax on device 2"):
+        gc.max_unpool(Array(1), Array(2), (1, 6, 6, 1))
+
+
+def test_ops_run_with_their_tensors_gpu_current(monkeypatch):
+    """Outputs and scratch are allocated on the current device: every public op makes its tensors' GPU current
+    for the call and restores the caller's afterwards."""
+    from gpuconv.backend import on_tensor_device
+    fake, Array = _fake_cupy(monkeypatch)
+    seen = []
+
+    @on_tensor_device
+    def op(input, filters, strides):
+        seen.append(fake.current)
+
+    op(Array(3), filters=Array(3), strides=1)
+    op(np.zeros(1), np.zeros(1), 1)                  # NumPy tensors: no device switch
+    assert seen == [3, 0] and fake.entered == [3] and fake.current == 0
+    import inspect
+    wrapper_code = on_tensor_device(op).__code__                       # every wrapper shares it
+    for name in gc.__all__:
+        fn = getattr(gc, name)
+        takes_tensors = name not in ("use_backend", "get_backend", "info")
+        assert (getattr(fn, "__code__", None) is wrapper_code) == takes_tensors, name
+        if takes_tensors:
+            assert inspect.signature(fn) == inspect.signature(fn.__wrapped__)
+
+
 def test_unknown_backend_is_rejected(monkeypatch):
     with pytest.raises(ValueError, match="name"):
         with gc.use_backend("tpu"):

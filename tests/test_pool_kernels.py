@@ -234,6 +234,25 @@ def test_nan_wins_only_as_first_cell(backend, dtype):
                 oracle(gpuconv.max_pool_grad, x, want[0], dy, 3, 2, "SAME"))
 
 
+def test_float32_order_of_subnormals_zeros_and_infinities(backend):
+    """float32 max pooling compares integer keys (kernels/common.cuh: CuPy's -ftz=true would take subnormals for
+    zero): every pair of the special values below, in both orders, in a 1x2 window, gives the NumPy backend's
+    selection, bit for bit (-0 and +0 tie: the first cell wins)."""
+    tiny = np.finfo(np.float32).smallest_subnormal
+    special = np.array([0.0, -0.0, tiny, 2 * tiny, -tiny, -2 * tiny, np.finfo(np.float32).tiny, 1.0, -1.0,
+                        np.inf, -np.inf, np.finfo(np.float32).max, -np.finfo(np.float32).max, np.nan], np.float32)
+    pairs = np.array([(a, b) for a in special for b in special], np.float32)    # 196 windows
+    x = pairs.reshape(1, len(pairs), 2, 1)
+    for fn in (gpuconv.max_pool_with_argmax,):
+        got, want = run(backend, fn, x, [1, 2], [1, 2], "VALID"), oracle(fn, x, [1, 2], [1, 2], "VALID")
+        assert_same(got[0], want[0])
+        assert_same(got[1], want[1])
+    assert_same(run(backend, gpuconv.max_pool2d, x, [1, 2], [1, 2], "VALID"), want[0])
+    second = want[1].reshape(len(special), len(special)) % 2 == 1
+    assert second[2, 3] and not second[3, 2] and not second[3, 0]      # 2*tiny beats tiny and 0; tiny loses
+    assert not second[0, 1] and not second[1, 0]                        # +0 and -0 tie: the first cell
+
+
 @pytest.mark.parametrize("dtype", FLOATS, ids=str)
 def test_all_minus_inf_window_gives_its_first_cell(backend, dtype):
     x = np.full((1, 4, 4, 2), -np.inf, dtype)

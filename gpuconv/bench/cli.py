@@ -155,16 +155,34 @@ def _device_info(kind: str) -> dict[str, Any]:
     from ..device_report import cpu_report, gpu_report
     if kind == "gpu":
         g = gpu_report()
-        name = (g.get("devices") or [{}])[0].get("name") if g.get("available") else None
+        timed = _timed_gpu(g)
+        name = timed.get("name")
         if name is None:
             try:
                 import cupy
-                name = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+                props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+                name = props["name"].decode()
             except Exception:
                 name = "unknown GPU"
-        return {"kind": "gpu", "name": name, "gpu": g, "cpu": cpu_report(), "l2_bytes": _l2_bytes()}
+        return {"kind": "gpu", "name": name, "gpu": g, "timed_gpu": timed, "cpu": cpu_report(),
+                "l2_bytes": _l2_bytes()}
     c = cpu_report()
     return {"kind": "cpu", "name": c.get("model") or "unknown CPU", "cpu": c}
+
+
+def _timed_gpu(report: dict[str, Any]) -> dict[str, Any]:
+    """NVML's record of the GPU the run times (CuPy's current device, matched by PCI bus id), {} if unknown."""
+    from ..device_report import matching_device
+    devices = report.get("devices") or []
+    try:
+        import cupy
+        bus_id = cupy.cuda.Device().pci_bus_id
+    except Exception:
+        bus_id = None
+    found = matching_device(devices, bus_id)
+    if found is None and len(devices) == 1:
+        found = devices[0]                  # one GPU: it is the one timed
+    return found or {}
 
 
 class Progress:

@@ -82,7 +82,7 @@ def markdown(doc: dict[str, Any]) -> str:
              f"- gpuconv {doc['gpuconv']}, backend `{doc['backend']}`, timing: {doc['settings']['timing']}"]
     if dev["kind"] == "gpu":
         g = dev.get("gpu") or {}
-        lines.append(f"- GPU: {_gpu_line(g)}")
+        lines.append(f"- GPU: {_gpu_line(g, dev.get('timed_gpu'))}")
         if "copy_bandwidth" in dev:
             lines.append(f"- measured copy bandwidth: {_copy_line(dev['copy_bandwidth'])}")
     else:
@@ -165,9 +165,9 @@ def _md_escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _gpu_line(g: dict[str, Any]) -> str:
-    devs = g.get("devices") or [{}]
-    d = devs[0]
+def _gpu_line(g: dict[str, Any], timed: dict[str, Any] | None = None) -> str:
+    """The timed GPU's NVML record (cli._timed_gpu; older reports lack it: NVML's first device)."""
+    d = timed or (g.get("devices") or [{}])[0]
     parts = [str(d.get("name")), f"driver {g.get('driver')}"]
     for key, label in (("sm_clock_mhz", "SM MHz"), ("sm_clock_max_mhz", "max SM MHz"),
                        ("mem_clock_mhz", "mem MHz"), ("temperature_c", "C"), ("power_w", "W"),

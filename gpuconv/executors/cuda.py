@@ -85,7 +85,7 @@ class CudaExecutor:
         mod = self._modules.get(key)
         if mod is None:
             fam = self.family(family_name)
-            mod = _cupy().RawModule(code=kernel_source.read_source(fam.file), options=kernel_source.module_options(),
+            mod = _cupy().RawModule(code=kernel_source.read_source(fam.file), options=kernel_source.family_options(fam),
                                     name_expressions=fam.name_expressions, backend="nvrtc")
             self._modules[key] = mod
         return mod
@@ -107,7 +107,10 @@ class CudaExecutor:
                         raise RuntimeError(f"compiling kernel family {family_name!r} failed: {hint}\n{exc}") from exc
                     raise
                 self._functions[key] = fn
-            if shared_mem > max(DEFAULT_DYNAMIC_SMEM_LIMIT, self._smem_opt_in.get(key, 0)):
+            # Without the opt-in a block gets 48 KiB of shared memory in all, static included (CUDA's
+            # cudaFuncAttributeMaxDynamicSharedMemorySize: static + dynamic may pass 48 KiB only when set).
+            over = shared_mem + fn.shared_size_bytes > DEFAULT_DYNAMIC_SMEM_LIMIT
+            if over and shared_mem > self._smem_opt_in.get(key, 0):
                 fn.max_dynamic_shared_size_bytes = shared_mem
                 self._smem_opt_in[key] = shared_mem
         return fn
