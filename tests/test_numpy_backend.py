@@ -852,6 +852,15 @@ def test_malformed_winograd_setting_is_a_value_error(monkeypatch):
     np.testing.assert_allclose(gc.conv2d(x, w, 1, "SAME"), direct, rtol=1e-4, atol=1e-4)
 
 
+def test_axis_taps_are_exactly_the_taps_that_meet_the_input():
+    """_window.axis_taps (pooling's visited taps, conv's non-zero filter-gradient taps) against brute force."""
+    rng = np.random.default_rng(5)
+    for _ in range(3000):
+        n, k, s, d, pb, o = (int(v) for v in rng.integers((0, 1, 1, 1, 0, 0), (8, 12, 5, 5, 12, 8)))
+        want = tuple(t for t in range(k) if any(0 <= q * s + t * d - pb < n for q in range(o)))
+        assert _window.axis_taps(n, k, s, d, pb, o) == want, (n, k, s, d, pb, o)
+
+
 def test_huge_filter_gradient_costs_its_output_not_the_taps():
     """filter_sizes of 1001 x 1001 on a 1x1 input: dw (4 MB) is zero except the one tap that meets the input,
     and the gather visits only that tap (it used to build million-entry tap lists and a 1001^2-tap column)."""

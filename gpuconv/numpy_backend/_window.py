@@ -10,6 +10,7 @@ whatever the problem size.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Iterator, Sequence
 
@@ -37,6 +38,27 @@ def tap_range(o0: int, o1: int, stride: int, offset: int, i_lo: int, i_hi: int) 
     if hi <= lo:
         return 0, 0, 0
     return lo - o0, hi - o0, lo * stride + offset
+
+
+@functools.lru_cache(maxsize=256)
+def axis_taps(n: int, k: int, s: int, d: int, pb: int, o: int) -> tuple[int, ...]:
+    """Window taps t in [0, k) along one axis that some output q in [0, o) reads in bounds: q*s + t*d - pb in
+    [0, n), i.e. ceil((pb - q*s) / d) <= t < ceil((pb - q*s + n) / d). A union of o intervals of at most
+    ceil(n / d) taps, so a huge window on a small input costs the input and output extents, not the window's.
+    Pooling visits only these taps; a conv's filter gradient is zero at the others."""
+    spans = []
+    for q in range(o):
+        lo, hi = max(0, ceil_div(pb - q * s, d)), min(k, ceil_div(pb - q * s + n, d))
+        if hi > lo:
+            spans.append((lo, hi))
+    taps: list = []
+    last = -1
+    for lo, hi in sorted(spans):
+        lo = max(lo, last + 1)
+        if hi > lo:
+            taps.extend(range(lo, hi))
+            last = hi - 1
+    return tuple(taps)
 
 
 def boxes(dims: Sequence[int], unit_bytes: int, budget: int | None = None) -> Iterator[tuple[slice, ...]]:

@@ -46,7 +46,7 @@ import numpy as np
 from ..dtypes import accumulator_dtype
 from ..geometry import ConvProblem
 from . import _parallel, _window, _winograd, _winograd_s2
-from ._window import box_shape, boxes, tap_range
+from ._window import axis_taps, box_shape, boxes, tap_range
 
 
 # Below this many channels per group, column blocks are stored transposed (see _Gather.transposed).
@@ -306,17 +306,11 @@ def _taps(p: ConvProblem):
     return list(itertools.product(range(p.T), range(p.R), range(p.S)))
 
 
-def _active_taps(p: ConvProblem) -> list[np.ndarray]:
-    """Per spatial axis, the filter taps k that meet the input for some output: o*stride + k*dilation -
-    pad_before in [0, input size) for an o in [0, output size). The other taps' filter gradient is a sum over
-    nothing (zero); a filter much larger than its padded input has few active taps."""
-    active = []
-    for n, o, k, s, d, pb in zip((p.D, p.H, p.W), (p.Z, p.P, p.Q), (p.T, p.R, p.S), p.stride, p.dilation,
-                                 p.pad_before):
-        off = np.arange(k, dtype=np.int64) * d - pb      # input index read by output 0 (< 2^62: int64 is exact)
-        first = np.maximum(0, -(off // s))               # first output whose input index is >= 0
-        active.append(np.flatnonzero((first < o) & (first * s + off < n)))
-    return active
+def _active_taps(p: ConvProblem) -> list[tuple[int, ...]]:
+    """Per spatial axis, the filter taps that meet the input for some output (_window.axis_taps). The other
+    taps' filter gradient is a sum over nothing (zero); a filter much larger than its padded input has few."""
+    return [axis_taps(n, k, s, d, pb, o) for n, k, s, d, pb, o in
+            zip((p.D, p.H, p.W), (p.T, p.R, p.S), p.stride, p.dilation, p.pad_before, (p.Z, p.P, p.Q))]
 
 
 def _zero_inactive_taps(dw: np.ndarray, p: ConvProblem) -> np.ndarray:
@@ -537,7 +531,7 @@ def conv_wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem) -> np.ndarray:
     acc = accumulator_dtype(x.dtype)
     G, cg, kg = p.groups, p.group_c, p.group_k
     active = _active_taps(p)
-    taps = list(itertools.product(*(a.tolist() for a in active)))
+    taps = list(itertools.product(*active))
     dw = np.zeros((G, len(taps) * cg, kg), acc)
     if x.size and dy.size and dw.size:
         offsets = [tuple(k * d - b for k, d, b in zip(tap, p.dilation, p.pad_before)) for tap in taps]

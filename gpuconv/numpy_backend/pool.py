@@ -35,7 +35,7 @@ import numpy as np
 from ..dtypes import accumulator_dtype
 from ..geometry import PoolProblem
 from . import _parallel, _window
-from ._window import box_shape, boxes, tap_range
+from ._window import axis_taps, box_shape, boxes, tap_range
 
 # Values per argmax_scatter chunk: small enough that integer sums in float64 stay exact (< 2^52 for
 # |v| < 2^31) and the float64 chunk accumulator stays within the scratch budget.
@@ -60,27 +60,6 @@ def _pool_boxes(p: PoolProblem, unit: int):
     return boxes(p.y_shape[:4], unit, min(_window.SCRATCH_BYTES, _window.POOL_BOX_BYTES))
 
 
-@functools.lru_cache(maxsize=256)
-def _axis_taps(n: int, k: int, s: int, pb: int, o: int) -> list:
-    """Window taps t in [0, k) along one axis that some output o' in [0, o) reads in bounds: o'*s + t - pb in
-    [0, n). A union of o intervals of length n, so at most min(k, o*n, (o-1)*s + n) taps: a huge window on a
-    small input costs the input and output extents, not the window's."""
-    out: list = []
-    last = -1
-    for q in range(o):
-        lo, hi = max(0, pb - q * s), min(k, pb - q * s + n)   # decreasing in q: walk o from the top
-        if hi <= lo:
-            continue
-        out.append((lo, hi))
-    taps: list = []
-    for lo, hi in sorted(out):
-        lo = max(lo, last + 1)
-        if hi > lo:
-            taps.extend(range(lo, hi))
-            last = hi - 1
-    return tuple(taps)
-
-
 @functools.lru_cache(maxsize=64)
 def _taps(p: PoolProblem) -> tuple:
     """The window taps (t, r, s) that touch x for some output, in row-major order (the scan order). The others
@@ -90,7 +69,7 @@ def _taps(p: PoolProblem) -> tuple:
 
 
 def _tap_axes(p: PoolProblem) -> list:
-    return [_axis_taps(n, k, s, pb, o) for n, k, s, pb, o in
+    return [axis_taps(n, k, s, 1, pb, o) for n, k, s, pb, o in
             zip((p.D, p.H, p.W), p.window, p.stride, p.pad_before, (p.Z, p.P, p.Q))]
 
 
