@@ -118,7 +118,7 @@ def test_dgrad_forced_config():
         assert DG.config_for(SMALL, F32) == DG.DgradConfig("tiled", "128x128", "long long")
     with DG.forced_config(variant="tiled", tile="128x128"), pytest.raises(ValueError, match="not instantiated"):
         DG.config_for(SMALL, F64)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="splits"):
         with DG.forced_config(splits=2):
             pass
     assert DG.config_for(SMALL, F32) == DG.choose_dgrad_config(SMALL, F32)   # override gone

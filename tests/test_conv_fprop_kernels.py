@@ -137,6 +137,8 @@ def test_fprop_float16_tensorop_refuses_scalar_channels(kernel_backend):
 def test_fprop_float16_tensorop_several_block_tiles(kernel_backend):
     # gemm_m = 2*12*12 = 288 -> three 128-row tiles; gemm_n = 132 -> two 128-column tiles; gemm_k = 36.
     x, w = inputs((2, 12, 12, 4), (3, 3, 4, 132), F16, seed=43)
+    p = conv_problem((2, 1, 12, 12, 4), (1, 3, 3, 4, 132), (1, 1, 1), (1, 1, 1), "SAME")
+    assert F.choose_fprop_config(p, F16).variant == "tensorop"
     y = run(kernel_backend, gpuconv.conv2d, x, w, strides=1, padding="SAME")   # the chooser picks tensorop
     check_close(y, x, w, gpuconv.conv2d, F16, strides=1, padding="SAME")
 
@@ -166,6 +168,8 @@ def test_fprop_chooser_default_path(kernel_backend):
 
 
 def test_fprop_depthwise_default_is_analytic(kernel_backend):
+    p = conv_problem((2, 1, 5, 5, 6), (1, 3, 3, 1, 6), (1, 2, 2), (1, 1, 1), "SAME")
+    assert F.choose_fprop_config(p, F32).variant == "analytic"
     x, w = inputs((2, 5, 5, 6), (3, 3, 1, 6), F32, seed=19)
     y = run(kernel_backend, gpuconv.conv2d, x, w, strides=2, padding="SAME")
     check_close(y, x, w, gpuconv.conv2d, F32, strides=2, padding="SAME")

@@ -389,7 +389,7 @@ def test_order_from_environment(monkeypatch):
     with pytest.raises(ValueError, match="GPUCONV_EMULATOR_ORDER: emulator order must be one of"):
         EmulatorExecutor()
     assert parse_order("Reverse") == ("reverse", None)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="emulator order must be one of .*got 'forward:3'"):
         parse_order("forward:3")
 
 

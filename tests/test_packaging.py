@@ -11,6 +11,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,7 +117,11 @@ def test_installed_wheel_imports_without_cuda_and_finds_its_kernels(wheel, tmp_p
     assert got["cuda_imports"] == []           # not even tried: import gpuconv and NumPy ops leave CUDA alone
     # The NumPy backend ran: the 2x2 maxima of an increasing ramp are each window's last cell.
     assert got["y"][0][0][0] == [15.0, 16.0, 17.0] and got["argmax"][0][0][0] == [15, 16, 17]
-    assert got["z_sum"] > 0
+    # 3x3 ones filter, SAME, 2 output channels: each input cell is summed once per output window that covers it
+    # (2 windows along an edge row/column of 4, 3 inside), twice over (K = 2).
+    x = np.arange(2 * 4 * 4 * 3, dtype=np.float64).reshape(2, 4, 4, 3)
+    cover = np.array([2, 3, 3, 2])
+    assert got["z_sum"] == 2 * float((x.sum(axis=(0, 3)) * np.outer(cover, cover)).sum())
 
 
 def test_cuda_extras_bring_the_c_runtime_headers(wheel):

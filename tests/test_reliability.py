@@ -212,6 +212,7 @@ def test_ops_on_several_cupy_streams_at_once():
     for t in threads:
         t.join(timeout=600)
     assert not errors, errors
+    assert len(results) == len(cases)
     for i, got in results.items():
         for e, g in zip(expected[i], got):
             np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import gpuconv
+import loop_reference as R
 from gpuconv import geometry
 
 # ---------------------------------------------------------------------------------------------------------
@@ -201,9 +202,13 @@ def test_seed003_conv3d_pool3d_transpose_values():
     assert pool.shape == (10, 1, 4, 4, c)
     # window (0,1,1) covers rows 2-3, cols 2-3: all interior -> 72; the last window (rows 6, cols 6) is a corner
     assert pool[0, 0, 1, 1, 0] == 72 and pool[0, 0, 3, 3, 0] == 2 * 4 * c
-    y3 = gpuconv.conv3d_transpose(pool, np.ones((3, 3, 3, c, c), np.float32), output_shape=[10, 2, 7, 7, c],
-                                  strides=[1, 2, 2, 2, 1], padding="SAME")
+    k2 = np.ones((3, 3, 3, c, c), np.float32)
+    y3 = gpuconv.conv3d_transpose(pool, k2, output_shape=[10, 2, 7, 7, c], strides=[1, 2, 2, 2, 1], padding="SAME")
     assert y3.shape == (10, 2, 7, 7, c)
+    # the seed prints only the shape; the values against the loop reference's independent scatter form (every
+    # batch item is the same, so one is enough)
+    want = R.conv_transpose(pool[:1], k2, (1, 2, 7, 7, c), 2, "SAME")
+    np.testing.assert_array_equal(y3, np.broadcast_to(want, y3.shape))
 
 
 # ---------------------------------------------------------------------------------------------------------
