@@ -90,8 +90,9 @@ def window_param(value: Any, arg: str, nspatial: int, is_channels_last: bool, de
         if default is None:
             fail_type(arg, "an int or a sequence of ints", None)
         return (default,) * nspatial
-    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
-        values: tuple[int, ...] = (int(value),) * nspatial
+    if isinstance(value, (int, float, np.generic)) or getattr(value, "shape", None) == ():
+        # A scalar: an exact integer (a 0-d integer array too); a float or bool is a TypeError showing it.
+        values: tuple[int, ...] = (as_int(value, arg),) * nspatial
     else:
         seq = int_sequence(value, arg)
         rank = nspatial + 2
@@ -133,6 +134,8 @@ def padding_param(padding: Any, nspatial: int, is_channels_last: bool, arg: str 
         fail_type(arg, "'SAME', 'VALID' or a sequence of (before, after) pairs", _short(padding))
     pairs = []
     for item in padding:
+        if hasattr(item, "tolist") and hasattr(item, "shape"):
+            item = item.tolist()                        # a pair given as a 1-D array
         if isinstance(item, (str, bytes)) or not isinstance(item, (list, tuple)) or len(item) != 2:
             fail(arg, "each element of explicit padding to be a (before, after) pair", _short(padding))
         pairs.append((as_int(item[0], arg), as_int(item[1], arg)))
@@ -213,8 +216,14 @@ def tensor(a: Any, arg: str, ndim: int, allowed: Sequence[np.dtype], layout: str
     """Check a tensor's rank and dtype (its array type was checked by backend.resolve)."""
     if a.ndim != ndim:
         fail(arg, f"a {ndim}-D tensor ({layout})", f"shape {tuple(a.shape)}")
-    if np.dtype(a.dtype) not in allowed:
+    dt = np.dtype(a.dtype)
+    if dt not in allowed:
         names = ", ".join(np.dtype(d).name for d in allowed)
+        if not dt.isnative and dt.newbyteorder("=") in allowed:
+            # '>f4' is float32 to a NumPy user, but the kernels read native words: refused with the remedy.
+            fail_type(arg, f"dtype in ({names}) in native byte order "
+                           "(a.astype(a.dtype.newbyteorder('=')) converts)",
+                      f"dtype {dt.str} ({dt.name}, non-native byte order)")
         fail_type(arg, f"dtype in ({names})", f"dtype {a.dtype}")
 
 

@@ -22,6 +22,7 @@ from gpuconv import _args as A
     ([1, 2, 3, 1], True, (2, 3)),             # NHWC order
     ([1, 1, 2, 3], False, (2, 3)),            # NCHW order
     (np.array([1, 2, 3, 1]), True, (2, 3)),
+    (np.array(2), True, (2, 2)),              # a 0-d integer array is an int
 ])
 def test_window_param_forms_2d(value, cl, expected):
     assert A.window_param(value, "strides", 2, cl) == expected
@@ -57,10 +58,14 @@ def test_window_param_default():
     ([1.5, 2], True, TypeError),
     ("2", True, TypeError),
     (np.array([1.0, 2.0]), True, TypeError),
+    (np.float32(2), True, TypeError),         # NumPy scalars: the value shown, not "an array of shape ()"
+    (np.bool_(True), True, TypeError),
+    (np.array(2.0), True, TypeError),
 ])
 def test_window_param_errors_name_the_argument(value, cl, exc):
-    with pytest.raises(exc, match="^dilations: "):
+    with pytest.raises(exc, match="^dilations: ") as e:
         A.window_param(value, "dilations", 2, cl)
+    assert "shape ()" not in str(e.value)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -78,6 +83,7 @@ def test_padding_strings():
     ([[0, 0], [0, 0], [1, 2], [3, 4]], False, ((1, 2), (3, 4))),
     ([(1, 2), (3, 4)], True, ((1, 2), (3, 4))),
     (np.array([[0, 0], [1, 2], [3, 4], [0, 0]]), True, ((1, 2), (3, 4))),
+    ([np.array([1, 2]), np.array([3, 4])], True, ((1, 2), (3, 4))),     # pairs as 1-D arrays
 ])
 def test_padding_explicit_forms(padding, cl, expected):
     assert A.padding_param(padding, 2, cl) == expected
@@ -182,6 +188,8 @@ def test_api_padding_forms_agree():
     (lambda x, w: gpuconv.max_unpool(x, np.zeros(x.shape, np.float32), (1, 5, 5, 2)), "argmax"),
     (lambda x, w: gpuconv.max_unpool(x, np.zeros(x.shape, np.int64), (2, 5, 5, 2)), "output_shape"),
     (lambda x, w: gpuconv.avg_unpool(x, 2, 2, "SAME", (1, 5, 5, 2)), "updates"),
+    (lambda x, w: gpuconv.conv2d(x, w.astype(">f4"), 1, "SAME"), "filters"),
+    (lambda x, w: gpuconv.max_unpool(x, np.zeros(x.shape, ">i8"), (1, 5, 5, 2)), "argmax"),
 ])
 def test_api_errors_name_the_argument(call, arg):
     x, w = _x((1, 5, 5, 2)), _x((3, 3, 2, 2))
@@ -189,6 +197,18 @@ def test_api_errors_name_the_argument(call, arg):
         call(x, w)
     named = str(e.value).split(":")[0]          # "arg: expected ..., got ..." (may name two arguments: "a / b")
     assert arg in named, str(e.value)
+
+
+def test_non_native_byte_order_is_refused_with_the_conversion():
+    """'>f4' is float32 to a NumPy user, but the kernels read native words: a TypeError saying how to convert."""
+    x = _x((1, 4, 4, 2)).astype(">f4")
+    with pytest.raises(TypeError, match=r"^input: expected .* in native byte order \(a\.astype\(a\.dtype\."
+                                        r"newbyteorder\('='\)\) converts\), got dtype >f4 \(float32, non-native"):
+        gpuconv.max_pool2d(x, 2, 2, "VALID")
+    native = x.astype(x.dtype.newbyteorder("="))
+    assert native.dtype == np.float32
+    np.testing.assert_array_equal(gpuconv.max_pool2d(native, 2, 2, "VALID"),
+                                  np.asarray(x, np.float32).reshape(1, 2, 2, 2, 2, 2).max(axis=(2, 4)))
 
 
 def test_transposed_error_prints_legal_range():

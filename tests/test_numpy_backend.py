@@ -7,6 +7,7 @@ ties and NaN, duplicate-index scatters, include_batch, empty problems, and a bou
 from __future__ import annotations
 
 import itertools
+import threading
 import tracemalloc
 
 import numpy as np
@@ -245,7 +246,8 @@ def test_conv_empty(xs, ws, os):
     x, w = np.ones(xs, np.float32), np.ones(ws, np.float32)
     assert gc.conv2d(x, w, 1, "SAME").shape == os
     dy = np.ones(os, np.float32)
-    assert gc.conv2d_backprop_input(xs, w, dy, 1, "SAME").shape == xs
+    dx = gc.conv2d_backprop_input(xs, w, dy, 1, "SAME")
+    assert dx.shape == xs and not dx.any()          # K = 0: x has cells, each gradient a sum over nothing
     dw = gc.conv2d_backprop_filter(x, ws, dy, 1, "SAME")
     assert dw.shape == ws and not dw.any()
 
@@ -506,6 +508,42 @@ def threads():
     """Set the NumPy backend's worker count for one test: threads(n)."""
     yield _parallel.set_num_threads
     _parallel.set_num_threads(None)
+
+
+def test_set_num_threads_during_a_call(monkeypatch, threads):
+    """set_num_threads from another thread while a call hands its chunks to the pool: the call finishes on the
+    pool it started with, right (it got "cannot schedule new futures after shutdown", and pool threads already
+    given a filter-gradient chunk waited forever, so the interpreter hung at exit). The other thread's call runs
+    once the chunks are handed over (it waits for the pool lock, here for up to 0.2 s per submit)."""
+    from concurrent.futures import ThreadPoolExecutor
+    threads(4)
+    monkeypatch.setattr(_parallel, "gemm_chunks", lambda: True)          # wgrad's chunks go to the pool,
+    monkeypatch.setattr(_window, "SCRATCH_BYTES", 2**16)                 # several of them
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((8, 24, 24, 16)).astype(np.float32)
+    dy = rng.standard_normal((8, 24, 24, 16)).astype(np.float32)
+    with gc.use_backend("numpy"):
+        threads(1)
+        want = gc.conv2d_backprop_filter(x, (3, 3, 16, 16), dy, 1, "SAME")
+        threads(4)
+        real_submit = ThreadPoolExecutor.submit
+        togglers = []
+
+        def submit(self, *args, **kwargs):
+            future = real_submit(self, *args, **kwargs)
+            t = threading.Thread(target=_parallel.set_num_threads, args=(4,))
+            t.start()
+            t.join(0.2)
+            togglers.append(t)
+            return future
+        monkeypatch.setattr(ThreadPoolExecutor, "submit", submit)
+        got = gc.conv2d_backprop_filter(x, (3, 3, 16, 16), dy, 1, "SAME")
+        monkeypatch.setattr(ThreadPoolExecutor, "submit", real_submit)
+    for t in togglers:
+        t.join(10)
+        assert not t.is_alive()
+    assert len(togglers) == 3                                            # 3 pool threads for 4 workers
+    np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -90,14 +90,17 @@ def workers() -> int:
     return 1 if getattr(_local, "inside", False) else num_threads()
 
 
-def _get_pool(n: int) -> ThreadPoolExecutor:
+def _submit(task: Callable, copies: int) -> list:
+    """Futures of `copies` runs of task on the pool (made on first use with num_threads() - 1 threads: the
+    caller is the last worker). Under the lock set_num_threads swaps the pool under, so no task lands on a pool
+    it has shut down (that was a RuntimeError, and helpers already submitted for the call waited forever)."""
     global _pool
     with _lock:
         if _pool is None:
-            # n - 1 pool threads: the caller is the n-th worker.
-            _pool = ThreadPoolExecutor(max_workers=max(1, n - 1), thread_name_prefix="gpuconv-numpy",
+            size = _size if _size is not None else _configured()
+            _pool = ThreadPoolExecutor(max_workers=max(1, size - 1), thread_name_prefix="gpuconv-numpy",
                                        initializer=_mark_worker)
-        return _pool
+        return [_pool.submit(task) for _ in range(copies)]
 
 
 def map_chunks(fn: Callable, items: Iterable, parallel: bool = True) -> None:
@@ -224,7 +227,6 @@ def map_ordered(fn: Callable, items: Iterable, combine: Callable | None) -> None
             if combine is not None:
                 combine(r)
         return
-    pool = _get_pool(num_threads())
     count = len(items)
     results = [None] * count
     errors = [None] * count
@@ -266,8 +268,9 @@ def map_ordered(fn: Callable, items: Iterable, combine: Callable | None) -> None
         with np.errstate(call=call, **err):
             drain()
 
-    futures = [pool.submit(caller.copy().run, pool_drain) for _ in range(n - 1)]
+    futures: list = []
     try:
+        futures = _submit(lambda: caller.copy().run(pool_drain), n - 1)
         if combine is None:
             drain()
         else:
