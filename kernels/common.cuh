@@ -57,6 +57,17 @@ template <typename I> __device__ __forceinline__ I grid_first() {
     return static_cast<I>(blockIdx.x) * static_cast<I>(blockDim.x) + static_cast<I>(threadIdx.x);
 }
 
+// i = this thread's element of a one-thread-per-element launch, false past `total`. The global thread id is
+// formed and compared in 64 bits before it is narrowed to I: in 32 bits blockIdx.x * blockDim.x + threadIdx.x
+// is unsigned and passes INT_MAX on the last block of a grid for total in [2^31 - 255, 2^31 - 1], where a
+// narrowing to int turns it negative and it passes an `i >= total` test.
+template <typename I> __device__ __forceinline__ bool element_of_thread(I total, I& i) {
+    const unsigned long long id = static_cast<unsigned long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (id >= static_cast<unsigned long long>(total)) return false;
+    i = static_cast<I>(id);
+    return true;
+}
+
 // Next index of a grid-stride loop, or `total` when the step would pass it. Never overflows I, so a 32-bit
 // loop is safe for any total < 2^31 (i + stride could exceed INT_MAX near the end of a large tensor).
 template <typename I> __device__ __forceinline__ I grid_step(I i, I total) {

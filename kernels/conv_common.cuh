@@ -131,7 +131,9 @@ constexpr int kInvalidCoord = -(1 << 29);
 // Multiply-accumulate
 // =========================================================================================================
 
-// acc + a * b rounded once (fused), identically on the GPU and in the emulator.
+// acc + a * b rounded once (fused), in the GPU and in the emulator. For float the GPU also flushes subnormal
+// operands and results to zero (CuPy compiles with -ftz=true: fma.rn.ftz.f32), the emulator does not, so the
+// two agree bit for bit except where a subnormal float appears (README "GPU calls").
 __device__ __forceinline__ float mac(float a, float b, float acc) { return fmaf(a, b, acc); }
 __device__ __forceinline__ double mac(double a, double b, double acc) { return fma(a, b, acc); }
 
@@ -343,11 +345,12 @@ __device__ __forceinline__ bool is_finite_value(double v) {
 __device__ __forceinline__ bool is_finite_value(__half v) { return (__half_as_ushort(v) & 0x7c00u) != 0x7c00u; }
 
 // *flag = 1 when some a[i], i < n, is inf or NaN; *flag is left alone otherwise (the plan zeroes it first).
-// Grid-stride; every writer stores the same value 1, so concurrent stores need no atomics.
+// Grid-stride (grid_step: i + stride wrapped past INT_MAX for int n within a stride of 2^31); every writer
+// stores the same value 1, so concurrent stores need no atomics.
 template <typename Element, typename Index>
 __global__ void __launch_bounds__(256, 4)
     conv_nonfinite_flag(const Element* __restrict__ a, Index n, int* __restrict__ flag) {
-    for (Index i = Index(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += Index(gridDim.x) * blockDim.x) {
+    for (Index i = grid_first<Index>(); i < n; i = grid_step(i, n)) {
         if (!is_finite_value(__ldg(a + i))) {
             *flag = 1;
             return;
@@ -364,8 +367,13 @@ __global__ void __launch_bounds__(256, 4)
 // operands), for the CPU emulator only: every lane holds the whole 16x16 tile, which is the API's contract
 // seen from outside (the lane distribution of a fragment is unspecified, so kernels may only touch fragments
 // through these calls). The documented preconditions are checked: 256-bit aligned pointers, ldm a multiple
-// of 16 bytes. Products are exact in float and summed in k order, so results can differ from tensor cores in
-// the last bits of the float accumulator (tests use tolerances). On the GPU, <mma.h> is the real thing.
+// of 16 bytes. The calls are warp-collective, as on the GPU: each starts with a __syncwarp (every lane of the
+// warp must reach it), and store_matrix_sync writes only the calling lane's share of the tile (lane l:
+// elements [8l, 8l + 8) in row-major order), as a distributed fragment does, so a kernel that reads the
+// stored tile without a __syncwarp after the store reads other lanes' cells before they are written (poison
+// or stale values under some thread order). Products are exact in float and summed in k order, so results can
+// differ from tensor cores in the last bits of the float accumulator (tests use tolerances). On the GPU,
+// <mma.h> is the real thing.
 #if defined(GPUCONV_EMULATOR) && !defined(GPUCONV_EMU_HAS_WMMA)
 namespace nvcuda {
 namespace wmma {
@@ -393,6 +401,7 @@ template <typename Use, int M, int N, int K, typename T, typename L>
 inline void load_matrix_sync(fragment<Use, M, N, K, T, L>& f, const T* p, unsigned ldm) {
     typedef fragment<Use, M, N, K, T, L> F;
     check_operand(p, ldm * sizeof(T), "wmma::load_matrix_sync");
+    __syncwarp();
     for (int r = 0; r < F::kRows; ++r)
         for (int c = 0; c < F::kCols; ++c) f.x[r * F::kCols + c] = p[r * ldm + c];
 }
@@ -405,6 +414,7 @@ inline void fill_fragment(fragment<accumulator, M, N, K, T>& f, T v) {
 template <int M, int N, int K, typename T, typename LA, typename LB>
 inline void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, T, LA>& a,
                      const fragment<matrix_b, M, N, K, T, LB>& b, const fragment<accumulator, M, N, K, float>& c) {
+    __syncwarp();
     float out[M * N];
     for (int i = 0; i < M; ++i)
         for (int j = 0; j < N; ++j) {
@@ -418,9 +428,13 @@ inline void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<ma
 template <int M, int N, int K>
 inline void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f, unsigned ldm, layout_t layout) {
     check_operand(p, ldm * sizeof(float), "wmma::store_matrix_sync");
-    for (int r = 0; r < M; ++r)
-        for (int c = 0; c < N; ++c)
-            (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[r * N + c];
+    __syncwarp();
+    constexpr int kShare = M * N / 32;
+    const int lane = int((threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)) % 32);
+    for (int e = lane * kShare; e < (lane + 1) * kShare; ++e) {
+        const int r = e / N, c = e % N;
+        (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[r * N + c];
+    }
 }
 }  // namespace wmma
 }  // namespace nvcuda

@@ -138,8 +138,8 @@ __device__ __forceinline__ void dgrad_analytic(const Element* __restrict__ dy, c
                                                Element* __restrict__ dx, const ConvProblemSize<Idx>& pr) {
     GPUCONV_CONV_PROBLEM_LOCALS(pr);
     const Idx total = (Idx)N * D * H * W * C;
-    const Idx i = (Idx)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= total) return;
+    Idx i;
+    if (!element_of_thread(total, i)) return;
     // Two divisions in Idx (before anything is live), the rest in int: D*H*W < 2^31 (plans check it).
     const Idx pixel = i / C;
     const int c = (int)(i - pixel * C);

@@ -76,9 +76,12 @@ __global__ void __launch_bounds__(256, 4) conv_fprop_analytic(const Element* __r
     const ConvProblemSize<Index> prob(GPUCONV_CONV_PROBLEM_ARGS);
 
     // ---- setup: output coordinates and window origin ---------------------------------------------------
-    const int row = int(blockIdx.z * gridDim.y + blockIdx.y);
-    const int j = int(blockIdx.x * blockDim.x + threadIdx.x);
-    if (row >= prob.N * prob.Z * prob.P || j >= prob.Q * prob.K) return;
+    // Compared unsigned, then narrowed: the grid's last rows and elements can pass INT_MAX (row < 65535^2,
+    // j < Q*K + 256), where an int would wrap negative and pass the bounds test. N*Z*P and Q*K fit in int.
+    const unsigned row_u = blockIdx.z * gridDim.y + blockIdx.y;
+    const unsigned j_u = blockIdx.x * blockDim.x + threadIdx.x;
+    if (row_u >= unsigned(prob.N * prob.Z * prob.P) || j_u >= unsigned(prob.Q * prob.K)) return;
+    const int row = int(row_u), j = int(j_u);
     const int k = j % prob.K, q = j / prob.K;
     const int pp = row % prob.P, z = (row / prob.P) % prob.Z, n = row / (prob.P * prob.Z);
     WindowOrigin o;

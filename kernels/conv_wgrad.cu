@@ -82,8 +82,8 @@ __device__ __forceinline__ void wgrad_analytic(const Element* __restrict__ x, co
                                                Element* __restrict__ dw, const ConvProblemSize<Idx>& pr) {
     GPUCONV_CONV_PROBLEM_LOCALS(pr);
     const Idx total = (Idx)T * R * S * Cg * K;
-    const Idx i = (Idx)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= total) return;
+    Idx i;
+    if (!element_of_thread(total, i)) return;
     // One division in Idx, the rest in int (T*R*S*Cg < 2^31: plans check it).
     const Idx row = i / K;
     const int k = (int)(i - row * K);
@@ -275,7 +275,7 @@ __global__ void __launch_bounds__(256, 8)
 conv_wgrad_reduce(const typename Accum<Element>::type* __restrict__ ws, Element* __restrict__ dw, Idx size,
                   int splits) {
     typedef typename Accum<Element>::type Acc;
-    for (Idx i = (Idx)blockIdx.x * blockDim.x + threadIdx.x; i < size; i += (Idx)gridDim.x * blockDim.x) {
+    for (Idx i = grid_first<Idx>(); i < size; i = grid_step(i, size)) {
         Acc sum = Acc(0);
         for (int s = 0; s < splits; ++s) sum += ws[(Idx)s * size + i];
         dw[i] = from_accum<Element>(sum);

@@ -215,3 +215,36 @@ def test_max_pool_grad_with_argmax_scatters_past_2_31(launches):
     flat = dx.reshape(-1)
     assert dx.shape == x.shape and (flat[0], flat[G + 2], flat[1], flat[G + 1]) == (10, 20, 0, 0)
     assert_64bit(launches)
+
+
+def test_nonfinite_flag_scan_of_the_largest_32bit_operand():
+    """conv_nonfinite_flag with an int index over 2^31 - 1 values (the largest operand a 32-bit plan scans): the
+    grid-stride loop must stop at the end. It stepped i += stride in int, which wrapped negative for the last
+    stride of the tensor and read gigabytes before it (a segfault in the emulator, an illegal address or a
+    spurious flag on the GPU). A subprocess, so that a crash is a failure; the NaN in the last cell must be
+    found, the last cell before the wrap."""
+    import subprocess
+    import sys
+    import textwrap
+    script = textwrap.dedent("""
+        import numpy as np
+        from gpuconv.executors.emulator import EmulatorExecutor
+        from gpuconv.plans.conv_common import nonfinite_flag_plan
+        n = 2**31 - 1
+        try:
+            a = np.zeros(n, np.float16)          # mapped lazily: read-only zero pages, no resident copy
+        except MemoryError as exc:
+            print("SKIP", exc)
+            raise SystemExit(0)
+        a[-1] = np.nan
+        flag = np.zeros(1, np.int32)
+        plan = nonfinite_flag_plan("conv_fprop", a, n, "int", flag)
+        assert plan.grid[0] * plan.block[0] > 1 and "int>" in plan.name_expression, plan
+        EmulatorExecutor().launch(plan)
+        print("FLAG", int(flag[0]))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    if out.stdout.startswith("SKIP"):
+        pytest.skip(out.stdout.strip())
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    assert out.stdout.split() == ["FLAG", "1"], out.stdout

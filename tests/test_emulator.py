@@ -29,7 +29,8 @@ BUGS = KernelFamily("emu_bugs", "planted_bugs.cu", (
     "rotate_missing_sync", "rotate_synced", "early_exit_before_barrier", "smem_overrun", "global_overrun",
     "shuffle_after_exit"))
 BROKEN = KernelFamily("emu_broken", "broken.cu", ("broken",))
-FAMILIES = (REDUCE, WARP, ELEMENTWISE, BUGS, BROKEN)
+WMMA = KernelFamily("emu_wmma", "wmma.cu", ("wmma_synced", "wmma_missing_syncwarp"))
+FAMILIES = (REDUCE, WARP, ELEMENTWISE, BUGS, BROKEN, WMMA)
 
 ORDERS = [("forward", 0), ("reverse", 0), ("shuffle", 1), ("shuffle", 2)]
 
@@ -124,6 +125,25 @@ def test_thread_order_forward_reverse_shuffle():
     np.testing.assert_array_equal(b1, b1_again)                                # seeded: reproducible
     np.testing.assert_array_equal(a1, a1_again)
     assert not np.array_equal(b1, tickets(make_executor("shuffle", 2), n)[0])
+
+
+def test_wmma_model_is_warp_collective():
+    """The emulator's nvcuda::wmma (kernels/conv_common.cuh): a 16x16x16 half product is a @ b in float, and a
+    kernel that reads a stored accumulator tile without __syncwarp reads other lanes' unwritten cells (each
+    lane stores only its own share, as a distributed fragment does) under every order: the bug the conv
+    tensorop kernel's __syncwarp calls guard against, which a model giving every lane the whole tile hid."""
+    rng = np.random.default_rng(4)
+    a = rng.integers(-4, 5, (16, 16)).astype(np.float16)        # small integers: every sum exact in float
+    b = rng.integers(-4, 5, (16, 16)).astype(np.float16)
+    want = a.astype(np.float32) @ b.astype(np.float32)
+    for order, seed in ORDERS:
+        ex = make_executor(order, seed)
+        y = np.zeros((16, 16), np.float32)
+        launch(ex, WMMA, "wmma_synced", (1, 1, 1), (32, 1, 1), 0, a, b, y)
+        np.testing.assert_array_equal(y, want)
+        y = np.zeros((16, 16), np.float32)
+        launch(ex, WMMA, "wmma_missing_syncwarp", (1, 1, 1), (32, 1, 1), 0, a, b, y)
+        assert not np.array_equal(y, want), order
 
 
 def test_missing_syncthreads_is_exposed_by_some_order():
