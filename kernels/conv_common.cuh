@@ -131,7 +131,7 @@ constexpr int kInvalidCoord = -(1 << 29);
 // Multiply-accumulate
 // =========================================================================================================
 
-// acc + a * b rounded once (fused), in the GPU and in the emulator. For float the GPU also flushes subnormal
+// acc + a * b rounded once (fused), on the GPU and in the emulator. For float the GPU also flushes subnormal
 // operands and results to zero (CuPy compiles with -ftz=true: fma.rn.ftz.f32), the emulator does not, so the
 // two agree bit for bit except where a subnormal float appears (README "GPU calls").
 __device__ __forceinline__ float mac(float a, float b, float acc) { return fmaf(a, b, acc); }

@@ -60,14 +60,21 @@ def _configured() -> int:
     return min(MAX_THREADS, max(1, os.cpu_count() or 1))
 
 
-def num_threads() -> int:
-    """Workers of the pool (GPUCONV_NUM_THREADS, else os.cpu_count(); read once, at first use)."""
+def _size_locked() -> int:
+    """num_threads() for a caller holding _lock."""
     global _size
     if _size is None:
-        with _lock:
-            if _size is None:
-                _size = _configured()
+        _size = _configured()
     return _size
+
+
+def num_threads() -> int:
+    """Workers of the pool (GPUCONV_NUM_THREADS, else os.cpu_count(); read once, at first use)."""
+    size = _size
+    if size is None:
+        with _lock:
+            size = _size_locked()       # the value read under the lock: set_num_threads(None) may reset _size
+    return size
 
 
 def set_num_threads(n: int | None) -> None:
@@ -97,8 +104,7 @@ def _submit(task: Callable, copies: int) -> list:
     global _pool
     with _lock:
         if _pool is None:
-            size = _size if _size is not None else _configured()
-            _pool = ThreadPoolExecutor(max_workers=max(1, size - 1), thread_name_prefix="gpuconv-numpy",
+            _pool = ThreadPoolExecutor(max_workers=max(1, _size_locked() - 1), thread_name_prefix="gpuconv-numpy",
                                        initializer=_mark_worker)
         return [_pool.submit(task) for _ in range(copies)]
 
