@@ -9,24 +9,44 @@ from typing import Any
 
 
 def gpu_report() -> dict[str, Any]:
-    """{'available': bool, 'reason' or 'driver' and 'devices': [...]} without initialising CUDA."""
+    """{'available': bool, 'reason' or 'driver' and 'devices': [...]} without initialising CUDA.
+
+    Never raises: NVML refusing the device count gives a reason, refusing one device's handle (a GPU fallen off
+    the bus, one a container may not query: NVML_ERROR_NO_PERMISSION, GPU_IS_LOST, UNKNOWN) gives that device's
+    record an 'error' and keeps the others. `python -m gpuconv info` and the benchmark (which reads this before
+    and after its measurements) must not die on it."""
     try:
         import pynvml
     except ImportError:
         return {"available": False, "reason": "nvidia-ml-py is not installed (pip install nvidia-ml-py)"}
+    except Exception as exc:  # a broken install must not break info() or a benchmark run
+        return {"available": False, "reason": f"pynvml failed to import: {type(exc).__name__}: {exc}"}
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError as exc:
         return {"available": False, "reason": f"NVML could not start: {exc} (no NVIDIA driver on this machine?)"}
     try:
-        devices = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            devices.append({"index": i, **_device(pynvml, h)})
+        try:
+            count = pynvml.nvmlDeviceGetCount()
+        except pynvml.NVMLError as exc:
+            return {"available": False, "reason": f"NVML could not count the GPUs: {exc}"}
+        devices = [_device_record(pynvml, i) for i in range(count)]
         driver = _query(pynvml, pynvml.nvmlSystemGetDriverVersion)
-        return {"available": bool(devices), "driver": driver, "devices": devices}
+        return {"available": any("error" not in d for d in devices), "driver": driver, "devices": devices}
     finally:
-        pynvml.nvmlShutdown()
+        try:
+            pynvml.nvmlShutdown()
+        except pynvml.NVMLError:
+            pass
+
+
+def _device_record(pynvml, index: int) -> dict[str, Any]:
+    """NVML's record of GPU `index`, or {'index', 'name': None, 'error'} when NVML refuses its handle."""
+    try:
+        h = pynvml.nvmlDeviceGetHandleByIndex(index)
+    except pynvml.NVMLError as exc:
+        return {"index": index, "name": None, "error": f"NVML refused this GPU: {exc}"}
+    return {"index": index, **_device(pynvml, h)}
 
 
 def _query(pynvml, fn, *args):

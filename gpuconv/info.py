@@ -13,8 +13,20 @@ def _version(dist: str) -> str | None:
         return None
 
 
+# NVRTC's pip distribution: CUDA 13 names it nvidia-cuda-nvrtc, CUDA 12 nvidia-cuda-nvrtc-cu12 (what the cuda12
+# extra installs through cuda-toolkit); the first one installed is reported.
+NVRTC_DISTRIBUTIONS = ("nvidia-cuda-nvrtc", "nvidia-cuda-nvrtc-cu12")
+
+
+def _first_version(dists) -> str | None:
+    """The version of the first of these distributions that is installed, else None."""
+    return next((v for v in map(_version, dists) if v), None)
+
+
 def info() -> dict[str, Any]:
-    """A dict: gpuconv/Python/NumPy/CuPy/NVRTC versions, backends available (or why not), GPUs via NVML."""
+    """A dict: versions (gpuconv, python, numpy, cupy, cuda-bindings, nvidia-cuda-nvrtc; None where absent), the
+    platform, the backend in force, `backends` (each available or why not), `numpy-backend` (worker and BLAS
+    threads, Winograd setting, BLAS kernel set) and `gpu` (the GPUs NVML sees, or why none)."""
     import numpy
 
     from . import __version__
@@ -22,7 +34,7 @@ def info() -> dict[str, Any]:
     from .device_report import gpu_report
 
     knobs = settings()
-    cupy = next((v for v in (_version(d) for d in ("cupy-cuda13x", "cupy-cuda12x", "cupy")) if v), None)
+    cupy = _first_version(("cupy-cuda13x", "cupy-cuda12x", "cupy"))
     return {
         "gpuconv": __version__,
         "python": platform.python_version(),
@@ -30,7 +42,7 @@ def info() -> dict[str, Any]:
         "numpy": numpy.__version__,
         "cupy": cupy,
         "cuda-bindings": _version("cuda-bindings"),
-        "nvidia-cuda-nvrtc": _version("nvidia-cuda-nvrtc"),
+        "nvidia-cuda-nvrtc": _first_version(NVRTC_DISTRIBUTIONS),
         "backend": knobs["backend"],
         "backends": available_backends(),
         "numpy-backend": knobs["numpy-backend"],

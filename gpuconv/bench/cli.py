@@ -8,16 +8,25 @@ warm-up; peers PyTorch and TensorFlow on the CPU. Progress goes to stderr, the r
 On a GPU the device's copy bandwidth is measured once per run (a device-to-device copy >= 4x L2, the same
 timing loop) and every pooling row gets its % of it next to GB/s and % of the datasheet peak; the report states
 the pooling target (>= 80% of it on tensors >= 64 MiB) and which rows meet it.
+
+A full GPU run takes longer than many batch slots allow, so the JSON and Markdown reports are rewritten after
+every case ("complete": false until the end), and Ctrl-C or SIGTERM (what `timeout` sends) ends the run with a
+final report of what was measured (exit 130 / 143). Without --name the file stem is <date>_<device>, with the
+time appended when a report of that stem already exists, so that a run split over several commands keeps
+every part.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as _dt
 import math
 import shlex
+import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -186,24 +195,73 @@ def _timed_gpu(report: dict[str, Any]) -> dict[str, Any]:
 
 
 class Progress:
-    """One line per measurement on stderr: [i/n] case impl -> result (elapsed)."""
+    """One line per measurement on stderr: [i/n] case impl -> result (elapsed, estimated time left).
 
-    def __init__(self, total: int, stream=None):
-        self.total, self.done, self.stream, self.t0 = total, 0, stream, time.perf_counter()
+    The estimate is the mean time per measurement so far times the measurements left: on a long GPU run it
+    tells early whether the run fits the time slot it has (and where to split it with --layers / --ops)."""
+
+    def __init__(self, total: int, stream=None, clock=time.perf_counter):
+        self.total, self.done, self.stream, self.clock = total, 0, stream, clock
+        self.t0 = clock()
 
     def step(self, text: str) -> None:
         self.done += 1
         width = len(str(self.total))
-        print(f"[{self.done:{width}d}/{self.total}] {text}  ({time.perf_counter() - self.t0:.1f} s)",
+        elapsed = self.clock() - self.t0
+        left = elapsed / self.done * (self.total - self.done)
+        print(f"[{self.done:{width}d}/{self.total}] {text}  ({elapsed:.1f} s, ~{_duration(left)} left)",
               file=self.stream or sys.stderr, flush=True)
 
 
+def _duration(seconds: float) -> str:
+    """'42 s', '3 min 05 s' or '1 h 02 min': a short human duration."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+class Terminated(BaseException):
+    """SIGTERM during a run (what `timeout` sends). A BaseException, like KeyboardInterrupt, so that run_case's
+    per-measurement `except Exception` does not record it as one failed row and go on."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While inside, SIGTERM raises Terminated in the main thread (Python's default would end the process at
+    once, losing the report); the previous handler is restored on exit. Outside the main thread, a no-op."""
+    def handler(signum, frame):
+        raise Terminated(f"signal {signum} (SIGTERM)")
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:                        # not the main thread: signals cannot be handled here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def default_stem(out: Path, now: _dt.datetime, device_name: str) -> str:
+    """<date>_<device>, or <date>_<device>_<HHMMSS> when a report of the first stem is already in `out`
+    (a second run on the same day, e.g. a GPU run split over several commands, must not overwrite the first)."""
+    stem = f"{now:%Y-%m-%d}_{report.slug(device_name)}"
+    if any((out / f"{stem}.{ext}").exists() for ext in ("json", "md", "png")):
+        stem = f"{stem}_{now:%H%M%S}"
+    return stem
+
+
 def run_case(case: Case, impl, kind: str, mode: str, l2: int | None, peak, args,
-             copy_bw: dict[str, Any] | None = None) -> dict[str, Any]:
+             copy_bw: dict[str, Any] | None = None, inputs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Time one case on one implementation; a row for the report (status ok / unsupported / error).
 
     copy_bw: the run's measured copy bandwidth (GPU runs); ok rows then get pct_copy_bw (None for convolutions
-    and when the measurement failed). Without it (CPU runs) rows have no pct_copy_bw field."""
+    and when the measurement failed). Without it (CPU runs) rows have no pct_copy_bw field. inputs: the case's
+    host inputs when the caller made them once for every implementation (they are never modified), else made
+    here. The % of peak uses the TF32 peak only where the implementation says it ran TF32 (its `tf32`)."""
     row: dict[str, Any] = {**case.describe(), "impl": impl.name, "status": "ok", "note": ""}
     why = impl.supports(case)
     if why:
@@ -213,7 +271,7 @@ def run_case(case: Case, impl, kind: str, mode: str, l2: int | None, peak, args,
     timer = timing.CudaEventTimer() if kind == "gpu" else timing.CpuTimer()
     try:
         with impl.context():
-            calls = impl.prepare(case, case.host_inputs(), copies)
+            calls = impl.prepare(case, case.host_inputs() if inputs is None else inputs, copies)
             result = timing.measure(calls, timer, warmup=warmup, warmup_s=warmup_s, budget_s=budget_s,
                                     min_reps=min_reps, max_reps=max_reps)
     except Unsupported as exc:
@@ -230,7 +288,7 @@ def run_case(case: Case, impl, kind: str, mode: str, l2: int | None, peak, args,
                 "copies": result.copies, "clock": result.clock})
     row.update(metrics.throughput(result.median_s, case.flops, case.bytes))
     row.update(metrics.percent_of_peak(case.kind, row["gflops"], row["gbps"], case.dtype, peak,
-                                       tf32=args.tf32 and not impl.name.startswith("gpuconv"),
+                                       tf32=bool(getattr(impl, "tf32", False)),
                                        cpu_peak_gflops=args.cpu_peak_gflops if kind == "cpu" else None))
     if copy_bw is not None:
         row["pct_copy_bw"] = metrics.percent_of_copy(case.kind, row["gbps"], copy_bw.get("gbps"))
@@ -246,7 +304,8 @@ def _describe(row: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> int:
     """Entry point of `python -m gpuconv bench`; 0 when every gpuconv measurement ran, 1 if one failed,
-    2 for a usage error or a backend that cannot run here."""
+    2 for a usage error or a backend that cannot run here, 130 / 143 when Ctrl-C / SIGTERM cut the run short
+    (the reports then hold the measurements made, with "complete": false)."""
     args = parse_args(argv)
     backend, reason = _resolve_backend(args.backend)
     if backend is None:
@@ -302,19 +361,9 @@ def main(argv: list[str]) -> int:
             f"{copy_bw['gbps']:.0f} GB/s ({copy_bw['method']}, {copy_bw.get('buffer')})" if copy_bw.get("gbps")
             else f"unavailable: {copy_bw.get('reason')}"), file=sys.stderr)
 
-    progress = Progress(len(cases) * len(runnable))
-    rows = []
-    for case in cases:
-        for impl in runnable:
-            row = run_case(case, impl, kind, mode, device.get("l2_bytes"), peak, args, copy_bw)
-            rows.append(row)
-            progress.step(f"{case.name} {impl.name}: {_describe(row)}")
-
-    if kind == "gpu":   # clocks, temperature and power after the run, next to the ones before it
-        from ..device_report import gpu_report
-        device["gpu_after"] = gpu_report()
     now = _dt.datetime.now(_dt.timezone.utc).astimezone()
     import gpuconv
+    rows: list[dict[str, Any]] = []
     doc = {
         "created": now.isoformat(timespec="seconds"),
         "command": "python -m gpuconv bench " + shlex.join(argv),
@@ -326,9 +375,18 @@ def main(argv: list[str]) -> int:
                      "match": args.match, "ops": args.ops or list(ALL_OPS), "dtypes": args.dtypes,
                      "tf32_for_peers": args.tf32, "timing": timing_text, "cpu_peak_gflops": args.cpu_peak_gflops},
         "implementations": implementations,
+        "complete": False,
+        "planned": len(cases) * len(runnable),
         "results": rows,
     }
-    stem = args.name or f"{now:%Y-%m-%d}_{report.slug(device['name'])}"
+    stem = args.name or default_stem(args.out, now, device["name"])
+    interrupted = _measure_all(cases, runnable, kind, mode, peak, args, copy_bw, device, doc, stem)
+
+    if kind == "gpu":   # clocks, temperature and power after the run, next to the ones before it
+        device["gpu_after"] = _gpu_report_after()
+    doc["complete"] = interrupted is None
+    if interrupted is not None:
+        doc["interrupted"] = interrupted
     paths = report.write_all(doc, args.out, stem)
     for key in ("json", "md", "png"):
         if paths[key]:
@@ -338,7 +396,46 @@ def main(argv: list[str]) -> int:
     failed = [r for r in rows if r["impl"].startswith("gpuconv") and r["status"] == "error"]
     for r in failed:
         print(f"gpuconv bench: FAILED {r['layer']} {r['op']} {r['dtype']}: {r['note']}", file=sys.stderr)
+    if interrupted is not None:
+        print(f"gpuconv bench: interrupted ({interrupted}) after {len(rows)} of {doc['planned']} measurements; "
+              "the report holds those", file=sys.stderr)
+        return 143 if interrupted.startswith("signal") else 130
     return 1 if failed else 0
+
+
+def _measure_all(cases: list[Case], runnable: list, kind: str, mode: str, peak, args,
+                 copy_bw: dict[str, Any] | None, device: dict[str, Any], doc: dict[str, Any],
+                 stem: str) -> str | None:
+    """Run every case on every implementation into doc['results'], rewriting the JSON and Markdown reports
+    after each case (a run killed later keeps what it measured). Returns None, or why the run stopped early
+    (Ctrl-C, SIGTERM)."""
+    progress = Progress(len(cases) * len(runnable))
+    rows = doc["results"]
+    try:
+        with _sigterm_raises():
+            for case in cases:
+                wanted = [impl for impl in runnable if not impl.supports(case)]
+                inputs = case.host_inputs() if wanted else None      # once per case, shared by the impls
+                for impl in runnable:
+                    row = run_case(case, impl, kind, mode, device.get("l2_bytes"), peak, args, copy_bw, inputs)
+                    rows.append(row)
+                    progress.step(f"{case.name} {impl.name}: {_describe(row)}")
+                inputs = None
+                report.write_partial(doc, args.out, stem)
+    except KeyboardInterrupt:
+        return "KeyboardInterrupt (Ctrl-C)"
+    except Terminated as exc:
+        return str(exc)
+    return None
+
+
+def _gpu_report_after() -> dict[str, Any]:
+    """gpu_report() after the measurements; a failure there is a reason in the report, never a lost run."""
+    from ..device_report import gpu_report
+    try:
+        return gpu_report()
+    except Exception as exc:
+        return {"available": False, "reason": f"{type(exc).__name__}: {exc}"}
 
 
 if __name__ == "__main__":

@@ -33,10 +33,14 @@ class Peak:
 
 _NOTES = "shared/notes/kernel-performance.md §1 (NVIDIA datasheets / whitepapers)"
 _ADA = "NVIDIA datasheet (sparse tensor figures halved for dense)"
+_NVL = "NVIDIA H100 NVL / H200 NVL datasheets, per GPU (sparse tensor figures halved for dense)"
 
-# Ordered: the first pattern that matches the NVML name wins (so "L40S" is tried before "L4").
+# Ordered: the first pattern that matches the NVML name wins (so "L40S" is tried before "L4", and the NVL cards,
+# named "NVIDIA H100 NVL" / "NVIDIA H200 NVL" by NVML, before the SXM entries their names also match).
 PEAKS: tuple[tuple[str, Peak], ...] = (
+    (r"H200.*NVL", Peak("H200 NVL", 60.0, 417.5, 835.5, 4800.0, 50, 1785, _NVL)),
     (r"H200", Peak("H200 SXM", 67.0, 495.0, 989.0, 4800.0, 50, 1980, _NOTES)),
+    (r"H100.*NVL", Peak("H100 NVL", 60.0, 417.5, 835.5, 3938.0, 50, 1785, _NVL)),
     (r"H100.*PCIe", Peak("H100 PCIe", 51.2, 378.0, 756.0, 2000.0, 50, 1755, _NOTES)),
     (r"H100", Peak("H100 SXM5", 66.9, 495.0, 989.0, 3350.0, 50, 1980, _NOTES)),
     (r"A100.*80GB.*PCIe", Peak("A100 80GB PCIe", 19.5, 156.0, 312.0, 1935.0, 40, 1410, _NOTES)),

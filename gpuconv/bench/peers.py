@@ -1,6 +1,7 @@
 """Implementations a benchmark case is timed on: gpuconv itself and its peers, where installed.
 
-Each implementation has `name`, `device` ('cpu' or 'gpu'), `availability()` ('yes' or why not),
+Each implementation has `name`, `device` ('cpu' or 'gpu'), `tf32` (whether its float32 runs on TF32 tensor cores:
+the % of peak is then taken against the TF32 peak), `availability()` ('yes' or why not),
 `settings()` (precision modes and threads, stated in the report), `supports(case)` (None or why not),
 `context()` (entered around prepare + timing) and `prepare(case, inputs, copies) -> [callable]`: one
 zero-argument closure per input copy, each running the op once on its own copy (outputs are allocated by the
@@ -45,6 +46,8 @@ def _import_version(module: str) -> tuple[Any, str]:
 # ---------------------------------------------------------------------------------------------------------
 class GpuconvImpl:
     """gpuconv's TF-named API on one backend (numpy, emulator or cuda)."""
+
+    tf32 = False            # gpuconv computes float32 exactly (DESIGN.md section 2, Precision)
 
     def __init__(self, backend: str):
         self.backend = backend
@@ -136,6 +139,11 @@ class TorchImpl:
         self.allow_tf32 = allow_tf32
         self.note = ""
         self._torch, self._avail = _import_version("torch")
+
+    @property
+    def tf32(self) -> bool:
+        """TF32 only where asked for and only on the GPU (cuDNN); the CPU has no TF32."""
+        return self.allow_tf32 and self.device == "gpu"
 
     def availability(self) -> str:
         if self._torch is None:
@@ -422,13 +430,20 @@ class TensorflowImpl:
 # im2col + cuBLAS in CuPy (fprop only): the Chainer-style baseline
 # ---------------------------------------------------------------------------------------------------------
 class CupyIm2colImpl:
-    """Padded input -> strided im2col view -> contiguous column matrix -> one cuBLAS GEMM."""
+    """Padded input -> strided im2col view -> contiguous column matrix -> one cuBLAS GEMM.
+
+    Its float32 GEMM runs TF32 only with allow_tf32 (--tf32): CuPy picks cuBLAS's compute type from CUPY_TF32 at
+    its first float32 matmul, so a CUPY_TF32=1 in the environment would otherwise turn TF32 on while the report
+    claims exact float32 (and --tf32 alone would leave it off while the % of peak used the TF32 peak). The
+    compute type is set explicitly in prepare() and read back into settings()."""
 
     name = "cupy-im2col"
     device = "gpu"
 
-    def __init__(self):
+    def __init__(self, allow_tf32: bool = False):
         self.note = ""
+        self.allow_tf32 = allow_tf32
+        self.tf32 = allow_tf32
         self._cupy, self._avail = _import_version("cupy")
 
     def availability(self) -> str:
@@ -439,9 +454,23 @@ class CupyIm2colImpl:
         except Exception as exc:
             return f"CuPy cannot reach a device ({type(exc).__name__}: {exc})"
 
+    def _configure(self) -> str:
+        """Set CuPy's float32 GEMM compute type (TF32 or cuBLAS's default, exact float32); the type in force,
+        or why it could not be set (CuPy's private linalg module moved: TF32 then follows CUPY_TF32)."""
+        try:
+            from cupy._core import _routines_linalg as linalg
+            linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if self.allow_tf32
+                                    else linalg.COMPUTE_TYPE_DEFAULT)
+            kind = linalg.get_compute_type(np.float32)
+            self.tf32 = kind == linalg.COMPUTE_TYPE_TF32
+            return linalg.compute_type_to_str(kind)
+        except Exception as exc:  # noqa: BLE001 - reported in the settings, the peer still runs
+            self.tf32 = os.environ.get("CUPY_TF32", "0") not in ("", "0")
+            return f"unknown ({type(exc).__name__}: {exc}); CUPY_TF32={os.environ.get('CUPY_TF32', '0 (unset)')}"
+
     def settings(self) -> dict[str, Any]:
-        return {"cupy": self._cupy.__version__, "CUPY_TF32": os.environ.get("CUPY_TF32", "0 (unset)"),
-                "gemm": "cupy.matmul -> cuBLAS"}
+        return {"cupy": self._cupy.__version__, "float32 compute type": self._configure(),
+                "tf32": self.tf32, "gemm": "cupy.matmul -> cuBLAS"}
 
     def supports(self, case: Case) -> str | None:
         return None if case.op == "fprop" else "baseline implements fprop only"
@@ -450,6 +479,7 @@ class CupyIm2colImpl:
         return contextlib.nullcontext()
 
     def prepare(self, case: Case, inputs: dict[str, np.ndarray], copies: int) -> list[Closure]:
+        self._configure()
         cp = self._cupy
         p = case.problem
         x5shape = (p.N, p.D, p.H, p.W, p.C)
@@ -476,7 +506,7 @@ class CupyIm2colImpl:
 def default_peers(device: str, allow_tf32: bool) -> list:
     """The peers worth timing next to gpuconv on this kind of machine."""
     if device == "gpu":
-        return [TorchImpl("gpu", allow_tf32), CupyIm2colImpl()]
+        return [TorchImpl("gpu", allow_tf32), CupyIm2colImpl(allow_tf32)]
     return [TorchImpl("cpu"), TensorflowImpl()]
 
 
@@ -492,7 +522,7 @@ def peers_by_name(names: list[str], device: str, allow_tf32: bool) -> list:
         elif n == "tf":
             out.append(TensorflowImpl())
         elif n == "cupy-im2col":
-            out.append(CupyIm2colImpl())
+            out.append(CupyIm2colImpl(allow_tf32))
         else:
             raise ValueError(f"unknown peer {n!r}; known: {', '.join(PEER_NAMES)}")
     return out

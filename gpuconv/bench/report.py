@@ -7,6 +7,9 @@ the case (layer_set, layer, op, dtype, batch, kind, shapes, strides, padding, fl
 copies, clock, gflops, gbps, pct_peak, peak_basis, vs_gpuconv (this row's median / gpuconv's median).
 Pooling rows also carry tensor_bytes (the full-resolution tensor) and large_tensor (>= 64 MiB).
 
+complete: false while a run is in progress (the JSON and Markdown are rewritten after every case) and when
+Ctrl-C or SIGTERM cut it short (interrupted says which; planned: the number of measurements the run meant to make).
+
 GPU runs only: device.copy_bandwidth (the measured copy bandwidth: gbps, method, buffer_bytes, bytes_per_copy,
 l2_factor, methods {memcpy, kernel}; or gbps None and a reason), pct_copy_bw on every ok row (None for
 convolutions), and pool_target {target_pct, min_tensor_bytes, copy_gbps, qualifying, met, rows}: the gpuconv
@@ -66,8 +69,7 @@ def pool_target(doc: dict[str, Any]) -> dict[str, Any] | None:
 
 def write_json(doc: dict[str, Any], path: Path) -> Path:
     doc = {"schema": SCHEMA, **doc}
-    path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    return path
+    return _write_text(path, json.dumps(doc, indent=2, default=str) + "\n")
 
 
 def _fmt(v: Any, spec: str = ".3g") -> str:
@@ -79,6 +81,7 @@ def markdown(doc: dict[str, Any]) -> str:
     with_copy = "copy_bandwidth" in dev          # GPU runs: the % copy BW column and the pooling target
     lines = [f"# gpuconv benchmark: {dev['name']}", "",
              f"- created: {doc['created']}", f"- command: `{doc['command']}`",
+             *_partial_lines(doc),
              f"- gpuconv {doc['gpuconv']}, backend `{doc['backend']}`, timing: {doc['settings']['timing']}"]
     if dev["kind"] == "gpu":
         g = dev.get("gpu") or {}
@@ -121,6 +124,16 @@ def markdown(doc: dict[str, Any]) -> str:
 
 
 _MARK = {True: "✓", False: "✗"}
+
+
+def _partial_lines(doc: dict[str, Any]) -> list[str]:
+    """A line saying the report is partial (run in progress or cut short), none for a complete run (and for
+    reports written before the field existed)."""
+    if doc.get("complete", True):
+        return []
+    done, planned = len(doc["results"]), doc.get("planned", "?")
+    why = f"interrupted: {doc['interrupted']}" if doc.get("interrupted") else "in progress or killed"
+    return [f"- **partial report**: {done} of {planned} measurements ({why})"]
 
 
 def _copy_cell(r: dict[str, Any]) -> str:
@@ -234,14 +247,37 @@ def chart(doc: dict[str, Any], path: Path) -> Path | None:
 
 def write_all(doc: dict[str, Any], out_dir: Path, stem: str) -> dict[str, Path | None]:
     """Write <stem>.png (if matplotlib is there), <stem>.md and <stem>.json into out_dir."""
+    _prepare(doc, out_dir)
+    png = chart(doc, out_dir / f"{stem}.png")
+    doc["chart"] = str(png) if png else None
+    md = _write_text(out_dir / f"{stem}.md", markdown(doc))
+    js = write_json(doc, out_dir / f"{stem}.json")
+    return {"json": js, "md": md, "png": png}
+
+
+def write_partial(doc: dict[str, Any], out_dir: Path, stem: str) -> dict[str, Path | None]:
+    """The JSON and Markdown reports of a run still in progress (no chart: it is drawn once, at the end), so
+    that a run killed before its end (a batch slot's time limit) keeps every measurement made so far."""
+    _prepare(doc, out_dir)
+    doc["chart"] = None
+    md = _write_text(out_dir / f"{stem}.md", markdown(doc))
+    js = write_json(doc, out_dir / f"{stem}.json")
+    return {"json": js, "md": md, "png": None}
+
+
+def _prepare(doc: dict[str, Any], out_dir: Path) -> None:
+    """The folder, and the fields derived from the rows (ratios, pooling target), before a report is written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     add_ratios(doc["results"])
     target = pool_target(doc)
     if target is not None:
         doc["pool_target"] = target
-    png = chart(doc, out_dir / f"{stem}.png")
-    doc["chart"] = str(png) if png else None
-    md = out_dir / f"{stem}.md"
-    md.write_text(markdown(doc))
-    js = write_json(doc, out_dir / f"{stem}.json")
-    return {"json": js, "md": md, "png": png}
+
+
+def _write_text(path: Path, text: str) -> Path:
+    """Write through a temporary file and a rename, so that a run killed mid-write leaves the previous complete
+    report, never a truncated one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path

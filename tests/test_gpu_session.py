@@ -1,0 +1,98 @@
+"""benchmarks/gpu_session.py: its bench slices are valid, non-empty and disjoint, and a step that runs past its
+time limit still stops its command gracefully and archives what it wrote (checked with stand-in commands: the
+real steps need a GPU)."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from gpuconv.bench import cases, cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def session():
+    spec = importlib.util.spec_from_file_location("gpu_session", REPO / "benchmarks" / "gpu_session.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_session"] = mod          # dataclasses look their module up by name
+    spec.loader.exec_module(mod)
+    yield mod
+    sys.modules.pop("gpu_session", None)
+
+
+def _bench_cases(argv: tuple[str, ...]) -> list[str]:
+    """The cases one `gpuconv bench` command of a step would run on a GPU (GPU batch defaults: 32, 2)."""
+    args = cli.parse_args(list(argv[argv.index("bench") + 1:]))
+    assert str(args.out) == "{work}" and args.name
+    built = cases.build_cases(args.layers, args.ops or list(cases.ALL_OPS), args.dtypes, batch=32,
+                              match=args.match, batch3d=2)
+    return [f"{c.layer.name}/{c.op}/{c.dtype}" for c in built]
+
+
+def test_bench_slices_are_valid_non_empty_and_disjoint(session):
+    seen: dict[str, str] = {}
+    for step in ("bench1", "bench2"):
+        for cmd in session.STEPS[step]:
+            names = _bench_cases(cmd.argv)
+            assert names, f"{step}/{cmd.name} selects no case"
+            for n in names:
+                assert n not in seen, f"{n} is measured by both {seen[n]} and {cmd.name}"
+                seen[n] = cmd.name
+    # bench1 holds the targets: every 3x3 ResNet-50 layer's fprop/dgrad/wgrad in float32, every SegNet pool op
+    first = {n for n, c in seen.items() if c in {cmd.name for cmd in session.STEPS["bench1"]}}
+    want = {f"{c.layer.name}/{c.op}/{c.dtype}" for c in cases.build_cases(["resnet50"], ["fprop", "dgrad", "wgrad"],
+                                                                            ["float32"], batch=32)
+            if "3x3" in c.layer.name}
+    want |= {f"{c.layer.name}/{c.op}/{c.dtype}" for c in cases.build_cases(["segnet"], list(cases.POOL_OPS),
+                                                                             ["float32"], batch=32)}
+    assert want and want <= first
+
+
+def test_tests_step_runs_the_gpu_tier(session):
+    argv = next(c.argv for c in session.STEPS["tests"] if c.name == "pytest_gpu")
+    assert argv[1:3] == ("-m", "pytest") and ("-m", "gpu") in zip(argv[3:], argv[4:])
+    assert any(a.startswith("--junitxml={work}") for a in argv)
+
+
+_SLOW = ("import signal, sys, time\n"
+         "def stop(*_):\n    print('report written after SIGINT', flush=True); sys.exit(130)\n"
+         "signal.signal(signal.SIGINT, stop)\nprint('started', flush=True)\ntime.sleep(60)\n")
+
+
+def test_a_step_past_its_budget_interrupts_and_still_archives(session, tmp_path, monkeypatch):
+    monkeypatch.setattr(session, "ARCHIVE_RESERVE_S", 0)
+    commands = (session.Command("quick", (sys.executable, "-c", "print('fine')"), share=0.1),
+                session.Command("slow", (sys.executable, "-c", _SLOW)),
+                session.Command("missing", ("gpuconv-no-such-program-xyz",)))
+    outcomes = session.run_step("bench1", tmp_path, budget_s=8.0, commands=commands)
+    by = {o.name: o for o in outcomes}
+    assert by["quick"].returncode == 0 and not by["quick"].interrupted
+    assert by["slow"].interrupted and by["slow"].returncode == 130
+    assert "report written after SIGINT" in by["slow"].tail
+    assert by["missing"].returncode is None and "not run" in by["missing"].tail
+    [archive] = tmp_path.glob("gpu_bench1_*.tgz")
+    with tarfile.open(archive) as tar:
+        members = {Path(m.name).name: m for m in tar.getmembers()}
+        assert {"quick.log", "slow.log", "summary.txt"} <= set(members)
+        text = tar.extractfile(members["summary.txt"]).read().decode()
+    assert "slow exit 130 (stopped at its time limit)" in text and "fine" in text
+
+
+def test_a_command_ignoring_sigint_is_killed(session, tmp_path, monkeypatch):
+    monkeypatch.setattr(session, "GRACE_S", 1)
+    stubborn = ("import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nprint('go', flush=True)\n"
+                "time.sleep(60)\n")
+    outcome = session.run_command(session.Command("stubborn", (sys.executable, "-c", stubborn)), tmp_path, 2.0,
+                                  env=None)
+    assert outcome.interrupted and outcome.returncode == -9 and outcome.seconds < 30
+
+
+def test_budget_below_a_minute_is_refused(session, capsys):
+    with pytest.raises(SystemExit):
+        session.main(["tests", "--budget", "10"])
+    assert "--budget: expected at least 60 seconds, got 10.0" in capsys.readouterr().err
