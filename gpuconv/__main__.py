@@ -31,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
                           description="The compile gate: compile every kernel family and name expression with "
                           "NVRTC using CuPy's options, report per kernel and arch, and exit 1 on a compile "
                           "error or a register spill (exit 2 when NVRTC is unavailable). See docs/compile_gate.md.")
-    gate.add_argument("--arch", default="80,90", help="comma-separated compute capabilities (default 80,90)")
+    gate.add_argument("--arch", default="80,90",
+                      help="compute capabilities to compile for, comma-separated: 80 and/or 90 (default 80,90)")
     gate.add_argument("--family", action="append", default=None, metavar="F",
                       help="only this kernel family (repeat or comma-separate for several)")
     fmt = gate.add_mutually_exclusive_group()
