@@ -183,6 +183,24 @@ def test_fprop_nchw_edge(kernel_backend):
     check_close(y, x, w, gpuconv.conv2d, F32, **kw)
 
 
+def test_fprop_analytic_rows_beyond_grid_y(kernel_backend):
+    # N*Z*P = 65537 output rows fold into a (65535, 2) grid: the last 65533 blocks of grid z = 1 are past the last
+    # row and must exit (the kernel's row bound test; no other test has more than 65535 rows). 1x1 filter, K = 1;
+    # y is the head of a NaN-filled buffer as long as the grid's rows, so a write past the last row shows.
+    from gpuconv import backend as B
+    rows = 65537
+    x = np.random.default_rng(47).uniform(-1, 1, (1, 1, rows, 1, 1)).astype(F32)
+    w = np.full((1, 1, 1, 1, 1), 2.0, F32)
+    p = conv_problem(x.shape, w.shape, (1, 1, 1), (1, 1, 1), "VALID")
+    assert F.choose_fprop_config(p, F32).variant == "analytic" and F.analytic_grid(p) == (1, 65535, 2)
+    buf = to_backend(kernel_backend, np.full(65535 * 2, np.nan, F32))
+    y = buf[:rows].reshape(p.y_shape)
+    for plan in F.plan_fprop(p, F32, to_backend(kernel_backend, x), to_backend(kernel_backend, w), y):
+        B._instance(kernel_backend).executor.launch(plan)
+    out = to_numpy(buf)
+    assert np.array_equal(out[:rows], 2 * x.reshape(-1)) and np.isnan(out[rows:]).all()
+
+
 def test_fprop_empty_results(kernel_backend):
     x, w = inputs((2, 2, 2, 3), (3, 3, 3, 4), F32)
     y = run(kernel_backend, gpuconv.conv2d, x, w, strides=1, padding="VALID")

@@ -400,6 +400,31 @@ def test_old_builds_are_pruned(tmp_path):
     assert len(list(tmp_path.glob("*.json"))) == len(left)
 
 
+@pytest.mark.parametrize("name, value, expect", [
+    ("GPUCONV_EMULATOR_STACK_KIB", "0", r"GPUCONV_EMULATOR_STACK_KIB must be an integer in \[16, 1048576\], got 0"),
+    ("GPUCONV_EMULATOR_STACK_KIB", "-4", r"in \[16, 1048576\], got -4"),
+    ("GPUCONV_EMULATOR_STACK_KIB", "big", r"in \[16, 1048576\], got 'big'"),
+    ("GPUCONV_EMULATOR_THREADS", "0", r"GPUCONV_EMULATOR_THREADS must be an integer in \[1, 1024\], got 0"),
+    ("GPUCONV_EMULATOR_THREADS", "100000", r"in \[1, 1024\], got 100000"),
+])
+def test_numeric_settings_out_of_range_are_refused(monkeypatch, name, value, expect):
+    """A 0 KiB fiber stack segfaulted the process at the first launch; 0 threads silently meant 1."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=expect):
+        EmulatorExecutor()
+
+
+def test_numeric_settings_in_range(monkeypatch):
+    monkeypatch.setenv("GPUCONV_EMULATOR_STACK_KIB", "64")
+    monkeypatch.setenv("GPUCONV_EMULATOR_THREADS", "3")
+    ex = EmulatorExecutor()
+    assert (ex.stack_bytes, ex.workers) == (64 * 1024, 3)
+    assert EmulatorExecutor(workers=np.int64(2)).workers == 2
+    for bad in (0, 2000, 1.5, True, "2"):
+        with pytest.raises(ValueError, match=rf"workers: expected an integer in \[1, 1024\], got {bad!r}"):
+            EmulatorExecutor(workers=bad)
+
+
 def test_order_from_environment(monkeypatch):
     monkeypatch.setenv("GPUCONV_EMULATOR_ORDER", "shuffle:7")
     ex = EmulatorExecutor()

@@ -15,7 +15,9 @@ sanitize=True the library is built with AddressSanitizer and UBSan and every lau
 Environment: GPUCONV_EMULATOR_ORDER (forward | reverse | shuffle[:seed]) is the default order;
 GPUCONV_CACHE_DIR the cache root; CXX the compiler (g++); GPUCONV_EMULATOR_CXXFLAGS extra compiler flags
 (e.g. "-O0" for gdb); GPUCONV_EMULATOR_THREADS OS threads sharing the blocks of a launch (default 1);
-GPUCONV_EMULATOR_STACK_KIB the fiber stack size; GPUCONV_EMULATOR_UCONTEXT=1 uses ucontext fibers.
+GPUCONV_EMULATOR_STACK_KIB the fiber stack size; GPUCONV_EMULATOR_UCONTEXT=1 uses ucontext fibers;
+GPUCONV_EMULATOR_LOG=<path> appends one tab-separated line "family, name expression, thread order" per
+launch to <path> (kernel coverage: which instantiations a test run executed; see docs/emulator.md).
 """
 from __future__ import annotations
 
@@ -46,10 +48,13 @@ RUNTIME = HERE / "emulator_runtime.h"
 
 ORDERS = ("forward", "reverse", "shuffle")
 ORDER_ENV = "GPUCONV_EMULATOR_ORDER"
+LOG_ENV = "GPUCONV_EMULATOR_LOG"
 # Dynamic shared memory per block: the largest any supported GPU allows (sm_90: 227 KiB).
 DYNAMIC_SMEM_CAPACITY = 227 * 1024
 SMEM_REDZONE = 256
 MAX_THREADS_PER_BLOCK = 1024
+MAX_WORKERS = 1024                      # GPUCONV_EMULATOR_THREADS / workers, like GPUCONV_NUM_THREADS
+MIN_STACK_KIB, MAX_STACK_KIB = 16, 1 << 20   # GPUCONV_EMULATOR_STACK_KIB: below 16 KiB a kernel's frame may not fit
 # Libraries kept per family and build mode; older ones (earlier versions of the sources) are deleted.
 KEEP_BUILDS = 4
 # Bump when the generated sources or the build recipe change in a way the hashed inputs do not show.
@@ -124,14 +129,19 @@ def cache_dir() -> Path:
     return base / "emulator"
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_int(name: str, default: int, lo: int, hi: int) -> int:
+    """An integer environment setting in [lo, hi], `default` when unset or empty; anything else is a ValueError
+    (a stack of 0 KiB crashed the process at the first launch, a thread count of 0 silently became 1)."""
     value = os.environ.get(name)
     if not value:
         return default
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
-        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
+        raise ValueError(f"environment variable {name} must be an integer in [{lo}, {hi}], got {value!r}") from None
+    if not lo <= number <= hi:
+        raise ValueError(f"environment variable {name} must be an integer in [{lo}, {hi}], got {number}")
+    return number
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -466,6 +476,14 @@ def _check_geometry(plan: LaunchPlan) -> None:
                          f"allows 0..{DYNAMIC_SMEM_CAPACITY}")
 
 
+def _log_launch(plan: LaunchPlan, order: str) -> None:
+    """Appends the launch to $GPUCONV_EMULATOR_LOG, if set (one short O_APPEND write: safe across processes)."""
+    log = os.environ.get(LOG_ENV)
+    if log:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(f"{plan.family}\t{plan.name_expression}\t{order}\n")
+
+
 class EmulatorExecutor:
     """Runs LaunchPlans on NumPy arrays by executing the CUDA kernels on the CPU.
 
@@ -491,8 +509,13 @@ class EmulatorExecutor:
         self.order = parse_order(order)[0] if order is not None else env_order
         self.seed = int(seed) if seed is not None else (env_seed if env_seed is not None else 0)
         self.sanitize = bool(sanitize)
-        self.workers = max(1, int(workers) if workers is not None else _env_int("GPUCONV_EMULATOR_THREADS", 1))
-        self.stack_bytes = _env_int("GPUCONV_EMULATOR_STACK_KIB", 1024 if sanitize else 256) * 1024
+        if workers is None:
+            workers = _env_int("GPUCONV_EMULATOR_THREADS", 1, 1, MAX_WORKERS)
+        elif isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or not 1 <= workers <= MAX_WORKERS:
+            raise ValueError(f"workers: expected an integer in [1, {MAX_WORKERS}], got {workers!r}")
+        self.workers = int(workers)
+        self.stack_bytes = _env_int("GPUCONV_EMULATOR_STACK_KIB", 1024 if sanitize else 256, MIN_STACK_KIB,
+                                    MAX_STACK_KIB) * 1024
         self._extra: dict[str, _Source] = {}
 
     def __repr__(self) -> str:
@@ -529,6 +552,7 @@ class EmulatorExecutor:
                              f"{plan.family!r}: {list(src.family.name_expressions)}")
         _check_geometry(plan)
         path = _build(src, self.sanitize)
+        _log_launch(plan, self.order)
         grid = tuple(int(v) for v in plan.grid)
         block = tuple(int(v) for v in plan.block)
         if self.sanitize:
