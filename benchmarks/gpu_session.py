@@ -5,8 +5,8 @@ registry (its image brings CuPy 14, PyTorch with cuDNN, pytest, hypothesis, nvid
 TensorFlow), and returns at most 8 files from $OUT. So the work is cut into steps that each fit one call, and a
 step writes one archive plus a short summary:
 
-    tests   nvidia-smi, `python -m gpuconv info`, then `pytest -m gpu` (every kernel on the GPU against the
-            NumPy oracle, the CuPy executor, the GPU bench smoke test)
+    tests   nvidia-smi, `python -m gpuconv info`, where NVRTC's headers come from, then `pytest -m gpu` (every
+            kernel instantiation on the GPU against the NumPy oracle, the CuPy executor, the bench smoke test)
     bench1  the issue targets first: ResNet-50 3x3 layers at N=32 float32 (fprop, dgrad, wgrad: % of FP32 peak,
             parity with cuDNN, TF32 off on every side) and the SegNet pooling ladder float32 (% of copy bandwidth)
     bench2  the rest: ResNet-50 1x1 / 7x7 layers float32, the 3x3 layers in float16, 3D U-Net layers float32
@@ -55,10 +55,24 @@ def _bench(name: str, *args: str) -> Command:
     return Command(name, (sys.executable, "-m", "gpuconv", "bench", "--out", "{work}", "--name", name, *args))
 
 
+# Where CuPy's NVRTC takes the CUDA headers from, and whether <mma.h>'s crt/mma.h is found (the tensor-core
+# kernel needs it; pip's CUDA 13 runtime wheels ship it apart): gpuconv.kernel_source.crt_include_options.
+_HEADERS_PROBE = """
+import cupy, gpuconv.kernel_source as ks
+from pathlib import Path
+from cuda.pathfinder import find_nvidia_header_directory as find
+cudart = find("cudart")
+print("cupy", cupy.__version__, "cuda path", cupy.cuda.get_cuda_path())
+print("cudart headers", cudart, "CUDART_VERSION", cudart and ks._cudart_version(Path(cudart)))
+print("crt/mma.h beside them:", bool(cudart) and (Path(cudart) / ks.CRT_HEADER).is_file())
+print("crt_include_options:", ks.crt_include_options())
+"""
+
 STEPS: dict[str, tuple[Command, ...]] = {
     "tests": (
         Command("nvidia_smi", ("nvidia-smi",), share=0.1),
         Command("info", (sys.executable, "-m", "gpuconv", "info"), share=0.1),
+        Command("cuda_headers", (sys.executable, "-c", _HEADERS_PROBE), share=0.1),
         Command("pytest_gpu", (sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-ra", "-p", "no:cacheprovider",
                                "--junitxml={work}/pytest_gpu.xml")),
     ),

@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
+import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +117,7 @@ def family_options(fam: KernelFamily) -> tuple[str, ...]:
 
 # The header that <mma.h> (conv_fprop.cu's tensor-core kernel) includes and pip's CUDA wheels ship apart.
 CRT_HEADER = "crt/mma.h"
+SYSTEM_CUDA = "/usr/local/cuda"     # a system toolkit's usual root, the last place crt_include_options looks
 
 
 @functools.lru_cache(maxsize=None)
@@ -124,10 +127,12 @@ def crt_include_options() -> tuple[str, ...]:
 
     A full toolkit and CUDA 13's wheels (nvidia-cuda-crt, `cuda-toolkit[crt]`) put crt/ next to the runtime
     headers; CUDA 12's wheels put it in nvidia-cuda-nvcc-cu12's directory (`cuda-toolkit[nvcc]`, pathfinder's
-    'nvcc' headers), which NVRTC does not search. That directory is added only if it holds no runtime headers
-    of its own (cuda_runtime.h), which would shadow CuPy's (e.g. a system toolkit of another version). () too
-    where cuda.pathfinder is not installed or no such directory is found (the CUDA executor then explains
-    NVRTC's error)."""
+    'nvcc' headers), which NVRTC does not search. Candidates, in order: pathfinder's 'nvcc' headers, then the
+    include directory of a system toolkit ($CUDA_PATH, $CUDA_HOME, /usr/local/cuda: CUDA 13 runtime wheels
+    without nvidia-cuda-crt next to a system nvcc, as on an image with PyTorch's wheels). One holding runtime
+    headers of its own (cuda_runtime_api.h) is taken only when their CUDART_VERSION equals that of CuPy's, since
+    it could shadow them: an equal version shadows nothing that differs. () where cuda.pathfinder is not
+    installed or no candidate qualifies (the CUDA executor then explains NVRTC's error)."""
     try:
         from cuda.pathfinder import find_nvidia_header_directory
     except ImportError:
@@ -143,10 +148,25 @@ def crt_include_options() -> tuple[str, ...]:
     cudart = find("cudart")
     if cudart is None or (cudart / CRT_HEADER).is_file():
         return ()
-    nvcc = find("nvcc")
-    if nvcc is not None and (nvcc / CRT_HEADER).is_file() and not (nvcc / "cuda_runtime.h").is_file():
-        return ("-I" + str(nvcc),)
+    toolkits = [os.environ.get("CUDA_PATH"), os.environ.get("CUDA_HOME"), SYSTEM_CUDA]
+    candidates = [find("nvcc")] + [Path(t) / "include" for t in toolkits if t]
+    for d in candidates:
+        if d is None or not (d / CRT_HEADER).is_file():
+            continue
+        has_runtime = (d / "cuda_runtime.h").is_file() or (d / "cuda_runtime_api.h").is_file()
+        if not has_runtime or (_cudart_version(d) is not None and _cudart_version(d) == _cudart_version(cudart)):
+            return ("-I" + str(d),)
     return ()
+
+
+def _cudart_version(include_dir: Path) -> int | None:
+    """CUDART_VERSION (e.g. 13000 for 13.0) as cuda_runtime_api.h in include_dir defines it, else None."""
+    try:
+        text = (include_dir / "cuda_runtime_api.h").read_text(errors="replace")
+    except OSError:
+        return None
+    m = re.search(r"^\s*#\s*define\s+CUDART_VERSION\s+(\d+)", text, re.MULTILINE)
+    return int(m.group(1)) if m else None
 
 
 def compile_hint(log: str) -> str:

@@ -258,6 +258,9 @@ def pathfinder(monkeypatch, tmp_path):
     module = types.ModuleType("cuda.pathfinder")
     module.find_nvidia_header_directory = find_nvidia_header_directory
     monkeypatch.setitem(sys.modules, "cuda.pathfinder", module)
+    for var in ("CUDA_PATH", "CUDA_HOME"):                            # no system toolkit unless a test makes one
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(kernel_source, "SYSTEM_CUDA", str(tmp_path / "no-system-toolkit"))
     kernel_source.crt_include_options.cache_clear()
 
     def make(libname, *files):
@@ -299,6 +302,38 @@ def test_no_crt_option_that_would_shadow_the_runtime_headers_or_without_a_source
     dirs["nvcc"] = None                                               # ... or finds none
     kernel_source.crt_include_options.cache_clear()
     assert kernel_source.crt_include_options() == ()
+
+
+def test_crt_headers_from_a_system_toolkit_of_the_same_cuda_version(pathfinder, monkeypatch, tmp_path):
+    """CUDA 13 runtime wheels without nvidia-cuda-crt beside a system toolkit (an image with PyTorch's wheels and
+    nvcc): the toolkit's include directory is taken when its runtime headers are the same version as CuPy's."""
+    make, dirs = pathfinder
+
+    def headers(d, version):
+        for f in ("cuda_runtime.h", "crt/mma.h"):
+            (d / f).parent.mkdir(parents=True, exist_ok=True)
+            (d / f).write_text("")
+        (d / "cuda_runtime_api.h").write_text(f"/* x */\n#define CUDART_VERSION {version}\n")
+        return d
+
+    cudart = make("cudart", "mma.h")
+    headers(cudart, 13000)
+    (cudart / "crt" / "mma.h").unlink()                                 # wheels without crt/
+    dirs["nvcc"] = None
+    system = headers(tmp_path / "sys" / "include", 13000)
+    monkeypatch.setattr(kernel_source, "SYSTEM_CUDA", str(tmp_path / "sys"))
+    kernel_source.crt_include_options.cache_clear()
+    assert kernel_source.crt_include_options() == ("-I" + str(system),)
+
+    headers(system, 12090)                                              # another version: it would shadow
+    kernel_source.crt_include_options.cache_clear()
+    assert kernel_source.crt_include_options() == ()
+
+    headers(system, 13000)
+    other = headers(tmp_path / "cuda_path" / "include", 13000)          # $CUDA_PATH comes before /usr/local/cuda
+    monkeypatch.setenv("CUDA_PATH", str(tmp_path / "cuda_path"))
+    kernel_source.crt_include_options.cache_clear()
+    assert kernel_source.crt_include_options() == ("-I" + str(other),)
 
 
 def test_compile_hint_names_the_wheels_for_a_missing_crt_header():
