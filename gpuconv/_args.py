@@ -25,20 +25,23 @@ def fail_type(arg: str, expected: str, got: Any) -> None:
     raise TypeError(f"{arg}: expected {expected}, got {got}")
 
 
-def _short(value: Any) -> str:
+def short(value: Any) -> str:
+    """repr(value) cut to 120 characters: error messages stay readable whatever the user passed (a list of a
+    million strides was a 3 MB message)."""
     text = repr(value)
     return text if len(text) <= 120 else text[:117] + "..."
 
 
 def as_int(value: Any, arg: str) -> int:
-    """An exact integer (Python or NumPy int, not bool, not float)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    """An exact integer (Python or NumPy int, not bool, not float, not a NumPy time value)."""
+    # np.timedelta64 subclasses np.signedinteger (a stride of "2 time units" passed as 2; its arrays were refused).
+    if isinstance(value, (bool, np.bool_, np.timedelta64)) or not isinstance(value, (int, np.integer)):
         try:
-            if isinstance(value, (bool, np.bool_, float, np.floating)):
+            if isinstance(value, (bool, np.bool_, float, np.floating, np.timedelta64)):
                 raise TypeError
             return operator.index(value)
         except TypeError:
-            fail_type(arg, "an integer", f"{_short(value)} of type {type(value).__name__}")
+            fail_type(arg, "an integer", f"{short(value)} of type {type(value).__name__}")
     return int(value)
 
 
@@ -51,7 +54,7 @@ def int_sequence(value: Any, arg: str) -> tuple[int, ...]:
             fail_type(arg, "integers", f"an array of dtype {value.dtype}")
         value = value.tolist()
     if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-        fail_type(arg, "a tuple, list or 1-D integer array", f"{_short(value)} of type {type(value).__name__}")
+        fail_type(arg, "a tuple, list or 1-D integer array", f"{short(value)} of type {type(value).__name__}")
     return tuple(as_int(v, arg) for v in value)
 
 
@@ -66,7 +69,7 @@ def channels_last(data_format: Any, nspatial: int, arg: str = "data_format") -> 
     last, first = _FORMATS[nspatial]
     if isinstance(data_format, str) and data_format in (last, first):    # str first: arrays compare elementwise
         return data_format == last
-    fail(arg, f"{last!r} or {first!r}", _short(data_format))
+    fail(arg, f"{last!r} or {first!r}", short(data_format))
 
 
 def spatial_axes(nspatial: int, is_channels_last: bool) -> tuple[int, ...]:
@@ -103,16 +106,17 @@ def window_param(value: Any, arg: str, nspatial: int, is_channels_last: bool, de
         elif len(seq) == rank:
             c = channel_axis(nspatial, is_channels_last)
             if seq[0] != 1 or seq[c] != 1:
-                fail(arg, f"1 in the batch and channel entries (positions 0 and {c})", list(seq))
+                fail(arg, f"1 in the batch and channel entries (positions 0 and {c})", short(list(seq)))
             values = tuple(seq[a] for a in spatial_axes(nspatial, is_channels_last))
         else:
-            fail(arg, f"an int or a sequence of length 1, {nspatial} or {rank}", f"length {len(seq)}: {list(seq)}")
+            fail(arg, f"an int or a sequence of length 1, {nspatial} or {rank}",
+                 f"length {len(seq)}: {short(list(seq))}")
     for v in values:
         if v < minimum:
-            fail(arg, f"every value >= {minimum}", _short(value))
+            fail(arg, f"every value >= {minimum}", short(value))
         if v > INT32_MAX:
             fail(arg, f"every value <= {INT32_MAX} (kernels keep extents, strides, dilations and pads in int)",
-                 _short(value))
+                 short(value))
     return values
 
 
@@ -127,33 +131,36 @@ def padding_param(padding: Any, nspatial: int, is_channels_last: bool, arg: str 
         upper = padding.upper()
         if upper in ("SAME", "VALID"):
             return upper
-        fail(arg, "'SAME', 'VALID' or explicit (before, after) pairs", _short(padding))
+        fail(arg, "'SAME', 'VALID' or explicit (before, after) pairs", short(padding))
     if hasattr(padding, "tolist") and hasattr(padding, "shape"):
+        if getattr(padding, "ndim", None) == 0:       # np.array("SAME") would print as 'SAME' after tolist()
+            fail_type(arg, "'SAME', 'VALID' (a str) or a sequence of (before, after) pairs",
+                      f"a 0-d array {short(padding)}")
         padding = padding.tolist()
     if not isinstance(padding, (list, tuple)):
-        fail_type(arg, "'SAME', 'VALID' or a sequence of (before, after) pairs", _short(padding))
+        fail_type(arg, "'SAME', 'VALID' or a sequence of (before, after) pairs", short(padding))
     pairs = []
     for item in padding:
         if hasattr(item, "tolist") and hasattr(item, "shape"):
             item = item.tolist()                        # a pair given as a 1-D array
         if isinstance(item, (str, bytes)) or not isinstance(item, (list, tuple)) or len(item) != 2:
-            fail(arg, "each element of explicit padding to be a (before, after) pair", _short(padding))
+            fail(arg, "each element of explicit padding to be a (before, after) pair", short(padding))
         pairs.append((as_int(item[0], arg), as_int(item[1], arg)))
     rank = nspatial + 2
     if len(pairs) == rank:
         c = channel_axis(nspatial, is_channels_last)
         if pairs[0] != (0, 0) or pairs[c] != (0, 0):
-            fail(arg, f"zero padding for the batch and channel dimensions (pairs 0 and {c})", _short(padding))
+            fail(arg, f"zero padding for the batch and channel dimensions (pairs 0 and {c})", short(padding))
         pairs = [pairs[a] for a in spatial_axes(nspatial, is_channels_last)]
     elif len(pairs) != nspatial:
         fail(arg, f"{rank} pairs (one per dimension) or {nspatial} (one per spatial dimension)",
-             f"{len(pairs)} pairs: {_short(padding)}")
+             f"{len(pairs)} pairs: {short(padding)}")
     for pb, pa in pairs:
         if pb < 0 or pa < 0:
-            fail(arg, "non-negative pads", _short(padding))
+            fail(arg, "non-negative pads", short(padding))
         if pb > INT32_MAX or pa > INT32_MAX:
             fail(arg, f"pads <= {INT32_MAX} (kernels keep extents, strides, dilations and pads in int)",
-                 _short(padding))
+                 short(padding))
     return tuple(pairs)
 
 
@@ -173,20 +180,21 @@ def shape_param(value: Any, arg: str, nspatial: int, is_channels_last: bool, bat
         n, ch = seq[0], seq[c]
         spatial = tuple(seq[a] for a in spatial_axes(nspatial, is_channels_last))
         if n != batch:
-            fail(arg, f"batch size {batch} (from the tensor arguments)", f"{n} in {list(seq)}")
+            fail(arg, f"batch size {batch} (from the tensor arguments)", f"{n} in {short(list(seq))}")
         if channels is not None and ch != channels:
-            fail(arg, f"{channels} channels (from the tensor arguments)", f"{ch} in {list(seq)}")
+            fail(arg, f"{channels} channels (from the tensor arguments)", f"{ch} in {short(list(seq))}")
     elif len(seq) == nspatial:
         if channels is None:
-            fail(arg, f"a full shape of length {rank}", f"length {len(seq)}: {list(seq)}")
+            fail(arg, f"a full shape of length {rank}", f"length {len(seq)}: {short(list(seq))}")
         n, ch, spatial = batch, channels, seq
     else:
-        fail(arg, f"a shape of length {rank} (full) or {nspatial} (spatial only)", f"length {len(seq)}: {list(seq)}")
+        fail(arg, f"a shape of length {rank} (full) or {nspatial} (spatial only)",
+             f"length {len(seq)}: {short(list(seq))}")
     for v in (n, ch) + tuple(spatial):
         if v < 0:
-            fail(arg, "non-negative sizes", list(seq))
+            fail(arg, "non-negative sizes", short(list(seq)))
         if v > INT32_MAX:
-            fail(arg, f"sizes <= {INT32_MAX} (kernels keep extents in int)", list(seq))
+            fail(arg, f"sizes <= {INT32_MAX} (kernels keep extents in int)", short(list(seq)))
     return canonical_shape(n, spatial, ch)
 
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from ._args import fail, fail_type
+from ._args import fail, fail_type, short
 
 BACKENDS = ("auto", "numpy", "cuda", "emulator")
 ENV_VAR = "GPUCONV_BACKEND"
@@ -27,8 +27,11 @@ _selected: contextvars.ContextVar[str | None] = contextvars.ContextVar("gpuconv_
 
 
 def _check_name(name: Any, arg: str) -> str:
-    if not isinstance(name, str) or name.lower() not in BACKENDS:
-        fail(arg, f"one of {', '.join(map(repr, BACKENDS))}", repr(name))
+    if not isinstance(name, str):
+        fail_type(arg, f"a str, one of {', '.join(map(repr, BACKENDS))}",
+                  f"{short(name)} of type {type(name).__name__}")
+    if name.lower() not in BACKENDS:
+        fail(arg, f"one of {', '.join(map(repr, BACKENDS))}", short(name))
     return name.lower()
 
 

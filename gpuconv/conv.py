@@ -66,7 +66,7 @@ def _wgrad(nspatial, x, filter_sizes, dy, strides, padding, data_format, dilatio
     sizes = A.int_sequence(filter_sizes, "filter_sizes")
     if len(sizes) != nspatial + 2 or min(sizes) < 0 or max(sizes) > A.INT32_MAX:
         A.fail("filter_sizes", f"{nspatial + 2} sizes in [0, {A.INT32_MAX}] ({_FILTER_LAYOUT[nspatial]})",
-               list(sizes))
+               A.short(list(sizes)))
     x5 = to_canonical(x, be.xp, nspatial, cl)
     dy5 = to_canonical(dy, be.xp, nspatial, cl)
     w_shape = (1,) * (3 - nspatial) + sizes
@@ -81,7 +81,7 @@ def conv2d(input: Any, filters: Any, strides, padding, data_format: str = "NHWC"
 
     Args: input (N,H,W,C) or (N,C,H,W); filters (kh, kw, C/groups, K); strides, dilations: int or sequence;
     padding: 'SAME', 'VALID' or explicit pairs. Returns the output in input's layout and dtype.
-    TF: `tf.nn.conv2d`. Differs from TF: strides > 1 together with dilations > 1 is allowed.
+    TF: `tf.nn.conv2d` (strides > 1 with dilations > 1 allowed, as there; `tf.nn.convolution` and Keras refuse it).
     """
     return _fprop(2, input, filters, strides, padding, data_format, dilations)
 
@@ -98,7 +98,7 @@ def conv2d_backprop_input(input_sizes, filters: Any, out_backprop: Any, strides,
     """Gradient of conv2d with respect to its input (dgrad). input_sizes: full or spatial-only shape.
 
     TF: `tf.raw_ops.Conv2DBackpropInput` (`tf.compat.v1.nn.conv2d_backprop_input`). Differs from TF: dilations
-    > 1 are supported.
+    > 1 are supported (TF's own CPU kernels refuse them; its oneDNN build accepts them).
     """
     return _dgrad(2, "input_sizes", input_sizes, filters, "out_backprop", out_backprop, strides, padding,
                   data_format, dilations)

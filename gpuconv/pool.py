@@ -40,8 +40,7 @@ def max_pool2d(input: Any, ksize, strides, padding, data_format: str = "NHWC"):
     """2-D max pooling. TF: `tf.nn.max_pool2d`.
 
     Differs from TF: a window whose first in-bounds cell is NaN gives NaN (TF's CPU max_pool skips NaN cells,
-    its argmax and MaxPoolGrad do not); an all -inf window gives -inf (TF: the dtype's lowest value);
-    explicit padding is accepted.
+    its argmax and MaxPoolGrad do not); an all -inf window gives -inf (TF: the dtype's lowest value).
     """
     return _forward("max_pool", 2, input, ksize, strides, padding, data_format, MAX_DTYPES)
 
@@ -71,7 +70,7 @@ def index_dtype(output_dtype: Any) -> np.dtype:
     except (TypeError, ValueError):                 # not a dtype at all, or a malformed structured one
         dt = None
     if dt not in INDEX_DTYPES:
-        A.fail("output_dtype", "'int64' or 'int32'", repr(output_dtype))
+        A.fail("output_dtype", "'int64' or 'int32'", A.short(output_dtype))
     return dt
 
 
@@ -85,7 +84,7 @@ def max_pool_with_argmax(input: Any, ksize, strides, padding, data_format: str =
     """
     be = resolve({"input": input})
     if not (isinstance(data_format, str) and data_format == "NHWC"):
-        A.fail("data_format", "'NHWC' (max_pool_with_argmax is NHWC only, as in TF)", repr(data_format))
+        A.fail("data_format", "'NHWC' (max_pool_with_argmax is NHWC only, as in TF)", A.short(data_format))
     include = _flag(include_batch_in_index, "include_batch_in_index")
     idx = index_dtype(output_dtype)
     A.tensor(input, "input", 4, MAX_DTYPES, "NHWC")
@@ -100,7 +99,7 @@ def max_pool_with_argmax(input: Any, ksize, strides, padding, data_format: str =
 
 def _flag(value: Any, arg: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
-        A.fail_type(arg, "a bool", repr(value))
+        A.fail_type(arg, "a bool", A.short(value))
     return bool(value)
 
 

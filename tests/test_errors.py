@@ -273,6 +273,14 @@ def test_unknown_backend_is_rejected(monkeypatch):
     monkeypatch.setenv("GPUCONV_BACKEND", "opencl")
     with pytest.raises(ValueError, match="GPUCONV_BACKEND"):
         gc.get_backend()
+    for bad in (None, b"numpy", 1):                     # not a str: a TypeError that shows what was given
+        with pytest.raises(TypeError, match=rf"^name: expected a str, one of .*, got {bad!r} of type"):
+            with gc.use_backend(bad):
+                pass
+    with pytest.raises(ValueError) as err:              # a huge name is shown cut, not whole
+        with gc.use_backend("x" * 10**6):
+            pass
+    assert len(str(err.value)) < 300 and str(err.value).endswith("...")
 
 
 def test_numpy_arrays_on_cuda_backend_are_rejected():
