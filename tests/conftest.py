@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 
+import numpy as np
 import pytest
 
 REQUIRED = {"emulator": "GPUCONV_REQUIRE_EMULATOR", "compile_gate": "GPUCONV_REQUIRE_NVRTC",
@@ -100,3 +101,19 @@ def to_backend(name: str, a):
 
 def to_numpy(a):
     return a.get() if hasattr(a, "get") else a
+
+
+def run_on(backend: str, fn, *args, **kwargs):
+    """fn(*args) on `backend`, NumPy arrays moved there and results (one array or a tuple) moved back."""
+    import gpuconv
+    args = tuple(to_backend(backend, a) if isinstance(a, np.ndarray) else a for a in args)
+    with gpuconv.use_backend(backend):
+        out = fn(*args, **kwargs)
+    return tuple(to_numpy(o) for o in out) if isinstance(out, tuple) else to_numpy(out)
+
+
+def run_oracle(fn, *args, **kwargs):
+    """fn(*args) on the NumPy backend: the reference the kernels are compared with."""
+    import gpuconv
+    with gpuconv.use_backend("numpy"):
+        return fn(*args, **kwargs)

@@ -44,7 +44,7 @@ from gpuconv.plans import pool as PP
 from gpuconv.plans import unpool as UP
 from gpuconv.plans.conv_common import INDEX_TYPES, flag_expression
 
-from conftest import to_backend, to_numpy
+from conftest import run_on as run, run_oracle as oracle
 
 F16, F32, F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 LL = "long long"
@@ -71,18 +71,6 @@ def install(monkeypatch, backend: str, order, seed: int) -> set:
 
     monkeypatch.setattr(executor, "launch", record)
     return names
-
-
-def run(backend, fn, *args, **kwargs):
-    args = tuple(to_backend(backend, a) if isinstance(a, np.ndarray) else a for a in args)
-    with gpuconv.use_backend(backend):
-        out = fn(*args, **kwargs)
-    return tuple(to_numpy(o) for o in out) if isinstance(out, tuple) else to_numpy(out)
-
-
-def oracle(fn, *args, **kwargs):
-    with gpuconv.use_backend("numpy"):
-        return fn(*args, **kwargs)
 
 
 def uniform(shape, dtype, seed):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import to_backend, to_numpy
+from conftest import run_on as run, run_oracle as oracle, to_backend, to_numpy
 
 import gpuconv
 from gpuconv.plans import pool as pool_plans
@@ -43,19 +43,6 @@ def _install_emulator(monkeypatch, order: str, seed: int = 0) -> None:
     from gpuconv.executors.emulator import EmulatorExecutor
     from gpuconv.kernel_backend import KernelBackend
     monkeypatch.setitem(B._instances, "emulator", KernelBackend(EmulatorExecutor(order=order, seed=seed)))
-
-
-def run(backend: str, fn, *args, **kwargs):
-    """fn(*args) on `backend`, NumPy arrays moved there and results moved back."""
-    args = tuple(to_backend(backend, a) if isinstance(a, np.ndarray) else a for a in args)
-    with gpuconv.use_backend(backend):
-        out = fn(*args, **kwargs)
-    return tuple(to_numpy(o) for o in out) if isinstance(out, tuple) else to_numpy(out)
-
-
-def oracle(fn, *args, **kwargs):
-    with gpuconv.use_backend("numpy"):
-        return fn(*args, **kwargs)
 
 
 def assert_same(got, want, dtype=None):
