@@ -93,8 +93,8 @@ def test_error_messages_are_bounded(arg):
 # integers and padding
 # ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("call", [
-    lambda: gc.conv2d(_X, _W, np.timedelta64(2), "SAME"),
-    lambda: gc.max_pool2d(_X, [np.timedelta64(2), 2], 2, "SAME"),
+    lambda: gc.conv2d(_X, _W, np.timedelta64(2, "s"), "SAME"),
+    lambda: gc.max_pool2d(_X, [np.timedelta64(2, "ms"), 2], 2, "SAME"),
 ])
 def test_time_values_are_not_integers(call):
     """Old code: np.timedelta64 has __index__, so a stride of two "time units" was accepted as 2 (its arrays
