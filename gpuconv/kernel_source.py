@@ -150,11 +150,12 @@ def crt_include_options() -> tuple[str, ...]:
         return ()
     toolkits = [os.environ.get("CUDA_PATH"), os.environ.get("CUDA_HOME"), SYSTEM_CUDA]
     candidates = [find("nvcc")] + [Path(t) / "include" for t in toolkits if t]
+    wanted = _cudart_version(cudart)
     for d in candidates:
         if d is None or not (d / CRT_HEADER).is_file():
             continue
         has_runtime = (d / "cuda_runtime.h").is_file() or (d / "cuda_runtime_api.h").is_file()
-        if not has_runtime or (_cudart_version(d) is not None and _cudart_version(d) == _cudart_version(cudart)):
+        if not has_runtime or (wanted is not None and _cudart_version(d) == wanted):
             return ("-I" + str(d),)
     return ()
 

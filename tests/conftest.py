@@ -103,6 +103,14 @@ def to_numpy(a):
     return a.get() if hasattr(a, "get") else a
 
 
+def install_emulator(monkeypatch, order: str, seed: int = 0) -> None:
+    """The 'emulator' backend replaced, for this test, by one whose executor runs this thread order."""
+    from gpuconv import backend as B
+    from gpuconv.executors.emulator import EmulatorExecutor
+    from gpuconv.kernel_backend import KernelBackend
+    monkeypatch.setitem(B._instances, "emulator", KernelBackend(EmulatorExecutor(order=order, seed=seed)))
+
+
 def run_on(backend: str, fn, *args, **kwargs):
     """fn(*args) on `backend`, NumPy arrays moved there and results (one array or a tuple) moved back."""
     import gpuconv

@@ -44,7 +44,7 @@ from gpuconv.plans import pool as PP
 from gpuconv.plans import unpool as UP
 from gpuconv.plans.conv_common import INDEX_TYPES, flag_expression
 
-from conftest import run_on as run, run_oracle as oracle
+from conftest import install_emulator, run_on as run, run_oracle as oracle
 
 F16, F32, F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 LL = "long long"
@@ -58,9 +58,7 @@ def install(monkeypatch, backend: str, order, seed: int) -> set:
     every launch; returns the set it records into."""
     from gpuconv import backend as B
     if backend == "emulator":
-        from gpuconv.executors.emulator import EmulatorExecutor
-        from gpuconv.kernel_backend import KernelBackend
-        monkeypatch.setitem(B._instances, "emulator", KernelBackend(EmulatorExecutor(order=order, seed=seed)))
+        install_emulator(monkeypatch, order, seed)
     executor = B._instance(backend).executor
     names: set = set()
     original = executor.launch

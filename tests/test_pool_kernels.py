@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import run_on as run, run_oracle as oracle, to_backend, to_numpy
+from conftest import install_emulator, run_on as run, run_oracle as oracle, to_backend, to_numpy
 
 import gpuconv
 from gpuconv.plans import pool as pool_plans
@@ -32,17 +32,10 @@ def backend(request, kernel_backend, monkeypatch):
     """A kernel backend name; for the emulator, installed with the thread order of the param."""
     order = request.param
     if kernel_backend == "emulator":
-        _install_emulator(monkeypatch, order)
+        install_emulator(monkeypatch, order)
     elif order != "forward":
         pytest.skip("thread order is an emulator setting")
     return kernel_backend
-
-
-def _install_emulator(monkeypatch, order: str, seed: int = 0) -> None:
-    from gpuconv import backend as B
-    from gpuconv.executors.emulator import EmulatorExecutor
-    from gpuconv.kernel_backend import KernelBackend
-    monkeypatch.setitem(B._instances, "emulator", KernelBackend(EmulatorExecutor(order=order, seed=seed)))
 
 
 def assert_same(got, want, dtype=None):
@@ -405,7 +398,7 @@ def test_scatter_is_independent_of_thread_order(monkeypatch, dtype):
     u = np.random.default_rng(32).standard_normal(ushape).astype(dtype)
     results = []
     for order, seed in [("forward", 0), ("reverse", 0), ("shuffle", 1), ("shuffle", 2)]:
-        _install_emulator(monkeypatch, order, seed)
+        install_emulator(monkeypatch, order, seed)
         results.append(run("emulator", gpuconv.max_unpool, u, a, oshape))
     for r in results:
         assert r.tobytes() == results[0].tobytes()

@@ -65,8 +65,9 @@ def conv_config(rng, nsp, *, dilation=True, explicit=True, groups=False, float32
     VALID, strides (1,2), (2,1) or (4,1) corrupt the heap (an abort tens to thousands of calls later, at once
     under glibc's MALLOC_CHECK_=3), (3,1) gave wrong values in 322 of 2000 calls, (1,4) in 1 (found at case 10482
     of 12000; not reproduced later: (3,1) alone in fresh processes gave 0 wrong in 2000 calls, with or without
-    MALLOC_CHECK_=3 or MALLOC_PERTURB_, so they may depend on the heap's state). Strides (2,2), (2,3), (3,2), (2,4), (3,3), filters 1x2, 2x1, 1x3, 3x3, float64, float32 with
-    oneDNN off (TF_ENABLE_ONEDNN_OPTS=0), Conv2D and Conv2DBackpropInput ran 1500-4000 calls cleanly.
+    MALLOC_CHECK_=3 or MALLOC_PERTURB_, so they may depend on the heap's state). Strides (2,2), (2,3), (3,2),
+    (2,4), (3,3), filters 1x2, 2x1, 1x3, 3x3, float64, float32 with oneDNN off (TF_ENABLE_ONEDNN_OPTS=0), Conv2D
+    and Conv2DBackpropInput ran 1500-4000 calls cleanly.
     The loop reference and PyTorch agree with each other there, not with TF; test_api covers those shapes."""
     while True:
         sp = [int(v) for v in rng.integers(2, 8 if nsp == 2 else 5, nsp)]

@@ -248,21 +248,22 @@ def chart(doc: dict[str, Any], path: Path) -> Path | None:
 def write_all(doc: dict[str, Any], out_dir: Path, stem: str) -> dict[str, Path | None]:
     """Write <stem>.png (if matplotlib is there), <stem>.md and <stem>.json into out_dir."""
     _prepare(doc, out_dir)
-    png = chart(doc, out_dir / f"{stem}.png")
-    doc["chart"] = str(png) if png else None
-    md = _write_text(out_dir / f"{stem}.md", markdown(doc))
-    js = write_json(doc, out_dir / f"{stem}.json")
-    return {"json": js, "md": md, "png": png}
+    return _write_md_json(doc, out_dir, stem, chart(doc, out_dir / f"{stem}.png"))
 
 
 def write_partial(doc: dict[str, Any], out_dir: Path, stem: str) -> dict[str, Path | None]:
     """The JSON and Markdown reports of a run still in progress (no chart: it is drawn once, at the end), so
     that a run killed before its end (a batch slot's time limit) keeps every measurement made so far."""
     _prepare(doc, out_dir)
-    doc["chart"] = None
+    return _write_md_json(doc, out_dir, stem, None)
+
+
+def _write_md_json(doc: dict[str, Any], out_dir: Path, stem: str, png: Path | None) -> dict[str, Path | None]:
+    """<stem>.md and <stem>.json, naming the chart if one was drawn."""
+    doc["chart"] = str(png) if png else None
     md = _write_text(out_dir / f"{stem}.md", markdown(doc))
     js = write_json(doc, out_dir / f"{stem}.json")
-    return {"json": js, "md": md, "png": None}
+    return {"json": js, "md": md, "png": png}
 
 
 def _prepare(doc: dict[str, Any], out_dir: Path) -> None:

@@ -511,7 +511,8 @@ class EmulatorExecutor:
         self.sanitize = bool(sanitize)
         if workers is None:
             workers = _env_int("GPUCONV_EMULATOR_THREADS", 1, 1, MAX_WORKERS)
-        elif isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or not 1 <= workers <= MAX_WORKERS:
+        elif (isinstance(workers, bool) or not isinstance(workers, (int, np.integer))
+              or not 1 <= workers <= MAX_WORKERS):
             raise ValueError(f"workers: expected an integer in [1, {MAX_WORKERS}], got {workers!r}")
         self.workers = int(workers)
         self.stack_bytes = _env_int("GPUCONV_EMULATOR_STACK_KIB", 1024 if sanitize else 256, MIN_STACK_KIB,
