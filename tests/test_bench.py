@@ -435,6 +435,16 @@ def test_cli_measures_copy_bandwidth_with_the_run_timing(monkeypatch):
     assert cli.measure_copy_bandwidth("quick", None)["gbps"] is None       # no CuPy: no number, no crash
 
 
+def test_freeing_gpu_memory_between_cases_imports_no_gpu_library():
+    """The bench frees CuPy's and PyTorch's cached GPU blocks only where those libraries are imported already: it
+    used to import torch for it, and a first `import torch` that failed part-way (under the stand-in CuPy module
+    of the test above) left a process that segfaulted at exit (`pytest tests/test_bench.py`: exit 139)."""
+    code = ("import sys; from gpuconv.bench import cli; cli._free_gpu_memory(); "
+            "print(sorted(m for m in ('torch', 'cupy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", (out.stdout, out.stderr[-2000:])
+
+
 def test_segnet_ladder_at_the_gpu_default_batch_has_large_tensors():
     full = build_cases(["segnet"], ["pool_argmax"], ["float32"], cli.default_batch("full", "gpu"))
     assert cli.default_batch("full", "gpu") == 32 and cli.default_batch("full", "cpu") == 1

@@ -119,14 +119,18 @@ def _l2_bytes() -> int | None:
 
 
 def _free_gpu_memory() -> None:
+    """Hand CuPy's and PyTorch's cached GPU blocks back between cases. Only libraries already imported can hold
+    any, so none is imported here: a first `import torch` that fails part-way (it did under a test's stand-in
+    CuPy module) leaves torch's C state half-built and the interpreter segfaults at exit."""
     try:
-        import cupy
-        cupy.get_default_memory_pool().free_all_blocks()
+        cupy = sys.modules.get("cupy")
+        if cupy is not None:
+            cupy.get_default_memory_pool().free_all_blocks()
     except Exception:
         pass
     try:
-        import torch
-        if torch.cuda.is_available():
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()
     except Exception:
         pass
