@@ -26,7 +26,8 @@ import numpy as np
 
 from ..dtypes import accumulator_dtype
 from ..geometry import ConvProblem
-from ._window import SCRATCH_BYTES, tap_range
+from . import _window
+from ._window import tap_range
 
 
 def operand_is_finite(a: np.ndarray) -> bool:
@@ -50,9 +51,9 @@ def _tap_boxes(p: ConvProblem):
 
 
 def _batches(p: ConvProblem, acc: np.dtype):
-    """Batch slices whose per-tap copies (an x box and a y box per image) stay within SCRATCH_BYTES."""
+    """Batch slices whose per-tap copies (an x box and a y box per image) stay within _window.SCRATCH_BYTES."""
     per_image = max(1, p.Z * p.P * p.Q * (p.C + p.K) * acc.itemsize * 2)
-    step = max(1, SCRATCH_BYTES // per_image)
+    step = max(1, _window.SCRATCH_BYTES // per_image)   # read per call: one budget, _window's
     for n0 in range(0, p.N, step):
         yield slice(n0, min(n0 + step, p.N))
 

@@ -55,7 +55,7 @@ import threading
 import numpy as np
 
 from ..geometry import ConvProblem
-from . import _parallel
+from . import _parallel, _window
 
 # Channels (C and K) below which the direct path stays faster.
 MIN_CHANNELS = 32
@@ -200,8 +200,7 @@ def _chunk_bytes(nb: int, rb: int, tq: int, C: int, K: int, wgrad: bool) -> int:
 
 
 def _budget() -> int:
-    from ._window import SCRATCH_BYTES
-    return min(CHUNK_BYTES, SCRATCH_BYTES)
+    return min(CHUNK_BYTES, _window.SCRATCH_BYTES)
 
 
 def fits(p: ConvProblem) -> bool:
