@@ -15,6 +15,7 @@ import pytest
 
 import gpuconv as gc
 import loop_reference as L
+from conftest import kernel_backend_names, run_on
 from gpuconv.numpy_backend import _window
 from gpuconv.numpy_backend import conv as conv_module
 
@@ -395,3 +396,25 @@ def test_int8_max_pool_with_257_taps():
                                   L.max_pool_grad(x, dy, (1, 257), 1, "VALID"))
     v, a = gc.max_pool_with_argmax(x, (1, 257), 1, "VALID")
     np.testing.assert_array_equal(a, L.max_pool_with_argmax(x, (1, 257), 1, "VALID")[1])
+
+
+@pytest.mark.parametrize("backend", ["numpy"] + kernel_backend_names())
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("ksize, strides", [(2, 2), (3, 1)], ids=["disjoint", "overlapping"])
+def test_scattered_negative_zero_arrives_as_positive_zero(backend, dtype, ksize, strides):
+    """A -0.0 gradient or update that reaches a cell alone comes out as +0.0 from every scatter, on every
+    backend, as from TF's CPU kernels, which add into zeros (TF 2.21: MaxPoolGrad, MaxPoolGradWithArgmax and
+    AvgPoolGrad of an all -0.0 grad have no sign bit set, 2x2/2 VALID), and as from overlapping windows and
+    the kernels' accumulators. Before, the NumPy backend assigned where windows do not overlap and kept -0.0."""
+    x = np.arange(2 * 6 * 6 * 3, dtype=dtype).reshape(2, 6, 6, 3)
+    y, am = gc.max_pool_with_argmax(x, ksize, strides, "VALID")
+    neg = np.full(y.shape, -0.0, dtype)
+    outs = {"max_pool_grad": run_on(backend, gc.max_pool_grad, x, y, neg, ksize, strides, "VALID"),
+            "max_pool_grad_with_argmax": run_on(backend, gc.max_pool_grad_with_argmax, x, neg, am, ksize,
+                                                strides, "VALID"),
+            "avg_pool_grad": run_on(backend, gc.avg_pool_grad, x.shape, neg, ksize, strides, "VALID"),
+            "avg_unpool": run_on(backend, gc.avg_unpool, neg, ksize, strides, "VALID", x.shape),
+            "max_unpool": run_on(backend, gc.max_unpool, neg, am, x.shape)}
+    for name, out in outs.items():
+        assert out.dtype == dtype and not out.any(), name
+        assert not np.signbit(out).any(), name
