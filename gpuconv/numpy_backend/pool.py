@@ -693,7 +693,7 @@ def _scatter_boxes(p: PoolProblem, dtype: np.dtype, unit: int):
 
 
 def _scatter_taps(p: PoolProblem, box, dx: np.ndarray, acc, g: np.ndarray, sc) -> None:
-    """Add (or, without overlaps, assign) g's cells to the in-bounds cells of their windows, tap by tap.
+    """Add g's cells to the in-bounds cells of their windows, tap by tap (without overlaps: assign g + 0).
 
     dx: the full dx (acc is None) or a float32 accumulator for the batch items of box (acc given).
     sc: None (every tap receives g) or the scratch of _select, whose "tap" holds each window's selected tap;
@@ -718,7 +718,8 @@ def _scatter_taps(p: PoolProblem, box, dx: np.ndarray, acc, g: np.ndarray, sc) -
             target += gs
         else:
             # Each cell gets one value: assigned, plus 0 so that a -0.0 arrives as +0.0, as from TF's sums into
-            # zeros (and from overlapping windows and the CUDA kernels); the same pass as a copy.
+            # zeros (and from overlapping windows and the CUDA kernels); one pass like the copy it replaced, 6-15%
+            # slower (max_pool_grad / avg_pool_grad, 2x2/2 on 4x90x120x256 float32, one thread).
             np.add(gs, 0, out=target, casting="same_kind")
 
 
