@@ -169,22 +169,27 @@ def _ref64(x, w, dy, pads, strides=(1, 1, 1)):
     return y, dxp[:, d0:d0 + D, h0:h0 + H, w0:w0 + W], dw
 
 
-def test_winograd_with_depth_padding():
-    """A 1x3x3 conv3d with explicit depth padding (0, 2): the output has depth D + 2, so Winograd's per-plane
-    tiling (which pairs input plane i with output plane i) does not apply; the result is the direct one.
-    Mutant: Winograd's applicability test without its `Z == D` condition (pad_before 0 passes the other one)."""
-    x = RNG.standard_normal((1, 2, 6, 6, 32)).astype(np.float32)
-    w = RNG.standard_normal((1, 3, 3, 32, 32)).astype(np.float32)
+def _conv3d_depth_padded_is_direct(x_shape, w_shape):
+    """conv3d and both gradients with depth padding (0, 2) (rows and columns SAME-like (1, 1)) against
+    float64; returns the output's shape."""
+    x = RNG.standard_normal(x_shape).astype(np.float32)
+    w = RNG.standard_normal(w_shape).astype(np.float32)
     pads = ((0, 2), (1, 1), (1, 1))
     pad_api = [[0, 0]] + [list(p) for p in pads] + [[0, 0]]
     y = gc.conv3d(x, w, 1, pad_api)
     dy = RNG.standard_normal(y.shape).astype(np.float32)
-    want = _ref64(x, w, dy, pads)
-    assert y.shape == want[0].shape == (1, 4, 6, 6, 32)
     got = (y, gc.conv3d_backprop_input(x.shape, w, dy, 1, pad_api),
            gc.conv3d_backprop_filter(x, w.shape, dy, 1, pad_api))
-    for g, r in zip(got, want):
-        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-3)
+    for g, r in zip(got, _ref64(x, w, dy, pads)):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=2e-3)
+    return y.shape
+
+
+def test_winograd_with_depth_padding():
+    """A 1x3x3 conv3d with explicit depth padding (0, 2): the output has depth D + 2, so Winograd's per-plane
+    tiling (which pairs input plane i with output plane i) does not apply; the result is the direct one.
+    Mutant: Winograd's applicability test without its `Z == D` condition (pad_before 0 passes the other one)."""
+    assert _conv3d_depth_padded_is_direct((1, 2, 6, 6, 32), (1, 3, 3, 32, 32)) == (1, 4, 6, 6, 32)
 
 
 def test_winograd_overflow_to_minus_inf_only_falls_back():
@@ -240,17 +245,7 @@ def test_winograd_filter_gradient_overflow_falls_back():
 def test_winograd_not_used_for_a_3x3x3_filter_with_same_depth():
     """A 3x3x3 conv3d whose depth padding (0, 2) keeps the depth (Z == D, pad_before 0): Winograd is 2-D (one
     depth tap) and must not take it. Mutant: the filter-shape test ignoring the depth extent T."""
-    x = RNG.standard_normal((1, 3, 6, 6, 32)).astype(np.float32)
-    w = RNG.standard_normal((3, 3, 3, 32, 32)).astype(np.float32)
-    pads = ((0, 2), (1, 1), (1, 1))
-    pad_api = [[0, 0]] + [list(p) for p in pads] + [[0, 0]]
-    y = gc.conv3d(x, w, 1, pad_api)
-    dy = RNG.standard_normal(y.shape).astype(np.float32)
-    want = _ref64(x, w, dy, pads)
-    got = (y, gc.conv3d_backprop_input(x.shape, w, dy, 1, pad_api),
-           gc.conv3d_backprop_filter(x, w.shape, dy, 1, pad_api))
-    for g, r in zip(got, want):
-        np.testing.assert_allclose(g, r, rtol=1e-4, atol=2e-3)
+    assert _conv3d_depth_padded_is_direct((1, 3, 6, 6, 32), (3, 3, 3, 32, 32)) == (1, 3, 6, 6, 32)
 
 
 def test_stride2_winograd_dgrad_not_used_with_a_large_pad():
