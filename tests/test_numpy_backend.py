@@ -415,6 +415,22 @@ def test_max_unpool_duplicates_add():
     np.testing.assert_array_equal(gc.max_unpool_grad(out, a), np.full(v.shape, 36, np.float32))
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_duplicates_are_summed_exactly_and_rounded_once(dtype):
+    # The NumPy backend's documented rule (README "Determinism"): float16/float32 duplicates are summed in
+    # float64 and rounded once, so 1 + big - big is exactly 1 (the kernels and TF's CPU kernel add float32 in
+    # float32, one by one: big + 1 rounds to big there, and they give 0).
+    big = 2.0 ** (25 if dtype == np.float32 else 12)         # 1 is below half an ulp of big in dtype
+    assert dtype(big) + dtype(1) == dtype(big)
+    updates = np.array([1, big, -big], dtype).reshape(1, 1, 3, 1)
+    argmax = np.zeros(updates.shape, np.int64)
+    want = np.zeros((1, 1, 3, 1), dtype)
+    want[0, 0, 0, 0] = 1
+    np.testing.assert_array_equal(gc.max_unpool(updates, argmax, (1, 1, 3, 1)), want)
+    np.testing.assert_array_equal(gc.max_pool_grad_with_argmax(np.zeros_like(updates), updates, argmax, 1, 1,
+                                                               "VALID"), want)
+
+
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int8, np.uint8, np.int16, np.int32,
                                    np.int64])
 @pytest.mark.parametrize("include", [False, True])
