@@ -140,19 +140,20 @@ __device__ __forceinline__ void dgrad_analytic(const Element* __restrict__ dy, c
     const Idx total = (Idx)N * D * H * W * C;
     Idx i;
     if (!element_of_thread(total, i)) return;
-    // Two divisions in Idx (before anything is live), the rest in int: D*H*W < 2^31 (plans check it).
+    // The divisions in Idx, before anything is live: an image of the long long instantiation may have
+    // >= 2^31 pixels (D, H, W and C each fit in int: plans check it).
     const Idx pixel = i / C;
     const int c = (int)(i - pixel * C);
-    const int image_pixels = D * H * W;
+    const Idx image_pixels = (Idx)D * H * W;
     const int n = (int)(pixel / image_pixels);
-    int rest = (int)(pixel - (Idx)n * image_pixels);
-    const int x_w = rest % W; rest /= W;
-    const int x_h = rest % H;
-    const int x_d = rest / H;
+    Idx rest = pixel - (Idx)n * image_pixels;
+    const int x_w = (int)(rest % W); rest /= W;
+    const int x_h = (int)(rest % H);
+    const int x_d = (int)(rest / H);
     dx[i] = from_accum<Element>(dgrad_element(dy, w, pr, n, x_d, x_h, x_w, c));
 }
 
-// Launch bounds: 4 blocks of 256 threads per SM (<= 64 registers; it needs 37-56; 5 blocks spill with 64-bit
+// Launch bounds: 4 blocks of 256 threads per SM (<= 64 registers; it needs 39-55; 5 blocks spill with 64-bit
 // indices).
 template <typename Element, typename Idx>
 __global__ void __launch_bounds__(256, 4)

@@ -248,3 +248,36 @@ def test_nonfinite_flag_scan_of_the_largest_32bit_operand():
         pytest.skip(out.stdout.strip())
     assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
     assert out.stdout.split() == ["FLAG", "1"], out.stdout
+
+
+def test_dgrad_analytic_images_of_2_32_pixels():
+    """conv_dgrad_analytic on an image of 4 * (2^30 + 2) = 2^32 + 8 pixels (conv3d backprop input, 1x1x1 filter,
+    one channel). The kernel split a dx pixel into (n, d, h, w) with the image size in int, which wraps to 8
+    here: pixel 8 became batch item 1 and its dy read landed 2^32 elements past the start (a segfault in the
+    emulator, hence a subprocess). The plans give such images to the analytic kernel (the tiled one refuses
+    them); only the first 4 blocks of its launch run here (1024 dx elements, all in row 0 of batch item 0): the
+    whole launch would be 2^32 emulated threads. The arrays hold those 1024 elements only; the correct kernel
+    touches nothing else."""
+    import subprocess
+    import sys
+    import textwrap
+    script = textwrap.dedent("""
+        import dataclasses
+        import numpy as np
+        from gpuconv.executors.emulator import EmulatorExecutor
+        from gpuconv.geometry import conv_problem
+        from gpuconv.plans import conv_dgrad as DG
+        p = conv_problem((1, 4, 1, 2**30 + 2, 1), (1, 1, 1, 1, 1), (1, 1, 1), (1, 1, 1), ((0, 0),) * 3)
+        assert p.D * p.H * p.W == 2**32 + 8
+        config = DG.config_for(p, np.float32)
+        assert config == DG.DgradConfig("analytic", None, "long long"), config
+        threads = 4 * DG.BLOCK
+        dy = np.arange(1, threads + 1, dtype=np.float32)          # dy[0, 0, 0, q, 0] = q + 1 for q < 1024
+        dx = np.full(threads, np.nan, np.float32)
+        (plan,) = DG.dgrad_plans(config, p, dy, np.array([2.0], np.float32), dx)
+        EmulatorExecutor().launch(dataclasses.replace(plan, grid=(4, 1, 1)))
+        print("BAD", np.flatnonzero(dx != 2 * dy)[:8].tolist())   # dx[0, 0, 0, x, 0] = 2 * dy[0, 0, 0, x, 0]
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    assert out.stdout.split() == ["BAD", "[]"], out.stdout

@@ -131,6 +131,22 @@ def test_dgrad_image_pixels_stay_below_2_31_minus_1024():
     for d, w in [(1, 2**31 - 1024), (2, 2**30 - 512)]:                     # D*H*W = 2^31 - 1024
         ok, why = DG.supports(tiled, cp(D=d, W=w, C=16, K=4, Z=d, Q=w))
         assert not ok and "2^31 - 1024" in why
+    # the analytic kernel splits pixels in 64 bits (its long long instantiation): any image size
+    ok, why = DG.supports(DG.DgradConfig("analytic", None, "long long"), cp(D=4, W=2**30 + 2, C=16, K=4, Z=4,
+                                                                           Q=2**30 + 2))
+    assert ok, why
+
+
+def test_problems_past_every_variant_are_a_value_error_not_a_launch():
+    # The choosers fall back to analytic without asking it; config_for asks and refuses with its reason.
+    dgrad = cp(N=GRID_X, C=THREADS + 1)              # K/G = 1: analytic; dx past 2^31 - 1 blocks of 256 threads
+    assert not DG.supports(DG.choose_dgrad_config(dgrad, F32), dgrad)[0]
+    with pytest.raises(ValueError, match="conv_dgrad configuration .* cannot run this problem: dx needs more"):
+        DG.config_for(dgrad, F32)
+    wgrad = cp(C=2**30, R=2)                                               # T*R*S*C/G = 2^31 filter rows
+    assert not WG.supports(WG.choose_wgrad_config(wgrad, F32), wgrad)[0]
+    with pytest.raises(ValueError, match="conv_wgrad configuration .* cannot run this problem: T.R.S.C/G >= 2"):
+        WG.config_for(wgrad, F32)
 
 
 def test_dgrad_tiled_runs_exactly_65535_groups_and_65535_phases():

@@ -201,6 +201,17 @@ def apply_forced(config, fields: dict, default_tile: str, **analytic_fields):
     return config
 
 
+def checked_config(family: str, config, supported: tuple[bool, str], forced: bool):
+    """config, or the ValueError that says why it cannot run (`supported` is the family's supports() answer):
+    a forced field, or a problem past every variant's limits (the chooser falls back to the analytic variant
+    without asking it)."""
+    ok, why = supported
+    if not ok:
+        raise ValueError(f"{'forced ' if forced else ''}{family} configuration {config} cannot run this problem: "
+                         f"{why}")
+    return config
+
+
 # ---------------------------------------------------------------------------------------------------------
 # launches
 # ---------------------------------------------------------------------------------------------------------

@@ -18,8 +18,8 @@ Variants (`DgradConfig.variant`):
 Chooser rules (`choose_dgrad_config`, a pure function of the problem and the dtype):
   1. index type: ``long long`` when some tensor has >= 2^31 elements (ConvProblem.needs_int64()), else ``int``.
   2. ``analytic`` when the tiled kernel cannot run (`supports` gives the reason: an extent beyond int, more
-     than 65535 groups or stride phases, a grid beyond 2^31-1 blocks, an image of >= 2^31 pixels; the analytic
-     variant has the last two limits too) or when a tile would be mostly padding:
+     than 65535 groups or stride phases, a grid beyond 2^31-1 blocks, an image of >= 2^31 - 1024 pixels; the
+     analytic variant has only the first and a grid limit of its own) or when a tile would be mostly padding:
      C/G < 16 (under 25 % of a 64-wide gemm_n tile) or K/G < 4 (under half of each 8-deep gemm_k step),
      e.g. depthwise convolutions. Otherwise ``tiled``.
   3. tile: float64 always 64x64 (register budget). float32/float16: the first of 128x128, 128x64, 64x64 that
@@ -51,8 +51,8 @@ from ..geometry import ConvProblem
 from ..kernel_source import KernelFamily, LaunchHint
 from . import LaunchPlan, ceil_div, index_type
 from .conv_common import (GRID_X_MAX, INDEX_TYPES, SIMT16_BLOCK, SIMT16_TILE_K, SM_COUNT, ForcedFields, apply_forced,
-                          config_reason, filter_elements, flag_expressions, flagged_launch, grid_reason,
-                          problem_scalars, simt16_tiles, simt16_tiles_for, tile_grid)
+                          checked_config, config_reason, filter_elements, flag_expressions, flagged_launch,
+                          grid_reason, problem_scalars, simt16_tiles, simt16_tiles_for, tile_grid)
 from .conv_common import needs_nonfinite_flag  # noqa: F401 (re-exported: the kernel backend asks here)
 
 BLOCK = SIMT16_BLOCK         # threads of every dgrad kernel
@@ -139,14 +139,14 @@ def supports(config: DgradConfig, p: ConvProblem, dtype=np.float32) -> tuple[boo
     why = config_reason(config, p, dtype, VARIANTS)
     if why:
         return False, why
-    if p.D * p.H * p.W >= INT_LIMIT:
-        return False, "an image has >= 2^31 - 1024 pixels: the kernels index pixels within an image in int"
     if np.dtype(dtype) not in FLOAT_DTYPES:
         return False, f"dtype {np.dtype(dtype)} is not a float dtype"
     if config.variant == "analytic":
         if ceil_div(p.N * p.D * p.H * p.W * p.C, BLOCK) > GRID_X_MAX:
             return False, f"dx needs more than {GRID_X_MAX} blocks of {BLOCK} threads"
         return True, ""
+    if p.D * p.H * p.W >= INT_LIMIT:
+        return False, "an image has >= 2^31 - 1024 pixels: the tiled kernel indexes pixels within an image in int"
     if config.tile not in tiles_for(dtype):
         return False, f"tile {config.tile!r} is not instantiated for {np.dtype(dtype)} (have {tiles_for(dtype)})"
     why = grid_reason(tiled_grid(p, config.tile), "stride phases")
@@ -186,15 +186,13 @@ def forced_config(**fields):
 
 
 def config_for(p: ConvProblem, dtype) -> DgradConfig:
-    """choose_dgrad_config, with any forced_config fields applied (ValueError if the result cannot run)."""
+    """choose_dgrad_config, with any forced_config fields applied; ValueError if the result cannot run (a forced
+    field, or a problem past the analytic variant's limits too: an extent beyond int, dx past the grid)."""
     config = choose_dgrad_config(p, dtype)
     fields = _forced.get()
     if fields:
         config = apply_forced(config, fields, tiles_for(dtype)[-1], tile=None)
-        ok, why = supports(config, p, dtype)
-        if not ok:
-            raise ValueError(f"forced dgrad config {config} cannot run: {why}")
-    return config
+    return checked_config(FAMILY.name, config, supports(config, p, dtype), bool(fields))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ Variants (`WgradConfig.variant`):
 Chooser rules (`choose_wgrad_config`, a pure function of the problem and the dtype):
   1. index type: ``long long`` when some tensor has >= 2^31 elements, else ``int``.
   2. ``tiled`` unless `supports` says it cannot run (an extent beyond int, more than 65535 groups or splits,
-     too many tiles); then ``analytic``.
+     too many tiles); then ``analytic``. Where that cannot run either (T*R*S*C/G >= 2^31, dw past the grid),
+     `config_for` raises ValueError with the reason: no launch indexes past its integer type.
   3. tile: float64 always 64x64. Otherwise BM = 128 if K/G > 64 else 64, BN = 128 if C/G*T*R*S > 64 else 64.
   4. split-K: splits = ceil(TARGET_CTAS / (m-tiles * n-tiles * groups)) (TARGET_CTAS = 2 waves of 132 SMs,
      H100 SXM / H200; a fixed SM count, no device query), capped so that every split keeps at least
@@ -49,8 +50,8 @@ from ..geometry import ConvProblem
 from ..kernel_source import KernelFamily, LaunchHint
 from . import LaunchPlan, ceil_div, index_scalar, index_type
 from .conv_common import (GRID_X_MAX, GRID_YZ_MAX, INDEX_TYPES, SIMT16_BLOCK, SIMT16_TILE_K, SM_COUNT, ForcedFields,
-                          apply_forced, config_reason, filter_elements, flag_expressions, flagged_launch, grid_reason,
-                          problem_scalars, simt16_tiles, simt16_tiles_for, tile_grid)
+                          apply_forced, checked_config, config_reason, filter_elements, flag_expressions,
+                          flagged_launch, grid_reason, problem_scalars, simt16_tiles, simt16_tiles_for, tile_grid)
 from .conv_common import needs_nonfinite_flag  # noqa: F401 (re-exported: the kernel backend asks here)
 
 BLOCK = SIMT16_BLOCK
@@ -228,17 +229,15 @@ def forced_config(**fields):
 
 
 def config_for(p: ConvProblem, dtype) -> WgradConfig:
-    """choose_wgrad_config with any forced_config fields applied; a forced split count is normalised."""
+    """choose_wgrad_config with any forced_config fields applied (a forced split count is normalised);
+    ValueError if the result cannot run."""
     config = choose_wgrad_config(p, dtype)
     fields = _forced.get()
     if fields:
         config = apply_forced(config, fields, choose_tile(p, dtype), tile=None, splits=1)
         if config.variant != "analytic":
             config = dataclasses.replace(config, splits=normalise_splits(p, config.splits))
-        ok, why = supports(config, p, dtype)
-        if not ok:
-            raise ValueError(f"forced wgrad config {config} cannot run: {why}")
-    return config
+    return checked_config(FAMILY.name, config, supports(config, p, dtype), bool(fields))
 
 
 # ---------------------------------------------------------------------------------------------------------
