@@ -21,6 +21,18 @@ Covered:
     holds +0.0 (the single-update case of pass 3 was tested, the duplicate case of pass 5 was not). Next to
     it, a direct check of the promised order (increasing update index) with three and four updates per cell
     whose sum depends on the order; the existing random-valued checks catch a reordering only by chance.
+  * conv_dgrad_tiled tap predicate (conv_dgrad.cu, a_valid): a dy depth coordinate z == Z is absent. It occurs
+    only in 3-D with a depth pad before >= 1 (stride 1, T = 3, SAME: dx depth D - 1 at tap 0 reads z = D = Z);
+    no fixed case had one (only the unseeded long fuzz run found it, by chance). Reading it takes the next
+    image's dy (or reads past dy on the last image).
+  * pipelined main loop (conv_common.cuh pipelined_main_loop, has_next = kt + 1 < k_tiles): no k-tile is
+    loaded past the last one. An extra load leaves every result unchanged (it goes to a stage nobody reads),
+    but conv_dgrad_tiled's tap iterator then reads a filter tap past the end of w: an out-of-bounds global read
+    (a fault on a GPU when w ends a page). Only the emulator's AddressSanitizer build sees it, so this test
+    runs a sanitized emulator (one extra build of the conv_dgrad family, ~15 s when not cached).
+  * conv_fprop_tensorop fragment loops (conv_fprop.cu): a loop over the B fragments one past kFragsN writes
+    past a per-thread fragment array and leaves every result unchanged; AddressSanitizer again (one extra
+    build of conv_fprop, ~15 s when not cached).
 """
 from __future__ import annotations
 
@@ -29,6 +41,9 @@ import pytest
 from conftest import install_emulator, run_on as run, run_oracle as oracle
 
 import gpuconv
+from gpuconv.executors.emulator import EmulatorExecutor
+from gpuconv.kernel_backend import KernelBackend
+from gpuconv.plans import conv_dgrad as DG
 from gpuconv.plans import conv_fprop as F
 
 
@@ -152,3 +167,54 @@ def test_fprop_tiled_128x64_second_column_tile(kernel_backend, vector):
         got = run(kernel_backend, gpuconv.conv2d, x, w, 1, "SAME")
     want = oracle(gpuconv.conv2d, x, w, 1, "SAME")
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# conv_dgrad_tiled: a dy depth coordinate z == Z is absent (3-D, depth pad before >= 1)
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", ["analytic", "tiled"])
+def test_dgrad_3d_depth_tap_past_the_last_dy_plane(kernel_backend, variant):
+    # D = Z = 3, T = 3, SAME in depth (pads 1, 1): dx depth 2 at tap 0 maps to z = 2 + 1 - 0 = 3 = Z, which must
+    # be skipped. Two images, so a read of z = Z in image 0 lands on image 1's first dy plane (nonzero).
+    rng = np.random.default_rng(63)
+    x_shape = (2, 3, 2, 3, 2)                              # N, D, H, W, C
+    w = rng.uniform(-1, 1, (3, 1, 2, 2, 4))                # T, R, S, C, K
+    dy = rng.uniform(-1, 1, (2, 3, 2, 3, 4))               # SAME, stride 1: the forward output is x's size
+    with DG.forced_config(variant=variant):
+        got = run(kernel_backend, gpuconv.conv3d_backprop_input, x_shape, w, dy, 1, "SAME")
+    want = oracle(gpuconv.conv3d_backprop_input, x_shape, w, dy, 1, "SAME")
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# pipelined main loop: nothing is loaded past the last k-tile (AddressSanitizer build of the emulator)
+# ---------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def sanitized_emulator(monkeypatch) -> str:
+    """The 'emulator' backend replaced, for this test, by AddressSanitizer + UBSan builds of the kernels: an
+    out-of-bounds access is an EmulatorError naming the source line (one extra build per family)."""
+    from gpuconv import backend as B
+    monkeypatch.setitem(B._instances, "emulator", KernelBackend(EmulatorExecutor(sanitize=True)))
+    return "emulator"
+
+
+@pytest.mark.emulator
+def test_dgrad_tiled_reads_nothing_past_w_under_asan(sanitized_emulator):
+    rng = np.random.default_rng(64)
+    w = rng.uniform(-1, 1, (3, 3, 3, 5)).astype(np.float32)       # the last k-tile reads w's last tap
+    dy = rng.uniform(-1, 1, (1, 5, 6, 5)).astype(np.float32)
+    with DG.forced_config(variant="tiled", tile="64x64"):
+        got = run(sanitized_emulator, gpuconv.conv2d_backprop_input, (1, 5, 6, 3), w, dy, 1, "SAME")
+    want = oracle(gpuconv.conv2d_backprop_input, (1, 5, 6, 3), w, dy, 1, "SAME")
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.emulator
+def test_fprop_tensorop_stays_inside_its_fragments_under_asan(sanitized_emulator):
+    rng = np.random.default_rng(65)
+    x = rng.uniform(-1, 1, (1, 6, 7, 8)).astype(np.float16)
+    w = rng.uniform(-1, 1, (3, 3, 8, 16)).astype(np.float16)
+    with F.override_config(variant="tensorop"):
+        got = run(sanitized_emulator, gpuconv.conv2d, x, w, 1, "SAME")
+    want = oracle(gpuconv.conv2d, x, w, 1, "SAME")                 # float32 accumulation, rounded once
+    np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=2e-3, atol=2e-3)
