@@ -30,6 +30,9 @@ Covered:
     but conv_dgrad_tiled's tap iterator then reads a filter tap past the end of w: an out-of-bounds global read
     (a fault on a GPU when w ends a page). Only the emulator's AddressSanitizer build sees it, so this test
     runs a sanitized emulator (one extra build of the conv_dgrad family, ~15 s when not cached).
+  * conv_wgrad_reduce (conv_wgrad.cu): split-K partials add in split order, as promised; three splits whose
+    float32 sum depends on the order (1, 2^25, -2^25: 0 in order, 1 reversed). A reordering changes only
+    rounding, so the tolerance-based wgrad checks could not see it.
   * conv_fprop_tensorop fragment loops (conv_fprop.cu): a loop over the B fragments one past kFragsN writes
     past a per-thread fragment array and leaves every result unchanged; AddressSanitizer again (one extra
     build of conv_fprop, ~15 s when not cached).
@@ -45,6 +48,7 @@ from gpuconv.executors.emulator import EmulatorExecutor
 from gpuconv.kernel_backend import KernelBackend
 from gpuconv.plans import conv_dgrad as DG
 from gpuconv.plans import conv_fprop as F
+from gpuconv.plans import conv_wgrad as WG
 
 
 def f32_bits(*words):
@@ -184,6 +188,25 @@ def test_dgrad_3d_depth_tap_past_the_last_dy_plane(kernel_backend, variant):
         got = run(kernel_backend, gpuconv.conv3d_backprop_input, x_shape, w, dy, 1, "SAME")
     want = oracle(gpuconv.conv3d_backprop_input, x_shape, w, dy, 1, "SAME")
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# conv_wgrad_reduce: split-K partials add in split order
+# ---------------------------------------------------------------------------------------------------------
+def test_wgrad_split_partials_add_in_split_order(kernel_backend):
+    # 1x1 filter, one channel: dw = sum_q x[q] * dy[q] over gemm_k = 24 rows, 3 splits of 8 rows. x = 1, and
+    # each split has one nonzero dy row, so its float32 partial is exactly 1, 2^25 or -2^25.
+    big = 2.0 ** 25                                          # big + 1 rounds to big in float32
+    x = np.ones((1, 1, 24, 1), np.float32)
+    dy = np.zeros((1, 1, 24, 1), np.float32)
+    dy[0, 0, [0, 8, 16], 0] = [1, big, -big]
+    want = np.float32(0)
+    for partial in (1, big, -big):                          # the promised order: split 0, 1, 2, in float32
+        want = np.float32(want + np.float32(partial))
+    assert want == 0 and np.float32(np.float32(-big) + np.float32(big)) + np.float32(1) == 1   # order matters
+    with WG.forced_config(variant="tiled", splits=3):
+        got = run(kernel_backend, gpuconv.conv2d_backprop_filter, x, (1, 1, 1, 1), dy, 1, "VALID")
+    np.testing.assert_array_equal(got.reshape(-1), [want])
 
 
 # ---------------------------------------------------------------------------------------------------------
