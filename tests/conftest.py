@@ -103,12 +103,38 @@ def to_numpy(a):
     return a.get() if hasattr(a, "get") else a
 
 
-def install_emulator(monkeypatch, order: str, seed: int = 0) -> None:
-    """The 'emulator' backend replaced, for this test, by one whose executor runs this thread order."""
+def install_emulator(monkeypatch, order: str = "forward", seed: int = 0, **options) -> None:
+    """The 'emulator' backend replaced, for this test, by one whose executor runs this thread order (and takes
+    any other EmulatorExecutor options, e.g. sanitize=True)."""
     from gpuconv import backend as B
     from gpuconv.executors.emulator import EmulatorExecutor
     from gpuconv.kernel_backend import KernelBackend
-    monkeypatch.setitem(B._instances, "emulator", KernelBackend(EmulatorExecutor(order=order, seed=seed)))
+    monkeypatch.setitem(B._instances, "emulator", KernelBackend(EmulatorExecutor(order=order, seed=seed, **options)))
+
+
+@pytest.fixture(params=["forward", "reverse"])
+def ordered_backend(request, kernel_backend, monkeypatch):
+    """A kernel backend name; for the emulator, installed with the thread order of the param."""
+    order = request.param
+    if kernel_backend == "emulator":
+        install_emulator(monkeypatch, order)
+    elif order != "forward":
+        pytest.skip("thread order is an emulator setting")
+    return kernel_backend
+
+
+def sequential_scatter(values, argmax, out_shape, include_batch=False):
+    """The scatter kernels' promise (kernels/unpool.cu), independently: zeros, then each update added in
+    increasing update order (np.add.at is unbuffered and sequential), in the accumulation dtype (float16 in
+    float32, others in themselves), rounded once."""
+    acc_dt = np.float32 if values.dtype == np.float16 else values.dtype
+    out = np.zeros(int(np.prod(out_shape)), acc_dt)
+    n = values.shape[0]
+    idx = argmax.reshape(n, -1).astype(np.int64)
+    if not include_batch:
+        idx = idx + (np.arange(n) * (out.size // n))[:, None]
+    np.add.at(out, idx.reshape(-1), values.reshape(-1).astype(acc_dt))
+    return out.astype(values.dtype).reshape(out_shape)
 
 
 def run_on(backend: str, fn, *args, **kwargs):

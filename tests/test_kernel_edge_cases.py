@@ -2,8 +2,9 @@
 
 Each test here pins one behaviour of the CUDA kernels (run on the CPU by the emulator, or on a GPU) that the
 other kernel tests left open: a single-point change to the kernel code at that place passed every emulator
-test before this file existed. Expected values come from the NumPy backend (the oracle) or from the naive loop
-reference (tests/loop_reference.py), never from the code under test.
+test before this file existed. Expected values come from the NumPy backend (the oracle) or from the kernels'
+documented rule worked out independently (conftest.sequential_scatter; a float32 sum in split order), never
+from the code under test.
 
 Covered:
   * max-pool scan, float32 (common.cuh replaces<float>): a NaN that seeds the scan is never replaced, whatever
@@ -41,11 +42,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import install_emulator, run_on as run, run_oracle as oracle
+from conftest import install_emulator, run_on as run, run_oracle as oracle, sequential_scatter
 
 import gpuconv
-from gpuconv.executors.emulator import EmulatorExecutor
-from gpuconv.kernel_backend import KernelBackend
 from gpuconv.plans import conv_dgrad as DG
 from gpuconv.plans import conv_fprop as F
 from gpuconv.plans import conv_wgrad as WG
@@ -88,17 +87,6 @@ def test_float32_nan_seed_is_never_replaced(kernel_backend):
 # ---------------------------------------------------------------------------------------------------------
 # deterministic scatter: duplicates add in increasing update index (unpool.cu passes 4 and 5)
 # ---------------------------------------------------------------------------------------------------------
-def sequential_adds(updates, argmax, out_shape):
-    """The scatter's promise (unpool.cu): zeros, then out[dest] += v for each update in increasing update
-    index, in the dtype (float32 / float64 accumulate in themselves). A plain loop; argmax without batch."""
-    n = updates.shape[0]
-    per_item = int(np.prod(out_shape)) // n
-    out = np.zeros(int(np.prod(out_shape)), updates.dtype)
-    for i, (v, a) in enumerate(zip(updates.reshape(-1), argmax.reshape(-1))):
-        out[i // (updates.size // n) * per_item + int(a)] += v
-    return out.reshape(out_shape)
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=str)
 def test_scatter_adds_duplicates_in_update_order(kernel_backend, dtype):
     big = dtype(2.0 ** (25 if dtype == np.float32 else 54))   # big + 1 rounds to big; big - big is exact
@@ -110,7 +98,7 @@ def test_scatter_adds_duplicates_in_update_order(kernel_backend, dtype):
     out_shape = (2, 2, 5, 1)           # also the pooled shape of a 1x1 / stride 1 max pool, for the gradient
     updates = np.stack([u0, u0[::-1]]).reshape(out_shape)
     argmax = np.stack([a0, a0[::-1]]).reshape(out_shape).astype(np.int64)
-    want = sequential_adds(updates, argmax, out_shape)
+    want = sequential_scatter(updates, argmax, out_shape)
     assert want.reshape(2, -1)[0, 0] == 0 and want.reshape(2, -1)[0, 3] == 1   # the order matters here
     got = run(kernel_backend, gpuconv.max_unpool, updates, argmax, out_shape)
     np.testing.assert_array_equal(got, want)
@@ -125,7 +113,7 @@ def test_scatter_duplicates_of_negative_zero_sum_to_positive_zero(kernel_backend
     out_shape = (1, 2, 3, 1)
     updates = np.array([-0.0, -0.0, -0.0, 2.0, -0.0, -0.0], dtype).reshape(out_shape)
     argmax = np.array([1, 1, 4, 4, 5, 5], np.int64).reshape(out_shape)   # cells 1 and 5: two -0.0 each
-    want = sequential_adds(updates, argmax, out_shape)                    # +0.0 + -0.0 + -0.0 = +0.0
+    want = sequential_scatter(updates, argmax, out_shape)                 # +0.0 + -0.0 + -0.0 = +0.0
     assert not np.signbit(want).any()
     for fn, args in [(gpuconv.max_unpool, (updates, argmax, out_shape)),
                      (gpuconv.max_pool_grad_with_argmax, (np.zeros(out_shape, dtype), updates, argmax, 1, 1, "VALID"))]:
@@ -137,16 +125,6 @@ def test_scatter_duplicates_of_negative_zero_sum_to_positive_zero(kernel_backend
 # ---------------------------------------------------------------------------------------------------------
 # conv_fprop_tiled epilogue: a half-outside quad of output channels is stored element by element
 # ---------------------------------------------------------------------------------------------------------
-@pytest.fixture(params=["forward", "reverse"])
-def ordered_backend(request, kernel_backend, monkeypatch):
-    """A kernel backend; for the emulator, installed with the thread order of the param."""
-    if kernel_backend == "emulator":
-        install_emulator(monkeypatch, request.param)
-    elif request.param != "forward":
-        pytest.skip("thread order is an emulator setting")
-    return kernel_backend
-
-
 @pytest.mark.parametrize("groups", [1, 2])
 def test_fprop_tiled_vector_epilogue_partial_quad(ordered_backend, groups):
     # float64, vector 2: Kg = 6 = one full quad of output channels + half of one
@@ -216,8 +194,7 @@ def test_wgrad_split_partials_add_in_split_order(kernel_backend):
 def sanitized_emulator(monkeypatch) -> str:
     """The 'emulator' backend replaced, for this test, by AddressSanitizer + UBSan builds of the kernels: an
     out-of-bounds access is an EmulatorError naming the source line (one extra build per family)."""
-    from gpuconv import backend as B
-    monkeypatch.setitem(B._instances, "emulator", KernelBackend(EmulatorExecutor(sanitize=True)))
+    install_emulator(monkeypatch, sanitize=True)
     return "emulator"
 
 

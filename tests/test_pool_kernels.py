@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import install_emulator, run_on as run, run_oracle as oracle, to_backend, to_numpy
+from conftest import install_emulator, run_on as run, run_oracle as oracle, sequential_scatter, to_backend, to_numpy
 
 import gpuconv
 from gpuconv.plans import pool as pool_plans
@@ -27,15 +27,10 @@ TOL = {np.dtype(np.float16): 2e-3, np.dtype(np.float32): 2e-6, np.dtype(np.float
 # ---------------------------------------------------------------------------------------------------------
 # backends, thread orders, running a call
 # ---------------------------------------------------------------------------------------------------------
-@pytest.fixture(params=["forward", "reverse"])
-def backend(request, kernel_backend, monkeypatch):
-    """A kernel backend name; for the emulator, installed with the thread order of the param."""
-    order = request.param
-    if kernel_backend == "emulator":
-        install_emulator(monkeypatch, order)
-    elif order != "forward":
-        pytest.skip("thread order is an emulator setting")
-    return kernel_backend
+@pytest.fixture
+def backend(ordered_backend):
+    """A kernel backend name, under each emulator thread order (conftest.ordered_backend)."""
+    return ordered_backend
 
 
 def assert_same(got, want, dtype=None):
@@ -340,19 +335,6 @@ def test_empty_results(backend):
 # ---------------------------------------------------------------------------------------------------------
 # scatter (max_unpool, max_pool_grad_with_argmax) and gather (max_unpool_grad)
 # ---------------------------------------------------------------------------------------------------------
-def sequential_scatter(values, argmax, out_shape, include_batch):
-    """The kernel's promise, independently: zeros, then each update added in increasing update order
-    (np.add.at is unbuffered and sequential), in the accumulation dtype, rounded once."""
-    acc_dt = np.float32 if values.dtype == np.float16 else values.dtype
-    out = np.zeros(int(np.prod(out_shape)), acc_dt)
-    n = values.shape[0]
-    idx = argmax.reshape(n, -1).astype(np.int64)
-    if not include_batch:
-        idx = idx + (np.arange(n) * (out.size // n))[:, None]
-    np.add.at(out, idx.reshape(-1), values.reshape(-1).astype(acc_dt))
-    return out.astype(values.dtype).reshape(out_shape)
-
-
 def duplicate_heavy_argmax(updates_shape, out_shape, include_batch, dtype, seed=21):
     """argmax with many repeated indices (cells hit 0, 1, 2, 3 and many times)."""
     rng = np.random.default_rng(seed)
