@@ -405,7 +405,8 @@ class GateReport:
 
     @property
     def ok(self) -> bool:
-        return not self.failures and all(k.ok for k in self.kernels)
+        # a gate that compiled nothing (no family, no arch) never passes (docs/compile_gate.md)
+        return bool(self.kernels) and not self.failures and all(k.ok for k in self.kernels)
 
     def problems(self) -> list[str]:
         """Every reason the gate fails, one line each (NVRTC logs follow in format_table)."""
@@ -491,6 +492,8 @@ class GateReport:
         n_fail = sum(not k.ok for k in self.kernels) + len(self.failures)
         if not self.families:
             return "compile gate: no kernel families registered (kernel_source.families() is empty)"
+        if not self.archs:
+            return "compile gate FAILED: no arch to compile for"
         return (f"compile gate {'PASSED' if self.ok else 'FAILED'}: {len(self.kernels)} kernel x arch checked "
                 f"over {len(self.families)} families, archs {', '.join(f'sm_{a}' for a in self.archs)}, "
                 f"NVRTC {self.nvrtc_version}; {n_fail} failing")
@@ -578,7 +581,8 @@ def check_kernels(archs: Iterable[int] = DEFAULT_ARCHS,
         families: KernelFamily objects or registered family names; None for all registered families.
     Returns:
         GateReport; `.ok` is False on any compile error, unlowered name expression, spill or unlaunchable
-        kernel. Raises GateUnavailable when NVRTC or the CUDA headers are missing, ValueError for a bad arch.
+        kernel, and when nothing was compiled (no family or no arch). Raises GateUnavailable when NVRTC or the
+        CUDA headers are missing, ValueError for a bad arch.
     """
     nvrtc = _nvrtc()
     archs = tuple(int(a) for a in archs)
