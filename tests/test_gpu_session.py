@@ -1,6 +1,6 @@
-"""benchmarks/gpu_session.py: its bench slices are valid, non-empty and disjoint, and a step that runs past its
-time limit still stops its command gracefully and archives what it wrote (checked with stand-in commands: the
-real steps need a GPU)."""
+"""benchmarks/gpu_session.py: its bench slices are valid, non-empty and disjoint, a step's budget is split by
+share, a command inside its limit runs to its end, and a step that runs past its time limit still stops its
+command gracefully and archives what it wrote (checked with stand-in commands: the real steps need a GPU)."""
 from __future__ import annotations
 
 import importlib.util
@@ -92,7 +92,41 @@ def test_a_command_ignoring_sigint_is_killed(session, tmp_path, monkeypatch):
     assert outcome.interrupted and outcome.returncode == -9 and outcome.seconds < 30
 
 
-def test_budget_below_a_minute_is_refused(session, capsys):
+def test_budget_below_a_minute_is_refused(session, capsys, monkeypatch):
+    # a budget check that let this through must not run the real step (the whole GPU test suite)
+    monkeypatch.setattr(session, "run_step", lambda *a, **k: pytest.fail("ran a step on a refused budget"))
     with pytest.raises(SystemExit):
         session.main(["tests", "--budget", "10"])
     assert "--budget: expected at least 60 seconds, got 10.0" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------
+# how a step's budget is split, and a command inside its limit runs to its end
+# ---------------------------------------------------------------------------------------------------------
+def test_step_budget_is_split_by_share_of_what_is_left(session, tmp_path, monkeypatch):
+    limits = {}
+
+    def fake_run(cmd, work, limit_s, env):
+        limits[cmd.name] = limit_s
+        return session.Outcome(cmd.name, 0, 0.0, False, "")
+    monkeypatch.setattr(session, "run_command", fake_run)
+    monkeypatch.setattr(session, "ARCHIVE_RESERVE_S", 0)
+    monkeypatch.setattr(session, "GRACE_S", 20)
+    cmds = (session.Command("a", ("true",), share=0.5), session.Command("b", ("true",)),
+            session.Command("c", ("true",)))
+    session.run_step("bench1", tmp_path, 250.0, cmds)
+    # shares 0.5 : 1 : 1 (default 1); each but the last keeps GRACE_S back; the commands here take no time
+    assert limits == pytest.approx({"a": 250 * 0.5 / 2.5 - 20, "b": 250 / 2 - 20, "c": 250.0}, abs=0.5)
+    session.run_step("bench1", tmp_path, 30.0, cmds)
+    assert limits["a"] == 5.0                                 # 30 x 0.5 / 2.5 - 20 < 0: the 5 s floor
+
+
+def test_a_command_inside_its_limit_is_not_interrupted(session, tmp_path):
+    cmd = session.Command("sleeper", (sys.executable, "-c", "import time; time.sleep(1.5); print('done')"))
+    outcome = session.run_command(cmd, tmp_path, 60.0, env=None)
+    assert outcome.returncode == 0 and not outcome.interrupted and "done" in outcome.tail
+
+
+def test_a_budget_of_exactly_a_minute_is_accepted(session, monkeypatch):
+    monkeypatch.setattr(session, "run_step", lambda step, out, budget_s: [])
+    assert session.main(["tests", "--budget", "60"]) == 0
