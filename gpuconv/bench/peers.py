@@ -255,6 +255,9 @@ class TorchImpl:
         if case.op == "unpool":
             up = F.max_unpool2d if n == 2 else F.max_unpool3d
             size = list(case.x_shape[1:-1])
+            if case.layer.ksize > case.layer.strides:
+                self.note = ("overlapping windows: PyTorch's max_unpool stores one of the updates that share an "
+                             "index, gpuconv and TF add them")
             return lambda: up(y, idx, k, s, pads, size)
         bw = (torch.ops.aten.max_pool2d_with_indices_backward if n == 2
               else torch.ops.aten.max_pool3d_with_indices_backward)
