@@ -30,7 +30,9 @@ Stride-1 fprop outputs are checked to agree before timing.
 
 numpy's OpenBLAS picks its kernels when it loads, from the CPU or from OPENBLAS_CORETYPE; the project's CPU box
 sets OPENBLAS_CORETYPE=Haswell (AVX2 kernels) in its environment, while left alone OpenBLAS picks SkylakeX
-(AVX-512) there. Each configuration is recorded as its own run, labelled by the variable and the kernel set.
+(AVX-512) there. Each configuration is recorded as its own run, labelled by the variable, the thread counts
+and any non-default batch size (run_label); a new run replaces the recorded one with the same label, and a
+run over some layers (--only) is printed, not written.
 
 Threads: both libraries use all cores by default. With OPENBLAS_NUM_THREADS=1 both run single-threaded, which on
 a shared machine is far less exposed to one worker thread waiting for the scheduler (2-thread times there come
@@ -160,7 +162,7 @@ def conv_cases(n: int, only):
             for op, want in torch_as_tf.items():
                 got = y if op == "fprop" else ours[op]()
                 err = float(np.abs(want.numpy() - got).max())
-                if err > 1e-3 * float(np.abs(got).max()):
+                if not err <= 1e-3 * float(np.abs(got).max()):      # a NaN on either side fails too
                     raise RuntimeError(f"{layer.name}: {op} differs from torch by {err}")
         flops = 2 * int(np.prod(y.shape)) * k * k * w.shape[2]
         for op in ("fprop", "dgrad", "wgrad"):
@@ -192,10 +194,22 @@ def pool_cases(n: int, only):
             partial(F.max_unpool2d, vt, it, k, s, output_size=size), "aten max_unpool2d"
 
 
-def run_label(info: dict) -> str:
+DEFAULT_N, DEFAULT_SEG_N = 8, 4
+
+
+def run_label(info: dict, cfg: dict | None = None) -> str:
+    """The configuration a run stands for; a run replaces the recorded one with the same label. Names numpy's
+    BLAS threads where they differ from torch's, and batch sizes other than the defaults."""
     env = info.get("OPENBLAS_CORETYPE")
-    label = f"OPENBLAS_CORETYPE={env}" if env else "OPENBLAS_CORETYPE unset"
-    return label + f", {info['torch_threads']} thread{'s' if info['torch_threads'] > 1 else ''}"
+    threads = info["torch_threads"]
+    label = (f"OPENBLAS_CORETYPE={env}" if env else "OPENBLAS_CORETYPE unset") + \
+        f", {threads} thread{'s' if threads > 1 else ''}"
+    blas = info.get("OPENBLAS_NUM_THREADS") or str(info["cpu_count"])
+    if blas != str(threads):
+        label += f" (numpy's BLAS: {blas})"
+    if cfg and (cfg["n"], cfg["seg_n"]) != (DEFAULT_N, DEFAULT_SEG_N):
+        label += f", N={cfg['n']}, SegNet N={cfg['seg_n']}"
+    return label
 
 
 # The box's own environment (OPENBLAS_CORETYPE=Haswell): its runs are the headline configuration.
@@ -332,8 +346,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     """The command line, checked before any work: counts positive, --only names known layers."""
     positive = _at_least(1)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=positive, default=8, help="batch of the ResNet-50 convs")
-    ap.add_argument("--seg-n", type=positive, default=4, help="batch of the SegNet pooling layers")
+    ap.add_argument("--n", type=positive, default=DEFAULT_N, help="batch of the ResNet-50 convs")
+    ap.add_argument("--seg-n", type=positive, default=DEFAULT_SEG_N, help="batch of the SegNet pooling layers")
     ap.add_argument("--repeats", type=positive, default=7)
     ap.add_argument("--rounds", type=positive, default=3,
                     help="times the whole case list is run; each case's samples from all rounds are pooled")
@@ -342,7 +356,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     # A string default goes through `type` as well: a malformed OPENBLAS_NUM_THREADS is an error, no traceback.
     ap.add_argument("--threads", type=positive, default=os.environ.get("OPENBLAS_NUM_THREADS") or str(os.cpu_count()),
                     help="torch threads; numpy's follow OPENBLAS_NUM_THREADS, which sets this default")
-    ap.add_argument("--only", default=None, help="comma-separated layer names (default: all)")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated layer names (default: all); such a run is printed, not written")
     ap.add_argument("--no-write", action="store_true", help="print only, do not write results/")
     ap.add_argument("--render", action="store_true", help="only rewrite the Markdown from the recorded JSON")
     args = ap.parse_args(argv)
@@ -406,12 +421,14 @@ def main(argv=None) -> int:
                "median_ratio_of_minima": statistics.median(r["min_ratio"] for r in rows)}
     print(f"\nmedian ratio {summary['median_ratio']:.2f}, min {summary['min_ratio']:.3f} ({summary['min_case']}), "
           f"geomean {summary['geomean_ratio']:.2f}; load {info['load_before']} -> {info['load_after']}")
-    if not args.no_write:
-        # One run per OpenBLAS configuration: this run replaces an earlier one with the same label.
+    if args.only and not args.no_write:
+        print("--only: a run over some layers is not written to results/ (its median is not the table's)")
+    elif not args.no_write:
+        # One run per configuration (run_label): this run replaces an earlier one with the same label.
         RESULTS.mkdir(parents=True, exist_ok=True)
         path = RESULTS / "cpu_numpy_vs_pytorch.json"
         runs = json.loads(path.read_text()).get("runs", []) if path.exists() else []
-        run = {"label": run_label(info), "machine": info, "config": cfg, "summary": summary, "results": rows}
+        run = {"label": run_label(info, cfg), "machine": info, "config": cfg, "summary": summary, "results": rows}
         runs = [r for r in runs if r.get("label") != run["label"]] + [run]
         path.write_text(json.dumps({"runs": runs}, indent=1))
         (RESULTS / "cpu_numpy_vs_pytorch.md").write_text(markdown(runs))
