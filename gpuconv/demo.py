@@ -577,13 +577,20 @@ def write_json(d: Demo, path: Path, picture: Path | None) -> None:
         "backend": d.backend,
         "gpuconv": gc.__version__,
         "picture": str(picture) if picture else None,
-        "checks": [{"section": c.section, "name": c.name, "reference": c.reference, "max_abs_error": c.error,
+        "checks": [{"section": c.section, "name": c.name, "reference": c.reference,
+                    "max_abs_error": _json_number(c.error),
                     "tol": c.tol if c.ok is None else None, "passed": c.passed, "detail": c.detail}
                    for c in d.checks],
         "timings": [{"section": t.section, "label": t.label, "backend": t.backend, "seconds": t.seconds}
                     for t in d.timings],
     }
-    path.write_text(json.dumps(data, indent=2))
+    path.write_text(json.dumps(data, indent=2, allow_nan=False))
+
+
+def _json_number(x):
+    """A float JSON can hold: inf (shapes that differ) and nan become the strings "inf" / "nan", which strict
+    parsers (jq, JSON.parse) accept, unlike Python's bare Infinity / NaN."""
+    return x if x is None or math.isfinite(x) else str(x)
 
 
 DPI_RANGE = (10, 1200)   # demo.png is 8 x 8.6 inches: 80 x 86 to 9600 x 10320 pixels
