@@ -9,7 +9,10 @@ Environment:
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,6 +81,19 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_sep("=", "REQUIRED TESTS WERE SKIPPED (this run fails)", red=True)
         for line in _required_skips[:50]:
             terminalreporter.write_line(line)
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark_script(name: str):
+    """A fresh module of benchmarks/<name>.py (the scripts are not a package), registered in sys.modules under
+    its name, where dataclasses look their module up."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def kernel_backend_names() -> list:

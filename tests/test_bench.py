@@ -1,13 +1,13 @@
 """`python -m gpuconv bench`: tiny --quick runs write complete reports; peers degrade cleanly; timing helpers."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark_script
 
 import gpuconv
 from gpuconv.bench import cli, metrics, report, timing
@@ -162,10 +162,7 @@ NUMPY_VS_PYTORCH = Path(__file__).resolve().parents[1] / "benchmarks" / "numpy_v
 
 @pytest.fixture(scope="module")
 def numpy_vs_pytorch():
-    spec = importlib.util.spec_from_file_location("numpy_vs_pytorch", NUMPY_VS_PYTORCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("numpy_vs_pytorch")
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -595,6 +592,7 @@ def test_channels_last_onednn_needs_a_channels_last_source():
 
 def test_fd_stdout_captures_descriptor_one_and_restores_it(capfd):
     import os
+
     from gpuconv.bench.peers import fd_stdout
     before = os.fstat(1).st_ino
     got = fd_stdout(lambda: os.write(1, b"from C level\n"))

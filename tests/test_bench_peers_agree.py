@@ -35,7 +35,7 @@ POOL_CASES = [Case("t", layer, op, "float32", 2) for layer in POOL_LAYERS
               for op in ("pool", "avg_pool", "avg_unpool") + (ARGMAX_OPS if len(layer.input_shape) == 3 else ())]
 
 
-def _explicit(before, after, n):
+def _explicit(before, after):
     """Explicit NHWC / NDHWC padding from per-axis pads."""
     return [[0, 0]] + [[int(b), int(a)] for b, a in zip(before, after)] + [[0, 0]]
 
@@ -46,7 +46,7 @@ def expected(case: Case, inputs, symmetric: bool = False):
     axes = slice(3 - n, 3)
     pad = case.layer.padding
     if symmetric:
-        pad = _explicit(p.pad_after[axes], p.pad_after[axes], n)
+        pad = _explicit(p.pad_after[axes], p.pad_after[axes])
     x, dy = inputs["x"], inputs["dy"]
     with gpuconv.use_backend("numpy"):
         if case.kind == "conv":

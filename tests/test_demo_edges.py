@@ -4,21 +4,17 @@ arithmetic of benchmarks/numpy_peak_memory.py (a mutation check of these files f
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_benchmark_script
 
 import gpuconv
 from gpuconv import demo
-
-PEAK_MEMORY = Path(__file__).resolve().parents[1] / "benchmarks" / "numpy_peak_memory.py"
-
 
 # ---------------------------------------------------------------------------------------------------------
 # one full run on the NumPy backend: every claim is checked, exact claims exactly
@@ -426,10 +422,7 @@ def test_first_version_takes_the_first_installed(monkeypatch):
 # ---------------------------------------------------------------------------------------------------------
 @pytest.fixture
 def peak_memory():
-    spec = importlib.util.spec_from_file_location("numpy_peak_memory", PEAK_MEMORY)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark_script("numpy_peak_memory")
 
 
 def test_peak_memory_table_arithmetic(peak_memory, monkeypatch, tmp_path):

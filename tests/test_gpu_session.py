@@ -3,12 +3,12 @@ share, a command inside its limit runs to its end, and a step that runs past its
 command gracefully and archives what it wrote (checked with stand-in commands: the real steps need a GPU)."""
 from __future__ import annotations
 
-import importlib.util
 import sys
 import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark_script
 
 from gpuconv.bench import cases, cli
 
@@ -17,11 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def session():
-    spec = importlib.util.spec_from_file_location("gpu_session", REPO / "benchmarks" / "gpu_session.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_session"] = mod          # dataclasses look their module up by name
-    spec.loader.exec_module(mod)
-    yield mod
+    yield load_benchmark_script("gpu_session")
     sys.modules.pop("gpu_session", None)
 
 

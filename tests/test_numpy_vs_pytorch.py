@@ -6,28 +6,21 @@ returns fixed samples, so every median, minimum and ratio below is worked out by
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_benchmark_script
 
 from gpuconv.bench.layers import ConvLayer, PoolLayer
-
-NUMPY_VS_PYTORCH = Path(__file__).resolve().parents[1] / "benchmarks" / "numpy_vs_pytorch.py"
 
 
 @pytest.fixture
 def nvp():
-    """A fresh copy of the script per test (the same loading as tests/test_bench.py), so patched globals die
-    with the test."""
-    spec = importlib.util.spec_from_file_location("numpy_vs_pytorch_under_test", NUMPY_VS_PYTORCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """A fresh copy of the script per test, so patched globals die with the test."""
+    return load_benchmark_script("numpy_vs_pytorch")
 
 
 # ---------------------------------------------------------------------------------------------------------
