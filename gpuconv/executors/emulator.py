@@ -120,7 +120,8 @@ def parse_order(spec: str) -> tuple[str, int | None]:
 
 
 def cache_dir() -> Path:
-    """Where built libraries live: $GPUCONV_CACHE_DIR/emulator, else ~/.cache/gpuconv/emulator."""
+    """Where built libraries live: $GPUCONV_CACHE_DIR/emulator, else $XDG_CACHE_HOME/gpuconv/emulator, else
+    ~/.cache/gpuconv/emulator."""
     root = os.environ.get("GPUCONV_CACHE_DIR")
     if root:
         base = Path(root)
