@@ -48,6 +48,14 @@ def as_int(value: Any, arg: str) -> int:
 def int_sequence(value: Any, arg: str) -> tuple[int, ...]:
     """A 1-D sequence of exact integers: tuple, list, or integer array (NumPy or CuPy)."""
     if hasattr(value, "shape") and hasattr(value, "dtype"):
+        try:
+            np.dtype(value.dtype)
+        except TypeError:
+            # Another framework's tensor (e.g. tf.shape(x), a torch tensor): its NumPy array, through __array__.
+            try:
+                value = np.asarray(value)
+            except Exception:
+                fail_type(arg, "a tuple, list or 1-D integer array", f"{short(value)} of type {type(value).__name__}")
         if getattr(value, "ndim", 1) != 1:
             fail(arg, "a 1-D sequence of integers", f"an array of shape {tuple(value.shape)}")
         if not np.issubdtype(np.dtype(value.dtype), np.integer):
@@ -128,7 +136,8 @@ def padding_param(padding: Any, nspatial: int, is_channels_last: bool, arg: str 
     and channel pairs zero) or one per spatial dimension. Returns 'SAME', 'VALID' or nspatial pairs.
     """
     if isinstance(padding, str):
-        upper = padding.upper()
+        # ASCII only: str.upper() folds e.g. 'ſ' (long s) to 'S', which TF does not accept.
+        upper = padding.upper() if padding.isascii() else None
         if upper in ("SAME", "VALID"):
             return upper
         fail(arg, "'SAME', 'VALID' or explicit (before, after) pairs", short(padding))

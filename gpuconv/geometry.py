@@ -76,6 +76,8 @@ def transposed_output_range(i: int, k: int, s: int, d: int, padding) -> tuple[in
     """The output sizes O (inclusive range) whose forward conv has size i: the legal transposed output_shape.
 
     SAME: [(i-1)s+1, i*s]; VALID: [(i-1)s+e, (i-1)s+e+s-1]; explicit (pb, pa): the VALID range shifted by -(pb+pa).
+    For i = 0 (not SAME) the range starts s - 1 lower: TF's size (O - e + s) / s truncates toward zero, so every
+    O - e + s in (-s, s) gives 0. Sizes below 0 are cut off.
     """
     e = effective_size(k, d)
     if padding == "SAME":
@@ -84,6 +86,8 @@ def transposed_output_range(i: int, k: int, s: int, d: int, padding) -> tuple[in
         pb, pa = (0, 0) if padding == "VALID" else padding
         lo = (i - 1) * s + e - pb - pa
         hi = lo + s - 1
+        if i == 0:
+            lo -= s - 1
     return max(lo, 0), hi
 
 

@@ -74,8 +74,45 @@ def test_window_param_errors_name_the_argument(value, cl, exc):
 def test_padding_strings():
     assert A.padding_param("SAME", 2, True) == "SAME"
     assert A.padding_param("VALID", 3, False) == "VALID"
+    assert A.padding_param("same", 2, True) == "SAME" and A.padding_param("Valid", 2, True) == "VALID"
     with pytest.raises(ValueError, match="^padding: "):
         A.padding_param("FULL", 2, True)
+    # str.upper() folds these non-ASCII letters to S and I; TF refuses them, and so does gpuconv.
+    for lookalike in ("\u017fame", "val\u0131d"):
+        with pytest.raises(ValueError, match="^padding: "):
+            A.padding_param(lookalike, 2, True)
+
+
+class _ForeignTensor:
+    """A stand-in for another framework's 1-D tensor (tf.shape(x), torch.tensor([2, 2])): a dtype NumPy cannot
+    interpret, and __array__ for its values."""
+
+    def __init__(self, values, dtype):
+        self._a = np.asarray(values, dtype)
+        self.shape, self.ndim, self.dtype = self._a.shape, self._a.ndim, f"foreign.{self._a.dtype}"
+
+    def __array__(self, dtype=None, copy=None):
+        return self._a
+
+
+def test_foreign_tensors_as_integer_sequences():
+    """tf.shape(x) as output_shape is the usual conv2d_transpose idiom; its dtype is no NumPy dtype."""
+    assert A.int_sequence(_ForeignTensor([1, 5, 6, 1], np.int32), "output_shape") == (1, 5, 6, 1)
+    assert A.window_param(_ForeignTensor([2, 3], np.int64), "strides", 2, True) == (2, 3)
+    with pytest.raises(TypeError, match="^strides: expected integers, got an array of dtype float"):
+        A.int_sequence(_ForeignTensor([2.0, 2.0], np.float32), "strides")
+
+    class Symbolic(_ForeignTensor):             # a graph-mode tensor: no values to read
+        def __array__(self, dtype=None, copy=None):
+            raise NotImplementedError("symbolic")
+
+    with pytest.raises(TypeError, match="^output_shape: expected a tuple, list or 1-D integer array"):
+        A.int_sequence(Symbolic([1, 2], np.int32), "output_shape")
+    x, w = _x((1, 3, 3, 1)), _x((3, 3, 1, 1))
+    y = gpuconv.conv2d(x, w, _ForeignTensor([2, 2], np.int64), "SAME")
+    want = gpuconv.conv2d_transpose(y, w, (1, 3, 3, 1), 2, "SAME")
+    np.testing.assert_array_equal(gpuconv.conv2d_transpose(y, w, _ForeignTensor([1, 3, 3, 1], np.int32), 2,
+                                                           "SAME"), want)
 
 
 @pytest.mark.parametrize("padding,cl,expected", [
@@ -219,6 +256,11 @@ def test_transposed_error_prints_legal_range():
     assert "output_shape" in str(e.value) and "[5, 6]" in str(e.value) and "height" in str(e.value)
     with pytest.raises(ValueError, match=r"\[7, 8\]"):
         gpuconv.conv2d_transpose(x, w, (1, 7, 9, 1), 2, "VALID")
+    # An empty input: TF's forward size (O - 5 + 2) / 2 truncates toward zero, so O in [2, 4] all give 0.
+    empty, w5 = np.ones((1, 0, 3, 1), np.float32), np.ones((5, 1, 1, 1), np.float32)
+    assert gpuconv.conv2d_transpose(empty, w5, (1, 2, 3, 1), (2, 1), "VALID").shape == (1, 2, 3, 1)
+    with pytest.raises(ValueError, match=r"height in \[2, 4\]"):
+        gpuconv.conv2d_transpose(empty, w5, (1, 5, 3, 1), (2, 1), "VALID")
 
 
 def test_mixing_array_types_is_type_error():

@@ -78,9 +78,10 @@ def test_transposed_range_examples(padding, expected):
     assert G.transposed_output_range(3, 3, 2, 1, padding) == expected
 
 
-@pytest.mark.parametrize("i,k,s,d", list(itertools.product(range(1, 6), range(1, 5), range(1, 4), range(1, 3))))
+@pytest.mark.parametrize("i,k,s,d", list(itertools.product(range(0, 6), range(1, 5), range(1, 4), range(1, 3))))
 def test_transposed_range_is_exactly_the_legal_set(i, k, s, d):
-    # Legal = every O whose forward size is i (brute force in the reference).
+    # Legal = every O whose forward size is i (brute force in the reference). i = 0: the forward size truncates
+    # toward zero, so the range is wider than the formula for i >= 1 gives.
     for padding in ["SAME", "VALID", (1, 0), (0, 2), (2, 2)]:
         lo, hi = G.transposed_output_range(i, k, s, d, padding)
         want = {o for o in range(0, (i + 2) * s + (k - 1) * d + 4)
