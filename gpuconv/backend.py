@@ -174,6 +174,12 @@ def from_canonical(y, nspatial: int, is_channels_last: bool):
     return y
 
 
+def user_shape(shape5: Sequence[int], nspatial: int, is_channels_last: bool) -> tuple[int, ...]:
+    """A canonical (N, D, H, W, C) shape in the user's layout: the shape from_canonical gives such an array."""
+    n, c, spatial = int(shape5[0]), int(shape5[-1]), tuple(int(v) for v in shape5[4 - nspatial:4])
+    return (n,) + spatial + (c,) if is_channels_last else (n, c) + spatial
+
+
 def canonical_filters(w, xp, nspatial: int):
     """Filters (spatial..., in, out) as a C-contiguous (T, R, S, in, out)."""
     w = xp.ascontiguousarray(w)

@@ -233,11 +233,15 @@ def conv_problem(x_shape: Sequence[int], w_shape: Sequence[int], stride: Triple,
         # A zero-extent window has effective size 0 and would give an output larger than the input (TF refuses
         # filters with zero elements).
         fail(filter_arg, "positive window extents", f"window (depth, height, width) {(T, R, S)}")
+    if C == 0:
+        # groups = C / Cg would be 0 (TF's own check divides by it).
+        fail(input_arg, "at least one channel (input channels = groups x filter in-channels)",
+             f"{input_arg} with 0 channels")
     if C % Cg != 0:
         fail(filter_arg, f"in-channels dividing the channel count {C} of {input_arg} (grouped convolution: "
              f"input channels = groups x filter in-channels)", f"filter in-channels {Cg}")
     groups = C // Cg
-    if groups == 0 or K % groups != 0:
+    if K % groups != 0:
         fail(filter_arg, f"out-channels divisible by the number of groups {groups}", f"out-channels {K}")
     out, pb, pa = [], [], []
     for ax, (n, k, s, d) in enumerate(zip((D, H, W), (T, R, S), stride, dilation)):

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from . import _args as A
-from .backend import from_canonical, on_tensor_device, resolve, to_canonical
+from .backend import from_canonical, on_tensor_device, resolve, to_canonical, user_shape
 from .dtypes import FLOAT_DTYPES, INDEX_DTYPES, INT_DTYPES
 from .geometry import pool_problem
 
@@ -112,10 +112,10 @@ def _max_grad(nspatial, orig_input, orig_output, grad, ksize, strides, padding, 
     A.same_dtype({"orig_input": orig_input, "orig_output": orig_output, "grad": grad})
     x5 = to_canonical(orig_input, be.xp, nspatial, cl)
     p = _problem(nspatial, x5.shape, cl, ksize, strides, padding)
+    pooled = user_shape(p.y_shape, nspatial, cl)
+    A.same_shape(grad, "grad", pooled, f"the pooled shape of orig_input, {layout}")
+    A.same_shape(orig_output, "orig_output", pooled, f"the pooled shape of orig_input, {layout}")
     dy5 = to_canonical(grad, be.xp, nspatial, cl)
-    A.same_shape(dy5, "grad", p.y_shape, "the pooled shape, canonical N,D,H,W,C")
-    A.same_shape(to_canonical(orig_output, be.xp, nspatial, cl), "orig_output", p.y_shape,
-                 "the pooled shape, canonical N,D,H,W,C")
     return from_canonical(be.max_pool_grad(x5, dy5, p), nspatial, cl)
 
 
@@ -169,9 +169,9 @@ def max_pool_grad_with_argmax(input: Any, grad: Any, argmax: Any, ksize, strides
     A.tensor(argmax, "argmax", 4, INDEX_DTYPES, "NHWC")
     x5 = to_canonical(input, be.xp, 2, True)
     p = _problem(2, x5.shape, True, ksize, strides, padding)
-    dy5 = to_canonical(grad, be.xp, 2, True)
-    A.same_shape(dy5, "grad", p.y_shape, "the pooled shape, canonical N,D,H,W,C")
+    A.same_shape(grad, "grad", user_shape(p.y_shape, 2, True), "the pooled shape of input, NHWC")
     A.same_shape(argmax, "argmax", grad.shape, "the shape of grad")
+    dy5 = to_canonical(grad, be.xp, 2, True)
     per_batch = p.D * p.H * p.W * p.C
     check_argmax(argmax, "argmax", per_batch * (p.N if include else 1))
     a5 = be.xp.ascontiguousarray(argmax).reshape(dy5.shape)
@@ -186,8 +186,8 @@ def spread_pooled(op: str, be, nspatial: int, cl: bool, layout: str, dy_arg: str
     dy5 = to_canonical(dy, be.xp, nspatial, cl)
     x_shape = A.shape_param(shape, shape_arg, nspatial, cl, dy5.shape[0], dy5.shape[-1])
     p = _problem(nspatial, x_shape, cl, ksize, strides, padding, shape_arg)
-    A.same_shape(dy5, f"{dy_arg} / {shape_arg}", p.y_shape,
-                 f"{dy_arg}'s shape equal to the pooled shape of {shape_arg}, canonical N,D,H,W,C")
+    A.same_shape(dy, f"{dy_arg} / {shape_arg}", user_shape(p.y_shape, nspatial, cl),
+                 f"{dy_arg}'s shape equal to the pooled shape of {shape_arg}, {layout}")
     return from_canonical(getattr(be, op)(dy5, p), nspatial, cl)
 
 

@@ -268,3 +268,32 @@ def test_mixing_array_types_is_type_error():
         pass
     with pytest.raises(TypeError, match="filters"):
         gpuconv.conv2d(_x((1, 3, 3, 1)), Fake(), 1, "SAME")
+
+
+def test_shape_errors_speak_the_callers_layout():
+    """Shape mismatches name shapes in the caller's data_format (not the canonical N,D,H,W,C), and a 0-channel
+    input is blamed on the input, not on the filter's out-channels."""
+    f = np.float32
+    cases = [
+        (lambda: gpuconv.max_pool_grad(_x((1, 2, 4, 4)), _x((1, 2, 3, 3)), _x((1, 2, 4, 4)), 2, 1, "VALID",
+                                       data_format="NCHW"),
+         r"^grad: expected shape \(1, 2, 3, 3\) \(the pooled shape of orig_input, NCHW\), got shape \(1, 2, 4, 4\)"),
+        (lambda: gpuconv.max_pool_grad(_x((1, 2, 4, 4)), _x((1, 2, 4, 4)), _x((1, 2, 3, 3)), 2, 1, "VALID",
+                                       data_format="NCHW"),
+         r"^orig_output: expected shape \(1, 2, 3, 3\)"),
+        (lambda: gpuconv.max_pool3d_grad(_x((1, 4, 4, 4, 2)), _x((1, 3, 3, 3, 2)), _x((1, 4, 4, 4, 2)), 2, 1,
+                                         "VALID"),
+         r"^grad: expected shape \(1, 3, 3, 3, 2\) \(the pooled shape of orig_input, NDHWC\)"),
+        (lambda: gpuconv.avg_pool_grad((1, 2, 4, 4), _x((1, 2, 4, 4)), 2, 1, "VALID", data_format="NCHW"),
+         r"^grad / orig_input_shape: expected shape \(1, 2, 3, 3\) .*NCHW\), got shape \(1, 2, 4, 4\)"),
+        (lambda: gpuconv.max_pool_grad_with_argmax(_x((1, 4, 4, 2)), _x((1, 4, 4, 2)),
+                                                   np.zeros((1, 4, 4, 2), np.int64), 2, 1, "VALID"),
+         r"^grad: expected shape \(1, 3, 3, 2\) \(the pooled shape of input, NHWC\), got shape \(1, 4, 4, 2\)"),
+        (lambda: gpuconv.conv2d(np.ones((1, 4, 4, 0), f), _x((3, 3, 1, 2)), 1, "SAME"),
+         r"^input: expected at least one channel .*got input with 0 channels"),
+        (lambda: gpuconv.conv2d_backprop_input((1, 4, 4, 0), _x((3, 3, 1, 2)), _x((1, 4, 4, 2)), 1, "SAME"),
+         r"^input_sizes: expected at least one channel"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()

@@ -108,8 +108,8 @@ def test_zero_in_channel_filter_is_a_value_error():
 
 
 def test_zero_channel_input_is_a_value_error():
-    """An input with 0 channels gives 0 groups: a ValueError naming filters (not a ZeroDivisionError)."""
-    with pytest.raises(ValueError, match="^filters: .*groups 0"):
+    """An input with 0 channels would give 0 groups: a ValueError naming the input (not a ZeroDivisionError)."""
+    with pytest.raises(ValueError, match="^input: expected at least one channel .*got input with 0 channels"):
         gpuconv.conv2d(np.zeros((1, 3, 3, 0), F32), np.zeros((1, 1, 1, 2), F32), 1, "VALID")
 
 
