@@ -40,7 +40,7 @@ def get_backend() -> str:
     name = _selected.get()
     if name is not None:
         return name
-    env = os.environ.get(ENV_VAR)
+    env = os.environ.get(ENV_VAR, "").strip()        # stripped, like GPUCONV_NUM_THREADS and GPUCONV_WINOGRAD
     return _check_name(env, ENV_VAR) if env else "auto"
 
 

@@ -273,6 +273,8 @@ def test_unknown_backend_is_rejected(monkeypatch):
     monkeypatch.setenv("GPUCONV_BACKEND", "opencl")
     with pytest.raises(ValueError, match="GPUCONV_BACKEND"):
         gc.get_backend()
+    monkeypatch.setenv("GPUCONV_BACKEND", " numpy\n")   # surrounding blanks stripped, as for the other variables
+    assert gc.get_backend() == "numpy"
     for bad in (None, b"numpy", 1):                     # not a str: a TypeError that shows what was given
         with pytest.raises(TypeError, match=rf"^name: expected a str, one of .*, got {bad!r} of type"):
             with gc.use_backend(bad):

@@ -43,10 +43,14 @@ MAX_THREADS = 1024
 
 def _checked(n, source: str) -> int:
     """n as a worker count in [1, MAX_THREADS], else a ValueError naming where it came from."""
-    try:
-        value = int(n) if not isinstance(n, (bool, float)) else None
-    except (TypeError, ValueError):
-        value = None
+    if isinstance(n, str):
+        # Plain ASCII digits only: int() would also take '2_0' and other scripts' digits.
+        value = int(n) if n.isascii() and n.isdigit() else None
+    else:
+        try:
+            value = int(n) if not isinstance(n, (bool, float)) else None
+        except (TypeError, ValueError):
+            value = None
     if value is None or not 1 <= value <= MAX_THREADS:
         raise ValueError(f"{source}: expected an integer number of worker threads in [1, {MAX_THREADS}], "
                          f"got {n!r}")

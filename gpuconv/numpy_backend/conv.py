@@ -505,10 +505,10 @@ def conv_dgrad(dy: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
         phase_taps.append(per_phase)
     if any(len(per_phase) < min(s, n) for per_phase, s, n in zip(phase_taps, p.stride, (p.D, p.H, p.W))):
         dx[...] = 0
-    for axis_taps in itertools.product(*(per_phase.items() for per_phase in phase_taps)):
-        phase = [ph for ph, _ in axis_taps]
+    for phase_combo in itertools.product(*(per_phase.items() for per_phase in phase_taps)):
+        phase = [ph for ph, _ in phase_combo]
         out = dx[:, phase[0]::p.stride[0], phase[1]::p.stride[1], phase[2]::p.stride[2], :]
-        chosen = list(itertools.product(*(found for _, found in axis_taps)))
+        chosen = list(itertools.product(*(found for _, found in phase_combo)))
         ids = [(kt * p.R + kr) * p.S + ks for (kt, _), (kr, _), (ks, _) in chosen]
         offsets = [(ot, oh, ow) for (_, ot), (_, oh), (_, ow) in chosen]
         picked = w_c if ids == list(range(len(taps))) else w_c[:, :, ids]      # stride 1: every tap, in order
