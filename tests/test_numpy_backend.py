@@ -506,6 +506,37 @@ def test_argmax_scatter_chunks(monkeypatch, threads, budget, item_min, index_dty
         np.testing.assert_array_equal(am, before)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("budget", [32 * 2**20, 200])
+def test_argmax_scatter_float_repeats_rounded_once_per_item(monkeypatch, threads, dtype, budget):
+    """Float repeats of a cell are summed in float64 and rounded once per cell however many pieces of
+    _SCATTER_CHUNK updates and windows of cells (budget 200 bytes: 25-cell windows over a 40-cell item, whole-item
+    chunks still) they are spread over: 1 + 2^11 - 2^11 per cell is 1 (rounded per piece, 2^11 + 1 would round
+    to 2^11 in float16 and the 1 would be lost; in float32 with 2^25). Against np.add.at in float64, rounded
+    once. Mutant: rounding the sums per piece (what the backend did before, for items of > 2^20 updates)."""
+    from gpuconv.numpy_backend import pool as P
+    threads(1)
+    monkeypatch.setattr(P, "_SCATTER_CHUNK", 4)
+    monkeypatch.setattr(_window, "SCRATCH_BYTES", budget)
+    big = 2.0**25 if dtype == np.float32 else 2.0**11
+    n_items, per_item, cells = 2, 10, 40
+    vals = np.zeros((n_items, 1, 1, per_item, 1))
+    am = np.zeros(vals.shape, np.int64)
+    for item in range(n_items):
+        for j, cell in enumerate((3, 31, 17)):            # three cells, in both windows of the small budget
+            # 1 first, the cancelling pair in later pieces (indices 0-3 are piece 0; 4-7 piece 1; 8-9 piece 2)
+            for slot, value in ((j, 1.0), (4 + j, big), (8 + j % 2 if j < 2 else 7, -big)):
+                vals[item, 0, 0, slot, 0], am[item, 0, 0, slot, 0] = value, cell
+    vals = vals.astype(dtype)
+    out = BACKEND.argmax_scatter(vals, am, (n_items, 1, 1, cells, 1), False)
+    want = np.zeros(n_items * cells)
+    np.add.at(want, (am.reshape(n_items, -1) + np.arange(n_items)[:, None] * cells).reshape(-1),
+              vals.reshape(-1).astype(np.float64))
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out.reshape(-1), want.astype(dtype))
+    assert out.reshape(n_items, cells)[:, [3, 31, 17]].tolist() == [[1.0] * 3] * n_items
+
+
 # ---------------------------------------------------------------------------------------------------------
 # bounded scratch
 # ---------------------------------------------------------------------------------------------------------

@@ -887,10 +887,11 @@ def _run_chunks(fn, chunks: list, disjoint: bool, size: int) -> None:
 
 
 def _sum_duplicates(idx: np.ndarray, v: np.ndarray, dtype: np.dtype):
-    """(unique indices, per-index sums in dtype) with exact integer arithmetic (wrapping like the dtype).
+    """(unique indices, per-index sums in the integer dtype), exact, wrapping like the dtype (floats:
+    _add_float_sums).
 
-    Floats are summed in float64 and rounded once; integers up to 32 bits are summed exactly in float64 (a chunk
-    holds < 2^21 values); int64 is split into 32-bit halves, each summed exactly, and recombined modulo 2^64.
+    Integers up to 32 bits are summed exactly in float64 (a chunk holds < 2^21 values); int64 is split into
+    32-bit halves, each summed exactly, and recombined modulo 2^64.
     """
     lo = int(idx.min())
     span = int(idx.max()) - lo + 1
@@ -908,9 +909,6 @@ def _sum_duplicates(idx: np.ndarray, v: np.ndarray, dtype: np.dtype):
 
         def seg(w):
             return np.bincount(local, weights=w, minlength=span)[uniq]
-    if dtype.kind == "f":
-        sums = seg(v.astype(np.float64))
-        return uniq + lo, sums.astype(dtype)
     if dtype.itemsize < 8:
         sums = seg(v.astype(np.float64)).astype(np.int64)
     else:
@@ -919,6 +917,28 @@ def _sum_duplicates(idx: np.ndarray, v: np.ndarray, dtype: np.dtype):
         high = seg((v >> 32).astype(np.float64)).astype(np.int64)
         sums = (high << 32) + low
     return uniq + lo, sums.astype(dtype)
+
+
+def _add_float_sums(target: np.ndarray, idx: np.ndarray, v: np.ndarray) -> None:
+    """target[i] += (the sum of the v at i in float64, rounded once to target's dtype) for every cell i of idx.
+
+    The float64 sums live in windows of at most _window.SCRATCH_BYTES of cells, the values are read in
+    _SCATTER_CHUNK pieces (a span of several windows reads every piece once per window). Cells of a window that
+    no index names get + 0.0, which changes nothing: the output starts at +0.0 and the slab scatter stores
+    v + 0, so no cell holds -0.0.
+    """
+    lo, hi = int(idx.min()), int(idx.max()) + 1
+    width = min(hi - lo, max(1, _window.SCRATCH_BYTES // 8))
+    for w0 in range(lo, hi, width):
+        w1 = min(w0 + width, hi)
+        acc = np.zeros(w1 - w0, np.float64)
+        for c0 in range(0, idx.size, _SCATTER_CHUNK):
+            part, vals = idx[c0:c0 + _SCATTER_CHUNK], v[c0:c0 + _SCATTER_CHUNK]
+            if width < hi - lo:
+                keep = (part >= w0) & (part < w1)
+                part, vals = part[keep], vals[keep]
+            acc += np.bincount(part - w0, weights=vals.astype(np.float64), minlength=w1 - w0)
+        target[w0:w1] += acc.astype(target.dtype)
 
 
 def _pieces(n: int) -> list:
@@ -931,9 +951,11 @@ def argmax_scatter(values: np.ndarray, argmax: np.ndarray, out_shape, include_ba
     """zeros(out_shape) with each value added at its argmax (per batch item unless include_batch); duplicates add.
 
     Deterministic. A chunk whose indices are all distinct (checked with a one-byte mark per output cell) is
-    scattered directly, exact for every dtype; a chunk with repeats is reduced first (_sum_duplicates).
-    float16 sums of repeats that fall in different chunks are rounded per chunk (chunks are whole batch items
-    unless an item exceeds the scratch budget, and repeats from max pooling stay within an item).
+    scattered directly, exact for every dtype; in a chunk with repeats, float values are summed per cell in
+    float64 and rounded once (_add_float_sums), integers exactly, wrapping like the dtype (_sum_duplicates).
+    Chunks are whole batch items (_index_chunks), so float repeats from max pooling, which stay within an item,
+    are rounded once per cell; with include_batch, or items past the scratch budget, chunks are _SCATTER_CHUNK
+    updates, and repeats of a cell split between two chunks are rounded once per chunk.
     """
     out_shape = tuple(int(v) for v in out_shape)
     out = np.zeros(out_shape, values.dtype)
@@ -973,6 +995,9 @@ def argmax_scatter(values: np.ndarray, argmax: np.ndarray, out_shape, include_ba
                     target[idx[r[0]:r[1]]] += v[r[0]:r[1]]
 
             _parallel.map_chunks(put, pieces)
+            return
+        if values.dtype.kind == "f":
+            _add_float_sums(target, idx, v)
             return
         for c0 in range(0, idx.size, _SCATTER_CHUNK):
             uniq, sums = _sum_duplicates(idx[c0:c0 + _SCATTER_CHUNK], v[c0:c0 + _SCATTER_CHUNK], values.dtype)
