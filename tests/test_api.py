@@ -62,6 +62,18 @@ def test_result_is_a_new_array_and_inputs_are_unmodified(name):
                     assert not np.shares_memory(a, o)
 
 
+def test_channels_first_results_are_views_of_channels_last_arrays():
+    """The README's layout note: an NCHW / NCDHW result is the transposed view of a C-contiguous channels-last
+    array (so np.ascontiguousarray copies it), an NHWC one is C-contiguous itself."""
+    x = np.ones((1, 3, 6, 5), np.float32)
+    w = np.ones((3, 3, 3, 4), np.float32)
+    y = gpuconv.conv2d(x, w, 1, "SAME", data_format="NCHW")
+    assert y.shape == (1, 4, 6, 5) and not y.flags.c_contiguous and y.transpose(0, 2, 3, 1).flags.c_contiguous
+    y3 = gpuconv.max_pool3d(np.ones((1, 2, 4, 4, 4), np.float32), 2, 2, "VALID", data_format="NCDHW")
+    assert y3.shape == (1, 2, 2, 2, 2) and y3.transpose(0, 2, 3, 4, 1).flags.c_contiguous
+    assert gpuconv.conv2d(x.transpose(0, 2, 3, 1), w, 1, "SAME").flags.c_contiguous
+
+
 def test_float16_accumulates_in_float32():
     # 4096 ones summed in float16 would stop at 2048; accumulated in float32 the result is exact.
     x = np.ones((1, 1, 4096, 1), np.float16)
