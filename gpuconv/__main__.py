@@ -83,7 +83,7 @@ def _info(args) -> int:
 
 def format_info(data: dict[str, Any]) -> str:
     """gpuconv.info()'s dict as aligned text: versions, backends, GPUs."""
-    versions = ["gpuconv", "python", "platform", "numpy", "cupy", "cuda-bindings", "nvidia-cuda-nvrtc"]
+    versions = ["gpuconv", "python", "platform", "numpy", "ml_dtypes", "cupy", "cuda-bindings", "nvidia-cuda-nvrtc"]
     lines = ["versions:"]
     lines += [f"  {k:<18} {data.get(k) or 'not installed'}" for k in versions if k in data]
     lines.append(f"backend in force: {data.get('backend', '?')}")

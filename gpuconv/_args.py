@@ -11,6 +11,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import dtypes
+
 # Largest stride, window, dilation or pad: the kernels hold each in a C++ int (plans/conv_common.extents_fit_int).
 INT32_MAX = 2**31 - 1
 
@@ -234,9 +236,9 @@ def tensor(a: Any, arg: str, ndim: int, allowed: Sequence[np.dtype], layout: str
     if a.ndim != ndim:
         fail(arg, f"a {ndim}-D tensor ({layout})", f"shape {tuple(a.shape)}")
     dt = np.dtype(a.dtype)
-    if dt not in allowed:
-        names = ", ".join(np.dtype(d).name for d in allowed)
-        if not dt.isnative and dt.newbyteorder("=") in allowed:
+    if not dtypes.accepts(allowed, dt):
+        names = dtypes.names(allowed)
+        if not dt.isnative and dtypes.accepts(allowed, dt.newbyteorder("=")):
             # '>f4' is float32 to a NumPy user, but the kernels read native words: refused with the remedy.
             fail_type(arg, f"dtype in ({names}) in native byte order "
                            "(a.astype(a.dtype.newbyteorder('=')) converts)",
@@ -246,10 +248,10 @@ def tensor(a: Any, arg: str, ndim: int, allowed: Sequence[np.dtype], layout: str
 
 def same_dtype(arrays: dict[str, Any]) -> None:
     """All named tensors share one dtype."""
-    dtypes = {n: np.dtype(a.dtype) for n, a in arrays.items()}
-    if len(set(dtypes.values())) > 1:
-        fail_type(", ".join(dtypes), "one dtype for all of them",
-                  ", ".join(f"{n}: {d}" for n, d in dtypes.items()))
+    found = {n: np.dtype(a.dtype) for n, a in arrays.items()}
+    if len(set(found.values())) > 1:
+        fail_type(", ".join(found), "one dtype for all of them",
+                  ", ".join(f"{n}: {d}" for n, d in found.items()))
 
 
 def same_shape(a: Any, arg: str, shape: Sequence[int], what: str) -> None:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from . import _bfloat16
 from ._args import fail, fail_type, short
 
 BACKENDS = ("auto", "numpy", "cuda", "emulator")
@@ -138,7 +139,8 @@ def resolve(arrays: dict[str, Any]):
     """The backend object that runs a call on these tensor arguments (validated: types agree with it).
 
     A backend object has `name`, `xp` (numpy or cupy) and one method per canonical op (see
-    numpy_backend/__init__.py for the list and signatures).
+    numpy_backend/__init__.py for the list and signatures). Calls with a bfloat16 tensor get the backend wrapped
+    in _bfloat16.Bfloat16Backend (float32 inside, results rounded to bfloat16).
     """
     kind = tensor_kind(arrays)
     name = get_backend()
@@ -147,6 +149,8 @@ def resolve(arrays: dict[str, Any]):
     wanted = "cupy" if name == "cuda" else "numpy"
     if kind != wanted:
         fail_type(", ".join(arrays), f"{wanted} arrays for backend {name!r}", f"{kind} arrays")
+    if _bfloat16.any_bfloat16(arrays):
+        return _bfloat16.Bfloat16Backend(_instance(name))      # every backend sees float32 only
     return _instance(name)
 
 

@@ -2,6 +2,10 @@
 
 One table, used by the API layer (what is accepted), the NumPy backend (what to accumulate in) and the launch
 plans (which template instantiation to name).
+
+bfloat16 is accepted wherever float16 is, but no backend sees it: gpuconv._bfloat16 runs the float32 op on
+widened copies and rounds the result. NumPy and CuPy have no bfloat16 of their own; ml_dtypes registers one
+(TensorFlow, JAX and CuPy >= 14 use it), recognised here by its name, so gpuconv neither needs nor imports ml_dtypes.
 """
 from __future__ import annotations
 
@@ -46,3 +50,26 @@ def ctype(dtype: np.dtype) -> str:
 
 def is_float(dtype: np.dtype) -> bool:
     return np.dtype(dtype) in FLOAT_DTYPES
+
+
+def is_bfloat16(dtype) -> bool:
+    """Whether dtype is ml_dtypes' bfloat16 (native byte order)."""
+    dt = np.dtype(dtype)
+    return dt.name == "bfloat16" and dt.itemsize == 2 and dt.isnative and dt.type.__module__ == "ml_dtypes"
+
+
+def accepts(allowed, dtype) -> bool:
+    """Whether a tensor of dtype is accepted where the dtypes `allowed` are: those, plus bfloat16 wherever
+    float16 is."""
+    dt = np.dtype(dtype)
+    return dt in allowed or (is_bfloat16(dt) and np.dtype(np.float16) in allowed)
+
+
+def names(allowed) -> str:
+    """The accepted dtypes' names for error messages (bfloat16 listed after float16 where it is accepted)."""
+    out = []
+    for d in allowed:
+        out.append(np.dtype(d).name)
+        if np.dtype(d) == np.float16:
+            out.append("bfloat16")
+    return ", ".join(out)

@@ -24,9 +24,10 @@ def _first_version(dists) -> str | None:
 
 
 def info() -> dict[str, Any]:
-    """A dict: versions (gpuconv, python, numpy, cupy, cuda-bindings, nvidia-cuda-nvrtc; None where absent), the
-    platform, the backend in force, `backends` (each available or why not), `numpy-backend` (worker and BLAS
-    threads, Winograd setting, BLAS kernel set) and `gpu` (the GPUs NVML sees, or why none)."""
+    """A dict: versions (gpuconv, python, numpy, ml_dtypes (for bfloat16 arrays), cupy, cuda-bindings,
+    nvidia-cuda-nvrtc; None where absent), the platform, the backend in force, `backends` (each available or why
+    not), `numpy-backend` (worker and BLAS threads, Winograd setting, BLAS kernel set) and `gpu` (the GPUs NVML
+    sees, or why none)."""
     import numpy
 
     from . import __version__
@@ -40,6 +41,7 @@ def info() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "numpy": numpy.__version__,
+        "ml_dtypes": _version("ml_dtypes"),
         "cupy": cupy,
         "cuda-bindings": _version("cuda-bindings"),
         "nvidia-cuda-nvrtc": _first_version(NVRTC_DISTRIBUTIONS),

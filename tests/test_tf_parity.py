@@ -391,3 +391,120 @@ def test_avg_unpool_is_the_gradient_of_sum_pooling(tf, i):
         loss = tf.reduce_sum(tf.nn.depthwise_conv2d(x, ones, _full(c["s"]), c["pad"]) * u)
     want = tape.gradient(loss, x).numpy()
     _close(gpuconv.avg_unpool(u, c["k"], c["s"], c["pad"], c["x"]), want)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# bfloat16 (ml_dtypes' dtype, TensorFlow's own): gpuconv computes in float32 and rounds once (gpuconv/_bfloat16.py).
+# TF 2.21's CPU kernels do the same in their oneDNN paths (convolutions with SAME/VALID padding, average pooling),
+# compared here within one bfloat16 ulp. Some of its other bfloat16 kernels add in bfloat16
+# (test_documented_bfloat16_differences), so pooling gradients and unpooling are compared without overlapping
+# windows, where nothing is added.
+# ---------------------------------------------------------------------------------------------------------
+def _bf16(rng, shape):
+    import ml_dtypes
+    return _u(rng, shape).astype(ml_dtypes.bfloat16)
+
+
+def _tf_bf16(tf, a):
+    """A TF bfloat16 tensor (TF 2.21 turns a NumPy bfloat16 array passed to some ops into float32)."""
+    return tf.constant(a, tf.bfloat16)
+
+
+def _close_bf16(got, want, exact=False):
+    """Same shape and dtype (bfloat16); bit for bit where the op only selects or copies, else within one
+    bfloat16 ulp (2^-7 relative: both accumulate in float32, in different orders, and round once)."""
+    want = np.asarray(want)
+    assert got.shape == want.shape and got.dtype == want.dtype, (got.shape, got.dtype, want.shape, want.dtype)
+    if exact:
+        np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
+    else:
+        np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=2.0**-7, atol=1e-6)
+
+
+@pytest.mark.parametrize("i", CASES)
+def test_bfloat16_convolutions(tf, i):
+    rng = np.random.default_rng(1600 + i)
+    c = conv_config(rng, 2, dilation=False, explicit=False)
+    x, w, dy = _bf16(rng, c["x"]), _bf16(rng, c["w"]), _bf16(rng, c["y"])
+    tx, tw, tdy, s = _tf_bf16(tf, x), _tf_bf16(tf, w), _tf_bf16(tf, dy), _full(c["s"])
+    _close_bf16(gpuconv.conv2d(x, w, c["s"], c["pad"]), tf.nn.conv2d(tx, tw, c["s"], c["pad"]).numpy())
+    _close_bf16(gpuconv.conv2d_backprop_input(c["x"], w, dy, c["s"], c["pad"]),
+                tf.raw_ops.Conv2DBackpropInput(input_sizes=list(c["x"]), filter=tw, out_backprop=tdy, strides=s,
+                                               padding=c["pad"]).numpy())
+    _close_bf16(gpuconv.conv2d_backprop_filter(x, c["w"], dy, c["s"], c["pad"]),
+                tf.raw_ops.Conv2DBackpropFilter(input=tx, filter_sizes=list(c["w"]), out_backprop=tdy, strides=s,
+                                                padding=c["pad"]).numpy())
+    c3 = conv_config(rng, 3, dilation=False, explicit=False)
+    x3, w3 = _bf16(rng, c3["x"]), _bf16(rng, c3["w"])
+    _close_bf16(gpuconv.conv3d(x3, w3, c3["s"], c3["pad"]),
+                tf.nn.conv3d(_tf_bf16(tf, x3), _tf_bf16(tf, w3), _full(c3["s"]), c3["pad"]).numpy())
+
+
+@pytest.mark.parametrize("i", CASES)
+def test_bfloat16_pooling_and_unpooling(tf, i):
+    rng = np.random.default_rng(1700 + i)
+    c = pool_config(rng, 2)
+    if i % 2:                                  # windows that do not overlap: the gradients add nothing
+        c = pool_config(rng, 2)
+        while any(s < k for s, k in zip(c["s"], c["k"])):
+            c = pool_config(rng, 2)
+    x = _bf16(rng, c["x"])
+    tx, k, s = _tf_bf16(tf, x), _full(c["k"]), _full(c["s"])
+    y_tf, am_tf = tf.nn.max_pool_with_argmax(tx, c["k"], c["s"], c["pad"])
+    y, am = gpuconv.max_pool_with_argmax(x, c["k"], c["s"], c["pad"])
+    _close_bf16(y, y_tf.numpy(), exact=True)
+    _close(am, am_tf.numpy())
+    _close_bf16(gpuconv.max_pool2d(x, c["k"], c["s"], c["pad"]),
+                tf.nn.max_pool2d(tx, c["k"], c["s"], c["pad"]).numpy(), exact=True)
+    _close_bf16(gpuconv.avg_pool2d(x, c["k"], c["s"], c["pad"]), tf.nn.avg_pool2d(tx, c["k"], c["s"], c["pad"]).numpy())
+    if i % 2:
+        dy = _bf16(rng, c["y"])
+        _close_bf16(gpuconv.max_pool_grad(x, y, dy, c["k"], c["s"], c["pad"]),
+                    tf.raw_ops.MaxPoolGrad(orig_input=tx, orig_output=_tf_bf16(tf, y), grad=_tf_bf16(tf, dy), ksize=k,
+                                           strides=s, padding=c["pad"]).numpy(), exact=True)
+        _close_bf16(gpuconv.avg_pool_grad(c["x"], dy, c["k"], c["s"], c["pad"]),
+                    tf.raw_ops.AvgPoolGrad(orig_input_shape=list(c["x"]), grad=_tf_bf16(tf, dy), ksize=k, strides=s,
+                                           padding=c["pad"]).numpy(), exact=True)
+        idx, _ = _tf_unpool(tf, y, am, c["x"], False)
+        want = tf.scatter_nd(idx, _tf_bf16(tf, y.reshape(-1)), c["x"]).numpy()
+        _close_bf16(gpuconv.max_unpool(y, am, c["x"]), want, exact=True)
+    c3 = pool_config(rng, 3)
+    x3 = _bf16(rng, c3["x"])
+    t3 = _tf_bf16(tf, x3)
+    _close_bf16(gpuconv.max_pool3d(x3, c3["k"], c3["s"], c3["pad"]),
+                tf.nn.max_pool3d(t3, c3["k"], c3["s"], c3["pad"]).numpy(), exact=True)
+    _close_bf16(gpuconv.avg_pool3d(x3, c3["k"], c3["s"], c3["pad"]),
+                tf.nn.avg_pool3d(t3, c3["k"], c3["s"], c3["pad"]).numpy())
+
+
+def test_documented_bfloat16_differences(tf):
+    """The README's bfloat16 row, pinned against TF 2.21 CPU: where TF adds in bfloat16, 1 + 8 * 2^-9 (exactly
+    1 + 2^-6, a bfloat16) comes out 1 (each 2^-9 is below half an ulp of 1); gpuconv adds in float32 and rounds
+    once: 1 + 2^-6."""
+    import ml_dtypes
+    bf16, exact = np.dtype(ml_dtypes.bfloat16), 1 + 2.0**-6
+    u = np.array([1] + [2.0**-9] * 8, np.float32).astype(bf16)
+    # scatter_nd (max_unpool's recipe) with one index repeated 9 times
+    assert tf.scatter_nd(np.zeros((9, 1), np.int64), _tf_bf16(tf, u), [1]).numpy().tolist() == [1.0]
+    unpooled = gpuconv.max_unpool(u.reshape(1, 3, 3, 1), np.zeros((1, 3, 3, 1), np.int64), (1, 2, 2, 1))
+    assert unpooled[0, 0, 0, 0] == exact
+    # Conv2DBackpropInput with explicit padding: a 3x3 ones filter gathers the 9 gradients around a cell
+    w, dy = np.ones((3, 3, 1, 1), bf16), np.full((1, 5, 5, 1), 2.0**-9, np.float32).astype(bf16)
+    dy[0, 1, 1, 0] = 1
+    got_tf = tf.raw_ops.Conv2DBackpropInput(input_sizes=[1, 5, 5, 1], filter=_tf_bf16(tf, w),
+                                            out_backprop=_tf_bf16(tf, dy), strides=[1] * 4, padding="EXPLICIT",
+                                            explicit_paddings=[0, 0, 1, 1, 1, 1, 0, 0]).numpy()[0, 2, 2, 0]
+    assert float(got_tf) == 1.0
+    assert gpuconv.conv2d_backprop_input((1, 5, 5, 1), w, dy, 1, [(1, 1), (1, 1)])[0, 2, 2, 0] == exact
+    # MaxPoolGrad: the one maximum of a 5x5 input is selected by all nine 3x3 windows (SAME, stride 1)
+    x = np.zeros((1, 5, 5, 1), bf16)
+    x[0, 2, 2, 0] = 1
+    y = gpuconv.max_pool2d(x, 3, 1, "SAME")
+    g = np.zeros((1, 5, 5, 1), np.float32)
+    g[0, 1:4, 1:4, 0] = 2.0**-9
+    g[0, 1, 1, 0] = 1
+    g = g.astype(bf16)
+    got_tf = tf.raw_ops.MaxPoolGrad(orig_input=_tf_bf16(tf, x), orig_output=_tf_bf16(tf, y), grad=_tf_bf16(tf, g),
+                                    ksize=[1, 3, 3, 1], strides=[1] * 4, padding="SAME").numpy()[0, 2, 2, 0]
+    assert float(got_tf) == 1.0
+    assert gpuconv.max_pool_grad(x, y, g, 3, 1, "SAME")[0, 2, 2, 0] == exact
