@@ -4,9 +4,10 @@ results are rounded to bfloat16 once (to nearest, ties to even; the array librar
 Widening is exact (a bfloat16 is the upper half of a float32), so max pooling, argmax, max-pool gradients without
 overlaps, unpooling without repeated indices and the gather gradient are exact; convolutions, average pooling and
 sums of overlaps are the float32 result rounded once, as float16's float32 accumulation is. The cost: the float32
-copies (twice the bfloat16 tensors' bytes) and two casts. TensorFlow's CPU kernels differ in the last bit at most
-where they accumulate in bfloat16 (its scatter_nd, which max_unpool's recipe uses, adds repeated indices in
-bfloat16).
+copies (twice the bfloat16 tensors' bytes) and two casts. Some of TensorFlow 2.21's bfloat16 CPU kernels add in
+bfloat16 instead (scatter_nd, which max_unpool's recipe uses, with repeated indices; Conv2DBackpropInput with
+explicit padding; MaxPoolGrad where windows overlap) and can be several ulps off (README, "Where gpuconv
+deliberately differs").
 
 The wrapper sits between the API layer and any backend (backend.resolve), so the NumPy backend, the emulator and
 the CUDA kernels all see float32 only. NumPy arrays of ml_dtypes' bfloat16 are widened by ml_dtypes' casts; CuPy

@@ -25,19 +25,23 @@ def _is_float_tensor(a) -> bool:
     return isinstance(a, np.ndarray) and a.dtype.kind == "f"
 
 
+def _mapped(sample: Sample, conv, desc: str) -> Sample:
+    return Sample(tuple(map(conv, sample.args)), {k: conv(v) for k, v in sample.kwargs.items()}, desc,
+                  sample.exact)
+
+
 def _to_bf16(sample: Sample) -> Sample | None:
     """The sample with every float tensor rounded to bfloat16; None when it has none (integer dtypes)."""
     if not any(_is_float_tensor(a) for a in (*sample.args, *sample.kwargs.values())):
         return None
-    conv = lambda a: a.astype(np.float32).astype(BF16) if _is_float_tensor(a) else a  # noqa: E731
-    return Sample(tuple(map(conv, sample.args)), {k: conv(v) for k, v in sample.kwargs.items()},
-                  sample.desc + "-bf16", sample.exact)
+    return _mapped(sample, lambda a: a.astype(np.float32).astype(BF16) if _is_float_tensor(a) else a,
+                   sample.desc + "-bf16")
 
 
 def _widened(sample: Sample, dtype) -> Sample:
-    conv = lambda a: a.astype(dtype) if isinstance(a, np.ndarray) and a.dtype == BF16 else a  # noqa: E731
-    return Sample(tuple(map(conv, sample.args)), {k: conv(v) for k, v in sample.kwargs.items()}, sample.desc,
-                  sample.exact)
+    """The sample with its bfloat16 tensors converted (exactly) to dtype."""
+    return _mapped(sample, lambda a: a.astype(dtype) if isinstance(a, np.ndarray) and a.dtype == BF16 else a,
+                   sample.desc)
 
 
 def _bf16_cases() -> list:
@@ -120,6 +124,16 @@ def test_rounding_is_to_nearest_even_once():
     w = np.ones((1, 1, 4, 1), BF16)
     y = gpuconv.conv2d(x, w, 1, "VALID").astype(np.float64).ravel()
     assert y.tolist() == [1.0 + 2.0**-7, 1.0, 1.0 + 2.0**-6]
+
+
+def test_bfloat16_range_is_kept():
+    """bfloat16 has float32's exponent range: values near 2^100 and 2^-100 (far outside float16's) keep it through
+    the widening, a conv of them is the float64 result within bfloat16 rounding."""
+    rng = np.random.default_rng(7)
+    x = (rng.uniform(-1, 1, (1, 4, 4, 3)) * 2.0**100).astype(np.float32).astype(BF16)
+    w = (rng.uniform(-1, 1, (2, 2, 3, 2)) * 2.0**-100).astype(np.float32).astype(BF16)
+    want = gpuconv.conv2d(x.astype(np.float64), w.astype(np.float64), 1, "VALID")
+    np.testing.assert_allclose(gpuconv.conv2d(x, w, 1, "VALID").astype(np.float64), want, rtol=RTOL, atol=ATOL)
 
 
 def test_bfloat16_inputs_are_left_alone_and_results_are_new_arrays():
