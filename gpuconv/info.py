@@ -25,8 +25,8 @@ def _first_version(dists) -> str | None:
 
 def info() -> dict[str, Any]:
     """A dict: versions (gpuconv, python, numpy, ml_dtypes (for bfloat16 arrays), cupy, cuda-bindings,
-    nvidia-cuda-nvrtc; None where absent), the platform, the backend in force, `backends` (each available or why
-    not), `numpy-backend` (worker and BLAS threads, Winograd setting, BLAS kernel set) and `gpu` (the GPUs NVML
+    nvidia-cuda-nvrtc; None where absent), the platform, the backend in force, the float32 precision in force
+    (`float32-precision`: ieee, tf32 or 3xtf32), `backends` (each available or why not), `numpy-backend` (worker and BLAS threads, Winograd setting, BLAS kernel set) and `gpu` (the GPUs NVML
     sees, or why none)."""
     import numpy
 
@@ -46,6 +46,7 @@ def info() -> dict[str, Any]:
         "cuda-bindings": _version("cuda-bindings"),
         "nvidia-cuda-nvrtc": _first_version(NVRTC_DISTRIBUTIONS),
         "backend": knobs["backend"],
+        "float32-precision": knobs["float32-precision"],
         "backends": available_backends(),
         "numpy-backend": knobs["numpy-backend"],
         "gpu": gpu_report(),
@@ -53,13 +54,16 @@ def info() -> dict[str, Any]:
 
 
 def settings() -> dict[str, Any]:
-    """The GPUCONV_* settings in force: {'backend': get_backend(), 'numpy-backend': numpy_backend_settings()}.
+    """The GPUCONV_* settings in force: {'backend': get_backend(), 'float32-precision': get_float32_precision(),
+    'numpy-backend': numpy_backend_settings()}.
 
-    Raises ValueError naming the variable when one is malformed (GPUCONV_BACKEND, GPUCONV_NUM_THREADS,
-    GPUCONV_WINOGRAD); the CLI reads them up front this way so that a bad value is a usage error, not a failure
-    of every op later on."""
+    Raises ValueError naming the variable when one is malformed (GPUCONV_BACKEND, GPUCONV_FLOAT32_PRECISION,
+    GPUCONV_NUM_THREADS, GPUCONV_WINOGRAD); the CLI reads them up front this way so that a bad value is a usage
+    error, not a failure of every op later on."""
     from .backend import get_backend
-    return {"backend": get_backend(), "numpy-backend": numpy_backend_settings()}
+    from .precision import get_float32_precision
+    return {"backend": get_backend(), "float32-precision": get_float32_precision(),
+            "numpy-backend": numpy_backend_settings()}
 
 
 def numpy_backend_settings() -> dict[str, Any]:

@@ -363,17 +363,21 @@ __global__ void __launch_bounds__(256, 4)
 // =========================================================================================================
 // WMMA under the emulator
 // =========================================================================================================
-// The subset of nvcuda::wmma that conv kernels use (16x16x16, half inputs, float accumulators, row-major
-// operands), for the CPU emulator only: every lane holds the whole 16x16 tile, which is the API's contract
-// seen from outside (the lane distribution of a fragment is unspecified, so kernels may only touch fragments
-// through these calls). The documented preconditions are checked: 256-bit aligned pointers, ldm a multiple
-// of 16 bytes. The calls are warp-collective, as on the GPU: each starts with a __syncwarp (every lane of the
-// warp must reach it), and store_matrix_sync writes only the calling lane's share of the tile (lane l:
-// elements [8l, 8l + 8) in row-major order), as a distributed fragment does, so a kernel that reads the
-// stored tile without a __syncwarp after the store reads other lanes' cells before they are written (poison
-// or stale values under some thread order). Products are exact in float and summed in k order, so results can
-// differ from tensor cores in the last bits of the float accumulator (tests use tolerances). On the GPU,
-// <mma.h> is the real thing.
+// The subset of nvcuda::wmma that conv kernels use (row-major operands, float accumulators; 16x16x16 with half
+// inputs, 16x16x8 with precision::tf32 inputs held as float, and __float_to_tf32), for the CPU emulator only:
+// every lane holds the whole tile, which is the API's contract seen from outside (the lane distribution of a
+// fragment is unspecified, so kernels may only touch fragments through these calls and through uniform
+// element-wise operations on fragment.x, which this layout supports too). The documented preconditions are
+// checked: 256-bit aligned pointers, ldm a multiple of 16 bytes. The calls are warp-collective, as on the GPU:
+// each starts with a __syncwarp (every lane of the warp must reach it), and store_matrix_sync writes only the
+// calling lane's share of the tile (lane l: elements [8l, 8l + 8) in row-major order), as a distributed
+// fragment does, so a kernel that reads the stored tile without a __syncwarp after the store reads other lanes'
+// cells before they are written (poison or stale values under some thread order). Products are exact in float
+// and summed in k order, so results can differ from tensor cores in the last bits of the float accumulator
+// (tests use tolerances). A tf32 operand is read as the tensor cores read it, through its TF32 bits only (the
+// low 13 mantissa bits truncated): a kernel that skipped __float_to_tf32 would be measurably less accurate.
+// __float_to_tf32 is cvt.rna.tf32.f32: nearest, ties away from zero, inf and NaN kept. On the GPU, <mma.h> is
+// the real thing.
 #if defined(GPUCONV_EMULATOR) && !defined(GPUCONV_EMU_HAS_WMMA)
 namespace nvcuda {
 namespace wmma {
@@ -381,14 +385,45 @@ struct matrix_a {};
 struct matrix_b {};
 struct accumulator {};
 struct row_major {};
+namespace precision {
+struct tf32 {};
+}
 enum layout_t { mem_row_major, mem_col_major };
+
+// How a fragment of element type T stores its elements and how the tensor cores read one.
+template <typename T>
+struct operand_of {
+    typedef T storage;
+    static float read(T v) { return float(v); }
+};
+template <>
+struct operand_of<precision::tf32> {
+    typedef float storage;
+    static float read(float v) {
+        unsigned u;
+        memcpy(&u, &v, sizeof u);
+        if ((u & 0x7f800000u) != 0x7f800000u) u &= 0xffffe000u;  // finite: the TF32 bits only
+        memcpy(&v, &u, sizeof v);
+        return v;
+    }
+};
+
+inline float __float_to_tf32(float v) {
+    unsigned u;
+    memcpy(&u, &v, sizeof u);
+    if ((u & 0x7f800000u) == 0x7f800000u) return v;  // inf, NaN
+    u = (u + 0x1000u) & 0xffffe000u;  // half a TF32 ulp added to the magnitude, then truncated: ties away
+    memcpy(&v, &u, sizeof v);
+    return v;
+}
 
 template <typename Use, int M, int N, int K, typename T, typename Layout = void>
 struct fragment {
+    typedef typename operand_of<T>::storage storage_element_type;
     static constexpr int kRows = std::is_same<Use, matrix_b>::value ? K : M;
     static constexpr int kCols = std::is_same<Use, matrix_a>::value ? K : N;
     static constexpr int num_elements = kRows * kCols;
-    T x[kRows * kCols];
+    storage_element_type x[kRows * kCols];
 };
 
 inline void check_operand(const void* p, unsigned ldm_bytes, const char* what) {
@@ -398,9 +433,10 @@ inline void check_operand(const void* p, unsigned ldm_bytes, const char* what) {
 }
 
 template <typename Use, int M, int N, int K, typename T, typename L>
-inline void load_matrix_sync(fragment<Use, M, N, K, T, L>& f, const T* p, unsigned ldm) {
+inline void load_matrix_sync(fragment<Use, M, N, K, T, L>& f, const typename operand_of<T>::storage* p,
+                             unsigned ldm) {
     typedef fragment<Use, M, N, K, T, L> F;
-    check_operand(p, ldm * sizeof(T), "wmma::load_matrix_sync");
+    check_operand(p, ldm * sizeof(*p), "wmma::load_matrix_sync");
     __syncwarp();
     for (int r = 0; r < F::kRows; ++r)
         for (int c = 0; c < F::kCols; ++c) f.x[r * F::kCols + c] = p[r * ldm + c];
@@ -419,7 +455,8 @@ inline void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<ma
     for (int i = 0; i < M; ++i)
         for (int j = 0; j < N; ++j) {
             float acc = c.x[i * N + j];
-            for (int k = 0; k < K; ++k) acc = fmaf(float(a.x[i * K + k]), float(b.x[k * N + j]), acc);
+            for (int k = 0; k < K; ++k)
+                acc = fmaf(operand_of<T>::read(a.x[i * K + k]), operand_of<T>::read(b.x[k * N + j]), acc);
             out[i * N + j] = acc;
         }
     for (int i = 0; i < M * N; ++i) d.x[i] = out[i];

@@ -9,13 +9,15 @@
 //   conv_fprop_tiled      implicit GEMM (no im2col buffer): block tile in shared memory, per-thread register
 //                         tile, double-buffered global -> register -> shared loads, predicated borders and
 //                         partial tiles, optional vector loads along the channels.
-//   conv_fprop_tensorop   the same implicit GEMM for float16 on tensor cores (WMMA, float accumulation).
-// tiled and tensorop take a flag set by conv_nonfinite_flag (conv_common.cuh) over w: when w holds inf or NaN
-// they compute their tiles with the analytic kernel's fprop_output instead, so a padding tap never multiplies
-// (0 * inf would be NaN; DESIGN.md §2: out-of-bounds taps are absent).
+//   conv_fprop_tensorop   the same implicit GEMM on tensor cores (WMMA, float accumulation): float16, and
+//                         float32 as TF32 or 3xTF32 when the caller opts in (gpuconv.float32_precision).
+// tiled and tensorop take a flag set by conv_nonfinite_flag (conv_common.cuh) over w (TF32: over x too): when
+// it holds inf or NaN they compute their tiles with the analytic kernel's fprop_output instead, so a padding tap
+// never multiplies (0 * inf would be NaN; DESIGN.md §2: out-of-bounds taps are absent).
 // analytic and tiled sum the GEMM-k terms in the same order (filter tap (t, r, s) outer, channel c inner)
 // with one fused multiply-add per term, so on finite inputs they give bit-identical results; tensorop sums
-// in the tensor cores' order (float accumulators, results within float rounding of the others).
+// in the tensor cores' order (float accumulators: float16 within float rounding of the others; TF32 and 3xTF32
+// within their operand rounding, see TensorOpMath).
 // Launch plans: gpuconv/plans/conv_fprop.py.
 #include "conv_common.cuh"
 #ifndef GPUCONV_EMULATOR
@@ -400,91 +402,186 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN), (TM * TN >= 64 ? 1 : 2)
 }
 
 // =========================================================================================================
-// conv_fprop_tensorop (float16 on tensor cores)
+// conv_fprop_tensorop (float16; float32 as TF32 or 3xTF32, opt-in)
 // =========================================================================================================
-// The implicit GEMM of conv_fprop_tiled with half operands on tensor cores (WMMA 16x16x16, float
-// accumulators):  Y[m][n] = sum_kk A[m][kk] * B[kk][n],  y[m*K + g*Kg + n] = half(Y[m][n]),  group g =
-// blockIdx.y, blockIdx.x = tile_m * tiles_n + tile_n. Block tile BM x BN x BK, (BM/WM) x (BN/WN) warps, each
-// owning a WM x WN warp tile of (WM/16) x (WN/16) accumulator fragments. Shared memory: two stages of A
-// row-major [BM][BK + 8] and B row-major [BK][BN + 8] in half (the +8 skews rows across banks and keeps
-// every fragment pointer 256-bit aligned), filled through registers by the same tile iterators as the SIMT
-// kernel (V = 4: 64-bit loads along channels); the epilogue stages each accumulator fragment through a
-// per-warp 16 x 16 float tile and writes it with bounds checks.
-template <typename Index, int BM, int BN, int BK, int WM, int WN, int V>
-__global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32, 1)
-    conv_fprop_tensorop(const __half* __restrict__ x, const __half* __restrict__ w, __half* __restrict__ y,
-                        const int* __restrict__ nonfinite, GPUCONV_CONV_PROBLEM_PARAMS(Index)) {
-    namespace wmma = nvcuda::wmma;
-    constexpr int kWarpsM = BM / WM, kWarpsN = BN / WN, kThreads = kWarpsM * kWarpsN * 32;
-    constexpr int kFragsM = WM / 16, kFragsN = WN / 16;
-    constexpr int kStrideA = BK + 8, kStrideB = BN + 8;
-    static_assert(WM % 16 == 0 && WN % 16 == 0 && BK % 16 == 0, "WMMA tiles are 16 x 16 x 16");
-    static_assert((16 * kStrideA * 2) % 32 == 0 && (16 * kStrideB * 2) % 32 == 0, "fragment rows must stay 256-bit aligned");
+// TensorOpMath<Element, Passes>: what one warp-level k-step of the tensor-op kernel multiplies -- the WMMA
+// shape (16x16x16 for half, 16x16x8 for TF32), the fragment element type, and how a fragment loaded from
+// shared memory becomes mma_sync operands:
+//   __half, 1   the halves themselves: products exact in the float accumulators.
+//   float, 1    TF32 (precision "tf32"): every operand rounded to TF32 (8 exponent bits, 10 explicit mantissa
+//               bits; nearest, ties away from zero: cvt.rna.tf32.f32), one mma per product. About three decimal
+//               digits per product, float accumulation.
+//   float, 3    3xTF32 (precision "3xtf32"; CUTLASS's big + small split): a = big + small with big = tf32(a),
+//               small = tf32(a - big), so |a - big - small| <= 2^-22 |a|;
+//               a*b ~ a_small*b_big + a_big*b_small + a_big*b_big (small*small, below 2^-22 |a b|, dropped),
+//               three mma per product, small terms first: float32-level accuracy on tensor cores.
+// A finite operand stays finite: where rounding would overflow (|a| within half a TF32 ulp of FLT_MAX) big is a
+// truncated instead. Non-finite operands never get here: a TF32 plan flags x as well as w (plans/conv_fprop.py),
+// so such a call computes every tile by formula (inf * small = inf * 0 would be NaN in the 3xTF32 sum).
+// TF32 needs sm_80: compiled for an older GPU the float instantiations trap (their plans need sm_80 to be chosen).
+#if defined(GPUCONV_EMULATOR) || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#define GPUCONV_HAS_TF32_MMA 1
+#else
+#define GPUCONV_HAS_TF32_MMA 0
+#endif
 
-    typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> FragmentC;
+template <typename Element, int Passes>
+struct TensorOpMath {
+    static constexpr bool kAvailable = false;
+};
 
-    __shared__ __align__(128) __half smem_a[2][BM * kStrideA];
-    __shared__ __align__(128) __half smem_b[2][BK * kStrideB];
-    __shared__ __align__(128) float smem_c[kWarpsM * kWarpsN][16 * 16];
+template <>
+struct TensorOpMath<__half, 1> {
+    static constexpr bool kAvailable = true;
+    static constexpr int kK = 16;   // WMMA k of one mma_sync
+    static constexpr int kParts = 1;
+    typedef __half FragmentElement;
+    template <typename Fragment>
+    static __device__ __forceinline__ void split(Fragment&, Fragment&) {}
+};
 
-    // ---- setup ----------------------------------------------------------------------------------------
-    const ConvProblemSize<Index> prob(GPUCONV_CONV_PROBLEM_ARGS);
-    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-    const FpropBlockTile<Index, BM, BN> block(prob);
-    if (*nonfinite) {  // w holds inf or NaN: padding must not multiply it (block-uniform; no barrier below)
-        fprop_tile_by_formula<__half, Index, BM, BN, kThreads>(prob, x, w, y, block.m0, block.n0, block.g);
-        return;
+#if GPUCONV_HAS_TF32_MMA
+// The TF32 value nearest v (ties away from zero), or v truncated to TF32 where the nearest would be inf.
+__device__ __forceinline__ float tf32_nearest_finite(float v) {
+    const float r = nvcuda::wmma::__float_to_tf32(v);
+    return is_finite_value(r) || !is_finite_value(v) ? r : __uint_as_float(__float_as_uint(v) & 0xffffe000u);
+}
+
+template <int Passes>
+struct TensorOpMath<float, Passes> {
+    static_assert(Passes == 1 || Passes == 3, "TF32 tensor-op math takes 1 pass (tf32) or 3 (3xtf32)");
+    static constexpr bool kAvailable = true;
+    static constexpr int kK = 8;
+    static constexpr int kParts = Passes == 3 ? 2 : 1;  // big only, or big and small
+    typedef nvcuda::wmma::precision::tf32 FragmentElement;
+    // big (as loaded: the float operands) -> its TF32 part; small -> the TF32 rest (3xTF32 only).
+    template <typename Fragment>
+    static __device__ __forceinline__ void split(Fragment& big, Fragment& small) {
+#pragma unroll
+        for (int t = 0; t < big.num_elements; ++t) {
+            const float v = big.x[t];
+            const float hi = tf32_nearest_finite(v);
+            big.x[t] = hi;
+            if (kParts == 2) small.x[t] = nvcuda::wmma::__float_to_tf32(v - hi);
+        }
     }
-    const int warp_m = (warp / kWarpsN) * WM, warp_n = (warp % kWarpsN) * WN;
+};
+#endif
 
-    FpropTileLoader<__half, Index, BM, BN, BK, V, kThreads> loader(prob, x, w, block, tid);
-    FragmentC acc[kFragsM][kFragsN];
+// One BK-wide stage of a warp's tile: acc[i][j] += A[warp rows 16i..][kk..] * B[kk..][warp cols 16j..] for every
+// kk step of Math::kK, the operands split as TensorOpMath says (3xTF32: small terms first, then big * big).
+template <typename Math, int BK, int kFragsM, int kFragsN, int kStrideA, int kStrideB, typename Smem, typename Acc>
+__device__ __forceinline__ void tensorop_stage(Acc (&acc)[kFragsM][kFragsN], const Smem* sa, const Smem* sb) {
+    namespace wmma = nvcuda::wmma;
+    constexpr int kK = Math::kK, kParts = Math::kParts;
 #pragma unroll
-    for (int i = 0; i < kFragsM; ++i)
+    for (int kk = 0; kk < BK; kk += kK) {
+        wmma::fragment<wmma::matrix_a, 16, 16, kK, typename Math::FragmentElement, wmma::row_major> a[kParts][kFragsM];
+        wmma::fragment<wmma::matrix_b, 16, 16, kK, typename Math::FragmentElement, wmma::row_major> b[kParts][kFragsN];
 #pragma unroll
-        for (int j = 0; j < kFragsN; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
-
-    // ---- main loop: tensor-core steps on stage kt % 2 while k-tile kt + 1 is loaded -------------------
-    pipelined_main_loop(
-        (prob.fprop_gemm_k() + BK - 1) / BK, [&]() { loader.load(prob); },
-        [&]() { loader.advance_and_load(prob); },
-        [&](int stage) { loader.template store<kStrideA, 1, kStrideB>(smem_a[stage], smem_b[stage], tid); },
-        [&](int stage) {
-#pragma unroll
-            for (int kk = 0; kk < BK; kk += 16) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a[kFragsM];
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> b[kFragsN];
-#pragma unroll
-                for (int i = 0; i < kFragsM; ++i)
-                    wmma::load_matrix_sync(a[i], smem_a[stage] + (warp_m + 16 * i) * kStrideA + kk, kStrideA);
-#pragma unroll
-                for (int j = 0; j < kFragsN; ++j)
-                    wmma::load_matrix_sync(b[j], smem_b[stage] + kk * kStrideB + warp_n + 16 * j, kStrideB);
-#pragma unroll
-                for (int i = 0; i < kFragsM; ++i)
-#pragma unroll
-                    for (int j = 0; j < kFragsN; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
-            }
-        });
-
-    // ---- epilogue: fragment -> per-warp float tile -> bounds-checked half stores --------------------------
-    const Index gemm_m = prob.fprop_gemm_m();
-    const int gemm_n = prob.fprop_gemm_n();
-    __half* y_group = y + Index(block.g) * gemm_n;
-    float* tile = smem_c[warp];
-#pragma unroll
-    for (int i = 0; i < kFragsM; ++i) {
+        for (int i = 0; i < kFragsM; ++i) {
+            wmma::load_matrix_sync(a[0][i], sa + 16 * i * kStrideA + kk, kStrideA);
+            Math::split(a[0][i], a[kParts - 1][i]);
+        }
 #pragma unroll
         for (int j = 0; j < kFragsN; ++j) {
-            wmma::store_matrix_sync(tile, acc[i][j], 16, wmma::mem_row_major);
-            __syncwarp();
+            wmma::load_matrix_sync(b[0][j], sb + kk * kStrideB + 16 * j, kStrideB);
+            Math::split(b[0][j], b[kParts - 1][j]);
+        }
+        if constexpr (kParts == 2) {
 #pragma unroll
-            for (int e = lane; e < 256; e += 32) {
-                const Index m = block.m0 + warp_m + 16 * i + e / 16;
-                const int n = block.n0 + warp_n + 16 * j + e % 16;
-                if (m < gemm_m && n < gemm_n) y_group[m * prob.K + n] = __float2half_rn(tile[e]);
+            for (int i = 0; i < kFragsM; ++i)
+#pragma unroll
+                for (int j = 0; j < kFragsN; ++j) {
+                    wmma::mma_sync(acc[i][j], a[1][i], b[0][j], acc[i][j]);
+                    wmma::mma_sync(acc[i][j], a[0][i], b[1][j], acc[i][j]);
+                }
+        }
+#pragma unroll
+        for (int i = 0; i < kFragsM; ++i)
+#pragma unroll
+            for (int j = 0; j < kFragsN; ++j) wmma::mma_sync(acc[i][j], a[0][i], b[0][j], acc[i][j]);
+    }
+}
+
+// The implicit GEMM of conv_fprop_tiled on tensor cores (float accumulators):  Y[m][n] = sum_kk A[m][kk] *
+// B[kk][n],  y[m*K + g*Kg + n] = Element(Y[m][n]),  group g = blockIdx.y, blockIdx.x = tile_m * tiles_n +
+// tile_n. Block tile BM x BN x BK, (BM/WM) x (BN/WN) warps, each owning a WM x WN warp tile of (WM/16) x
+// (WN/16) accumulator fragments. Shared memory: two stages of A row-major [BM][BK + pad] and B row-major
+// [BK][BN + pad] in Element, pad = 16 bytes (skews rows across banks and keeps every fragment pointer 256-bit
+// aligned), filled through registers by the same tile iterators as the SIMT kernel (V = 4: 64-bit half or
+// 128-bit float loads along channels); the epilogue stages each accumulator fragment through a per-warp
+// 16 x 16 float tile and writes it with bounds checks. Static shared memory stays under 48 KiB: half BK = 32
+// (46080 bytes), float BK = 16 (45568 bytes).
+template <typename Element, typename Index, int BM, int BN, int BK, int WM, int WN, int V, int Passes>
+__global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32, 1)
+    conv_fprop_tensorop(const Element* __restrict__ x, const Element* __restrict__ w, Element* __restrict__ y,
+                        const int* __restrict__ nonfinite, GPUCONV_CONV_PROBLEM_PARAMS(Index)) {
+    typedef TensorOpMath<Element, Passes> Math;
+    if constexpr (!Math::kAvailable) {
+        __trap();  // TF32 on a GPU below sm_80: plans never choose it there
+    } else {
+        namespace wmma = nvcuda::wmma;
+        constexpr int kWarpsM = BM / WM, kWarpsN = BN / WN, kThreads = kWarpsM * kWarpsN * 32;
+        constexpr int kFragsM = WM / 16, kFragsN = WN / 16;
+        constexpr int kPad = 16 / int(sizeof(Element));
+        constexpr int kStrideA = BK + kPad, kStrideB = BN + kPad;
+        static_assert(WM % 16 == 0 && WN % 16 == 0 && BK % Math::kK == 0, "WMMA tiles are 16 x 16 x kK");
+        static_assert((16 * kStrideA * sizeof(Element)) % 32 == 0 && (16 * kStrideB * sizeof(Element)) % 32 == 0,
+                      "fragment rows must stay 256-bit aligned");
+
+        typedef wmma::fragment<wmma::accumulator, 16, 16, Math::kK, float> FragmentC;
+
+        __shared__ __align__(128) Element smem_a[2][BM * kStrideA];
+        __shared__ __align__(128) Element smem_b[2][BK * kStrideB];
+        __shared__ __align__(128) float smem_c[kWarpsM * kWarpsN][16 * 16];
+
+        // ---- setup ------------------------------------------------------------------------------------
+        const ConvProblemSize<Index> prob(GPUCONV_CONV_PROBLEM_ARGS);
+        const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+        const FpropBlockTile<Index, BM, BN> block(prob);
+        if (*nonfinite) {  // an operand holds inf or NaN: compute by formula (block-uniform; no barrier below)
+            fprop_tile_by_formula<Element, Index, BM, BN, kThreads>(prob, x, w, y, block.m0, block.n0, block.g);
+            return;
+        }
+        const int warp_m = (warp / kWarpsN) * WM, warp_n = (warp % kWarpsN) * WN;
+
+        FpropTileLoader<Element, Index, BM, BN, BK, V, kThreads> loader(prob, x, w, block, tid);
+        FragmentC acc[kFragsM][kFragsN];
+#pragma unroll
+        for (int i = 0; i < kFragsM; ++i)
+#pragma unroll
+            for (int j = 0; j < kFragsN; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+
+        // ---- main loop: tensor-core steps on stage kt % 2 while k-tile kt + 1 is loaded ---------------
+        pipelined_main_loop(
+            (prob.fprop_gemm_k() + BK - 1) / BK, [&]() { loader.load(prob); },
+            [&]() { loader.advance_and_load(prob); },
+            [&](int stage) { loader.template store<kStrideA, 1, kStrideB>(smem_a[stage], smem_b[stage], tid); },
+            [&](int stage) {
+                tensorop_stage<Math, BK, kFragsM, kFragsN, kStrideA, kStrideB>(
+                    acc, smem_a[stage] + warp_m * kStrideA, smem_b[stage] + warp_n);
+            });
+
+        // ---- epilogue: fragment -> per-warp float tile -> bounds-checked stores ------------------------
+        const Index gemm_m = prob.fprop_gemm_m();
+        const int gemm_n = prob.fprop_gemm_n();
+        Element* y_group = y + Index(block.g) * gemm_n;
+        float* tile = smem_c[warp];
+#pragma unroll
+        for (int i = 0; i < kFragsM; ++i) {
+#pragma unroll
+            for (int j = 0; j < kFragsN; ++j) {
+                wmma::store_matrix_sync(tile, acc[i][j], 16, wmma::mem_row_major);
+                __syncwarp();
+#pragma unroll
+                for (int e = lane; e < 256; e += 32) {
+                    const Index m = block.m0 + warp_m + 16 * i + e / 16;
+                    const int n = block.n0 + warp_n + 16 * j + e % 16;
+                    if (m < gemm_m && n < gemm_n) y_group[m * prob.K + n] = from_accum<Element>(tile[e]);
+                }
+                __syncwarp();
             }
-            __syncwarp();
         }
     }
 }

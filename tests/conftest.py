@@ -139,6 +139,22 @@ def ordered_backend(request, kernel_backend, monkeypatch):
     return kernel_backend
 
 
+def record_launches(monkeypatch, backend: str, entry=lambda plan: plan.name_expression) -> list:
+    """A list that receives entry(plan) for every plan kernel backend `backend` ('emulator' or 'cuda') launches
+    during the test (the launch itself still happens)."""
+    from gpuconv import backend as B
+    executor = B._instance(backend).executor
+    seen: list = []
+    original = executor.launch
+
+    def record(plan):
+        seen.append(entry(plan))
+        return original(plan)
+
+    monkeypatch.setattr(executor, "launch", record)
+    return seen
+
+
 def sequential_scatter(values, argmax, out_shape, include_batch=False):
     """The scatter kernels' promise (kernels/unpool.cu), independently: zeros, then each update added in
     increasing update order (np.add.at is unbuffered and sequential), in the accumulation dtype (float16 in

@@ -524,8 +524,8 @@ def test_fake_gpu_run_reports_percent_of_copy_bandwidth(tmp_path, monkeypatch):
     from gpuconv.bench.peers import GpuconvImpl
 
     class FakeCudaImpl(GpuconvImpl):
-        def __init__(self, backend):
-            super().__init__("numpy")
+        def __init__(self, backend, precision=None):
+            super().__init__("numpy", precision)
             self.name = "gpuconv-cuda"
 
     monkeypatch.setattr(cli, "_resolve_backend", lambda requested: ("cuda", ""))

@@ -139,6 +139,9 @@ class _CountingPeer(peers.GpuconvImpl):
         super().__init__("numpy")
         self.name, self.tf32 = name, tf32
 
+    def uses_tf32(self, case):      # a peer's answer is its `tf32`, whatever the case
+        return self.tf32
+
 
 def test_host_inputs_are_made_once_per_case(tmp_path, monkeypatch):
     from gpuconv.bench.cases import Case
@@ -170,7 +173,51 @@ def test_torch_peer_claims_tf32_only_on_the_gpu_when_allowed():
     assert peers.TorchImpl("gpu", allow_tf32=True).tf32 is True
     assert peers.TorchImpl("gpu", allow_tf32=False).tf32 is False
     assert peers.TorchImpl("cpu", allow_tf32=True).tf32 is False
-    assert peers.GpuconvImpl("cuda").tf32 is False
+
+
+def test_gpuconv_claims_tf32_for_float32_conv_forward_on_the_gpu_when_allowed(monkeypatch):
+    monkeypatch.delenv("GPUCONV_FLOAT32_PRECISION", raising=False)
+    (fprop,) = build_cases(["quick"], ["fprop"], ["float32"], 1, match="quick_3x3s2")
+    (dgrad,) = build_cases(["quick"], ["dgrad"], ["float32"], 1, match="quick_3x3s2")
+    (half,) = build_cases(["quick"], ["fprop"], ["float16"], 1, match="quick_3x3s2")
+    default = peers.GpuconvImpl("cuda")
+    assert default.precision == "ieee" and not default.uses_tf32(fprop)
+    for mode in ("tf32", "3xtf32"):
+        impl = peers.GpuconvImpl("cuda", mode)
+        assert impl.uses_tf32(fprop) and not impl.uses_tf32(dgrad) and not impl.uses_tf32(half)
+        assert not peers.GpuconvImpl("numpy", mode).uses_tf32(fprop)
+        assert impl.settings()["float32_precision"] == mode and "tensor cores" in impl.settings()["precision"]
+        with impl.context():
+            assert gpuconv.get_float32_precision() == mode and gpuconv.get_backend() == "cuda"
+        assert gpuconv.get_float32_precision() == "ieee"
+    monkeypatch.setenv("GPUCONV_FLOAT32_PRECISION", "tf32")
+    assert peers.GpuconvImpl("cuda").precision == "tf32"
+    with pytest.raises(ValueError, match="^precision: expected one of 'ieee', 'tf32', '3xtf32', got 'fp8'"):
+        peers.GpuconvImpl("cuda", "fp8")
+
+
+def test_percent_of_peak_follows_gpuconvs_per_case_tf32(monkeypatch):
+    (case,) = build_cases(["quick"], ["fprop"], ["float32"], 1, match="quick_3x3s2")
+    peak = metrics.find_peak("NVIDIA H100 80GB HBM3")
+    args = types.SimpleNamespace(tf32=False, cpu_peak_gflops=None)
+    impl = peers.GpuconvImpl("numpy", "tf32")
+    assert "FP32 non-tensor" in cli.run_case(case, impl, "cpu", "quick", None, peak, args)["peak_basis"]
+    monkeypatch.setattr(impl, "uses_tf32", lambda c: c is case)
+    assert "TF32 tensor dense" in cli.run_case(case, impl, "cpu", "quick", None, peak, args)["peak_basis"]
+
+
+def test_bench_precision_option(tmp_path, monkeypatch):
+    assert cli.parse_args(["--precision", "3xtf32"]).precision == "3xtf32"
+    assert cli.parse_args([]).precision is None
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--precision", "fp16"])
+    monkeypatch.setattr(cli, "default_peers", lambda kind, tf32: [])
+    assert cli.main(_argv(tmp_path, "--precision", "tf32")) == 0
+    doc = _doc(tmp_path)
+    assert doc["settings"]["gpuconv_float32_precision"] == "tf32"
+    assert doc["implementations"]["gpuconv-numpy"]["settings"]["float32_precision"] == "tf32"
+    monkeypatch.setenv("GPUCONV_FLOAT32_PRECISION", "tf64")
+    assert cli.main(_argv(tmp_path)) == 2                          # a malformed setting: a usage error
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -318,7 +365,7 @@ def test_a_failing_gpu_report_after_the_run_loses_nothing(tmp_path, monkeypatch)
     """The GPU path reads NVML again after the last measurement; a failure there is a reason in the report."""
     from gpuconv import device_report
     monkeypatch.setattr(cli, "_resolve_backend", lambda requested: ("cuda", ""))
-    monkeypatch.setattr(cli, "GpuconvImpl", lambda backend: _CountingPeer("gpuconv-cuda"))
+    monkeypatch.setattr(cli, "GpuconvImpl", lambda backend, precision: _CountingPeer("gpuconv-cuda"))
     monkeypatch.setattr(cli, "_device_info", lambda kind: {"kind": "gpu", "name": "NVIDIA H100 80GB HBM3",
                                                            "gpu": {}, "l2_bytes": 2**20})
     monkeypatch.setattr(cli, "measure_copy_bandwidth", lambda mode, l2: {"gbps": None, "reason": "none"})

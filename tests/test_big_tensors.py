@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 import gpuconv as gc
+from conftest import record_launches
 
 pytestmark = pytest.mark.emulator
 
@@ -51,17 +52,8 @@ def huge_zeros(shape, dtype):
 @pytest.fixture
 def launches(monkeypatch):
     """Name expressions and scalar argument types of every emulator launch inside the test."""
-    from gpuconv import backend
-    be = backend._instance("emulator")
-    seen = []
-    original = be.executor.launch
-
-    def record(plan):
-        seen.append((plan.name_expression, {type(a) for a in plan.args if isinstance(a, np.generic)}))
-        return original(plan)
-
-    monkeypatch.setattr(be.executor, "launch", record)
-    return seen
+    return record_launches(monkeypatch, "emulator",
+                           lambda plan: (plan.name_expression, {type(a) for a in plan.args if isinstance(a, np.generic)}))
 
 
 def assert_64bit(launches):

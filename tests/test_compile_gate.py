@@ -373,13 +373,16 @@ def test_every_family_compiles_for_other_gpus(arch):
 # ---------------------------------------------------------------------------------------------------------
 # flush-to-zero: CuPy compiles every module with -ftz=true, after gpuconv's options
 # ---------------------------------------------------------------------------------------------------------
-def _ptx(source: str, options) -> str:
-    """PTX of source under options, with -arch=sm_XX replaced by its virtual compute_XX."""
+def _ptx(source: str, options, name_expressions=()) -> str:
+    """PTX of source under options, with -arch=sm_XX replaced by its virtual compute_XX; each of
+    `name_expressions` instantiated and its .entry renamed to the expression itself (so tests can find it)."""
     nvrtc = cg._nvrtc()
     ok = nvrtc.nvrtcResult.NVRTC_SUCCESS
     err, prog = nvrtc.nvrtcCreateProgram(source.encode(), b"probe.cu", 0, [], [])
     assert err == ok
     try:
+        for expr in name_expressions:
+            assert nvrtc.nvrtcAddNameExpression(prog, expr.encode())[0] == ok
         opts = [o.replace("-arch=sm_", "-arch=compute_").encode() for o in options]
         err, = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
         _, size = nvrtc.nvrtcGetProgramLogSize(prog)
@@ -389,7 +392,11 @@ def _ptx(source: str, options) -> str:
         _, size = nvrtc.nvrtcGetPTXSize(prog)
         ptx = b" " * size
         nvrtc.nvrtcGetPTX(prog, ptx)
-        return ptx.decode(errors="replace")
+        ptx = ptx.decode(errors="replace")
+        for expr in name_expressions:
+            ptx = ptx.replace(f".entry {nvrtc.nvrtcGetLoweredName(prog, expr.encode())[1].decode()}(",
+                              f".entry {expr}(")
+        return ptx
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
 
@@ -407,3 +414,26 @@ def test_max_pool_float32_comparison_is_not_flushed_to_zero():
     bodies = {name: ptx.split(f".entry {name}(")[1].split(".entry")[0] for name in ("plain", "scan")}
     assert "setp.gt.ftz.f32" in bodies["plain"]
     assert ".f32" not in "".join(line for line in bodies["scan"].splitlines() if "setp" in line)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# tensor-core float32: what NVRTC makes of TensorOpMath (the emulator runs its own WMMA model, not this)
+# ---------------------------------------------------------------------------------------------------------
+@gate_test
+def test_tf32_kernels_round_operands_and_3xtf32_multiplies_three_times():
+    """Per k-tile of the 128x128 tensor-op kernel (8 warps, 4 x 2 fragments each): float16 and TF32 issue one
+    wmma.mma per fragment pair and k-step (2 k-steps: 16), 3xTF32 three (48), on m16n16k8 tf32 operands; TF32
+    rounds every fragment element it loads with cvt.rna.tf32.f32 (2 k-steps x (4 + 2) fragments x 4 elements =
+    48), 3xTF32 the big and the small parts (96)."""
+    from gpuconv.plans import conv_fprop as F
+    exprs = {(dt, passes): F.FpropConfig("tensorop", "int", "128x128", 4, passes).name_expression(dt)
+             for dt, passes in ((F.F16, 1), (F.F32, 1), (F.F32, 3))}
+    ptx = _ptx(kernel_source.read_source("conv_fprop.cu"), cg.cupy_nvrtc_options(80, kernel_source.module_options()),
+               tuple(exprs.values()))
+    body = {key: ptx.split(f".entry {expr}(")[1].split(".entry")[0] for key, expr in exprs.items()}
+    mma = {key: [line.split()[0] for line in b.splitlines() if "mma.sync" in line] for key, b in body.items()}
+    assert set(mma[(F.F16, 1)]) == {"wmma.mma.sync.aligned.row.row.m16n16k16.f32.f32"} and len(mma[(F.F16, 1)]) == 16
+    tf32 = {"wmma.mma.sync.aligned.row.row.m16n16k8.f32.tf32.tf32.f32"}
+    assert set(mma[(F.F32, 1)]) == tf32 and len(mma[(F.F32, 1)]) == 16
+    assert set(mma[(F.F32, 3)]) == tf32 and len(mma[(F.F32, 3)]) == 48
+    assert [body[k].count("cvt.rna.tf32.f32") for k in exprs] == [0, 48, 96]

@@ -95,12 +95,55 @@ def test_vector_width_needs_channel_multiples_per_group():
 def test_float16_with_vector_channels_runs_on_tensor_cores():
     cfg = F.choose_fprop_config(prob2d(32, 56, 56, 64, 64, 3, 3), F16)
     assert cfg == F.FpropConfig("tensorop", "int", "128x128", 4)
-    assert cfg.name_expression(F16) == "gpuconv::conv_fprop_tensorop<int, 128, 128, 32, 64, 32, 4>"
+    assert cfg.name_expression(F16) == "gpuconv::conv_fprop_tensorop<__half, int, 128, 128, 32, 64, 32, 4, 1>"
     assert F.choose_fprop_config(huge_problem(), F16) == F.FpropConfig("tensorop", "long long", "128x128", 4)
     # C = 3: no vector loads, so the SIMT tiled kernel (tensorop would need 240 registers with V = 1)
     assert F.choose_fprop_config(prob2d(32, 224, 224, 3, 64, 7, 7, stride=2), F16).variant == "tiled"
     assert F.choose_fprop_config(prob2d(8, 28, 28, 64, 64, 3, 3), F16, aligned=False).variant == "tiled"
     assert F.choose_fprop_config(prob2d(8, 28, 28, 64, 64, 3, 3), F32).variant == "tiled"
+
+
+@pytest.mark.parametrize("precision,passes", [("tf32", 1), ("3xtf32", 3)])
+def test_float32_runs_on_tensor_cores_only_when_tf32_is_allowed(precision, passes):
+    p = prob2d(32, 56, 56, 64, 64, 3, 3)
+    assert F.choose_fprop_config(p, F32).variant == "tiled"                     # default precision: "ieee"
+    assert F.choose_fprop_config(p, F32, precision="ieee").variant == "tiled"
+    cfg = F.choose_fprop_config(p, F32, precision=precision)
+    assert cfg == F.FpropConfig("tensorop", "int", "128x128", 4, passes) and F.uses_tf32(cfg, F32)
+    assert cfg.name_expression(F32) == f"gpuconv::conv_fprop_tensorop<float, int, 128, 128, 16, 64, 32, 4, {passes}>"
+    assert F.choose_fprop_config(huge_problem(), F32, precision=precision) == F.FpropConfig(
+        "tensorop", "long long", "128x128", 4, passes)
+    # the permission changes nothing where no TF32 kernel applies: scalar channels, misalignment, other dtypes
+    assert F.choose_fprop_config(prob2d(32, 224, 224, 3, 64, 7, 7, stride=2), F32, precision=precision).variant == "tiled"
+    assert F.choose_fprop_config(p, F32, aligned=False, precision=precision).variant == "tiled"
+    assert F.choose_fprop_config(p, F16, precision=precision) == F.choose_fprop_config(p, F16)
+    assert F.choose_fprop_config(p, F64, precision=precision) == F.choose_fprop_config(p, F64)
+    assert F.choose_fprop_config(prob2d(4, 16, 16, 32, 32, 3, 3, groups=32), F32, precision=precision).variant == \
+        "analytic"
+
+
+def test_tf32_plans_flag_x_as_well_as_w():
+    p = prob2d(2, 12, 12, 8, 16, 3, 3)
+    x, w, y = arrays(p, F32)
+    flag = np.zeros(1, np.int32)
+    plans = F.plan_fprop(p, F32, x, w, y, nonfinite=flag, precision="3xtf32")
+    assert [pl.name_expression.split("<")[0] for pl in plans] == ["gpuconv::conv_nonfinite_flag"] * 2 + [
+        "gpuconv::conv_fprop_tensorop"]
+    assert plans[0].args[0] is w and int(plans[0].args[1]) == w.size and plans[0].args[2] is flag
+    assert plans[1].args[0] is x and int(plans[1].args[1]) == x.size and plans[1].args[2] is flag
+    # float16 tensor cores and float32 SIMT flag w only (x meets no padding zero and is not split)
+    for dtype, precision in ((F16, "3xtf32"), (F32, "ieee")):
+        plans = F.plan_fprop(p, dtype, *arrays(p, dtype), nonfinite=flag, precision=precision)
+        assert len(plans) == 2 and plans[0].args[0].size == w.size
+
+
+def test_tensorop_refuses_what_is_not_instantiated():
+    p = prob2d(1, 5, 5, 4, 8, 3, 3)
+    assert "not instantiated for float64" in F.supports(F.FpropConfig("tensorop", "int", "128x128", 4), p, F64)
+    assert "2 tensor-core passes are not instantiated for tensorop in float32 (available: 1, 3)" in F.supports(
+        F.FpropConfig("tensorop", "int", "128x128", 4, passes=2), p, F32)
+    assert "1 tensor-core passes" not in (F.supports(F.FpropConfig("tiled", "int", "64x64", 4), p, F32) or "")
+    assert "passes" in F.supports(F.FpropConfig("tiled", "int", "64x64", 4, passes=3), p, F32)
 
 
 def test_tensorop_plan_grid_and_block():
@@ -137,7 +180,8 @@ def test_64bit_index_when_a_tensor_reaches_2_31_elements():
     (F.FpropConfig("tiled", "long long", "64x64", 1), prob2d(1, 5, 5, 3, 8, 3, 3), "not instantiated"),
     (F.FpropConfig("tiled", "int", "32x32", 1), prob2d(1, 5, 5, 3, 8, 3, 3), "not instantiated"),
     (F.FpropConfig("winograd", "int"), prob2d(1, 5, 5, 3, 8, 3, 3), "unknown variant"),
-    (F.FpropConfig("tensorop", "int", "128x128", 4), prob2d(1, 5, 5, 4, 8, 3, 3), "not instantiated for float32"),
+    (F.FpropConfig("tensorop", "int", "128x128", 4, passes=3), prob2d(1, 5, 5, 4, 8, 3, 3),
+     "3 tensor-core passes are not instantiated for tensorop in float16"),
     (F.FpropConfig("tensorop", "int", "128x128", 1), prob2d(1, 5, 5, 3, 8, 3, 3), "vector width 1 is not 4"),
     (F.FpropConfig("analytic", "int", "64x64", 1), prob2d(1, 5, 5, 3, 8, 3, 3), "no tile"),
     (F.FpropConfig("tiled", "int", "64x64", 1), huge_problem(N=1, C=70000, K=70000, groups=70000, P=1, Q=1,
@@ -235,8 +279,9 @@ def test_override_is_scoped():
 def test_family_lists_every_instance_once():
     exprs = F.FAMILY.name_expressions
     assert len(exprs) == len(set(exprs))
-    expected = sum(2 + 2 * len(F.TILED_INSTANCES[(dt, ix)]) + len(F.TENSOROP_INSTANCES.get((dt, ix), ()))
-                   for dt in (F16, F32, F64) for ix in F.INDEX_TYPES)          # + 1: conv_nonfinite_flag
+    expected = sum(2 + 2 * len(F.TILED_INSTANCES[(dt, ix)])                    # + 1: conv_nonfinite_flag
+                   + len(F.TENSOROP_INSTANCES.get((dt, ix), ())) * len(F.TENSOROP_PASSES.get(dt, ()))
+                   for dt in (F16, F32, F64) for ix in F.INDEX_TYPES)
     assert len(exprs) == expected
     for e in exprs:
         assert F.FAMILY.hint(e).block_threads == 256

@@ -29,7 +29,8 @@ BUGS = KernelFamily("emu_bugs", "planted_bugs.cu", (
     "rotate_missing_sync", "rotate_synced", "early_exit_before_barrier", "smem_overrun", "global_overrun",
     "shuffle_after_exit"))
 BROKEN = KernelFamily("emu_broken", "broken.cu", ("broken",))
-WMMA = KernelFamily("emu_wmma", "wmma.cu", ("wmma_synced", "wmma_missing_syncwarp"))
+WMMA = KernelFamily("emu_wmma", "wmma.cu", ("wmma_synced", "wmma_missing_syncwarp", "wmma_tf32_rounded",
+                                            "wmma_tf32_raw", "float_to_tf32"))
 FAMILIES = (REDUCE, WARP, ELEMENTWISE, BUGS, BROKEN, WMMA)
 
 ORDERS = [("forward", 0), ("reverse", 0), ("shuffle", 1), ("shuffle", 2)]
@@ -144,6 +145,32 @@ def test_wmma_model_is_warp_collective():
         y = np.zeros((16, 16), np.float32)
         launch(ex, WMMA, "wmma_missing_syncwarp", (1, 1, 1), (32, 1, 1), 0, a, b, y)
         assert not np.array_equal(y, want), order
+
+
+def test_wmma_tf32_model_rounds_like_cvt_rna_and_reads_only_tf32_bits():
+    """__float_to_tf32 is cvt.rna.tf32.f32 (nearest, ties away from zero, inf and NaN kept; the float32 maximum
+    rounds up to inf), and a 16x16x8 tf32 mma reads only the TF32 bits of its operands: with the elements
+    rounded first it is the product of the rounded matrices, without it the product of the truncated ones."""
+    from test_tf32 import tf32_nearest, tf32_truncated
+    ex = make_executor("reverse", 0)
+    ulp = 2.0**-10
+    x = np.array([1 + ulp / 2, -(1 + ulp / 2), 1 + ulp / 2 - 2.0**-23, 1 + 3 * ulp / 2, 3.4028235e38, np.inf,
+                  -np.inf, np.nan, 0.0, -0.0, 1e-40, 2.0**-126 * (1 + ulp / 2), 0.1, -7.3], np.float32)
+    y = np.zeros_like(x)
+    launch(ex, WMMA, "float_to_tf32", (1, 1, 1), (32, 1, 1), 0, x, y, np.int32(x.size))
+    want = tf32_nearest(x)
+    assert np.array_equal(y.view(np.uint32)[~np.isnan(x)], want.view(np.uint32)[~np.isnan(x)]) and np.isnan(y[7])
+    assert y[0] == 1 + ulp and y[1] == -(1 + ulp) and y[2] == 1 and y[4] == np.inf
+    rng = np.random.default_rng(6)
+    a = rng.uniform(-1, 1, (16, 8)).astype(np.float32)
+    b = rng.uniform(-1, 1, (8, 16)).astype(np.float32)
+    for name, part in (("wmma_tf32_rounded", tf32_nearest), ("wmma_tf32_raw", tf32_truncated)):
+        out = np.zeros((16, 16), np.float32)
+        launch(ex, WMMA, name, (1, 1, 1), (32, 1, 1), 0, a, b, out)
+        exact = part(a).astype(np.float64) @ part(b).astype(np.float64)
+        np.testing.assert_allclose(out, exact, rtol=0, atol=8 * 2.0**-24 * 8)   # float32 sums of 8 products
+    assert not np.allclose(tf32_nearest(a) @ tf32_nearest(b), tf32_truncated(a) @ tf32_truncated(b), rtol=0,
+                           atol=8 * 2.0**-24 * 8)                              # the two differ measurably
 
 
 def test_missing_syncthreads_is_exposed_by_some_order():

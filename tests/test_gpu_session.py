@@ -49,6 +49,16 @@ def test_bench_slices_are_valid_non_empty_and_disjoint(session):
     assert want and want <= first
 
 
+def test_tensor_core_step_compares_tf32_with_tf32(session):
+    """bench3 times gpuconv's opt-in TF32 and 3xTF32 conv forward against peers with TF32 on as well."""
+    modes = set()
+    for cmd in session.STEPS["bench3"]:
+        args = cli.parse_args(list(cmd.argv[cmd.argv.index("bench") + 1:]))
+        assert _bench_cases(cmd.argv) and args.ops == ["fprop"] and args.dtypes == ["float32"] and args.tf32
+        modes.add(args.precision)
+    assert modes == {"tf32", "3xtf32"}
+
+
 def test_tests_step_runs_the_gpu_tier(session):
     argv = next(c.argv for c in session.STEPS["tests"] if c.name == "pytest_gpu")
     assert argv[1:3] == ("-m", "pytest") and ("-m", "gpu") in zip(argv[3:], argv[4:])

@@ -44,7 +44,7 @@ from gpuconv.plans import pool as PP
 from gpuconv.plans import unpool as UP
 from gpuconv.plans.conv_common import INDEX_TYPES, flag_expression
 
-from conftest import install_emulator, run_on as run, run_oracle as oracle
+from conftest import install_emulator, record_launches, run_on as run, run_oracle as oracle
 
 F16, F32, F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 LL = "long long"
@@ -53,22 +53,12 @@ LL = "long long"
 ORDERS = {"emulator": [("reverse", 0), ("shuffle", 5)], "cuda": [(None, 0)]}
 
 
-def install(monkeypatch, backend: str, order, seed: int) -> set:
+def install(monkeypatch, backend: str, order, seed: int) -> list:
     """Makes `backend` (for the emulator: a fresh executor with this thread order) record the name expression of
-    every launch; returns the set it records into."""
-    from gpuconv import backend as B
+    every launch; returns the list it records into."""
     if backend == "emulator":
         install_emulator(monkeypatch, order, seed)
-    executor = B._instance(backend).executor
-    names: set = set()
-    original = executor.launch
-
-    def record(plan):
-        names.add(plan.name_expression)
-        return original(plan)
-
-    monkeypatch.setattr(executor, "launch", record)
-    return names
+    return record_launches(monkeypatch, backend)
 
 
 def uniform(shape, dtype, seed):
@@ -78,12 +68,14 @@ def uniform(shape, dtype, seed):
 # rtol relative to the same op on |inputs| in float64 (sum of absolute terms); see test_conv_fprop_kernels.py
 RTOL = {F16: 2e-3, F32: 1e-5, F64: 1e-12}
 ATOL = {F16: 1e-4, F32: 1e-6, F64: 1e-13}
+# float32 on tensor cores with one TF32 pass: each operand rounded to 11 significant bits (2^-11 relative each)
+TF32_RTOL = 2 * 2.0**-11 + RTOL[F32]
 
 
-def assert_conv_close(got, ref, bound, dtype):
+def assert_conv_close(got, ref, bound, dtype, rtol=None):
     assert got.dtype == dtype and got.shape == ref.shape
     err = np.abs(got.astype(np.float64) - ref.astype(np.float64))
-    tol = RTOL[dtype] * bound + ATOL[dtype]
+    tol = (RTOL[dtype] if rtol is None else rtol) * bound + ATOL[dtype]
     worst = np.unravel_index(np.argmax(err - tol), err.shape)
     assert np.all(err <= tol), f"max excess at {worst}: got {got[worst]}, want {ref[worst]}"
 
@@ -92,8 +84,9 @@ def check_orders(kernel_backend, monkeypatch, expected: set, compute, check):
     """compute() under each thread order (or once on the GPU), check(result) each time, and the launches made
     exactly the expected name expressions."""
     for order, seed in ORDERS[kernel_backend]:
-        names = install(monkeypatch, kernel_backend, order, seed)
+        launched = install(monkeypatch, kernel_backend, order, seed)
         check(compute())
+        names = set(launched)
         assert names == expected, (order, sorted(names ^ expected))
 
 
@@ -112,7 +105,9 @@ def fprop_cases():
         expected = {cfg.name_expression(dt)}
         if cfg.variant != "analytic":
             expected.add(flag_expression(dt, cfg.index))
-        name = "-".join(str(v) for v in (dt, cfg.variant, cfg.tile, f"v{cfg.vector}", cfg.index) if v is not None)
+        passes = f"p{cfg.passes}" if cfg.variant == "tensorop" else None
+        name = "-".join(str(v) for v in (dt, cfg.variant, cfg.tile, f"v{cfg.vector}", passes, cfg.index)
+                        if v is not None)
         yield pytest.param(dt, cfg, expected, id=name.replace(" ", ""))
 
 
@@ -128,12 +123,17 @@ def test_conv_fprop_instantiation(kernel_backend, monkeypatch, dtype, cfg, expec
     fields = dict(variant=cfg.variant, index=cfg.index)
     if cfg.variant != "analytic":
         fields.update(tile=cfg.tile, vector=cfg.vector)
+    if cfg.variant == "tensorop":
+        fields.update(passes=cfg.passes)
+    # float32 tensorop with one pass is TF32 (3xTF32 meets float32's tolerance)
+    rtol = TF32_RTOL if F.uses_tf32(cfg, dtype) and cfg.passes == 1 else None
 
     def compute():
         with F.override_config(**fields):
             return run(kernel_backend, fn, x, w, **kw)
 
-    check_orders(kernel_backend, monkeypatch, expected, compute, lambda y: assert_conv_close(y, ref, bound, dtype))
+    check_orders(kernel_backend, monkeypatch, expected, compute,
+                 lambda y: assert_conv_close(y, ref, bound, dtype, rtol))
 
 
 # ---------------------------------------------------------------------------------------------------------

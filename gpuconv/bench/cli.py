@@ -33,6 +33,7 @@ from typing import Any
 from . import metrics, report, timing
 from .cases import ALL_OPS, DTYPES, Case, build_cases
 from .layers import LAYER_SETS
+from ..precision import FLOAT32_PRECISIONS
 from .peers import PEER_NAMES, GpuconvImpl, Unsupported, default_peers, peers_by_name
 
 # (warmup calls, warmup seconds, timed-loop budget seconds, min reps, max reps) per mode and device
@@ -76,6 +77,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--peers", default="auto",
                    help=f"'auto', 'none' or a comma list from: {', '.join(PEER_NAMES)}")
     p.add_argument("--tf32", action="store_true", help="let the peers use TF32 for float32 (stated in the report)")
+    p.add_argument("--precision", choices=FLOAT32_PRECISIONS, default=None,
+                   help="gpuconv's float32 precision (default: GPUCONV_FLOAT32_PRECISION, else ieee); tf32 / 3xtf32 "
+                        "run float32 conv forward on tensor cores on sm_80+ (pair with --tf32 for the peers)")
     p.add_argument("--cpu-peak-gflops", type=_gflops, default=None,
                    help="the CPU's peak, if you know it, for '%% of peak' on the CPU (omitted otherwise)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for the reports")
@@ -265,7 +269,8 @@ def run_case(case: Case, impl, kind: str, mode: str, l2: int | None, peak, args,
     copy_bw: the run's measured copy bandwidth (GPU runs); ok rows then get pct_copy_bw (None for convolutions
     and when the measurement failed). Without it (CPU runs) rows have no pct_copy_bw field. inputs: the case's
     host inputs when the caller made them once for every implementation (they are never modified), else made
-    here. The % of peak uses the TF32 peak only where the implementation says it ran TF32 (its `tf32`)."""
+    here. The % of peak uses the TF32 peak only where the implementation says it ran TF32 (its `tf32`, or
+    `uses_tf32(case)`)."""
     row: dict[str, Any] = {**case.describe(), "impl": impl.name, "status": "ok", "note": ""}
     why = impl.supports(case)
     if why:
@@ -291,8 +296,8 @@ def run_case(case: Case, impl, kind: str, mode: str, l2: int | None, peak, args,
                 "p80_ms": result.p80_s * 1e3, "reps": result.reps, "warmup": result.warmup,
                 "copies": result.copies, "clock": result.clock})
     row.update(metrics.throughput(result.median_s, case.flops, case.bytes))
-    row.update(metrics.percent_of_peak(case.kind, row["gflops"], row["gbps"], case.dtype, peak,
-                                       tf32=bool(getattr(impl, "tf32", False)),
+    tf32 = impl.uses_tf32(case) if hasattr(impl, "uses_tf32") else bool(getattr(impl, "tf32", False))
+    row.update(metrics.percent_of_peak(case.kind, row["gflops"], row["gbps"], case.dtype, peak, tf32=tf32,
                                        cpu_peak_gflops=args.cpu_peak_gflops if kind == "cpu" else None))
     if copy_bw is not None:
         row["pct_copy_bw"] = metrics.percent_of_copy(case.kind, row["gbps"], copy_bw.get("gbps"))
@@ -335,7 +340,7 @@ def main(argv: list[str]) -> int:
         except ValueError as exc:
             print(f"gpuconv bench: --peers: {exc}", file=sys.stderr)
             return 2
-    impls = [GpuconvImpl(backend)]
+    impls = [GpuconvImpl(backend, args.precision)]
     implementations: dict[str, Any] = {}
     for impl in impls + peers:
         avail = impl.availability()
@@ -377,7 +382,8 @@ def main(argv: list[str]) -> int:
         "peak": None if peak is None else dataclasses.asdict(peak),
         "settings": {"mode": mode, "batch": batch, "batch3d": batch3d, "layer_sets": layer_sets,
                      "match": args.match, "ops": args.ops or list(ALL_OPS), "dtypes": args.dtypes,
-                     "tf32_for_peers": args.tf32, "timing": timing_text, "cpu_peak_gflops": args.cpu_peak_gflops},
+                     "tf32_for_peers": args.tf32, "gpuconv_float32_precision": impls[0].precision,
+                     "timing": timing_text, "cpu_peak_gflops": args.cpu_peak_gflops},
         "implementations": implementations,
         "complete": False,
         "planned": len(cases) * len(runnable),

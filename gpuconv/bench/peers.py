@@ -1,7 +1,8 @@
 """Implementations a benchmark case is timed on: gpuconv itself and its peers, where installed.
 
 Each implementation has `name`, `device` ('cpu' or 'gpu'), `tf32` (whether its float32 runs on TF32 tensor cores:
-the % of peak is then taken against the TF32 peak), `availability()` ('yes' or why not),
+the % of peak is then taken against the TF32 peak; gpuconv, whose TF32 covers conv forward only, answers per case
+with `uses_tf32(case)` instead), `availability()` ('yes' or why not),
 `settings()` (precision modes and threads, stated in the report), `supports(case)` (None or why not),
 `context()` (entered around prepare + timing) and `prepare(case, inputs, copies) -> [callable]`: one
 zero-argument closure per input copy, each running the op once on its own copy (outputs are allocated by the
@@ -45,22 +46,32 @@ def _import_version(module: str) -> tuple[Any, str]:
 # gpuconv
 # ---------------------------------------------------------------------------------------------------------
 class GpuconvImpl:
-    """gpuconv's TF-named API on one backend (numpy, emulator or cuda)."""
+    """gpuconv's TF-named API on one backend (numpy, emulator or cuda), with a float32 precision
+    (gpuconv/precision.py; default: the one in force, 'ieee' unless GPUCONV_FLOAT32_PRECISION says otherwise)."""
 
-    tf32 = False            # gpuconv computes float32 exactly (DESIGN.md section 2, Precision)
-
-    def __init__(self, backend: str):
+    def __init__(self, backend: str, precision: str | None = None):
+        from ..precision import check_precision, get_float32_precision
         self.backend = backend
+        self.precision = get_float32_precision() if precision is None else check_precision(precision, "precision")
         self.name = f"gpuconv-{backend}"
         self.device = "gpu" if backend == "cuda" else "cpu"
         self.note = ""
+
+    def uses_tf32(self, case: Case) -> bool:
+        """Whether this case's float32 may run on TF32 tensor cores: a conv forward on the GPU, TF32 allowed
+        (the % of peak then uses the TF32 peak; 3xTF32 spends three tensor-core products per product)."""
+        return (self.precision != "ieee" and self.backend == "cuda" and case.op == "fprop"
+                and case.dtype == "float32")
 
     def availability(self) -> str:
         return "yes"
 
     def settings(self) -> dict[str, Any]:
-        s: dict[str, Any] = {"backend": self.backend, "precision": "exact fp32 (no TF32); float16 accumulates "
-                                                                   "in float32"}
+        fp32 = {"ieee": "exact fp32 (no TF32)", "tf32": "fp32 conv forward on TF32 tensor cores where the GPU has "
+                "them, else exact", "3xtf32": "fp32 conv forward as 3xTF32 on tensor cores where the GPU has "
+                "them, else exact"}[self.precision]
+        s: dict[str, Any] = {"backend": self.backend, "float32_precision": self.precision,
+                             "precision": f"{fp32}; float16 accumulates in float32"}
         if self.backend == "numpy":
             s["numpy"] = np.__version__
         return s
@@ -70,9 +81,11 @@ class GpuconvImpl:
             return "max_pool_with_argmax is 2-D only, as in TF"
         return None
 
+    @contextlib.contextmanager
     def context(self):
         import gpuconv
-        return gpuconv.use_backend(self.backend)
+        with gpuconv.use_backend(self.backend), gpuconv.float32_precision(self.precision):
+            yield
 
     def _xp(self):
         if self.backend == "cuda":

@@ -62,10 +62,19 @@ class CudaExecutor:
         self._modules: dict[tuple[str, int], Any] = {}           # (family, device) -> RawModule
         self._functions: dict[tuple[str, str, int], Any] = {}     # (family, name expression, device) -> kernel
         self._smem_opt_in: dict[tuple[str, str, int], int] = {}   # dynamic smem each kernel is opted in to
+        self._capabilities: dict[int, int] = {}                   # device -> compute capability (75, 80, ...)
 
     @property
     def xp(self):
         return _cupy()
+
+    def compute_capability(self, array) -> int:
+        """Compute capability of the device holding `array` (a CuPy array) as an int: 75, 80, 90, 100..."""
+        with self._lock:
+            cc = self._capabilities.get(array.device.id)
+            if cc is None:
+                cc = self._capabilities[array.device.id] = int(array.device.compute_capability)
+        return cc
 
     def family(self, name: str) -> KernelFamily:
         if self._families is None:

@@ -524,6 +524,10 @@ class EmulatorExecutor:
         return (f"EmulatorExecutor(order={self.order!r}, seed={self.seed}, sanitize={self.sanitize}, "
                 f"workers={self.workers})")
 
+    def compute_capability(self, array) -> int | None:
+        """None: the emulator models every GPU feature the kernels use (WMMA, TF32) on any array."""
+        return None
+
     def load_family(self, family: KernelFamily, kernel_dir: str | os.PathLike | None = None) -> None:
         """Makes a family that kernel_source.families() does not list (e.g. a test fixture) launchable here."""
         kdir = Path(kernel_dir) if kernel_dir is not None else kernel_source.kernel_dir()

@@ -16,6 +16,8 @@ fprop and dgrad, dy for wgrad. So every plan that runs such a kernel is
 
     [conv_nonfinite_flag(operand, n, flag), tiled kernel(..., flag, ...)]
 
+(float32 on tensor cores flags x as well: plans/conv_fprop.py)
+
 on a 1-element int32 `flag` the caller allocates zeroed (`xp.zeros((1,), np.int32)`: no host synchronisation).
 The flag kernel sets it to 1 when some operand element is inf or NaN; the tiled kernel reads it and, when set,
 computes its tiles by the analytic kernel's per-output function. Finite operands cost one pass over the operand.
@@ -104,6 +106,11 @@ GRID_YZ_MAX = 65535
 def filter_elements(p: ConvProblem) -> int:
     """Elements of w (and dw): T*R*S*C/G*K."""
     return p.T * p.R * p.S * p.group_c * p.K
+
+
+def input_elements(p: ConvProblem) -> int:
+    """Elements of x (and dx): N*D*H*W*C."""
+    return p.N * p.D * p.H * p.W * p.C
 
 
 def tile_grid(gemm_m: int, gemm_n: int, bm: int, bn: int, groups: int, z: int = 1) -> tuple[int, int, int]:
@@ -215,11 +222,12 @@ def checked_config(family: str, config, supported: tuple[bool, str], forced: boo
 # ---------------------------------------------------------------------------------------------------------
 # launches
 # ---------------------------------------------------------------------------------------------------------
-def flagged_launch(family: str, operand, elements: int, index: str, nonfinite, expression: str,
+def flagged_launch(family: str, operands: list[tuple[object, int]], index: str, nonfinite, expression: str,
                    grid: tuple[int, int, int], block: int, args: tuple) -> list[LaunchPlan]:
-    """[conv_nonfinite_flag over operand's `elements`, the tiled kernel `expression`(args)] (module docstring)."""
-    return [nonfinite_flag_plan(family, operand, elements, index, nonfinite),
-            LaunchPlan(family, expression, grid, (block, 1, 1), 0, args)]
+    """[conv_nonfinite_flag over each (operand, elements) of `operands`, all setting the one flag; the tiled
+    kernel `expression`(args)] (module docstring)."""
+    return ([nonfinite_flag_plan(family, operand, elements, index, nonfinite) for operand, elements in operands]
+            + [LaunchPlan(family, expression, grid, (block, 1, 1), 0, args)])
 
 
 def needs_nonfinite_flag(config) -> bool:

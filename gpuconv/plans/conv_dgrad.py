@@ -52,7 +52,8 @@ from ..kernel_source import KernelFamily, LaunchHint
 from . import LaunchPlan, ceil_div, index_type
 from .conv_common import (GRID_X_MAX, INDEX_TYPES, SIMT16_BLOCK, SIMT16_TILE_K, SM_COUNT, ForcedFields, apply_forced,
                           checked_config, config_reason, filter_elements, flag_expressions, flagged_launch,
-                          grid_reason, problem_scalars, simt16_tiles, simt16_tiles_for, tile_grid)
+                          grid_reason, input_elements, problem_scalars, simt16_tiles, simt16_tiles_for,
+                          tile_grid)
 from .conv_common import needs_nonfinite_flag  # noqa: F401 (re-exported: the kernel backend asks here)
 
 BLOCK = SIMT16_BLOCK         # threads of every dgrad kernel
@@ -142,7 +143,7 @@ def supports(config: DgradConfig, p: ConvProblem, dtype=np.float32) -> tuple[boo
     if np.dtype(dtype) not in FLOAT_DTYPES:
         return False, f"dtype {np.dtype(dtype)} is not a float dtype"
     if config.variant == "analytic":
-        if ceil_div(p.N * p.D * p.H * p.W * p.C, BLOCK) > GRID_X_MAX:
+        if ceil_div(input_elements(p), BLOCK) > GRID_X_MAX:
             return False, f"dx needs more than {GRID_X_MAX} blocks of {BLOCK} threads"
         return True, ""
     if p.D * p.H * p.W >= INT_LIMIT:
@@ -205,10 +206,10 @@ def dgrad_plans(config: DgradConfig, p: ConvProblem, dy, w, dx, nonfinite=None) 
     ix64 = config.index == "long long"
     scalars = problem_scalars(p, ix64)
     if config.variant == "analytic":
-        grid = (ceil_div(p.N * p.D * p.H * p.W * p.C, BLOCK), 1, 1)
+        grid = (ceil_div(input_elements(p), BLOCK), 1, 1)
         return [LaunchPlan(FAMILY.name, analytic_expression(dtype, config.index), grid, (BLOCK, 1, 1), 0,
                            (dy, w, dx) + scalars)]
     n_tiles = ceil_div(p.group_c, TILES[config.tile][1])
-    return flagged_launch(FAMILY.name, w, filter_elements(p), config.index, nonfinite,
+    return flagged_launch(FAMILY.name, [(w, filter_elements(p))], config.index, nonfinite,
                           tiled_expression(dtype, config.index, config.tile), tiled_grid(p, config.tile), BLOCK,
                           (dy, w, dx, nonfinite) + scalars + (np.int32(n_tiles),))

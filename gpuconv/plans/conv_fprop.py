@@ -12,9 +12,10 @@ tiled      `conv_fprop_tiled<Element, Index, BM, BN, BK, TM, TN, V>`: block tile
            k-tile BK, a TM x TN register tile per thread ((BM/TM)*(BN/TN) = 256 threads), two shared-memory
            stages, V-wide loads of x and w along the channels. Grid (tiles_m * tiles_n, G, 1).
 
-tensorop   `conv_fprop_tensorop<Index, BM, BN, BK, WM, WN, V>` (float16 only): the tiled GEMM on tensor cores
-           (WMMA 16x16x16, float accumulators), block tile 128x128x32, 8 warps of 64x32 warp tiles, V = 4.
-           Grid as tiled.
+tensorop   `conv_fprop_tensorop<Element, Index, BM, BN, BK, WM, WN, V, Passes>`: the tiled GEMM on tensor cores
+           (WMMA, float accumulators), block tile 128x128, 8 warps of 64x32 warp tiles, V = 4. float16: WMMA
+           16x16x16, BK = 32, Passes = 1. float32 (only when the caller allows TF32, gpuconv/precision.py):
+           WMMA 16x16x8 on TF32 operands, BK = 16, Passes = 1 ("tf32") or 3 ("3xtf32"). Grid as tiled.
 
 Tiles (BM x BN x BK, thread tile TM x TN):
     128x128x8 / 8x8    float32, float16 (int and long long index)
@@ -37,22 +38,28 @@ Chooser rules (`choose_fprop_config(p, dtype)`, a pure function of the problem a
    aligned to V elements; else 1 (any channel count, e.g. C = 3).
 5. float16 with V = 4 (rule 4) runs tensorop instead of tiled (tensor cores; float accumulation either way).
    With V = 1 tensorop would hold 16 activation rows per thread (240 registers), so those run tiled.
+6. float32 with V = 4 runs tensorop with Passes = TENSOR_CORE_PASSES[precision] when `precision` (the float32
+   precision the kernel backend passes: the caller's mode, "ieee" on GPUs below sm_80) is "tf32" or "3xtf32";
+   under "ieee" (the default) float32 never runs tensorop.
 
 Launch sequence (`plan_fprop`)
 ------------------------------
 analytic             [conv_fprop_analytic]  (skips padding taps itself)
 tiled / tensorop     [conv_nonfinite_flag<Element, Index>(w, T*R*S*C/G*K, nonfinite),
                       conv_fprop_tiled / conv_fprop_tensorop(x, w, y, nonfinite, problem...)]
+float32 tensorop     [conv_nonfinite_flag(w, ...), conv_nonfinite_flag(x, N*D*H*W*C, nonfinite), conv_fprop_tensorop]
 The tiled GEMMs multiply padding as zeros; when w holds inf or NaN the flag makes every block compute its
-tile by the analytic formula instead, so padding never multiplies w (plans/conv_common.py). `nonfinite` is a
-zeroed 1-element int32 array the caller allocates (kernel_backend/conv_fprop.py: xp.zeros).
+tile by the analytic formula instead, so padding never multiplies w (plans/conv_common.py). TF32 flags x too:
+splitting an infinite activation for 3xTF32 would multiply inf by a zero part (NaN), and rounding would change
+what inf meets, so non-finite inputs are computed exactly. `nonfinite` is a zeroed 1-element int32 array the
+caller allocates (kernel_backend/conv_fprop.py: xp.zeros).
 
 `supports(config, p, dtype)` returns None or the reason a configuration cannot run a problem.
-`select_config(p, dtype, x, w, y)` is the chooser plus any active override (what plan_fprop runs when given
-no config); `needs_nonfinite_flag(config)` says whether its plan takes the flag.
-`plan_fprop(p, dtype, x, w, y, config=None, nonfinite=None)` builds the launches; `override_config(...)`
-forces fields of the chosen configuration for the calls inside it (tests use it to run the tiled variant on
-tiny problems).
+`select_config(p, dtype, x, w, y, precision)` is the chooser plus any active override (what plan_fprop runs when
+given no config); `needs_nonfinite_flag(config)` says whether its plan takes the flag.
+`plan_fprop(p, dtype, x, w, y, config=None, nonfinite=None, precision="ieee")` builds the launches;
+`override_config(...)` forces fields of the chosen configuration for the calls inside it (tests use it to run the
+tiled variant on tiny problems).
 """
 from __future__ import annotations
 
@@ -65,9 +72,11 @@ import numpy as np
 from ..dtypes import FLOAT_DTYPES, ctype
 from ..geometry import ConvProblem
 from ..kernel_source import KernelFamily, LaunchHint
+from ..precision import TENSOR_CORE_PASSES
 from . import LaunchPlan, ceil_div, index_type
 from .conv_common import (GRID_YZ_MAX, INDEX_TYPES, INT32_MAX, SM_COUNT, ForcedFields, config_reason,
-                          filter_elements, flag_expressions, flagged_launch, problem_scalars, tile_grid)
+                          filter_elements, flag_expressions, flagged_launch, input_elements, problem_scalars,
+                          tile_grid)
 from .conv_common import needs_nonfinite_flag  # noqa: F401 (re-exported: the kernel backend asks here)
 
 ANALYTIC_BLOCK = 256
@@ -115,10 +124,18 @@ TILED_INSTANCES: dict[tuple[np.dtype, str], tuple[str, ...]] = {
     (F64, "long long"): ("64x64",),
 }
 
-# Tensor-op tiles: (BM, BN, BK, WM, WN) -- block tile and warp tile; vector width 4 only.
-TENSOROP_TILES: dict[str, tuple[int, int, int, int, int]] = {"128x128": (128, 128, 32, 64, 32)}
-TENSOROP_INSTANCES: dict[tuple[np.dtype, str], tuple[str, ...]] = {(F16, "int"): ("128x128",),
-                                                                 (F16, "long long"): ("128x128",)}
+# Tensor-op tiles per dtype: (BM, BN, BK, WM, WN) -- block tile and warp tile; vector width 4 only. BK keeps
+# two stages of A and B plus the epilogue tile under 48 KiB of static shared memory (kernels/conv_fprop.cu).
+TENSOROP_TILES: dict[np.dtype, dict[str, tuple[int, int, int, int, int]]] = {
+    F16: {"128x128": (128, 128, 32, 64, 32)},
+    F32: {"128x128": (128, 128, 16, 64, 32)},
+}
+TENSOROP_INSTANCES: dict[tuple[np.dtype, str], tuple[str, ...]] = {
+    (F16, "int"): ("128x128",), (F16, "long long"): ("128x128",),
+    (F32, "int"): ("128x128",), (F32, "long long"): ("128x128",),
+}
+# Tensor-core passes per product instantiated per dtype (float32: TF32 and 3xTF32).
+TENSOROP_PASSES: dict[np.dtype, tuple[int, ...]] = {F16: (1,), F32: tuple(sorted(set(TENSOR_CORE_PASSES.values())))}
 TENSOROP_VECTOR = 4
 
 # Vector width of the fast path per dtype (elements per load along C and K).
@@ -131,16 +148,19 @@ class FpropConfig:
 
     variant: str                  # "analytic" | "tiled" | "tensorop"
     index: str = "int"            # "int" | "long long"
-    tile: Optional[str] = None    # key of TILES (tiled) or TENSOROP_TILES (tensorop)
+    tile: Optional[str] = None    # key of TILES (tiled) or TENSOROP_TILES[dtype] (tensorop)
     vector: int = 1               # elements per load along the channels (tiled, tensorop)
+    passes: int = 1               # tensor-core products per product (tensorop: 3 = float32 3xTF32)
 
     def name_expression(self, dtype) -> str:
-        el = ctype(np.dtype(dtype))
+        dtype = np.dtype(dtype)
+        el = ctype(dtype)
         if self.variant == "analytic":
             return f"gpuconv::conv_fprop_analytic<{el}, {self.index}>"
         if self.variant == "tensorop":
-            bm, bn, bk, wm, wn = TENSOROP_TILES[self.tile]
-            return f"gpuconv::conv_fprop_tensorop<{self.index}, {bm}, {bn}, {bk}, {wm}, {wn}, {self.vector}>"
+            bm, bn, bk, wm, wn = TENSOROP_TILES[dtype][self.tile]
+            return (f"gpuconv::conv_fprop_tensorop<{el}, {self.index}, {bm}, {bn}, {bk}, {wm}, {wn}, {self.vector}, "
+                    f"{self.passes}>")
         t = TILES[self.tile]
         return (f"gpuconv::conv_fprop_tiled<{el}, {self.index}, {t.bm}, {t.bn}, {t.bk}, {t.tm}, {t.tn}, "
                 f"{self.vector}>")
@@ -154,12 +174,13 @@ def _all_configs() -> list[tuple[np.dtype, FpropConfig]]:
             for v in (1, VECTOR_WIDTH[dt]):
                 out.append((dt, FpropConfig("tiled", ix, tile, v)))
         for tile in TENSOROP_INSTANCES.get((dt, ix), ()):
-            out.append((dt, FpropConfig("tensorop", ix, tile, TENSOROP_VECTOR)))
+            for passes in TENSOROP_PASSES[dt]:
+                out.append((dt, FpropConfig("tensorop", ix, tile, TENSOROP_VECTOR, passes)))
     return out
 
 
-def tensorop_threads(tile: str) -> int:
-    bm, bn, _, wm, wn = TENSOROP_TILES[tile]
+def tensorop_threads(dtype, tile: str) -> int:
+    bm, bn, _, wm, wn = TENSOROP_TILES[np.dtype(dtype)][tile]
     return (bm // wm) * (bn // wn) * 32
 
 
@@ -167,7 +188,7 @@ def _hints() -> dict[str, LaunchHint]:
     hints = {e: LaunchHint(block_threads=256, max_dynamic_smem=0) for e in flag_expressions()}
     for dt, cfg in _all_configs():
         threads = (ANALYTIC_BLOCK if cfg.variant == "analytic" else TILES[cfg.tile].threads if cfg.variant == "tiled"
-                   else tensorop_threads(cfg.tile))
+                   else tensorop_threads(dt, cfg.tile))
         hints[cfg.name_expression(dt)] = LaunchHint(block_threads=threads, max_dynamic_smem=0)
     return hints
 
@@ -179,9 +200,9 @@ FAMILY = KernelFamily("conv_fprop", "conv_fprop.cu",
 # ---------------------------------------------------------------------------------------------------------
 # support checks and the chooser (pure functions of the problem)
 # ---------------------------------------------------------------------------------------------------------
-def tiled_grid(p: ConvProblem, tile: str, variant: str = "tiled") -> tuple[int, int, int]:
-    """Grid of the tiled and tensorop kernels: (tiles_m * tiles_n, groups, 1)."""
-    bm, bn = (TILES[tile].bm, TILES[tile].bn) if variant == "tiled" else TENSOROP_TILES[tile][:2]
+def tiled_grid(p: ConvProblem, tile: str, variant: str = "tiled", dtype=None) -> tuple[int, int, int]:
+    """Grid of the tiled and tensorop kernels: (tiles_m * tiles_n, groups, 1) (tensorop: `dtype` picks the tile)."""
+    bm, bn = (TILES[tile].bm, TILES[tile].bn) if variant == "tiled" else TENSOROP_TILES[np.dtype(dtype)][tile][:2]
     gemm_m, gemm_n, _ = p.gemm_size("fprop")
     return tile_grid(gemm_m, gemm_n, bm, bn, p.groups)
 
@@ -215,6 +236,10 @@ def supports(config: FpropConfig, p: ConvProblem, dtype) -> Optional[str]:
     if config.tile not in available:
         return (f"{config.variant} tile {config.tile!r} is not instantiated for {dtype} with index "
                 f"{config.index!r} (available: {', '.join(available) or 'none'})")
+    passes = (1,) if config.variant == "tiled" else TENSOROP_PASSES[dtype]
+    if config.passes not in passes:
+        return (f"{config.passes} tensor-core passes are not instantiated for {config.variant} in {dtype} "
+                f"(available: {', '.join(map(str, passes))})")
     v = config.vector
     widths = (1, VECTOR_WIDTH[dtype]) if config.variant == "tiled" else (TENSOROP_VECTOR,)
     if v not in widths:
@@ -225,15 +250,16 @@ def supports(config: FpropConfig, p: ConvProblem, dtype) -> Optional[str]:
         return f"gemm_k = {gemm_k} does not fit in int"
     if p.groups > MAX_GRID_Y:
         return f"{p.groups} groups exceed gridDim.y's limit {MAX_GRID_Y}"
-    if tiled_grid(p, config.tile, config.variant)[0] > INT32_MAX:
+    if tiled_grid(p, config.tile, config.variant, dtype)[0] > INT32_MAX:
         return f"the tiled grid needs more than {INT32_MAX} blocks"
     return None
 
 
-def choose_fprop_config(p: ConvProblem, dtype, aligned: bool = True) -> FpropConfig:
+def choose_fprop_config(p: ConvProblem, dtype, aligned: bool = True, precision: str = "ieee") -> FpropConfig:
     """The configuration the rules in the module docstring pick for problem `p` in `dtype`.
 
     `aligned`: whether x, w and y start on a vector boundary (plan_fprop reads it from the arrays).
+    `precision`: the float32 precision the kernel may use ("ieee", "tf32", "3xtf32"; rule 6).
     """
     dtype = np.dtype(dtype)
     index = index_type(p.needs_int64())
@@ -250,8 +276,9 @@ def choose_fprop_config(p: ConvProblem, dtype, aligned: bool = True) -> FpropCon
         candidates = (["128x128"] if gemm_n > 64 else []) + ["128x64", "64x64"]
         tile = next((t for t in candidates
                      if tiled_grid(p, t)[0] * p.groups >= WAVE_SMS * BLOCKS_PER_SM[t]), "64x64")
-    if dtype == F16 and vector == TENSOROP_VECTOR:
-        tensorop = FpropConfig("tensorop", index, "128x128", vector)
+    passes = {F16: 1, F32: TENSOR_CORE_PASSES.get(precision)}.get(dtype)
+    if passes is not None and vector == TENSOROP_VECTOR:
+        tensorop = FpropConfig("tensorop", index, "128x128", vector, passes)
         if supports(tensorop, p, dtype) is None:
             return tensorop
     tiled = FpropConfig("tiled", index, tile, vector)
@@ -265,16 +292,17 @@ _override = ForcedFields("fprop", FpropConfig)
 
 
 def override_config(variant: Optional[str] = None, tile: Optional[str] = None,
-                    vector: Optional[int] = None, index: Optional[str] = None):
+                    vector: Optional[int] = None, index: Optional[str] = None, passes: Optional[int] = None):
     """Force fields of the fprop configuration for the calls inside (unset fields keep the chooser's value).
 
-    variant="analytic" clears tile and vector; variant="tensorop" defaults to tile 128x128, vector 4;
+    variant="analytic" clears tile and vector; variant="tensorop" defaults to tile 128x128, vector 4 and the
+    chooser's passes (1 unless it chose 3xTF32);
     variant="tiled" without a tile takes the chooser's tile when the chooser picked tiled, else 64x64 (or the
     dtype's only tile). A forced configuration that
     cannot run the problem is a ValueError carrying supports()'s reason.
     """
-    return _override.force(**{k: v for k, v in dict(variant=variant, tile=tile, vector=vector, index=index).items()
-                              if v is not None})
+    return _override.force(**{k: v for k, v in dict(variant=variant, tile=tile, vector=vector, index=index,
+                                                     passes=passes).items() if v is not None})
 
 
 def _apply_override(cfg: FpropConfig, p: ConvProblem, dtype) -> FpropConfig:
@@ -287,7 +315,8 @@ def _apply_override(cfg: FpropConfig, p: ConvProblem, dtype) -> FpropConfig:
     if variant == "analytic":
         return FpropConfig("analytic", index)
     if variant == "tensorop":
-        return FpropConfig("tensorop", index, fields.get("tile", "128x128"), fields.get("vector", TENSOROP_VECTOR))
+        return FpropConfig("tensorop", index, fields.get("tile", "128x128"), fields.get("vector", TENSOROP_VECTOR),
+                           fields.get("passes", cfg.passes))
     same = cfg.variant == variant
     tile = fields.get("tile", cfg.tile if same else None)
     vector = fields.get("vector", cfg.vector if cfg.variant != "analytic" else 1)
@@ -314,24 +343,24 @@ def arrays_aligned(dtype, *arrays) -> bool:
     return all(_address(a) % nbytes == 0 for a in arrays)
 
 
-def select_config(p: ConvProblem, dtype, x, w, y) -> FpropConfig:
-    """choose_fprop_config for these arrays' alignment, then any active override_config."""
+def select_config(p: ConvProblem, dtype, x, w, y, precision: str = "ieee") -> FpropConfig:
+    """choose_fprop_config for these arrays' alignment and `precision`, then any active override_config."""
     dtype = np.dtype(dtype)
-    return _apply_override(choose_fprop_config(p, dtype, arrays_aligned(dtype, x, w, y)), p, dtype)
+    return _apply_override(choose_fprop_config(p, dtype, arrays_aligned(dtype, x, w, y), precision), p, dtype)
 
 
 def plan_fprop(p: ConvProblem, dtype, x, w, y, config: Optional[FpropConfig] = None,
-               nonfinite=None) -> list[LaunchPlan]:
+               nonfinite=None, precision: str = "ieee") -> list[LaunchPlan]:
     """The launches that compute y = conv(x, w) for a non-empty problem (module docstring: launch sequence).
 
-    config: None -> select_config. A configuration that cannot run the problem raises ValueError with
-    supports()'s reason; a vector width > 1 with misaligned arrays too. nonfinite: a zeroed 1-element int32
-    array, required when needs_nonfinite_flag(config).
+    config: None -> select_config(..., precision). A configuration that cannot run the problem raises
+    ValueError with supports()'s reason; a vector width > 1 with misaligned arrays too. nonfinite: a zeroed
+    1-element int32 array, required when needs_nonfinite_flag(config).
     """
     dtype = np.dtype(dtype)
     aligned = arrays_aligned(dtype, x, w, y)
     if config is None:
-        config = select_config(p, dtype, x, w, y)
+        config = select_config(p, dtype, x, w, y, precision)
     reason = supports(config, p, dtype)
     if reason is None and config.vector > 1 and not aligned:
         reason = f"vector width {config.vector} needs x, w and y aligned to {config.vector} elements"
@@ -344,6 +373,13 @@ def plan_fprop(p: ConvProblem, dtype, x, w, y, config: Optional[FpropConfig] = N
     if config.variant == "analytic":
         return [LaunchPlan(FAMILY.name, expression, analytic_grid(p), (ANALYTIC_BLOCK, 1, 1), 0,
                            (x, w, y) + scalars)]
-    threads = TILES[config.tile].threads if config.variant == "tiled" else tensorop_threads(config.tile)
-    return flagged_launch(FAMILY.name, w, filter_elements(p), config.index, nonfinite, expression,
-                          tiled_grid(p, config.tile, config.variant), threads, (x, w, y, nonfinite) + scalars)
+    threads = TILES[config.tile].threads if config.variant == "tiled" else tensorop_threads(dtype, config.tile)
+    # TF32 rounds what x meets and 3xTF32 splits x: non-finite x is computed by formula too (module docstring).
+    flagged = [(w, filter_elements(p))] + ([(x, input_elements(p))] if uses_tf32(config, dtype) else [])
+    return flagged_launch(FAMILY.name, flagged, config.index, nonfinite, expression,
+                          tiled_grid(p, config.tile, config.variant, dtype), threads, (x, w, y, nonfinite) + scalars)
+
+
+def uses_tf32(config: FpropConfig, dtype) -> bool:
+    """Whether a configuration multiplies float32 on tensor cores (TF32 or 3xTF32)."""
+    return config.variant == "tensorop" and np.dtype(dtype) == F32

@@ -259,7 +259,7 @@ def wgrad_plans(config: WgradConfig, p: ConvProblem, x, dy, dw, workspace=None, 
     out = dw if config.splits == 1 else workspace
     if out is None:
         raise ValueError("split-K wgrad needs a workspace of workspace_elements(config, p) elements")
-    plans = flagged_launch(FAMILY.name, dy, p.N * p.Z * p.P * p.Q * p.K, config.index, nonfinite,
+    plans = flagged_launch(FAMILY.name, [(dy, p.N * p.Z * p.P * p.Q * p.K)], config.index, nonfinite,
                            tiled_expression(dtype, config.index, config.tile, config.splits),
                            tiled_grid(p, config.tile, config.splits), BLOCK,
                            (x, dy, out, nonfinite) + scalars + (np.int32(nt), kps))
