@@ -19,7 +19,9 @@
 //                              kernels);
 //   * conv_nonfinite_flag      sets *flag when an operand holds inf or NaN: the tiled kernels then compute
 //                              their tiles by the analytic formula, in which absent taps never multiply;
-//   * nvcuda::wmma (emulator)  the WMMA subset tensor-op kernels use, for the CPU emulator only.
+//   * nvcuda::wmma (emulator)  the WMMA subset tensor-op kernels use, for the CPU emulator only;
+//   * TensorOpMath, tensorop_stage   how the tensor-op kernels multiply a shared-memory stage on tensor cores
+//                              (half; TF32 and 3xTF32 for opt-in float32).
 //
 // Canonical layout (channels-last, always three spatial dimensions; 2-D is depth 1):
 //   x (N, D, H, W, C)    w (T, R, S, C/G, K)    y (N, Z, P, Q, K)
@@ -33,6 +35,9 @@
 // the kernel.
 #pragma once
 #include "common.cuh"
+#ifndef GPUCONV_EMULATOR
+#include <mma.h>
+#endif
 
 namespace gpuconv {
 
@@ -363,7 +368,7 @@ __global__ void __launch_bounds__(256, 4)
 // =========================================================================================================
 // WMMA under the emulator
 // =========================================================================================================
-// The subset of nvcuda::wmma that conv kernels use (row-major operands, float accumulators; 16x16x16 with half
+// The subset of nvcuda::wmma that conv kernels use (row- and column-major operands, float accumulators; 16x16x16 with half
 // inputs, 16x16x8 with precision::tf32 inputs held as float, and __float_to_tf32), for the CPU emulator only:
 // every lane holds the whole tile, which is the API's contract seen from outside (the lane distribution of a
 // fragment is unspecified, so kernels may only touch fragments through these calls and through uniform
@@ -385,6 +390,7 @@ struct matrix_a {};
 struct matrix_b {};
 struct accumulator {};
 struct row_major {};
+struct col_major {};
 namespace precision {
 struct tf32 {};
 }
@@ -438,8 +444,9 @@ inline void load_matrix_sync(fragment<Use, M, N, K, T, L>& f, const typename ope
     typedef fragment<Use, M, N, K, T, L> F;
     check_operand(p, ldm * sizeof(*p), "wmma::load_matrix_sync");
     __syncwarp();
+    constexpr bool kColMajor = std::is_same<L, col_major>::value;  // element (r, c) at p[c * ldm + r]
     for (int r = 0; r < F::kRows; ++r)
-        for (int c = 0; c < F::kCols; ++c) f.x[r * F::kCols + c] = p[r * ldm + c];
+        for (int c = 0; c < F::kCols; ++c) f.x[r * F::kCols + c] = kColMajor ? p[c * ldm + r] : p[r * ldm + c];
 }
 
 template <int M, int N, int K, typename T>
@@ -476,3 +483,125 @@ inline void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, flo
 }  // namespace wmma
 }  // namespace nvcuda
 #endif
+
+// =========================================================================================================
+// Tensor-core math (conv_fprop_tensorop, conv_dgrad_tensorop)
+// =========================================================================================================
+namespace gpuconv {
+
+// TensorOpMath<Element, Passes>: what one warp-level k-step of the tensor-op kernel multiplies -- the WMMA
+// shape (16x16x16 for half, 16x16x8 for TF32), the fragment element type, and how a fragment loaded from
+// shared memory becomes mma_sync operands:
+//   __half, 1   the halves themselves: products exact in the float accumulators.
+//   float, 1    TF32 (precision "tf32"): every operand rounded to TF32 (8 exponent bits, 10 explicit mantissa
+//               bits; nearest, ties away from zero: cvt.rna.tf32.f32), one mma per product. About three decimal
+//               digits per product, float accumulation.
+//   float, 3    3xTF32 (precision "3xtf32"; CUTLASS's big + small split): a = big + small with big = tf32(a),
+//               small = tf32(a - big), so |a - big - small| <= 2^-22 |a|;
+//               a*b ~ a_small*b_big + a_big*b_small + a_big*b_big (small*small, below 2^-22 |a b|, dropped),
+//               three mma per product, small terms first: float32-level accuracy on tensor cores.
+// A finite operand stays finite: where rounding would overflow (|a| within half a TF32 ulp of FLT_MAX) big is a
+// truncated instead. Non-finite operands never get here: a TF32 plan flags both GEMM operands (plans/conv_fprop.py,
+// conv_dgrad.py), so such a call computes every tile by formula (inf * small = inf * 0 would be NaN in 3xTF32).
+// TF32 needs sm_80: compiled for an older GPU the float instantiations trap (their plans need sm_80 to be chosen).
+#if defined(GPUCONV_EMULATOR) || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#define GPUCONV_HAS_TF32_MMA 1
+#else
+#define GPUCONV_HAS_TF32_MMA 0
+#endif
+
+template <typename Element, int Passes>
+struct TensorOpMath {
+    static constexpr bool kAvailable = false;
+};
+
+template <>
+struct TensorOpMath<__half, 1> {
+    static constexpr bool kAvailable = true;
+    static constexpr int kK = 16;   // WMMA k of one mma_sync
+    static constexpr int kParts = 1;
+    typedef __half FragmentElement;
+    template <typename Fragment>
+    static __device__ __forceinline__ void split(Fragment&, Fragment&) {}
+};
+
+#if GPUCONV_HAS_TF32_MMA
+// The TF32 value nearest v (ties away from zero), or v truncated to TF32 where the nearest would be inf.
+__device__ __forceinline__ float tf32_nearest_finite(float v) {
+    const float r = nvcuda::wmma::__float_to_tf32(v);
+    return is_finite_value(r) || !is_finite_value(v) ? r : __uint_as_float(__float_as_uint(v) & 0xffffe000u);
+}
+
+template <int Passes>
+struct TensorOpMath<float, Passes> {
+    static_assert(Passes == 1 || Passes == 3, "TF32 tensor-op math takes 1 pass (tf32) or 3 (3xtf32)");
+    static constexpr bool kAvailable = true;
+    static constexpr int kK = 8;
+    static constexpr int kParts = Passes == 3 ? 2 : 1;  // big only, or big and small
+    typedef nvcuda::wmma::precision::tf32 FragmentElement;
+    // big (as loaded: the float operands) -> its TF32 part; small -> the TF32 rest (3xTF32 only).
+    template <typename Fragment>
+    static __device__ __forceinline__ void split(Fragment& big, Fragment& small) {
+#pragma unroll
+        for (int t = 0; t < big.num_elements; ++t) {
+            const float v = big.x[t];
+            const float hi = tf32_nearest_finite(v);
+            big.x[t] = hi;
+            if (kParts == 2) small.x[t] = nvcuda::wmma::__float_to_tf32(v - hi);
+        }
+    }
+};
+#endif
+
+// Where fragment (row, col) of a 16-row / 16-column block starts in shared memory of leading dimension ld.
+template <typename Layout>
+struct SmemFragmentOffset;
+template <>
+struct SmemFragmentOffset<nvcuda::wmma::row_major> {
+    static __device__ __forceinline__ int at(int row, int col, int ld) { return row * ld + col; }
+};
+template <>
+struct SmemFragmentOffset<nvcuda::wmma::col_major> {
+    static __device__ __forceinline__ int at(int row, int col, int ld) { return col * ld + row; }
+};
+
+// One BK-wide stage of a warp's tile: acc[i][j] += A[warp rows 16i..][kk..] * B[kk..][warp cols 16j..] for every
+// kk step of Math::kK, the operands split as TensorOpMath says (3xTF32: small terms first, then big * big).
+// sa: the warp's A block in shared memory, row-major [m][k] or col-major [k][m] (LayoutA), leading dimension
+// kStrideA; sb: the warp's B block, row-major [k][n], leading dimension kStrideB.
+template <typename Math, typename LayoutA, int BK, int kFragsM, int kFragsN, int kStrideA, int kStrideB,
+          typename Smem, typename Acc>
+__device__ __forceinline__ void tensorop_stage(Acc (&acc)[kFragsM][kFragsN], const Smem* sa, const Smem* sb) {
+    namespace wmma = nvcuda::wmma;
+    constexpr int kK = Math::kK, kParts = Math::kParts;
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += kK) {
+        wmma::fragment<wmma::matrix_a, 16, 16, kK, typename Math::FragmentElement, LayoutA> a[kParts][kFragsM];
+        wmma::fragment<wmma::matrix_b, 16, 16, kK, typename Math::FragmentElement, wmma::row_major> b[kParts][kFragsN];
+#pragma unroll
+        for (int i = 0; i < kFragsM; ++i) {
+            wmma::load_matrix_sync(a[0][i], sa + SmemFragmentOffset<LayoutA>::at(16 * i, kk, kStrideA), kStrideA);
+            Math::split(a[0][i], a[kParts - 1][i]);
+        }
+#pragma unroll
+        for (int j = 0; j < kFragsN; ++j) {
+            wmma::load_matrix_sync(b[0][j], sb + kk * kStrideB + 16 * j, kStrideB);
+            Math::split(b[0][j], b[kParts - 1][j]);
+        }
+        if constexpr (kParts == 2) {
+#pragma unroll
+            for (int i = 0; i < kFragsM; ++i)
+#pragma unroll
+                for (int j = 0; j < kFragsN; ++j) {
+                    wmma::mma_sync(acc[i][j], a[1][i], b[0][j], acc[i][j]);
+                    wmma::mma_sync(acc[i][j], a[0][i], b[1][j], acc[i][j]);
+                }
+        }
+#pragma unroll
+        for (int i = 0; i < kFragsM; ++i)
+#pragma unroll
+            for (int j = 0; j < kFragsN; ++j) wmma::mma_sync(acc[i][j], a[0][i], b[0][j], acc[i][j]);
+    }
+}
+
+}  // namespace gpuconv

@@ -18,6 +18,8 @@
 //                        (out of range) as zeros and multiplies them; so it takes a flag that
 //                        conv_nonfinite_flag (conv_common.cuh) sets when w holds inf or NaN, and then computes
 //                        its tile with dgrad_element, the analytic kernel's per-element sum.
+//   conv_dgrad_tensorop  conv_dgrad_tiled on tensor cores, float32 only, when the caller opts in to TF32 or
+//                        3xTF32 (gpuconv.float32_precision); its flag covers dy as well as w.
 #include "conv_common.cuh"
 
 namespace gpuconv {
@@ -177,7 +179,11 @@ conv_dgrad_analytic(const Element* __restrict__ dy, const Element* __restrict__ 
 // Each tap owns ceil(Kg / BK) k-tiles (k >= Kg is predicated to zero), so a k-tile never straddles two taps
 // and the dy/w addresses change only when the tap does. No multiply touches an inserted zero of the
 // zero-upsampled dy: taps that miss a phase are never iterated.
-template <typename Element, typename Idx, int BM, int BN, int TM, int TN>
+// Passes = 0: SIMT multiply-adds (SimtThreadTile). Passes = 1 / 3 (float only, conv_dgrad_tensorop): the same
+// tiles multiplied on tensor cores as TF32 / 3xTF32 (TensorOpMath, conv_common.cuh): 8 warps in 2 x 4, each a
+// (BM/2) x (BN/4) warp tile; A's shared stage [k][m] is a column-major operand, B's [k][n] a row-major one; the
+// epilogue stages each accumulator fragment through a per-warp 16 x 16 float tile.
+template <typename Element, typename Idx, int BM, int BN, int TM, int TN, int Passes = 0>
 __device__ __forceinline__ void dgrad_tiled(const Element* __restrict__ dy, const Element* __restrict__ w,
                                             Element* __restrict__ dx, const int* __restrict__ nonfinite,
                                             const ConvProblemSize<Idx>& pr, int n_tiles) {
@@ -190,8 +196,9 @@ __device__ __forceinline__ void dgrad_tiled(const Element* __restrict__ dy, cons
     constexpr int kThreadsPerRowA = kTileK / kElemsA;
     constexpr int kThreadsPerRowB = kTileK / kElemsB;
 
-    __shared__ __align__(16) Acc As[2][kTileK][BM + kSmemPad];
-    __shared__ __align__(16) Acc Bs[2][kTileK][BN + kSmemPad];
+    // 32-byte alignment: WMMA fragment pointers (the tensor-op path) must be 256-bit aligned.
+    __shared__ __align__(32) Acc As[2][kTileK][BM + kSmemPad];
+    __shared__ __align__(32) Acc Bs[2][kTileK][BN + kSmemPad];
 
     // ---- problem size of this CTA's (phase, group) ------------------------------------------------------
     const int phase = blockIdx.z;
@@ -299,32 +306,78 @@ __device__ __forceinline__ void dgrad_tiled(const Element* __restrict__ dy, cons
         for (int e = 0; e < kElemsB; ++e) Bs[buf][b_k + e][b_row] = b_reg[e];
     };
 
-    Acc acc[TM][TN];
-    ThreadTile::clear(acc);
-
-    // ---- main loop: global -> registers (next tile) while the current tile is multiplied from smem -----
-    if (k_tiles > 0) {  // no k-tile (a tapless phase): the accumulators stay zero
-        pipelined_main_loop(
-            k_tiles, [&]() { tap_update(); load_tile(); }, [&]() { tap_advance(); load_tile(); }, store_tile,
-            [&](int stage) {
-                ThreadTile::template mma_stage<kTileK, BM + kSmemPad, BN + kSmemPad>(acc, &As[stage][0][0],
-                                                                                     &Bs[stage][0][0], ty, tx);
-            });
-    }
-
-    // ---- epilogue: registers -> dx (every dx element of the tile written once, zeros for tapless phases) -
-#pragma unroll
-    for (int i = 0; i < TM; ++i) {
-        const int row = ThreadTile::row(i, ty);
-        if (m0 + row >= gemm_m) continue;
+    // dx[tile row, channel n0 + col] (row < gemm_m - m0, channel < Cg: the epilogues check).
+    auto dx_at = [&](int row, int col) -> Element& {
         int n, ii, j, l;
         locate(row, n, ii, j, l);
         const int x_d = ax_d.first + ii * sd, x_h = ax_h.first + j * sh, x_w = ax_w.first + l * sw;
-        Element* dx_row = dx + ((((Idx)n * D + x_d) * H + x_h) * W + x_w) * C + (Idx)g * Cg;
+        return dx[((((Idx)n * D + x_d) * H + x_h) * W + x_w) * C + (Idx)g * Cg + n0 + col];
+    };
+
+    if constexpr (Passes == 0) {
+        Acc acc[TM][TN];
+        ThreadTile::clear(acc);
+
+        // ---- main loop: global -> registers (next tile) while the current tile is multiplied from smem -
+        if (k_tiles > 0) {  // no k-tile (a tapless phase): the accumulators stay zero
+            pipelined_main_loop(
+                k_tiles, [&]() { tap_update(); load_tile(); }, [&]() { tap_advance(); load_tile(); }, store_tile,
+                [&](int stage) {
+                    ThreadTile::template mma_stage<kTileK, BM + kSmemPad, BN + kSmemPad>(acc, &As[stage][0][0],
+                                                                                         &Bs[stage][0][0], ty, tx);
+                });
+        }
+
+        // ---- epilogue: registers -> dx (every dx element of the tile written once, zeros for tapless phases)
 #pragma unroll
-        for (int jj = 0; jj < TN; ++jj) {
-            const int c = n0 + ThreadTile::col(jj, tx);
-            if (c < Cg) dx_row[c] = from_accum<Element>(acc[i][jj]);
+        for (int i = 0; i < TM; ++i) {
+            const int row = ThreadTile::row(i, ty);
+            if (m0 + row >= gemm_m) continue;
+            Element* dx_row = &dx_at(row, 0);
+#pragma unroll
+            for (int jj = 0; jj < TN; ++jj) {
+                const int col = ThreadTile::col(jj, tx);
+                if (n0 + col < Cg) dx_row[col] = from_accum<Element>(acc[i][jj]);
+            }
+        }
+    } else {
+        namespace wmma = nvcuda::wmma;
+        typedef TensorOpMath<Element, Passes> Math;
+        constexpr int kWarpsN = 4, kWM = BM / 2, kWN = BN / kWarpsN, kFragsM = kWM / 16, kFragsN = kWN / 16;
+        static_assert(Math::kK == kTileK && kWM % 16 == 0 && kWN % 16 == 0, "one TF32 k-step per k-tile");
+        __shared__ __align__(32) float Cs[kThreads / 32][16 * 16];
+        const int warp = tid / 32, lane = tid % 32;
+        const int warp_m = (warp / kWarpsN) * kWM, warp_n = (warp % kWarpsN) * kWN;
+        wmma::fragment<wmma::accumulator, 16, 16, Math::kK, float> acc[kFragsM][kFragsN];
+#pragma unroll
+        for (int i = 0; i < kFragsM; ++i)
+#pragma unroll
+            for (int j = 0; j < kFragsN; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+
+        // ---- main loop: as above, each stage multiplied on tensor cores ----------------------------------
+        if (k_tiles > 0) {
+            pipelined_main_loop(
+                k_tiles, [&]() { tap_update(); load_tile(); }, [&]() { tap_advance(); load_tile(); }, store_tile,
+                [&](int stage) {
+                    tensorop_stage<Math, wmma::col_major, kTileK, kFragsM, kFragsN, BM + kSmemPad, BN + kSmemPad>(
+                        acc, &As[stage][0][warp_m], &Bs[stage][0][warp_n]);
+                });
+        }
+
+        // ---- epilogue: fragment -> per-warp float tile -> dx ----------------------------------------------
+        float* tile = Cs[warp];
+#pragma unroll
+        for (int i = 0; i < kFragsM; ++i) {
+#pragma unroll
+            for (int j = 0; j < kFragsN; ++j) {
+                wmma::store_matrix_sync(tile, acc[i][j], 16, wmma::mem_row_major);
+                __syncwarp();
+                for (int e = lane; e < 256; e += 32) {
+                    const int row = warp_m + 16 * i + e / 16, col = warp_n + 16 * j + e % 16;
+                    if (m0 + row < gemm_m && n0 + col < Cg) dx_at(row, col) = from_accum<Element>(tile[e]);
+                }
+                __syncwarp();
+            }
         }
     }
 }
@@ -337,8 +390,30 @@ conv_dgrad_tiled(const Element* __restrict__ dy, const Element* __restrict__ w, 
                                               n_tiles);
 }
 
+// The tiled kernel on tensor cores for float32 the caller allows TF32 for (Passes 1: TF32, 3: 3xTF32). Launch
+// bounds: those of the float SIMT tile (its accumulator fragments hold as many floats per thread), except that
+// 3xTF32's big and small fragments need a few registers more: its 128x64 tile spilled 4 bytes under the
+// 2-block cap (NVRTC 13.5, sm_80), so 3xTF32 tiles above 64x64 ask for 1 block. Below sm_80 it traps (plans
+// choose it only on sm_80+).
+constexpr int tensorop_min_blocks(int bm, int bn, int passes) {
+    return passes == 3 && bm * bn > 64 * 64 ? 1 : min_blocks((bm / 16) * (bn / 16), sizeof(float));
+}
+
+template <typename Idx, int BM, int BN, int Passes>
+__global__ void __launch_bounds__(kThreads, tensorop_min_blocks(BM, BN, Passes))
+conv_dgrad_tensorop(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
+                    const int* __restrict__ nonfinite, GPUCONV_CONV_PROBLEM_PARAMS(Idx), int n_tiles) {
+    if constexpr (!TensorOpMath<float, Passes>::kAvailable) {
+        __trap();
+    } else {
+        dgrad_tiled<float, Idx, BM, BN, BM / 16, BN / 16, Passes>(
+            dy, w, dx, nonfinite, ConvProblemSize<Idx>(GPUCONV_CONV_PROBLEM_ARGS), n_tiles);
+    }
+}
+
 }  // namespace dgrad
 }  // namespace gpuconv
 
 using gpuconv::dgrad::conv_dgrad_analytic;
 using gpuconv::dgrad::conv_dgrad_tiled;
+using gpuconv::dgrad::conv_dgrad_tensorop;

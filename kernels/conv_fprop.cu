@@ -20,9 +20,6 @@
 // within their operand rounding, see TensorOpMath).
 // Launch plans: gpuconv/plans/conv_fprop.py.
 #include "conv_common.cuh"
-#ifndef GPUCONV_EMULATOR
-#include <mma.h>
-#endif
 
 namespace gpuconv {
 
@@ -402,108 +399,8 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN), (TM * TN >= 64 ? 1 : 2)
 }
 
 // =========================================================================================================
-// conv_fprop_tensorop (float16; float32 as TF32 or 3xTF32, opt-in)
+// conv_fprop_tensorop (float16; float32 as TF32 or 3xTF32, opt-in; TensorOpMath: conv_common.cuh)
 // =========================================================================================================
-// TensorOpMath<Element, Passes>: what one warp-level k-step of the tensor-op kernel multiplies -- the WMMA
-// shape (16x16x16 for half, 16x16x8 for TF32), the fragment element type, and how a fragment loaded from
-// shared memory becomes mma_sync operands:
-//   __half, 1   the halves themselves: products exact in the float accumulators.
-//   float, 1    TF32 (precision "tf32"): every operand rounded to TF32 (8 exponent bits, 10 explicit mantissa
-//               bits; nearest, ties away from zero: cvt.rna.tf32.f32), one mma per product. About three decimal
-//               digits per product, float accumulation.
-//   float, 3    3xTF32 (precision "3xtf32"; CUTLASS's big + small split): a = big + small with big = tf32(a),
-//               small = tf32(a - big), so |a - big - small| <= 2^-22 |a|;
-//               a*b ~ a_small*b_big + a_big*b_small + a_big*b_big (small*small, below 2^-22 |a b|, dropped),
-//               three mma per product, small terms first: float32-level accuracy on tensor cores.
-// A finite operand stays finite: where rounding would overflow (|a| within half a TF32 ulp of FLT_MAX) big is a
-// truncated instead. Non-finite operands never get here: a TF32 plan flags x as well as w (plans/conv_fprop.py),
-// so such a call computes every tile by formula (inf * small = inf * 0 would be NaN in the 3xTF32 sum).
-// TF32 needs sm_80: compiled for an older GPU the float instantiations trap (their plans need sm_80 to be chosen).
-#if defined(GPUCONV_EMULATOR) || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
-#define GPUCONV_HAS_TF32_MMA 1
-#else
-#define GPUCONV_HAS_TF32_MMA 0
-#endif
-
-template <typename Element, int Passes>
-struct TensorOpMath {
-    static constexpr bool kAvailable = false;
-};
-
-template <>
-struct TensorOpMath<__half, 1> {
-    static constexpr bool kAvailable = true;
-    static constexpr int kK = 16;   // WMMA k of one mma_sync
-    static constexpr int kParts = 1;
-    typedef __half FragmentElement;
-    template <typename Fragment>
-    static __device__ __forceinline__ void split(Fragment&, Fragment&) {}
-};
-
-#if GPUCONV_HAS_TF32_MMA
-// The TF32 value nearest v (ties away from zero), or v truncated to TF32 where the nearest would be inf.
-__device__ __forceinline__ float tf32_nearest_finite(float v) {
-    const float r = nvcuda::wmma::__float_to_tf32(v);
-    return is_finite_value(r) || !is_finite_value(v) ? r : __uint_as_float(__float_as_uint(v) & 0xffffe000u);
-}
-
-template <int Passes>
-struct TensorOpMath<float, Passes> {
-    static_assert(Passes == 1 || Passes == 3, "TF32 tensor-op math takes 1 pass (tf32) or 3 (3xtf32)");
-    static constexpr bool kAvailable = true;
-    static constexpr int kK = 8;
-    static constexpr int kParts = Passes == 3 ? 2 : 1;  // big only, or big and small
-    typedef nvcuda::wmma::precision::tf32 FragmentElement;
-    // big (as loaded: the float operands) -> its TF32 part; small -> the TF32 rest (3xTF32 only).
-    template <typename Fragment>
-    static __device__ __forceinline__ void split(Fragment& big, Fragment& small) {
-#pragma unroll
-        for (int t = 0; t < big.num_elements; ++t) {
-            const float v = big.x[t];
-            const float hi = tf32_nearest_finite(v);
-            big.x[t] = hi;
-            if (kParts == 2) small.x[t] = nvcuda::wmma::__float_to_tf32(v - hi);
-        }
-    }
-};
-#endif
-
-// One BK-wide stage of a warp's tile: acc[i][j] += A[warp rows 16i..][kk..] * B[kk..][warp cols 16j..] for every
-// kk step of Math::kK, the operands split as TensorOpMath says (3xTF32: small terms first, then big * big).
-template <typename Math, int BK, int kFragsM, int kFragsN, int kStrideA, int kStrideB, typename Smem, typename Acc>
-__device__ __forceinline__ void tensorop_stage(Acc (&acc)[kFragsM][kFragsN], const Smem* sa, const Smem* sb) {
-    namespace wmma = nvcuda::wmma;
-    constexpr int kK = Math::kK, kParts = Math::kParts;
-#pragma unroll
-    for (int kk = 0; kk < BK; kk += kK) {
-        wmma::fragment<wmma::matrix_a, 16, 16, kK, typename Math::FragmentElement, wmma::row_major> a[kParts][kFragsM];
-        wmma::fragment<wmma::matrix_b, 16, 16, kK, typename Math::FragmentElement, wmma::row_major> b[kParts][kFragsN];
-#pragma unroll
-        for (int i = 0; i < kFragsM; ++i) {
-            wmma::load_matrix_sync(a[0][i], sa + 16 * i * kStrideA + kk, kStrideA);
-            Math::split(a[0][i], a[kParts - 1][i]);
-        }
-#pragma unroll
-        for (int j = 0; j < kFragsN; ++j) {
-            wmma::load_matrix_sync(b[0][j], sb + kk * kStrideB + 16 * j, kStrideB);
-            Math::split(b[0][j], b[kParts - 1][j]);
-        }
-        if constexpr (kParts == 2) {
-#pragma unroll
-            for (int i = 0; i < kFragsM; ++i)
-#pragma unroll
-                for (int j = 0; j < kFragsN; ++j) {
-                    wmma::mma_sync(acc[i][j], a[1][i], b[0][j], acc[i][j]);
-                    wmma::mma_sync(acc[i][j], a[0][i], b[1][j], acc[i][j]);
-                }
-        }
-#pragma unroll
-        for (int i = 0; i < kFragsM; ++i)
-#pragma unroll
-            for (int j = 0; j < kFragsN; ++j) wmma::mma_sync(acc[i][j], a[0][i], b[0][j], acc[i][j]);
-    }
-}
-
 // The implicit GEMM of conv_fprop_tiled on tensor cores (float accumulators):  Y[m][n] = sum_kk A[m][kk] *
 // B[kk][n],  y[m*K + g*Kg + n] = Element(Y[m][n]),  group g = blockIdx.y, blockIdx.x = tile_m * tiles_n +
 // tile_n. Block tile BM x BN x BK, (BM/WM) x (BN/WN) warps, each owning a WM x WN warp tile of (WM/16) x
@@ -559,7 +456,7 @@ __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32, 1)
             [&]() { loader.advance_and_load(prob); },
             [&](int stage) { loader.template store<kStrideA, 1, kStrideB>(smem_a[stage], smem_b[stage], tid); },
             [&](int stage) {
-                tensorop_stage<Math, BK, kFragsM, kFragsN, kStrideA, kStrideB>(
+                tensorop_stage<Math, wmma::row_major, BK, kFragsM, kFragsN, kStrideA, kStrideB>(
                     acc, smem_a[stage] + warp_m * kStrideA, smem_b[stage] + warp_n);
             });
 

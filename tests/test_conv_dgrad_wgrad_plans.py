@@ -60,6 +60,42 @@ def test_dgrad_small_channel_counts_take_analytic():
     assert DG.choose_dgrad_config(problem((2, 1, 8, 8, 16), (1, 3, 3, 16, 4)), F32).variant == "tiled"
 
 
+@pytest.mark.parametrize("precision,passes", [("tf32", 1), ("3xtf32", 3)])
+def test_dgrad_float32_runs_on_tensor_cores_only_when_tf32_is_allowed(precision, passes):
+    for layer in RESNET50_3X3:
+        p = resnet(layer)
+        tiled = DG.choose_dgrad_config(p, F32)
+        assert tiled == DG.choose_dgrad_config(p, F32, "ieee") and tiled.variant == "tiled"
+        c = DG.choose_dgrad_config(p, F32, precision)
+        assert c == DG.DgradConfig("tensorop", tiled.tile, "int", passes)          # the same tile rule
+        assert DG.config_expression(c, F32) == f"conv_dgrad_tensorop<int, {DG.TILES[c.tile][0]}, " \
+                                               f"{DG.TILES[c.tile][1]}, {passes}>"
+        for dt in (F16, F64):                                                  # float32 only
+            assert DG.choose_dgrad_config(p, dt, precision) == DG.choose_dgrad_config(p, dt)
+    assert DG.choose_dgrad_config(problem((2, 1, 8, 8, 8), (1, 3, 3, 8, 64)), F32, precision).variant == "analytic"
+
+
+def test_dgrad_tensorop_refusals_say_why():
+    p = problem((2, 1, 8, 8, 16), (1, 3, 3, 16, 8))
+    assert DG.supports(DG.DgradConfig("tensorop", "64x64", "int", 1), p, F32) == (True, "")
+    ok, why = DG.supports(DG.DgradConfig("tensorop", "64x64", "int", 1), p, F16)
+    assert not ok and "float32 (TF32) only, not float16" in why
+    ok, why = DG.supports(DG.DgradConfig("tensorop", "64x64", "int", 2), p, F32)
+    assert not ok and "2 tensor-core passes are not instantiated" in why
+
+
+def test_dgrad_tf32_plans_flag_dy_as_well_as_w():
+    p = problem((2, 1, 8, 8, 16), (1, 3, 3, 16, 8), (1, 2, 2))
+    dy, w, dx = FakeArray(F32), FakeArray(F32), FakeArray(F32)
+    flag = np.zeros(1, np.int32)
+    plans = DG.dgrad_plans(DG.DgradConfig("tensorop", "64x64", "int", 3), p, dy, w, dx, flag)
+    assert [pl.name_expression for pl in plans] == ["gpuconv::conv_nonfinite_flag<float, int>"] * 2 + [
+        "conv_dgrad_tensorop<int, 64, 64, 3>"]
+    assert plans[0].args[0] is w and plans[1].args[0] is dy and int(plans[1].args[1]) == p.N * p.Z * p.P * p.Q * p.K
+    assert plans[2].grid == DG.tiled_grid(p, "64x64")
+    assert len(DG.dgrad_plans(DG.DgradConfig("tiled", "64x64", "int"), p, dy, w, dx, flag)) == 2
+
+
 def test_dgrad_float64_uses_the_64x64_tile():
     for layer in RESNET50_3X3:
         assert DG.choose_dgrad_config(resnet(layer), F64) == DG.DgradConfig("tiled", "64x64", "int")

@@ -153,6 +153,10 @@ def grad_cases(op):
             for tile in DG.tiles_for(dt):
                 yield pytest.param(dt, dict(variant="tiled", tile=tile, index=ix),
                                    {DG.tiled_expression(dt, ix, tile), flag}, id=f"{dt}-{tile}-{ix}".replace(" ", ""))
+                for passes in DG.TENSOROP_PASSES if dt == DG.F32 else ():
+                    yield pytest.param(dt, dict(variant="tensorop", tile=tile, index=ix, passes=passes),
+                                       {DG.tensorop_expression(ix, tile, passes), flag},
+                                       id=f"{dt}-tensorop-{tile}-p{passes}-{ix}".replace(" ", ""))
             continue
         yield pytest.param(dt, dict(variant="analytic", index=ix), {WG.analytic_expression(dt, ix)},
                            id=f"{dt}-analytic-{ix}".replace(" ", ""))
@@ -180,11 +184,15 @@ def test_conv_dgrad_instantiation(kernel_backend, monkeypatch, dtype, fields, ex
     ref = oracle(fn, GRAD_X, w, dy, **GRAD_KW)
     bound = oracle(fn, GRAD_X, np.abs(w).astype(np.float64), np.abs(dy).astype(np.float64), **GRAD_KW)
 
+    # tensorop with one pass is TF32 (3xTF32 meets float32's tolerance)
+    rtol = TF32_RTOL if fields["variant"] == "tensorop" and fields["passes"] == 1 else None
+
     def compute():
         with DG.forced_config(**fields):
             return run(kernel_backend, fn, GRAD_X, w, dy, **GRAD_KW)
 
-    check_orders(kernel_backend, monkeypatch, expected, compute, lambda dx: assert_conv_close(dx, ref, bound, dtype))
+    check_orders(kernel_backend, monkeypatch, expected, compute,
+                 lambda dx: assert_conv_close(dx, ref, bound, dtype, rtol))
 
 
 @pytest.mark.parametrize("dtype,fields,expected", WGRAD_CASES)

@@ -61,23 +61,57 @@ def excess(got, want, bound, rtol):
     return float(np.max(np.abs(got.astype(np.float64) - want) - rtol * bound - TINY))
 
 
-# Problems with partial tiles in m, n and k (gemm_k not a multiple of 16), strides, dilation, padding, groups.
-CASES = {
-    "2d-same": (gpuconv.conv2d, (2, 9, 11, 12), (3, 3, 12, 20), dict(strides=1, padding="SAME")),
-    "2d-strided-dilated": (gpuconv.conv2d, (1, 13, 10, 8), (3, 2, 8, 132),
-                           dict(strides=[1, 2, 1, 1], padding=[[0, 0], [2, 1], [0, 3], [0, 0]],
-                                dilations=[1, 1, 2, 1])),
-    "2d-grouped": (gpuconv.conv2d, (2, 7, 7, 16), (1, 3, 8, 24), dict(strides=[1, 1, 2, 1], padding="VALID")),
-    "3d": (gpuconv.conv3d, (1, 4, 5, 6, 8), (2, 3, 3, 8, 12), dict(strides=[1, 2, 1, 1, 1], padding="SAME")),
-}
+def forward(fn, **kw):
+    """(call(x, w), kernel): a forward convolution and the tensor-op kernel that runs it under TF32."""
+    return (lambda x, w: fn(x, w, **kw)), "conv_fprop_tensorop<float,"
+
+
+def backward(x_shape, w_shape, nspatial, **kw):
+    """(call(dy, w), kernel, dy shape): the input gradient (= transposed conv) of a forward convolution."""
+    fn = gpuconv.conv2d_backprop_input if nspatial == 2 else gpuconv.conv3d_transpose
+    conv = gpuconv.conv2d if nspatial == 2 else gpuconv.conv3d
+    dy_shape = oracle(conv, np.zeros(x_shape, np.float32), np.zeros(w_shape, np.float32), **kw).shape
+    if nspatial == 2:
+        call = lambda dy, w: fn(x_shape, w, dy, **kw)                         # noqa: E731
+    else:
+        call = lambda dy, w: fn(dy, w, x_shape, **kw)                         # noqa: E731
+    return call, "conv_dgrad_tensorop<", dy_shape
+
+
+# Problems with partial tiles in m, n and k, strides (several dgrad phases), dilation, padding, groups; each
+# (call(a, b), a's shape, b's shape, the tensor-op kernel name).
+def _cases():
+    cases = {
+        "2d-same": (*forward(gpuconv.conv2d, strides=1, padding="SAME"), (2, 9, 11, 12), (3, 3, 12, 20)),
+        "2d-strided-dilated": (*forward(gpuconv.conv2d, strides=[1, 2, 1, 1], dilations=[1, 1, 2, 1],
+                                        padding=[[0, 0], [2, 1], [0, 3], [0, 0]]), (1, 13, 10, 8), (3, 2, 8, 132)),
+        "2d-grouped": (*forward(gpuconv.conv2d, strides=[1, 1, 2, 1], padding="VALID"), (2, 7, 7, 16), (1, 3, 8, 24)),
+        "3d": (*forward(gpuconv.conv3d, strides=[1, 2, 1, 1, 1], padding="SAME"), (1, 4, 5, 6, 8), (2, 3, 3, 8, 12)),
+    }
+    for name, x_shape, w_shape, nspatial, kw in (
+            ("dgrad-2d-strided", (2, 11, 10, 20), (3, 3, 20, 12), 2, dict(strides=2, padding="SAME")),
+            ("dgrad-2d-grouped-dilated", (1, 12, 9, 32), (3, 2, 16, 18), 2,
+             dict(strides=[1, 1, 2, 1], padding="VALID", dilations=[1, 2, 1, 1])),
+            ("transpose-3d", (1, 5, 6, 7, 16), (2, 3, 3, 16, 12), 3, dict(strides=[1, 1, 2, 2, 1], padding="SAME"))):
+        call, kernel, dy_shape = backward(x_shape, w_shape, nspatial, **kw)
+        cases[name] = (call, kernel, dy_shape, w_shape)
+    return cases
+
+
+CASES = _cases()
 
 
 def data(case, seed=0):
-    fn, xs, ws, kw = CASES[case]
+    """(call, a, b, {}) with random operands in [-1, 1): the op is call(a, b)."""
+    call, _, a_shape, b_shape = CASES[case]
     rng = np.random.default_rng(seed)
-    x = rng.uniform(-1, 1, xs).astype(np.float32)
-    w = rng.uniform(-1, 1, ws).astype(np.float32)
-    return fn, x, w, kw
+    a = rng.uniform(-1, 1, a_shape).astype(np.float32)
+    b = rng.uniform(-1, 1, b_shape).astype(np.float32)
+    return call, a, b, {}
+
+
+def ran_tensor_cores(case, launched, passes) -> bool:
+    return any(CASES[case][1] in n and n.endswith(f" {passes}>") for n in launched)
 
 
 def run_with(backend, mode, fn, *args, **kw):
@@ -190,7 +224,7 @@ def test_tf32_reference_rounds_to_nearest_ties_away():
 def test_tf32_rounds_both_operands_to_nearest(kernel_backend, launched, case):
     fn, x, w, kw = data(case)
     got = run_with(kernel_backend, "tf32", fn, x, w, **kw)
-    assert any("conv_fprop_tensorop<float," in n and n.endswith(" 1>") for n in launched), launched
+    assert ran_tensor_cores(case, launched, 1), launched
     assert got.dtype == F32
     bound = magnitude(fn, x, w, **kw)
     want = conv64(fn, tf32_nearest(x), tf32_nearest(w), **kw)
@@ -208,7 +242,7 @@ def test_tf32_rounds_both_operands_to_nearest(kernel_backend, launched, case):
 def test_3xtf32_is_float32_accurate(kernel_backend, launched, case):
     fn, x, w, kw = data(case, seed=1)
     got = run_with(kernel_backend, "3xtf32", fn, x, w, **kw)
-    assert any("conv_fprop_tensorop<float," in n and n.endswith(" 3>") for n in launched), launched
+    assert ran_tensor_cores(case, launched, 3), launched
     bound = magnitude(fn, x, w, **kw)
     exact = conv64(fn, x, w, **kw)
     # split error 2^-22 per operand and the dropped small*small 2^-22: 3 * 2^-22, plus the float32 sums
@@ -234,10 +268,11 @@ def test_nchw_and_integer_like_values(kernel_backend):
 # the kernel: values TF32 cannot carry
 # ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["tf32", "3xtf32"])
-@pytest.mark.parametrize("where", ["x", "w"])
-def test_non_finite_inputs_give_float32_answers(kernel_backend, mode, where):
-    fn, x, w, kw = data("2d-same", seed=2)
-    target = x if where == "x" else w
+@pytest.mark.parametrize("where", ["a", "b"])
+@pytest.mark.parametrize("case", ["2d-same", "dgrad-2d-strided"])
+def test_non_finite_inputs_give_float32_answers(kernel_backend, mode, where, case):
+    fn, x, w, kw = data(case, seed=2)                      # operands a, b: (x, w) forward, (dy, w) backward
+    target = x if where == "a" else w
     target.reshape(-1)[[3, 50, 77]] = [np.inf, -np.inf, np.nan]
     want = run_with(kernel_backend, "ieee", fn, x, w, **kw)
     got = run_with(kernel_backend, mode, fn, x, w, **kw)
@@ -251,16 +286,24 @@ def test_non_finite_inputs_give_float32_answers(kernel_backend, mode, where):
 
 
 @pytest.mark.parametrize("mode", ["tf32", "3xtf32"])
-def test_finite_operands_stay_finite_near_float32_max(kernel_backend, mode):
-    # 3.4028235e38 rounds to inf in TF32; the kernel truncates it instead, so the result stays finite
-    x = np.zeros((1, 4, 4, 8), np.float32)
-    x[0, 1, 2, :] = np.float32(3.4028235e38)
-    w = np.zeros((1, 1, 8, 8), np.float32)
-    w[0, 0, 0, :] = 0.5
-    got = run_with(kernel_backend, mode, gpuconv.conv2d, x, w, 1, "VALID")
+@pytest.mark.parametrize("op", ["conv2d", "conv2d_backprop_input"])
+def test_finite_operands_stay_finite_near_float32_max(kernel_backend, launched, mode, op):
+    # 3.4028235e38 rounds to inf in TF32; the kernels truncate it instead, so the result stays finite
+    a = np.zeros((1, 4, 4, 16), np.float32)
+    a[0, 1, 2, :] = np.float32(3.4028235e38)
+    w = np.zeros((1, 1, 16, 16), np.float32)
+    w[0, 0, 0, :] = 0.5                                   # channel 0 -> every output channel (dgrad: 0 <- every)
+    if op == "conv2d":
+        got = run_with(kernel_backend, mode, gpuconv.conv2d, a, w, 1, "VALID")
+        cells = got[0, 1, 2, :]
+    else:
+        a[0, 1, 2, 1:] = 0                                # one term per dx element: 0.5 * max, no overflow
+        got = run_with(kernel_backend, mode, gpuconv.conv2d_backprop_input, a.shape, w, a, 1, "VALID")
+        cells = got[0, 1, 2, :1]
+    assert any("tensorop" in n for n in launched), launched
     assert np.isfinite(got).all()
-    assert np.allclose(got[0, 1, 2, :], 0.5 * 3.4028235e38, rtol=2.0**-9)
-    assert np.count_nonzero(got) == 8
+    assert np.allclose(cells, 0.5 * 3.4028235e38, rtol=2.0**-9)
+    assert np.count_nonzero(got) == cells.size
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -281,7 +324,6 @@ def test_other_ops_and_dtypes_ignore_the_mode(kernel_backend, mode):
     w = rng.uniform(-1, 1, (3, 3, 8, 12)).astype(np.float32)
     dy = rng.uniform(-1, 1, (2, 6, 7, 12)).astype(np.float32)
     calls = [
-        (gpuconv.conv2d_backprop_input, (x.shape, w, dy, 1, "SAME")),
         (gpuconv.conv2d_backprop_filter, (x, w.shape, dy, 1, "SAME")),
         (gpuconv.conv2d, (x.astype(np.float16), w.astype(np.float16), 1, "SAME")),
         (gpuconv.conv2d, (x.astype(np.float64), w.astype(np.float64), 1, "SAME")),
@@ -291,20 +333,24 @@ def test_other_ops_and_dtypes_ignore_the_mode(kernel_backend, mode):
         assert np.array_equal(run_with(kernel_backend, mode, fn, *args), want), fn.__name__
 
 
-def test_gpus_before_sm80_compute_exact_float32(kernel_backend, launched, monkeypatch):
+@pytest.mark.parametrize("case", ["2d-same", "dgrad-2d-strided"])
+def test_gpus_before_sm80_compute_exact_float32(kernel_backend, launched, monkeypatch, case):
     from gpuconv import backend as B
     monkeypatch.setattr(B._instance(kernel_backend).executor, "compute_capability", lambda array: 75)
-    fn, x, w, kw = data("2d-same")
+    fn, x, w, kw = data(case)
     want = run_with(kernel_backend, "ieee", fn, x, w, **kw)
     del launched[:]
     assert np.array_equal(run_with(kernel_backend, "tf32", fn, x, w, **kw), want)
     assert not any("tensorop" in n for n in launched), launched
 
 
-def test_plans_are_chosen_from_the_mode_in_force(kernel_backend, launched):
-    fn, x, w, kw = data("3d")
-    for mode, kernel in (("ieee", "conv_fprop_tiled<float,"), ("tf32", "conv_fprop_tensorop<float,"),
-                         ("3xtf32", "conv_fprop_tensorop<float,")):
+@pytest.mark.parametrize("case,tiled", [("3d", "conv_fprop_tiled<float,"), ("transpose-3d", "conv_dgrad_tiled<float,")])
+def test_plans_are_chosen_from_the_mode_in_force(kernel_backend, launched, case, tiled):
+    fn, x, w, kw = data(case)
+    for mode, passes in (("ieee", None), ("tf32", 1), ("3xtf32", 3)):
         del launched[:]
         run_with(kernel_backend, mode, fn, x, w, **kw)
-        assert any(kernel in n for n in launched), (mode, launched)
+        if passes is None:
+            assert any(tiled in n for n in launched) and not any("tensorop" in n for n in launched), launched
+        else:
+            assert ran_tensor_cores(case, launched, passes), (mode, launched)

@@ -1,7 +1,7 @@
 """Implementations a benchmark case is timed on: gpuconv itself and its peers, where installed.
 
 Each implementation has `name`, `device` ('cpu' or 'gpu'), `tf32` (whether its float32 runs on TF32 tensor cores:
-the % of peak is then taken against the TF32 peak; gpuconv, whose TF32 covers conv forward only, answers per case
+the % of peak is then taken against the TF32 peak; gpuconv, whose TF32 covers some conv ops only, answers per case
 with `uses_tf32(case)` instead), `availability()` ('yes' or why not),
 `settings()` (precision modes and threads, stated in the report), `supports(case)` (None or why not),
 `context()` (entered around prepare + timing) and `prepare(case, inputs, copies) -> [callable]`: one
@@ -45,6 +45,10 @@ def _import_version(module: str) -> tuple[Any, str]:
 # ---------------------------------------------------------------------------------------------------------
 # gpuconv
 # ---------------------------------------------------------------------------------------------------------
+# The benchmark ops whose float32 gpuconv runs on tensor cores under "tf32" / "3xtf32" (gpuconv/precision.py).
+TF32_OPS = ("fprop", "dgrad", "transpose")
+
+
 class GpuconvImpl:
     """gpuconv's TF-named API on one backend (numpy, emulator or cuda), with a float32 precision
     (gpuconv/precision.py; default: the one in force, 'ieee' unless GPUCONV_FLOAT32_PRECISION says otherwise)."""
@@ -58,18 +62,20 @@ class GpuconvImpl:
         self.note = ""
 
     def uses_tf32(self, case: Case) -> bool:
-        """Whether this case's float32 may run on TF32 tensor cores: a conv forward on the GPU, TF32 allowed
-        (the % of peak then uses the TF32 peak; 3xTF32 spends three tensor-core products per product)."""
-        return (self.precision != "ieee" and self.backend == "cuda" and case.op == "fprop"
+        """Whether this case's float32 may run on TF32 tensor cores: a conv forward, input gradient or transposed
+        conv on the GPU, TF32 allowed (the % of peak then uses the TF32 peak; 3xTF32 spends three tensor-core
+        products per product)."""
+        return (self.precision != "ieee" and self.backend == "cuda" and case.op in TF32_OPS
                 and case.dtype == "float32")
 
     def availability(self) -> str:
         return "yes"
 
     def settings(self) -> dict[str, Any]:
-        fp32 = {"ieee": "exact fp32 (no TF32)", "tf32": "fp32 conv forward on TF32 tensor cores where the GPU has "
-                "them, else exact", "3xtf32": "fp32 conv forward as 3xTF32 on tensor cores where the GPU has "
-                "them, else exact"}[self.precision]
+        ops = "/".join(TF32_OPS)
+        fp32 = {"ieee": "exact fp32 (no TF32)", "tf32": f"fp32 {ops} on TF32 tensor cores where the GPU has them, else "
+                "exact", "3xtf32": f"fp32 {ops} as 3xTF32 on tensor cores where the GPU has them, else exact"
+                }[self.precision]
         s: dict[str, Any] = {"backend": self.backend, "float32_precision": self.precision,
                              "precision": f"{fp32}; float16 accumulates in float32"}
         if self.backend == "numpy":

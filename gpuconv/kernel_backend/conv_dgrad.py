@@ -10,14 +10,18 @@ import numpy as np
 
 from ..geometry import ConvProblem
 from ..plans import conv_dgrad as plans
+from ..precision import effective_precision, get_float32_precision
 
 
 def conv_dgrad(executor, dy, w, p: ConvProblem):
-    """dx (N, D, H, W, C) of dy's dtype from dy (N, Z, P, Q, K) and w (T, R, S, C/G, K), canonical layout."""
+    """dx (N, D, H, W, C) of dy's dtype from dy (N, Z, P, Q, K) and w (T, R, S, C/G, K), canonical layout.
+    float32 may run on tensor cores (TF32 / 3xTF32) when gpuconv.float32_precision allows it and the device has
+    them."""
     xp = executor.xp
     if p.is_empty:
         return xp.zeros(p.x_shape, dtype=dy.dtype)
-    config = plans.config_for(p, dy.dtype)
+    precision = effective_precision(get_float32_precision(), executor.compute_capability(dy))
+    config = plans.config_for(p, dy.dtype, precision)
     dx = xp.empty(p.x_shape, dtype=dy.dtype)
     # The tiled kernel's non-finite flag (plans/conv_common.py), zeroed on the stream: no host synchronisation.
     flag = xp.zeros((1,), dtype=np.int32) if plans.needs_nonfinite_flag(config) else None

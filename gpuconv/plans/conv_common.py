@@ -113,6 +113,11 @@ def input_elements(p: ConvProblem) -> int:
     return p.N * p.D * p.H * p.W * p.C
 
 
+def output_elements(p: ConvProblem) -> int:
+    """Elements of y (and dy): N*Z*P*Q*K."""
+    return p.N * p.Z * p.P * p.Q * p.K
+
+
 def tile_grid(gemm_m: int, gemm_n: int, bm: int, bn: int, groups: int, z: int = 1) -> tuple[int, int, int]:
     """Grid of a tiled conv kernel: x = m-tiles * n-tiles (blockIdx.x = tile_m * tiles_n + tile_n), y = groups,
     z = the family's third axis (1, stride phases or splits)."""
@@ -200,7 +205,7 @@ class ForcedFields:
 def apply_forced(config, fields: dict, default_tile: str, **analytic_fields):
     """config with forced `fields` applied: a forced tiled variant without a tile takes `default_tile` when
     config has none; an analytic result takes `analytic_fields` (its tile-only fields reset)."""
-    if fields.get("variant") == "tiled" and "tile" not in fields and config.tile is None:
+    if fields.get("variant") in ("tiled", "tensorop") and "tile" not in fields and config.tile is None:
         fields = {**fields, "tile": default_tile}
     config = dataclasses.replace(config, **fields)
     if config.variant == "analytic":

@@ -14,6 +14,8 @@ Variants (`DgradConfig.variant`):
     multiply touches an inserted zero of the zero-upsampled dy. Grid: x = m-tiles x n-tiles (n fastest),
     y = groups, z = stride_d*stride_h*stride_w phases; 256 threads; static shared memory (double-buffered
     BM x 8 and 8 x BN tiles). Tiles (BM x BN, thread tile TM x TN): 128x128 (8x8), 128x64 (8x4), 64x64 (4x4).
+  * ``tensorop`` - `conv_dgrad_tensorop<Index, BM, BN, Passes>`: the tiled kernel with each stage multiplied on
+    tensor cores as TF32 (Passes 1) or 3xTF32 (3), float32 only, same tiles and grid (8 warps of (BM/2) x (BN/4)).
 
 Chooser rules (`choose_dgrad_config`, a pure function of the problem and the dtype):
   1. index type: ``long long`` when some tensor has >= 2^31 elements (ConvProblem.needs_int64()), else ``int``.
@@ -26,6 +28,9 @@ Chooser rules (`choose_dgrad_config`, a pure function of the problem and the dty
      keeps gemm_n utilisation >= 75 % (C/G over the padded tile width) and launches >= TARGET_CTAS CTAs
      (2 waves of 132 SMs, H100 SXM / H200; a fixed SM count, no device query); if none launches that many,
      the usable tile with the most CTAs.
+  4. float32 under precision "tf32" / "3xtf32" (what the kernel backend passes: the caller's
+     gpuconv.float32_precision, "ieee" on GPUs below sm_80) runs ``tensorop`` with the tile of rule 3 and
+     Passes = TENSOR_CORE_PASSES[precision]; "ieee" (the default) never does.
 
 Launch sequence (`dgrad_plans`):
   * analytic: [conv_dgrad_analytic] (it skips absent taps itself).
@@ -35,6 +40,8 @@ Launch sequence (`dgrad_plans`):
     kernel's per-element sum, so absent taps never multiply (plans/conv_common.py). `nonfinite` is a zeroed
     1-element int32 array the caller allocates (kernel_backend/conv_dgrad.py: xp.zeros);
     `needs_nonfinite_flag(config)` says whether a plan takes it.
+  * tensorop: the same with the flag run over dy too (TF32 rounds and 3xTF32 splits dy: inf * 0 parts), so a
+    non-finite dy or w is computed by formula.
 
 Tests may force a configuration with `forced_config(variant=..., tile=...)` (a context manager read by
 `config_for`, which the kernel backend calls); the chooser itself stays pure.
@@ -49,11 +56,12 @@ import numpy as np
 from ..dtypes import FLOAT_DTYPES, ctype
 from ..geometry import ConvProblem
 from ..kernel_source import KernelFamily, LaunchHint
+from ..precision import TENSOR_CORE_PASSES
 from . import LaunchPlan, ceil_div, index_type
 from .conv_common import (GRID_X_MAX, INDEX_TYPES, SIMT16_BLOCK, SIMT16_TILE_K, SM_COUNT, ForcedFields, apply_forced,
                           checked_config, config_reason, filter_elements, flag_expressions, flagged_launch,
-                          grid_reason, input_elements, problem_scalars, simt16_tiles, simt16_tiles_for,
-                          tile_grid)
+                          grid_reason, input_elements, output_elements, problem_scalars, simt16_tiles,
+                          simt16_tiles_for, tile_grid)
 from .conv_common import needs_nonfinite_flag  # noqa: F401 (re-exported: the kernel backend asks here)
 
 BLOCK = SIMT16_BLOCK         # threads of every dgrad kernel
@@ -64,7 +72,9 @@ INT_LIMIT = 2**31 - 1024     # per-image pixel counts stay below this (int arith
 
 # name -> (BM, BN, TM, TN); every configuration runs 16 x 16 threads.
 TILES: dict[str, tuple[int, int, int, int]] = simt16_tiles("128x128", "128x64", "64x64")
-VARIANTS = ("analytic", "tiled")
+VARIANTS = ("analytic", "tiled", "tensorop")
+F32 = np.dtype(np.float32)
+TENSOROP_PASSES: tuple[int, ...] = tuple(sorted(set(TENSOR_CORE_PASSES.values())))   # float32 only
 
 
 def tiles_for(dtype) -> tuple[str, ...]:
@@ -76,9 +86,10 @@ def tiles_for(dtype) -> tuple[str, ...]:
 class DgradConfig:
     """A dgrad kernel choice: variant, tile (tiled only) and C++ index type."""
 
-    variant: str                 # "analytic" | "tiled"
-    tile: str | None = None      # a TILES key for "tiled"
+    variant: str                 # "analytic" | "tiled" | "tensorop"
+    tile: str | None = None      # a TILES key for "tiled" and "tensorop"
     index: str = "int"           # "int" | "long long"
+    passes: int = 1              # tensor-core products per product ("tensorop": 1 TF32, 3 3xTF32)
 
 
 def analytic_expression(dtype, index: str) -> str:
@@ -90,11 +101,27 @@ def tiled_expression(dtype, index: str, tile: str) -> str:
     return f"conv_dgrad_tiled<{ctype(dtype)}, {index}, {bm}, {bn}, {tm}, {tn}>"
 
 
+def tensorop_expression(index: str, tile: str, passes: int) -> str:
+    bm, bn, _, _ = TILES[tile]
+    return f"conv_dgrad_tensorop<{index}, {bm}, {bn}, {passes}>"
+
+
+def config_expression(config: DgradConfig, dtype) -> str:
+    """The name expression a configuration launches (besides the flag)."""
+    if config.variant == "analytic":
+        return analytic_expression(dtype, config.index)
+    if config.variant == "tensorop":
+        return tensorop_expression(config.index, config.tile, config.passes)
+    return tiled_expression(dtype, config.index, config.tile)
+
+
 def _expressions() -> tuple[str, ...]:
     out = []
     for dt, ix in itertools.product(FLOAT_DTYPES, INDEX_TYPES):
         out.append(analytic_expression(dt, ix))
         out.extend(tiled_expression(dt, ix, t) for t in tiles_for(dt))
+        if dt == F32:
+            out.extend(tensorop_expression(ix, t, n) for t in tiles_for(dt) for n in TENSOROP_PASSES)
     return tuple(out) + flag_expressions()
 
 
@@ -150,6 +177,10 @@ def supports(config: DgradConfig, p: ConvProblem, dtype=np.float32) -> tuple[boo
         return False, "an image has >= 2^31 - 1024 pixels: the tiled kernel indexes pixels within an image in int"
     if config.tile not in tiles_for(dtype):
         return False, f"tile {config.tile!r} is not instantiated for {np.dtype(dtype)} (have {tiles_for(dtype)})"
+    if config.variant == "tensorop" and np.dtype(dtype) != F32:
+        return False, f"the tensorop variant is float32 (TF32) only, not {np.dtype(dtype)}"
+    if config.variant == "tensorop" and config.passes not in TENSOROP_PASSES:
+        return False, f"{config.passes} tensor-core passes are not instantiated (have {TENSOROP_PASSES})"
     why = grid_reason(tiled_grid(p, config.tile), "stride phases")
     return not why, why
 
@@ -164,15 +195,17 @@ def choose_tile(p: ConvProblem, dtype) -> str:
     return max(usable, key=lambda t: (tiled_ctas(p, t), -usable.index(t)))
 
 
-def choose_dgrad_config(p: ConvProblem, dtype) -> DgradConfig:
-    """The dgrad configuration for problem p and dtype (rules in the module docstring); pure."""
+def choose_dgrad_config(p: ConvProblem, dtype, precision: str = "ieee") -> DgradConfig:
+    """The dgrad configuration for problem p, dtype and float32 precision (rules in the module docstring); pure."""
     index = index_type(p.needs_int64())
     if p.group_c < 16 or p.group_k < 4:
         return DgradConfig("analytic", None, index)
     tiled = DgradConfig("tiled", choose_tile(p, dtype), index)
-    if supports(tiled, p, dtype)[0]:
-        return tiled
-    return DgradConfig("analytic", None, index)
+    if not supports(tiled, p, dtype)[0]:
+        return DgradConfig("analytic", None, index)
+    if np.dtype(dtype) == F32 and precision in TENSOR_CORE_PASSES:
+        return DgradConfig("tensorop", tiled.tile, index, TENSOR_CORE_PASSES[precision])
+    return tiled
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -182,14 +215,15 @@ _forced = ForcedFields("dgrad", DgradConfig)
 
 
 def forced_config(**fields):
-    """Force DgradConfig fields (variant, tile, index) for the calls inside (tests: tiled on tiny problems)."""
+    """Force DgradConfig fields (variant, tile, index, passes) for the calls inside (tests: tiled on tiny
+    problems)."""
     return _forced.force(**fields)
 
 
-def config_for(p: ConvProblem, dtype) -> DgradConfig:
+def config_for(p: ConvProblem, dtype, precision: str = "ieee") -> DgradConfig:
     """choose_dgrad_config, with any forced_config fields applied; ValueError if the result cannot run (a forced
     field, or a problem past the analytic variant's limits too: an extent beyond int, dx past the grid)."""
-    config = choose_dgrad_config(p, dtype)
+    config = choose_dgrad_config(p, dtype, precision)
     fields = _forced.get()
     if fields:
         config = apply_forced(config, fields, tiles_for(dtype)[-1], tile=None)
@@ -210,6 +244,8 @@ def dgrad_plans(config: DgradConfig, p: ConvProblem, dy, w, dx, nonfinite=None) 
         return [LaunchPlan(FAMILY.name, analytic_expression(dtype, config.index), grid, (BLOCK, 1, 1), 0,
                            (dy, w, dx) + scalars)]
     n_tiles = ceil_div(p.group_c, TILES[config.tile][1])
-    return flagged_launch(FAMILY.name, [(w, filter_elements(p))], config.index, nonfinite,
-                          tiled_expression(dtype, config.index, config.tile), tiled_grid(p, config.tile), BLOCK,
+    # TF32 rounds and 3xTF32 splits dy: a non-finite dy is computed by formula too (module docstring).
+    flagged = [(w, filter_elements(p))] + ([(dy, output_elements(p))] if config.variant == "tensorop" else [])
+    return flagged_launch(FAMILY.name, flagged, config.index, nonfinite,
+                          config_expression(config, dtype), tiled_grid(p, config.tile), BLOCK,
                           (dy, w, dx, nonfinite) + scalars + (np.int32(n_tiles),))

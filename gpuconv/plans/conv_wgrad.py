@@ -51,7 +51,8 @@ from ..kernel_source import KernelFamily, LaunchHint
 from . import LaunchPlan, ceil_div, index_scalar, index_type
 from .conv_common import (GRID_X_MAX, GRID_YZ_MAX, INDEX_TYPES, SIMT16_BLOCK, SIMT16_TILE_K, SM_COUNT, ForcedFields,
                           apply_forced, checked_config, config_reason, filter_elements, flag_expressions,
-                          flagged_launch, grid_reason, problem_scalars, simt16_tiles, simt16_tiles_for, tile_grid)
+                          flagged_launch, grid_reason, output_elements, problem_scalars, simt16_tiles,
+                          simt16_tiles_for, tile_grid)
 from .conv_common import needs_nonfinite_flag  # noqa: F401 (re-exported: the kernel backend asks here)
 
 BLOCK = SIMT16_BLOCK
@@ -259,7 +260,7 @@ def wgrad_plans(config: WgradConfig, p: ConvProblem, x, dy, dw, workspace=None, 
     out = dw if config.splits == 1 else workspace
     if out is None:
         raise ValueError("split-K wgrad needs a workspace of workspace_elements(config, p) elements")
-    plans = flagged_launch(FAMILY.name, [(dy, p.N * p.Z * p.P * p.Q * p.K)], config.index, nonfinite,
+    plans = flagged_launch(FAMILY.name, [(dy, output_elements(p))], config.index, nonfinite,
                            tiled_expression(dtype, config.index, config.tile, config.splits),
                            tiled_grid(p, config.tile, config.splits), BLOCK,
                            (x, dy, out, nonfinite) + scalars + (np.int32(nt), kps))
