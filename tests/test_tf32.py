@@ -1,10 +1,11 @@
-"""Opt-in TF32 / 3xTF32 float32 convolution (gpuconv/precision.py, kernels/conv_fprop.cu TensorOpMath).
+"""Opt-in TF32 / 3xTF32 float32 convolution (gpuconv/precision.py, kernels/conv_common.cuh TensorOpMath).
 
 The setting: default "ieee", the context manager and the environment variable, bad values named. The scope:
-a permission that only conv_fprop's float32 tensor-op kernel uses, so the NumPy backend, the other ops and
-dtypes and pre-Ampere GPUs give exactly what "ieee" gives. The kernel, on the emulator (and a GPU when there is
-one), against references written here from the definition of TF32 (cvt.rna.tf32.f32: round to 10 explicit
-mantissa bits, nearest, ties away from zero):
+a permission that only the float32 tensor-op kernels use (conv_fprop_tensorop: forward; conv_dgrad_tensorop:
+backprop_input and transpose), so the NumPy backend, the other ops and dtypes and pre-Ampere GPUs give exactly
+what "ieee" gives. The kernels, on the emulator (and a GPU when there is one), against references written here
+from the definition of TF32 (cvt.rna.tf32.f32: round to 10 explicit mantissa bits, nearest, ties away from
+zero):
   * "tf32": within float32 accumulation error of the float64 convolution of the TF32-rounded operands -- a
     bound tight enough that truncating instead of rounding, or rounding one operand only, fails it (checked);
     and measurably different from float32 (TF32 really ran).
