@@ -10,7 +10,7 @@ step writes one archive plus a short summary:
     bench1  the issue targets first: ResNet-50 3x3 layers at N=32 float32 (fprop, dgrad, wgrad: % of FP32 peak,
             parity with cuDNN, TF32 off on every side) and the SegNet pooling ladder float32 (% of copy bandwidth)
     bench2  the rest: ResNet-50 1x1 / 7x7 layers float32, the 3x3 layers in float16, 3D U-Net layers float32
-    bench3  float32 on tensor cores (opt-in): ResNet-50 fprop and dgrad float32 with gpuconv's TF32 and 3xTF32
+    bench3  float32 on tensor cores (opt-in): ResNet-50 fprop, dgrad and wgrad float32 with gpuconv's TF32 and 3xTF32
             against cuDNN with TF32 on (--precision tf32|3xtf32 --tf32)
 
 Usage (on the device machine, in the repository root; nothing to install, the checkout is imported):
@@ -94,9 +94,9 @@ STEPS: dict[str, tuple[Command, ...]] = {
         _bench("unet3d_f32", "--layers", "unet3d", "--ops", "fprop,dgrad,wgrad", "--dtypes", "float32"),
     ),
     "bench3": (
-        _bench("resnet50_tf32", "--layers", "resnet50", "--ops", "fprop,dgrad", "--dtypes", "float32",
+        _bench("resnet50_tf32", "--layers", "resnet50", "--ops", "fprop,dgrad,wgrad", "--dtypes", "float32",
                "--precision", "tf32", "--tf32"),
-        _bench("resnet50_3xtf32", "--layers", "resnet50", "--ops", "fprop,dgrad", "--dtypes", "float32",
+        _bench("resnet50_3xtf32", "--layers", "resnet50", "--ops", "fprop,dgrad,wgrad", "--dtypes", "float32",
                "--precision", "3xtf32", "--tf32"),
     ),
 }

@@ -89,7 +89,7 @@ def format_info(data: dict[str, Any]) -> str:
     lines.append(f"backend in force: {data.get('backend', '?')}")
     if "float32-precision" in data:
         lines.append(f"float32 precision: {data['float32-precision']} (GPUCONV_FLOAT32_PRECISION; tf32 / 3xtf32: conv "
-                     "forward and input gradient on tensor cores, sm_80+)")
+                     "forward and gradients on tensor cores, sm_80+)")
     lines.append("backends:")
     for name, status in (data.get("backends") or {}).items():
         lines.append(f"  {name:<18} {'available' if status == 'yes' else 'unavailable: ' + str(status)}")

@@ -9,11 +9,10 @@
                float32-level accuracy, not bit-identical to "ieee".
 
 A permission, as in PyTorch: the mode is used where a tensor-core kernel exists and the device has TF32 tensor
-cores (sm_80 or newer) -- today the forward convolution (conv_fprop: conv2d, conv3d) and the input gradient
-(conv_dgrad: conv*_backprop_input, conv*_transpose) on the cuda and emulator backends; the filter gradient
-(conv_wgrad) not yet. Every other op, dtype, backend (NumPy: exact float32 whatever the mode) or GPU computes as
-under "ieee". Inputs that
-hold inf or NaN are computed exactly too. The choice is `float32_precision(...)` (context-local), else the
+cores (sm_80 or newer) -- the forward convolution (conv_fprop: conv2d, conv3d), the input gradient (conv_dgrad:
+conv*_backprop_input, conv*_transpose) and the filter gradient (conv_wgrad: conv*_backprop_filter) on the cuda and
+emulator backends. Every other op, dtype, backend (NumPy: exact float32 whatever the mode) or GPU computes as
+under "ieee". Inputs that hold inf or NaN are computed exactly too. The choice is `float32_precision(...)` (context-local), else the
 environment variable GPUCONV_FLOAT32_PRECISION, else "ieee".
 """
 from __future__ import annotations

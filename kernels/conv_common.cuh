@@ -21,7 +21,8 @@
 //                              their tiles by the analytic formula, in which absent taps never multiply;
 //   * nvcuda::wmma (emulator)  the WMMA subset tensor-op kernels use, for the CPU emulator only;
 //   * TensorOpMath, tensorop_stage   how the tensor-op kernels multiply a shared-memory stage on tensor cores
-//                              (half; TF32 and 3xTF32 for opt-in float32).
+//                              (half; TF32 and 3xTF32 for opt-in float32); simt16x16::TensorOpWarpTile, the
+//                              warp tiles, main-loop step and epilogue of the backprop kernels' tensor-op variants.
 //
 // Canonical layout (channels-last, always three spatial dimensions; 2-D is depth 1):
 //   x (N, D, H, W, C)    w (T, R, S, C/G, K)    y (N, Z, P, Q, K)
@@ -324,6 +325,14 @@ constexpr int kSmemPad = 4;     // pads a shared row so transposed stores are ba
 constexpr int min_blocks(int thread_tile, int acc_bytes) {
     return acc_bytes > 4 || thread_tile >= 64 ? 1 : 2;
 }
+
+// The same for the tensor-op kernels built on these tiles (conv_dgrad_tensorop, conv_wgrad_tensorop): those of the
+// float SIMT tile (the accumulator fragments hold as many floats per thread), except that 3xTF32's big and small
+// fragments need a few registers more: dgrad's 128x64 tile spilled 4 bytes under the 2-block cap (NVRTC 13.5,
+// sm_80), so 3xTF32 tiles above 64x64 ask for 1 block.
+constexpr int tensorop_min_blocks(int bm, int bn, int passes) {
+    return passes == 3 && bm * bn > 64 * 64 ? 1 : min_blocks((bm / 16) * (bn / 16), sizeof(float));
+}
 }  // namespace simt16x16
 
 // =========================================================================================================
@@ -603,5 +612,58 @@ __device__ __forceinline__ void tensorop_stage(Acc (&acc)[kFragsM][kFragsN], con
             for (int j = 0; j < kFragsN; ++j) wmma::mma_sync(acc[i][j], a[0][i], b[0][j], acc[i][j]);
     }
 }
+
+namespace simt16x16 {
+// The tensor-op counterpart of SimtThreadTile for the backprop kernels' stages (conv_dgrad_tensorop,
+// conv_wgrad_tensorop): the 8 warps of the block in 2 x 4, each owning a (BM/2) x (BN/4) warp tile of 16 x 16
+// float accumulator fragments; one TensorOpMath k-step per k-tile. Both kernels keep A's shared stage k-major,
+// [k][m] (a column-major operand), and B's as [k][n] (row-major), with the padded rows of kSmemPad.
+template <typename Math, int BM, int BN>
+struct TensorOpWarpTile {
+    static constexpr int kWarpsN = 4, kWM = BM / 2, kWN = BN / kWarpsN, kFragsM = kWM / 16, kFragsN = kWN / 16;
+    static_assert(Math::kK == kTileK && kWM % 16 == 0 && kWN % 16 == 0, "one tensor-op k-step per k-tile");
+    nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, Math::kK, float> acc[kFragsM][kFragsN];
+    const int warp, lane, warp_m, warp_n;  // warp_m, warp_n: the warp tile's first row and column
+
+    __device__ __forceinline__ explicit TensorOpWarpTile(int tid)
+        : warp(tid / 32), lane(tid % 32), warp_m((warp / kWarpsN) * kWM), warp_n((warp % kWarpsN) * kWN) {
+#pragma unroll
+        for (int i = 0; i < kFragsM; ++i)
+#pragma unroll
+            for (int j = 0; j < kFragsN; ++j) nvcuda::wmma::fill_fragment(acc[i][j], 0.0f);
+    }
+
+    // The main-loop step over one stage: sa = &As[stage][0][0] ([k][BM + kSmemPad]), sb = &Bs[stage][0][0].
+    __device__ __forceinline__ void stage(const float* sa, const float* sb) {
+        tensorop_stage<Math, nvcuda::wmma::col_major, kTileK, kFragsM, kFragsN, BM + kSmemPad, BN + kSmemPad>(
+            acc, sa + warp_m, sb + warp_n);
+    }
+
+    // The epilogue: every accumulator, staged fragment by fragment through the warp's 16 x 16 float tile of
+    // shared memory, goes to write(row, col, value) (block-tile coordinates; write checks the bounds). Within a
+    // fragment consecutive lanes take consecutive columns, or with kRowsFastest consecutive rows: the direction
+    // in which the output is contiguous, so a warp's stores coalesce.
+    template <bool kRowsFastest, typename Write>
+    __device__ __forceinline__ void epilogue(Write&& write) {
+        namespace wmma = nvcuda::wmma;
+        __shared__ __align__(32) float Cs[kThreads / 32][16 * 16];
+        float* tile = Cs[warp];
+#pragma unroll
+        for (int i = 0; i < kFragsM; ++i) {
+#pragma unroll
+            for (int j = 0; j < kFragsN; ++j) {
+                wmma::store_matrix_sync(tile, acc[i][j], 16, kRowsFastest ? wmma::mem_col_major : wmma::mem_row_major);
+                __syncwarp();
+                for (int e = lane; e < 256; e += 32) {
+                    const int fast = e % 16, slow = e / 16;
+                    const int r = kRowsFastest ? fast : slow, c = kRowsFastest ? slow : fast;
+                    write(warp_m + 16 * i + r, warp_n + 16 * j + c, tile[e]);
+                }
+                __syncwarp();
+            }
+        }
+    }
+};
+}  // namespace simt16x16
 
 }  // namespace gpuconv

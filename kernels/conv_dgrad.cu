@@ -180,9 +180,8 @@ conv_dgrad_analytic(const Element* __restrict__ dy, const Element* __restrict__ 
 // and the dy/w addresses change only when the tap does. No multiply touches an inserted zero of the
 // zero-upsampled dy: taps that miss a phase are never iterated.
 // Passes = 0: SIMT multiply-adds (SimtThreadTile). Passes = 1 / 3 (float only, conv_dgrad_tensorop): the same
-// tiles multiplied on tensor cores as TF32 / 3xTF32 (TensorOpMath, conv_common.cuh): 8 warps in 2 x 4, each a
-// (BM/2) x (BN/4) warp tile; A's shared stage [k][m] is a column-major operand, B's [k][n] a row-major one; the
-// epilogue stages each accumulator fragment through a per-warp 16 x 16 float tile.
+// tiles multiplied on tensor cores as TF32 / 3xTF32 (TensorOpMath; warp tiles, main-loop step and epilogue of
+// simt16x16::TensorOpWarpTile, conv_common.cuh).
 template <typename Element, typename Idx, int BM, int BN, int TM, int TN, int Passes = 0>
 __device__ __forceinline__ void dgrad_tiled(const Element* __restrict__ dy, const Element* __restrict__ w,
                                             Element* __restrict__ dx, const int* __restrict__ nonfinite,
@@ -341,44 +340,19 @@ __device__ __forceinline__ void dgrad_tiled(const Element* __restrict__ dy, cons
             }
         }
     } else {
-        namespace wmma = nvcuda::wmma;
-        typedef TensorOpMath<Element, Passes> Math;
-        constexpr int kWarpsN = 4, kWM = BM / 2, kWN = BN / kWarpsN, kFragsM = kWM / 16, kFragsN = kWN / 16;
-        static_assert(Math::kK == kTileK && kWM % 16 == 0 && kWN % 16 == 0, "one TF32 k-step per k-tile");
-        __shared__ __align__(32) float Cs[kThreads / 32][16 * 16];
-        const int warp = tid / 32, lane = tid % 32;
-        const int warp_m = (warp / kWarpsN) * kWM, warp_n = (warp % kWarpsN) * kWN;
-        wmma::fragment<wmma::accumulator, 16, 16, Math::kK, float> acc[kFragsM][kFragsN];
-#pragma unroll
-        for (int i = 0; i < kFragsM; ++i)
-#pragma unroll
-            for (int j = 0; j < kFragsN; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+        simt16x16::TensorOpWarpTile<TensorOpMath<Element, Passes>, BM, BN> warp_tile(tid);
 
         // ---- main loop: as above, each stage multiplied on tensor cores ----------------------------------
         if (k_tiles > 0) {
             pipelined_main_loop(
                 k_tiles, [&]() { tap_update(); load_tile(); }, [&]() { tap_advance(); load_tile(); }, store_tile,
-                [&](int stage) {
-                    tensorop_stage<Math, wmma::col_major, kTileK, kFragsM, kFragsN, BM + kSmemPad, BN + kSmemPad>(
-                        acc, &As[stage][0][warp_m], &Bs[stage][0][warp_n]);
-                });
+                [&](int stage) { warp_tile.stage(&As[stage][0][0], &Bs[stage][0][0]); });
         }
 
-        // ---- epilogue: fragment -> per-warp float tile -> dx ----------------------------------------------
-        float* tile = Cs[warp];
-#pragma unroll
-        for (int i = 0; i < kFragsM; ++i) {
-#pragma unroll
-            for (int j = 0; j < kFragsN; ++j) {
-                wmma::store_matrix_sync(tile, acc[i][j], 16, wmma::mem_row_major);
-                __syncwarp();
-                for (int e = lane; e < 256; e += 32) {
-                    const int row = warp_m + 16 * i + e / 16, col = warp_n + 16 * j + e % 16;
-                    if (m0 + row < gemm_m && n0 + col < Cg) dx_at(row, col) = from_accum<Element>(tile[e]);
-                }
-                __syncwarp();
-            }
-        }
+        // ---- epilogue: fragments -> dx, consecutive lanes on consecutive channels ------------------------
+        warp_tile.template epilogue<false>([&](int row, int col, float v) {
+            if (m0 + row < gemm_m && n0 + col < Cg) dx_at(row, col) = from_accum<Element>(v);
+        });
     }
 }
 
@@ -390,17 +364,10 @@ conv_dgrad_tiled(const Element* __restrict__ dy, const Element* __restrict__ w, 
                                               n_tiles);
 }
 
-// The tiled kernel on tensor cores for float32 the caller allows TF32 for (Passes 1: TF32, 3: 3xTF32). Launch
-// bounds: those of the float SIMT tile (its accumulator fragments hold as many floats per thread), except that
-// 3xTF32's big and small fragments need a few registers more: its 128x64 tile spilled 4 bytes under the
-// 2-block cap (NVRTC 13.5, sm_80), so 3xTF32 tiles above 64x64 ask for 1 block. Below sm_80 it traps (plans
-// choose it only on sm_80+).
-constexpr int tensorop_min_blocks(int bm, int bn, int passes) {
-    return passes == 3 && bm * bn > 64 * 64 ? 1 : min_blocks((bm / 16) * (bn / 16), sizeof(float));
-}
-
+// The tiled kernel on tensor cores for float32 the caller allows TF32 for (Passes 1: TF32, 3: 3xTF32); launch
+// bounds: simt16x16::tensorop_min_blocks. Below sm_80 it traps (plans choose it only on sm_80+).
 template <typename Idx, int BM, int BN, int Passes>
-__global__ void __launch_bounds__(kThreads, tensorop_min_blocks(BM, BN, Passes))
+__global__ void __launch_bounds__(kThreads, simt16x16::tensorop_min_blocks(BM, BN, Passes))
 conv_dgrad_tensorop(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
                     const int* __restrict__ nonfinite, GPUCONV_CONV_PROBLEM_PARAMS(Idx), int n_tiles) {
     if constexpr (!TensorOpMath<float, Passes>::kAvailable) {

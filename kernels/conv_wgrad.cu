@@ -12,6 +12,8 @@
 //                        split-K over gemm_k (blockIdx.z). With one split it writes dw directly; with more,
 //                        each split writes an Acc partial tile to a workspace [splits, T*R*S*Cg, K] and
 //   conv_wgrad_reduce    sums the splits in split order (deterministic) and converts to the output dtype.
+//   conv_wgrad_tensorop  conv_wgrad_tiled on tensor cores, float32 only, when the caller opts in to TF32 or
+//                        3xTF32 (gpuconv.float32_precision); same splits and reduction; its flag covers x as well.
 // The tiled kernel loads x cells of padding as zeros and multiplies them by dy; it takes a flag that
 // conv_nonfinite_flag (conv_common.cuh) sets when dy holds inf or NaN, and then computes each split's partial
 // with wgrad_element, the analytic kernel's sum restricted to the split's range (absent taps never multiply).
@@ -119,7 +121,9 @@ conv_wgrad_analytic(const Element* __restrict__ x, const Element* __restrict__ d
 // Both operands are contiguous along m / col, so a warp loads one gemm_k row of 64..128 consecutive elements.
 // Each thread's gemm_n columns are fixed for the whole main loop (tap offsets computed once); its gemm_k row
 // advances by BK per k-tile with an incremental (n, z, p, q) carry, no division in the loop.
-template <typename Element, typename Out, typename Idx, int BM, int BN, int TM, int TN>
+// Passes = 0: SIMT multiply-adds (SimtThreadTile). Passes = 1 / 3 (float only, conv_wgrad_tensorop): the same
+// stages multiplied on tensor cores as TF32 / 3xTF32 (TensorOpMath, simt16x16::TensorOpWarpTile).
+template <typename Element, typename Out, typename Idx, int BM, int BN, int TM, int TN, int Passes = 0>
 __device__ __forceinline__ void wgrad_tiled(const Element* __restrict__ x, const Element* __restrict__ dy,
                                             Out* __restrict__ out, const int* __restrict__ nonfinite,
                                             const ConvProblemSize<Idx>& pr, int n_tiles, Idx k_per_split) {
@@ -131,8 +135,9 @@ __device__ __forceinline__ void wgrad_tiled(const Element* __restrict__ x, const
     constexpr int kElemsB = BN * kTileK / kThreads;           // consecutive columns each thread loads
     static_assert(BM / kElemsA == 32 && BN / kElemsB == 32, "one warp per gemm_k row of a tile");
 
-    __shared__ __align__(16) Acc As[2][kTileK][BM + kSmemPad];
-    __shared__ __align__(16) Acc Bs[2][kTileK][BN + kSmemPad];
+    // 32-byte alignment: WMMA fragment pointers (the tensor-op path) must be 256-bit aligned.
+    __shared__ __align__(32) Acc As[2][kTileK][BM + kSmemPad];
+    __shared__ __align__(32) Acc Bs[2][kTileK][BN + kSmemPad];
 
     // ---- problem size of this CTA's (split, group) ------------------------------------------------------
     const int g = blockIdx.y;
@@ -144,11 +149,12 @@ __device__ __forceinline__ void wgrad_tiled(const Element* __restrict__ x, const
     const Idx k_end = k_begin + k_per_split < gemm_k ? k_begin + k_per_split : gemm_k;
     const int k_tiles = k_begin < k_end ? (int)((k_end - k_begin + kTileK - 1) / kTileK) : 0;
     const int m0 = tile_m * BM, n0 = tile_n * BN;
+    Out* out_split = out + (Idx)blockIdx.z * ((Idx)gemm_n * K);  // dw, or this split's workspace slice
     if (*nonfinite) {
-        // dy holds inf or NaN: a padding cell of x must not multiply it. This split's partial (or, with one
-        // split, dw itself) by the analytic formula over the split's gemm_k range, the same partial/reduce
-        // structure as the GEMM path; consecutive threads on consecutive k (block-uniform; no barrier here).
-        Out* out_split = out + (Idx)blockIdx.z * ((Idx)gemm_n * K);
+        // dy (or, on tensor cores, x) holds inf or NaN: a padding cell of x must not multiply dy, nor TF32 split
+        // an inf. This split's partial (or, with one split, dw itself) by the analytic formula over the split's
+        // gemm_k range, the same partial/reduce structure as the GEMM path; consecutive threads on consecutive k
+        // (block-uniform; no barrier here).
         for (int e = threadIdx.x; e < BM * BN; e += kThreads) {
             const int m = m0 + e % BM, col = n0 + e / BM;
             if (m >= Kg || col >= gemm_n) continue;
@@ -226,31 +232,47 @@ __device__ __forceinline__ void wgrad_tiled(const Element* __restrict__ x, const
         for (int e = 0; e < kElemsB; ++e) Bs[buf][row][b_col + e] = b_reg[e];
     };
 
-    Acc acc[TM][TN];
-    ThreadTile::clear(acc);
+    if constexpr (Passes == 0) {
+        Acc acc[TM][TN];
+        ThreadTile::clear(acc);
 
-    // ---- main loop: global -> registers (next tile) while the current tile is multiplied from smem -----
-    if (k_tiles > 0) {  // no k-tile (an empty split): the accumulators stay zero
-        pipelined_main_loop(
-            k_tiles, load_tile, [&]() { row_advance(); load_tile(); }, store_tile,
-            [&](int stage) {
-                ThreadTile::template mma_stage<kTileK, BM + kSmemPad, BN + kSmemPad>(acc, &As[stage][0][0],
-                                                                                     &Bs[stage][0][0], ty, tx);
-            });
-    }
-
-    // ---- epilogue: registers -> out (dw, or this split's workspace slice; zeros for an empty split) -----
-    Out* out_split = out + (Idx)blockIdx.z * ((Idx)gemm_n * K);
-#pragma unroll
-    for (int j = 0; j < TN; ++j) {
-        const int col = n0 + ThreadTile::col(j, tx);
-        if (col >= gemm_n) continue;
-        Out* out_col = out_split + (Idx)col * K + (Idx)g * Kg;
-#pragma unroll
-        for (int i = 0; i < TM; ++i) {
-            const int m = m0 + ThreadTile::row(i, ty);
-            if (m < Kg) out_col[m] = from_accum<Out>(acc[i][j]);
+        // ---- main loop: global -> registers (next tile) while the current tile is multiplied from smem -
+        if (k_tiles > 0) {  // no k-tile (an empty split): the accumulators stay zero
+            pipelined_main_loop(
+                k_tiles, load_tile, [&]() { row_advance(); load_tile(); }, store_tile,
+                [&](int stage) {
+                    ThreadTile::template mma_stage<kTileK, BM + kSmemPad, BN + kSmemPad>(acc, &As[stage][0][0],
+                                                                                         &Bs[stage][0][0], ty, tx);
+                });
         }
+
+        // ---- epilogue: registers -> out (dw, or this split's workspace slice; zeros for an empty split) -
+#pragma unroll
+        for (int j = 0; j < TN; ++j) {
+            const int col = n0 + ThreadTile::col(j, tx);
+            if (col >= gemm_n) continue;
+            Out* out_col = out_split + (Idx)col * K + (Idx)g * Kg;
+#pragma unroll
+            for (int i = 0; i < TM; ++i) {
+                const int m = m0 + ThreadTile::row(i, ty);
+                if (m < Kg) out_col[m] = from_accum<Out>(acc[i][j]);
+            }
+        }
+    } else {
+        simt16x16::TensorOpWarpTile<TensorOpMath<Element, Passes>, BM, BN> warp_tile(tid);
+
+        // ---- main loop: as above, each stage multiplied on tensor cores ----------------------------------
+        if (k_tiles > 0) {
+            pipelined_main_loop(
+                k_tiles, load_tile, [&]() { row_advance(); load_tile(); }, store_tile,
+                [&](int stage) { warp_tile.stage(&As[stage][0][0], &Bs[stage][0][0]); });
+        }
+
+        // ---- epilogue: fragments -> out, consecutive lanes on consecutive m (dw's contiguous axis) -------
+        warp_tile.template epilogue<true>([&](int row, int col, float v) {
+            if (m0 + row < Kg && n0 + col < gemm_n)
+                out_split[(Idx)(n0 + col) * K + (Idx)g * Kg + m0 + row] = from_accum<Out>(v);
+        });
     }
 }
 
@@ -262,6 +284,22 @@ conv_wgrad_tiled(const Element* __restrict__ x, const Element* __restrict__ dy, 
     wgrad_tiled<Element, Out, Idx, BM, BN, TM, TN>(x, dy, out, nonfinite,
                                                    ConvProblemSize<Idx>(GPUCONV_CONV_PROBLEM_ARGS), n_tiles,
                                                    k_per_split);
+}
+
+// The tiled kernel on tensor cores for float32 the caller allows TF32 for (Passes 1: TF32, 3: 3xTF32), writing dw
+// (one split) or the float workspace; launch bounds: simt16x16::tensorop_min_blocks. Below sm_80 it traps (plans
+// choose it only on sm_80+).
+template <typename Idx, int BM, int BN, int Passes>
+__global__ void __launch_bounds__(kThreads, simt16x16::tensorop_min_blocks(BM, BN, Passes))
+conv_wgrad_tensorop(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ out,
+                    const int* __restrict__ nonfinite, GPUCONV_CONV_PROBLEM_PARAMS(Idx), int n_tiles,
+                    Idx k_per_split) {
+    if constexpr (!TensorOpMath<float, Passes>::kAvailable) {
+        __trap();
+    } else {
+        wgrad_tiled<float, float, Idx, BM, BN, BM / 16, BN / 16, Passes>(
+            x, dy, out, nonfinite, ConvProblemSize<Idx>(GPUCONV_CONV_PROBLEM_ARGS), n_tiles, k_per_split);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -288,3 +326,4 @@ conv_wgrad_reduce(const typename Accum<Element>::type* __restrict__ ws, Element*
 using gpuconv::wgrad::conv_wgrad_analytic;
 using gpuconv::wgrad::conv_wgrad_reduce;
 using gpuconv::wgrad::conv_wgrad_tiled;
+using gpuconv::wgrad::conv_wgrad_tensorop;

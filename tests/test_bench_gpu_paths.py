@@ -175,18 +175,19 @@ def test_torch_peer_claims_tf32_only_on_the_gpu_when_allowed():
     assert peers.TorchImpl("cpu", allow_tf32=True).tf32 is False
 
 
-def test_gpuconv_claims_tf32_for_float32_conv_forward_on_the_gpu_when_allowed(monkeypatch):
+def test_gpuconv_claims_tf32_for_float32_convs_on_the_gpu_when_allowed(monkeypatch):
     monkeypatch.delenv("GPUCONV_FLOAT32_PRECISION", raising=False)
     (fprop,) = build_cases(["quick"], ["fprop"], ["float32"], 1, match="quick_3x3s2")
     (dgrad,) = build_cases(["quick"], ["dgrad"], ["float32"], 1, match="quick_3x3s2")
     (wgrad,) = build_cases(["quick"], ["wgrad"], ["float32"], 1, match="quick_3x3s2")
     (half,) = build_cases(["quick"], ["fprop"], ["float16"], 1, match="quick_3x3s2")
+    pool = build_cases(["segnet"], ["pool_argmax"], ["float32"], 1)[0]
     default = peers.GpuconvImpl("cuda")
     assert default.precision == "ieee" and not default.uses_tf32(fprop)
     for mode in ("tf32", "3xtf32"):
         impl = peers.GpuconvImpl("cuda", mode)
-        assert impl.uses_tf32(fprop) and impl.uses_tf32(dgrad) and not impl.uses_tf32(wgrad)
-        assert not impl.uses_tf32(half)
+        assert impl.uses_tf32(fprop) and impl.uses_tf32(dgrad) and impl.uses_tf32(wgrad)
+        assert not impl.uses_tf32(half) and not impl.uses_tf32(pool)
         assert not peers.GpuconvImpl("numpy", mode).uses_tf32(fprop)
         assert impl.settings()["float32_precision"] == mode and "tensor cores" in impl.settings()["precision"]
         with impl.context():

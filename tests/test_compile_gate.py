@@ -440,15 +440,19 @@ def test_tf32_kernels_round_operands_and_3xtf32_multiplies_three_times():
 
 
 @gate_test
-def test_dgrad_tf32_kernels_take_column_major_dy_tiles():
-    """conv_dgrad_tensorop reads its [k][m] dy stage as a column-major operand: per 8-deep k-tile of the 128x128
-    tile (8 warps of 64x32: 4 x 2 fragments) 8 m16n16k8 wmma.mma (.col.row) for TF32, 24 for 3xTF32."""
-    from gpuconv.plans import conv_dgrad as DG
-    exprs = {n: DG.tensorop_expression("int", "128x128", n) for n in (1, 3)}
-    ptx = _ptx(kernel_source.read_source("conv_dgrad.cu"), cg.cupy_nvrtc_options(80, kernel_source.module_options()),
-               tuple(f"gpuconv::dgrad::{e}" for e in exprs.values()))
+@pytest.mark.parametrize("family", ["dgrad", "wgrad"])
+def test_backprop_tf32_kernels_take_column_major_a_tiles(family):
+    """conv_dgrad_tensorop and conv_wgrad_tensorop read their [k][m] A stage (dy) as a column-major operand: per
+    8-deep k-tile of the 128x128 tile (8 warps of 64x32: 4 x 2 fragments) 8 m16n16k8 wmma.mma (.col.row) for TF32,
+    24 for 3xTF32."""
+    import importlib
+    plans = importlib.import_module(f"gpuconv.plans.conv_{family}")
+    exprs = {n: plans.tensorop_expression("int", "128x128", n) for n in (1, 3)}
+    ptx = _ptx(kernel_source.read_source(f"conv_{family}.cu"),
+               cg.cupy_nvrtc_options(80, kernel_source.module_options()),
+               tuple(f"gpuconv::{family}::{e}" for e in exprs.values()))
     for passes, expr in exprs.items():
-        body = ptx.split(f".entry gpuconv::dgrad::{expr}(")[1].split(".entry")[0]
+        body = ptx.split(f".entry gpuconv::{family}::{expr}(")[1].split(".entry")[0]
         mma = [line.split()[0] for line in body.splitlines() if "mma.sync" in line]
         assert set(mma) == {"wmma.mma.sync.aligned.col.row.m16n16k8.f32.tf32.tf32.f32"}, set(mma)
         assert len(mma) == 8 * passes

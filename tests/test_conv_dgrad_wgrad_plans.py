@@ -210,6 +210,52 @@ def test_wgrad_normalise_splits():
     assert not ok and "normalised" in why
 
 
+@pytest.mark.parametrize("precision,passes", [("tf32", 1), ("3xtf32", 3)])
+def test_wgrad_float32_runs_on_tensor_cores_only_when_tf32_is_allowed(precision, passes):
+    for layer in RESNET50_3X3:
+        p = resnet(layer)
+        tiled = WG.choose_wgrad_config(p, F32)
+        assert tiled == WG.choose_wgrad_config(p, F32, "ieee") and tiled.variant == "tiled"
+        c = WG.choose_wgrad_config(p, F32, precision)
+        # the same tile and split-K rules, so the same grid and workspace
+        assert c == WG.WgradConfig("tensorop", tiled.tile, tiled.splits, "int", passes)
+        assert WG.workspace_elements(c, p) == WG.workspace_elements(tiled, p)
+        bm, bn, _, _ = WG.TILES[c.tile]
+        assert WG.config_expression(c, F32) == f"conv_wgrad_tensorop<int, {bm}, {bn}, {passes}>"
+        for dt in (F16, F64):                                                  # float32 only
+            assert WG.choose_wgrad_config(p, dt, precision) == WG.choose_wgrad_config(p, dt)
+    assert WG.choose_wgrad_config(HUGE, F32, precision) == WG.WgradConfig("tensorop", "64x64", 256, "long long",
+                                                                          passes)
+
+
+def test_wgrad_tensorop_refusals_say_why():
+    assert WG.supports(WG.WgradConfig("tensorop", "64x128", 1, "int", 3), SMALL, F32) == (True, "")
+    ok, why = WG.supports(WG.WgradConfig("tensorop", "64x128", 1, "int", 1), SMALL, F16)
+    assert not ok and "float32 (TF32) only, not float16" in why
+    ok, why = WG.supports(WG.WgradConfig("tensorop", "64x128", 1, "int", 2), SMALL, F32)
+    assert not ok and "2 tensor-core passes are not instantiated" in why
+    ok, why = WG.supports(WG.WgradConfig("tensorop", "64x64", 1, "int", 1), SMALL, F64)
+    assert not ok and "float32 (TF32) only, not float64" in why
+
+
+def test_wgrad_tf32_plans_flag_x_as_well_as_dy():
+    p = problem((4, 1, 16, 16, 8), (1, 3, 3, 8, 8))
+    c = WG.WgradConfig("tensorop", "64x64", WG.normalise_splits(p, 4), "int", 1)
+    assert c.splits > 1
+    x, dy, dw, ws = FakeArray(F32), FakeArray(F32), FakeArray(F32), FakeArray(F32)
+    flag = np.zeros(1, np.int32)
+    plans = WG.wgrad_plans(c, p, x, dy, dw, ws, flag)
+    assert [pl.name_expression for pl in plans] == ["gpuconv::conv_nonfinite_flag<float, int>"] * 2 + [
+        "conv_wgrad_tensorop<int, 64, 64, 1>", "conv_wgrad_reduce<float, int>"]
+    assert plans[0].args[0] is dy and plans[1].args[0] is x and int(plans[1].args[1]) == p.N * p.D * p.H * p.W * p.C
+    assert plans[2].args[2] is ws and plans[2].grid == WG.tiled_grid(p, "64x64", c.splits)
+    assert int(plans[2].args[-1]) == WG.k_per_split(p, c.splits)
+    assert len(WG.wgrad_plans(WG.WgradConfig("tiled", "64x64", c.splits, "int"), p, x, dy, dw, ws, flag)) == 3
+    with WG.forced_config(variant="tensorop", passes=3):
+        assert WG.config_for(p, F32) == WG.WgradConfig("tensorop", WG.choose_tile(p, F32),
+                                                       WG.choose_wgrad_config(p, F32).splits, "int", 3)
+
+
 def test_wgrad_forced_analytic_and_int64():
     with WG.forced_config(variant="analytic"):
         assert WG.config_for(SMALL, F32) == WG.WgradConfig("analytic", None, 1, "int")
@@ -261,21 +307,27 @@ def test_every_wgrad_plan_names_a_declared_expression(dtype):
         configs = [WG.WgradConfig("analytic", None, 1, index)]
         for t in WG.tiles_for(dtype):
             configs += [WG.WgradConfig("tiled", t, s, index) for s in {1, WG.normalise_splits(p, 3)}]
+            if dtype == F32:
+                configs += [WG.WgradConfig("tensorop", t, s, index, n) for s in {1, WG.normalise_splits(p, 3)}
+                            for n in (1, 3)]
         for c in configs:
             ws = FakeArray(acc) if WG.workspace_elements(c, p) else None
             dy, flag = FakeArray(dtype), FakeArray(np.int32)
             plans = WG.wgrad_plans(c, p, FakeArray(dtype), dy, FakeArray(dtype), ws, flag)
             assert all(pl.name_expression in WG.FAMILY.name_expressions for pl in plans)
-            if c.variant == "tiled":                     # the non-finite flag over dy first
-                flag_plan, plans = plans[0], plans[1:]
-                assert flag_plan.name_expression.startswith("gpuconv::conv_nonfinite_flag<")
-                assert flag_plan.args[0] is dy and flag_plan.args[2] is flag and plans[0].args[3] is flag
-            if c.variant == "tiled" and c.splits > 1:
+            if c.variant != "analytic":                  # the non-finite flag over dy first (tensorop: x too)
+                flags = 2 if c.variant == "tensorop" else 1
+                flag_plans, plans = plans[:flags], plans[flags:]
+                assert all(f.name_expression.startswith("gpuconv::conv_nonfinite_flag<") for f in flag_plans)
+                assert flag_plans[0].args[0] is dy and plans[0].args[3] is flag
+                assert all(f.args[2] is flag for f in flag_plans)
+            if c.variant != "analytic" and c.splits > 1:
                 tiled, red = plans
                 assert tiled.args[2] is ws and tiled.grid[2] == c.splits
                 assert red.name_expression.startswith("conv_wgrad_reduce<") and red.args[0] is ws
                 assert int(red.args[2]) == WG.dw_elements(p) and int(red.args[3]) == c.splits
-                assert f", {'double' if dtype == F64 else 'float'}, " in tiled.name_expression
+                if c.variant == "tiled":                 # the accumulator-dtype partials (tensorop: float always)
+                    assert f", {'double' if dtype == F64 else 'float'}, " in tiled.name_expression
             else:
                 assert len(plans) == 1
 

@@ -50,11 +50,11 @@ def test_bench_slices_are_valid_non_empty_and_disjoint(session):
 
 
 def test_tensor_core_step_compares_tf32_with_tf32(session):
-    """bench3 times gpuconv's opt-in TF32 and 3xTF32 conv forward against peers with TF32 on as well."""
+    """bench3 times gpuconv's opt-in TF32 and 3xTF32 convs against peers with TF32 on as well."""
     modes = set()
     for cmd in session.STEPS["bench3"]:
         args = cli.parse_args(list(cmd.argv[cmd.argv.index("bench") + 1:]))
-        assert _bench_cases(cmd.argv) and args.ops == ["fprop", "dgrad"] and args.dtypes == ["float32"] and args.tf32
+        assert _bench_cases(cmd.argv) and args.ops == ["fprop", "dgrad", "wgrad"] and args.dtypes == ["float32"] and args.tf32
         modes.add(args.precision)
     assert modes == {"tf32", "3xtf32"}
 

@@ -9,9 +9,10 @@ once on a GPU:
   * conv_fprop: every configuration of plans.conv_fprop._all_configs() (analytic, tiled per tile and vector
     width, tensorop; int and long long), forced with override_config: a 2-D problem with scalar channels,
     dilation and explicit padding for V = 1, a grouped 3-D strided problem for V > 1 and tensorop.
-  * conv_dgrad / conv_wgrad: analytic and every tile per dtype and index type (wgrad with one split and with
-    split-K, which adds the reduce kernel and, for float16, the float-partial instantiation), forced with
-    forced_config, on a grouped 3-D problem with stride phases and dilation.
+  * conv_dgrad / conv_wgrad: analytic and every tile per dtype and index type, float32 also on tensor cores
+    (tensorop, TF32 and 3xTF32; wgrad with one split and with split-K, which adds the reduce kernel and, for
+    float16, the float-partial instantiation), forced with forced_config, on a grouped 3-D problem with stride
+    phases and dilation.
   * pool: every (dtype, VEC, index type) with force_vec; max_pool, max_pool_with_argmax (int32 and int64),
     max_pool_grad and, for floats, avg_pool, avg_pool_grad and avg_unpool.
   * unpool: every (value dtype, argmax type, index type): max_unpool (the five scatter passes) and
@@ -42,7 +43,7 @@ from gpuconv.plans import conv_fprop as F
 from gpuconv.plans import conv_wgrad as WG
 from gpuconv.plans import pool as PP
 from gpuconv.plans import unpool as UP
-from gpuconv.plans.conv_common import INDEX_TYPES, flag_expression
+from gpuconv.plans.conv_common import INDEX_TYPES, SIMT16_TENSOROP_PASSES, flag_expression
 
 from conftest import install_emulator, record_launches, run_on as run, run_oracle as oracle
 
@@ -153,7 +154,7 @@ def grad_cases(op):
             for tile in DG.tiles_for(dt):
                 yield pytest.param(dt, dict(variant="tiled", tile=tile, index=ix),
                                    {DG.tiled_expression(dt, ix, tile), flag}, id=f"{dt}-{tile}-{ix}".replace(" ", ""))
-                for passes in DG.TENSOROP_PASSES if dt == DG.F32 else ():
+                for passes in SIMT16_TENSOROP_PASSES if dt == F32 else ():
                     yield pytest.param(dt, dict(variant="tensorop", tile=tile, index=ix, passes=passes),
                                        {DG.tensorop_expression(ix, tile, passes), flag},
                                        id=f"{dt}-tensorop-{tile}-p{passes}-{ix}".replace(" ", ""))
@@ -167,6 +168,13 @@ def grad_cases(op):
                     expected.add(WG.reduce_expression(dt, ix))
                 yield pytest.param(dt, dict(variant="tiled", tile=tile, splits=splits, index=ix), expected,
                                    id=f"{dt}-{tile}-split{splits}-{ix}".replace(" ", ""))
+                for passes in SIMT16_TENSOROP_PASSES if dt == F32 else ():
+                    expected = {WG.tensorop_expression(ix, tile, passes), flag}
+                    if splits > 1:
+                        expected.add(WG.reduce_expression(dt, ix))
+                    fields = dict(variant="tensorop", tile=tile, splits=splits, index=ix, passes=passes)
+                    yield pytest.param(dt, fields, expected,
+                                       id=f"{dt}-tensorop-{tile}-split{splits}-p{passes}-{ix}".replace(" ", ""))
 
 
 DGRAD_CASES = list(grad_cases("dgrad"))
@@ -202,11 +210,14 @@ def test_conv_wgrad_instantiation(kernel_backend, monkeypatch, dtype, fields, ex
     ref = oracle(fn, x, GRAD_W, dy, **GRAD_KW)
     bound = oracle(fn, np.abs(x).astype(np.float64), GRAD_W, np.abs(dy).astype(np.float64), **GRAD_KW)
 
+    rtol = TF32_RTOL if fields["variant"] == "tensorop" and fields["passes"] == 1 else None
+
     def compute():
         with WG.forced_config(**fields):
             return run(kernel_backend, fn, x, GRAD_W, dy, **GRAD_KW)
 
-    check_orders(kernel_backend, monkeypatch, expected, compute, lambda dw: assert_conv_close(dw, ref, bound, dtype))
+    check_orders(kernel_backend, monkeypatch, expected, compute,
+                 lambda dw: assert_conv_close(dw, ref, bound, dtype, rtol))
 
 
 # ---------------------------------------------------------------------------------------------------------

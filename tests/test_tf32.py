@@ -2,10 +2,10 @@
 
 The setting: default "ieee", the context manager and the environment variable, bad values named. The scope:
 a permission that only the float32 tensor-op kernels use (conv_fprop_tensorop: forward; conv_dgrad_tensorop:
-backprop_input and transpose), so the NumPy backend, the other ops and dtypes and pre-Ampere GPUs give exactly
-what "ieee" gives. The kernels, on the emulator (and a GPU when there is one), against references written here
-from the definition of TF32 (cvt.rna.tf32.f32: round to 10 explicit mantissa bits, nearest, ties away from
-zero):
+backprop_input and transpose; conv_wgrad_tensorop: backprop_filter), so the NumPy backend, the other ops and
+dtypes and pre-Ampere GPUs give exactly what "ieee" gives. The kernels, on the emulator (and a GPU when there is
+one), against references written here from the definition of TF32 (cvt.rna.tf32.f32: round to 10 explicit
+mantissa bits, nearest, ties away from zero):
   * "tf32": within float32 accumulation error of the float64 convolution of the TF32-rounded operands -- a
     bound tight enough that truncating instead of rounding, or rounding one operand only, fails it (checked);
     and measurably different from float32 (TF32 really ran).
@@ -79,6 +79,14 @@ def backward(x_shape, w_shape, nspatial, **kw):
     return call, "conv_dgrad_tensorop<", dy_shape
 
 
+def filter_grad(x_shape, w_shape, nspatial, **kw):
+    """(call(x, dy), kernel, dy shape): the filter gradient of a forward convolution."""
+    fn = gpuconv.conv2d_backprop_filter if nspatial == 2 else gpuconv.conv3d_backprop_filter
+    conv = gpuconv.conv2d if nspatial == 2 else gpuconv.conv3d
+    dy_shape = oracle(conv, np.zeros(x_shape, np.float32), np.zeros(w_shape, np.float32), **kw).shape
+    return (lambda x, dy: fn(x, w_shape, dy, **kw)), "conv_wgrad_tensorop<", dy_shape
+
+
 # Problems with partial tiles in m, n and k, strides (several dgrad phases), dilation, padding, groups; each
 # (call(a, b), a's shape, b's shape, the tensor-op kernel name).
 def _cases():
@@ -96,6 +104,14 @@ def _cases():
             ("transpose-3d", (1, 5, 6, 7, 16), (2, 3, 3, 16, 12), 3, dict(strides=[1, 1, 2, 2, 1], padding="SAME"))):
         call, kernel, dy_shape = backward(x_shape, w_shape, nspatial, **kw)
         cases[name] = (call, kernel, dy_shape, w_shape)
+    for name, x_shape, w_shape, nspatial, kw in (
+            # gemm_k = 2*13*12 = 312 rows: two splits, the workspace and the reduction
+            ("wgrad-2d-strided-split", (2, 25, 24, 16), (3, 3, 16, 20), 2, dict(strides=2, padding="SAME")),
+            ("wgrad-2d-grouped-dilated", (1, 12, 9, 32), (3, 2, 16, 18), 2,
+             dict(strides=[1, 1, 2, 1], padding="VALID", dilations=[1, 2, 1, 1])),
+            ("wgrad-3d", (1, 5, 6, 7, 8), (2, 3, 3, 8, 12), 3, dict(strides=[1, 1, 2, 2, 1], padding="SAME"))):
+        call, kernel, dy_shape = filter_grad(x_shape, w_shape, nspatial, **kw)
+        cases[name] = (call, kernel, x_shape, dy_shape)
     return cases
 
 
@@ -270,9 +286,9 @@ def test_nchw_and_integer_like_values(kernel_backend):
 # ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["tf32", "3xtf32"])
 @pytest.mark.parametrize("where", ["a", "b"])
-@pytest.mark.parametrize("case", ["2d-same", "dgrad-2d-strided"])
+@pytest.mark.parametrize("case", ["2d-same", "dgrad-2d-strided", "wgrad-2d-strided-split"])
 def test_non_finite_inputs_give_float32_answers(kernel_backend, mode, where, case):
-    fn, x, w, kw = data(case, seed=2)                      # operands a, b: (x, w) forward, (dy, w) backward
+    fn, x, w, kw = data(case, seed=2)      # operands a, b: (x, w) forward, (dy, w) input and (x, dy) filter gradient
     target = x if where == "a" else w
     target.reshape(-1)[[3, 50, 77]] = [np.inf, -np.inf, np.nan]
     want = run_with(kernel_backend, "ieee", fn, x, w, **kw)
@@ -287,7 +303,7 @@ def test_non_finite_inputs_give_float32_answers(kernel_backend, mode, where, cas
 
 
 @pytest.mark.parametrize("mode", ["tf32", "3xtf32"])
-@pytest.mark.parametrize("op", ["conv2d", "conv2d_backprop_input"])
+@pytest.mark.parametrize("op", ["conv2d", "conv2d_backprop_input", "conv2d_backprop_filter"])
 def test_finite_operands_stay_finite_near_float32_max(kernel_backend, launched, mode, op):
     # 3.4028235e38 rounds to inf in TF32; the kernels truncate it instead, so the result stays finite
     a = np.zeros((1, 4, 4, 16), np.float32)
@@ -297,6 +313,11 @@ def test_finite_operands_stay_finite_near_float32_max(kernel_backend, launched, 
     if op == "conv2d":
         got = run_with(kernel_backend, mode, gpuconv.conv2d, a, w, 1, "VALID")
         cells = got[0, 1, 2, :]
+    elif op == "conv2d_backprop_filter":
+        dy = np.zeros_like(a)
+        dy[0, 1, 2, :] = 0.5                              # one pixel: dw[c, k] = max * 0.5 for every (c, k)
+        got = run_with(kernel_backend, mode, gpuconv.conv2d_backprop_filter, a, w.shape, dy, 1, "VALID")
+        cells = got
     else:
         a[0, 1, 2, 1:] = 0                                # one term per dx element: 0.5 * max, no overflow
         got = run_with(kernel_backend, mode, gpuconv.conv2d_backprop_input, a.shape, w, a, 1, "VALID")
@@ -325,7 +346,8 @@ def test_other_ops_and_dtypes_ignore_the_mode(kernel_backend, mode):
     w = rng.uniform(-1, 1, (3, 3, 8, 12)).astype(np.float32)
     dy = rng.uniform(-1, 1, (2, 6, 7, 12)).astype(np.float32)
     calls = [
-        (gpuconv.conv2d_backprop_filter, (x, w.shape, dy, 1, "SAME")),
+        (gpuconv.avg_pool2d, (x, 3, 2, "SAME")),
+        (gpuconv.conv2d_backprop_filter, (x.astype(np.float16), w.shape, dy.astype(np.float16), 1, "SAME")),
         (gpuconv.conv2d, (x.astype(np.float16), w.astype(np.float16), 1, "SAME")),
         (gpuconv.conv2d, (x.astype(np.float64), w.astype(np.float64), 1, "SAME")),
     ]
@@ -334,7 +356,7 @@ def test_other_ops_and_dtypes_ignore_the_mode(kernel_backend, mode):
         assert np.array_equal(run_with(kernel_backend, mode, fn, *args), want), fn.__name__
 
 
-@pytest.mark.parametrize("case", ["2d-same", "dgrad-2d-strided"])
+@pytest.mark.parametrize("case", ["2d-same", "dgrad-2d-strided", "wgrad-2d-strided-split"])
 def test_gpus_before_sm80_compute_exact_float32(kernel_backend, launched, monkeypatch, case):
     from gpuconv import backend as B
     monkeypatch.setattr(B._instance(kernel_backend).executor, "compute_capability", lambda array: 75)
@@ -345,7 +367,8 @@ def test_gpus_before_sm80_compute_exact_float32(kernel_backend, launched, monkey
     assert not any("tensorop" in n for n in launched), launched
 
 
-@pytest.mark.parametrize("case,tiled", [("3d", "conv_fprop_tiled<float,"), ("transpose-3d", "conv_dgrad_tiled<float,")])
+@pytest.mark.parametrize("case,tiled", [("3d", "conv_fprop_tiled<float,"), ("transpose-3d", "conv_dgrad_tiled<float,"),
+                                        ("wgrad-3d", "conv_wgrad_tiled<float,")])
 def test_plans_are_chosen_from_the_mode_in_force(kernel_backend, launched, case, tiled):
     fn, x, w, kw = data(case)
     for mode, passes in (("ieee", None), ("tf32", 1), ("3xtf32", 3)):
@@ -355,3 +378,11 @@ def test_plans_are_chosen_from_the_mode_in_force(kernel_backend, launched, case,
             assert any(tiled in n for n in launched) and not any("tensorop" in n for n in launched), launched
         else:
             assert ran_tensor_cores(case, launched, passes), (mode, launched)
+
+
+def test_split_k_filter_gradient_reduces_tensor_core_partials(kernel_backend, launched):
+    fn, x, dy, kw = data("wgrad-2d-strided-split")
+    run_with(kernel_backend, "tf32", fn, x, dy, **kw)
+    kernels = [n for n in launched if "nonfinite_flag" not in n]
+    assert len(kernels) == 2 and kernels[0].startswith("conv_wgrad_tensorop<") and \
+        kernels[1].startswith("conv_wgrad_reduce<float,"), launched

@@ -46,7 +46,7 @@ def _import_version(module: str) -> tuple[Any, str]:
 # gpuconv
 # ---------------------------------------------------------------------------------------------------------
 # The benchmark ops whose float32 gpuconv runs on tensor cores under "tf32" / "3xtf32" (gpuconv/precision.py).
-TF32_OPS = ("fprop", "dgrad", "transpose")
+TF32_OPS = ("fprop", "dgrad", "wgrad", "transpose")
 
 
 class GpuconvImpl:
@@ -62,8 +62,8 @@ class GpuconvImpl:
         self.note = ""
 
     def uses_tf32(self, case: Case) -> bool:
-        """Whether this case's float32 may run on TF32 tensor cores: a conv forward, input gradient or transposed
-        conv on the GPU, TF32 allowed (the % of peak then uses the TF32 peak; 3xTF32 spends three tensor-core
+        """Whether this case's float32 may run on TF32 tensor cores: a conv forward, input or filter gradient or
+        transposed conv on the GPU, TF32 allowed (the % of peak then uses the TF32 peak; 3xTF32 spends three tensor-core
         products per product)."""
         return (self.precision != "ieee" and self.backend == "cuda" and case.op in TF32_OPS
                 and case.dtype == "float32")

@@ -11,14 +11,18 @@ import numpy as np
 from ..dtypes import accumulator_dtype
 from ..geometry import ConvProblem
 from ..plans import conv_wgrad as plans
+from ..precision import effective_precision, get_float32_precision
 
 
 def conv_wgrad(executor, x, dy, p: ConvProblem):
-    """dw (T, R, S, C/G, K) of x's dtype from x (N, D, H, W, C) and dy (N, Z, P, Q, K), canonical layout."""
+    """dw (T, R, S, C/G, K) of x's dtype from x (N, D, H, W, C) and dy (N, Z, P, Q, K), canonical layout.
+    float32 may run on tensor cores (TF32 / 3xTF32) when gpuconv.float32_precision allows it and the device has
+    them."""
     xp = executor.xp
     if p.is_empty:
         return xp.zeros(p.w_shape, dtype=x.dtype)
-    config = plans.config_for(p, x.dtype)
+    precision = effective_precision(get_float32_precision(), executor.compute_capability(x))
+    config = plans.config_for(p, x.dtype, precision)
     dw = xp.empty(p.w_shape, dtype=x.dtype)
     n_ws = plans.workspace_elements(config, p)
     workspace = xp.empty((n_ws,), dtype=accumulator_dtype(x.dtype)) if n_ws else None

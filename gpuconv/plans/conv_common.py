@@ -16,7 +16,7 @@ fprop and dgrad, dy for wgrad. So every plan that runs such a kernel is
 
     [conv_nonfinite_flag(operand, n, flag), tiled kernel(..., flag, ...)]
 
-(float32 on tensor cores flags x as well: plans/conv_fprop.py)
+(float32 on tensor cores flags the other GEMM operand as well: x for fprop and wgrad, dy for dgrad)
 
 on a 1-element int32 `flag` the caller allocates zeroed (`xp.zeros((1,), np.int32)`: no host synchronisation).
 The flag kernel sets it to 1 when some operand element is inf or NaN; the tiled kernel reads it and, when set,
@@ -25,8 +25,9 @@ Analytic plans need no flag (the analytic kernels skip absent taps).
 
 Also shared by the conv plan modules: grid limits and the grid of a tiled kernel (`tile_grid`, `grid_reason`),
 the first checks of a configuration (`config_reason`), the backprop kernels' 16 x 16-thread tiles
-(`SIMT16_TILES`), forced-configuration context managers (`ForcedFields`, `apply_forced`) and the
-[flag, tiled kernel] launch pair (`flagged_launch`).
+(`SIMT16_TILES`) and their tensor-op variants (`simt16_tensorop_passes`, `simt16_tensorop_reason`),
+forced-configuration context managers (`ForcedFields`, `apply_forced`) and the [flag, tiled kernel] launch pair
+(`flagged_launch`).
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ import numpy as np
 
 from ..dtypes import FLOAT_DTYPES, ctype
 from ..geometry import ConvProblem
+from ..precision import TENSOR_CORE_PASSES
 from . import LaunchPlan, ceil_div, index_scalar, index_type
 
 # Parameter names in kernel order (documentation and tests; the C++ macro spells the same list).
@@ -172,6 +174,26 @@ def simt16_tiles(*names: str) -> dict[str, tuple[int, int, int, int]]:
 def simt16_tiles_for(tiles, dtype) -> tuple[str, ...]:
     """Tile names instantiated for a dtype: float64 only 64x64 (an 8x8 double tile would not fit 255 registers)."""
     return ("64x64",) if np.dtype(dtype) == np.float64 else tuple(tiles)
+
+
+# Their tensor-op variants (conv_dgrad_tensorop, conv_wgrad_tensorop: simt16x16::TensorOpWarpTile): float32 only,
+# TF32 (1 pass) or 3xTF32 (3), chosen when the caller's float32 precision allows it.
+SIMT16_TENSOROP_PASSES: tuple[int, ...] = tuple(sorted(set(TENSOR_CORE_PASSES.values())))
+
+
+def simt16_tensorop_passes(dtype, precision: str) -> int | None:
+    """The Passes a backprop chooser runs its tensorop variant with for `dtype` under float32 `precision` (None:
+    the SIMT kernel)."""
+    return TENSOR_CORE_PASSES.get(precision) if np.dtype(dtype) == np.float32 else None
+
+
+def simt16_tensorop_reason(config, dtype) -> str:
+    """'' when a backprop tensorop configuration is instantiated for `dtype`, else why not."""
+    if np.dtype(dtype) != np.float32:
+        return f"the tensorop variant is float32 (TF32) only, not {np.dtype(dtype)}"
+    if config.passes not in SIMT16_TENSOROP_PASSES:
+        return f"{config.passes} tensor-core passes are not instantiated (have {SIMT16_TENSOROP_PASSES})"
+    return ""
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -56,11 +56,11 @@ import numpy as np
 from ..dtypes import FLOAT_DTYPES, ctype
 from ..geometry import ConvProblem
 from ..kernel_source import KernelFamily, LaunchHint
-from ..precision import TENSOR_CORE_PASSES
 from . import LaunchPlan, ceil_div, index_type
-from .conv_common import (GRID_X_MAX, INDEX_TYPES, SIMT16_BLOCK, SIMT16_TILE_K, SM_COUNT, ForcedFields, apply_forced,
-                          checked_config, config_reason, filter_elements, flag_expressions, flagged_launch,
-                          grid_reason, input_elements, output_elements, problem_scalars, simt16_tiles,
+from .conv_common import (GRID_X_MAX, INDEX_TYPES, SIMT16_BLOCK, SIMT16_TENSOROP_PASSES, SIMT16_TILE_K, SM_COUNT,
+                          ForcedFields, apply_forced, checked_config, config_reason, filter_elements,
+                          flag_expressions, flagged_launch, grid_reason, input_elements, output_elements,
+                          problem_scalars, simt16_tensorop_passes, simt16_tensorop_reason, simt16_tiles,
                           simt16_tiles_for, tile_grid)
 from .conv_common import needs_nonfinite_flag  # noqa: F401 (re-exported: the kernel backend asks here)
 
@@ -74,7 +74,6 @@ INT_LIMIT = 2**31 - 1024     # per-image pixel counts stay below this (int arith
 TILES: dict[str, tuple[int, int, int, int]] = simt16_tiles("128x128", "128x64", "64x64")
 VARIANTS = ("analytic", "tiled", "tensorop")
 F32 = np.dtype(np.float32)
-TENSOROP_PASSES: tuple[int, ...] = tuple(sorted(set(TENSOR_CORE_PASSES.values())))   # float32 only
 
 
 def tiles_for(dtype) -> tuple[str, ...]:
@@ -121,7 +120,7 @@ def _expressions() -> tuple[str, ...]:
         out.append(analytic_expression(dt, ix))
         out.extend(tiled_expression(dt, ix, t) for t in tiles_for(dt))
         if dt == F32:
-            out.extend(tensorop_expression(ix, t, n) for t in tiles_for(dt) for n in TENSOROP_PASSES)
+            out.extend(tensorop_expression(ix, t, n) for t in tiles_for(dt) for n in SIMT16_TENSOROP_PASSES)
     return tuple(out) + flag_expressions()
 
 
@@ -177,11 +176,8 @@ def supports(config: DgradConfig, p: ConvProblem, dtype=np.float32) -> tuple[boo
         return False, "an image has >= 2^31 - 1024 pixels: the tiled kernel indexes pixels within an image in int"
     if config.tile not in tiles_for(dtype):
         return False, f"tile {config.tile!r} is not instantiated for {np.dtype(dtype)} (have {tiles_for(dtype)})"
-    if config.variant == "tensorop" and np.dtype(dtype) != F32:
-        return False, f"the tensorop variant is float32 (TF32) only, not {np.dtype(dtype)}"
-    if config.variant == "tensorop" and config.passes not in TENSOROP_PASSES:
-        return False, f"{config.passes} tensor-core passes are not instantiated (have {TENSOROP_PASSES})"
-    why = grid_reason(tiled_grid(p, config.tile), "stride phases")
+    why = (simt16_tensorop_reason(config, dtype) if config.variant == "tensorop" else "") or \
+        grid_reason(tiled_grid(p, config.tile), "stride phases")
     return not why, why
 
 
@@ -203,9 +199,8 @@ def choose_dgrad_config(p: ConvProblem, dtype, precision: str = "ieee") -> Dgrad
     tiled = DgradConfig("tiled", choose_tile(p, dtype), index)
     if not supports(tiled, p, dtype)[0]:
         return DgradConfig("analytic", None, index)
-    if np.dtype(dtype) == F32 and precision in TENSOR_CORE_PASSES:
-        return DgradConfig("tensorop", tiled.tile, index, TENSOR_CORE_PASSES[precision])
-    return tiled
+    passes = simt16_tensorop_passes(dtype, precision)
+    return tiled if passes is None else DgradConfig("tensorop", tiled.tile, index, passes)
 
 
 # ---------------------------------------------------------------------------------------------------------

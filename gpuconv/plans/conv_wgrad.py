@@ -12,8 +12,11 @@ Variants (`WgradConfig.variant`):
     [splits, T*R*S*C/G, K] (allocated by gpuconv/kernel_backend/conv_wgrad.py with executor.xp) and
     `conv_wgrad_reduce` sums the splits in split order and converts once: deterministic, no atomics.
     Tiles (BM x BN, thread tile TM x TN): 128x128 (8x8), 128x64 (8x4), 64x128 (4x8), 64x64 (4x4).
+  * ``tensorop`` - `conv_wgrad_tensorop<Index, BM, BN, Passes>`: the tiled kernel with each stage multiplied on
+    tensor cores as TF32 (Passes 1) or 3xTF32 (3), float32 only; same tiles, grid, splits and reduction (8 warps
+    of (BM/2) x (BN/4)).
 
-Chooser rules (`choose_wgrad_config`, a pure function of the problem and the dtype):
+Chooser rules (`choose_wgrad_config`, a pure function of the problem, the dtype and the float32 precision):
   1. index type: ``long long`` when some tensor has >= 2^31 elements, else ``int``.
   2. ``tiled`` unless `supports` says it cannot run (an extent beyond int, more than 65535 groups or splits,
      too many tiles); then ``analytic``. Where that cannot run either (T*R*S*C/G >= 2^31, dw past the grid),
@@ -24,6 +27,9 @@ Chooser rules (`choose_wgrad_config`, a pure function of the problem and the dty
      MIN_KTILES_PER_SPLIT k-tiles of 8 rows, at MAX_SPLITS, and so that the workspace stays within
      WORKSPACE_LIMIT bytes; then normalised (k_per_split = ceil(k-tiles / splits) * 8, splits =
      ceil(gemm_k / k_per_split)) so no split is empty.
+  5. float32 under precision "tf32" / "3xtf32" (what the kernel backend passes: the caller's
+     gpuconv.float32_precision, "ieee" on GPUs below sm_80) runs ``tensorop`` with the tile and splits of rules 3
+     and 4 and Passes = TENSOR_CORE_PASSES[precision]; "ieee" (the default) never does.
 
 Launch sequence (`wgrad_plans`):
   * analytic: [conv_wgrad_analytic] (it skips absent taps itself).
@@ -34,8 +40,10 @@ Launch sequence (`wgrad_plans`):
     range, so padding never multiplies dy, with the same partial/reduce structure (plans/conv_common.py).
     `nonfinite` is a zeroed 1-element int32 array the caller allocates (kernel_backend/conv_wgrad.py:
     xp.zeros); `needs_nonfinite_flag(config)` says whether a plan takes it.
+  * tensorop: the same with the flag run over x too (TF32 rounds and 3xTF32 splits x: inf * 0 parts), so a
+    non-finite x or dy is computed by formula.
 
-Tests may force fields with `forced_config(variant=..., tile=..., splits=...)` (read by `config_for`).
+Tests may force fields with `forced_config(variant=..., tile=..., splits=..., passes=...)` (read by `config_for`).
 """
 from __future__ import annotations
 
@@ -49,9 +57,10 @@ from ..dtypes import FLOAT_DTYPES, accumulator_dtype, ctype
 from ..geometry import ConvProblem
 from ..kernel_source import KernelFamily, LaunchHint
 from . import LaunchPlan, ceil_div, index_scalar, index_type
-from .conv_common import (GRID_X_MAX, GRID_YZ_MAX, INDEX_TYPES, SIMT16_BLOCK, SIMT16_TILE_K, SM_COUNT, ForcedFields,
-                          apply_forced, checked_config, config_reason, filter_elements, flag_expressions,
-                          flagged_launch, grid_reason, output_elements, problem_scalars, simt16_tiles,
+from .conv_common import (GRID_X_MAX, GRID_YZ_MAX, INDEX_TYPES, SIMT16_BLOCK, SIMT16_TENSOROP_PASSES, SIMT16_TILE_K,
+                          SM_COUNT, ForcedFields, apply_forced, checked_config, config_reason, filter_elements,
+                          flag_expressions, flagged_launch, grid_reason, input_elements, output_elements,
+                          problem_scalars, simt16_tensorop_passes, simt16_tensorop_reason, simt16_tiles,
                           simt16_tiles_for, tile_grid)
 from .conv_common import needs_nonfinite_flag  # noqa: F401 (re-exported: the kernel backend asks here)
 
@@ -64,7 +73,7 @@ WORKSPACE_LIMIT = 256 * 2**20     # bytes of split-K partials
 MAX_BLOCKS = 32768                # grid cap of the grid-stride reduce kernel
 
 TILES: dict[str, tuple[int, int, int, int]] = simt16_tiles("128x128", "128x64", "64x128", "64x64")
-VARIANTS = ("analytic", "tiled")
+VARIANTS = ("analytic", "tiled", "tensorop")
 
 
 def tiles_for(dtype) -> tuple[str, ...]:
@@ -73,12 +82,14 @@ def tiles_for(dtype) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class WgradConfig:
-    """A wgrad kernel choice: variant, tile and split-K count (tiled only), C++ index type."""
+    """A wgrad kernel choice: variant, tile and split-K count (tiled and tensorop), C++ index type, tensor-core
+    passes (tensorop)."""
 
-    variant: str                 # "analytic" | "tiled"
+    variant: str                 # "analytic" | "tiled" | "tensorop"
     tile: str | None = None
     splits: int = 1
     index: str = "int"
+    passes: int = 1              # tensor-core products per product ("tensorop": 1 TF32, 3 3xTF32)
 
 
 def _out_ctype(dtype, splits: int) -> str:
@@ -95,6 +106,20 @@ def tiled_expression(dtype, index: str, tile: str, splits: int) -> str:
     return f"conv_wgrad_tiled<{ctype(dtype)}, {_out_ctype(dtype, splits)}, {index}, {bm}, {bn}, {tm}, {tn}>"
 
 
+def tensorop_expression(index: str, tile: str, passes: int) -> str:
+    bm, bn, _, _ = TILES[tile]
+    return f"conv_wgrad_tensorop<{index}, {bm}, {bn}, {passes}>"
+
+
+def config_expression(config: WgradConfig, dtype) -> str:
+    """The name expression a configuration's main kernel launches (besides the flag and the reduction)."""
+    if config.variant == "analytic":
+        return analytic_expression(dtype, config.index)
+    if config.variant == "tensorop":
+        return tensorop_expression(config.index, config.tile, config.passes)
+    return tiled_expression(dtype, config.index, config.tile, config.splits)
+
+
 def reduce_expression(dtype, index: str) -> str:
     return f"conv_wgrad_reduce<{ctype(dtype)}, {index}>"
 
@@ -108,6 +133,8 @@ def _expressions() -> tuple[str, ...]:
             out.append(tiled_expression(dt, ix, t, 1))
             if accumulator_dtype(dt) != dt:
                 out.append(tiled_expression(dt, ix, t, 2))
+        if dt == np.float32:
+            out.extend(tensorop_expression(ix, t, n) for t in tiles_for(dt) for n in SIMT16_TENSOROP_PASSES)
     return tuple(out) + flag_expressions()
 
 
@@ -148,7 +175,7 @@ def dw_elements(p: ConvProblem) -> int:
 
 def workspace_elements(config: WgradConfig, p: ConvProblem) -> int:
     """Elements of the accumulator-dtype workspace the plans need (0: none)."""
-    if config.variant != "tiled" or config.splits == 1:
+    if config.variant == "analytic" or config.splits == 1:
         return 0
     return config.splits * dw_elements(p)
 
@@ -177,6 +204,9 @@ def supports(config: WgradConfig, p: ConvProblem, dtype=np.float32) -> tuple[boo
         return True, ""
     if config.tile not in tiles_for(dtype):
         return False, f"tile {config.tile!r} is not instantiated for {np.dtype(dtype)} (have {tiles_for(dtype)})"
+    why = simt16_tensorop_reason(config, dtype) if config.variant == "tensorop" else ""
+    if why:
+        return False, why
     if config.splits < 1 or config.splits != normalise_splits(p, config.splits):
         return False, (f"splits={config.splits} is not a normalised split count for gemm_k "
                        f"{p.N * p.Z * p.P * p.Q} (normalise_splits gives {normalise_splits(p, config.splits)})")
@@ -208,14 +238,15 @@ def choose_splits(p: ConvProblem, dtype, tile: str) -> int:
     return normalise_splits(p, splits)
 
 
-def choose_wgrad_config(p: ConvProblem, dtype) -> WgradConfig:
-    """The wgrad configuration for problem p and dtype (rules in the module docstring); pure."""
+def choose_wgrad_config(p: ConvProblem, dtype, precision: str = "ieee") -> WgradConfig:
+    """The wgrad configuration for problem p, dtype and float32 precision (rules in the module docstring); pure."""
     index = index_type(p.needs_int64())
     tile = choose_tile(p, dtype)
     tiled = WgradConfig("tiled", tile, choose_splits(p, dtype, tile), index)
-    if supports(tiled, p, dtype)[0]:
-        return tiled
-    return WgradConfig("analytic", None, 1, index)
+    if not supports(tiled, p, dtype)[0]:
+        return WgradConfig("analytic", None, 1, index)
+    passes = simt16_tensorop_passes(dtype, precision)
+    return tiled if passes is None else dataclasses.replace(tiled, variant="tensorop", passes=passes)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -225,14 +256,14 @@ _forced = ForcedFields("wgrad", WgradConfig)
 
 
 def forced_config(**fields):
-    """Force WgradConfig fields (variant, tile, splits, index) for the calls inside (tests)."""
+    """Force WgradConfig fields (variant, tile, splits, index, passes) for the calls inside (tests)."""
     return _forced.force(**fields)
 
 
-def config_for(p: ConvProblem, dtype) -> WgradConfig:
+def config_for(p: ConvProblem, dtype, precision: str = "ieee") -> WgradConfig:
     """choose_wgrad_config with any forced_config fields applied (a forced split count is normalised);
     ValueError if the result cannot run."""
-    config = choose_wgrad_config(p, dtype)
+    config = choose_wgrad_config(p, dtype, precision)
     fields = _forced.get()
     if fields:
         config = apply_forced(config, fields, choose_tile(p, dtype), tile=None, splits=1)
@@ -260,8 +291,9 @@ def wgrad_plans(config: WgradConfig, p: ConvProblem, x, dy, dw, workspace=None, 
     out = dw if config.splits == 1 else workspace
     if out is None:
         raise ValueError("split-K wgrad needs a workspace of workspace_elements(config, p) elements")
-    plans = flagged_launch(FAMILY.name, [(dy, output_elements(p))], config.index, nonfinite,
-                           tiled_expression(dtype, config.index, config.tile, config.splits),
+    # TF32 rounds and 3xTF32 splits x: a non-finite x is computed by formula too (module docstring).
+    flagged = [(dy, output_elements(p))] + ([(x, input_elements(p))] if config.variant == "tensorop" else [])
+    plans = flagged_launch(FAMILY.name, flagged, config.index, nonfinite, config_expression(config, dtype),
                            tiled_grid(p, config.tile, config.splits), BLOCK,
                            (x, dy, out, nonfinite) + scalars + (np.int32(nt), kps))
     if config.splits > 1:
