@@ -21,8 +21,9 @@
 //                              their tiles by the analytic formula, in which absent taps never multiply;
 //   * nvcuda::wmma (emulator)  the WMMA subset tensor-op kernels use, for the CPU emulator only;
 //   * TensorOpMath, tensorop_stage   how the tensor-op kernels multiply a shared-memory stage on tensor cores
-//                              (half; TF32 and 3xTF32 for opt-in float32); simt16x16::TensorOpWarpTile, the
-//                              warp tiles, main-loop step and epilogue of the backprop kernels' tensor-op variants.
+//                              (half; TF32 and 3xTF32 for opt-in float32); simt16x16::BackpropStage and
+//                              TensorOpWarpTile, the shared-memory stages of the backprop kernels and the warp
+//                              tiles, main-loop step and epilogue of their tensor-op variants.
 //
 // Canonical layout (channels-last, always three spatial dimensions; 2-D is depth 1):
 //   x (N, D, H, W, C)    w (T, R, S, C/G, K)    y (N, Z, P, Q, K)
@@ -614,14 +615,35 @@ __device__ __forceinline__ void tensorop_stage(Acc (&acc)[kFragsM][kFragsN], con
 }
 
 namespace simt16x16 {
+// How the backprop kernels (conv_dgrad_tiled, conv_wgrad_tiled and their tensor-op variants) stage a k-tile in
+// shared memory, by Passes:
+//   0      SIMT: k-tiles of kTileK (8) gemm_k rows held as accumulators (half converted to float once, at the
+//          store), rows padded by kSmemPad;
+//   1, 3   tensor cores, TensorOpMath<Element, Passes> (Math): k-tiles of one mma k-step (8 for TF32, 16 for
+//          half) of the elements themselves, rows padded by 16 bytes (WMMA's ldm must be a multiple of 16 bytes;
+//          the padding also spreads the transposed stores over the banks).
+template <typename Element, int Passes, bool kTensorOp = (Passes > 0)>
+struct BackpropStage {
+    typedef typename Accum<Element>::type Smem;
+    static constexpr int kBK = kTileK, kPad = kSmemPad;
+};
+template <typename Element, int Passes>
+struct BackpropStage<Element, Passes, true> {
+    typedef TensorOpMath<Element, Passes> Math;
+    typedef Element Smem;
+    static constexpr int kBK = Math::kK, kPad = 16 / int(sizeof(Element));
+};
+
 // The tensor-op counterpart of SimtThreadTile for the backprop kernels' stages (conv_dgrad_tensorop,
 // conv_wgrad_tensorop): the 8 warps of the block in 2 x 4, each owning a (BM/2) x (BN/4) warp tile of 16 x 16
 // float accumulator fragments; one TensorOpMath k-step per k-tile. Both kernels keep A's shared stage k-major,
-// [k][m] (a column-major operand), and B's as [k][n] (row-major), with the padded rows of kSmemPad.
-template <typename Math, int BM, int BN>
+// [k][m] (a column-major operand), and B's as [k][n] (row-major), rows padded as BackpropStage says.
+template <typename Element, int Passes, int BM, int BN>
 struct TensorOpWarpTile {
+    typedef BackpropStage<Element, Passes> Stage;
+    typedef typename Stage::Math Math;
     static constexpr int kWarpsN = 4, kWM = BM / 2, kWN = BN / kWarpsN, kFragsM = kWM / 16, kFragsN = kWN / 16;
-    static_assert(Math::kK == kTileK && kWM % 16 == 0 && kWN % 16 == 0, "one tensor-op k-step per k-tile");
+    static_assert(kWM % 16 == 0 && kWN % 16 == 0, "warp tiles of whole 16 x 16 fragments");
     nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, Math::kK, float> acc[kFragsM][kFragsN];
     const int warp, lane, warp_m, warp_n;  // warp_m, warp_n: the warp tile's first row and column
 
@@ -633,10 +655,10 @@ struct TensorOpWarpTile {
             for (int j = 0; j < kFragsN; ++j) nvcuda::wmma::fill_fragment(acc[i][j], 0.0f);
     }
 
-    // The main-loop step over one stage: sa = &As[stage][0][0] ([k][BM + kSmemPad]), sb = &Bs[stage][0][0].
-    __device__ __forceinline__ void stage(const float* sa, const float* sb) {
-        tensorop_stage<Math, nvcuda::wmma::col_major, kTileK, kFragsM, kFragsN, BM + kSmemPad, BN + kSmemPad>(
-            acc, sa + warp_m, sb + warp_n);
+    // The main-loop step over one stage: sa = &As[stage][0][0] ([k][BM + pad]), sb = &Bs[stage][0][0].
+    __device__ __forceinline__ void stage(const Element* sa, const Element* sb) {
+        tensorop_stage<Math, nvcuda::wmma::col_major, Stage::kBK, kFragsM, kFragsN, BM + Stage::kPad,
+                       BN + Stage::kPad>(acc, sa + warp_m, sb + warp_n);
     }
 
     // The epilogue: every accumulator, staged fragment by fragment through the warp's 16 x 16 float tile of

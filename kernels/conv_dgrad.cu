@@ -18,8 +18,9 @@
 //                        (out of range) as zeros and multiplies them; so it takes a flag that
 //                        conv_nonfinite_flag (conv_common.cuh) sets when w holds inf or NaN, and then computes
 //                        its tile with dgrad_element, the analytic kernel's per-element sum.
-//   conv_dgrad_tensorop  conv_dgrad_tiled on tensor cores, float32 only, when the caller opts in to TF32 or
-//                        3xTF32 (gpuconv.float32_precision); its flag covers dy as well as w.
+//   conv_dgrad_tensorop  conv_dgrad_tiled on tensor cores: float16 (WMMA 16x16x16, k-tiles of 16), and float32
+//                        when the caller opts in to TF32 or 3xTF32 (gpuconv.float32_precision; its flag then
+//                        covers dy as well as w).
 #include "conv_common.cuh"
 
 namespace gpuconv {
@@ -179,25 +180,28 @@ conv_dgrad_analytic(const Element* __restrict__ dy, const Element* __restrict__ 
 // Each tap owns ceil(Kg / BK) k-tiles (k >= Kg is predicated to zero), so a k-tile never straddles two taps
 // and the dy/w addresses change only when the tap does. No multiply touches an inserted zero of the
 // zero-upsampled dy: taps that miss a phase are never iterated.
-// Passes = 0: SIMT multiply-adds (SimtThreadTile). Passes = 1 / 3 (float only, conv_dgrad_tensorop): the same
-// tiles multiplied on tensor cores as TF32 / 3xTF32 (TensorOpMath; warp tiles, main-loop step and epilogue of
-// simt16x16::TensorOpWarpTile, conv_common.cuh).
+// Passes = 0: SIMT multiply-adds (SimtThreadTile). Passes = 1 / 3 (conv_dgrad_tensorop): the same tiles multiplied
+// on tensor cores (TensorOpMath: half, or float as TF32 / 3xTF32; shared-memory stages of
+// simt16x16::BackpropStage; warp tiles, main-loop step and epilogue of simt16x16::TensorOpWarpTile).
 template <typename Element, typename Idx, int BM, int BN, int TM, int TN, int Passes = 0>
 __device__ __forceinline__ void dgrad_tiled(const Element* __restrict__ dy, const Element* __restrict__ w,
                                             Element* __restrict__ dx, const int* __restrict__ nonfinite,
                                             const ConvProblemSize<Idx>& pr, int n_tiles) {
     typedef typename Accum<Element>::type Acc;
     typedef SimtThreadTile<BM, BN, TM, TN> ThreadTile;
+    typedef simt16x16::BackpropStage<Element, Passes> Stage;
+    typedef typename Stage::Smem Smem;
     GPUCONV_CONV_PROBLEM_LOCALS(pr);
     static_assert(BM / TM == 16 && BN / TN == 16, "16 x 16 threads per CTA");
-    constexpr int kElemsA = BM * kTileK / kThreads;          // A elements each thread loads per k-tile
-    constexpr int kElemsB = BN * kTileK / kThreads;
-    constexpr int kThreadsPerRowA = kTileK / kElemsA;
-    constexpr int kThreadsPerRowB = kTileK / kElemsB;
+    constexpr int BK = Stage::kBK, kStrideA = BM + Stage::kPad, kStrideB = BN + Stage::kPad;
+    constexpr int kElemsA = BM * BK / kThreads;              // A elements each thread loads per k-tile
+    constexpr int kElemsB = BN * BK / kThreads;
+    constexpr int kThreadsPerRowA = BK / kElemsA;
+    constexpr int kThreadsPerRowB = BK / kElemsB;
 
     // 32-byte alignment: WMMA fragment pointers (the tensor-op path) must be 256-bit aligned.
-    __shared__ __align__(32) Acc As[2][kTileK][BM + kSmemPad];
-    __shared__ __align__(32) Acc Bs[2][kTileK][BN + kSmemPad];
+    __shared__ __align__(32) Smem As[2][BK][kStrideA];
+    __shared__ __align__(32) Smem Bs[2][BK][kStrideB];
 
     // ---- problem size of this CTA's (phase, group) ------------------------------------------------------
     const int phase = blockIdx.z;
@@ -239,7 +243,7 @@ __device__ __forceinline__ void dgrad_tiled(const Element* __restrict__ dy, cons
         }
         return;
     }
-    const int ktiles_per_tap = (Kg + kTileK - 1) / kTileK;
+    const int ktiles_per_tap = (Kg + BK - 1) / BK;
     const int k_tiles = ax_d.ntaps * ax_h.ntaps * ax_w.ntaps * ktiles_per_tap;
 
     const int tid = threadIdx.x;
@@ -284,18 +288,18 @@ __device__ __forceinline__ void dgrad_tiled(const Element* __restrict__ dy, cons
         tap_update();
     };
 
-    Acc a_reg[kElemsA], b_reg[kElemsB];
+    Smem a_reg[kElemsA], b_reg[kElemsB];
     auto load_tile = [&]() {
-        const int kbase = kt_in_tap * kTileK;
+        const int kbase = kt_in_tap * BK;
 #pragma unroll
         for (int e = 0; e < kElemsA; ++e) {
             const int k = kbase + a_k + e;
-            a_reg[e] = (a_valid && k < Kg) ? to_accum(dy[a_off + k]) : Acc(0);
+            a_reg[e] = (a_valid && k < Kg) ? SmemCast<Smem>::apply(dy[a_off + k]) : zero_element<Smem>();
         }
 #pragma unroll
         for (int e = 0; e < kElemsB; ++e) {
             const int k = kbase + b_k + e;
-            b_reg[e] = (b_col_valid && k < Kg) ? to_accum(w[b_off + k]) : Acc(0);
+            b_reg[e] = (b_col_valid && k < Kg) ? SmemCast<Smem>::apply(w[b_off + k]) : zero_element<Smem>();
         }
     };
     auto store_tile = [&](int buf) {
@@ -322,8 +326,8 @@ __device__ __forceinline__ void dgrad_tiled(const Element* __restrict__ dy, cons
             pipelined_main_loop(
                 k_tiles, [&]() { tap_update(); load_tile(); }, [&]() { tap_advance(); load_tile(); }, store_tile,
                 [&](int stage) {
-                    ThreadTile::template mma_stage<kTileK, BM + kSmemPad, BN + kSmemPad>(acc, &As[stage][0][0],
-                                                                                         &Bs[stage][0][0], ty, tx);
+                    ThreadTile::template mma_stage<BK, kStrideA, kStrideB>(acc, &As[stage][0][0], &Bs[stage][0][0],
+                                                                           ty, tx);
                 });
         }
 
@@ -340,7 +344,7 @@ __device__ __forceinline__ void dgrad_tiled(const Element* __restrict__ dy, cons
             }
         }
     } else {
-        simt16x16::TensorOpWarpTile<TensorOpMath<Element, Passes>, BM, BN> warp_tile(tid);
+        simt16x16::TensorOpWarpTile<Element, Passes, BM, BN> warp_tile(tid);
 
         // ---- main loop: as above, each stage multiplied on tensor cores ----------------------------------
         if (k_tiles > 0) {
@@ -364,16 +368,17 @@ conv_dgrad_tiled(const Element* __restrict__ dy, const Element* __restrict__ w, 
                                               n_tiles);
 }
 
-// The tiled kernel on tensor cores for float32 the caller allows TF32 for (Passes 1: TF32, 3: 3xTF32); launch
-// bounds: simt16x16::tensorop_min_blocks. Below sm_80 it traps (plans choose it only on sm_80+).
-template <typename Idx, int BM, int BN, int Passes>
+// The tiled kernel on tensor cores (Element __half with Passes 1; float for the caller's TF32 (1) or 3xTF32 (3));
+// launch bounds: simt16x16::tensorop_min_blocks. The float instantiations trap below sm_80 (plans choose them only
+// on sm_80+).
+template <typename Element, typename Idx, int BM, int BN, int Passes>
 __global__ void __launch_bounds__(kThreads, simt16x16::tensorop_min_blocks(BM, BN, Passes))
-conv_dgrad_tensorop(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
+conv_dgrad_tensorop(const Element* __restrict__ dy, const Element* __restrict__ w, Element* __restrict__ dx,
                     const int* __restrict__ nonfinite, GPUCONV_CONV_PROBLEM_PARAMS(Idx), int n_tiles) {
-    if constexpr (!TensorOpMath<float, Passes>::kAvailable) {
+    if constexpr (!TensorOpMath<Element, Passes>::kAvailable) {
         __trap();
     } else {
-        dgrad_tiled<float, Idx, BM, BN, BM / 16, BN / 16, Passes>(
+        dgrad_tiled<Element, Idx, BM, BN, BM / 16, BN / 16, Passes>(
             dy, w, dx, nonfinite, ConvProblemSize<Idx>(GPUCONV_CONV_PROBLEM_ARGS), n_tiles);
     }
 }

@@ -12,8 +12,9 @@
 //                        split-K over gemm_k (blockIdx.z). With one split it writes dw directly; with more,
 //                        each split writes an Acc partial tile to a workspace [splits, T*R*S*Cg, K] and
 //   conv_wgrad_reduce    sums the splits in split order (deterministic) and converts to the output dtype.
-//   conv_wgrad_tensorop  conv_wgrad_tiled on tensor cores, float32 only, when the caller opts in to TF32 or
-//                        3xTF32 (gpuconv.float32_precision); same splits and reduction; its flag covers x as well.
+//   conv_wgrad_tensorop  conv_wgrad_tiled on tensor cores: float16 (WMMA 16x16x16, k-tiles of 16), and float32
+//                        when the caller opts in to TF32 or 3xTF32 (gpuconv.float32_precision; its flag then
+//                        covers x as well); same splits and reduction.
 // The tiled kernel loads x cells of padding as zeros and multiplies them by dy; it takes a flag that
 // conv_nonfinite_flag (conv_common.cuh) sets when dy holds inf or NaN, and then computes each split's partial
 // with wgrad_element, the analytic kernel's sum restricted to the split's range (absent taps never multiply).
@@ -110,7 +111,8 @@ conv_wgrad_analytic(const Element* __restrict__ x, const Element* __restrict__ d
 // conv_wgrad_tiled
 // ---------------------------------------------------------------------------------------------------------
 // Problem size -> tile iterators -> main loop -> epilogue, per CTA:
-//   blockIdx.z = split (gemm_k range [split*k_per_split, min(+k_per_split, gemm_k)), k_per_split % BK == 0)
+//   blockIdx.z = split (gemm_k range [split*k_per_split, min(+k_per_split, gemm_k)); k_per_split % 8 == 0, so
+//                a split's last k-tile of 16 rows (half on tensor cores) may be partial: rows past it load zeros)
 //   blockIdx.y = group g
 //   blockIdx.x = tile_m * n_tiles + tile_n
 // GEMM of one group (gemm_m = Kg, gemm_n = Cg*T*R*S, gemm_k = N*Z*P*Q):
@@ -118,26 +120,31 @@ conv_wgrad_analytic(const Element* __restrict__ x, const Element* __restrict__ d
 //   B[kk, col] = x[n, z*sd + t*dil_d - pd, p*sh + r*dil_h - ph, q*sw + s*dil_w - pw, g*Cg + c],
 //                col = tap*Cg + c,  tap = (t*R + r)*S + s
 //   out[split][col*K + g*Kg + m] = sum_{kk in split} A[kk, m] * B[kk, col]   (= dw's own element order)
-// Both operands are contiguous along m / col, so a warp loads one gemm_k row of 64..128 consecutive elements.
+// Both operands are contiguous along m / col, so kThreads / BK consecutive threads load one gemm_k row of 64..128
+// consecutive elements.
 // Each thread's gemm_n columns are fixed for the whole main loop (tap offsets computed once); its gemm_k row
 // advances by BK per k-tile with an incremental (n, z, p, q) carry, no division in the loop.
-// Passes = 0: SIMT multiply-adds (SimtThreadTile). Passes = 1 / 3 (float only, conv_wgrad_tensorop): the same
-// stages multiplied on tensor cores as TF32 / 3xTF32 (TensorOpMath, simt16x16::TensorOpWarpTile).
+// Passes = 0: SIMT multiply-adds (SimtThreadTile). Passes = 1 / 3 (conv_wgrad_tensorop): the same tiles multiplied
+// on tensor cores (TensorOpMath: half, or float as TF32 / 3xTF32; simt16x16::BackpropStage, TensorOpWarpTile).
 template <typename Element, typename Out, typename Idx, int BM, int BN, int TM, int TN, int Passes = 0>
 __device__ __forceinline__ void wgrad_tiled(const Element* __restrict__ x, const Element* __restrict__ dy,
                                             Out* __restrict__ out, const int* __restrict__ nonfinite,
                                             const ConvProblemSize<Idx>& pr, int n_tiles, Idx k_per_split) {
     typedef typename Accum<Element>::type Acc;
     typedef SimtThreadTile<BM, BN, TM, TN> ThreadTile;
+    typedef simt16x16::BackpropStage<Element, Passes> Stage;
+    typedef typename Stage::Smem Smem;
     GPUCONV_CONV_PROBLEM_LOCALS(pr);
     static_assert(BM / TM == 16 && BN / TN == 16, "16 x 16 threads per CTA");
-    constexpr int kElemsA = BM * kTileK / kThreads;           // consecutive m each thread loads per k-tile
-    constexpr int kElemsB = BN * kTileK / kThreads;           // consecutive columns each thread loads
-    static_assert(BM / kElemsA == 32 && BN / kElemsB == 32, "one warp per gemm_k row of a tile");
+    constexpr int BK = Stage::kBK, kStrideA = BM + Stage::kPad, kStrideB = BN + Stage::kPad;
+    constexpr int kThreadsPerRow = kThreads / BK;             // threads loading one gemm_k row: 32 (BK 8), 16 (BK 16)
+    constexpr int kElemsA = BM / kThreadsPerRow;              // consecutive m each thread loads per k-tile
+    constexpr int kElemsB = BN / kThreadsPerRow;              // consecutive columns each thread loads
+    static_assert(kElemsA * kThreadsPerRow == BM && kElemsB * kThreadsPerRow == BN, "whole rows per thread group");
 
     // 32-byte alignment: WMMA fragment pointers (the tensor-op path) must be 256-bit aligned.
-    __shared__ __align__(32) Acc As[2][kTileK][BM + kSmemPad];
-    __shared__ __align__(32) Acc Bs[2][kTileK][BN + kSmemPad];
+    __shared__ __align__(32) Smem As[2][BK][kStrideA];
+    __shared__ __align__(32) Smem Bs[2][BK][kStrideB];
 
     // ---- problem size of this CTA's (split, group) ------------------------------------------------------
     const int g = blockIdx.y;
@@ -147,7 +154,7 @@ __device__ __forceinline__ void wgrad_tiled(const Element* __restrict__ x, const
     const Idx gemm_k = (Idx)N * Z * P * Q;
     const Idx k_begin = (Idx)blockIdx.z * k_per_split;
     const Idx k_end = k_begin + k_per_split < gemm_k ? k_begin + k_per_split : gemm_k;
-    const int k_tiles = k_begin < k_end ? (int)((k_end - k_begin + kTileK - 1) / kTileK) : 0;
+    const int k_tiles = k_begin < k_end ? (int)((k_end - k_begin + BK - 1) / BK) : 0;
     const int m0 = tile_m * BM, n0 = tile_n * BN;
     Out* out_split = out + (Idx)blockIdx.z * ((Idx)gemm_n * K);  // dw, or this split's workspace slice
     if (*nonfinite) {
@@ -170,10 +177,10 @@ __device__ __forceinline__ void wgrad_tiled(const Element* __restrict__ x, const
     const int tx = tid % 16, ty = tid / 16;
 
     // ---- tile iterators ---------------------------------------------------------------------------------
-    // Row: the thread's gemm_k row within a k-tile (one warp per row); pixel (pn, pz, pp, pq) of that row.
-    const int row = tid / 32;
-    const int a_m = (tid % 32) * kElemsA;                    // A columns a_m .. a_m + kElemsA - 1 of the tile
-    const int b_col = (tid % 32) * kElemsB;                  // B columns
+    // Row: the thread's gemm_k row within a k-tile (kThreadsPerRow threads per row); pixel (pn, pz, pp, pq).
+    const int row = tid / kThreadsPerRow;
+    const int a_m = (tid % kThreadsPerRow) * kElemsA;        // A columns a_m .. a_m + kElemsA - 1 of the tile
+    const int b_col = (tid % kThreadsPerRow) * kElemsB;      // B columns
     Idx kk = k_begin + row;
     int pn = 0, pz = 0, pp = 0, pq = 0;
     {
@@ -184,8 +191,8 @@ __device__ __forceinline__ void wgrad_tiled(const Element* __restrict__ x, const
         pn = (int)(rest / Z);
     }
     auto row_advance = [&]() {                               // kk += BK with carry through (n, z, p, q)
-        kk += kTileK;
-        pq += kTileK;
+        kk += BK;
+        pq += BK;
         while (pq >= Q) {
             pq -= Q;
             if (++pp == P) { pp = 0; if (++pz == Z) { pz = 0; ++pn; } }
@@ -208,13 +215,13 @@ __device__ __forceinline__ void wgrad_tiled(const Element* __restrict__ x, const
     }
     const Idx a_col_base = (Idx)g * Kg + m0 + a_m;
 
-    Acc a_reg[kElemsA], b_reg[kElemsB];
+    Smem a_reg[kElemsA], b_reg[kElemsB];
     auto load_tile = [&]() {
         const bool row_valid = kk < k_end;
 #pragma unroll
         for (int e = 0; e < kElemsA; ++e) {
             const bool ok = row_valid && m0 + a_m + e < Kg;
-            a_reg[e] = ok ? to_accum(dy[kk * K + a_col_base + e]) : Acc(0);
+            a_reg[e] = ok ? SmemCast<Smem>::apply(dy[kk * K + a_col_base + e]) : zero_element<Smem>();
         }
         const int zb = pz * sd, hb = pp * sh, wb = pq * sw;
 #pragma unroll
@@ -222,7 +229,8 @@ __device__ __forceinline__ void wgrad_tiled(const Element* __restrict__ x, const
             const int xd = zb + col_dz[e], xh = hb + col_dh[e], xw = wb + col_dw[e];
             const bool ok = row_valid && col_valid[e] && xd >= 0 && xd < D && xh >= 0 && xh < H &&
                             xw >= 0 && xw < W;
-            b_reg[e] = ok ? to_accum(x[((((Idx)pn * D + xd) * H + xh) * W + xw) * C + col_c[e]]) : Acc(0);
+            b_reg[e] = ok ? SmemCast<Smem>::apply(x[((((Idx)pn * D + xd) * H + xh) * W + xw) * C + col_c[e]])
+                          : zero_element<Smem>();
         }
     };
     auto store_tile = [&](int buf) {
@@ -241,8 +249,8 @@ __device__ __forceinline__ void wgrad_tiled(const Element* __restrict__ x, const
             pipelined_main_loop(
                 k_tiles, load_tile, [&]() { row_advance(); load_tile(); }, store_tile,
                 [&](int stage) {
-                    ThreadTile::template mma_stage<kTileK, BM + kSmemPad, BN + kSmemPad>(acc, &As[stage][0][0],
-                                                                                         &Bs[stage][0][0], ty, tx);
+                    ThreadTile::template mma_stage<BK, kStrideA, kStrideB>(acc, &As[stage][0][0], &Bs[stage][0][0],
+                                                                           ty, tx);
                 });
         }
 
@@ -259,7 +267,7 @@ __device__ __forceinline__ void wgrad_tiled(const Element* __restrict__ x, const
             }
         }
     } else {
-        simt16x16::TensorOpWarpTile<TensorOpMath<Element, Passes>, BM, BN> warp_tile(tid);
+        simt16x16::TensorOpWarpTile<Element, Passes, BM, BN> warp_tile(tid);
 
         // ---- main loop: as above, each stage multiplied on tensor cores ----------------------------------
         if (k_tiles > 0) {
@@ -286,18 +294,18 @@ conv_wgrad_tiled(const Element* __restrict__ x, const Element* __restrict__ dy, 
                                                    k_per_split);
 }
 
-// The tiled kernel on tensor cores for float32 the caller allows TF32 for (Passes 1: TF32, 3: 3xTF32), writing dw
-// (one split) or the float workspace; launch bounds: simt16x16::tensorop_min_blocks. Below sm_80 it traps (plans
-// choose it only on sm_80+).
-template <typename Idx, int BM, int BN, int Passes>
+// The tiled kernel on tensor cores (Element __half with Passes 1; float for the caller's TF32 (1) or 3xTF32 (3)),
+// writing dw (Out = Element, one split) or the float workspace (Out = float); launch bounds:
+// simt16x16::tensorop_min_blocks. The float instantiations trap below sm_80 (plans choose them only on sm_80+).
+template <typename Element, typename Out, typename Idx, int BM, int BN, int Passes>
 __global__ void __launch_bounds__(kThreads, simt16x16::tensorop_min_blocks(BM, BN, Passes))
-conv_wgrad_tensorop(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ out,
+conv_wgrad_tensorop(const Element* __restrict__ x, const Element* __restrict__ dy, Out* __restrict__ out,
                     const int* __restrict__ nonfinite, GPUCONV_CONV_PROBLEM_PARAMS(Idx), int n_tiles,
                     Idx k_per_split) {
-    if constexpr (!TensorOpMath<float, Passes>::kAvailable) {
+    if constexpr (!TensorOpMath<Element, Passes>::kAvailable) {
         __trap();
     } else {
-        wgrad_tiled<float, float, Idx, BM, BN, BM / 16, BN / 16, Passes>(
+        wgrad_tiled<Element, Out, Idx, BM, BN, BM / 16, BN / 16, Passes>(
             x, dy, out, nonfinite, ConvProblemSize<Idx>(GPUCONV_CONV_PROBLEM_ARGS), n_tiles, k_per_split);
     }
 }

@@ -441,18 +441,22 @@ def test_tf32_kernels_round_operands_and_3xtf32_multiplies_three_times():
 
 @gate_test
 @pytest.mark.parametrize("family", ["dgrad", "wgrad"])
-def test_backprop_tf32_kernels_take_column_major_a_tiles(family):
+def test_backprop_tensorop_kernels_take_column_major_a_tiles(family):
     """conv_dgrad_tensorop and conv_wgrad_tensorop read their [k][m] A stage (dy) as a column-major operand: per
-    8-deep k-tile of the 128x128 tile (8 warps of 64x32: 4 x 2 fragments) 8 m16n16k8 wmma.mma (.col.row) for TF32,
-    24 for 3xTF32."""
+    k-tile of the 128x128 tile (8 warps of 64x32: 4 x 2 fragments) 8 wmma.mma (.col.row) per pass: m16n16k8 on
+    tf32 operands for float32 (TF32 8, 3xTF32 24), m16n16k16 on halves for float16 (8, its k-tile 16 deep)."""
     import importlib
+    import numpy as np
     plans = importlib.import_module(f"gpuconv.plans.conv_{family}")
-    exprs = {n: plans.tensorop_expression("int", "128x128", n) for n in (1, 3)}
+    split = (1,) if family == "wgrad" else ()
+    cases = {(np.float32, 1): "m16n16k8.f32.tf32.tf32.f32", (np.float32, 3): "m16n16k8.f32.tf32.tf32.f32",
+             (np.float16, 1): "m16n16k16.f32.f32"}
+    exprs = {key: plans.tensorop_expression(key[0], "int", "128x128", *split, key[1]) for key in cases}
     ptx = _ptx(kernel_source.read_source(f"conv_{family}.cu"),
                cg.cupy_nvrtc_options(80, kernel_source.module_options()),
                tuple(f"gpuconv::{family}::{e}" for e in exprs.values()))
-    for passes, expr in exprs.items():
+    for (dtype, passes), expr in exprs.items():
         body = ptx.split(f".entry gpuconv::{family}::{expr}(")[1].split(".entry")[0]
         mma = [line.split()[0] for line in body.splitlines() if "mma.sync" in line]
-        assert set(mma) == {"wmma.mma.sync.aligned.col.row.m16n16k8.f32.tf32.tf32.f32"}, set(mma)
+        assert set(mma) == {f"wmma.mma.sync.aligned.col.row.{cases[dtype, passes]}"}, set(mma)
         assert len(mma) == 8 * passes

@@ -185,6 +185,41 @@ def test_wgrad_float16_float64(kernel_backend, case, config, dtype):
         check_wgrad(kernel_backend, xs, ws, kw, dtype, seed=7)
 
 
+# float16 on tensor cores (what the choosers pick for float16): every case, several tiles, split-K
+DGRAD_F16_TENSOROP = {"tensorop64x64": dict(variant="tensorop", tile="64x64", passes=1),
+                      "tensorop128x64": dict(variant="tensorop", tile="128x64", passes=1)}
+WGRAD_F16_TENSOROP = {"tensorop64x64_split1": dict(variant="tensorop", tile="64x64", splits=1, passes=1),
+                      "tensorop64x64_split3": dict(variant="tensorop", tile="64x64", splits=3, passes=1),
+                      "tensorop64x128_split2": dict(variant="tensorop", tile="64x128", splits=2, passes=1)}
+
+
+@pytest.mark.parametrize("config", list(DGRAD_F16_TENSOROP))
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_dgrad_float16_tensor_cores(kernel_backend, case, config):
+    _, xs, ws, kw = case
+    with DG.forced_config(**DGRAD_F16_TENSOROP[config]):
+        check_dgrad(kernel_backend, xs, ws, kw, F16, seed=len(xs) + ws[-1])
+
+
+@pytest.mark.parametrize("config", list(WGRAD_F16_TENSOROP))
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_wgrad_float16_tensor_cores(kernel_backend, case, config):
+    _, xs, ws, kw = case
+    with WG.forced_config(**WGRAD_F16_TENSOROP[config]):
+        check_wgrad(kernel_backend, xs, ws, kw, F16, seed=len(xs) + ws[-1])
+
+
+def test_float16_default_path_runs_on_tensor_cores(kernel_backend, monkeypatch):
+    from conftest import record_launches
+    launched = record_launches(monkeypatch, kernel_backend)
+    xs, ws, kw = (2, 9, 9, 24), (3, 3, 24, 20), dict(strides=2, padding="SAME")   # wgrad gemm_k 50: one split
+    check_dgrad(kernel_backend, xs, ws, kw, F16, seed=29)
+    check_wgrad(kernel_backend, xs, ws, kw, F16, seed=29)
+    kernels = [n for n in launched if "nonfinite_flag" not in n]
+    assert kernels == ["conv_dgrad_tensorop<__half, int, 64, 64, 1>",
+                       "conv_wgrad_tensorop<__half, __half, int, 64, 128, 1>"], launched   # gemm_n = 216
+
+
 # ---------------------------------------------------------------------------------------------------------
 # transposed convolution: every legal output_shape
 # ---------------------------------------------------------------------------------------------------------

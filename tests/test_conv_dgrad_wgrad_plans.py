@@ -16,7 +16,7 @@ from gpuconv.geometry import ConvProblem, conv_problem
 from gpuconv.plans import ceil_div
 from gpuconv.plans import conv_dgrad as DG
 from gpuconv.plans import conv_wgrad as WG
-from gpuconv.plans.conv_common import PROBLEM_PARAM_NAMES
+from gpuconv.plans.conv_common import PROBLEM_PARAM_NAMES, SIMT16_TENSOROP_PASSES
 
 F16, F32, F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 
@@ -68,20 +68,35 @@ def test_dgrad_float32_runs_on_tensor_cores_only_when_tf32_is_allowed(precision,
         assert tiled == DG.choose_dgrad_config(p, F32, "ieee") and tiled.variant == "tiled"
         c = DG.choose_dgrad_config(p, F32, precision)
         assert c == DG.DgradConfig("tensorop", tiled.tile, "int", passes)          # the same tile rule
-        assert DG.config_expression(c, F32) == f"conv_dgrad_tensorop<int, {DG.TILES[c.tile][0]}, " \
+        assert DG.config_expression(c, F32) == f"conv_dgrad_tensorop<float, int, {DG.TILES[c.tile][0]}, " \
                                                f"{DG.TILES[c.tile][1]}, {passes}>"
-        for dt in (F16, F64):                                                  # float32 only
+        for dt in (F16, F64):                                                  # the mode is float32's only
             assert DG.choose_dgrad_config(p, dt, precision) == DG.choose_dgrad_config(p, dt)
     assert DG.choose_dgrad_config(problem((2, 1, 8, 8, 8), (1, 3, 3, 8, 64)), F32, precision).variant == "analytic"
+
+
+def test_dgrad_float16_always_runs_on_tensor_cores():
+    for layer in RESNET50_3X3:
+        p = resnet(layer)
+        c = DG.choose_dgrad_config(p, F16)
+        assert c == DG.DgradConfig("tensorop", DG.choose_tile(p, F16), "int", 1)
+        assert DG.config_expression(c, F16) == f"conv_dgrad_tensorop<__half, int, {DG.TILES[c.tile][0]}, " \
+                                               f"{DG.TILES[c.tile][1]}, 1>"
+    # where the tiled kernel would not run, neither does the tensor-op one
+    assert DG.choose_dgrad_config(problem((2, 1, 8, 8, 8), (1, 3, 3, 8, 64)), F16).variant == "analytic"
+    assert DG.choose_dgrad_config(resnet(RESNET50_3X3[0]), F64).variant == "tiled"
 
 
 def test_dgrad_tensorop_refusals_say_why():
     p = problem((2, 1, 8, 8, 16), (1, 3, 3, 16, 8))
     assert DG.supports(DG.DgradConfig("tensorop", "64x64", "int", 1), p, F32) == (True, "")
-    ok, why = DG.supports(DG.DgradConfig("tensorop", "64x64", "int", 1), p, F16)
-    assert not ok and "float32 (TF32) only, not float16" in why
+    assert DG.supports(DG.DgradConfig("tensorop", "64x64", "int", 1), p, F16) == (True, "")
+    ok, why = DG.supports(DG.DgradConfig("tensorop", "64x64", "int", 1), p, F64)
+    assert not ok and "float16 or float32 only, not float64" in why
     ok, why = DG.supports(DG.DgradConfig("tensorop", "64x64", "int", 2), p, F32)
-    assert not ok and "2 tensor-core passes are not instantiated" in why
+    assert not ok and "2 tensor-core passes are not instantiated for float32" in why
+    ok, why = DG.supports(DG.DgradConfig("tensorop", "64x64", "int", 3), p, F16)
+    assert not ok and "3 tensor-core passes are not instantiated for float16" in why
 
 
 def test_dgrad_tf32_plans_flag_dy_as_well_as_w():
@@ -90,10 +105,15 @@ def test_dgrad_tf32_plans_flag_dy_as_well_as_w():
     flag = np.zeros(1, np.int32)
     plans = DG.dgrad_plans(DG.DgradConfig("tensorop", "64x64", "int", 3), p, dy, w, dx, flag)
     assert [pl.name_expression for pl in plans] == ["gpuconv::conv_nonfinite_flag<float, int>"] * 2 + [
-        "conv_dgrad_tensorop<int, 64, 64, 3>"]
+        "conv_dgrad_tensorop<float, int, 64, 64, 3>"]
     assert plans[0].args[0] is w and plans[1].args[0] is dy and int(plans[1].args[1]) == p.N * p.Z * p.P * p.Q * p.K
     assert plans[2].grid == DG.tiled_grid(p, "64x64")
     assert len(DG.dgrad_plans(DG.DgradConfig("tiled", "64x64", "int"), p, dy, w, dx, flag)) == 2
+    # float16 products are exact: its tensor-op plan flags w only, as the SIMT one does
+    half = [FakeArray(F16)] * 3
+    plans = DG.dgrad_plans(DG.DgradConfig("tensorop", "64x64", "int", 1), p, *half, flag)
+    assert [pl.name_expression for pl in plans] == ["gpuconv::conv_nonfinite_flag<__half, int>",
+                                                    "conv_dgrad_tensorop<__half, int, 64, 64, 1>"]
 
 
 def test_dgrad_float64_uses_the_64x64_tile():
@@ -221,21 +241,33 @@ def test_wgrad_float32_runs_on_tensor_cores_only_when_tf32_is_allowed(precision,
         assert c == WG.WgradConfig("tensorop", tiled.tile, tiled.splits, "int", passes)
         assert WG.workspace_elements(c, p) == WG.workspace_elements(tiled, p)
         bm, bn, _, _ = WG.TILES[c.tile]
-        assert WG.config_expression(c, F32) == f"conv_wgrad_tensorop<int, {bm}, {bn}, {passes}>"
-        for dt in (F16, F64):                                                  # float32 only
+        assert WG.config_expression(c, F32) == f"conv_wgrad_tensorop<float, float, int, {bm}, {bn}, {passes}>"
+        for dt in (F16, F64):                                                  # the mode is float32's only
             assert WG.choose_wgrad_config(p, dt, precision) == WG.choose_wgrad_config(p, dt)
     assert WG.choose_wgrad_config(HUGE, F32, precision) == WG.WgradConfig("tensorop", "64x64", 256, "long long",
                                                                           passes)
 
 
+def test_wgrad_float16_always_runs_on_tensor_cores():
+    for layer in RESNET50_3X3:
+        p = resnet(layer)
+        c = WG.choose_wgrad_config(p, F16)
+        assert c == WG.WgradConfig("tensorop", WG.choose_tile(p, F16), WG.choose_splits(p, F16, c.tile), "int", 1)
+        bm, bn, _, _ = WG.TILES[c.tile]
+        out = "__half" if c.splits == 1 else "float"                 # dw itself, or float partials
+        assert WG.config_expression(c, F16) == f"conv_wgrad_tensorop<__half, {out}, int, {bm}, {bn}, 1>"
+    assert WG.choose_wgrad_config(resnet(RESNET50_3X3[0]), F64).variant == "tiled"
+
+
 def test_wgrad_tensorop_refusals_say_why():
     assert WG.supports(WG.WgradConfig("tensorop", "64x128", 1, "int", 3), SMALL, F32) == (True, "")
-    ok, why = WG.supports(WG.WgradConfig("tensorop", "64x128", 1, "int", 1), SMALL, F16)
-    assert not ok and "float32 (TF32) only, not float16" in why
+    assert WG.supports(WG.WgradConfig("tensorop", "64x128", 1, "int", 1), SMALL, F16) == (True, "")
     ok, why = WG.supports(WG.WgradConfig("tensorop", "64x128", 1, "int", 2), SMALL, F32)
-    assert not ok and "2 tensor-core passes are not instantiated" in why
+    assert not ok and "2 tensor-core passes are not instantiated for float32" in why
+    ok, why = WG.supports(WG.WgradConfig("tensorop", "64x128", 1, "int", 3), SMALL, F16)
+    assert not ok and "3 tensor-core passes are not instantiated for float16" in why
     ok, why = WG.supports(WG.WgradConfig("tensorop", "64x64", 1, "int", 1), SMALL, F64)
-    assert not ok and "float32 (TF32) only, not float64" in why
+    assert not ok and "float16 or float32 only, not float64" in why
 
 
 def test_wgrad_tf32_plans_flag_x_as_well_as_dy():
@@ -246,7 +278,7 @@ def test_wgrad_tf32_plans_flag_x_as_well_as_dy():
     flag = np.zeros(1, np.int32)
     plans = WG.wgrad_plans(c, p, x, dy, dw, ws, flag)
     assert [pl.name_expression for pl in plans] == ["gpuconv::conv_nonfinite_flag<float, int>"] * 2 + [
-        "conv_wgrad_tensorop<int, 64, 64, 1>", "conv_wgrad_reduce<float, int>"]
+        "conv_wgrad_tensorop<float, float, int, 64, 64, 1>", "conv_wgrad_reduce<float, int>"]
     assert plans[0].args[0] is dy and plans[1].args[0] is x and int(plans[1].args[1]) == p.N * p.D * p.H * p.W * p.C
     assert plans[2].args[2] is ws and plans[2].grid == WG.tiled_grid(p, "64x64", c.splits)
     assert int(plans[2].args[-1]) == WG.k_per_split(p, c.splits)
@@ -276,24 +308,28 @@ def test_every_dgrad_plan_names_a_declared_expression(dtype):
     for p, index in itertools.product(PROBLEMS, ("int", "long long")):
         configs = [DG.DgradConfig("analytic", None, index)]
         configs += [DG.DgradConfig("tiled", t, index) for t in DG.tiles_for(dtype)]
+        configs += [DG.DgradConfig("tensorop", t, index, n) for t in DG.tiles_for(dtype)
+                    for n in SIMT16_TENSOROP_PASSES.get(dtype, ())]
         for c in configs:
             arrs = [FakeArray(dtype)] * 3
             flag = FakeArray(np.int32)
             plans = DG.dgrad_plans(c, p, *arrs, flag)
-            assert len(plans) == (2 if c.variant == "tiled" else 1)
-            if c.variant == "tiled":                     # the non-finite flag over w, then the GEMM
-                assert plans[0].name_expression in DG.FAMILY.name_expressions
-                assert plans[0].args[0] is arrs[1] and plans[0].args[2] is flag
-                assert plans[1].args[3] is flag
+            # the non-finite flag over w (float32 tensorop: and dy), then the GEMM
+            flags = 0 if c.variant == "analytic" else 2 if c.variant == "tensorop" and dtype == F32 else 1
+            assert len(plans) == flags + 1
+            if flags:
+                assert all(pl.name_expression in DG.FAMILY.name_expressions for pl in plans[:flags])
+                assert plans[0].args[0] is arrs[1] and all(pl.args[2] is flag for pl in plans[:flags])
+                assert plans[-1].args[3] is flag
             plan = plans[-1]
             assert plan.name_expression in DG.FAMILY.name_expressions
             assert plan.block == (256, 1, 1) and plan.shared_mem == 0
-            first = 4 if c.variant == "tiled" else 3
+            first = 3 if c.variant == "analytic" else 4
             scalars = plan.args[first:first + len(PROBLEM_PARAM_NAMES)]
             want = np.int64 if index == "long long" else np.int32
             assert all(type(s) is want for s in scalars)
             assert int(scalars[PROBLEM_PARAM_NAMES.index("groups")]) == p.groups
-            if c.variant == "tiled":
+            if c.variant != "analytic":
                 assert plan.grid == DG.tiled_grid(p, c.tile)
                 assert len(plan.args) == 4 + len(PROBLEM_PARAM_NAMES) + 1
             else:
@@ -307,16 +343,15 @@ def test_every_wgrad_plan_names_a_declared_expression(dtype):
         configs = [WG.WgradConfig("analytic", None, 1, index)]
         for t in WG.tiles_for(dtype):
             configs += [WG.WgradConfig("tiled", t, s, index) for s in {1, WG.normalise_splits(p, 3)}]
-            if dtype == F32:
-                configs += [WG.WgradConfig("tensorop", t, s, index, n) for s in {1, WG.normalise_splits(p, 3)}
-                            for n in (1, 3)]
+            configs += [WG.WgradConfig("tensorop", t, s, index, n) for s in {1, WG.normalise_splits(p, 3)}
+                        for n in SIMT16_TENSOROP_PASSES.get(dtype, ())]
         for c in configs:
             ws = FakeArray(acc) if WG.workspace_elements(c, p) else None
             dy, flag = FakeArray(dtype), FakeArray(np.int32)
             plans = WG.wgrad_plans(c, p, FakeArray(dtype), dy, FakeArray(dtype), ws, flag)
             assert all(pl.name_expression in WG.FAMILY.name_expressions for pl in plans)
-            if c.variant != "analytic":                  # the non-finite flag over dy first (tensorop: x too)
-                flags = 2 if c.variant == "tensorop" else 1
+            if c.variant != "analytic":                  # the non-finite flag over dy first (float32 tensorop: x too)
+                flags = 2 if c.variant == "tensorop" and dtype == F32 else 1
                 flag_plans, plans = plans[:flags], plans[flags:]
                 assert all(f.name_expression.startswith("gpuconv::conv_nonfinite_flag<") for f in flag_plans)
                 assert flag_plans[0].args[0] is dy and plans[0].args[3] is flag
@@ -326,8 +361,7 @@ def test_every_wgrad_plan_names_a_declared_expression(dtype):
                 assert tiled.args[2] is ws and tiled.grid[2] == c.splits
                 assert red.name_expression.startswith("conv_wgrad_reduce<") and red.args[0] is ws
                 assert int(red.args[2]) == WG.dw_elements(p) and int(red.args[3]) == c.splits
-                if c.variant == "tiled":                 # the accumulator-dtype partials (tensorop: float always)
-                    assert f", {'double' if dtype == F64 else 'float'}, " in tiled.name_expression
+                assert f", {'double' if dtype == F64 else 'float'}, " in tiled.name_expression   # partials
             else:
                 assert len(plans) == 1
 

@@ -9,10 +9,10 @@ once on a GPU:
   * conv_fprop: every configuration of plans.conv_fprop._all_configs() (analytic, tiled per tile and vector
     width, tensorop; int and long long), forced with override_config: a 2-D problem with scalar channels,
     dilation and explicit padding for V = 1, a grouped 3-D strided problem for V > 1 and tensorop.
-  * conv_dgrad / conv_wgrad: analytic and every tile per dtype and index type, float32 also on tensor cores
-    (tensorop, TF32 and 3xTF32; wgrad with one split and with split-K, which adds the reduce kernel and, for
-    float16, the float-partial instantiation), forced with forced_config, on a grouped 3-D problem with stride
-    phases and dilation.
+  * conv_dgrad / conv_wgrad: analytic and every tile per dtype and index type, float16 and float32 also on tensor
+    cores (tensorop: float16, float32 as TF32 and 3xTF32; wgrad with one split and with split-K, which adds the
+    reduce kernel and, for float16, the float-partial instantiations), forced with forced_config, on a grouped
+    3-D problem with stride phases and dilation.
   * pool: every (dtype, VEC, index type) with force_vec; max_pool, max_pool_with_argmax (int32 and int64),
     max_pool_grad and, for floats, avg_pool, avg_pool_grad and avg_unpool.
   * unpool: every (value dtype, argmax type, index type): max_unpool (the five scatter passes) and
@@ -154,9 +154,9 @@ def grad_cases(op):
             for tile in DG.tiles_for(dt):
                 yield pytest.param(dt, dict(variant="tiled", tile=tile, index=ix),
                                    {DG.tiled_expression(dt, ix, tile), flag}, id=f"{dt}-{tile}-{ix}".replace(" ", ""))
-                for passes in SIMT16_TENSOROP_PASSES if dt == F32 else ():
+                for passes in SIMT16_TENSOROP_PASSES.get(dt, ()):
                     yield pytest.param(dt, dict(variant="tensorop", tile=tile, index=ix, passes=passes),
-                                       {DG.tensorop_expression(ix, tile, passes), flag},
+                                       {DG.tensorop_expression(dt, ix, tile, passes), flag},
                                        id=f"{dt}-tensorop-{tile}-p{passes}-{ix}".replace(" ", ""))
             continue
         yield pytest.param(dt, dict(variant="analytic", index=ix), {WG.analytic_expression(dt, ix)},
@@ -168,8 +168,8 @@ def grad_cases(op):
                     expected.add(WG.reduce_expression(dt, ix))
                 yield pytest.param(dt, dict(variant="tiled", tile=tile, splits=splits, index=ix), expected,
                                    id=f"{dt}-{tile}-split{splits}-{ix}".replace(" ", ""))
-                for passes in SIMT16_TENSOROP_PASSES if dt == F32 else ():
-                    expected = {WG.tensorop_expression(ix, tile, passes), flag}
+                for passes in SIMT16_TENSOROP_PASSES.get(dt, ()):
+                    expected = {WG.tensorop_expression(dt, ix, tile, splits, passes), flag}
                     if splits > 1:
                         expected.add(WG.reduce_expression(dt, ix))
                     fields = dict(variant="tensorop", tile=tile, splits=splits, index=ix, passes=passes)
@@ -192,8 +192,8 @@ def test_conv_dgrad_instantiation(kernel_backend, monkeypatch, dtype, fields, ex
     ref = oracle(fn, GRAD_X, w, dy, **GRAD_KW)
     bound = oracle(fn, GRAD_X, np.abs(w).astype(np.float64), np.abs(dy).astype(np.float64), **GRAD_KW)
 
-    # tensorop with one pass is TF32 (3xTF32 meets float32's tolerance)
-    rtol = TF32_RTOL if fields["variant"] == "tensorop" and fields["passes"] == 1 else None
+    # float32 tensorop with one pass is TF32 (3xTF32 meets float32's tolerance; float16 products are exact)
+    rtol = TF32_RTOL if dtype == F32 and fields["variant"] == "tensorop" and fields["passes"] == 1 else None
 
     def compute():
         with DG.forced_config(**fields):
@@ -210,7 +210,7 @@ def test_conv_wgrad_instantiation(kernel_backend, monkeypatch, dtype, fields, ex
     ref = oracle(fn, x, GRAD_W, dy, **GRAD_KW)
     bound = oracle(fn, np.abs(x).astype(np.float64), GRAD_W, np.abs(dy).astype(np.float64), **GRAD_KW)
 
-    rtol = TF32_RTOL if fields["variant"] == "tensorop" and fields["passes"] == 1 else None
+    rtol = TF32_RTOL if dtype == F32 and fields["variant"] == "tensorop" and fields["passes"] == 1 else None
 
     def compute():
         with WG.forced_config(**fields):

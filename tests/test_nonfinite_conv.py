@@ -274,6 +274,20 @@ def test_fprop_tensorop_float16(poison):
 
 
 @pytest.mark.emulator
+@pytest.mark.parametrize("poison", ["inf_and_neg_inf", "nan_border"])
+@pytest.mark.parametrize("kind,fields", [("dgrad", dict(variant="tensorop", tile="64x64", passes=1)),
+                                         ("transpose", dict(variant="tensorop", tile="128x64", passes=1)),
+                                         ("wgrad", dict(variant="tensorop", tile="64x64", splits=2, passes=1))])
+def test_dgrad_wgrad_tensorop_float16(kind, fields, poison):
+    # float16's default backprop kernels: the flag (over w, dy for wgrad) routes their tiles to the formula too
+    problem = PROBLEMS[1] if kind != "transpose" else PROBLEMS[2]
+    x, w, dy = make_inputs(kind, problem, poison, F16)
+    with forcing(kind, fields):
+        got = run_op("emulator", kind, problem, x, w, dy)
+    assert_nonfinite_equal(got, reference(kind, problem, x, w, dy), F16)
+
+
+@pytest.mark.emulator
 @pytest.mark.parametrize("dtype", [F16, F64])
 def test_tiled_dgrad_wgrad_other_dtypes(dtype):
     problem = PROBLEMS[1]

@@ -176,24 +176,34 @@ def simt16_tiles_for(tiles, dtype) -> tuple[str, ...]:
     return ("64x64",) if np.dtype(dtype) == np.float64 else tuple(tiles)
 
 
-# Their tensor-op variants (conv_dgrad_tensorop, conv_wgrad_tensorop: simt16x16::TensorOpWarpTile): float32 only,
-# TF32 (1 pass) or 3xTF32 (3), chosen when the caller's float32 precision allows it.
-SIMT16_TENSOROP_PASSES: tuple[int, ...] = tuple(sorted(set(TENSOR_CORE_PASSES.values())))
+# Their tensor-op variants (conv_dgrad_tensorop, conv_wgrad_tensorop: simt16x16::TensorOpWarpTile) and the
+# tensor-core passes per product instantiated per dtype: float16 always (1: products exact in float), float32 as
+# TF32 (1) or 3xTF32 (3) when the caller's float32 precision allows it.
+SIMT16_TENSOROP_PASSES: dict[np.dtype, tuple[int, ...]] = {
+    np.dtype(np.float16): (1,), np.dtype(np.float32): tuple(sorted(set(TENSOR_CORE_PASSES.values())))}
 
 
 def simt16_tensorop_passes(dtype, precision: str) -> int | None:
     """The Passes a backprop chooser runs its tensorop variant with for `dtype` under float32 `precision` (None:
-    the SIMT kernel)."""
+    the SIMT kernel): float16 1, float32 TENSOR_CORE_PASSES[precision] ("ieee": None), float64 None."""
+    if np.dtype(dtype) == np.float16:
+        return 1
     return TENSOR_CORE_PASSES.get(precision) if np.dtype(dtype) == np.float32 else None
 
 
 def simt16_tensorop_reason(config, dtype) -> str:
     """'' when a backprop tensorop configuration is instantiated for `dtype`, else why not."""
-    if np.dtype(dtype) != np.float32:
-        return f"the tensorop variant is float32 (TF32) only, not {np.dtype(dtype)}"
-    if config.passes not in SIMT16_TENSOROP_PASSES:
-        return f"{config.passes} tensor-core passes are not instantiated (have {SIMT16_TENSOROP_PASSES})"
+    passes = SIMT16_TENSOROP_PASSES.get(np.dtype(dtype))
+    if passes is None:
+        return f"the tensorop variant is float16 or float32 only, not {np.dtype(dtype)}"
+    if config.passes not in passes:
+        return f"{config.passes} tensor-core passes are not instantiated for {np.dtype(dtype)} (have {passes})"
     return ""
+
+
+def simt16_uses_tf32(config, dtype) -> bool:
+    """Whether a backprop configuration rounds float32 operands to TF32 (its plan then flags both operands)."""
+    return config.variant == "tensorop" and np.dtype(dtype) == np.float32
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -9,13 +9,14 @@ Variants (`DgradConfig.variant`):
     threads); always correct.
   * ``tiled`` - `conv_dgrad_tiled`: implicit GEMM per (stride phase, group) in ONE launch:
     gemm_m = N * ceil(D/sd)*ceil(H/sh)*ceil(W/sw) (dx pixels of the phase), gemm_n = C/G,
-    gemm_k = taps of the phase x ceil((K/G) / 8) * 8. A stride phase is the set of dx pixels with equal
+    gemm_k = taps of the phase x ceil((K/G) / BK) * BK (BK = 8; 16 for float16 on tensor cores). A stride phase is the set of dx pixels with equal
     (d + pad_d) mod stride_d (per axis); only the ~T/sd x R/sh x S/sw taps that hit a phase are iterated, so no
     multiply touches an inserted zero of the zero-upsampled dy. Grid: x = m-tiles x n-tiles (n fastest),
     y = groups, z = stride_d*stride_h*stride_w phases; 256 threads; static shared memory (double-buffered
     BM x 8 and 8 x BN tiles). Tiles (BM x BN, thread tile TM x TN): 128x128 (8x8), 128x64 (8x4), 64x64 (4x4).
-  * ``tensorop`` - `conv_dgrad_tensorop<Index, BM, BN, Passes>`: the tiled kernel with each stage multiplied on
-    tensor cores as TF32 (Passes 1) or 3xTF32 (3), float32 only, same tiles and grid (8 warps of (BM/2) x (BN/4)).
+  * ``tensorop`` - `conv_dgrad_tensorop<Element, Index, BM, BN, Passes>`: the tiled kernel with each stage
+    multiplied on tensor cores, same tiles and grid (8 warps of (BM/2) x (BN/4)): float16 (WMMA 16x16x16, k-tiles
+    of 16 halves, Passes 1) and float32 as TF32 (Passes 1) or 3xTF32 (3).
 
 Chooser rules (`choose_dgrad_config`, a pure function of the problem and the dtype):
   1. index type: ``long long`` when some tensor has >= 2^31 elements (ConvProblem.needs_int64()), else ``int``.
@@ -28,9 +29,10 @@ Chooser rules (`choose_dgrad_config`, a pure function of the problem and the dty
      keeps gemm_n utilisation >= 75 % (C/G over the padded tile width) and launches >= TARGET_CTAS CTAs
      (2 waves of 132 SMs, H100 SXM / H200; a fixed SM count, no device query); if none launches that many,
      the usable tile with the most CTAs.
-  4. float32 under precision "tf32" / "3xtf32" (what the kernel backend passes: the caller's
-     gpuconv.float32_precision, "ieee" on GPUs below sm_80) runs ``tensorop`` with the tile of rule 3 and
-     Passes = TENSOR_CORE_PASSES[precision]; "ieee" (the default) never does.
+  4. float16 runs ``tensorop`` with the tile of rule 3 (Passes 1), and so does float32 under precision "tf32" /
+     "3xtf32" (what the kernel backend passes: the caller's gpuconv.float32_precision, "ieee" on GPUs below
+     sm_80) with Passes = TENSOR_CORE_PASSES[precision]; float32 under "ieee" (the default) and float64 run
+     ``tiled``.
 
 Launch sequence (`dgrad_plans`):
   * analytic: [conv_dgrad_analytic] (it skips absent taps itself).
@@ -40,8 +42,8 @@ Launch sequence (`dgrad_plans`):
     kernel's per-element sum, so absent taps never multiply (plans/conv_common.py). `nonfinite` is a zeroed
     1-element int32 array the caller allocates (kernel_backend/conv_dgrad.py: xp.zeros);
     `needs_nonfinite_flag(config)` says whether a plan takes it.
-  * tensorop: the same with the flag run over dy too (TF32 rounds and 3xTF32 splits dy: inf * 0 parts), so a
-    non-finite dy or w is computed by formula.
+  * tensorop: the same; for float32 the flag runs over dy too (TF32 rounds and 3xTF32 splits dy: inf * 0 parts),
+    so a non-finite dy or w is computed by formula.
 
 Tests may force a configuration with `forced_config(variant=..., tile=...)` (a context manager read by
 `config_for`, which the kernel backend calls); the chooser itself stays pure.
@@ -61,7 +63,7 @@ from .conv_common import (GRID_X_MAX, INDEX_TYPES, SIMT16_BLOCK, SIMT16_TENSOROP
                           ForcedFields, apply_forced, checked_config, config_reason, filter_elements,
                           flag_expressions, flagged_launch, grid_reason, input_elements, output_elements,
                           problem_scalars, simt16_tensorop_passes, simt16_tensorop_reason, simt16_tiles,
-                          simt16_tiles_for, tile_grid)
+                          simt16_tiles_for, simt16_uses_tf32, tile_grid)
 from .conv_common import needs_nonfinite_flag  # noqa: F401 (re-exported: the kernel backend asks here)
 
 BLOCK = SIMT16_BLOCK         # threads of every dgrad kernel
@@ -73,7 +75,6 @@ INT_LIMIT = 2**31 - 1024     # per-image pixel counts stay below this (int arith
 # name -> (BM, BN, TM, TN); every configuration runs 16 x 16 threads.
 TILES: dict[str, tuple[int, int, int, int]] = simt16_tiles("128x128", "128x64", "64x64")
 VARIANTS = ("analytic", "tiled", "tensorop")
-F32 = np.dtype(np.float32)
 
 
 def tiles_for(dtype) -> tuple[str, ...]:
@@ -88,7 +89,7 @@ class DgradConfig:
     variant: str                 # "analytic" | "tiled" | "tensorop"
     tile: str | None = None      # a TILES key for "tiled" and "tensorop"
     index: str = "int"           # "int" | "long long"
-    passes: int = 1              # tensor-core products per product ("tensorop": 1 TF32, 3 3xTF32)
+    passes: int = 1              # tensor-core products per product ("tensorop": 1 float16 / TF32, 3 3xTF32)
 
 
 def analytic_expression(dtype, index: str) -> str:
@@ -100,9 +101,9 @@ def tiled_expression(dtype, index: str, tile: str) -> str:
     return f"conv_dgrad_tiled<{ctype(dtype)}, {index}, {bm}, {bn}, {tm}, {tn}>"
 
 
-def tensorop_expression(index: str, tile: str, passes: int) -> str:
+def tensorop_expression(dtype, index: str, tile: str, passes: int) -> str:
     bm, bn, _, _ = TILES[tile]
-    return f"conv_dgrad_tensorop<{index}, {bm}, {bn}, {passes}>"
+    return f"conv_dgrad_tensorop<{ctype(dtype)}, {index}, {bm}, {bn}, {passes}>"
 
 
 def config_expression(config: DgradConfig, dtype) -> str:
@@ -110,7 +111,7 @@ def config_expression(config: DgradConfig, dtype) -> str:
     if config.variant == "analytic":
         return analytic_expression(dtype, config.index)
     if config.variant == "tensorop":
-        return tensorop_expression(config.index, config.tile, config.passes)
+        return tensorop_expression(dtype, config.index, config.tile, config.passes)
     return tiled_expression(dtype, config.index, config.tile)
 
 
@@ -119,8 +120,7 @@ def _expressions() -> tuple[str, ...]:
     for dt, ix in itertools.product(FLOAT_DTYPES, INDEX_TYPES):
         out.append(analytic_expression(dt, ix))
         out.extend(tiled_expression(dt, ix, t) for t in tiles_for(dt))
-        if dt == F32:
-            out.extend(tensorop_expression(ix, t, n) for t in tiles_for(dt) for n in SIMT16_TENSOROP_PASSES)
+        out.extend(tensorop_expression(dt, ix, t, n) for t in tiles_for(dt) for n in SIMT16_TENSOROP_PASSES.get(dt, ()))
     return tuple(out) + flag_expressions()
 
 
@@ -240,7 +240,7 @@ def dgrad_plans(config: DgradConfig, p: ConvProblem, dy, w, dx, nonfinite=None) 
                            (dy, w, dx) + scalars)]
     n_tiles = ceil_div(p.group_c, TILES[config.tile][1])
     # TF32 rounds and 3xTF32 splits dy: a non-finite dy is computed by formula too (module docstring).
-    flagged = [(w, filter_elements(p))] + ([(dy, output_elements(p))] if config.variant == "tensorop" else [])
+    flagged = [(w, filter_elements(p))] + ([(dy, output_elements(p))] if simt16_uses_tf32(config, dtype) else [])
     return flagged_launch(FAMILY.name, flagged, config.index, nonfinite,
                           config_expression(config, dtype), tiled_grid(p, config.tile), BLOCK,
                           (dy, w, dx, nonfinite) + scalars + (np.int32(n_tiles),))

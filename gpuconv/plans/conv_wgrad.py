@@ -12,9 +12,10 @@ Variants (`WgradConfig.variant`):
     [splits, T*R*S*C/G, K] (allocated by gpuconv/kernel_backend/conv_wgrad.py with executor.xp) and
     `conv_wgrad_reduce` sums the splits in split order and converts once: deterministic, no atomics.
     Tiles (BM x BN, thread tile TM x TN): 128x128 (8x8), 128x64 (8x4), 64x128 (4x8), 64x64 (4x4).
-  * ``tensorop`` - `conv_wgrad_tensorop<Index, BM, BN, Passes>`: the tiled kernel with each stage multiplied on
-    tensor cores as TF32 (Passes 1) or 3xTF32 (3), float32 only; same tiles, grid, splits and reduction (8 warps
-    of (BM/2) x (BN/4)).
+  * ``tensorop`` - `conv_wgrad_tensorop<Element, Out, Index, BM, BN, Passes>`: the tiled kernel with each stage
+    multiplied on tensor cores, same tiles, grid, splits and reduction (8 warps of (BM/2) x (BN/4)): float16 (WMMA
+    16x16x16, k-tiles of 16 rows, Passes 1; a split's last k-tile may be half empty, k_per_split being a multiple
+    of 8) and float32 as TF32 (Passes 1) or 3xTF32 (3).
 
 Chooser rules (`choose_wgrad_config`, a pure function of the problem, the dtype and the float32 precision):
   1. index type: ``long long`` when some tensor has >= 2^31 elements, else ``int``.
@@ -27,9 +28,10 @@ Chooser rules (`choose_wgrad_config`, a pure function of the problem, the dtype 
      MIN_KTILES_PER_SPLIT k-tiles of 8 rows, at MAX_SPLITS, and so that the workspace stays within
      WORKSPACE_LIMIT bytes; then normalised (k_per_split = ceil(k-tiles / splits) * 8, splits =
      ceil(gemm_k / k_per_split)) so no split is empty.
-  5. float32 under precision "tf32" / "3xtf32" (what the kernel backend passes: the caller's
-     gpuconv.float32_precision, "ieee" on GPUs below sm_80) runs ``tensorop`` with the tile and splits of rules 3
-     and 4 and Passes = TENSOR_CORE_PASSES[precision]; "ieee" (the default) never does.
+  5. float16 runs ``tensorop`` with the tile and splits of rules 3 and 4 (Passes 1), and so does float32 under
+     precision "tf32" / "3xtf32" (what the kernel backend passes: the caller's gpuconv.float32_precision, "ieee"
+     on GPUs below sm_80) with Passes = TENSOR_CORE_PASSES[precision]; float32 under "ieee" (the default) and
+     float64 run ``tiled``.
 
 Launch sequence (`wgrad_plans`):
   * analytic: [conv_wgrad_analytic] (it skips absent taps itself).
@@ -40,8 +42,8 @@ Launch sequence (`wgrad_plans`):
     range, so padding never multiplies dy, with the same partial/reduce structure (plans/conv_common.py).
     `nonfinite` is a zeroed 1-element int32 array the caller allocates (kernel_backend/conv_wgrad.py:
     xp.zeros); `needs_nonfinite_flag(config)` says whether a plan takes it.
-  * tensorop: the same with the flag run over x too (TF32 rounds and 3xTF32 splits x: inf * 0 parts), so a
-    non-finite x or dy is computed by formula.
+  * tensorop: the same; for float32 the flag runs over x too (TF32 rounds and 3xTF32 splits x: inf * 0 parts),
+    so a non-finite x or dy is computed by formula.
 
 Tests may force fields with `forced_config(variant=..., tile=..., splits=..., passes=...)` (read by `config_for`).
 """
@@ -61,7 +63,7 @@ from .conv_common import (GRID_X_MAX, GRID_YZ_MAX, INDEX_TYPES, SIMT16_BLOCK, SI
                           SM_COUNT, ForcedFields, apply_forced, checked_config, config_reason, filter_elements,
                           flag_expressions, flagged_launch, grid_reason, input_elements, output_elements,
                           problem_scalars, simt16_tensorop_passes, simt16_tensorop_reason, simt16_tiles,
-                          simt16_tiles_for, tile_grid)
+                          simt16_tiles_for, simt16_uses_tf32, tile_grid)
 from .conv_common import needs_nonfinite_flag  # noqa: F401 (re-exported: the kernel backend asks here)
 
 BLOCK = SIMT16_BLOCK
@@ -89,7 +91,7 @@ class WgradConfig:
     tile: str | None = None
     splits: int = 1
     index: str = "int"
-    passes: int = 1              # tensor-core products per product ("tensorop": 1 TF32, 3 3xTF32)
+    passes: int = 1              # tensor-core products per product ("tensorop": 1 float16 / TF32, 3 3xTF32)
 
 
 def _out_ctype(dtype, splits: int) -> str:
@@ -106,9 +108,9 @@ def tiled_expression(dtype, index: str, tile: str, splits: int) -> str:
     return f"conv_wgrad_tiled<{ctype(dtype)}, {_out_ctype(dtype, splits)}, {index}, {bm}, {bn}, {tm}, {tn}>"
 
 
-def tensorop_expression(index: str, tile: str, passes: int) -> str:
+def tensorop_expression(dtype, index: str, tile: str, splits: int, passes: int) -> str:
     bm, bn, _, _ = TILES[tile]
-    return f"conv_wgrad_tensorop<{index}, {bm}, {bn}, {passes}>"
+    return f"conv_wgrad_tensorop<{ctype(dtype)}, {_out_ctype(dtype, splits)}, {index}, {bm}, {bn}, {passes}>"
 
 
 def config_expression(config: WgradConfig, dtype) -> str:
@@ -116,7 +118,7 @@ def config_expression(config: WgradConfig, dtype) -> str:
     if config.variant == "analytic":
         return analytic_expression(dtype, config.index)
     if config.variant == "tensorop":
-        return tensorop_expression(config.index, config.tile, config.passes)
+        return tensorop_expression(dtype, config.index, config.tile, config.splits, config.passes)
     return tiled_expression(dtype, config.index, config.tile, config.splits)
 
 
@@ -129,12 +131,12 @@ def _expressions() -> tuple[str, ...]:
     for dt, ix in itertools.product(FLOAT_DTYPES, INDEX_TYPES):
         out.append(analytic_expression(dt, ix))
         out.append(reduce_expression(dt, ix))
+        # one split writes dw in its dtype, more write accumulator-dtype partials: two Outs where they differ
+        split_kinds = (1,) if accumulator_dtype(dt) == dt else (1, 2)
         for t in tiles_for(dt):
-            out.append(tiled_expression(dt, ix, t, 1))
-            if accumulator_dtype(dt) != dt:
-                out.append(tiled_expression(dt, ix, t, 2))
-        if dt == np.float32:
-            out.extend(tensorop_expression(ix, t, n) for t in tiles_for(dt) for n in SIMT16_TENSOROP_PASSES)
+            out.extend(tiled_expression(dt, ix, t, s) for s in split_kinds)
+            out.extend(tensorop_expression(dt, ix, t, s, n) for s in split_kinds
+                       for n in SIMT16_TENSOROP_PASSES.get(dt, ()))
     return tuple(out) + flag_expressions()
 
 
@@ -292,7 +294,7 @@ def wgrad_plans(config: WgradConfig, p: ConvProblem, x, dy, dw, workspace=None, 
     if out is None:
         raise ValueError("split-K wgrad needs a workspace of workspace_elements(config, p) elements")
     # TF32 rounds and 3xTF32 splits x: a non-finite x is computed by formula too (module docstring).
-    flagged = [(dy, output_elements(p))] + ([(x, input_elements(p))] if config.variant == "tensorop" else [])
+    flagged = [(dy, output_elements(p))] + ([(x, input_elements(p))] if simt16_uses_tf32(config, dtype) else [])
     plans = flagged_launch(FAMILY.name, flagged, config.index, nonfinite, config_expression(config, dtype),
                            tiled_grid(p, config.tile, config.splits), BLOCK,
                            (x, dy, out, nonfinite) + scalars + (np.int32(nt), kps))
