@@ -67,28 +67,29 @@ def forward(fn, **kw):
     return (lambda x, w: fn(x, w, **kw)), "conv_fprop_tensorop<float,"
 
 
-def backward(x_shape, w_shape, nspatial, **kw):
-    """(call(dy, w), kernel, dy shape): the input gradient (= transposed conv) of a forward convolution."""
-    fn = gpuconv.conv2d_backprop_input if nspatial == 2 else gpuconv.conv3d_transpose
+def dy_shape_of(x_shape, w_shape, nspatial, **kw):
     conv = gpuconv.conv2d if nspatial == 2 else gpuconv.conv3d
-    dy_shape = oracle(conv, np.zeros(x_shape, np.float32), np.zeros(w_shape, np.float32), **kw).shape
+    return oracle(conv, np.zeros(x_shape, np.float32), np.zeros(w_shape, np.float32), **kw).shape
+
+
+def backward(x_shape, w_shape, nspatial, **kw):
+    """(call(dy, w), kernel, dy shape, w shape): the input gradient (= transposed conv) of a forward convolution."""
     if nspatial == 2:
-        call = lambda dy, w: fn(x_shape, w, dy, **kw)                         # noqa: E731
+        call = lambda dy, w: gpuconv.conv2d_backprop_input(x_shape, w, dy, **kw)          # noqa: E731
     else:
-        call = lambda dy, w: fn(dy, w, x_shape, **kw)                         # noqa: E731
-    return call, "conv_dgrad_tensorop<", dy_shape
+        call = lambda dy, w: gpuconv.conv3d_transpose(dy, w, x_shape, **kw)               # noqa: E731
+    return call, "conv_dgrad_tensorop<", dy_shape_of(x_shape, w_shape, nspatial, **kw), w_shape
 
 
 def filter_grad(x_shape, w_shape, nspatial, **kw):
-    """(call(x, dy), kernel, dy shape): the filter gradient of a forward convolution."""
+    """(call(x, dy), kernel, x shape, dy shape): the filter gradient of a forward convolution."""
     fn = gpuconv.conv2d_backprop_filter if nspatial == 2 else gpuconv.conv3d_backprop_filter
-    conv = gpuconv.conv2d if nspatial == 2 else gpuconv.conv3d
-    dy_shape = oracle(conv, np.zeros(x_shape, np.float32), np.zeros(w_shape, np.float32), **kw).shape
-    return (lambda x, dy: fn(x, w_shape, dy, **kw)), "conv_wgrad_tensorop<", dy_shape
+    return ((lambda x, dy: fn(x, w_shape, dy, **kw)), "conv_wgrad_tensorop<", x_shape,
+            dy_shape_of(x_shape, w_shape, nspatial, **kw))
 
 
 # Problems with partial tiles in m, n and k, strides (several dgrad phases), dilation, padding, groups; each
-# (call(a, b), a's shape, b's shape, the tensor-op kernel name).
+# (call(a, b), the tensor-op kernel name, a's shape, b's shape).
 def _cases():
     cases = {
         "2d-same": (*forward(gpuconv.conv2d, strides=1, padding="SAME"), (2, 9, 11, 12), (3, 3, 12, 20)),
@@ -102,16 +103,14 @@ def _cases():
             ("dgrad-2d-grouped-dilated", (1, 12, 9, 32), (3, 2, 16, 18), 2,
              dict(strides=[1, 1, 2, 1], padding="VALID", dilations=[1, 2, 1, 1])),
             ("transpose-3d", (1, 5, 6, 7, 16), (2, 3, 3, 16, 12), 3, dict(strides=[1, 1, 2, 2, 1], padding="SAME"))):
-        call, kernel, dy_shape = backward(x_shape, w_shape, nspatial, **kw)
-        cases[name] = (call, kernel, dy_shape, w_shape)
+        cases[name] = backward(x_shape, w_shape, nspatial, **kw)
     for name, x_shape, w_shape, nspatial, kw in (
             # gemm_k = 2*13*12 = 312 rows: two splits, the workspace and the reduction
             ("wgrad-2d-strided-split", (2, 25, 24, 16), (3, 3, 16, 20), 2, dict(strides=2, padding="SAME")),
             ("wgrad-2d-grouped-dilated", (1, 12, 9, 32), (3, 2, 16, 18), 2,
              dict(strides=[1, 1, 2, 1], padding="VALID", dilations=[1, 2, 1, 1])),
             ("wgrad-3d", (1, 5, 6, 7, 8), (2, 3, 3, 8, 12), 3, dict(strides=[1, 1, 2, 2, 1], padding="SAME"))):
-        call, kernel, dy_shape = filter_grad(x_shape, w_shape, nspatial, **kw)
-        cases[name] = (call, kernel, x_shape, dy_shape)
+        cases[name] = filter_grad(x_shape, w_shape, nspatial, **kw)
     return cases
 
 
