@@ -15,8 +15,8 @@ from ..precision import effective_precision, get_float32_precision
 
 def conv_dgrad(executor, dy, w, p: ConvProblem):
     """dx (N, D, H, W, C) of dy's dtype from dy (N, Z, P, Q, K) and w (T, R, S, C/G, K), canonical layout.
-    float32 may run on tensor cores (TF32 / 3xTF32) when gpuconv.float32_precision allows it and the device has
-    them."""
+    float16 runs on tensor cores; float32 may (TF32 / 3xTF32) when gpuconv.float32_precision allows it and the
+    device has them."""
     xp = executor.xp
     if p.is_empty:
         return xp.zeros(p.x_shape, dtype=dy.dtype)

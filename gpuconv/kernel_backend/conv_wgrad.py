@@ -16,8 +16,8 @@ from ..precision import effective_precision, get_float32_precision
 
 def conv_wgrad(executor, x, dy, p: ConvProblem):
     """dw (T, R, S, C/G, K) of x's dtype from x (N, D, H, W, C) and dy (N, Z, P, Q, K), canonical layout.
-    float32 may run on tensor cores (TF32 / 3xTF32) when gpuconv.float32_precision allows it and the device has
-    them."""
+    float16 runs on tensor cores; float32 may (TF32 / 3xTF32) when gpuconv.float32_precision allows it and the
+    device has them."""
     xp = executor.xp
     if p.is_empty:
         return xp.zeros(p.w_shape, dtype=x.dtype)
