@@ -26,9 +26,8 @@ Analytic plans need no flag (the analytic kernels skip absent taps).
 Also shared by the conv plan modules: grid limits and the grid of a tiled kernel (`tile_grid`, `grid_reason`),
 the first checks of a configuration (`config_reason`), the backprop kernels' 16 x 16-thread tiles
 (`SIMT16_TILES`) and their tensor-op variants (`simt16_tensorop_passes`, `simt16_tensorop_reason`,
-`simt16_uses_tf32`),
-forced-configuration context managers (`ForcedFields`, `apply_forced`) and the [flag, tiled kernel] launch pair
-(`flagged_launch`).
+`simt16_uses_tf32`), forced-configuration context managers (`ForcedFields`, `apply_forced`) and the
+[flag, tiled kernel] launch pair (`flagged_launch`).
 """
 from __future__ import annotations
 
