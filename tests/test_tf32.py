@@ -91,27 +91,22 @@ def filter_grad(x_shape, w_shape, nspatial, **kw):
 # Problems with partial tiles in m, n and k, strides (several dgrad phases), dilation, padding, groups; each
 # (call(a, b), the tensor-op kernel name, a's shape, b's shape).
 def _cases():
-    cases = {
+    return {
         "2d-same": (*forward(gpuconv.conv2d, strides=1, padding="SAME"), (2, 9, 11, 12), (3, 3, 12, 20)),
         "2d-strided-dilated": (*forward(gpuconv.conv2d, strides=[1, 2, 1, 1], dilations=[1, 1, 2, 1],
                                         padding=[[0, 0], [2, 1], [0, 3], [0, 0]]), (1, 13, 10, 8), (3, 2, 8, 132)),
         "2d-grouped": (*forward(gpuconv.conv2d, strides=[1, 1, 2, 1], padding="VALID"), (2, 7, 7, 16), (1, 3, 8, 24)),
         "3d": (*forward(gpuconv.conv3d, strides=[1, 2, 1, 1, 1], padding="SAME"), (1, 4, 5, 6, 8), (2, 3, 3, 8, 12)),
+        "dgrad-2d-strided": backward((2, 11, 10, 20), (3, 3, 20, 12), 2, strides=2, padding="SAME"),
+        "dgrad-2d-grouped-dilated": backward((1, 12, 9, 32), (3, 2, 16, 18), 2, strides=[1, 1, 2, 1],
+                                             padding="VALID", dilations=[1, 2, 1, 1]),
+        "transpose-3d": backward((1, 5, 6, 7, 16), (2, 3, 3, 16, 12), 3, strides=[1, 1, 2, 2, 1], padding="SAME"),
+        # gemm_k = 2*13*12 = 312 rows: two splits, the workspace and the reduction
+        "wgrad-2d-strided-split": filter_grad((2, 25, 24, 16), (3, 3, 16, 20), 2, strides=2, padding="SAME"),
+        "wgrad-2d-grouped-dilated": filter_grad((1, 12, 9, 32), (3, 2, 16, 18), 2, strides=[1, 1, 2, 1],
+                                                padding="VALID", dilations=[1, 2, 1, 1]),
+        "wgrad-3d": filter_grad((1, 5, 6, 7, 8), (2, 3, 3, 8, 12), 3, strides=[1, 1, 2, 2, 1], padding="SAME"),
     }
-    for name, x_shape, w_shape, nspatial, kw in (
-            ("dgrad-2d-strided", (2, 11, 10, 20), (3, 3, 20, 12), 2, dict(strides=2, padding="SAME")),
-            ("dgrad-2d-grouped-dilated", (1, 12, 9, 32), (3, 2, 16, 18), 2,
-             dict(strides=[1, 1, 2, 1], padding="VALID", dilations=[1, 2, 1, 1])),
-            ("transpose-3d", (1, 5, 6, 7, 16), (2, 3, 3, 16, 12), 3, dict(strides=[1, 1, 2, 2, 1], padding="SAME"))):
-        cases[name] = backward(x_shape, w_shape, nspatial, **kw)
-    for name, x_shape, w_shape, nspatial, kw in (
-            # gemm_k = 2*13*12 = 312 rows: two splits, the workspace and the reduction
-            ("wgrad-2d-strided-split", (2, 25, 24, 16), (3, 3, 16, 20), 2, dict(strides=2, padding="SAME")),
-            ("wgrad-2d-grouped-dilated", (1, 12, 9, 32), (3, 2, 16, 18), 2,
-             dict(strides=[1, 1, 2, 1], padding="VALID", dilations=[1, 2, 1, 1])),
-            ("wgrad-3d", (1, 5, 6, 7, 8), (2, 3, 3, 8, 12), 3, dict(strides=[1, 1, 2, 2, 1], padding="SAME"))):
-        cases[name] = filter_grad(x_shape, w_shape, nspatial, **kw)
-    return cases
 
 
 CASES = _cases()

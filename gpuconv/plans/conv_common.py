@@ -25,9 +25,9 @@ Analytic plans need no flag (the analytic kernels skip absent taps).
 
 Also shared by the conv plan modules: grid limits and the grid of a tiled kernel (`tile_grid`, `grid_reason`),
 the first checks of a configuration (`config_reason`), the backprop kernels' 16 x 16-thread tiles
-(`SIMT16_TILES`) and their tensor-op variants (`simt16_tensorop_passes`, `simt16_tensorop_reason`,
-`simt16_uses_tf32`), forced-configuration context managers (`ForcedFields`, `apply_forced`) and the
-[flag, tiled kernel] launch pair (`flagged_launch`).
+(`SIMT16_TILES`) and their tensor-op variants (`simt16_tensorop_passes`, `simt16_tensorop_reason`),
+forced-configuration context managers (`ForcedFields`, `apply_forced`), the [flag, tiled kernel] launch pair
+(`flagged_launch`) and whether a configuration runs TF32 (`uses_tf32`).
 """
 from __future__ import annotations
 
@@ -201,8 +201,9 @@ def simt16_tensorop_reason(config, dtype) -> str:
     return ""
 
 
-def simt16_uses_tf32(config, dtype) -> bool:
-    """Whether a backprop configuration rounds float32 operands to TF32 (its plan then flags both operands)."""
+def uses_tf32(config, dtype) -> bool:
+    """Whether a conv configuration (any family) multiplies float32 on tensor cores, TF32 or 3xTF32: its operands
+    are rounded or split, so its plan flags both GEMM operands."""
     return config.variant == "tensorop" and np.dtype(dtype) == np.float32
 
 

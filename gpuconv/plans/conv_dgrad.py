@@ -63,7 +63,7 @@ from .conv_common import (GRID_X_MAX, INDEX_TYPES, SIMT16_BLOCK, SIMT16_TENSOROP
                           ForcedFields, apply_forced, checked_config, config_reason, filter_elements,
                           flag_expressions, flagged_launch, grid_reason, input_elements, output_elements,
                           problem_scalars, simt16_tensorop_passes, simt16_tensorop_reason, simt16_tiles,
-                          simt16_tiles_for, simt16_uses_tf32, tile_grid)
+                          simt16_tiles_for, tile_grid, uses_tf32)
 from .conv_common import needs_nonfinite_flag  # noqa: F401 (re-exported: the kernel backend asks here)
 
 BLOCK = SIMT16_BLOCK         # threads of every dgrad kernel
@@ -240,7 +240,7 @@ def dgrad_plans(config: DgradConfig, p: ConvProblem, dy, w, dx, nonfinite=None) 
                            (dy, w, dx) + scalars)]
     n_tiles = ceil_div(p.group_c, TILES[config.tile][1])
     # TF32 rounds and 3xTF32 splits dy: a non-finite dy is computed by formula too (module docstring).
-    flagged = [(w, filter_elements(p))] + ([(dy, output_elements(p))] if simt16_uses_tf32(config, dtype) else [])
+    flagged = [(w, filter_elements(p))] + ([(dy, output_elements(p))] if uses_tf32(config, dtype) else [])
     return flagged_launch(FAMILY.name, flagged, config.index, nonfinite,
                           config_expression(config, dtype), tiled_grid(p, config.tile), BLOCK,
                           (dy, w, dx, nonfinite) + scalars + (np.int32(n_tiles),))

@@ -76,7 +76,7 @@ from ..precision import TENSOR_CORE_PASSES
 from . import LaunchPlan, ceil_div, index_type
 from .conv_common import (GRID_YZ_MAX, INDEX_TYPES, INT32_MAX, SM_COUNT, ForcedFields, config_reason,
                           filter_elements, flag_expressions, flagged_launch, input_elements, problem_scalars,
-                          tile_grid)
+                          tile_grid, uses_tf32)
 from .conv_common import needs_nonfinite_flag  # noqa: F401 (re-exported: the kernel backend asks here)
 
 ANALYTIC_BLOCK = 256
@@ -378,8 +378,3 @@ def plan_fprop(p: ConvProblem, dtype, x, w, y, config: Optional[FpropConfig] = N
     flagged = [(w, filter_elements(p))] + ([(x, input_elements(p))] if uses_tf32(config, dtype) else [])
     return flagged_launch(FAMILY.name, flagged, config.index, nonfinite, expression,
                           tiled_grid(p, config.tile, config.variant, dtype), threads, (x, w, y, nonfinite) + scalars)
-
-
-def uses_tf32(config: FpropConfig, dtype) -> bool:
-    """Whether a configuration multiplies float32 on tensor cores (TF32 or 3xTF32)."""
-    return config.variant == "tensorop" and np.dtype(dtype) == F32

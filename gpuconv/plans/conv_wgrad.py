@@ -63,7 +63,7 @@ from .conv_common import (GRID_X_MAX, GRID_YZ_MAX, INDEX_TYPES, SIMT16_BLOCK, SI
                           SM_COUNT, ForcedFields, apply_forced, checked_config, config_reason, filter_elements,
                           flag_expressions, flagged_launch, grid_reason, input_elements, output_elements,
                           problem_scalars, simt16_tensorop_passes, simt16_tensorop_reason, simt16_tiles,
-                          simt16_tiles_for, simt16_uses_tf32, tile_grid)
+                          simt16_tiles_for, tile_grid, uses_tf32)
 from .conv_common import needs_nonfinite_flag  # noqa: F401 (re-exported: the kernel backend asks here)
 
 BLOCK = SIMT16_BLOCK
@@ -294,7 +294,7 @@ def wgrad_plans(config: WgradConfig, p: ConvProblem, x, dy, dw, workspace=None, 
     if out is None:
         raise ValueError("split-K wgrad needs a workspace of workspace_elements(config, p) elements")
     # TF32 rounds and 3xTF32 splits x: a non-finite x is computed by formula too (module docstring).
-    flagged = [(dy, output_elements(p))] + ([(x, input_elements(p))] if simt16_uses_tf32(config, dtype) else [])
+    flagged = [(dy, output_elements(p))] + ([(x, input_elements(p))] if uses_tf32(config, dtype) else [])
     plans = flagged_launch(FAMILY.name, flagged, config.index, nonfinite, config_expression(config, dtype),
                            tiled_grid(p, config.tile, config.splits), BLOCK,
                            (x, dy, out, nonfinite) + scalars + (np.int32(nt), kps))
