@@ -645,9 +645,11 @@ def _generic_max_pool(monkeypatch, x, p, index_dtype, include):
 
 
 @pytest.mark.parametrize("case", TILED_CASES)
-@pytest.mark.parametrize("data", ["ties", "nan", "zeros", "int16"])
+@pytest.mark.parametrize("data", ["ties", "nan", "zeros", "relu", "relu_one_negative_zero", "int16"])
 def test_tiled_max_pool_matches_generic_sweep(monkeypatch, case, data):
-    """Bit for bit (NaN payloads, signed zeros), with small fast boxes so that boxes split rows and columns."""
+    """Bit for bit (NaN payloads, signed zeros), with small fast boxes so that boxes split rows and columns.
+    "relu": zero maxima, all +0 (no box needs the zero fix); "relu_one_negative_zero": the same with one -0.0
+    seeding a window whose other cells are +0 or negative, so that one box must fix its zero maxima."""
     from gpuconv.geometry import pool_problem
     from gpuconv.numpy_backend import pool as pool_module
     xs, window, stride, pad = case
@@ -658,9 +660,20 @@ def test_tiled_max_pool_matches_generic_sweep(monkeypatch, case, data):
     elif data == "zeros":
         x = np.where(rng.random(xs) < 0.5, np.float32(0.0), np.minimum(x, 0)).astype(np.float32)
         x[rng.random(xs) < 0.5] *= -1                   # +0 and -0 mixed, maxima often zero
+    elif data.startswith("relu"):
+        x = np.maximum(x, np.float32(0))
     elif data == "int16":
         x = rng.integers(-2, 3, size=xs).astype(np.int16)
     p = pool_problem(x.shape, window, stride, pad)
+    if data == "relu_one_negative_zero":
+        # The last interior window: its first cell -0.0, then a +0 (max of -0.0 and +0 may give either sign).
+        n, z = xs[0] - 1, (p.Z - 1) * p.stride[0]
+        h, w = (p.P - 2) * p.stride[1] - p.pad_before[1], (p.Q - 2) * p.stride[2] - p.pad_before[2]
+        assert h >= 0 and w >= 0
+        win = x[n, z, h:h + window[1], w:w + window[2], 0]
+        win[...] = -1
+        win.flat[0], win.flat[-1] = -0.0, 0.0
+        assert np.signbit(x).any() and not np.signbit(x[x == 0]).sum() > 1
     assert pool_module._tiled(p)
     for values in (7, 10**6):
         monkeypatch.setattr(pool_module, "_FAST_BOX_VALUES", values)
@@ -670,6 +683,36 @@ def test_tiled_max_pool_matches_generic_sweep(monkeypatch, case, data):
             assert y.tobytes() == want_y.tobytes()
             np.testing.assert_array_equal(a, want_a)
             assert BACKEND.max_pool(x, p).tobytes() == want_m.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_zero_maxima_are_fixed_only_where_a_negative_zero_exists(monkeypatch, dtype):
+    """Post-ReLU data (zero maxima, no -0.0) skips the fast path's zero fix in every box; a -0.0 makes its box
+    (only its box) take it, and the results stay the generic sweep's bit for bit."""
+    from gpuconv.geometry import pool_problem
+    from gpuconv.numpy_backend import pool as pool_module
+    x = np.maximum(np.random.default_rng(3).standard_normal((2, 1, 8, 8, 4)), 0).astype(dtype)
+    p = pool_problem(x.shape, (1, 2, 2), (1, 2, 2), "VALID")
+    monkeypatch.setattr(pool_module, "_FAST_BOX_VALUES", 16)       # one output row of one item per box
+    fixes = []
+    real = pool_module._fix_zeros
+    monkeypatch.setattr(pool_module, "_fix_zeros", lambda *a: (fixes.append(a[2].shape), real(*a))[1])
+    for values_only in (False, True):
+        for negative_zero in (False, True):
+            xx = x.copy()
+            if negative_zero:
+                xx[1, 0, 4:6, 2:4, 3] = [[-0.0, -1], [0, -1]]               # item 1, output row 2
+            fixes.clear()
+            got = BACKEND.max_pool(xx, p) if values_only else BACKEND.max_pool_argmax(xx, p, np.dtype(np.int64),
+                                                                                     False)
+            assert len(fixes) == (1 if negative_zero else 0)
+            (want_y, want_a), want_m = _generic_max_pool(monkeypatch, xx, p, np.dtype(np.int64), False)
+            if values_only:
+                assert got.tobytes() == want_m.tobytes()
+            else:
+                assert got[0].tobytes() == want_y.tobytes()
+                np.testing.assert_array_equal(got[1], want_a)
+            assert np.signbit(got if values_only else got[0]).any() == negative_zero
 
 
 @pytest.mark.parametrize("xs, pad", [((4, 1, 22, 30, 512), "VALID"), ((3, 1, 30, 44, 512), "VALID"),

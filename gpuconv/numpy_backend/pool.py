@@ -405,6 +405,16 @@ def _check(m: np.ndarray, sc: _FastScratch) -> str:
     return "zero" if np.equal(m, 0, out=sc.cut(sc.ne, m.shape)).any() else "ok"
 
 
+def _has_negative_zero(v: np.ndarray) -> bool:
+    """Whether float array v holds a -0.0: the only float whose bits, read as a signed integer of its width, are
+    that integer type's minimum, so one min-reduction without a temporary decides. Without one, no maximum
+    np.maximum gives can be -0 and the scan's selected cell of a zero maximum is +0 too: the box needs no zero
+    fix (post-ReLU data, where zero maxima are common: SegNet pool3, 4x90x120x256 floats, argmax pooling 15.2 ms
+    with the fix, 6.8 ms with this check; values only 14.2 ms and 3.9 ms; CPU box, one thread)."""
+    ints = v.view(f"i{v.itemsize}")
+    return bool(np.minimum.reduce(ints, axis=None) == np.iinfo(ints.dtype).min)
+
+
 def _code_dtype(p: PoolProblem) -> tuple[type, int]:
     """(dtype, unit) of _tap_code's tap offsets: uint8 in units of C where the largest offset allows (uint8
     ops on uint8 are 3x cheaper than mixed uint16 x bool ones), else uint16 or int32 in units of 1."""
@@ -558,6 +568,8 @@ def _fast_box(x: np.ndarray, p: PoolProblem, ns: tuple, z: int, a: int, b: int, 
             for r in range(2, R):
                 np.maximum(m, cm[:, :, r], out=m)
     status = _check(m, sc)
+    if status == "zero" and not _has_negative_zero(x[ns[0]:ns[1], d, h0:h0 + rows * R, w0:w0 + nq * S]):
+        status = "ok"                              # every zero maximum is +0, as its selected cell
     if status == "nan" or (status == "ok" and not want_index):
         return status, None
     code = _tap_code(p, X, m, sc) if split is None else _tap_code_2x2(p, X, split, m, sc)
