@@ -312,7 +312,8 @@ def markdown(runs: list) -> str:
                   f"Configuration: {describe(run)}.",
                   f"Run {info['date']}. Load average before / after: {info['load_before']} / {info['load_after']} "
                   "(shared machine: other jobs ran at the same time).",
-                  f"ResNet-50 convs at N={cfg['n']} float32 NHWC/channels_last; SegNet pooling at N={cfg['seg_n']}. "
+                  f"ResNet-50 convs at N={cfg['n']} float32 NHWC/channels_last; SegNet pooling of post-ReLU "
+                  f"activations at N={cfg['seg_n']}. "
                   f"{_sampling(cfg)}", "",
                   "| layer | op | gpuconv ms | torch ms | ratio (torch/gpuconv) | ratio of minima | gpuconv GF/s "
                   "| PyTorch kernel |",

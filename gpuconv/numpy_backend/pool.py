@@ -250,7 +250,9 @@ def _argmax_box(x: np.ndarray, p: PoolProblem, box, y: np.ndarray, argmax: np.nd
 #           input rows, then of the two window columns). np.maximum agrees with the scan in value wherever no
 #           NaN is involved, except that a maximum of +0 and -0 may come out with either sign.
 #   check:  one NaN-propagating min-reduction of m: a NaN anywhere in a window makes its maximum NaN, and such
-#           a box is redone by the exact sweep; a zero maximum is given the bits of its selected cell (below).
+#           a box is redone by the exact sweep; where some maximum is zero and the box's windows hold a -0.0
+#           (one integer min-reduction: _has_negative_zero), zero maxima get the bits of their selected cells
+#           (below); without a -0.0 they are all +0 already, as on post-ReLU data.
 #   index:  without NaN the scan selects the first cell in row-major order that equals the maximum
 #           (numerically): its offset from the window origin comes from comparisons with m and a few
 #           small-integer ops (_tap_code: one comparison per tap but the last; 2x2: _tap_code_2x2, one
