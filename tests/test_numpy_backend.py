@@ -683,6 +683,49 @@ def test_tiled_max_pool_matches_generic_sweep(monkeypatch, case, data):
             assert y.tobytes() == want_y.tobytes()
             np.testing.assert_array_equal(a, want_a)
             assert BACKEND.max_pool(x, p).tobytes() == want_m.tobytes()
+        dy = _grad_with_specials(p.y_shape, x.dtype, rng)
+        with monkeypatch.context() as mp:
+            mp.setattr(pool_module, "_tiled", lambda p: False)
+            want_dx = pool_module.max_pool_grad(x, dy, p)
+        calls = []
+        with monkeypatch.context() as mp:
+            real = pool_module._scatter_selected
+            mp.setattr(pool_module, "_scatter_selected", lambda *a: (calls.append(1), real(*a)))
+            assert BACKEND.max_pool_grad(x, dy, p).tobytes() == want_dx.tobytes()
+        assert calls or data == "nan" or not pool_module._tiled(p)   # the fast path scattered (NaN: maybe redone)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float64, np.int8, np.uint8, np.int64])
+@pytest.mark.parametrize("case", [TILED_CASES[0], TILED_CASES[2], TILED_CASES[3]])
+def test_tiled_max_pool_grad_matches_generic_sweep_for_every_width(monkeypatch, dtype, case):
+    """max_pool_grad's fast scatter (bit masks of the value's width) against the exact sweep, bit for bit."""
+    from gpuconv.geometry import pool_problem
+    from gpuconv.numpy_backend import pool as pool_module
+    xs, window, stride, pad = case
+    rng = np.random.default_rng(11)
+    x = rng.integers(0 if dtype == np.uint8 else -3, 4, size=xs).astype(dtype)      # many ties
+    p = pool_problem(x.shape, window, stride, pad)
+    dy = _grad_with_specials(p.y_shape, x.dtype, rng) if x.dtype.kind == "f" else \
+        rng.integers(0, 100, size=p.y_shape).astype(dtype)
+    monkeypatch.setattr(pool_module, "_FAST_BOX_VALUES", 8)
+    with monkeypatch.context() as mp:
+        mp.setattr(pool_module, "_tiled", lambda p: False)
+        want = pool_module.max_pool_grad(x, dy, p)
+    assert pool_module._tiled(p)
+    assert BACKEND.max_pool_grad(x, dy, p).tobytes() == want.tobytes()
+
+
+def _grad_with_specials(shape, dtype, rng) -> np.ndarray:
+    """A gradient with -0.0 (arrives as +0.0) and, for floats, a NaN with a payload and infinities."""
+    g = (rng.integers(-4, 5, size=shape) / 2).astype(dtype)
+    flat = g.reshape(-1)
+    flat[rng.random(flat.size) < 0.2] = 0
+    if g.dtype.kind == "f":
+        flat[rng.random(flat.size) < 0.2] *= -1                     # -0.0 among them
+        flat[:3] = [np.inf, -np.inf, np.nan]
+        if g.dtype == np.float32:
+            flat[2:3].view(np.uint32)[0] = 0x7FC00ABC               # a quiet NaN with a payload
+    return g
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])

@@ -258,14 +258,16 @@ def _argmax_box(x: np.ndarray, p: PoolProblem, box, y: np.ndarray, argmax: np.nd
 #           small-integer ops (_tap_code: one comparison per tap but the last; 2x2: _tap_code_2x2, one
 #           comparison of window row 0 with the broadcast maximum and one of column 0's maxima), then int32 adds
 #           (_flat_index) and a cast copy into the index output.
+#   grad:   max_pool_grad takes the same offsets and writes each window row's cells at once: dy (+0) where the
+#           offset selects the cell, +0 elsewhere (_scatter_selected).
 # Only outputs whose windows lie entirely inside x take this path; the border rows and columns (SAME padding)
 # go through the generic sweep. 2x2/2 argmax pooling, float32, single thread on the CPU box: 4x90x120x256
 # 6.4 ms (generic sweep 13.6 ms), 4x22x30x512 0.53 ms (1.4 ms); max_pool (values only) about 2.5x faster still.
 # ---------------------------------------------------------------------------------------------------------
 
-# Output values per fast box (scratch about 17 bytes per value for float32). Measured on the CPU box, 2x2/2
-# argmax pooling: 2^16..2^18 within noise of each other for 4x90x120x256, 2^18 best for 4x22x30x512 (whole
-# batch items per box: fewer NumPy calls), 2^15 10% slower (call overhead).
+# Output values per fast box (scratch about 17 bytes per value for float32, 27 for max_pool_grad). Measured on
+# the CPU box, 2x2/2 argmax pooling: 2^16..2^18 within noise of each other for 4x90x120x256, 2^18 best for
+# 4x22x30x512 (whole batch items per box: fewer NumPy calls), 2^15 10% slower (call overhead).
 _FAST_BOX_VALUES = 2**18
 
 
@@ -322,7 +324,7 @@ class _FastScratch:
     """Scratch of the fast boxes, carved from the per-thread buffer (views of the right shape are cut per box).
     Not reentrant within a thread (nothing here calls back into the fast path)."""
 
-    def __init__(self, p: PoolProblem, dtype, values: int):
+    def __init__(self, p: PoolProblem, dtype, values: int, grad: bool = False):
         two = _two_by_two(p)
         wide = 2 if two else p.R                           # stage-1 maxima: 2 (2x2) or R values per output
         code_dt = np.dtype(_code_dtype(p)[0])
@@ -330,6 +332,8 @@ class _FastScratch:
                  ("ne", bool, values)] + ([("code", code_dt, values)] if code_dt != np.int32 else [])
         if two:                                            # _tap_code_2x2's flags of window row 0
             parts += [("row0", bool, 2 * values)]
+        if grad:                                           # _scatter_selected: maxima, dy + 0, one row's flags
+            parts += [("m", dtype, values), ("dyc", dtype, values), ("flags", bool, p.S * values)]
         sizes = [-(-np.dtype(dt).itemsize * n // 64) * 64 for _, dt, n in parts]
         buf = _cached_bytes(sum(sizes))
         at = 0
@@ -344,14 +348,15 @@ class _FastScratch:
         return buf[:math.prod(shape)].reshape(shape)
 
     @classmethod
-    def for_thread(cls, p: PoolProblem, dtype, values: int) -> "_FastScratch":
-        """This thread's scratch for boxes of up to `values` outputs of p, kept while the per-thread buffer it
-        was carved from is (carving costs a third of the Python work of a fast box)."""
-        key = (p, np.dtype(dtype), values)
+    def for_thread(cls, p: PoolProblem, dtype, values: int, grad: bool = False) -> "_FastScratch":
+        """This thread's scratch for boxes of up to `values` outputs of p (grad: with max_pool_grad's parts),
+        kept while the per-thread buffer it was carved from is (carving costs a third of the Python work of a
+        fast box)."""
+        key = (p, np.dtype(dtype), values, grad)
         kept = getattr(_CACHE, "fast", None)
         if kept is not None and kept[0] == key and kept[1] is getattr(_CACHE, "buf", None):
             return kept[2]
-        sc = cls(p, dtype, values)
+        sc = cls(p, dtype, values, grad)
         _CACHE.fast = (key, _CACHE.buf, sc)
         return sc
 
@@ -524,12 +529,12 @@ def _flat_index(p: PoolProblem, code: np.ndarray, sc: _FastScratch, base: np.nda
 
 
 def _fast_box(x: np.ndarray, p: PoolProblem, ns: tuple, z: int, a: int, b: int, q: tuple, m: np.ndarray,
-              sc: _FastScratch, want_index: bool, base: np.ndarray, shift: int):
-    """Max of the windows of outputs (n0:n1, z, a:b, q0:q1) into m (a view of y).
+              sc: _FastScratch, want_index: bool):
+    """Max of the windows of outputs (n0:n1, z, a:b, q0:q1) into m (a view of y, or scratch).
 
-    Returns (status, rel): status "nan" (a window holds a NaN: m is not valid, redo exactly), "zero" (some
-    maximum is zero: its bits must be taken from the selected cell) or "ok"; rel (_flat_index) when want_index
-    or status is "zero" (None otherwise). base + shift: _flat_index's window origins.
+    Returns (status, code): status "nan" (a window holds a NaN: m is not valid, redo exactly), "zero" (some
+    maximum is zero: its bits must be taken from the selected cell) or "ok"; code (_tap_code: the selected
+    cells' offsets from their window origins) when want_index or status is "zero" (None otherwise).
     """
     R, S, C = p.R, p.S, p.C
     d = z * p.stride[0] - p.pad_before[0]
@@ -574,8 +579,7 @@ def _fast_box(x: np.ndarray, p: PoolProblem, ns: tuple, z: int, a: int, b: int, 
         status = "ok"                              # every zero maximum is +0, as its selected cell
     if status == "nan" or (status == "ok" and not want_index):
         return status, None
-    code = _tap_code(p, X, m, sc) if split is None else _tap_code_2x2(p, X, split, m, sc)
-    return status, _flat_index(p, code, sc, base, shift)
+    return status, _tap_code(p, X, m, sc) if split is None else _tap_code_2x2(p, X, split, m, sc)
 
 
 def _q_base(p: PoolProblem, q: tuple, dtype) -> np.ndarray:
@@ -645,14 +649,14 @@ def _max_pool_tiled(x: np.ndarray, p: PoolProblem, y: np.ndarray, argmax, includ
         m = y[ns[0]:ns[1], z, a:b, q[0]:q[1]]
         d = z * p.stride[0] - p.pad_before[0]
         shift = ((d * p.H + (a - p0) * p.R) * p.W + (q[0] - q0) * p.S) * p.C
-        status, rel = _fast_box(x, p, ns, z, a, b, q, m, sc, argmax is not None,
-                                base[:b - a, :q[1] - q[0]], shift)
+        status, code = _fast_box(x, p, ns, z, a, b, q, m, sc, argmax is not None)
         if status == "nan":
             for n in range(*ns):
                 redo((slice(n, n + 1), slice(z, z + 1), slice(a, b), slice(q[0], q[1])))
             return
-        if rel is None:
+        if code is None:
             return
+        rel = _flat_index(p, code, sc, base[:b - a, :q[1] - q[0]], shift)
         items = None
         if status == "zero" or include_batch:
             items = (np.arange(*ns, dtype=np.int64) * per_batch)[:, None, None, None]
@@ -737,25 +741,80 @@ def _scatter_taps(p: PoolProblem, box, dx: np.ndarray, acc, g: np.ndarray, sc) -
             np.add(gs, 0, out=target, casting="same_kind")
 
 
+def _grad_box(x: np.ndarray, dy: np.ndarray, p: PoolProblem, dx: np.ndarray, box, scratch: _Scratch,
+              accumulate: bool) -> None:
+    """max_pool_grad of one output box by the exact sweep: the scan's selected taps (_select), then dy scattered
+    to them (_scatter_taps; accumulate: through a float32 accumulator of the box's batch items)."""
+    shape = box_shape(box) + (p.C,)
+    sc = scratch.get(shape)
+    y = np.empty(shape, x.dtype)
+    _select(x, p, box, y, sc, True)
+    acc = np.zeros((shape[0],) + p.x_shape[1:], np.float32) if accumulate else None
+    _scatter_taps(p, box, dx, acc, dy[box], sc)
+    if accumulate:
+        dx[box[0]] = acc
+
+
+def _scatter_selected(p: PoolProblem, code: np.ndarray, g: np.ndarray, dx: np.ndarray, ns: tuple, z: int, a: int,
+                      q0: int, sc: _FastScratch) -> None:
+    """The cells of the windows of outputs (ns, z, a.., q0..) of a tiled problem (each cell in one window) get
+    g + 0 at each window's selected cell (code: _tap_code's offsets) and +0 elsewhere, bit for bit what
+    _scatter_taps writes (a -0.0 arrives as +0.0, NaN payloads stay). Per window row: one comparison of code with
+    the row's tap offsets and one multiply of g's bits by those flags, written as whole contiguous dx rows."""
+    R, S, C = p.R, p.S, p.C
+    _, unit = _code_dtype(p)
+    nb, rows, nq, _ = code.shape
+    d = z * p.stride[0] - p.pad_before[0]
+    h0, w0 = a * R - p.pad_before[1], q0 * S - p.pad_before[2]
+    clean = sc.cut(sc.dyc, code.shape)
+    np.add(g, g.dtype.type(0), out=clean)
+    bits = clean.view(_bits(g.dtype))[:, :, :, None, :]
+    flags = sc.cut(sc.flags, (nb, rows, nq, S, C))
+    cells = dx[ns[0]:ns[1], d, h0:h0 + rows * R, w0:w0 + nq * S].reshape(nb, rows, R, nq, S, C)
+    for r in range(R):
+        offs = np.array([(r * p.W + s) * C // unit for s in range(S)], code.dtype)[:, None]
+        np.equal(code[:, :, :, None, :], offs, out=flags)
+        np.multiply(bits, flags, out=cells[:, :, r].view(bits.dtype))
+
+
+def _max_pool_grad_tiled(x: np.ndarray, dy: np.ndarray, p: PoolProblem, dx: np.ndarray, scratch: _Scratch) -> None:
+    """max_pool_grad where windows tile the rows: the fast path's tap codes pick each window's cell
+    (_fast_box) and _scatter_selected writes dy there; boxes holding a NaN and the border take the exact sweep
+    (SegNet pool3, 4x90x120x256 post-ReLU float32, one thread on the CPU box: 12.4 ms against 19.5 ms by the
+    exact sweep; pool5, 4x22x30x512: 1.25 against 2.2 ms)."""
+    parallel = dy.size >= _PARALLEL_MIN
+    values, _, _, _, _, fast_boxes, border_boxes = _tiled_plan(
+        p, x.dtype, np.dtype(np.int64), _parallel.workers() if parallel else 1, _FAST_BOX_VALUES)
+
+    def exact(box) -> None:
+        _grad_box(x, dy, p, dx, box, scratch, False)
+
+    def fast(fbox) -> None:
+        ns, z, (a, b), q = fbox
+        sc = _FastScratch.for_thread(p, x.dtype, values, grad=True)
+        m = sc.cut(sc.m, (ns[1] - ns[0], b - a, q[1] - q[0], p.C))
+        status, code = _fast_box(x, p, ns, z, a, b, q, m, sc, True)
+        if status == "nan":
+            for n in range(*ns):
+                exact((slice(n, n + 1), slice(z, z + 1), slice(a, b), slice(q[0], q[1])))
+            return
+        _scatter_selected(p, code, dy[ns[0]:ns[1], z, a:b, q[0]:q[1]], dx, ns, z, a, q[0], sc)
+
+    chunks = [(fast, b) for b in fast_boxes] + [(exact, b) for b in border_boxes]
+    _parallel.map_chunks(lambda c: c[0](c[1]), chunks, parallel)
+
+
 def max_pool_grad(x: np.ndarray, dy: np.ndarray, p: PoolProblem) -> np.ndarray:
     """dx: each window's dy added to the cell the scan rule selects (recomputed from x); overlaps add."""
     dx = np.zeros(p.x_shape, x.dtype)
     if dy.size == 0 or dx.size == 0:
         return dx
     scratch = _select_scratch(x.dtype, _tap_dtype(p, x.dtype))
+    if _tiled(p):
+        _max_pool_grad_tiled(x, dy, p, dx, scratch)
+        return dx
     box_list, accumulate = _scatter_boxes(p, x.dtype, scratch.unit(p.C) + p.C * x.itemsize)
-
-    def one(box) -> None:
-        shape = box_shape(box) + (p.C,)
-        sc = scratch.get(shape)
-        y = np.empty(shape, x.dtype)
-        _select(x, p, box, y, sc, True)
-        acc = np.zeros((shape[0],) + p.x_shape[1:], np.float32) if accumulate else None
-        _scatter_taps(p, box, dx, acc, dy[box], sc)
-        if accumulate:
-            dx[box[0]] = acc
-
-    _scatter_map(p, accumulate, one, box_list)
+    _scatter_map(p, accumulate, lambda box: _grad_box(x, dy, p, dx, box, scratch, accumulate), box_list)
     return dx
 
 
