@@ -728,6 +728,42 @@ def _grad_with_specials(shape, dtype, rng) -> np.ndarray:
     return g
 
 
+@pytest.mark.parametrize("xs, window, stride, pad", [
+    ((2, 1, 9, 11, 3), (1, 3, 3), (1, 2, 2), "SAME"),        # overlapping, padded before and after (ResNet stem)
+    ((2, 1, 7, 7, 2), (1, 3, 3), (1, 1, 1), "SAME"),
+    ((2, 4, 6, 6, 2), (2, 2, 2), (2, 2, 2), "VALID"),        # 3-D 2x2x2: not the tiled path (depth taps)
+    ((1, 3, 8, 9, 2), (2, 3, 2), (1, 2, 3), [[1, 0], [2, 1], [1, 1]]),   # explicit padding
+])
+@pytest.mark.parametrize("data", ["ties", "nan", "zeros", "relu", "int8"])
+def test_max_pool_by_np_maximum_matches_the_scan(monkeypatch, xs, window, stride, pad, data):
+    """max_pool's np.maximum sweep (_max_by_maximum) against the exact scan, bit for bit: boxes with a NaN
+    (np.maximum propagates any) or with a -0.0 and a zero maximum are rescanned, the rest keep np.maximum's
+    result; small boxes, so that some boxes hold a NaN or a -0.0 and others do not."""
+    from gpuconv.geometry import pool_problem
+    from gpuconv.numpy_backend import pool as pool_module
+    rng = np.random.default_rng(13)
+    x = (rng.integers(-3, 3, size=xs) / 2).astype(np.float32)
+    if data == "nan":
+        x[rng.random(xs) < 0.03] = np.nan
+    elif data == "zeros":
+        x = np.where(rng.random(xs) < 0.5, np.float32(0.0), np.minimum(x, 0)).astype(np.float32)
+        x[rng.random(xs) < 0.1] *= -1
+    elif data == "relu":
+        x = np.maximum(x, np.float32(0))
+    elif data == "int8":
+        x = rng.integers(-128, 128, size=xs).astype(np.int8)
+    p = pool_problem(x.shape, window, stride, pad)
+    assert not pool_module._tiled(p)
+    monkeypatch.setattr(_window, "POOL_BOX_BYTES", 200)
+    kept = []
+    real = pool_module._max_by_maximum
+    monkeypatch.setattr(pool_module, "_max_by_maximum", lambda *a: kept.append(real(*a)) or kept[-1])
+    got = BACKEND.max_pool(x, p)
+    monkeypatch.setattr(pool_module, "_max_by_maximum", lambda *a: False)
+    assert got.tobytes() == BACKEND.max_pool(x, p).tobytes()
+    assert len(kept) > 1 and all(kept) == (data not in ("nan", "zeros"))     # NaN / -0.0: some boxes rescanned
+
+
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_zero_maxima_are_fixed_only_where_a_negative_zero_exists(monkeypatch, dtype):
     """Post-ReLU data (zero maxima, no -0.0) skips the fast path's zero fix in every box; a -0.0 makes its box

@@ -21,7 +21,10 @@ strict `>` and seeding from the first in-bounds cell gives exactly that: ties ke
 only as the first cell, and a NaN later in the window is never selected. The replacement is a bitwise select
 through an all-ones/zero mask of the value's width (compare, then xor/and/xor), which is exact for every dtype
 (signed zeros, NaN payloads) and about 3x faster than np.copyto(where=) or np.where (one tap over 2.7M
-float32 values: 4.2 ms against 13.7 ms, measured on the CPU box).
+float32 values: 4.2 ms against 13.7 ms, measured on the CPU box). Values-only max pooling first tries one
+np.maximum per tap (_max_by_maximum), which gives the scan's values wherever no NaN and no -0.0 is involved, and
+scans only the boxes where one is (ResNet's 3x3/2 SAME stem pooling of 8x112x112x64 floats: 5.6 ms against
+15.3 ms; a 2x2x2 3-D pooling of 32x64x64x64 floats: 4.3 against 9.5 ms; one thread on the CPU box).
 """
 from __future__ import annotations
 
@@ -156,14 +159,58 @@ def _select_scratch(x_dtype, tap_dtype=None) -> _Scratch:
     return _Scratch(dts)
 
 
-def _select(x: np.ndarray, p: PoolProblem, box, y: np.ndarray, sc: dict, want_tap: bool) -> None:
-    """Max-scan one output box: y (box-shaped) gets the maxima, sc["tap"] (if want_tap) the selected taps."""
-    tap_id = sc["tap"] if want_tap else None
+def _seed(x: np.ndarray, p: PoolProblem, box, y: np.ndarray) -> tuple:
+    """y (box-shaped) = each window's first in-bounds cell, the scan's seed. Returns the first tap left to scan
+    (0 with padding before: rescanning a window's seed cell changes nothing) and the per-axis first cells (None
+    without padding before)."""
     if any(p.pad_before):
         fd = _first_cells(box[1].start, box[1].stop, p.stride[0], p.pad_before[0])
         fh = _first_cells(box[2].start, box[2].stop, p.stride[1], p.pad_before[1])
         fw = _first_cells(box[3].start, box[3].stop, p.stride[2], p.pad_before[2])
         y[...] = x[box[0]][:, fd[:, None, None], fh[None, :, None], fw[None, None, :]]
+        return 0, (fd, fh, fw)
+    # Without padding before, tap (0, 0, 0) is in bounds for every output and seeds it.
+    _, sel = _tap_slices(p, box, (0, 0, 0))
+    y[...] = x[sel]
+    return 1, None
+
+
+def _box_cells(p: PoolProblem, box) -> tuple:
+    """Slices of x holding every in-bounds cell of the box's windows (and, where stride > window, the cells
+    between them)."""
+    cells = [box[0]]
+    for a, n in enumerate((p.D, p.H, p.W)):
+        lo = max(0, box[a + 1].start * p.stride[a] - p.pad_before[a])
+        hi = min(n, (box[a + 1].stop - 1) * p.stride[a] - p.pad_before[a] + p.window[a])
+        cells.append(slice(lo, max(lo, hi)))
+    return tuple(cells)
+
+
+def _max_by_maximum(x: np.ndarray, p: PoolProblem, box, y: np.ndarray) -> bool:
+    """y (box-shaped) = the window maxima by np.maximum over the taps, one pass per tap instead of the scan's
+    five (_select's compare, mask and three-op bit select). False where that may differ from the scan, and the
+    caller must scan: a NaN among the maxima (np.maximum propagates a NaN from any cell, the scan only from a
+    window's first) or a zero maximum where the box's cells hold a -0.0 (np.maximum may return either zero)."""
+    first, _ = _seed(x, p, box, y)
+    for tap in _taps(p)[first:]:
+        found = _tap_slices(p, box, tap)
+        if found is not None:
+            inner, sel = found
+            ys = y[inner]
+            np.maximum(ys, x[sel], out=ys)
+    if y.dtype.kind != "f":
+        return True
+    if np.isnan(np.minimum.reduce(y, axis=None)):
+        return False
+    return not (np.equal(y, 0).any() and _has_negative_zero(x[_box_cells(p, box)]))
+
+
+def _select(x: np.ndarray, p: PoolProblem, box, y: np.ndarray, sc: dict, want_tap: bool) -> None:
+    """Max-scan one output box: y (box-shaped) gets the maxima, sc["tap"] (if want_tap) the selected taps."""
+    tap_id = sc["tap"] if want_tap else None
+    first, seeds = _seed(x, p, box, y)
+    if seeds is not None:
+        fd, fh, fw = seeds
         if want_tap:
             # Tap number of the seed cell: (fd - (z*s - pb)) etc. row-major over (T, R, S).
             td = fd - (np.arange(box[1].start, box[1].stop) * p.stride[0] - p.pad_before[0])
@@ -174,15 +221,8 @@ def _select(x: np.ndarray, p: PoolProblem, box, y: np.ndarray, sc: dict, want_ta
             td, th, tw = np.searchsorted(ad, td), np.searchsorted(ah, th), np.searchsorted(aw, tw)
             seed = (td[:, None, None] * len(ah) + th[None, :, None]) * len(aw) + tw[None, None, :]
             tap_id[...] = seed[None, :, :, :, None]
-        first = 0
-    else:
-        # Without padding before, tap (0, 0, 0) is in bounds for every output and seeds it.
-        # (the one exception: no live taps at all cannot happen, the first tap is in bounds for every output)
-        _, sel = _tap_slices(p, box, (0, 0, 0))
-        y[...] = x[sel]
-        if want_tap:
-            tap_id[...] = 0
-        first = 1
+    elif want_tap:
+        tap_id[...] = 0
     for j, tap in enumerate(_taps(p)[first:], start=first):
         found = _tap_slices(p, box, tap)
         if found is None:
@@ -212,8 +252,12 @@ def max_pool(x: np.ndarray, p: PoolProblem) -> np.ndarray:
         _max_pool_tiled(x, p, y, None, False)
         return y
     scratch = _select_scratch(x.dtype)
-    _parallel.map_chunks(lambda box: _select(x, p, box, y[box], scratch.get(box_shape(box) + (p.C,)), False),
-                         list(_pool_boxes(p, scratch.unit(p.C) + p.C * x.itemsize)), y.size >= _PARALLEL_MIN)
+
+    def one(box) -> None:
+        if not _max_by_maximum(x, p, box, y[box]):
+            _select(x, p, box, y[box], scratch.get(box_shape(box) + (p.C,)), False)
+
+    _parallel.map_chunks(one, list(_pool_boxes(p, scratch.unit(p.C) + p.C * x.itemsize)), y.size >= _PARALLEL_MIN)
     return y
 
 
