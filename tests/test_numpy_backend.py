@@ -736,9 +736,10 @@ def _grad_with_specials(shape, dtype, rng) -> np.ndarray:
 ])
 @pytest.mark.parametrize("data", ["ties", "nan", "zeros", "relu", "int8"])
 def test_max_pool_by_np_maximum_matches_the_scan(monkeypatch, xs, window, stride, pad, data):
-    """max_pool's np.maximum sweep (_max_by_maximum) against the exact scan, bit for bit: boxes with a NaN
-    (np.maximum propagates any) or with a -0.0 and a zero maximum are rescanned, the rest keep np.maximum's
-    result; small boxes, so that some boxes hold a NaN or a -0.0 and others do not."""
+    """The np.maximum sweep (_max_by_maximum) and, for argmax and MaxPoolGrad, the first-equal taps
+    (_first_max_taps) against the exact scan, bit for bit: boxes with a NaN (np.maximum propagates any) or with a
+    -0.0 and a zero maximum are rescanned, the rest keep np.maximum's result; small boxes, so that some boxes hold
+    a NaN or a -0.0 and others do not."""
     from gpuconv.geometry import pool_problem
     from gpuconv.numpy_backend import pool as pool_module
     rng = np.random.default_rng(13)
@@ -755,13 +756,43 @@ def test_max_pool_by_np_maximum_matches_the_scan(monkeypatch, xs, window, stride
     p = pool_problem(x.shape, window, stride, pad)
     assert not pool_module._tiled(p)
     monkeypatch.setattr(_window, "POOL_BOX_BYTES", 200)
-    kept = []
-    real = pool_module._max_by_maximum
+    dy = _grad_with_specials(p.y_shape, x.dtype, rng) if data != "int8" else \
+        rng.integers(-128, 128, size=p.y_shape).astype(np.int8)
+
+    def every_op():
+        return [BACKEND.max_pool(x, p), *BACKEND.max_pool_argmax(x, p, np.dtype(np.int64), True),
+                BACKEND.max_pool_grad(x, dy, p)]
+
+    kept, firsts = [], []
+    real, real_first = pool_module._max_by_maximum, pool_module._first_max_taps
     monkeypatch.setattr(pool_module, "_max_by_maximum", lambda *a: kept.append(real(*a)) or kept[-1])
-    got = BACKEND.max_pool(x, p)
+    monkeypatch.setattr(pool_module, "_first_max_taps", lambda *a: firsts.append(real_first(*a)) or firsts[-1])
+    got = every_op()
+    assert (firsts or data == "nan") and all(f is not None for f in firsts)   # argmax and grad took them
+    monkeypatch.setattr(pool_module, "_max_by_maximum", lambda *a: False)      # the scan everywhere
+    for a, b in zip(got, every_op()):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    assert len(kept) > 3 and all(kept) == (data not in ("nan", "zeros"))     # NaN / -0.0: some boxes rescanned
+
+
+def test_windows_of_more_than_254_taps_take_the_scans_taps(monkeypatch):
+    """_first_max_taps keeps tap positions in uint8: a 16x16 window (256 taps) leaves argmax and MaxPoolGrad to
+    the scan's taps, with the same results as the scan everywhere."""
+    from gpuconv.geometry import pool_problem
+    from gpuconv.numpy_backend import pool as pool_module
+    rng = np.random.default_rng(17)
+    x = rng.integers(-2, 3, size=(2, 1, 18, 17, 3)).astype(np.float32)         # ties
+    p = pool_problem(x.shape, (1, 16, 16), (1, 1, 1), "VALID")
+    dy = rng.standard_normal(p.y_shape).astype(np.float32)
+    firsts = []
+    real_first = pool_module._first_max_taps
+    monkeypatch.setattr(pool_module, "_first_max_taps", lambda *a: firsts.append(real_first(*a)) or firsts[-1])
+    got = [*BACKEND.max_pool_argmax(x, p, np.dtype(np.int64), False), BACKEND.max_pool_grad(x, dy, p)]
+    assert firsts and all(f is None for f in firsts)
     monkeypatch.setattr(pool_module, "_max_by_maximum", lambda *a: False)
-    assert got.tobytes() == BACKEND.max_pool(x, p).tobytes()
-    assert len(kept) > 1 and all(kept) == (data not in ("nan", "zeros"))     # NaN / -0.0: some boxes rescanned
+    for a, b in zip(got, [*BACKEND.max_pool_argmax(x, p, np.dtype(np.int64), False),
+                          BACKEND.max_pool_grad(x, dy, p)]):
+        assert a.tobytes() == b.tobytes()
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])

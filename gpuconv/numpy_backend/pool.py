@@ -21,10 +21,12 @@ strict `>` and seeding from the first in-bounds cell gives exactly that: ties ke
 only as the first cell, and a NaN later in the window is never selected. The replacement is a bitwise select
 through an all-ones/zero mask of the value's width (compare, then xor/and/xor), which is exact for every dtype
 (signed zeros, NaN payloads) and about 3x faster than np.copyto(where=) or np.where (one tap over 2.7M
-float32 values: 4.2 ms against 13.7 ms, measured on the CPU box). Values-only max pooling first tries one
-np.maximum per tap (_max_by_maximum), which gives the scan's values wherever no NaN and no -0.0 is involved, and
-scans only the boxes where one is (ResNet's 3x3/2 SAME stem pooling of 8x112x112x64 floats: 5.6 ms against
-15.3 ms; a 2x2x2 3-D pooling of 32x64x64x64 floats: 4.3 against 9.5 ms; one thread on the CPU box).
+float32 values: 4.2 ms against 13.7 ms, measured on the CPU box). Max pooling first tries one np.maximum per
+tap (_max_by_maximum), which gives the scan's values wherever no NaN and no -0.0 is involved, and scans only the
+boxes where one is; argmax and MaxPoolGrad then take each window's first cell equal to its maximum
+(_first_max_taps: one comparison and three one-byte ops per tap). ResNet's 3x3/2 SAME stem pooling of
+8x112x112x64 post-ReLU floats, one thread on the CPU box: max_pool 5.6-6.3 ms against 15.3, argmax 12.7 against
+17.9, MaxPoolGrad 22.6 against 28.1; a 2x2x2 3-D max_pool of 32x64x64x64 floats: 4.3 against 9.5 ms.
 """
 from __future__ import annotations
 
@@ -150,9 +152,10 @@ class _Scratch:
 
 
 def _select_scratch(x_dtype, tap_dtype=None) -> _Scratch:
+    """Scratch of _select (mask, tmp; with tap_dtype the tap numbers) and, with taps, of _first_max_taps."""
     dts = {"mask": _bits(x_dtype), "tmp": _bits(x_dtype)}
     if tap_dtype is not None:
-        dts["tap"] = tap_dtype
+        dts.update(tap=tap_dtype, first=np.uint8, ne=bool, cand=np.uint8)
         if np.dtype(tap_dtype).itemsize != np.dtype(x_dtype).itemsize:
             dts["tap_mask"] = tap_dtype
             dts["tap_tmp"] = tap_dtype
@@ -203,6 +206,40 @@ def _max_by_maximum(x: np.ndarray, p: PoolProblem, box, y: np.ndarray) -> bool:
     if np.isnan(np.minimum.reduce(y, axis=None)):
         return False
     return not (np.equal(y, 0).any() and _has_negative_zero(x[_box_cells(p, box)]))
+
+
+def _first_max_taps(x: np.ndarray, p: PoolProblem, box, y: np.ndarray, sc: dict):
+    """The scan's selected taps where y holds exact maxima without NaN (_max_by_maximum returned True): each
+    window's first in-bounds cell equal to its maximum, as sc["first"] (uint8 positions in _taps(p)), by one
+    comparison and three one-byte ops per tap (min over taps of t where x_t == y, else 255) instead of _select's
+    seven passes of the value's width. None with more than 254 taps."""
+    taps = _taps(p)
+    if len(taps) > 254:
+        return None
+    first = sc["first"]
+    first[...] = 255
+    for j, tap in enumerate(taps):
+        found = _tap_slices(p, box, tap)
+        if found is None:
+            continue
+        inner, sel = found
+        ne, cand, f = sc["ne"][inner], sc["cand"][inner], first[inner]
+        np.not_equal(x[sel], y[inner], out=ne)
+        np.multiply(ne.view(np.uint8), np.uint8(255 - j), out=cand)      # 255 where not equal, else 0
+        cand += np.uint8(j)
+        np.minimum(f, cand, out=f)
+    return first
+
+
+def _taps_of_box(x: np.ndarray, p: PoolProblem, box, y: np.ndarray, sc: dict) -> np.ndarray:
+    """y (box-shaped) = the maxima and the returned array each window's selected tap (positions in _taps(p)):
+    np.maximum and first-equal comparisons where no NaN or -0.0 is involved, else the exact scan."""
+    if _max_by_maximum(x, p, box, y):
+        first = _first_max_taps(x, p, box, y, sc)
+        if first is not None:
+            return first
+    _select(x, p, box, y, sc, True)
+    return sc["tap"]
 
 
 def _select(x: np.ndarray, p: PoolProblem, box, y: np.ndarray, sc: dict, want_tap: bool) -> None:
@@ -267,10 +304,9 @@ def _axis_index(o0: int, o1: int, stride: int, pad_before: int, dtype) -> np.nda
 
 def _argmax_box(x: np.ndarray, p: PoolProblem, box, y: np.ndarray, argmax: np.ndarray, sc: dict, toff: np.ndarray,
                 include_batch: bool) -> None:
-    """Exact max-scan of one output box (any geometry) and the flat indices of its maxima."""
+    """Max pooling of one output box (any geometry: _taps_of_box) and the flat indices of its maxima."""
     index_dtype = argmax.dtype
-    tap_id = sc["tap"]
-    _select(x, p, box, y[box], sc, True)
+    tap_id = _taps_of_box(x, p, box, y[box], sc)
     bd = _axis_index(box[1].start, box[1].stop, p.stride[0], p.pad_before[0], index_dtype)
     bh = _axis_index(box[2].start, box[2].stop, p.stride[1], p.pad_before[1], index_dtype)
     bw = _axis_index(box[3].start, box[3].stop, p.stride[2], p.pad_before[2], index_dtype)
@@ -791,10 +827,9 @@ def _grad_box(x: np.ndarray, dy: np.ndarray, p: PoolProblem, dx: np.ndarray, box
     to them (_scatter_taps; accumulate: through a float32 accumulator of the box's batch items)."""
     shape = box_shape(box) + (p.C,)
     sc = scratch.get(shape)
-    y = np.empty(shape, x.dtype)
-    _select(x, p, box, y, sc, True)
+    taps = _taps_of_box(x, p, box, np.empty(shape, x.dtype), sc)
     acc = np.zeros((shape[0],) + p.x_shape[1:], np.float32) if accumulate else None
-    _scatter_taps(p, box, dx, acc, dy[box], sc)
+    _scatter_taps(p, box, dx, acc, dy[box], dict(sc, tap=taps))
     if accumulate:
         dx[box[0]] = acc
 
