@@ -654,16 +654,7 @@ def test_tiled_max_pool_matches_generic_sweep(monkeypatch, case, data):
     from gpuconv.numpy_backend import pool as pool_module
     xs, window, stride, pad = case
     rng = np.random.default_rng(7)
-    x = (rng.integers(-3, 3, size=xs) / 2).astype(np.float32)
-    if data == "nan":
-        x[rng.random(xs) < 0.05] = np.nan
-    elif data == "zeros":
-        x = np.where(rng.random(xs) < 0.5, np.float32(0.0), np.minimum(x, 0)).astype(np.float32)
-        x[rng.random(xs) < 0.5] *= -1                   # +0 and -0 mixed, maxima often zero
-    elif data.startswith("relu"):
-        x = np.maximum(x, np.float32(0))
-    elif data == "int16":
-        x = rng.integers(-2, 3, size=xs).astype(np.int16)
+    x = _pool_input(xs, data, rng, nan_share=0.05, negative_share=0.5)
     p = pool_problem(x.shape, window, stride, pad)
     if data == "relu_one_negative_zero":
         # The last interior window: its first cell -0.0, then a +0 (max of -0.0 and +0 may give either sign).
@@ -687,10 +678,8 @@ def test_tiled_max_pool_matches_generic_sweep(monkeypatch, case, data):
         with monkeypatch.context() as mp:
             mp.setattr(pool_module, "_tiled", lambda p: False)
             want_dx = pool_module.max_pool_grad(x, dy, p)
-        calls = []
         with monkeypatch.context() as mp:
-            real = pool_module._scatter_selected
-            mp.setattr(pool_module, "_scatter_selected", lambda *a: (calls.append(1), real(*a)))
+            calls = _spy(mp, pool_module, "_scatter_selected")
             assert BACKEND.max_pool_grad(x, dy, p).tobytes() == want_dx.tobytes()
         assert calls or data == "nan" or not pool_module._tiled(p)   # the fast path scattered (NaN: maybe redone)
 
@@ -713,6 +702,36 @@ def test_tiled_max_pool_grad_matches_generic_sweep_for_every_width(monkeypatch, 
         want = pool_module.max_pool_grad(x, dy, p)
     assert pool_module._tiled(p)
     assert BACKEND.max_pool_grad(x, dy, p).tobytes() == want.tobytes()
+
+
+def _pool_input(xs, data: str, rng, nan_share: float, negative_share: float) -> np.ndarray:
+    """Pooling test data: halves in [-1.5, 1] with many ties ("ties"), with NaNs ("nan"), zeros of both signs as
+    frequent maxima ("zeros": negative_share of the cells sign-flipped), post-ReLU ("relu...": zeros all +0), or
+    small integers ("int16", "int8")."""
+    if data.startswith("int"):
+        info = np.iinfo(data)
+        return rng.integers(max(info.min, -2), min(info.max, 3), size=xs).astype(data)
+    x = (rng.integers(-3, 3, size=xs) / 2).astype(np.float32)
+    if data == "nan":
+        x[rng.random(xs) < nan_share] = np.nan
+    elif data == "zeros":
+        x = np.where(rng.random(xs) < 0.5, np.float32(0.0), np.minimum(x, 0)).astype(np.float32)
+        x[rng.random(xs) < negative_share] *= -1
+    elif data.startswith("relu"):
+        x = np.maximum(x, np.float32(0))
+    return x
+
+
+def _spy(monkeypatch, module, name: str) -> list:
+    """Patch module.name to record each of its results (it still runs) in the returned list."""
+    results, real = [], getattr(module, name)
+
+    def spy(*args):
+        results.append(real(*args))
+        return results[-1]
+
+    monkeypatch.setattr(module, name, spy)
+    return results
 
 
 def _grad_with_specials(shape, dtype, rng) -> np.ndarray:
@@ -743,16 +762,7 @@ def test_max_pool_by_np_maximum_matches_the_scan(monkeypatch, xs, window, stride
     from gpuconv.geometry import pool_problem
     from gpuconv.numpy_backend import pool as pool_module
     rng = np.random.default_rng(13)
-    x = (rng.integers(-3, 3, size=xs) / 2).astype(np.float32)
-    if data == "nan":
-        x[rng.random(xs) < 0.03] = np.nan
-    elif data == "zeros":
-        x = np.where(rng.random(xs) < 0.5, np.float32(0.0), np.minimum(x, 0)).astype(np.float32)
-        x[rng.random(xs) < 0.1] *= -1
-    elif data == "relu":
-        x = np.maximum(x, np.float32(0))
-    elif data == "int8":
-        x = rng.integers(-128, 128, size=xs).astype(np.int8)
+    x = _pool_input(xs, data, rng, nan_share=0.03, negative_share=0.1)
     p = pool_problem(x.shape, window, stride, pad)
     assert not pool_module._tiled(p)
     monkeypatch.setattr(_window, "POOL_BOX_BYTES", 200)
@@ -763,10 +773,8 @@ def test_max_pool_by_np_maximum_matches_the_scan(monkeypatch, xs, window, stride
         return [BACKEND.max_pool(x, p), *BACKEND.max_pool_argmax(x, p, np.dtype(np.int64), True),
                 BACKEND.max_pool_grad(x, dy, p)]
 
-    kept, firsts = [], []
-    real, real_first = pool_module._max_by_maximum, pool_module._first_max_taps
-    monkeypatch.setattr(pool_module, "_max_by_maximum", lambda *a: kept.append(real(*a)) or kept[-1])
-    monkeypatch.setattr(pool_module, "_first_max_taps", lambda *a: firsts.append(real_first(*a)) or firsts[-1])
+    kept = _spy(monkeypatch, pool_module, "_max_by_maximum")
+    firsts = _spy(monkeypatch, pool_module, "_first_max_taps")
     got = every_op()
     assert (firsts or data == "nan") and all(f is not None for f in firsts)   # argmax and grad took them
     monkeypatch.setattr(pool_module, "_max_by_maximum", lambda *a: False)      # the scan everywhere
@@ -784,9 +792,7 @@ def test_windows_of_more_than_254_taps_take_the_scans_taps(monkeypatch):
     x = rng.integers(-2, 3, size=(2, 1, 18, 17, 3)).astype(np.float32)         # ties
     p = pool_problem(x.shape, (1, 16, 16), (1, 1, 1), "VALID")
     dy = rng.standard_normal(p.y_shape).astype(np.float32)
-    firsts = []
-    real_first = pool_module._first_max_taps
-    monkeypatch.setattr(pool_module, "_first_max_taps", lambda *a: firsts.append(real_first(*a)) or firsts[-1])
+    firsts = _spy(monkeypatch, pool_module, "_first_max_taps")
     got = [*BACKEND.max_pool_argmax(x, p, np.dtype(np.int64), False), BACKEND.max_pool_grad(x, dy, p)]
     assert firsts and all(f is None for f in firsts)
     monkeypatch.setattr(pool_module, "_max_by_maximum", lambda *a: False)
@@ -804,9 +810,7 @@ def test_zero_maxima_are_fixed_only_where_a_negative_zero_exists(monkeypatch, dt
     x = np.maximum(np.random.default_rng(3).standard_normal((2, 1, 8, 8, 4)), 0).astype(dtype)
     p = pool_problem(x.shape, (1, 2, 2), (1, 2, 2), "VALID")
     monkeypatch.setattr(pool_module, "_FAST_BOX_VALUES", 16)       # one output row of one item per box
-    fixes = []
-    real = pool_module._fix_zeros
-    monkeypatch.setattr(pool_module, "_fix_zeros", lambda *a: (fixes.append(a[2].shape), real(*a))[1])
+    fixes = _spy(monkeypatch, pool_module, "_fix_zeros")
     for values_only in (False, True):
         for negative_zero in (False, True):
             xx = x.copy()
