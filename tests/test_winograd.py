@@ -149,7 +149,10 @@ def test_not_applied_outside_its_conditions(monkeypatch):
     assert not _winograd.applies(prob(stride=2), np.float32)
     assert not _winograd.applies(prob(dilation=2), np.float32)
     assert not _winograd.applies(prob(w=(1, 5, 5, 32, 32)), np.float32)
-    assert not _winograd.applies(prob(w=(3, 3, 3, 32, 32)), np.float32)
+    assert _winograd.applies(prob(w=(3, 3, 3, 32, 32)), np.float32)                   # depth taps: summed directly
+    assert not _winograd.applies(conv_problem((2, 6, 8, 8, 32), (3, 3, 3, 32, 32), (1, 1, 1), (2, 1, 1), "SAME"),
+                                 np.float32)                                          # depth dilation
+    assert not _winograd.applies(prob(w=(3, 3, 3, 32, 32), stride=2), np.float32)
     assert not _winograd.applies(prob(w=(1, 3, 3, 16, 32)), np.float32)               # grouped (C = 32)
     assert not _winograd.applies(prob(x=(2, 1, 8, 8, 16), w=(1, 3, 3, 16, 32)), np.float32)   # few channels
     assert not _winograd.applies(prob(x=(2, 1, 7, 7, 32)), np.float32)                # 7x7: too much waste
@@ -215,6 +218,92 @@ def test_winograd_matches_tensorflow(spy, padding):
             tf.compat.v1.nn.conv2d_backprop_filter(x, w.shape, dy, [1, 1, 1, 1], padding).numpy())
     for g, r in zip(got, want):
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# filters with depth taps (conv3d 3x3x3): correlate_depth and the depth wgrad
+# ---------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def spy3(monkeypatch):
+    return _count(monkeypatch, _winograd, ("correlate_depth",), "wgrad")
+
+
+def _ops3(x, w, dy, padding, fmt="NDHWC"):
+    return (gc.conv3d(x, w, 1, padding, data_format=fmt),
+            gc.conv3d_backprop_input(x.shape, w, dy, 1, padding, data_format=fmt),
+            gc.conv3d_backprop_filter(x, w.shape, dy, 1, padding, data_format=fmt))
+
+
+def _check_close3(got, x, w, dy, padding, fmt="NDHWC"):
+    x64, w64, dy64 = (a.astype(np.float64) for a in (x, w, dy))
+    for name, g, r, s in zip(("fprop", "dgrad", "wgrad"), got, _ops3(x64, w64, dy64, padding, fmt),
+                             _ops3(np.abs(x64), np.abs(w64), np.abs(dy64), padding, fmt)):
+        assert g.dtype == np.float32 and g.shape == r.shape, name
+        err = np.abs(g - r)
+        assert (err <= 16 * EPS * s + 1e-30).all(), (name, float((err / (s + 1e-30)).max() / EPS))
+
+
+DEPTH_CASES = [
+    # x (N, D, H, W, C), w (T, 3, 3, C, K), padding
+    ((2, 5, 8, 10, 32), (3, 3, 3, 32, 40), "SAME"),
+    ((1, 6, 10, 8, 32), (3, 3, 3, 32, 32), "VALID"),
+    ((2, 6, 9, 6, 40), (2, 3, 3, 40, 32), [[0, 0], [1, 0], [2, 1], [0, 2], [0, 0]]),   # even T, asymmetric
+    ((1, 4, 6, 8, 32), (3, 3, 3, 32, 32), [[0, 0], [2, 2], [1, 1], [1, 1], [0, 0]]),   # depth pad 2: dgrad pad 0
+    ((1, 1, 8, 8, 32), (3, 3, 3, 32, 32), "SAME"),        # one plane: two depth taps meet only padding
+]
+
+
+def _depth_problem(xs, ws, padding):
+    x, w = RNG.standard_normal(xs, np.float32), RNG.standard_normal(ws, np.float32)
+    p = conv_problem(xs, ws, (1, 1, 1), (1, 1, 1),
+                     padding if isinstance(padding, str) else [tuple(v) for v in padding[1:4]])
+    return x, w, RNG.standard_normal(p.y_shape, np.float32), p
+
+
+@pytest.mark.parametrize("xs,ws,padding", DEPTH_CASES)
+def test_depth_taps_match_direct(spy3, xs, ws, padding):
+    """Each output plane's depth taps in one GEMM per tile component (fprop, dgrad) and one GEMM per depth tap
+    (wgrad), within the same bound as the 2-D path; a tap that meets only padding has an exactly zero gradient."""
+    x, w, dy, p = _depth_problem(xs, ws, padding)
+    assert _winograd.applies(p, np.float32)
+    got = _ops3(x, w, dy, padding)
+    assert spy3 == {"correlate_depth": 2, "wgrad": 1}
+    _check_close3(got, x, w, dy, padding)
+    if xs[1] == 1:
+        assert (got[2][[0, 2]] == 0).all() and np.count_nonzero(got[2][1]) == 9 * 32 * 32
+
+
+def test_depth_taps_ncdhw_chunks_and_threads(spy3, monkeypatch):
+    """NCDHW, and chunks of one plane and a few tile rows (budget forced down): within the bound, and the same
+    bits for 1, 2 and 3 workers."""
+    x, w, dy, p = _depth_problem((2, 4, 12, 10, 32), (3, 3, 3, 32, 48), "SAME")
+    to_ncdhw = (0, 4, 1, 2, 3)
+    xc, dyc = x.transpose(to_ncdhw).copy(), dy.transpose(to_ncdhw).copy()
+    _check_close3(_ops3(xc, w, dyc, "SAME", "NCDHW"), xc, w, dyc, "SAME", "NCDHW")
+    monkeypatch.setattr(_winograd, "CHUNK_BYTES", _winograd._depth_chunk_bytes(1, 2, 5, 3, 48, 48, False))
+    size = lambda nd, rb: _winograd._depth_chunk_bytes(nd, rb, 5, 3, 32, 48, False)      # noqa: E731
+    chunks = _winograd._depth_chunks(2, 4, 6, 5, size)
+    assert len(chunks) > 8 and all(d1 - d0 == 1 for _, (d0, d1), _ in chunks)
+    results = _per_worker_count(monkeypatch, lambda: _ops3(x, w, dy, "SAME"))
+    assert spy3 == {"correlate_depth": 2 + 6, "wgrad": 1 + 3}
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert a.tobytes() == b.tobytes()
+    _check_close3(results[0], x, w, dy, "SAME")
+
+
+def test_depth_taps_non_finite_give_the_direct_results(spy3, monkeypatch):
+    x, w, dy, p = _depth_problem((1, 4, 6, 6, 32), (3, 3, 3, 32, 32), "SAME")
+    x[0, 1, 2, 3, 4] = np.inf
+    dy[0, 2, 1, 1, 0] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = _ops3(x, w, dy, "SAME")
+        assert spy3 == {"correlate_depth": 0, "wgrad": 0}
+        monkeypatch.setenv("GPUCONV_WINOGRAD", "0")
+        want = _ops3(x, w, dy, "SAME")
+    for g, r in zip(got, want):
+        assert g.tobytes() == r.tobytes()
 
 
 # ---------------------------------------------------------------------------------------------------------

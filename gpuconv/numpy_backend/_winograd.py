@@ -1,4 +1,4 @@
-"""Winograd F(2x2, 3x3) for float32 3x3 stride-1 convolutions on the CPU: 2.25x fewer multiplications.
+"""Winograd F(2x2, 3x3) for float32 3x3 (and T x 3 x 3) stride-1 convolutions on the CPU: 2.25x fewer multiplications.
 
 A 2x2 block of outputs of a 3x3 convolution reads a 4x4 input tile d. With the transforms of Lavin & Gray
 ("Fast Algorithms for Convolutional Neural Networks", 2016)
@@ -23,6 +23,17 @@ magnitudes both hold. conv.py zeroes wgrad taps that meet only padding (the adjo
     wgrad  the adjoint: dU[j] = V[j]^T @ E[j] with E = A dy A^T per 2x2 block of dy, then dw = G^T dU G
            (the derivative of y = A^T[U * V]A with respect to g); partial sums over chunks added in order.
 
+Depth taps (conv3d's T x 3 x 3 filters, depth stride and dilation 1): output plane d is the sum over t of the
+2-D correlations of input plane d - pad_d + t with filter plane t, all in one GEMM per tile component.
+correlate_depth transforms each input plane of a chunk once and keeps V as (tiles, planes, C), so that the T
+planes an output plane reads are T*C contiguous values per tile: M = V[tiles, planes d-pad_d..+T] (tiles x T*C)
+@ U (T*C x K, the T filter planes' transforms stacked), and BLAS sums the depth taps. dgrad: the same with the
+filter flipped in all three axes and depth pad T - 1 - pad_d. wgrad keeps V as (planes, tiles, C), where the
+planes of depth tap t for all output planes of a chunk are consecutive rows: one GEMM per depth tap. Measured
+(3D U-Net / C3D layers at N=1, float32, one thread, OpenBLAS Haswell kernels; fprop / dgrad / wgrad in ms,
+direct -> Winograd): 32^3x64 -> 64 105/88/101 -> 44/44/50, 16^3x128 -> 128 43/39/45 -> 19/20/20, 8x28x28x128 ->
+256 113/118/113 -> 59/67/60.
+
 Work goes in chunks of whole tile rows of some batch items, about CHUNK_BYTES of scratch each (input region,
 V, M, sums), so that the transforms run on cached data (each is a handful of NumPy adds over the chunk) and the
 scratch stays within _window.SCRATCH_BYTES per worker; a problem whose single tile row would not fit is
@@ -40,7 +51,7 @@ result) are checked; if any is not finite, the op reports failure and conv.py co
 exactly the direct path's infs and NaNs. (A finite Winograd output cannot have a non-finite direct value: an
 inf or NaN never cancels to a finite number.)
 
-Used by conv.py when `applies` says so: float32, groups 1, a 3x3 (x depth 1) filter, stride 1, dilation 1, at
+Used by conv.py when `applies` says so: float32, groups 1, a T x 3 x 3 filter, stride 1, dilation 1, at
 least MIN_CHANNELS input and output channels (below that the direct GEMMs are too thin to lose), and outputs
 that tiles cover without much waste (MAX_WORK_RATIO). GPUCONV_WINOGRAD=0 (read per call) convolves directly.
 Measured on the CPU box (ResNet-50 3x3 layers, N=8, float32, one thread, OpenBLAS Haswell kernels; fprop /
@@ -49,6 +60,7 @@ dgrad / wgrad in ms, direct -> Winograd): 56x56x64 20.6/19.8/20.7 -> 13.0/13.0/1
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 
@@ -82,10 +94,11 @@ def enabled() -> bool:
 
 
 def applies(p: ConvProblem, dtype: np.dtype) -> bool:
-    """Whether conv.py may use Winograd for this problem (fprop, dgrad and wgrad share the conditions)."""
+    """Whether conv.py may use Winograd for this problem (fprop, dgrad and wgrad share the conditions): a 3x3
+    filter in height and width, any depth taps (summed directly, correlate_depth) at depth dilation 1."""
     return (enabled() and np.dtype(dtype) == np.float32 and p.groups == 1
-            and (p.T, p.R, p.S) == (1, 3, 3) and p.stride == (1, 1, 1) and p.dilation[1:] == (1, 1)
-            and p.pad_before[0] == 0 and p.Z == p.D
+            and (p.R, p.S) == (3, 3) and p.stride == (1, 1, 1) and p.dilation[1:] == (1, 1)
+            and (p.dilation[0] == 1 if p.T > 1 else p.pad_before[0] == 0 and p.Z == p.D)
             and min(p.C, p.K) >= MIN_CHANNELS and min(p.P, p.Q) >= 2
             and 16 * -(-p.P // 2) * -(-p.Q // 2) <= MAX_WORK_RATIO * 9 * p.P * p.Q and fits(p))
 
@@ -203,11 +216,21 @@ def _budget() -> int:
     return min(CHUNK_BYTES, _window.SCRATCH_BYTES)
 
 
+def _depth_chunk_bytes(nd: int, rb: int, tq: int, T: int, C: int, K: int, wgrad: bool) -> int:
+    """Scratch bytes of a correlate_depth / wgrad chunk of nd output planes x rb tile rows: the input region of
+    its nd + T - 1 planes, row-stage sums, V, M and the output row sums (wgrad: E, the dy region and its row
+    sums, as much)."""
+    t, planes = rb * tq, nd + T - 1
+    return 4 * (((2 * rb + 2) + 4 * rb) * (2 * tq + 2) * planes * C + 16 * t * planes * C + (16 + 8) * nd * t * K)
+
+
 def fits(p: ConvProblem) -> bool:
-    """Whether one tile row of one item fits the scratch budget (else conv.py convolves directly); dgrad tiles
-    dx, whose width W may exceed Q."""
-    tq = -(-max(p.Q, p.W) // 2)
-    return _chunk_bytes(1, 1, tq, max(p.C, p.K), max(p.C, p.K), True) <= _budget()
+    """Whether one tile row of one item (with depth taps: of one output plane) fits the scratch budget (else
+    conv.py convolves directly); dgrad tiles dx, whose width W may exceed Q."""
+    tq, ck = -(-max(p.Q, p.W) // 2), max(p.C, p.K)
+    if p.T > 1:
+        return max(_depth_chunk_bytes(1, 1, tq, p.T, ck, ck, g) for g in (False, True)) <= _budget()
+    return _chunk_bytes(1, 1, tq, ck, ck, True) <= _budget()
 
 
 def _chunks(n: int, tp: int, tq: int, size) -> list:
@@ -266,8 +289,86 @@ def correlate(x: np.ndarray, U: np.ndarray, pad: tuple, out: np.ndarray) -> bool
     return fill_until_nonfinite(fill, chunks)
 
 
+def _depth_region(src: np.ndarray, n: int, box: tuple, planes_last: bool) -> np.ndarray:
+    """src[n, p0:p1, r0:r1, c0:c1] (box: the three ranges), zeros outside src, in a per-thread buffer laid out
+    (planes, rows, cols, C) or, planes_last, (rows, cols, planes, C)."""
+    order = (1, 2, 0) if planes_last else (0, 1, 2)                 # buffer axis a holds box axis order[a]
+    lo = [max(a0, 0) for a0, _ in box]
+    hi = [min(a1, size) for (_, a1), size in zip(box, src.shape[1:4])]
+    shape = tuple(box[k][1] - box[k][0] for k in order) + (src.shape[-1],)
+    out = _scratch("region", math.prod(shape)).reshape(shape)
+    if any(h <= l for l, h in zip(lo, hi)):
+        out[...] = 0
+        return out
+    inside = tuple(slice(lo[k] - box[k][0], hi[k] - box[k][0]) for k in order)
+    out[inside] = src[n, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].transpose(order + (3,))
+    for a, k in enumerate(order):                                    # zero the margins, axis by axis
+        out[(slice(None),) * a + (slice(0, lo[k] - box[k][0]),)] = 0
+        out[(slice(None),) * a + (slice(hi[k] - box[k][0], None),)] = 0
+    return out
+
+
+def _depth_input_transform(src: np.ndarray, chunk: tuple, T: int, pad: tuple, tq: int,
+                           planes_last: bool) -> np.ndarray:
+    """V of a chunk (n, (d0, d1) output planes, (i0, i1) tile rows): the input transform of the nd + T - 1
+    planes its outputs read through the T depth taps (plane d - pad_d + t), as (16, rb*tq, planes, C) when
+    planes_last (a tile's T consecutive planes are T*C contiguous values: correlate_depth's GEMM operand) or
+    (16, planes*rb*tq, C) (T consecutive planes are contiguous rows: wgrad's)."""
+    n, (d0, d1), (i0, i1) = chunk
+    rb, planes, C = i1 - i0, d1 - d0 + T - 1, src.shape[-1]
+    box = ((d0 - pad[0], d1 - pad[0] + T - 1), (2 * i0 - pad[1], 2 * i1 - pad[1] + 2), (-pad[2], 2 * tq - pad[2] + 2))
+    d = _depth_region(src, n, box, planes_last)
+    if planes_last:
+        V = _scratch("V", 16 * rb * tq * planes * C).reshape(16, 1, rb, tq, planes * C)
+        _input_transform(d.reshape((1,) + d.shape[:2] + (planes * C,)), tq, V)
+        return V.reshape(16, rb * tq, planes, C)
+    V = _scratch("V", 16 * rb * tq * planes * C).reshape(16, planes, rb, tq, C)
+    _input_transform(d, tq, V)
+    return V.reshape(16, planes * rb * tq, C)
+
+
+def _depth_taps(V: np.ndarray, i: int, T: int) -> np.ndarray:
+    """(16, tiles, T*C) view of V: per tile, the T planes that output plane i of the chunk reads, in tap order."""
+    return V[:, :, i:i + T].reshape(V.shape[:2] + (T * V.shape[3],))
+
+
+def _depth_chunks(N: int, Z: int, tp: int, tq: int, size) -> list:
+    """(n, output planes, tile rows) chunks within the budget (_chunks over the output planes of each item)."""
+    return [(n, planes, rows) for n in range(N) for planes, rows in _chunks(Z, tp, tq, size)]
+
+
+def correlate_depth(x: np.ndarray, U: np.ndarray, T: int, pad: tuple, out: np.ndarray) -> bool:
+    """out (N, Z, P, Q, K) = the T x 3 x 3 correlation of x (N, D, H, W, C) with U (16, T*C, K): the transformed
+    3x3 filters of the T depth taps stacked along the reduction axis, so that each output plane's depth sum is
+    part of one GEMM per tile component (tiles x T*C by T*C x K). Output (z, p, q) reads x[z - pad[0] + t,
+    p - pad[1] + r, q - pad[2] + s] (zero outside x). False (out partly written) when an output is not finite."""
+    N, Z, P, Q, K = out.shape
+    C = x.shape[-1]
+    tp, tq = -(-P // 2), -(-Q // 2)
+    chunks = _depth_chunks(N, Z, tp, tq, lambda nd, rb: _depth_chunk_bytes(nd, rb, tq, T, C, K, False))
+
+    def fill(chunk) -> np.ndarray:
+        n, (d0, d1), (i0, i1) = chunk
+        V = _depth_input_transform(x, chunk, T, pad, tq, True)
+        M = _scratch("M", 16 * (d1 - d0) * V.shape[1] * K).reshape(16, d1 - d0, V.shape[1], K)
+        for i in range(d1 - d0):
+            np.matmul(_depth_taps(V, i, T), U, out=M[:, i])
+        dst = out[n, d0:d1, 2 * i0:min(2 * i1, P)]
+        _output_transform(M.reshape(16, d1 - d0, i1 - i0, tq, K), dst)
+        return dst
+
+    return fill_until_nonfinite(fill, chunks)
+
+
+def _stacked(transforms: list) -> np.ndarray:
+    """(16, T*rows, cols) from T (16, rows, cols) transforms (views welcome): the depth taps along the rows."""
+    return np.stack(transforms, axis=1).reshape(16, -1, transforms[0].shape[2])
+
+
 def fprop(x: np.ndarray, w: np.ndarray, p: ConvProblem, y: np.ndarray) -> bool:
     """y = conv(x, w) for an `applies` problem (5-D channels-last arrays). False: compute directly instead."""
+    if p.T > 1:
+        return correlate_depth(x, _stacked([filter_transform(w[t]) for t in range(p.T)]), p.T, p.pad_before, y)
     x4 = x.reshape((p.N * p.D,) + x.shape[2:])
     y4 = y.reshape((p.N * p.Z,) + y.shape[2:])
     return correlate(x4, filter_transform(w[0]), p.pad_before[1:], y4)
@@ -278,6 +379,10 @@ def dgrad(dy: np.ndarray, w: np.ndarray, p: ConvProblem, dx: np.ndarray) -> bool
     2 - pad_before (dx[i] reads dy[i + pad_before - r] = dy[i - (2 - pad_before) + (2 - r)])."""
     # U of the flipped filter, (16, C, K), used as (16, K, C) through a transposed view (BLAS reads it as it
     # is; a transposed copy of w costs about as much as the transform).
+    if p.T > 1:            # depth taps flipped too; dx[d] reads dy[d + pad_d - t] = dy[d - (T-1-pad_d) + (T-1-t)]
+        U = _stacked([filter_transform(w[p.T - 1 - t, ::-1, ::-1]).transpose(0, 2, 1) for t in range(p.T)])
+        return correlate_depth(dy, U, p.T, (p.T - 1 - p.pad_before[0], 2 - p.pad_before[1], 2 - p.pad_before[2]),
+                               dx)
     u = filter_transform(w[0, ::-1, ::-1]).transpose(0, 2, 1)
     dy4 = dy.reshape((p.N * p.Z,) + dy.shape[2:])
     dx4 = dx.reshape((p.N * p.D,) + dx.shape[2:])
@@ -301,8 +406,40 @@ def _dy_transform(e: np.ndarray, E: np.ndarray) -> None:
         np.copyto(E[4 * a + 3], c1)
 
 
+def _wgrad_depth(x: np.ndarray, dy: np.ndarray, p: ConvProblem) -> np.ndarray:
+    """dU (16, T*C, K) of a problem with depth taps: per chunk and tap t, the transform of planes d - pad_d + t
+    of all its output planes d against their dy blocks' transform, one GEMM over (planes x tiles); chunks'
+    partials added in order."""
+    N, Z, P, Q, K = dy.shape
+    C, T = x.shape[-1], p.T
+    tp, tq = -(-P // 2), -(-Q // 2)
+    du = np.zeros((16, T * C, K), np.float32)
+
+    def partial(chunk, bufs: list) -> None:
+        n, (d0, d1), (i0, i1) = chunk
+        rows = (d1 - d0) * (i1 - i0) * tq                             # output planes x tiles
+        V = _depth_input_transform(x, chunk, T, p.pad_before, tq, False)
+        e = _region(dy[n], (d0, d1), (2 * i0, 2 * i1), (0, 2 * tq), "dy")
+        E = _scratch("M", 16 * rows * K).reshape(16, d1 - d0, i1 - i0, tq, K)
+        _dy_transform(e, E)
+        step = rows // (d1 - d0)                                       # V rows per plane
+        for t in range(T):
+            np.matmul(V[:, t * step:t * step + rows].transpose(0, 2, 1), E.reshape(16, rows, K),
+                      out=bufs[0][:, t * C:(t + 1) * C])
+
+    chunks = _depth_chunks(N, Z, tp, tq, lambda nd, rb: _depth_chunk_bytes(nd, rb, tq, T, C, K, True))
+    _parallel.sum_in_order(partial, chunks, [du], _parallel.gemm_chunks())
+    return du
+
+
 def wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem):
-    """dw (1, 3, 3, C, K) of an `applies` problem, or None when not finite (compute directly instead)."""
+    """dw (T, 3, 3, C, K) of an `applies` problem, or None when not finite (compute directly instead)."""
+    if p.T > 1:
+        du = _wgrad_depth(x, dy, p).reshape(4, 4, p.T, x.shape[-1], dy.shape[-1])
+        du[3] *= -1                                            # undo A' (see _dy_transform)
+        du[:, 3] *= -1
+        dw = np.stack([_filter_adjoint(du[:, :, t]) for t in range(p.T)])
+        return dw if _finite(dw) else None
     x4 = x.reshape((p.N * p.D,) + x.shape[2:])
     dy4 = dy.reshape((p.N * p.Z,) + dy.shape[2:])
     N, P, Q, K = dy4.shape

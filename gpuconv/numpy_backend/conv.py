@@ -1,9 +1,9 @@
 """Convolution on the CPU: fprop, dgrad and wgrad as bounded im2col blocks + BLAS GEMMs.
 
-float32 3x3 stride-1 problems with enough channels go to Winograd F(2x2, 3x3) first (_winograd.py: 2.25x fewer
-multiplications), stride-2 fprop, dgrad and wgrad to its polyphase form (_winograd_s2.py: 1.44x fewer); both hand
-back to the paths below when an output would not be finite. One gather core serves all three operators otherwise.
-For a box of output positions it builds the column block
+float32 3x3 (and T x 3 x 3) stride-1 problems with enough channels go to Winograd F(2x2, 3x3) first (_winograd.py:
+2.25x fewer multiplications), stride-2 fprop, dgrad and wgrad to its polyphase form (_winograd_s2.py: 1.44x
+fewer); both hand back to the paths below when an output would not be finite. One gather core serves all three
+operators otherwise. For a box of output positions it builds the column block
 `cols[g, m, tap, ci] = src[n, o*stride + offset(tap)]` (zero where the tap reads outside src; padding is never
 materialised) and multiplies it by a per-group weight matrix:
     fprop: src = x,  out = y,  stride = the conv stride, offset = k*dilation - pad_before, weights w[tap] (C/G, K/G)
