@@ -40,6 +40,18 @@ def tap_range(o0: int, o1: int, stride: int, offset: int, i_lo: int, i_hi: int) 
     return lo - o0, hi - o0, lo * stride + offset
 
 
+def tap_slices(box: Sequence[slice], offsets: Sequence[int], strides: Sequence[int], dims: Sequence[int]):
+    """(inner, sel) for one window tap of a box of output positions (batch, depth, row, column slices): the slice
+    of the box whose outputs read an input cell inside dims through this tap (input o * stride + offset per
+    axis), and the strided input slice they read. None when no output of the box does."""
+    rng = [tap_range(b.start, b.stop, s, off, 0, n) for b, s, off, n in zip(box[1:], strides, offsets, dims)]
+    if any(hi <= lo for lo, hi, _ in rng):
+        return None
+    inner = (slice(None),) + tuple(slice(lo, hi) for lo, hi, _ in rng)
+    sel = (box[0],) + tuple(slice(i0, i0 + (hi - lo - 1) * s + 1, s) for (lo, hi, i0), s in zip(rng, strides))
+    return inner, sel
+
+
 @functools.lru_cache(maxsize=256)
 def axis_taps(n: int, k: int, s: int, d: int, pb: int, o: int) -> tuple[int, ...]:
     """Window taps t in [0, k) along one axis that some output q in [0, o) reads in bounds: q*s + t*d - pb in

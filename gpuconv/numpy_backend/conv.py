@@ -2,8 +2,9 @@
 
 float32 3x3 (and T x 3 x 3) stride-1 problems with enough channels go to Winograd F(2x2, 3x3) first (_winograd.py:
 2.25x fewer multiplications), stride-2 fprop, dgrad and wgrad to its polyphase form (_winograd_s2.py: 1.44x
-fewer); both hand back to the paths below when an output would not be finite. One gather core serves all three
-operators otherwise. For a box of output positions it builds the column block
+fewer); both hand back to the paths below when an output would not be finite. Depthwise problems (one input
+channel per group) go to _depthwise.py (a multiply and an add per tap instead of per-group GEMMs of one input
+channel). One gather core serves all three operators otherwise. For a box of output positions it builds the column block
 `cols[g, m, tap, ci] = src[n, o*stride + offset(tap)]` (zero where the tap reads outside src; padding is never
 materialised) and multiplies it by a per-group weight matrix:
     fprop: src = x,  out = y,  stride = the conv stride, offset = k*dilation - pad_before, weights w[tap] (C/G, K/G)
@@ -45,7 +46,7 @@ import numpy as np
 
 from ..dtypes import accumulator_dtype
 from ..geometry import ConvProblem
-from . import _parallel, _window, _winograd, _winograd_s2
+from . import _depthwise, _parallel, _window, _winograd, _winograd_s2
 from ._window import axis_taps, box_shape, boxes, tap_range
 
 
@@ -337,6 +338,8 @@ def conv_fprop(x: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
     if x.size == 0:
         y[...] = 0
         return y
+    if _depthwise.applies(p):
+        return _depthwise.fprop(x, w, p)
     for fast in (_winograd, _winograd_s2):           # False: an output was not finite, compute directly
         if fast.applies(p, x.dtype) and fast.fprop(x, w, p, y):
             return y
@@ -479,6 +482,8 @@ def conv_dgrad(dy: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
     if dy.size == 0:
         dx[...] = 0
         return dx
+    if _depthwise.applies(p):
+        return _depthwise.dgrad(dy, w, p)
     if _winograd.applies(p, dy.dtype) and _winograd.dgrad(dy, w, p, dx):
         return dx
     if _winograd_s2.applies_dgrad(p, dy.dtype) and _winograd_s2.dgrad(dy, w, p, dx):
@@ -523,6 +528,8 @@ def conv_wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem) -> np.ndarray:
     from . import _nonfinite
     if not _nonfinite.operand_is_finite(dy):         # padding must not multiply inf/NaN (DESIGN.md section 2)
         return _nonfinite.conv_wgrad(x, dy, p)
+    if x.size and dy.size and _depthwise.applies(p):
+        return _depthwise.wgrad(x, dy, p)
     for fast in (_winograd, _winograd_s2):
         if x.size and dy.size and fast.applies(p, x.dtype):
             dw = fast.wgrad(x, dy, p)

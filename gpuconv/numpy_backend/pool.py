@@ -40,7 +40,7 @@ import numpy as np
 from ..dtypes import accumulator_dtype
 from ..geometry import PoolProblem
 from . import _parallel, _window
-from ._window import axis_taps, box_shape, boxes, tap_range
+from ._window import axis_taps, box_shape, boxes, tap_slices
 
 # Values per argmax_scatter chunk: small enough that integer sums in float64 stay exact (< 2^52 for
 # |v| < 2^31) and the float64 chunk accumulator stays within the scratch budget.
@@ -81,17 +81,9 @@ def _tap_axes(p: PoolProblem) -> list:
 
 
 def _tap_slices(p: PoolProblem, box, tap):
-    """(inner, sel) for one tap: the slice of the output box whose cells are in bounds, and the x slice they read.
-
-    None when no output of the box reads an in-bounds cell with this tap.
-    """
-    rng = [tap_range(box[a + 1].start, box[a + 1].stop, p.stride[a], tap[a] - p.pad_before[a], 0, n)
-           for a, n in enumerate((p.D, p.H, p.W))]
-    if any(hi <= lo for lo, hi, _ in rng):
-        return None
-    inner = (slice(None),) + tuple(slice(lo, hi) for lo, hi, _ in rng)
-    sel = (box[0],) + tuple(slice(i0, i0 + (hi - lo - 1) * s + 1, s) for (lo, hi, i0), s in zip(rng, p.stride))
-    return inner, sel
+    """_window.tap_slices for one window tap (offset tap - pad_before): the box's outputs whose cell is in bounds
+    and the x slice they read; None when there are none."""
+    return tap_slices(box, [t - b for t, b in zip(tap, p.pad_before)], p.stride, (p.D, p.H, p.W))
 
 
 def _first_cells(o0: int, o1: int, stride: int, pad_before: int) -> np.ndarray:
