@@ -815,8 +815,8 @@ def _scatter_taps(p: PoolProblem, box, dx: np.ndarray, acc, g: np.ndarray, sc) -
 
 def _grad_box(x: np.ndarray, dy: np.ndarray, p: PoolProblem, dx: np.ndarray, box, scratch: _Scratch,
               accumulate: bool) -> None:
-    """max_pool_grad of one output box by the exact sweep: the scan's selected taps (_select), then dy scattered
-    to them (_scatter_taps; accumulate: through a float32 accumulator of the box's batch items)."""
+    """max_pool_grad of one output box by the generic sweep: each window's selected tap (_taps_of_box), then dy
+    scattered to them (_scatter_taps; accumulate: through a float32 accumulator of the box's batch items)."""
     shape = box_shape(box) + (p.C,)
     sc = scratch.get(shape)
     taps = _taps_of_box(x, p, box, np.empty(shape, x.dtype), sc)
@@ -850,8 +850,8 @@ def _scatter_selected(p: PoolProblem, code: np.ndarray, g: np.ndarray, dx: np.nd
 
 def _max_pool_grad_tiled(x: np.ndarray, dy: np.ndarray, p: PoolProblem, dx: np.ndarray, scratch: _Scratch) -> None:
     """max_pool_grad where windows tile the rows: the fast path's tap codes pick each window's cell
-    (_fast_box) and _scatter_selected writes dy there; boxes holding a NaN and the border take the exact sweep
-    (SegNet pool3, 4x90x120x256 post-ReLU float32, one thread on the CPU box: 12.4 ms against 19.5 ms by the
+    (_fast_box) and _scatter_selected writes dy there; boxes holding a NaN and the border take the generic sweep
+    (_grad_box; SegNet pool3, 4x90x120x256 post-ReLU float32, one thread on the CPU box: 12.4 ms against 19.5 ms by the
     exact sweep; pool5, 4x22x30x512: 1.25 against 2.2 ms)."""
     parallel = dy.size >= _PARALLEL_MIN
     values, _, _, _, _, fast_boxes, border_boxes = _tiled_plan(
