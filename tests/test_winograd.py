@@ -46,14 +46,17 @@ def spy(monkeypatch):
     return _count(monkeypatch, _winograd, ("correlate",), "wgrad")
 
 
-def _ops(x, w, dy, padding, fmt="NHWC"):
-    """fprop, dgrad, wgrad of one 2-D stride-1 convolution."""
-    return (gc.conv2d(x, w, 1, padding, data_format=fmt),
-            gc.conv2d_backprop_input(x.shape, w, dy, 1, padding, data_format=fmt),
-            gc.conv2d_backprop_filter(x, w.shape, dy, 1, padding, data_format=fmt))
+def _ops(x, w, dy, padding, fmt=None):
+    """fprop, dgrad, wgrad of one stride-1 convolution: 2-D for a 4-D x, 3-D for a 5-D one."""
+    three = x.ndim == 5
+    conv, dgrad, wgrad = ((gc.conv3d, gc.conv3d_backprop_input, gc.conv3d_backprop_filter) if three else
+                          (gc.conv2d, gc.conv2d_backprop_input, gc.conv2d_backprop_filter))
+    fmt = fmt or ("NDHWC" if three else "NHWC")
+    return (conv(x, w, 1, padding, data_format=fmt), dgrad(x.shape, w, dy, 1, padding, data_format=fmt),
+            wgrad(x, w.shape, dy, 1, padding, data_format=fmt))
 
 
-def _check_close(got, x, w, dy, padding, fmt="NHWC"):
+def _check_close(got, x, w, dy, padding, fmt=None):
     x64, w64, dy64 = (a.astype(np.float64) for a in (x, w, dy))
     want = _ops(x64, w64, dy64, padding, fmt)
     scale = _ops(np.abs(x64), np.abs(w64), np.abs(dy64), padding, fmt)
@@ -173,15 +176,22 @@ def test_non_finite_inputs_give_the_direct_results(spy, monkeypatch):
     x[0, 3, 3, 5] = np.inf
     x[1, 6, 2, 0] = np.nan
     dy[1, 0, 0, 3] = -np.inf
-    with warnings.catch_warnings():                         # IEEE results, no NumPy warnings on either path
+    got = _same_bits_as_direct(monkeypatch, spy, {"correlate": 0, "wgrad": 0}, x, w, dy)
+    assert np.isinf(got[0]).any() and np.isnan(got[0]).any()
+
+
+def _same_bits_as_direct(monkeypatch, spy, gave_up: dict, x, w, dy) -> tuple:
+    """_ops(x, w, dy, "SAME") with Winograd allowed (the spy shows it gave up: gave_up) and with it off: the same
+    bits, and no NumPy warning on either path (IEEE results)."""
+    with warnings.catch_warnings():
         warnings.simplefilter("error")
         got = _ops(x, w, dy, "SAME")
-        assert spy == {"correlate": 0, "wgrad": 0}
+        assert spy == gave_up
         monkeypatch.setenv("GPUCONV_WINOGRAD", "0")
         want = _ops(x, w, dy, "SAME")
     for g, r in zip(got, want):
         assert g.tobytes() == r.tobytes()
-    assert np.isinf(got[0]).any() and np.isnan(got[0]).any()
+    return got
 
 
 def test_overflow_inside_the_transforms_falls_back(spy):
@@ -228,21 +238,6 @@ def spy3(monkeypatch):
     return _count(monkeypatch, _winograd, ("correlate_depth",), "wgrad")
 
 
-def _ops3(x, w, dy, padding, fmt="NDHWC"):
-    return (gc.conv3d(x, w, 1, padding, data_format=fmt),
-            gc.conv3d_backprop_input(x.shape, w, dy, 1, padding, data_format=fmt),
-            gc.conv3d_backprop_filter(x, w.shape, dy, 1, padding, data_format=fmt))
-
-
-def _check_close3(got, x, w, dy, padding, fmt="NDHWC"):
-    x64, w64, dy64 = (a.astype(np.float64) for a in (x, w, dy))
-    for name, g, r, s in zip(("fprop", "dgrad", "wgrad"), got, _ops3(x64, w64, dy64, padding, fmt),
-                             _ops3(np.abs(x64), np.abs(w64), np.abs(dy64), padding, fmt)):
-        assert g.dtype == np.float32 and g.shape == r.shape, name
-        err = np.abs(g - r)
-        assert (err <= 16 * EPS * s + 1e-30).all(), (name, float((err / (s + 1e-30)).max() / EPS))
-
-
 DEPTH_CASES = [
     # x (N, D, H, W, C), w (T, 3, 3, C, K), padding
     ((2, 5, 8, 10, 32), (3, 3, 3, 32, 40), "SAME"),
@@ -266,9 +261,9 @@ def test_depth_taps_match_direct(spy3, xs, ws, padding):
     (wgrad), within the same bound as the 2-D path; a tap that meets only padding has an exactly zero gradient."""
     x, w, dy, p = _depth_problem(xs, ws, padding)
     assert _winograd.applies(p, np.float32)
-    got = _ops3(x, w, dy, padding)
+    got = _ops(x, w, dy, padding)
     assert spy3 == {"correlate_depth": 2, "wgrad": 1}
-    _check_close3(got, x, w, dy, padding)
+    _check_close(got, x, w, dy, padding)
     if xs[1] == 1:
         assert (got[2][[0, 2]] == 0).all() and np.count_nonzero(got[2][1]) == 9 * 32 * 32
 
@@ -279,31 +274,25 @@ def test_depth_taps_ncdhw_chunks_and_threads(spy3, monkeypatch):
     x, w, dy, p = _depth_problem((2, 4, 12, 10, 32), (3, 3, 3, 32, 48), "SAME")
     to_ncdhw = (0, 4, 1, 2, 3)
     xc, dyc = x.transpose(to_ncdhw).copy(), dy.transpose(to_ncdhw).copy()
-    _check_close3(_ops3(xc, w, dyc, "SAME", "NCDHW"), xc, w, dyc, "SAME", "NCDHW")
+    _check_close(_ops(xc, w, dyc, "SAME", "NCDHW"), xc, w, dyc, "SAME", "NCDHW")
     monkeypatch.setattr(_winograd, "CHUNK_BYTES", _winograd._depth_chunk_bytes(1, 2, 5, 3, 48, 48, False))
     size = lambda nd, rb: _winograd._depth_chunk_bytes(nd, rb, 5, 3, 32, 48, False)      # noqa: E731
     chunks = _winograd._depth_chunks(2, 4, 6, 5, size)
     assert len(chunks) > 8 and all(d1 - d0 == 1 for _, (d0, d1), _ in chunks)
-    results = _per_worker_count(monkeypatch, lambda: _ops3(x, w, dy, "SAME"))
+    results = _per_worker_count(monkeypatch, lambda: _ops(x, w, dy, "SAME"))
     assert spy3 == {"correlate_depth": 2 + 6, "wgrad": 1 + 3}
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert a.tobytes() == b.tobytes()
-    _check_close3(results[0], x, w, dy, "SAME")
+    _check_close(results[0], x, w, dy, "SAME")
 
 
 def test_depth_taps_non_finite_give_the_direct_results(spy3, monkeypatch):
     x, w, dy, p = _depth_problem((1, 4, 6, 6, 32), (3, 3, 3, 32, 32), "SAME")
     x[0, 1, 2, 3, 4] = np.inf
     dy[0, 2, 1, 1, 0] = np.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        got = _ops3(x, w, dy, "SAME")
-        assert spy3 == {"correlate_depth": 0, "wgrad": 0}
-        monkeypatch.setenv("GPUCONV_WINOGRAD", "0")
-        want = _ops3(x, w, dy, "SAME")
-    for g, r in zip(got, want):
-        assert g.tobytes() == r.tobytes()
+    got = _same_bits_as_direct(monkeypatch, spy3, {"correlate_depth": 0, "wgrad": 0}, x, w, dy)
+    assert np.isinf(got[0]).any() and np.isnan(got[1]).any()
 
 
 # ---------------------------------------------------------------------------------------------------------
