@@ -139,6 +139,10 @@ class ConvProblem:
     def is_empty(self) -> bool:
         return 0 in self.x_shape or 0 in self.y_shape or 0 in self.w_shape
 
+    def tap_offset(self, tap) -> tuple[int, ...]:
+        """Per spatial axis, the input offset of filter tap (t, r, s): output o reads input o * stride + offset."""
+        return tuple(k * d - b for k, d, b in zip(tap, self.dilation, self.pad_before))
+
     def needs_int64(self) -> bool:
         """True when some tensor of the problem has >= 2^31 elements (kernels then index in 64 bits)."""
         return any(_prod(s) >= INT32_LIMIT for s in (self.x_shape, self.w_shape, self.y_shape))

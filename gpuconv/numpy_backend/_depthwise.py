@@ -38,9 +38,8 @@ def applies(p: ConvProblem) -> bool:
 
 
 def _offsets(p: ConvProblem) -> list:
-    """Per window tap (row-major over T, R, S), the input offset tap * dilation - pad_before of each axis."""
-    return [tuple(k * d - b for k, d, b in zip(tap, p.dilation, p.pad_before))
-            for tap in itertools.product(range(p.T), range(p.R), range(p.S))]
+    """Per window tap, row-major over (T, R, S) as w's taps, its input offsets (ConvProblem.tap_offset)."""
+    return [p.tap_offset(tap) for tap in itertools.product(range(p.T), range(p.R), range(p.S))]
 
 
 def _filter(w: np.ndarray, p: ConvProblem, acc: np.dtype) -> np.ndarray:

@@ -7,7 +7,7 @@ operand is finite (0 * v = 0) but not when it holds inf or NaN (0 * inf = NaN). 
 zeros is w for fprop and dgrad and dy for wgrad; conv.py routes a problem here when that operand is not all
 finite (one np.isfinite pass over it), so finite problems keep the fast paths bit for bit.
 
-Here every filter tap is one GEMM per group restricted to the tap's in-bounds output box (_window.tap_range):
+Here every filter tap is one GEMM per group restricted to the tap's in-bounds output box (_window.tap_slices):
     fprop  y[:, box]        += x[:, tap's input cells] @ w[tap]
     dgrad  dx[:, tap cells] += dy[:, box] @ w[tap]^T      (cells o*stride + tap*dilation - pad_before that lie
                                                            in dx: exactly the (i, o, tap) triples of the gather
@@ -27,7 +27,7 @@ import numpy as np
 from ..dtypes import accumulator_dtype
 from ..geometry import ConvProblem
 from . import _window
-from ._window import tap_range
+from ._window import tap_slices
 
 
 def operand_is_finite(a: np.ndarray) -> bool:
@@ -38,16 +38,13 @@ def operand_is_finite(a: np.ndarray) -> bool:
 def _tap_boxes(p: ConvProblem):
     """Per filter tap (t, r, s) in order: (tap index, output box, input cells) or None when no output of the
     tap reads inside x. Output box: slices of (Z, P, Q); input cells: strided slices of (D, H, W)."""
-    out_ext, in_ext = (p.Z, p.P, p.Q), (p.D, p.H, p.W)
+    whole = (slice(None),) + tuple(slice(0, o) for o in (p.Z, p.P, p.Q))
     for j, tap in enumerate(itertools.product(range(p.T), range(p.R), range(p.S))):
-        rng = [tap_range(0, o, s, k * d - b, 0, n)
-               for o, s, k, d, b, n in zip(out_ext, p.stride, tap, p.dilation, p.pad_before, in_ext)]
-        if any(hi <= lo for lo, hi, _ in rng):
+        found = tap_slices(whole, p.tap_offset(tap), p.stride, (p.D, p.H, p.W))
+        if found is None:
             yield j, None, None
-            continue
-        out_box = tuple(slice(lo, hi) for lo, hi, _ in rng)
-        in_cells = tuple(slice(i0, i0 + (hi - lo - 1) * s + 1, s) for (lo, hi, i0), s in zip(rng, p.stride))
-        yield j, out_box, in_cells
+        else:
+            yield j, found[0][1:], found[1][1:]
 
 
 def _batches(p: ConvProblem, acc: np.dtype):

@@ -346,7 +346,7 @@ def conv_fprop(x: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
     acc = accumulator_dtype(x.dtype)
     G, cg, kg = p.groups, p.group_c, p.group_k
     taps = _taps(p)
-    offsets = [tuple(k * d - b for k, d, b in zip(tap, p.dilation, p.pad_before)) for tap in taps]
+    offsets = [p.tap_offset(tap) for tap in taps]
     # w (T,R,S,Cg,K) -> (G, taps*Cg, Kg): column index tap*Cg + c matches the column block layout.
     wmat = np.ascontiguousarray(
         w.reshape(len(taps), cg, G, kg).transpose(2, 0, 1, 3).reshape(G, len(taps) * cg, kg), dtype=acc)
@@ -368,7 +368,7 @@ def _dgrad_scatter(dy: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
     ntaps = len(taps)
     # w (T,R,S,Cg,K) -> (G, Kg, taps*Cg)
     wmat = np.ascontiguousarray(w.reshape(ntaps, cg, G, kg).transpose(2, 3, 0, 1).reshape(G, kg, ntaps * cg))
-    offsets = [tuple(k * d - b for k, d, b in zip(tap, p.dilation, p.pad_before)) for tap in taps]
+    offsets = [p.tap_offset(tap) for tap in taps]
     runs = _tap_runs(offsets) if G == 1 else [(j, 1) for j in range(ntaps)]
     # Few channels: dcol transposed, (G, taps, Cg, M), so each add moves a whole output row (cf. _Gather).
     transposed = cg < _FEW_CHANNELS
@@ -541,7 +541,7 @@ def conv_wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem) -> np.ndarray:
     taps = list(itertools.product(*active))
     dw = np.zeros((G, len(taps) * cg, kg), acc)
     if x.size and dy.size and dw.size:
-        offsets = [tuple(k * d - b for k, d, b in zip(tap, p.dilation, p.pad_before)) for tap in taps]
+        offsets = [p.tap_offset(tap) for tap in taps]
         gather = _Gather(x, (p.Z, p.P, p.Q), p.stride, offsets, G, acc)
         convert = G > 1 or dy.dtype != acc
         unit, budget = gather.box_sizing(p.K * acc.itemsize if convert else 0)
