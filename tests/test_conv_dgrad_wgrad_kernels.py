@@ -135,23 +135,37 @@ WGRAD_CONFIGS = {
 }
 
 
-# ---------------------------------------------------------------------------------------------------------
-# float32, every case x every configuration
-# ---------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("config", list(DGRAD_CONFIGS))
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_dgrad_float32_matches_numpy(kernel_backend, case, config):
-    _, xs, ws, kw = case
-    with DG.forced_config(**DGRAD_CONFIGS[config]):
-        check_dgrad(kernel_backend, xs, ws, kw, F32, seed=len(xs) + ws[-1])
+# float16 on tensor cores (what the choosers pick for float16): every case, several tiles, split-K
+DGRAD_F16_TENSOROP = {"tensorop64x64": dict(variant="tensorop", tile="64x64", passes=1),
+                      "tensorop128x64": dict(variant="tensorop", tile="128x64", passes=1)}
+WGRAD_F16_TENSOROP = {"tensorop64x64_split1": dict(variant="tensorop", tile="64x64", splits=1, passes=1),
+                      "tensorop64x64_split3": dict(variant="tensorop", tile="64x64", splits=3, passes=1),
+                      "tensorop64x128_split2": dict(variant="tensorop", tile="64x128", splits=2, passes=1)}
 
 
-@pytest.mark.parametrize("config", list(WGRAD_CONFIGS))
+def _every_case(*tables) -> list:
+    """(dtype, configuration) parameters from (dtype, {name: configuration}) tables, named after them."""
+    return [pytest.param(dtype, config, id=name if dtype == F32 else f"{name}-{dtype.name}")
+            for dtype, configs in tables for name, config in configs.items()]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# every case x every configuration: float32 on every variant, float16 on tensor cores
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype,config", _every_case((F32, DGRAD_CONFIGS), (F16, DGRAD_F16_TENSOROP)))
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_wgrad_float32_matches_numpy(kernel_backend, case, config):
+def test_dgrad_matches_numpy(kernel_backend, case, dtype, config):
     _, xs, ws, kw = case
-    with WG.forced_config(**WGRAD_CONFIGS[config]):
-        check_wgrad(kernel_backend, xs, ws, kw, F32, seed=len(xs) + ws[-1])
+    with DG.forced_config(**config):
+        check_dgrad(kernel_backend, xs, ws, kw, dtype, seed=len(xs) + ws[-1])
+
+
+@pytest.mark.parametrize("dtype,config", _every_case((F32, WGRAD_CONFIGS), (F16, WGRAD_F16_TENSOROP)))
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_wgrad_matches_numpy(kernel_backend, case, dtype, config):
+    _, xs, ws, kw = case
+    with WG.forced_config(**config):
+        check_wgrad(kernel_backend, xs, ws, kw, dtype, seed=len(xs) + ws[-1])
 
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[5], CASES[9]], ids=["c3_k5_same", "s2_d2", "c70"])
@@ -183,30 +197,6 @@ def test_wgrad_float16_float64(kernel_backend, case, config, dtype):
     _, xs, ws, kw = case
     with WG.forced_config(**WGRAD_CONFIGS[config]):
         check_wgrad(kernel_backend, xs, ws, kw, dtype, seed=7)
-
-
-# float16 on tensor cores (what the choosers pick for float16): every case, several tiles, split-K
-DGRAD_F16_TENSOROP = {"tensorop64x64": dict(variant="tensorop", tile="64x64", passes=1),
-                      "tensorop128x64": dict(variant="tensorop", tile="128x64", passes=1)}
-WGRAD_F16_TENSOROP = {"tensorop64x64_split1": dict(variant="tensorop", tile="64x64", splits=1, passes=1),
-                      "tensorop64x64_split3": dict(variant="tensorop", tile="64x64", splits=3, passes=1),
-                      "tensorop64x128_split2": dict(variant="tensorop", tile="64x128", splits=2, passes=1)}
-
-
-@pytest.mark.parametrize("config", list(DGRAD_F16_TENSOROP))
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_dgrad_float16_tensor_cores(kernel_backend, case, config):
-    _, xs, ws, kw = case
-    with DG.forced_config(**DGRAD_F16_TENSOROP[config]):
-        check_dgrad(kernel_backend, xs, ws, kw, F16, seed=len(xs) + ws[-1])
-
-
-@pytest.mark.parametrize("config", list(WGRAD_F16_TENSOROP))
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_wgrad_float16_tensor_cores(kernel_backend, case, config):
-    _, xs, ws, kw = case
-    with WG.forced_config(**WGRAD_F16_TENSOROP[config]):
-        check_wgrad(kernel_backend, xs, ws, kw, F16, seed=len(xs) + ws[-1])
 
 
 def test_float16_default_path_runs_on_tensor_cores(kernel_backend, monkeypatch):
