@@ -1,9 +1,10 @@
 """Peak resident memory of the NumPy backend on large layers, against the size of the op's own tensors.
 
 Each op runs in a fresh subprocess; its peak RSS (Linux VmHWM, reset just before the call through
-/proc/self/clear_refs) minus the RSS right before the call is the memory the call itself used. "tensors" is inputs + output; "scratch" = used - output (the output is new memory,
-inputs already existed). A bounded backend keeps scratch at a few tens of MiB whatever the layer size, while an
-unbounded im2col would need T*R*S times the input.
+/proc/self/clear_refs) minus the RSS right before the call is the memory the call itself used. "tensors" is
+inputs + output; "scratch" = used - output (the output is new memory, inputs already existed). A bounded
+backend keeps scratch at a few tens of MiB whatever the layer size, while an unbounded im2col would need T*R*S
+times the input.
 
 Usage: python benchmarks/numpy_peak_memory.py [--out benchmarks/results/numpy_peak_memory.md]
 """
@@ -85,7 +86,7 @@ def main() -> int:
         used = (r["peak_kib"] - r["before_kib"]) * 1024      # the call's own peak growth
         scratch = used - r["output_bytes"]
         rows.append((name, r["inputs_bytes"] / mib, r["output_bytes"] / mib, used / mib, scratch / mib))
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     lines = ["# NumPy backend: peak memory per call", "",
              f"Machine: {cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, NumPy {np.__version__}. "
              "Written by benchmarks/numpy_peak_memory.py: each op in a fresh process, peak RSS (VmHWM, reset "

@@ -26,8 +26,8 @@ def _first_version(dists) -> str | None:
 def info() -> dict[str, Any]:
     """A dict: versions (gpuconv, python, numpy, ml_dtypes (for bfloat16 arrays), cupy, cuda-bindings,
     nvidia-cuda-nvrtc; None where absent), the platform, the backend in force, the float32 precision in force
-    (`float32-precision`: ieee, tf32 or 3xtf32), `backends` (each available or why not), `numpy-backend` (worker and BLAS threads, Winograd setting, BLAS kernel set) and `gpu` (the GPUs NVML
-    sees, or why none)."""
+    (`float32-precision`: ieee, tf32 or 3xtf32), `backends` (each available or why not), `numpy-backend` (worker
+    and BLAS threads, Winograd setting, BLAS kernel set) and `gpu` (the GPUs NVML sees, or why none)."""
     import numpy
 
     from . import __version__

@@ -12,8 +12,8 @@ A permission, as in PyTorch: the mode is used where a tensor-core kernel exists 
 cores (sm_80 or newer) -- the forward convolution (conv_fprop: conv2d, conv3d), the input gradient (conv_dgrad:
 conv*_backprop_input, conv*_transpose) and the filter gradient (conv_wgrad: conv*_backprop_filter) on the cuda and
 emulator backends. Every other op, dtype, backend (NumPy: exact float32 whatever the mode) or GPU computes as
-under "ieee". Inputs that hold inf or NaN are computed exactly too. The choice is `float32_precision(...)` (context-local), else the
-environment variable GPUCONV_FLOAT32_PRECISION, else "ieee".
+under "ieee". Inputs that hold inf or NaN are computed exactly too. The choice is `float32_precision(...)`
+(context-local), else the environment variable GPUCONV_FLOAT32_PRECISION, else "ieee".
 """
 from __future__ import annotations
 

@@ -52,8 +52,9 @@ def huge_zeros(shape, dtype):
 @pytest.fixture
 def launches(monkeypatch):
     """Name expressions and scalar argument types of every emulator launch inside the test."""
-    return record_launches(monkeypatch, "emulator",
-                           lambda plan: (plan.name_expression, {type(a) for a in plan.args if isinstance(a, np.generic)}))
+    def name_and_scalar_types(plan):
+        return plan.name_expression, {type(a) for a in plan.args if isinstance(a, np.generic)}
+    return record_launches(monkeypatch, "emulator", name_and_scalar_types)
 
 
 def assert_64bit(launches):

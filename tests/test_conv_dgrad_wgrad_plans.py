@@ -121,7 +121,7 @@ def test_dgrad_float64_uses_the_64x64_tile():
         assert DG.choose_dgrad_config(resnet(layer), F64) == DG.DgradConfig("tiled", "64x64", "int")
 
 
-@pytest.mark.parametrize("layer", RESNET50_3X3, ids=[l.name for l in RESNET50_3X3])
+@pytest.mark.parametrize("layer", RESNET50_3X3, ids=[layer.name for layer in RESNET50_3X3])
 def test_dgrad_resnet_layers_are_tiled_and_fill_the_gpu(layer):
     p = resnet(layer)
     c = DG.choose_dgrad_config(p, F32)
@@ -138,7 +138,7 @@ def test_dgrad_resnet_layers_are_tiled_and_fill_the_gpu(layer):
 
 
 def test_dgrad_expected_tiles_for_resnet():
-    by_name = {l.name: DG.choose_dgrad_config(resnet(l), F32).tile for l in RESNET50_3X3}
+    by_name = {layer.name: DG.choose_dgrad_config(resnet(layer), F32).tile for layer in RESNET50_3X3}
     assert by_name["res2_3x3_64"] == "128x64"          # C = 64: a 128-wide tile would be half padding
     assert by_name["res3_3x3_128s2"] == "128x128"      # 4 phases x 196 m-tiles: plenty of CTAs
     assert by_name["res5_3x3_512"] == "64x64"          # 1568 rows: the smallest tile, most CTAs
@@ -183,7 +183,7 @@ def test_dgrad_forced_config():
 # ---------------------------------------------------------------------------------------------------------
 # wgrad chooser
 # ---------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("layer", RESNET50_3X3, ids=[l.name for l in RESNET50_3X3])
+@pytest.mark.parametrize("layer", RESNET50_3X3, ids=[layer.name for layer in RESNET50_3X3])
 def test_wgrad_resnet_split_k_fills_the_gpu(layer):
     p = resnet(layer)
     c = WG.choose_wgrad_config(p, F32)

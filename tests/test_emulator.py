@@ -360,7 +360,8 @@ def test_ucontext_fibers_give_the_same_results(monkeypatch):
 # ---------------------------------------------------------------------------------------------------------
 def block_sum_plan(*scalar, args=None, grid=(1, 1, 1), block=(64, 1, 1), shared_mem=256, name="block_sum<float>"):
     x, out, total = np.zeros(64, np.float32), np.zeros(1, np.float32), np.zeros(1, np.float32)
-    return LaunchPlan(REDUCE.name, name, grid, block, shared_mem, args if args is not None else (x, out, total, *scalar))
+    args = args if args is not None else (x, out, total, *scalar)
+    return LaunchPlan(REDUCE.name, name, grid, block, shared_mem, args)
 
 
 def test_signature_is_read_from_the_kernel():
@@ -416,7 +417,8 @@ def test_library_is_cached_by_content():
 
 def test_old_builds_are_pruned(tmp_path):
     from gpuconv.executors.emulator import KEEP_BUILDS, _prune
-    names = [f"emu_x-{i:020x}.so" for i in range(KEEP_BUILDS + 2)] + ["emu_x-" + "f" * 20 + "-asan.so", "emu_xy-" + "0" * 20 + ".so"]
+    names = [f"emu_x-{i:020x}.so" for i in range(KEEP_BUILDS + 2)]
+    names += ["emu_x-" + "f" * 20 + "-asan.so", "emu_xy-" + "0" * 20 + ".so"]
     for age, name in enumerate(reversed(names)):
         (tmp_path / name).write_bytes(b"")
         (tmp_path / name).with_suffix(".json").write_text("{}")

@@ -125,16 +125,20 @@ def mutations(name, kwargs):
                                                             + [shape[-1]]), (ValueError,)
     if "filter_sizes" in kwargs:
         sizes = list(kwargs["filter_sizes"])
-        yield "filter_sizes wrong out-channels", "filter_sizes", with_("filter_sizes", sizes[:-1] + [sizes[-1] + 1]), (ValueError,)
+        yield ("filter_sizes wrong out-channels", "filter_sizes", with_("filter_sizes", sizes[:-1] + [sizes[-1] + 1]),
+               (ValueError,))
         yield "filter_sizes short", "filter_sizes", with_("filter_sizes", sizes[1:]), (ValueError,)
         yield "filter_sizes extent > int", "filter_sizes", with_("filter_sizes", [2**31] + sizes[1:]), (ValueError,)
         yield "filter_sizes zero extent", "filter_sizes", with_("filter_sizes", [0] + sizes[1:]), (ValueError,)
-        yield "filter_sizes in-channels", "filter_sizes", with_("filter_sizes", sizes[:-2] + [sizes[-2] - 1, sizes[-1]]), (ValueError,)
+        yield ("filter_sizes in-channels", "filter_sizes",
+               with_("filter_sizes", sizes[:-2] + [sizes[-2] - 1, sizes[-1]]), (ValueError,))
     if "filters" in kwargs and "input" in kwargs and name in ("conv2d", "conv3d"):
         w = kwargs["filters"]
-        yield "channel mismatch", "filters", with_("filters", np.concatenate([w, w[..., :1, :]], axis=-2)), (ValueError,)
+        yield ("channel mismatch", "filters", with_("filters", np.concatenate([w, w[..., :1, :]], axis=-2)),
+               (ValueError,))
         # half the in-channels -> 2 groups; both baselines have an odd number of out-channels
-        yield "groups not dividing out-channels", "filters", with_("filters", w[..., : w.shape[-2] // 2, :]), (ValueError,)
+        yield ("groups not dividing out-channels", "filters", with_("filters", w[..., : w.shape[-2] // 2, :]),
+               (ValueError,))
     if "argmax" in kwargs:
         a = kwargs["argmax"]
         yield "argmax out of range", "argmax", with_("argmax", a + 10**6), (ValueError,)
@@ -143,7 +147,8 @@ def mutations(name, kwargs):
         if name != "max_unpool_grad":  # any argmax shape with grad's batch and channels is legal there
             yield "argmax shape", "argmax", with_("argmax", a[:, :1]), (ValueError,)
     if "include_batch_in_index" in gc_params(name):
-        yield "include_batch_in_index not bool", "include_batch_in_index", with_("include_batch_in_index", "yes"), (TypeError,)
+        yield ("include_batch_in_index not bool", "include_batch_in_index", with_("include_batch_in_index", "yes"),
+               (TypeError,))
     if name == "max_pool_with_argmax":
         yield "output_dtype", "output_dtype", with_("output_dtype", "float32"), (ValueError,)
         for bad in ("i4,(-1)i4", ("i4", -1)):                  # np.dtype raises ValueError for these

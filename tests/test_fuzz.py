@@ -360,8 +360,8 @@ HUGE = [2**31, 2**40, 2**63 - 1, 2**64, -2**63]
 _JUNK_CHARS = "aZ0 _-,.[]()éß漢\x00\U0001F600\ud800"
 _junk_scalars = st.one_of(
     st.integers(-3, 0), st.sampled_from(HUGE), st.floats(allow_nan=True, allow_infinity=True), st.none(),
-    st.booleans(), st.text(alphabet=_JUNK_CHARS, max_size=5), st.sampled_from(["SAME", "VALID", "same", "NHWC", "NCHW", "NCDHW", "int64",
-                                                         "int16", b"SAME", 1j, object(), ...]))
+    st.booleans(), st.text(alphabet=_JUNK_CHARS, max_size=5),
+    st.sampled_from(["SAME", "VALID", "same", "NHWC", "NCHW", "NCDHW", "int64", "int16", b"SAME", 1j, object(), ...]))
 
 
 @st.composite

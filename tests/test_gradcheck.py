@@ -170,8 +170,8 @@ def test_max_pool_with_argmax_and_unpool(case, include_batch):
     check(lambda x: gpuconv.max_pool_with_argmax(x, k, s, p, **kw)[0], {"x": x},
           {"x": lambda g: gpuconv.max_pool_grad_with_argmax(x, g, am, k, s, p, **kw)}, rng)
     u = _u(rng, am.shape)
-    check(lambda u: gpuconv.max_unpool(u, am, xs, **kw), {"u": u}, {"u": lambda g: gpuconv.max_unpool_grad(g, am, **kw)},
-          rng)
+    check(lambda u: gpuconv.max_unpool(u, am, xs, **kw), {"u": u},
+          {"u": lambda g: gpuconv.max_unpool_grad(g, am, **kw)}, rng)
     check(lambda u: gpuconv.max_pool_grad_with_argmax(x, u, am, k, s, p, **kw), {"u": u},
           {"u": lambda g: gpuconv.max_unpool_grad(g, am, **kw)}, rng)
     # max_unpool_grad is linear in grad; its adjoint is max_unpool (duplicates: random indices)

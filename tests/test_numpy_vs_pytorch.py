@@ -276,8 +276,10 @@ def test_pool_cases_check_values_and_yield_pool_and_unpool(nvp, monkeypatch):
     monkeypatch.setattr(nvp, "SEGNET", SMALL_POOLS)
     cases = list(nvp.pool_cases(2, set()))
     assert [(c[0], c[1], c[2], c[5]) for c in cases] == [
-        ("p_a", "max_pool_with_argmax", 0, "aten max_pool2d_with_indices"), ("p_a", "max_unpool", 0, "aten max_unpool2d"),
-        ("p_b", "max_pool_with_argmax", 0, "aten max_pool2d_with_indices"), ("p_b", "max_unpool", 0, "aten max_unpool2d")]
+        ("p_a", "max_pool_with_argmax", 0, "aten max_pool2d_with_indices"),
+        ("p_a", "max_unpool", 0, "aten max_unpool2d"),
+        ("p_b", "max_pool_with_argmax", 0, "aten max_pool2d_with_indices"),
+        ("p_b", "max_unpool", 0, "aten max_unpool2d")]
     pool, unpool = cases[0], cases[1]
     x = pool[3].args[0]
     assert (x >= 0).all() and (x == 0).any() and not np.signbit(x).any()      # post-ReLU activations

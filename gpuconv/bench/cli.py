@@ -79,8 +79,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--tf32", action="store_true", help="let the peers use TF32 for float32 (stated in the report)")
     p.add_argument("--precision", choices=FLOAT32_PRECISIONS, default=None,
                    help="gpuconv's float32 precision (default: GPUCONV_FLOAT32_PRECISION, else ieee); tf32 / 3xtf32 "
-                        "run float32 fprop / dgrad / wgrad / transpose on tensor cores on sm_80+ (pair with --tf32 for the "
-                        "peers)")
+                        "run float32 fprop / dgrad / wgrad / transpose on tensor cores on sm_80+ (pair with --tf32 for "
+                        "the peers)")
     p.add_argument("--cpu-peak-gflops", type=_gflops, default=None,
                    help="the CPU's peak, if you know it, for '%% of peak' on the CPU (omitted otherwise)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for the reports")

@@ -57,7 +57,7 @@ RESNET50 = (
 )
 
 # The 3x3 ResNet-50 layers the GPU fprop target is stated for.
-RESNET50_3X3 = tuple(l for l in RESNET50 if l.filter_shape[0] == 3)
+RESNET50_3X3 = tuple(layer for layer in RESNET50 if layer.filter_shape[0] == 3)
 
 # 3D U-Net (input 132^3 cropped to a benchmarkable 64^3 tile) and C3D (16 frames of 112x112) conv layers.
 UNET3D_C3D = (

@@ -297,7 +297,7 @@ def _depth_region(src: np.ndarray, n: int, box: tuple, planes_last: bool) -> np.
     hi = [min(a1, size) for (_, a1), size in zip(box, src.shape[1:4])]
     shape = tuple(box[k][1] - box[k][0] for k in order) + (src.shape[-1],)
     out = _scratch("region", math.prod(shape)).reshape(shape)
-    if any(h <= l for l, h in zip(lo, hi)):
+    if any(b <= a for a, b in zip(lo, hi)):
         out[...] = 0
         return out
     inside = tuple(slice(lo[k] - box[k][0], hi[k] - box[k][0]) for k in order)

@@ -9,11 +9,12 @@ Variants (`DgradConfig.variant`):
     threads); always correct.
   * ``tiled`` - `conv_dgrad_tiled`: implicit GEMM per (stride phase, group) in ONE launch:
     gemm_m = N * ceil(D/sd)*ceil(H/sh)*ceil(W/sw) (dx pixels of the phase), gemm_n = C/G,
-    gemm_k = taps of the phase x ceil((K/G) / BK) * BK (BK = 8; 16 for float16 on tensor cores). A stride phase is the set of dx pixels with equal
-    (d + pad_d) mod stride_d (per axis); only the ~T/sd x R/sh x S/sw taps that hit a phase are iterated, so no
-    multiply touches an inserted zero of the zero-upsampled dy. Grid: x = m-tiles x n-tiles (n fastest),
-    y = groups, z = stride_d*stride_h*stride_w phases; 256 threads; static shared memory (double-buffered
-    BM x 8 and 8 x BN tiles). Tiles (BM x BN, thread tile TM x TN): 128x128 (8x8), 128x64 (8x4), 64x64 (4x4).
+    gemm_k = taps of the phase x ceil((K/G) / BK) * BK (BK = 8; 16 for float16 on tensor cores). A stride phase
+    is the set of dx pixels with equal (d + pad_d) mod stride_d (per axis); only the ~T/sd x R/sh x S/sw taps
+    that hit a phase are iterated, so no multiply touches an inserted zero of the zero-upsampled dy. Grid:
+    x = m-tiles x n-tiles (n fastest), y = groups, z = stride_d*stride_h*stride_w phases; 256 threads; static
+    shared memory (double-buffered BM x 8 and 8 x BN tiles). Tiles (BM x BN, thread tile TM x TN): 128x128
+    (8x8), 128x64 (8x4), 64x64 (4x4).
   * ``tensorop`` - `conv_dgrad_tensorop<Element, Index, BM, BN, Passes>`: the tiled kernel with each stage
     multiplied on tensor cores, same tiles and grid (8 warps of (BM/2) x (BN/4)): float16 (WMMA 16x16x16, k-tiles
     of 16 halves, Passes 1) and float32 as TF32 (Passes 1) or 3xTF32 (3).
