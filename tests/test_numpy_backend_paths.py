@@ -1,6 +1,7 @@
 """NumPy-backend paths that only particular inputs reach: the exact non-finite path's chunks and groups, col2im
-dgrad for float16 and groups, Winograd's applicability, chunking and overflow fallback, the tiled argmax fast
-path's padding and code widths, scatter chunking and its hand-over to the worker pool, float16 accumulation.
+dgrad for float16 and groups, grouped column blocks from one region copy, Winograd's applicability, chunking and
+overflow fallback, the tiled argmax fast path's padding and code widths, scatter chunking and its hand-over to the
+worker pool, float16 accumulation.
 
 A mutation audit of gpuconv/numpy_backend (2026-11-22: 298 single-point changes) found 24 wrong ones that every
 other test in the default run let through (three only the slow fuzz run caught); each test here fails on one or
@@ -141,6 +142,63 @@ def test_grouped_dgrad_by_col2im(monkeypatch, few):
     dy = eighths((2, 4, 3, 10))
     dx = gc.conv2d_backprop_input((2, 7, 6, 4), w, dy, 2, "SAME")
     np.testing.assert_allclose(dx, L.conv_backprop_input((2, 7, 6, 4), w, dy, 2, "SAME"), rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# grouped column blocks (_Gather._fill_grouped, _Gather._fill_phased with several groups)
+# ---------------------------------------------------------------------------------------------------------
+# (x shape, w shape, strides, padding, dilations, _FEW_CHANNELS or None (the module's), the fill fprop uses)
+GROUPED_COLUMNS = {
+    "phased, 4 groups of 2": ((2, 6, 7, 8), (3, 3, 2, 8), 1, "SAME", 1, None, "_fill_phased"),
+    "runs, 4 groups of 16": ((1, 5, 6, 64), (3, 3, 16, 8), 1, "SAME", 1, None, "_fill_grouped"),
+    "runs, strided, 4 groups of 2": ((2, 7, 8, 8), (3, 3, 2, 8), 2, "SAME", 1, None, "_fill_grouped"),
+    "runs, explicit pads": ((1, 11, 13, 12), (3, 2, 4, 6), [2, 1], [[0, 0], [2, 1], [0, 2], [0, 0]], 1, 3,
+                            "_fill_grouped"),
+    # a region larger than the columns (few outputs, wide strides): tap by tap
+    "small, wide strides": ((1, 7, 9, 12), (3, 2, 4, 6), [2, 3], [[0, 0], [2, 1], [0, 2], [0, 0]], 1, 3,
+                            "_fill"),
+    "runs, dilated": ((2, 7, 9, 12), (3, 3, 4, 6), 1, "SAME", [1, 2], 3, "_fill_grouped"),
+    "phased, dilated, stride 1": ((2, 7, 9, 12), (3, 3, 4, 6), 1, "SAME", [2, 1], None, "_fill_phased"),
+    "3-D runs": ((1, 4, 5, 6, 12), (2, 3, 3, 4, 6), 1, "SAME", 1, 3, "_fill_grouped"),
+    "3-D phased": ((1, 4, 5, 6, 12), (2, 3, 3, 4, 6), 1, "SAME", 1, None, "_fill_phased"),
+    "float16 runs": ((2, 7, 8, 8), (3, 3, 2, 8), 2, "SAME", 1, None, "_fill_grouped"),
+    # region larger than the column block (one output, dilation 6): tap by tap, rows layout
+    "huge dilation": ((1, 13, 13, 12), (3, 3, 4, 6), 1, "VALID", 6, 3, "_fill"),
+}
+
+
+@pytest.mark.parametrize("case", GROUPED_COLUMNS.values(), ids=GROUPED_COLUMNS.keys())
+def test_grouped_columns_by_region_copy(monkeypatch, case):
+    """Grouped convolutions (fprop, dgrad, wgrad) whose columns come from one copy of the box's input region:
+    group-major and copied by tap runs (_fill_grouped), or channel-planar and copied by whole output rows
+    (_fill_phased), or, where that region would outgrow the column block, tap by tap; exact against the loop
+    reference (multiples of 1/8: every sum is exact). The fill fprop's gather used is checked, so each case
+    keeps reaching its path."""
+    x_shape, w_shape, strides, padding, dilations, few, fill = case
+    if few is not None:
+        monkeypatch.setattr(conv_module, "_FEW_CHANNELS", few)
+    used = []
+    for name in ("_fill_grouped", "_fill_phased", "_fill"):
+        original = getattr(conv_module._Gather, name)
+
+        def spy(self, *args, _name=name, _original=original):
+            used.append(_name)
+            return _original(self, *args)
+        monkeypatch.setattr(conv_module._Gather, name, spy)
+    dtype = np.float16 if case is GROUPED_COLUMNS["float16 runs"] else np.float32
+    x, w = eighths(x_shape, dtype), eighths(w_shape, dtype)
+    three = len(x_shape) == 5
+    fprop, dgrad, wgrad = ((gc.conv3d, gc.conv3d_backprop_input, gc.conv3d_backprop_filter) if three else
+                           (gc.conv2d, gc.conv2d_backprop_input, gc.conv2d_backprop_filter))
+    ref_pad = padding if isinstance(padding, str) else [tuple(p) for p in padding[1:-1]]
+    y = fprop(x, w, strides, padding, dilations=dilations)
+    assert (fill in used and set(used) <= {fill, "_fill"} if fill != "_fill" else set(used) == {"_fill"}), used
+    np.testing.assert_array_equal(y, L.conv_fprop(x, w, strides, ref_pad, dilations))
+    dy = eighths(y.shape, dtype)
+    np.testing.assert_array_equal(dgrad(x.shape, w, dy, strides, padding, dilations=dilations),
+                                  L.conv_backprop_input(x.shape, w, dy, strides, ref_pad, dilations))
+    np.testing.assert_array_equal(wgrad(x, w.shape, dy, strides, padding, dilations=dilations),
+                                  L.conv_backprop_filter(x, w.shape, dy, strides, ref_pad, dilations))
 
 
 # ---------------------------------------------------------------------------------------------------------
