@@ -565,7 +565,7 @@ def test_set_num_threads_during_a_call(monkeypatch, threads):
     once the chunks are handed over (it waits for the pool lock, here for up to 0.2 s per submit)."""
     from concurrent.futures import ThreadPoolExecutor
     threads(4)
-    monkeypatch.setattr(_parallel, "gemm_chunks", lambda *_: True)          # wgrad's chunks go to the pool,
+    monkeypatch.setattr(_parallel, "gemm_chunks", lambda: True)          # wgrad's chunks go to the pool,
     monkeypatch.setattr(_window, "SCRATCH_BYTES", 2**16)                 # several of them
     rng = np.random.default_rng(5)
     x = rng.standard_normal((8, 24, 24, 16)).astype(np.float32)
@@ -594,74 +594,6 @@ def test_set_num_threads_during_a_call(monkeypatch, threads):
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.fixture
-def blas_threads():
-    """Set numpy's OpenBLAS thread count for one test: blas_threads(n); the count found is restored after."""
-    setter = _parallel._set_blas_threads()
-    if setter is None:
-        pytest.fail("numpy's bundled OpenBLAS has no thread-count setter here")
-    found = _parallel.blas_threads()
-    yield setter
-    setter(found)
-
-
-def test_pool_chunks_run_their_gemms_on_one_blas_thread(monkeypatch, threads, blas_threads):
-    """With BLAS on several threads and several workers, GEMM chunks go to the pool and each GEMM runs on one BLAS
-    thread (both kinds of threads at once oversubscribe the cores); the count is restored after the call, and
-    the result is the serial one, bit for bit. A 1x1 convolution's plain GEMMs keep BLAS's threads instead."""
-    threads(2)
-    blas_threads(3)
-    assert _parallel.gemm_chunks() and not _parallel.gemm_chunks(True)
-    seen = []
-    real_matmul = np.matmul
-
-    def matmul(*args, **kwargs):
-        seen.append(_parallel.blas_threads())
-        return real_matmul(*args, **kwargs)
-    monkeypatch.setattr(_window, "SCRATCH_BYTES", 2**16)                 # several chunks
-    rng = np.random.default_rng(11)
-    x = rng.standard_normal((4, 12, 12, 8)).astype(np.float32)
-    w = rng.standard_normal((3, 3, 8, 8)).astype(np.float32)
-    with gc.use_backend("numpy"):
-        threads(1)
-        want = gc.conv2d(x, w, 1, "SAME")
-        threads(2)
-        monkeypatch.setattr(np, "matmul", matmul)
-        got = gc.conv2d(x, w, 1, "SAME")
-        monkeypatch.setattr(np, "matmul", real_matmul)
-    assert len(seen) > 1 and set(seen) == {1}
-    assert _parallel.blas_threads() == 3
-    np.testing.assert_array_equal(got, want)
-    blas_threads(1)
-    assert _parallel.gemm_chunks() and _parallel.gemm_chunks(True)   # nothing to limit: the pool either way
-
-
-def test_one_blas_thread_is_shared_by_overlapping_holders(blas_threads):
-    """Nested and concurrent holders: BLAS stays on one thread until the last leaves, which restores the count
-    the first found (a per-holder save and restore would leave 1 behind when holders interleave)."""
-    blas_threads(3)
-    a, b = _parallel.one_blas_thread(), _parallel.one_blas_thread()
-    a.__enter__()
-    assert _parallel.blas_threads() == 1
-    b.__enter__()
-    a.__exit__(None, None, None)                         # the first holder leaves first
-    assert _parallel.blas_threads() == 1
-    b.__exit__(None, None, None)
-    assert _parallel.blas_threads() == 3
-    barrier = threading.Barrier(4)
-
-    def hold() -> int:
-        with _parallel.one_blas_thread():
-            barrier.wait(10)
-            inside = _parallel.blas_threads()
-            barrier.wait(10)
-        return inside
-    from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(4) as ex:
-        assert list(ex.map(lambda _: hold(), range(4))) == [1] * 4
-    assert _parallel.blas_threads() == 3
-
-
 @pytest.mark.parametrize("workers", [1, 2])
 def test_scratch_is_bounded(monkeypatch, threads, workers):
     """With a 4 MiB budget, a layer whose full im2col buffer is 72 MiB stays within it (+ filter copies), per
@@ -669,7 +601,7 @@ def test_scratch_is_bounded(monkeypatch, threads, workers):
     from gpuconv.geometry import conv_problem, pool_problem
     threads(workers)
     monkeypatch.setattr(_window, "SCRATCH_BYTES", 4 * 2**20)
-    monkeypatch.setattr(_parallel, "gemm_chunks", lambda *_: _parallel.workers() > 1)
+    monkeypatch.setattr(_parallel, "gemm_chunks", lambda: _parallel.workers() > 1)
     x = np.ones((8, 64, 64, 64), np.float32).reshape(8, 1, 64, 64, 64)
     w = np.ones((1, 3, 3, 64, 64), np.float32)
     p = conv_problem(x.shape, w.shape, (1, 1, 1), (1, 1, 1), "SAME")
@@ -970,7 +902,7 @@ def test_results_do_not_depend_on_thread_count(monkeypatch, threads, budget, pie
     monkeypatch.setattr(pool_module, "_FAST_BOX_VALUES", 50 if budget < 2**20 else 2**18)
     monkeypatch.setattr(pool_module, "_PIECE_MIN", piece_min)
     monkeypatch.setattr(pool_module, "_PARALLEL_MIN", 0)
-    monkeypatch.setattr(_parallel, "gemm_chunks", lambda *_: _parallel.workers() > 1)    # whatever BLAS's threads
+    monkeypatch.setattr(_parallel, "gemm_chunks", lambda: _parallel.workers() > 1)    # whatever BLAS's threads
     results = []
     for n in (1, 2, 3):
         threads(n)
@@ -992,7 +924,7 @@ def test_ieee_specials_give_no_floating_point_warnings(monkeypatch, threads, wor
     monkeypatch.setattr(_window, "SCRATCH_BYTES", 3000)
     monkeypatch.setattr(pool_module, "_PIECE_MIN", 16)
     monkeypatch.setattr(pool_module, "_PARALLEL_MIN", 0)
-    monkeypatch.setattr(_parallel, "gemm_chunks", lambda *_: _parallel.workers() > 1)
+    monkeypatch.setattr(_parallel, "gemm_chunks", lambda: _parallel.workers() > 1)
     threads(workers)
     outs = {}
     for dtype, special in ((np.float32, None), (np.float16, 6e4)):
@@ -1045,7 +977,7 @@ def test_calls_from_several_threads_share_the_pool(monkeypatch, threads):
     from gpuconv.numpy_backend import pool as pool_module
     monkeypatch.setattr(_window, "SCRATCH_BYTES", 3000)
     monkeypatch.setattr(pool_module, "_PARALLEL_MIN", 0)
-    monkeypatch.setattr(_parallel, "gemm_chunks", lambda *_: _parallel.workers() > 1)
+    monkeypatch.setattr(_parallel, "gemm_chunks", lambda: _parallel.workers() > 1)
     threads(1)
     want = _all_ops(np.random.default_rng(9))
     threads(2)

@@ -88,7 +88,7 @@ def _random_problem(shape, padding, stride: int):
 
 def _per_worker_count(monkeypatch, fn) -> list:
     """fn() with 1, 2 and 3 workers, its chunks on the pool whatever BLAS's threads."""
-    monkeypatch.setattr(_parallel, "gemm_chunks", lambda *_: _parallel.workers() > 1)
+    monkeypatch.setattr(_parallel, "gemm_chunks", lambda: _parallel.workers() > 1)
     results = []
     try:
         for n in (1, 2, 3):

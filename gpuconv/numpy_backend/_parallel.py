@@ -18,12 +18,10 @@ same queue as the pool's threads, so a call finishes even when the pool is busy 
 users may call gpuconv from several threads at once. A chunk never submits work itself: code already running
 inside a chunk (a pool thread, or a caller while it runs chunks) gets the serial path, so nothing waits on a
 pool that may be waiting on it. Chunks run in the caller's context variables and floating-point error state
-(np.errstate). While chunks run on several workers, numpy's OpenBLAS runs on one thread (one_blas_thread): the
-pool is the parallelism, and each chunk's GEMM is single-threaded.
+(np.errstate).
 """
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import os
 import threading
@@ -141,9 +139,8 @@ def blas_threads() -> int:
 
 
 def _find_blas_getter() -> Callable:
-    """The bundled OpenBLAS's getter first: it is the library the setter (one_blas_thread) changes, and it costs
-    a C call, where threadpoolctl's survey of the loaded libraries took 0.33 ms per call on the CPU box, half a
-    small pooling call."""
+    """The bundled OpenBLAS's getter first: a C call, where threadpoolctl's survey of the loaded libraries took
+    0.33 ms per call on the CPU box (gemm_chunks asks once per convolution call)."""
     fn = _openblas_function(("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
                              "openblas_get_num_threads64_", "openblas_get_num_threads"), "c_int")
     if fn is not None:
@@ -222,62 +219,14 @@ def blas_kernel_note() -> str:
     return note
 
 
-_blas_setter = None
-_blas_hold = {"holders": 0, "saved": 0}
-_blas_lock = threading.Lock()
+def gemm_chunks() -> bool:
+    """Whether chunks that each run a GEMM should go to the worker pool: only when BLAS is single-threaded.
 
-
-def _set_blas_threads():
-    """numpy's bundled OpenBLAS's thread-count setter (process-wide), or None where there is none."""
-    global _blas_setter
-    if _blas_setter is None:
-        fn = _openblas_function(("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-                                 "openblas_set_num_threads64_", "openblas_set_num_threads"), "c_int")
-        _blas_setter = fn if fn is not None else False
-    return _blas_setter or None
-
-
-@contextlib.contextmanager
-def one_blas_thread():
-    """BLAS on one thread while the block runs, where BLAS runs several and can be told (numpy's bundled
-    OpenBLAS): the worker pool then supplies the parallelism, one single-threaded GEMM per chunk. OpenBLAS's
-    thread count is process-wide, so overlapping holders (nested calls, other threads' gpuconv calls) share one
-    change: the first saves the count and sets 1, the last restores it. A BLAS call elsewhere in the process
-    meanwhile runs on one thread too."""
-    with _blas_lock:
-        if _blas_hold["holders"] == 0:
-            now = blas_threads()
-            setter = _set_blas_threads() if now > 1 else None
-            _blas_hold["saved"] = now if setter is not None else 0
-            if setter is not None:
-                setter(1)
-        _blas_hold["holders"] += 1
-    try:
-        yield
-    finally:
-        with _blas_lock:
-            _blas_hold["holders"] -= 1
-            if _blas_hold["holders"] == 0 and _blas_hold["saved"] > 1:
-                _set_blas_threads()(_blas_hold["saved"])
-                _blas_hold["saved"] = 0
-
-
-def gemm_chunks(blas_scales: bool = False) -> bool:
-    """Whether chunks that each run a GEMM should go to the worker pool (which runs them with BLAS on one thread:
-    map_ordered), rather than run in order, each GEMM on BLAS's own threads.
-
-    Pool, where there are several workers and BLAS is single-threaded or can be made so (one_blas_thread):
-    ResNet-50 layers at N=8 on the CPU box (2 cores; fprop / dgrad / wgrad in ms, OpenBLAS SkylakeX kernels),
-    pool with 1-thread GEMMs against serial chunks with 2-thread GEMMs: 56x56x64 3x3 7.9 / 7.9 / 8.1 against
-    13.9 / 14.0 / 25.5, 28x28x128 3x3 6.0 / 6.2 / 6.4 against 9.3 / 9.2 / 14.8, 56x56x128 3x3 stride 2
-    8.4 / 10.6 / 9.6 against 11.2 / 14.6 / 13.1 (one thread: 12.3, 9.3, 13.4 ms fprop). Both kinds of threads at
-    once (each chunk's GEMM waking BLAS's threads too) was slower than either (14.3 ms against 12.1 and 12.8).
-    blas_scales: the chunks are plain GEMMs that BLAS's threads split well (a 1x1 convolution: 28x28x512 -> 128
-    fprop 3.8 ms on BLAS's 2 threads against 5.1 ms on the pool), so BLAS keeps its threads where it has several."""
-    if workers() <= 1:
-        return False
-    blas = blas_threads()
-    return blas == 1 or (not blas_scales and blas > 1 and _set_blas_threads() is not None)
+    Measured on the CPU box (2 cores, quiet; 3x3 convs of ResNet-50 at N=8, float32): worker chunks with a
+    1-thread BLAS 12.1 ms (8x56x56x64 fprop), serial chunks with a 2-thread BLAS 12.8 ms, both at once 14.3 ms
+    (each chunk's GEMM also wakes BLAS's threads: 4 busy threads on 2 cores). So either BLAS threads or chunk
+    threads, never both; with BLAS threads the GEMM-heavy convs keep today's serial chunks."""
+    return workers() > 1 and blas_threads() == 1
 
 
 def map_ordered(fn: Callable, items: Iterable, combine: Callable | None) -> None:
@@ -333,26 +282,23 @@ def map_ordered(fn: Callable, items: Iterable, combine: Callable | None) -> None
             drain()
 
     futures: list = []
-    # Chunks run in parallel here, so each GEMM in them runs on one BLAS thread (gemm_chunks).
-    with one_blas_thread():
-        try:
-            futures = _submit(lambda: caller.copy().run(pool_drain), n - 1)
-            if combine is None:
-                drain()
-            else:
-                _combine_in_order(fn, items, combine, results, errors, done, counter, take, state, progress)
-        finally:
-            # Whatever happened (an error in combine included), no chunk is left to start and no pool thread
-            # waits.
-            with take:
-                for _ in counter:
-                    pass
-            with progress:
-                state["next"] = count + 2 * n
-                progress.notify_all()
-            for f in futures:
-                if not f.cancel():
-                    f.result()
+    try:
+        futures = _submit(lambda: caller.copy().run(pool_drain), n - 1)
+        if combine is None:
+            drain()
+        else:
+            _combine_in_order(fn, items, combine, results, errors, done, counter, take, state, progress)
+    finally:
+        # Whatever happened (an error in combine included), no chunk is left to start and no pool thread waits.
+        with take:
+            for _ in counter:
+                pass
+        with progress:
+            state["next"] = count + 2 * n
+            progress.notify_all()
+        for f in futures:
+            if not f.cancel():
+                f.result()
     for e in errors:
         if e is not None:
             raise e

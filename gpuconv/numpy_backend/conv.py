@@ -31,10 +31,9 @@ precision (sgemm / dgemm).
 Threads (_parallel): the boxes of one call are independent chunks spread over the worker pool; each box's
 columns and GEMM are computed by one worker exactly as in the serial loop, with that worker's own column buffer
 (scratch: workers x one column block + GEMM result). wgrad's per-box partial products are added to dw in box
-order on the calling thread. While the pool runs them, BLAS runs on one thread (both kinds of threads at once
-oversubscribe the cores); where BLAS cannot be told so, boxes go to the pool only when BLAS is single-threaded.
-A 1x1 convolution's plain GEMMs (the identity gather) run in order on BLAS's threads where it has several
-(_parallel.gemm_chunks).
+order on the calling thread. Boxes go to the pool only when BLAS is single-threaded; with a multi-threaded BLAS the
+boxes run in order and each GEMM uses BLAS's threads (both at once oversubscribe the cores:
+_parallel.gemm_chunks).
 
 Cost is bounded by the operands' sizes whatever the dilation: a column block holds taps x box outputs, and the
 phased copy of a box's input region (_fill_phased) is used only where that region is no larger than the block,
@@ -352,7 +351,7 @@ def _gather_gemm(gather: _Gather, wmat: np.ndarray, out: np.ndarray) -> None:
         dst = _split_channels(out[box], G)                            # (nb, l0, l1, l2, G, Ko)
         np.copyto(dst, np.moveaxis(res.reshape((G,) + dst.shape[:4] + (ko,)), 0, 4), casting="same_kind")
 
-    _parallel.map_chunks(one, list(boxes(out.shape[:4], unit, budget)), _parallel.gemm_chunks(gather.identity))
+    _parallel.map_chunks(one, list(boxes(out.shape[:4], unit, budget)), _parallel.gemm_chunks())
 
 
 def _taps(p: ConvProblem):
@@ -613,8 +612,7 @@ def conv_wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem) -> np.ndarray:
                 dyb = dyb.transpose(1, 0, 2)
             np.matmul(cols.transpose(0, 2, 1), dyb, out=bufs[0])
 
-        _parallel.sum_in_order(partial, list(boxes(dy.shape[:4], unit, budget)), [dw],
-                               _parallel.gemm_chunks(gather.identity))
+        _parallel.sum_in_order(partial, list(boxes(dy.shape[:4], unit, budget)), [dw], _parallel.gemm_chunks())
     # (G, taps*Cg, Kg) -> (T', R', S', Cg, G*Kg) over the active taps, zeros at the others
     part = dw.reshape(G, len(taps), cg, kg).transpose(1, 2, 0, 3).reshape(
         tuple(len(a) for a in active) + p.w_shape[3:])
