@@ -640,7 +640,7 @@ TILED_CASES = [
 def _generic_max_pool(monkeypatch, x, p, index_dtype, include):
     from gpuconv.numpy_backend import pool as pool_module
     with monkeypatch.context() as mp:
-        mp.setattr(pool_module, "_tiled", lambda p: False)
+        mp.setattr(pool_module, "_tiled", lambda p, values_only=False: False)
         return pool_module.max_pool_argmax(x, p, index_dtype, include), pool_module.max_pool(x, p)
 
 
@@ -676,12 +676,51 @@ def test_tiled_max_pool_matches_generic_sweep(monkeypatch, case, data):
             assert BACKEND.max_pool(x, p).tobytes() == want_m.tobytes()
         dy = _grad_with_specials(p.y_shape, x.dtype, rng)
         with monkeypatch.context() as mp:
-            mp.setattr(pool_module, "_tiled", lambda p: False)
+            mp.setattr(pool_module, "_tiled", lambda p, values_only=False: False)
             want_dx = pool_module.max_pool_grad(x, dy, p)
         with monkeypatch.context() as mp:
             calls = _spy(mp, pool_module, "_scatter_selected")
             assert BACKEND.max_pool_grad(x, dy, p).tobytes() == want_dx.tobytes()
         assert calls or data == "nan" or not pool_module._tiled(p)   # the fast path scattered (NaN: maybe redone)
+
+
+TILED_DEPTH_CASES = [
+    # windows of several planes that tile the depth too: the values-only fast path (max_pool3d)
+    ((2, 4, 6, 8, 5), (2, 2, 2), (2, 2, 2), "VALID"),
+    ((2, 5, 7, 9, 3), (2, 2, 2), (2, 2, 2), "SAME"),          # a border plane, row and column by the sweep
+    ((1, 6, 6, 6, 2), (3, 3, 3), (3, 3, 3), "VALID"),         # three planes
+    ((2, 4, 5, 6, 3), (2, 1, 1), (2, 1, 1), "VALID"),         # planes only
+]
+
+
+@pytest.mark.parametrize("case", TILED_DEPTH_CASES)
+@pytest.mark.parametrize("data", ["ties", "nan", "zeros", "relu", "relu_one_negative_zero", "int16"])
+def test_tiled_max_pool3d_matches_generic_sweep(monkeypatch, case, data):
+    """max_pool3d by the fast path (the window planes' maximum, then the tiled rows) against the generic sweep,
+    bit for bit, with fast boxes of every size; the fast boxes run. A box where a NaN or a zero maximum next to
+    a -0.0 could make np.maximum differ from the scan is scanned exactly ("relu_one_negative_zero": one window
+    whose first cell is -0.0 and last +0, the others negative)."""
+    from gpuconv.geometry import pool_problem
+    from gpuconv.numpy_backend import pool as pool_module
+    xs, window, stride, pad = case
+    rng = np.random.default_rng(8)
+    x = _pool_input(xs, data, rng, nan_share=0.05, negative_share=0.5)
+    p = pool_problem(x.shape, window, stride, pad)
+    if data == "relu_one_negative_zero":
+        x[0, :window[0], :window[1], :window[2], 0] = -1
+        x[0, 0, 0, 0, 0], x[0, window[0] - 1, window[1] - 1, window[2] - 1, 0] = -0.0, 0.0
+    assert pool_module._tiled(p, values_only=True) and not pool_module._tiled(p)
+    with monkeypatch.context() as mp:
+        mp.setattr(pool_module, "_tiled", lambda p, values_only=False: False)
+        want = pool_module.max_pool(x, p)
+    if data == "relu_one_negative_zero":
+        assert np.signbit(want[0, 0, 0, 0, 0]) and want[0, 0, 0, 0, 0] == 0       # the scan keeps the first zero
+    for values in (7, 10**6):
+        monkeypatch.setattr(pool_module, "_FAST_BOX_VALUES", values)
+        with monkeypatch.context() as mp:
+            calls = _spy(mp, pool_module, "_fast_box")
+            assert BACKEND.max_pool(x, p).tobytes() == want.tobytes()
+        assert calls
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float64, np.int8, np.uint8, np.int64])
@@ -698,7 +737,7 @@ def test_tiled_max_pool_grad_matches_generic_sweep_for_every_width(monkeypatch, 
         rng.integers(0, 100, size=p.y_shape).astype(dtype)
     monkeypatch.setattr(pool_module, "_FAST_BOX_VALUES", 8)
     with monkeypatch.context() as mp:
-        mp.setattr(pool_module, "_tiled", lambda p: False)
+        mp.setattr(pool_module, "_tiled", lambda p, values_only=False: False)
         want = pool_module.max_pool_grad(x, dy, p)
     assert pool_module._tiled(p)
     assert BACKEND.max_pool_grad(x, dy, p).tobytes() == want.tobytes()

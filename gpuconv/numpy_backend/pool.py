@@ -277,7 +277,7 @@ def max_pool(x: np.ndarray, p: PoolProblem) -> np.ndarray:
     y = np.empty(p.y_shape, x.dtype)
     if y.size == 0:
         return y
-    if _tiled(p):
+    if _tiled(p, values_only=True):
         _max_pool_tiled(x, p, y, None, False)
         return y
     scratch = _select_scratch(x.dtype)
@@ -343,10 +343,13 @@ def _argmax_box(x: np.ndarray, p: PoolProblem, box, y: np.ndarray, argmax: np.nd
 _FAST_BOX_VALUES = 2**18
 
 
-def _tiled(p: PoolProblem) -> bool:
+def _tiled(p: PoolProblem, values_only: bool = False) -> bool:
     """Whether the tiled fast path applies (per-item indices must fit int32 offsets, and one output position's
-    channels a fast box, which keeps its scratch bounded)."""
-    return (p.T == 1 and p.stride[1] == p.R and p.stride[2] == p.S and p.R * p.S > 1
+    channels a fast box, which keeps its scratch bounded). Windows of several planes (3-D) tile the depth too and
+    take it for values only (max_pool3d): their planes are reduced first, and the tap code covers one plane
+    (2x2x2 max_pool3d of 2x32x56x56x32 floats, one thread on the CPU box: 3.9 -> 1.9 ms; PyTorch 1.9-2.1 ms)."""
+    depth = p.T == 1 or (values_only and p.stride[0] == p.T)
+    return (depth and p.stride[1] == p.R and p.stride[2] == p.S and p.T * p.R * p.S > 1
             and p.D * p.H * p.W * p.C < 2**31 and p.C <= _FAST_BOX_VALUES)
 
 
@@ -406,6 +409,8 @@ class _FastScratch:
             parts += [("row0", bool, 2 * values)]
         if grad:                                           # _scatter_selected: maxima, dy + 0, one row's flags
             parts += [("m", dtype, values), ("dyc", dtype, values), ("flags", bool, p.S * values)]
+        if p.T > 1:                                        # _fast_box: the window planes' maximum
+            parts += [("planes", dtype, p.R * p.S * values)]
         sizes = [-(-np.dtype(dt).itemsize * n // 64) * 64 for _, dt, n in parts]
         buf = _cached_bytes(sum(sizes))
         at = 0
@@ -442,7 +447,9 @@ def _fast_shape(p: PoolProblem, inner: list, nw: int) -> tuple[int, int, int]:
     workers: 0.41 ms in 2 boxes, 0.59 ms in 4 boxes, 0.52 ms serial). Box shapes change no result: each window is
     computed on its own. nw: the workers the boxes are for (1 where the sweep runs on the calling thread)."""
     (z0, z1), (p0, p1), (q0, q1) = inner
-    limit = _FAST_BOX_VALUES
+    # Windows of several planes: half the values, so that the planes' maximum (R*S input values per output) stays
+    # in cache too (2x2x2 max_pool3d of 1x16x64x64x64 floats, one thread: 1.10 ms against 1.81 ms).
+    limit = _FAST_BOX_VALUES if p.T == 1 else _FAST_BOX_VALUES // 2
     if nw > 1:
         # Each worker's share of the interior in equal boxes of at most _FAST_BOX_VALUES.
         share = max(1, -(-p.N * max(0, z1 - z0) * (p1 - p0) * (q1 - q0) * p.C // nw))
@@ -604,8 +611,9 @@ def _fast_box(x: np.ndarray, p: PoolProblem, ns: tuple, z: int, a: int, b: int, 
               sc: _FastScratch, want_index: bool):
     """Max of the windows of outputs (n0:n1, z, a:b, q0:q1) into m (a view of y, or scratch).
 
-    Returns (status, code): status "nan" (a window holds a NaN: m is not valid, redo exactly), "zero" (some
-    maximum is zero: its bits must be taken from the selected cell) or "ok"; code (_tap_code: the selected
+    Returns (status, code): status "nan" (a window holds a NaN, or, with windows of several planes, a zero
+    maximum meets a -0.0: m is not valid, redo exactly), "zero" (some maximum is zero: its bits must be taken
+    from the selected cell) or "ok"; code (_tap_code: the selected
     cells' offsets from their window origins) when want_index or status is "zero" (None otherwise).
     """
     R, S, C = p.R, p.S, p.C
@@ -613,7 +621,16 @@ def _fast_box(x: np.ndarray, p: PoolProblem, ns: tuple, z: int, a: int, b: int, 
     h0 = a * R - p.pad_before[1]
     w0 = q[0] * S - p.pad_before[2]
     nb, rows, nq = ns[1] - ns[0], b - a, q[1] - q[0]
-    X = x[ns[0]:ns[1], d, h0:h0 + rows * R, w0:w0 + nq * S].reshape(nb, rows, R, nq, S, C)
+    cells = x[ns[0]:ns[1], d:d + p.T, h0:h0 + rows * R, w0:w0 + nq * S]
+    plane = cells[:, 0]
+    if p.T > 1:
+        # Several planes (values only: _tiled): their maximum first, over whole contiguous rows of x. Without a
+        # NaN or a -0.0 (checked below) every order of np.maximum gives the scan's bits.
+        plane = sc.cut(sc.planes, plane.shape)
+        np.maximum(cells[:, 0], cells[:, 1], out=plane)
+        for t in range(2, p.T):
+            np.maximum(plane, cells[:, t], out=plane)
+    X = plane.reshape(nb, rows, R, nq, S, C)
     split = None
     if _two_by_two(p):
         # Rows first: the two window rows are whole input rows, read from memory once as long contiguous runs.
@@ -647,8 +664,11 @@ def _fast_box(x: np.ndarray, p: PoolProblem, ns: tuple, z: int, a: int, b: int, 
             for r in range(2, R):
                 np.maximum(m, cm[:, :, r], out=m)
     status = _check(m, sc)
-    if status == "zero" and not _has_negative_zero(x[ns[0]:ns[1], d, h0:h0 + rows * R, w0:w0 + nq * S]):
-        status = "ok"                              # every zero maximum is +0, as its selected cell
+    if status == "zero":
+        if not _has_negative_zero(cells):
+            status = "ok"                          # every zero maximum is +0, as its selected cell
+        elif p.T > 1:
+            return "nan", None                     # the tap code covers one plane: the box is scanned exactly
     if status == "nan" or (status == "ok" and not want_index):
         return status, None
     return status, _tap_code(p, X, m, sc) if split is None else _tap_code_2x2(p, X, split, m, sc)
@@ -712,7 +732,7 @@ def _max_pool_tiled(x: np.ndarray, p: PoolProblem, y: np.ndarray, argmax, includ
     def redo(box):
         if argmax is not None:
             _argmax_box(x, p, box, y, argmax, exact(box), toff, include_batch)
-        else:
+        elif not _max_by_maximum(x, p, box, y[box]):
             _select(x, p, box, y[box], exact(box), False)
 
     def fast(fbox) -> None:
