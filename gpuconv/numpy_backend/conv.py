@@ -96,6 +96,9 @@ class _Gather:
         self.out_spatial = tuple(int(v) for v in out_spatial)
         self.strides = tuple(strides)
         self.offsets = [tuple(o) for o in offsets]      # one (off_d, off_h, off_w) per tap
+        # Per axis, the smallest and largest tap offset: the bounds of the input region a box reads (_region).
+        self.lo_offsets = tuple(min(o[a] for o in self.offsets) for a in range(3))
+        self.hi_offsets = tuple(max(o[a] for o in self.offsets) for a in range(3))
         self.G = groups
         self.Ci = src.shape[-1] // groups
         self.acc = acc
@@ -207,9 +210,8 @@ class _Gather:
         counts, src_sl, dst_sl = [], [], []
         for a, b in enumerate(box[1:]):
             s = self.strides[a]
-            lo = min(o[a] for o in self.offsets)
-            start = b.start * s + lo
-            length = (b.stop - 1) * s + max(o[a] for o in self.offsets) + 1 - start
+            start = b.start * s + self.lo_offsets[a]
+            length = (b.stop - 1) * s + self.hi_offsets[a] + 1 - start
             count = -(-length // s) * s
             n = self.src.shape[1 + a]
             i0, i1 = max(start, 0), min(start + length, n)
@@ -233,11 +235,10 @@ class _Gather:
         inner = region[(slice(None), slice(None)) + tuple(dst_sl)]
         np.copyto(inner, np.moveaxis(_split_channels(self.src[(box[0],) + tuple(src_sl)], G), 4, 0))
         _zero_outside(region, [(d.start, d.stop, 0) for d in dst_sl], 2)
-        lo = [min(o[a] for o in self.offsets) for a in range(3)]
         rs = region.strides
         l0, l1, l2 = col.shape[2:5]
         for j0, length in self.runs:
-            od, oh, ow = (o - m for o, m in zip(self.offsets[j0], lo))
+            od, oh, ow = (o - m for o, m in zip(self.offsets[j0], self.lo_offsets))
             view = np.lib.stride_tricks.as_strided(
                 region[:, :, od, oh, ow], shape=(G, nb, l0, l1, l2, length * Ci),
                 strides=(rs[0], rs[1], rs[2] * self.strides[0], rs[3] * self.strides[1], rs[4] * self.strides[2],
@@ -257,17 +258,16 @@ class _Gather:
         """
         G, C = self.G, self.Ci
         nb = box[0].stop - box[0].start
-        lo_off = [min(o[a] for o in self.offsets) for a in range(3)]
         counts, src_sl, dst_sl = self._region(box)
-        counts = [c // s for c, s in zip(counts, self.strides)]             # values per phase
-        sd, sh, sw = self.strides
-        region = np.zeros((nb, counts[0] * sd, counts[1] * sh, counts[2] * sw, G * C), self.acc)
+        region = np.zeros((nb, *counts, G * C), self.acc)
         region[(slice(None),) + tuple(dst_sl)] = self.src[(box[0],) + tuple(src_sl)]
-        phases = np.ascontiguousarray(region.reshape(nb, counts[0], sd, counts[1], sh, counts[2], sw, G, C)
+        (pd, sd), (ph, sh), (pw, sw) = [(c // s, s) for c, s in zip(counts, self.strides)]   # values per phase
+        phases = np.ascontiguousarray(region.reshape(nb, pd, sd, ph, sh, pw, sw, G, C)
                                       .transpose(7, 8, 2, 4, 6, 0, 1, 3, 5))
         l0, l1, l2 = col_t.shape[4:]
         for j, offs in enumerate(self.offsets):
-            (a0, u0), (a1, u1), (a2, u2) = [divmod(o - lo, s)[::-1] for o, lo, s in zip(offs, lo_off, self.strides)]
+            (a0, u0), (a1, u1), (a2, u2) = [divmod(o - lo, s)[::-1]
+                                            for o, lo, s in zip(offs, self.lo_offsets, self.strides)]
             np.copyto(col_t[:, j], phases[:, :, a0, a1, a2, :, u0:u0 + l0, u1:u1 + l1, u2:u2 + l2])
 
     def cols(self, box) -> np.ndarray:

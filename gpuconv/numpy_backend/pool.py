@@ -26,7 +26,8 @@ tap (_max_by_maximum), which gives the scan's values wherever no NaN and no -0.0
 boxes where one is; argmax and MaxPoolGrad then take each window's first cell equal to its maximum
 (_first_max_taps: one comparison and three one-byte ops per tap). ResNet's 3x3/2 SAME stem pooling of
 8x112x112x64 post-ReLU floats, one thread on the CPU box: max_pool 5.6-6.3 ms against 15.3, argmax 12.7 against
-17.9, MaxPoolGrad 22.6 against 28.1; a 2x2x2 3-D max_pool of 32x64x64x64 floats: 4.3 against 9.5 ms.
+17.9, MaxPoolGrad 22.6 against 28.1; a 2x2x2 3-D max_pool of 32x64x64x64 floats: 4.3 against 9.5 ms (windows
+that tile the input, such as that one since, take the tiled fast path below instead).
 """
 from __future__ import annotations
 
@@ -315,9 +316,10 @@ def _argmax_box(x: np.ndarray, p: PoolProblem, box, y: np.ndarray, argmax: np.nd
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Tiled fast path: windows that tile the rows (one depth tap, stride == window along height and width), the
-# SegNet 2x2/2 case. The generic sweep above makes ~25 passes over box-sized arrays per 2x2 window, most of
-# them strided with short (C-long) inner runs. Here, per box of output rows (_fast_box):
+# Tiled fast path: windows that tile the rows (stride == window along height and width; one depth tap, or, for
+# values only, planes that tile the depth too), the SegNet 2x2/2 case. The generic sweep above makes ~25 passes
+# over box-sized arrays per 2x2 window, most of them strided with short (C-long) inner runs. Here, per box of
+# output rows (_fast_box):
 #   values: m = the window maxima by np.maximum (2x2: max of the two window rows first, over whole contiguous
 #           input rows, then of the two window columns). np.maximum agrees with the scan in value wherever no
 #           NaN is involved, except that a maximum of +0 and -0 may come out with either sign.
@@ -330,6 +332,8 @@ def _argmax_box(x: np.ndarray, p: PoolProblem, box, y: np.ndarray, argmax: np.nd
 #           small-integer ops (_tap_code: one comparison per tap but the last; 2x2: _tap_code_2x2, one
 #           comparison of window row 0 with the broadcast maximum and one of column 0's maxima), then int32 adds
 #           (_flat_index) and a cast copy into the index output.
+#   planes: windows of several planes (max_pool3d, values only: _tiled) take the maximum of their planes first,
+#           over whole contiguous rows; a box with a zero maximum next to a -0.0 is then redone exactly.
 #   grad:   max_pool_grad takes the same offsets and writes each window row's cells at once: dy (+0) where the
 #           offset selects the cell, +0 elsewhere (_scatter_selected).
 # Only outputs whose windows lie entirely inside x take this path; the border rows and columns (SAME padding)
@@ -613,8 +617,8 @@ def _fast_box(x: np.ndarray, p: PoolProblem, ns: tuple, z: int, a: int, b: int, 
 
     Returns (status, code): status "nan" (a window holds a NaN, or, with windows of several planes, a zero
     maximum meets a -0.0: m is not valid, redo exactly), "zero" (some maximum is zero: its bits must be taken
-    from the selected cell) or "ok"; code (_tap_code: the selected
-    cells' offsets from their window origins) when want_index or status is "zero" (None otherwise).
+    from the selected cell) or "ok"; code (_tap_code: the selected cells' offsets from their window origins) when
+    want_index or status is "zero" (None otherwise).
     """
     R, S, C = p.R, p.S, p.C
     d = z * p.stride[0] - p.pad_before[0]
