@@ -360,7 +360,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--pause", type=float, default=0.3, help="seconds of pause before each library's block")
     # A string default goes through `type` as well: a malformed OPENBLAS_NUM_THREADS is an error, no traceback.
     ap.add_argument("--threads", type=positive, default=os.environ.get("OPENBLAS_NUM_THREADS") or str(os.cpu_count()),
-                    help="torch threads; numpy's follow OPENBLAS_NUM_THREADS, which sets this default")
+                    help="torch threads and, unless GPUCONV_NUM_THREADS is set, gpuconv's worker pool (numpy's "
+                         "BLAS follows OPENBLAS_NUM_THREADS); default OPENBLAS_NUM_THREADS, else all cores")
     ap.add_argument("--only", default=None,
                     help="comma-separated layer names (default: all); such a run is printed, not written")
     ap.add_argument("--no-write", action="store_true", help="print only, do not write results/")

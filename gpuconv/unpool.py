@@ -29,8 +29,9 @@ def _with_argmax(arg: str, t: Any, argmax: Any, include_batch_in_index: Any):
 def max_unpool(updates: Any, argmax: Any, output_shape, include_batch_in_index: bool = False):
     """Zeros of output_shape with each update added at its argmax (duplicate indices add).
 
-    output_shape: the original (pre-pooling) shape, full (N, H, W, C) or spatial-only (H, W); decoding the
-    size from the pooled size x stride would scramble rows when H or W is not a multiple of the stride.
+    output_shape: the original (pre-pooling) shape, full (N, H, W, C) / (N, D, H, W, C) or spatial-only (H, W) /
+    (D, H, W); decoding the size from the pooled size x stride would scramble rows when H or W is not a multiple
+    of the stride.
     TF: the `tf.scatter_nd` recipe of seed 004; SegNet's unpooling.
     """
     be, nspatial, include = _with_argmax("updates", updates, argmax, include_batch_in_index)

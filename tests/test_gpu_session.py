@@ -21,20 +21,28 @@ def session():
     sys.modules.pop("gpu_session", None)
 
 
-def _bench_cases(argv: tuple[str, ...]) -> list[str]:
+def _bench_args(argv: tuple[str, ...], work: Path):
+    """The parsed arguments of one `gpuconv bench` command of a step, its `{work}` placeholder replaced by
+    `work` (parsing creates the --out folder: not in the checkout)."""
+    bench_argv = list(argv[argv.index("bench") + 1:])
+    assert bench_argv[bench_argv.index("--out") + 1] == "{work}"
+    return cli.parse_args([str(work) if a == "{work}" else a for a in bench_argv])
+
+
+def _bench_cases(argv: tuple[str, ...], work: Path) -> list[str]:
     """The cases one `gpuconv bench` command of a step would run on a GPU (GPU batch defaults: 32, 2)."""
-    args = cli.parse_args(list(argv[argv.index("bench") + 1:]))
-    assert str(args.out) == "{work}" and args.name
+    args = _bench_args(argv, work)
+    assert args.name
     built = cases.build_cases(args.layers, args.ops or list(cases.ALL_OPS), args.dtypes, batch=32,
                               match=args.match, batch3d=2)
     return [f"{c.layer.name}/{c.op}/{c.dtype}" for c in built]
 
 
-def test_bench_slices_are_valid_non_empty_and_disjoint(session):
+def test_bench_slices_are_valid_non_empty_and_disjoint(session, tmp_path):
     seen: dict[str, str] = {}
     for step in ("bench1", "bench2"):
         for cmd in session.STEPS[step]:
-            names = _bench_cases(cmd.argv)
+            names = _bench_cases(cmd.argv, tmp_path)
             assert names, f"{step}/{cmd.name} selects no case"
             for n in names:
                 assert n not in seen, f"{n} is measured by both {seen[n]} and {cmd.name}"
@@ -49,12 +57,12 @@ def test_bench_slices_are_valid_non_empty_and_disjoint(session):
     assert want and want <= first
 
 
-def test_tensor_core_step_compares_tf32_with_tf32(session):
+def test_tensor_core_step_compares_tf32_with_tf32(session, tmp_path):
     """bench3 times gpuconv's opt-in TF32 and 3xTF32 convs against peers with TF32 on as well."""
     modes = set()
     for cmd in session.STEPS["bench3"]:
-        args = cli.parse_args(list(cmd.argv[cmd.argv.index("bench") + 1:]))
-        assert _bench_cases(cmd.argv) and args.ops == ["fprop", "dgrad", "wgrad"]
+        args = _bench_args(cmd.argv, tmp_path)
+        assert _bench_cases(cmd.argv, tmp_path) and args.ops == ["fprop", "dgrad", "wgrad"]
         assert args.dtypes == ["float32"] and args.tf32
         modes.add(args.precision)
     assert modes == {"tf32", "3xtf32"}

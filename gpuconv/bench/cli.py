@@ -67,7 +67,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--layers", type=_csv, default=None,
                    help=f"layer sets: {', '.join(LAYER_SETS)} (default: resnet50,unet3d,segnet; quick with --quick)")
     p.add_argument("--match", default=None, help="only layers whose name contains this text")
-    p.add_argument("--dtypes", type=_csv, default=["float32"], help=f"comma list from: {', '.join(DTYPES)}")
+    p.add_argument("--dtypes", type=_csv, default=["float32"],
+                   help=f"comma list from: {', '.join(DTYPES)} (default float32)")
     p.add_argument("--batch", type=int, default=None, help="batch size of 2-D layers (default: 32 on a GPU, 1 "
                                                            "on the CPU; 8 and 1 with --quick)")
     p.add_argument("--batch3d", type=int, default=None, help="batch size of 3-D layers (default: 2 on a GPU, "
@@ -95,7 +96,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for dt in args.dtypes:
         if dt not in DTYPES:
             p.error(f"--dtypes: {dt!r} is not benchmarked; choose from {', '.join(DTYPES)} "
-                    "(NumPy, and so gpuconv, has no bfloat16)")
+                    "(the benchmark has no bfloat16 cases)")
     for opt in ("batch", "batch3d"):
         if getattr(args, opt) is not None and getattr(args, opt) < 1:
             p.error(f"--{opt} must be >= 1")
