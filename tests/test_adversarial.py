@@ -17,7 +17,6 @@ import gpuconv as gc
 from gpuconv.numpy_backend._window import axis_taps
 from test_errors import base_calls
 
-
 @contextlib.contextmanager
 def _within(seconds: int):
     """Fail a block that runs longer than `seconds` (SIGALRM; pytest runs tests on the main thread)."""
@@ -31,18 +30,15 @@ def _within(seconds: int):
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
 
-
 # ---------------------------------------------------------------------------------------------------------
 # window taps along one axis: closed form instead of a Python loop over every output
 # ---------------------------------------------------------------------------------------------------------
 def _taps_brute_force(n, k, s, d, pb, o):
     return tuple(t for t in range(k) if any(0 <= q * s + t * d - pb < n for q in range(o)))
 
-
 def test_axis_taps_equals_brute_force():
     for n, k, s, d, pb, o in itertools.product(range(6), range(6), range(1, 5), range(1, 4), range(7), range(7)):
         assert axis_taps.__wrapped__(n, k, s, d, pb, o) == _taps_brute_force(n, k, s, d, pb, o), (n, k, s, d, pb, o)
-
 
 def test_axis_taps_cost_does_not_grow_with_the_output_extent():
     """Old code: a Python loop over all o outputs (2-3 s per 4M rows; o = 2^31 - 1 ran for half an hour)."""
@@ -51,7 +47,6 @@ def test_axis_taps_cost_does_not_grow_with_the_output_extent():
         assert axis_taps.__wrapped__(big, 3, 1, 1, 1, big) == (0, 1, 2)
         assert axis_taps.__wrapped__(big, 5, 2, 3, 6, big // 2) == (0, 1, 2, 3, 4)
         assert axis_taps.__wrapped__(1, big, big, 1, big - 1, 3) == (big - 1,)      # n < s, huge window
-
 
 def test_filter_gradient_of_an_empty_batch_with_a_huge_extent_is_immediate():
     """Old code: conv2d_backprop_filter of x (0, 2^28, 1, 1) computed nothing for 150-220 s (axis_taps)."""
@@ -62,6 +57,19 @@ def test_filter_gradient_of_an_empty_batch_with_a_huge_extent_is_immediate():
         dw = gc.conv2d_backprop_filter(x, (3, 1, 1, 2), dy, 1, "SAME")
     assert dw.shape == (3, 1, 1, 2) and not dw.any()
 
+def test_input_gradient_with_a_huge_stride_costs_its_output_not_the_phases():
+    """Old code: dgrad visited every stride phase in Python (5.7 s for stride 2^24; 2^31 - 1 ran for minutes);
+    the phases with taps come from the taps now. dx row o*s + k - pad_before receives w[k] * dy[o]."""
+    rows = 2**24
+    w = np.arange(1, 4, dtype=np.float32).reshape(3, 1, 1, 1)
+    dy = np.full((1, 1, 1, 1), 2, np.float32)
+    with _within(10):
+        dx = gc.conv2d_backprop_input((1, rows, 1, 1), w, dy, (rows, 1), "SAME")
+        dxt = gc.conv2d_transpose(dy, w, (1, rows, 1, 1), (rows, 1), "SAME")
+    # SAME with one output: pad_before = max(0 * rows + 3 - rows, 0) // 2 = 0, so tap k lands on dx row k.
+    want = np.zeros(rows, np.float32)
+    want[:3] = 2 * w.ravel()
+    assert np.array_equal(dx.ravel(), want) and np.array_equal(dxt.ravel(), want)
 
 # ---------------------------------------------------------------------------------------------------------
 # error messages stay short whatever was passed
@@ -80,14 +88,12 @@ _LONG_MESSAGE_CALLS = {
     "data_format": lambda: gc.max_pool_with_argmax(_X, 2, 2, "SAME", data_format="x" * 10**6),
 }
 
-
 @pytest.mark.parametrize("arg", sorted(_LONG_MESSAGE_CALLS))
 def test_error_messages_are_bounded(arg):
     """Old code: these messages printed the whole value (1-3 MB of text)."""
     with pytest.raises((ValueError, TypeError), match=f"^{arg}: ") as info:
         _LONG_MESSAGE_CALLS[arg]()
     assert len(str(info.value)) < 500, len(str(info.value))
-
 
 # ---------------------------------------------------------------------------------------------------------
 # integers and padding
@@ -102,12 +108,10 @@ def test_time_values_are_not_integers(call):
     with pytest.raises(TypeError, match="^(strides|ksize): expected an integer"):
         call()
 
-
 def test_zero_d_padding_array_is_refused_showing_what_was_given():
     """Old code: 'padding: expected 'SAME', 'VALID' or ..., got 'SAME'' (the array was shown after tolist())."""
     with pytest.raises(TypeError, match=r"^padding: .*got a 0-d array array\('SAME'"):
         gc.conv2d(_X, _W, 1, np.array("SAME"))
-
 
 # ---------------------------------------------------------------------------------------------------------
 # guards: array kinds and aliasing (results equal those of plain C-contiguous copies; inputs untouched)
@@ -115,26 +119,21 @@ def test_zero_d_padding_array_is_refused_showing_what_was_given():
 class _Sub(np.ndarray):
     pass
 
-
 def _broadcast(a, tmp_path):
     """A zero-stride read-only view with the same values (the batch axis broadcast from one item)."""
     return np.broadcast_to(a[:1], a.shape)
-
 
 def _memmap(a, tmp_path):
     path = tmp_path / "a.dat"
     np.asarray(a).tofile(path)
     return np.memmap(path, dtype=a.dtype, mode="r", shape=a.shape)
 
-
 def _subclass(a, tmp_path):
     return a.view(_Sub)
-
 
 def _transposed(a, tmp_path):
     """A C-contiguous buffer of another axis order, transposed back: strides in no simple order."""
     return np.moveaxis(np.ascontiguousarray(np.moveaxis(a, 0, -1)), -1, 0)
-
 
 @pytest.mark.parametrize("kind", [_broadcast, _memmap, _subclass, _transposed], ids=lambda f: f.__name__[1:])
 @pytest.mark.parametrize("name", sorted(base_calls()))
@@ -155,7 +154,6 @@ def test_unusual_array_kinds_give_the_plain_result(name, kind, tmp_path):
             assert type(g) is np.ndarray and g.flags.writeable and not np.shares_memory(g, odd[k])
             assert g.dtype == e.dtype and g.tobytes() == np.ascontiguousarray(e).tobytes(), (name, k)
         np.testing.assert_array_equal(odd[k], before)
-
 
 def test_arguments_that_alias_each_other():
     rng = np.random.default_rng(3)
