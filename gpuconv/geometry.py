@@ -63,8 +63,9 @@ def axis_geometry(n: int, k: int, s: int, d: int, padding, axis: str = "spatial"
         pb, pa = padding
         out = _trunc_div(n + pb + pa - e + s, s)
     if out < 0:
+        dilated = f", dilation {d}" if d != 1 else ""
         fail(input_arg, f"an input at least as large as the window along {axis} "
-             f"(window extent {e} with dilation, padding {pb}+{pa})",
+             f"(window extent {e}{dilated}, padding {pb}+{pa})",
              f"input size {n}: computed output size would be negative ({out})")
     if out > max(n, INT32_MAX):
         fail("padding", f"pads giving an output size <= {INT32_MAX} along {axis} (input size {n}, window "
@@ -280,10 +281,15 @@ def check_backprop_output(p: ConvProblem, dy_shape: Sequence[int], padding: Padd
         if got != want:
             pad = padding if isinstance(padding, str) else tuple(padding[ax])
             lo, hi = transposed_output_range(got, kernel[ax], p.stride[ax], p.dilation[ax], pad)
+            how = (f"(stride {p.stride[ax]}, filter {kernel[ax]}, dilation {p.dilation[ax]}, padding {pad})")
+            if lo > hi:
+                # No size works: the pads alone make every forward size larger than the one given.
+                smallest = axis_geometry(0, kernel[ax], p.stride[ax], p.dilation[ax], pad)[0]
+                fail(shape_arg, f"a {_AXES[ax]} whose forward convolution gives the gradient/input size {got}, "
+                     f"but none exists {how}: even {_AXES[ax]} 0 gives {smallest}; smaller pads or a larger "
+                     f"gradient/input fix it", f"{_AXES[ax]} {sizes[ax]}, whose forward size is {want}")
             fail(shape_arg, f"{_AXES[ax]} in [{lo}, {hi}] so that the forward convolution gives the "
-                 f"gradient/input size {got} (stride {p.stride[ax]}, filter {kernel[ax]}, "
-                 f"dilation {p.dilation[ax]}, padding {pad})",
-                 f"{_AXES[ax]} {sizes[ax]}, whose forward size is {want}")
+                 f"gradient/input size {got} {how}", f"{_AXES[ax]} {sizes[ax]}, whose forward size is {want}")
 
 
 def pool_problem(x_shape: Sequence[int], window: Triple, stride: Triple, padding: Padding,

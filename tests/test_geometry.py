@@ -89,6 +89,24 @@ def test_transposed_range_is_exactly_the_legal_set(i, k, s, d):
         assert set(range(lo, hi + 1)) == want, (padding, lo, hi, sorted(want))
 
 
+@pytest.mark.parametrize("i,k,s", list(itertools.product(range(0, 4), range(1, 4), range(1, 4))))
+def test_illegal_backprop_size_message_gives_the_legal_range_or_says_none_exists(i, k, s):
+    """The output_shape / input_sizes error prints the brute-force legal range; where pads leave no legal size,
+    it says so and gives the smallest forward size (old code printed an empty range such as [0, -1])."""
+    for pads in [(0, 0), (1, 2), (3, 3), (5, 4)]:
+        legal = [o for o in range(0, (i + 2) * s + k + 12) if R._forward_size_or_none(o, k, s, 1, pads) == i]
+        o = (legal[-1] + 1) if legal else 2          # an illegal height
+        p = G.conv_problem((1, 1, o, 1, 1), (1, k, 1, 1, 1), (1, s, 1), (1, 1, 1), ((0, 0), pads, (0, 0)))
+        with pytest.raises(ValueError) as err:
+            G.check_backprop_output(p, (1, 1, i, 1, 1), ((0, 0), pads, (0, 0)), "output_shape")
+        msg = str(err.value)
+        if legal:
+            assert f"height in [{legal[0]}, {legal[-1]}]" in msg, msg
+        else:
+            smallest = R._forward_size_or_none(0, k, s, 1, pads)       # forward sizes grow with o
+            assert "none exists" in msg and f"even height 0 gives {smallest};" in msg, msg
+
+
 def test_conv_problem_fields():
     p = G.conv_problem((2, 1, 6, 7, 4), (1, 3, 2, 2, 6), (1, 2, 1), (1, 1, 2), "SAME")
     assert p.groups == 2 and p.group_c == 2 and p.group_k == 3
