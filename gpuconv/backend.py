@@ -160,13 +160,21 @@ def available_backends() -> dict[str, str]:
     return {"numpy": "yes", **availability()}
 
 
+def canonical_shape(shape: Sequence[int], nspatial: int, is_channels_last: bool) -> tuple[int, ...]:
+    """The (N, D, H, W, C) shape to_canonical gives a tensor of this user-layout shape: known before the copy, so
+    that arguments are checked against it first (a bad ksize costs no copy of a large NCHW input)."""
+    shape = tuple(int(v) for v in shape)
+    spatial = shape[1:-1] if is_channels_last else shape[2:]
+    channels = shape[-1] if is_channels_last else shape[1]
+    return (shape[0],) + (1,) * (3 - nspatial) + spatial + (channels,)
+
+
 def to_canonical(x, xp, nspatial: int, is_channels_last: bool):
     """A tensor in user layout (N, spatial..., C) or (N, C, spatial...) as a C-contiguous (N, D, H, W, C)."""
+    shape5 = canonical_shape(x.shape, nspatial, is_channels_last)
     if not is_channels_last:
         x = x.transpose((0,) + tuple(range(2, nspatial + 2)) + (1,))
-    shape = x.shape
-    x = xp.ascontiguousarray(x)
-    return x.reshape((shape[0],) + (1,) * (3 - nspatial) + tuple(shape[1:-1]) + (shape[-1],))
+    return xp.ascontiguousarray(x).reshape(shape5)
 
 
 def from_canonical(y, nspatial: int, is_channels_last: bool):
@@ -184,10 +192,14 @@ def user_shape(shape5: Sequence[int], nspatial: int, is_channels_last: bool) -> 
     return (n,) + spatial + (c,) if is_channels_last else (n, c) + spatial
 
 
+def canonical_filter_shape(shape: Sequence[int], nspatial: int) -> tuple[int, ...]:
+    """The (T, R, S, in, out) shape canonical_filters gives filters of this shape."""
+    return (1,) * (3 - nspatial) + tuple(int(v) for v in shape)
+
+
 def canonical_filters(w, xp, nspatial: int):
     """Filters (spatial..., in, out) as a C-contiguous (T, R, S, in, out)."""
-    w = xp.ascontiguousarray(w)
-    return w.reshape((1,) * (3 - nspatial) + tuple(w.shape))
+    return xp.ascontiguousarray(w).reshape(canonical_filter_shape(w.shape, nspatial))
 
 
 def from_canonical_filters(dw, nspatial: int):

@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from . import _args as A
-from .backend import (canonical_filters, from_canonical, from_canonical_filters, on_tensor_device, resolve,
-                      to_canonical)
+from .backend import (canonical_filter_shape, canonical_filters, canonical_shape, from_canonical,
+                      from_canonical_filters, on_tensor_device, resolve, to_canonical)
 from .dtypes import FLOAT_DTYPES
 from .geometry import check_backprop_output, conv_problem
 
@@ -35,9 +35,10 @@ def _fprop(nspatial, x, filters, strides, padding, data_format, dilations):
     A.tensor(x, "input", nspatial + 2, FLOAT_DTYPES, _layout(nspatial, cl))
     A.tensor(filters, "filters", nspatial + 2, FLOAT_DTYPES, _FILTER_LAYOUT[nspatial])
     A.same_dtype({"input": x, "filters": filters})
+    p = conv_problem(canonical_shape(x.shape, nspatial, cl), canonical_filter_shape(filters.shape, nspatial), stride,
+                     dilation, pad)
     x5 = to_canonical(x, be.xp, nspatial, cl)
     w5 = canonical_filters(filters, be.xp, nspatial)
-    p = conv_problem(x5.shape, w5.shape, stride, dilation, pad)
     return from_canonical(be.conv_fprop(x5, w5, p), nspatial, cl)
 
 
@@ -47,13 +48,15 @@ def _dgrad(nspatial, shape_arg, shape, filters, dy_arg, dy, strides, padding, da
     A.tensor(dy, dy_arg, nspatial + 2, FLOAT_DTYPES, _layout(nspatial, cl))
     A.tensor(filters, "filters", nspatial + 2, FLOAT_DTYPES, _FILTER_LAYOUT[nspatial])
     A.same_dtype({dy_arg: dy, "filters": filters})
+    dy_shape5 = canonical_shape(dy.shape, nspatial, cl)
+    w_shape5 = canonical_filter_shape(filters.shape, nspatial)
+    # Spatial-only shape: batch from the gradient, channels from the filters' in-channels (TF's rule).
+    x_shape = A.shape_param(shape, shape_arg, nspatial, cl, batch=dy_shape5[0], channels=None
+                            if len(A.int_sequence(shape, shape_arg)) == nspatial + 2 else w_shape5[3])
+    p = conv_problem(x_shape, w_shape5, stride, dilation, pad, input_arg=shape_arg)
+    check_backprop_output(p, dy_shape5, pad, shape_arg)
     dy5 = to_canonical(dy, be.xp, nspatial, cl)
     w5 = canonical_filters(filters, be.xp, nspatial)
-    # Spatial-only shape: batch from the gradient, channels from the filters' in-channels (TF's rule).
-    x_shape = A.shape_param(shape, shape_arg, nspatial, cl, batch=dy5.shape[0], channels=None
-                            if len(A.int_sequence(shape, shape_arg)) == nspatial + 2 else w5.shape[3])
-    p = conv_problem(x_shape, w5.shape, stride, dilation, pad, input_arg=shape_arg)
-    check_backprop_output(p, dy5.shape, pad, shape_arg)
     return from_canonical(be.conv_dgrad(dy5, w5, p), nspatial, cl)
 
 
@@ -67,11 +70,11 @@ def _wgrad(nspatial, x, filter_sizes, dy, strides, padding, data_format, dilatio
     if len(sizes) != nspatial + 2 or min(sizes) < 0 or max(sizes) > A.INT32_MAX:
         A.fail("filter_sizes", f"{nspatial + 2} sizes in [0, {A.INT32_MAX}] ({_FILTER_LAYOUT[nspatial]})",
                A.short(list(sizes)))
+    p = conv_problem(canonical_shape(x.shape, nspatial, cl), canonical_filter_shape(sizes, nspatial), stride,
+                     dilation, pad, filter_arg="filter_sizes")
+    check_backprop_output(p, canonical_shape(dy.shape, nspatial, cl), pad, "input", filter_arg="filter_sizes")
     x5 = to_canonical(x, be.xp, nspatial, cl)
     dy5 = to_canonical(dy, be.xp, nspatial, cl)
-    w_shape = (1,) * (3 - nspatial) + sizes
-    p = conv_problem(x5.shape, w_shape, stride, dilation, pad, filter_arg="filter_sizes")
-    check_backprop_output(p, dy5.shape, pad, "input", filter_arg="filter_sizes")
     return from_canonical_filters(be.conv_wgrad(x5, dy5, p), nspatial)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from . import _args as A
-from .backend import from_canonical, on_tensor_device, resolve, to_canonical, user_shape
+from .backend import canonical_shape, from_canonical, on_tensor_device, resolve, to_canonical, user_shape
 from .dtypes import FLOAT_DTYPES, INDEX_DTYPES, INT_DTYPES
 from .geometry import pool_problem
 
@@ -30,9 +30,8 @@ def _forward(op: str, nspatial: int, x, ksize, strides, padding, data_format, dt
     be = resolve({"input": x})
     cl = A.channels_last(data_format, nspatial)
     A.tensor(x, "input", nspatial + 2, dtypes, _LAYOUT[nspatial][0 if cl else 1])
-    x5 = to_canonical(x, be.xp, nspatial, cl)
-    p = _problem(nspatial, x5.shape, cl, ksize, strides, padding)
-    return from_canonical(getattr(be, op)(x5, p), nspatial, cl)
+    p = _problem(nspatial, canonical_shape(x.shape, nspatial, cl), cl, ksize, strides, padding)
+    return from_canonical(getattr(be, op)(to_canonical(x, be.xp, nspatial, cl), p), nspatial, cl)
 
 
 @on_tensor_device
@@ -63,14 +62,27 @@ def avg_pool3d(input: Any, ksize, strides, padding, data_format: str = "NDHWC"):
     return _forward("avg_pool", 3, input, ksize, strides, padding, data_format, FLOAT_DTYPES)
 
 
+def _as_numpy_dtype_like(d: Any) -> Any:
+    """A TensorFlow DType (its `as_numpy_dtype`) or a torch.dtype (its name, 'torch.int32' -> 'int32') as
+    something np.dtype reads, so that ported code's `output_dtype=tf.int32` works; anything else as it is. Neither
+    library is imported."""
+    as_numpy = getattr(type(d), "as_numpy_dtype", None)
+    if as_numpy is not None and type(d).__module__.startswith("tensorflow"):
+        return d.as_numpy_dtype
+    if type(d).__module__ == "torch" and type(d).__name__ == "dtype":
+        return str(d).removeprefix("torch.")
+    return d
+
+
 def index_dtype(output_dtype: Any) -> np.dtype:
-    """'int64' / 'int32' / a NumPy integer dtype -> the argmax dtype."""
+    """'int64' / 'int32' / a NumPy, TensorFlow or torch int32/int64 dtype -> the argmax dtype."""
     try:
-        dt = np.dtype(output_dtype)
+        dt = np.dtype(_as_numpy_dtype_like(output_dtype))
     except (TypeError, ValueError):                 # not a dtype at all, or a malformed structured one
         dt = None
     if dt not in INDEX_DTYPES:
-        A.fail("output_dtype", "'int64' or 'int32'", A.short(output_dtype))
+        A.fail("output_dtype", "'int64' or 'int32' (a name, or a NumPy, TensorFlow or torch dtype)",
+               A.short(output_dtype))
     return dt
 
 
@@ -88,12 +100,11 @@ def max_pool_with_argmax(input: Any, ksize, strides, padding, data_format: str =
     include = _flag(include_batch_in_index, "include_batch_in_index")
     idx = index_dtype(output_dtype)
     A.tensor(input, "input", 4, MAX_DTYPES, "NHWC")
-    x5 = to_canonical(input, be.xp, 2, True)
-    p = _problem(2, x5.shape, True, ksize, strides, padding)
+    p = _problem(2, canonical_shape(input.shape, 2, True), True, ksize, strides, padding)
     limit = (p.N if include else 1) * p.D * p.H * p.W * p.C
     if limit > np.iinfo(idx).max + 1:
         A.fail("output_dtype", f"an index type that holds {limit - 1}", idx.name)
-    y, argmax = be.max_pool_argmax(x5, p, idx, include)
+    y, argmax = be.max_pool_argmax(to_canonical(input, be.xp, 2, True), p, idx, include)
     return from_canonical(y, 2, True), from_canonical(argmax, 2, True)
 
 
@@ -110,11 +121,11 @@ def _max_grad(nspatial, orig_input, orig_output, grad, ksize, strides, padding, 
     for name, t in (("orig_input", orig_input), ("orig_output", orig_output), ("grad", grad)):
         A.tensor(t, name, nspatial + 2, MAX_DTYPES, layout)
     A.same_dtype({"orig_input": orig_input, "orig_output": orig_output, "grad": grad})
-    x5 = to_canonical(orig_input, be.xp, nspatial, cl)
-    p = _problem(nspatial, x5.shape, cl, ksize, strides, padding)
+    p = _problem(nspatial, canonical_shape(orig_input.shape, nspatial, cl), cl, ksize, strides, padding)
     pooled = user_shape(p.y_shape, nspatial, cl)
     A.same_shape(grad, "grad", pooled, f"the pooled shape of orig_input, {layout}")
     A.same_shape(orig_output, "orig_output", pooled, f"the pooled shape of orig_input, {layout}")
+    x5 = to_canonical(orig_input, be.xp, nspatial, cl)
     dy5 = to_canonical(grad, be.xp, nspatial, cl)
     return from_canonical(be.max_pool_grad(x5, dy5, p), nspatial, cl)
 
@@ -167,8 +178,7 @@ def max_pool_grad_with_argmax(input: Any, grad: Any, argmax: Any, ksize, strides
     A.tensor(grad, "grad", 4, MAX_DTYPES, "NHWC")
     A.same_dtype({"input": input, "grad": grad})
     A.tensor(argmax, "argmax", 4, INDEX_DTYPES, "NHWC")
-    x5 = to_canonical(input, be.xp, 2, True)
-    p = _problem(2, x5.shape, True, ksize, strides, padding)
+    p = _problem(2, canonical_shape(input.shape, 2, True), True, ksize, strides, padding)
     A.same_shape(grad, "grad", user_shape(p.y_shape, 2, True), "the pooled shape of input, NHWC")
     A.same_shape(argmax, "argmax", grad.shape, "the shape of grad")
     dy5 = to_canonical(grad, be.xp, 2, True)
@@ -183,12 +193,12 @@ def spread_pooled(op: str, be, nspatial: int, cl: bool, layout: str, dy_arg: str
     """A pooled tensor spread back over its pre-pooling shape (avg_pool_grad, avg_unpool): the shape, pooled
     with ksize/strides/padding, must give the tensor's size."""
     A.tensor(dy, dy_arg, nspatial + 2, FLOAT_DTYPES, layout)
-    dy5 = to_canonical(dy, be.xp, nspatial, cl)
-    x_shape = A.shape_param(shape, shape_arg, nspatial, cl, dy5.shape[0], dy5.shape[-1])
+    dy_shape5 = canonical_shape(dy.shape, nspatial, cl)
+    x_shape = A.shape_param(shape, shape_arg, nspatial, cl, dy_shape5[0], dy_shape5[-1])
     p = _problem(nspatial, x_shape, cl, ksize, strides, padding, shape_arg)
     A.same_shape(dy, f"{dy_arg} / {shape_arg}", user_shape(p.y_shape, nspatial, cl),
                  f"{dy_arg}'s shape equal to the pooled shape of {shape_arg}, {layout}")
-    return from_canonical(getattr(be, op)(dy5, p), nspatial, cl)
+    return from_canonical(getattr(be, op)(to_canonical(dy, be.xp, nspatial, cl), p), nspatial, cl)
 
 
 def avg_pool_grad_nd(nspatial, orig_input_shape, grad, ksize, strides, padding, data_format):

@@ -5,7 +5,7 @@ import math
 from typing import Any
 
 from . import _args as A
-from .backend import from_canonical, on_tensor_device, resolve, to_canonical
+from .backend import canonical_shape, from_canonical, on_tensor_device, resolve, to_canonical
 from .dtypes import INDEX_DTYPES
 from .geometry import check_elements
 from .pool import MAX_DTYPES, _flag, check_argmax, spread_pooled
@@ -52,9 +52,9 @@ def max_unpool_grad(grad: Any, argmax: Any, include_batch_in_index: bool = False
     if argmax.shape[0] != grad.shape[0] or argmax.shape[-1] != grad.shape[-1]:
         A.fail("argmax", f"batch {grad.shape[0]} and channels {grad.shape[-1]} (those of grad)",
                f"shape {tuple(argmax.shape)}")
+    g_shape5 = canonical_shape(grad.shape, nspatial, True)
+    check_argmax(argmax, "argmax", math.prod(g_shape5[1:]) * (g_shape5[0] if include else 1))
     g5 = to_canonical(grad, be.xp, nspatial, True)
-    per_batch = math.prod(g5.shape[1:])
-    check_argmax(argmax, "argmax", per_batch * (g5.shape[0] if include else 1))
     a5 = to_canonical(argmax, be.xp, nspatial, True)
     return from_canonical(be.argmax_gather(g5, a5, include), nspatial, True)
 

@@ -172,3 +172,39 @@ def test_arguments_that_alias_each_other():
     idx = np.arange(x.size, dtype=np.int64).reshape(x.shape) % (6 * 6 * 4)
     assert np.array_equal(gc.max_unpool(idx, idx, x.shape), gc.max_unpool(idx.copy(), idx.copy(), x.shape))
     assert np.array_equal(x, keep_x) and np.array_equal(buf, keep_buf)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# arguments are checked before a tensor is copied into the canonical layout
+# ---------------------------------------------------------------------------------------------------------
+_NCHW = np.ones((1, 2, 5, 5), np.float32)
+_NHWC = np.ones((1, 5, 5, 2), np.float32)
+_CHECKED_BEFORE_COPY = {
+    "max_pool2d ksize": lambda: gc.max_pool2d(_NCHW, 7, 1, "VALID", data_format="NCHW"),
+    "avg_pool3d padding": lambda: gc.avg_pool3d(np.ones((1, 2, 3, 3, 3), np.float32), 2, 1, [[0, 0]] * 5 + [[1, 1]],
+                                                data_format="NCDHW"),
+    "max_pool_with_argmax ksize": lambda: gc.max_pool_with_argmax(_NHWC, 9, 1, "VALID"),
+    "max_pool_grad shapes": lambda: gc.max_pool_grad(_NCHW, _NCHW, _NCHW, 2, 2, "VALID", data_format="NCHW"),
+    "max_pool_grad_with_argmax grad": lambda: gc.max_pool_grad_with_argmax(_NHWC, _NHWC, _NHWC.astype(np.int64), 2,
+                                                                           2, "VALID"),
+    "avg_pool_grad shape": lambda: gc.avg_pool_grad((1, 2, 9, 9), _NCHW, 2, 2, "VALID", data_format="NCHW"),
+    "conv2d window": lambda: gc.conv2d(_NCHW, np.ones((3, 3, 2, 1), np.float32), 1, "VALID", data_format="NCHW",
+                                       dilations=4),
+    "conv2d_backprop_input sizes": lambda: gc.conv2d_backprop_input((1, 2, 9, 9), np.ones((3, 3, 2, 2), np.float32),
+                                                                    _NCHW, 1, "VALID", data_format="NCHW"),
+    "conv2d_backprop_filter out_backprop": lambda: gc.conv2d_backprop_filter(_NCHW, (3, 3, 2, 2), _NCHW, 1, "VALID",
+                                                                             data_format="NCHW"),
+    "max_unpool_grad argmax": lambda: gc.max_unpool_grad(_NHWC, np.full((1, 2, 2, 2), 10**6, np.int64)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_CHECKED_BEFORE_COPY))
+def test_bad_arguments_are_refused_before_the_input_is_copied(case, monkeypatch):
+    """Old code copied the input into the canonical layout (a transposing copy of an NCHW tensor) before it
+    checked ksize, strides, padding and the shapes that depend on them: a bad argument cost a full copy."""
+    def copied(*args, **kwargs):
+        raise AssertionError("a tensor was copied before the arguments were checked")
+    for module in ("gpuconv.pool", "gpuconv.conv", "gpuconv.unpool"):
+        monkeypatch.setattr(f"{module}.to_canonical", copied)
+    with pytest.raises(ValueError):
+        _CHECKED_BEFORE_COPY[case]()

@@ -297,3 +297,21 @@ def test_shape_errors_speak_the_callers_layout():
     for call, message in cases:
         with pytest.raises(ValueError, match=message):
             call()
+
+
+
+@pytest.mark.parametrize("library", ["tensorflow", "torch"])
+def test_argmax_output_dtype_takes_tensorflow_and_torch_dtypes(library):
+    """Ported TF code passes `output_dtype=tf.int32` (TF's own default is tf.int64), PyTorch users torch.int32:
+    both name the same index types as 'int32' / 'int64'; their other dtypes are refused with the usual error.
+    (TensorFlow is a test dependency; torch is not, so its case may skip.)"""
+    lib = pytest.importorskip(library)
+    prefix = "tf" if library == "tensorflow" else "torch"
+    x = _x((2, 5, 4, 3))
+    for name in ("int32", "int64"):
+        want = gpuconv.max_pool_with_argmax(x, 2, 2, "SAME", output_dtype=name)[1]
+        got = gpuconv.max_pool_with_argmax(x, 2, 2, "SAME", output_dtype=getattr(lib, name))[1]
+        assert got.dtype == want.dtype and np.array_equal(got, want), name
+    for name in ("int16", "float32"):
+        with pytest.raises(ValueError, match=rf"^output_dtype: expected 'int64' or 'int32'.*got {prefix}\.{name}$"):
+            gpuconv.max_pool_with_argmax(x, 2, 2, "SAME", output_dtype=getattr(lib, name))
