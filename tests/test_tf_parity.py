@@ -508,3 +508,33 @@ def test_documented_bfloat16_differences(tf):
                                     ksize=[1, 3, 3, 1], strides=[1] * 4, padding="SAME").numpy()[0, 2, 2, 0]
     assert float(got_tf) == 1.0
     assert gpuconv.max_pool_grad(x, y, g, 3, 1, "SAME")[0, 2, 2, 0] == exact
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float64])
+def test_documented_float16_float64_differences(tf, dtype):
+    """The README's float16/float64 rows, pinned against TF 2.21 CPU (its Eigen kernels for these dtypes; float32
+    runs through oneDNN and agrees with gpuconv here). The right values follow from the definitions by hand."""
+    # Padding multiplied: 1x5 ones, filter [0, inf], stride 4, SAME -> pads (0, 1); output 1 reads x[4] * 0 and
+    # the padding cell * inf. Only x[4] is in bounds: 0 (TF: 0 * x + inf * 0 = NaN).
+    x, w = np.ones((1, 5, 1, 1), dtype), np.array([0, np.inf], dtype).reshape(2, 1, 1, 1)
+    assert np.isnan(tf.nn.conv2d(x, w, [4, 1], "SAME").numpy()[0, 1, 0, 0])
+    np.testing.assert_array_equal(gpuconv.conv2d(x, w, [4, 1], "SAME").ravel(), [np.inf, 0])
+    # Conv3DBackpropFilterV2 spreads one NaN to every tap: dw[1] = x[1] dy[0] + x[2] dy[1] = 2 + 3 has none.
+    x, dy = np.array([np.nan, 2, 3], dtype).reshape(1, 3, 1, 1, 1), np.ones((1, 2, 1, 1, 1), dtype)
+    got_tf = tf.raw_ops.Conv3DBackpropFilterV2(input=x, filter_sizes=[2, 1, 1, 1, 1], out_backprop=dy,
+                                               strides=[1] * 5, padding="VALID").numpy().ravel()
+    assert np.isnan(got_tf).all()
+    np.testing.assert_array_equal(gpuconv.conv3d_backprop_filter(x, (2, 1, 1, 1, 1), dy, 1, "VALID").ravel(),
+                                  [np.nan, 5])
+    # AvgPoolGrad, SAME window larger than the input: 4 rows, window 5, stride 3 -> pads (2, 2); window 0 holds
+    # rows 0-2, window 1 rows 1-3 (3 cells each, as TF's own forward avg_pool divides), so dy = [1, 2] spreads as
+    # [1/3, 1/3 + 2/3, 1/3 + 2/3, 2/3]. TF's gradient divides window 0 by 4 and gives [0.25, 0.9167, ...].
+    dy = np.array([1, 2], dtype).reshape(1, 2, 1, 1)
+    got_tf = tf.raw_ops.AvgPoolGrad(orig_input_shape=[1, 4, 1, 1], grad=dy, ksize=[1, 5, 1, 1], strides=[1, 3, 1, 1],
+                                    padding="SAME").numpy().ravel()
+    assert got_tf[0] == dtype(0.25)
+    np.testing.assert_array_equal(tf.nn.avg_pool2d(np.arange(1, 5, dtype=dtype).reshape(1, 4, 1, 1), [5, 1],
+                                                   [3, 1], "SAME").numpy().ravel(), [2, 3])
+    want = np.array([1 / 3, 1, 1, 2 / 3]).astype(dtype)
+    np.testing.assert_allclose(gpuconv.avg_pool_grad((1, 4, 1, 1), dy, [5, 1], [3, 1], "SAME").ravel(), want,
+                               rtol=np.finfo(dtype).eps * 4)
