@@ -281,7 +281,7 @@ def check_backprop_output(p: ConvProblem, dy_shape: Sequence[int], padding: Padd
         if got != want:
             pad = padding if isinstance(padding, str) else tuple(padding[ax])
             lo, hi = transposed_output_range(got, kernel[ax], p.stride[ax], p.dilation[ax], pad)
-            how = (f"(stride {p.stride[ax]}, filter {kernel[ax]}, dilation {p.dilation[ax]}, padding {pad})")
+            how = f"(stride {p.stride[ax]}, filter {kernel[ax]}, dilation {p.dilation[ax]}, padding {pad})"
             if lo > hi:
                 # No size works: the pads alone make every forward size larger than the one given.
                 smallest = axis_geometry(0, kernel[ax], p.stride[ax], p.dilation[ax], pad)[0]

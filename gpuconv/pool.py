@@ -66,8 +66,7 @@ def _as_numpy_dtype_like(d: Any) -> Any:
     """A TensorFlow DType (its `as_numpy_dtype`) or a torch.dtype (its name, 'torch.int32' -> 'int32') as
     something np.dtype reads, so that ported code's `output_dtype=tf.int32` works; anything else as it is. Neither
     library is imported."""
-    as_numpy = getattr(type(d), "as_numpy_dtype", None)
-    if as_numpy is not None and type(d).__module__.startswith("tensorflow"):
+    if type(d).__module__.startswith("tensorflow") and hasattr(d, "as_numpy_dtype"):
         return d.as_numpy_dtype
     if type(d).__module__ == "torch" and type(d).__name__ == "dtype":
         return str(d).removeprefix("torch.")
