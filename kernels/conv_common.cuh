@@ -511,7 +511,8 @@ namespace gpuconv {
 //               a*b ~ a_small*b_big + a_big*b_small + a_big*b_big (small*small, below 2^-22 |a b|, dropped),
 //               three mma per product, small terms first: float32-level accuracy on tensor cores.
 // A finite operand stays finite: where rounding would overflow (|a| within half a TF32 ulp of FLT_MAX) big is a
-// truncated instead. Non-finite operands never get here: a TF32 plan flags both GEMM operands (plans/conv_fprop.py,
+// truncated instead, and so is small (rounded, the rest of FLT_MAX, (2^13 - 1) 2^104, becomes 2^117 and
+// big + small = 2^128: a product of FLT_MAX and 1 was inf in 3xTF32). Non-finite operands never get here: a TF32 plan flags both GEMM operands (plans/conv_fprop.py,
 // conv_dgrad.py), so such a call computes every tile by formula (inf * small = inf * 0 would be NaN in 3xTF32).
 // TF32 needs sm_80: compiled for an older GPU the float instantiations trap (their plans need sm_80 to be chosen).
 #if defined(GPUCONV_EMULATOR) || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
@@ -536,11 +537,8 @@ struct TensorOpMath<__half, 1> {
 };
 
 #if GPUCONV_HAS_TF32_MMA
-// The TF32 value nearest v (ties away from zero), or v truncated to TF32 where the nearest would be inf.
-__device__ __forceinline__ float tf32_nearest_finite(float v) {
-    const float r = nvcuda::wmma::__float_to_tf32(v);
-    return is_finite_value(r) || !is_finite_value(v) ? r : __uint_as_float(__float_as_uint(v) & 0xffffe000u);
-}
+// v with its mantissa cut to TF32's 10 bits (rounded toward zero).
+__device__ __forceinline__ float tf32_truncated(float v) { return __uint_as_float(__float_as_uint(v) & 0xffffe000u); }
 
 template <int Passes>
 struct TensorOpMath<float, Passes> {
@@ -549,15 +547,18 @@ struct TensorOpMath<float, Passes> {
     static constexpr int kK = 8;
     static constexpr int kParts = Passes == 3 ? 2 : 1;  // big only, or big and small
     typedef nvcuda::wmma::precision::tf32 FragmentElement;
-    // big (as loaded: the float operands) -> its TF32 part; small -> the TF32 rest (3xTF32 only).
+    // big (as loaded: the float operands) -> its TF32 part; small -> the TF32 rest (3xTF32 only). Both nearest
+    // (ties away from zero), or both truncated where v's nearest TF32 value would be inf.
     template <typename Fragment>
     static __device__ __forceinline__ void split(Fragment& big, Fragment& small) {
 #pragma unroll
         for (int t = 0; t < big.num_elements; ++t) {
             const float v = big.x[t];
-            const float hi = tf32_nearest_finite(v);
+            const float nearest = nvcuda::wmma::__float_to_tf32(v);
+            const bool cut = !is_finite_value(nearest) && is_finite_value(v);
+            const float hi = cut ? tf32_truncated(v) : nearest;
             big.x[t] = hi;
-            if (kParts == 2) small.x[t] = nvcuda::wmma::__float_to_tf32(v - hi);
+            if (kParts == 2) small.x[t] = cut ? tf32_truncated(v - hi) : nvcuda::wmma::__float_to_tf32(v - hi);
         }
     }
 };

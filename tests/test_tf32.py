@@ -55,6 +55,7 @@ def magnitude(fn, x, w, **kw):
 
 ACCUMULATION = 1e-5   # float32 sums over these problems' <= 600 terms, relative to sum |x||w|
 TINY = 1e-30
+_FLT_MAX = np.finfo(np.float32).max
 
 
 def excess(got, want, bound, rtol):
@@ -298,27 +299,31 @@ def test_non_finite_inputs_give_float32_answers(kernel_backend, mode, where, cas
 
 @pytest.mark.parametrize("mode", ["tf32", "3xtf32"])
 @pytest.mark.parametrize("op", ["conv2d", "conv2d_backprop_input", "conv2d_backprop_filter"])
-def test_finite_operands_stay_finite_near_float32_max(kernel_backend, launched, mode, op):
-    # 3.4028235e38 rounds to inf in TF32; the kernels truncate it instead, so the result stays finite
+@pytest.mark.parametrize("value", [_FLT_MAX, np.nextafter(_FLT_MAX, np.float32(0))])
+@pytest.mark.parametrize("scale", [0.5, 1.0])
+def test_finite_operands_stay_finite_near_float32_max(kernel_backend, launched, mode, op, value, scale):
+    # FLT_MAX and the float below it round to inf in TF32; the kernels truncate them instead, and 3xTF32 its
+    # small part too, so the result stays finite. Scale 1: the product itself is that value (3xTF32 gave inf:
+    # the rounded small part carried big + small to 2^128).
     a = np.zeros((1, 4, 4, 16), np.float32)
-    a[0, 1, 2, :] = np.float32(3.4028235e38)
+    a[0, 1, 2, :] = value
     w = np.zeros((1, 1, 16, 16), np.float32)
-    w[0, 0, 0, :] = 0.5                                   # channel 0 -> every output channel (dgrad: 0 <- every)
+    w[0, 0, 0, :] = scale                                 # channel 0 -> every output channel (dgrad: 0 <- every)
     if op == "conv2d":
         got = run_with(kernel_backend, mode, gpuconv.conv2d, a, w, 1, "VALID")
         cells = got[0, 1, 2, :]
     elif op == "conv2d_backprop_filter":
         dy = np.zeros_like(a)
-        dy[0, 1, 2, :] = 0.5                              # one pixel: dw[c, k] = max * 0.5 for every (c, k)
+        dy[0, 1, 2, :] = scale                            # one pixel: dw[c, k] = value * scale for every (c, k)
         got = run_with(kernel_backend, mode, gpuconv.conv2d_backprop_filter, a, w.shape, dy, 1, "VALID")
         cells = got
     else:
-        a[0, 1, 2, 1:] = 0                                # one term per dx element: 0.5 * max, no overflow
+        a[0, 1, 2, 1:] = 0                                # one term per dx element: scale * value, no overflow
         got = run_with(kernel_backend, mode, gpuconv.conv2d_backprop_input, a.shape, w, a, 1, "VALID")
         cells = got[0, 1, 2, :1]
     assert any("tensorop" in n for n in launched), launched
     assert np.isfinite(got).all()
-    assert np.allclose(cells, 0.5 * 3.4028235e38, rtol=2.0**-9)
+    assert np.allclose(cells, scale * np.float64(value), rtol=2.0**-9)
     assert np.count_nonzero(got) == cells.size
 
 
