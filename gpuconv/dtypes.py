@@ -58,6 +58,17 @@ def is_bfloat16(dtype) -> bool:
     return dt.name == "bfloat16" and dt.itemsize == 2 and dt.isnative and dt.type.__module__ == "ml_dtypes"
 
 
+def as_numpy_dtype_like(d):
+    """A TensorFlow DType (its `as_numpy_dtype`) or a torch.dtype (its name, 'torch.int32' -> 'int32') as
+    something np.dtype reads, so that ported code's `output_dtype=tf.int32` works; anything else as it is. Like
+    is_bfloat16, recognised without importing either library."""
+    if type(d).__module__.startswith("tensorflow") and hasattr(d, "as_numpy_dtype"):
+        return d.as_numpy_dtype
+    if type(d).__module__ == "torch" and type(d).__name__ == "dtype":
+        return str(d).removeprefix("torch.")
+    return d
+
+
 def accepts(allowed, dtype) -> bool:
     """Whether a tensor of dtype is accepted where the dtypes `allowed` are: those, plus bfloat16 wherever
     float16 is."""

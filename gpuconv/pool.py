@@ -12,7 +12,7 @@ import numpy as np
 
 from . import _args as A
 from .backend import canonical_shape, from_canonical, on_tensor_device, resolve, to_canonical, user_shape
-from .dtypes import FLOAT_DTYPES, INDEX_DTYPES, INT_DTYPES
+from .dtypes import FLOAT_DTYPES, INDEX_DTYPES, INT_DTYPES, as_numpy_dtype_like
 from .geometry import pool_problem
 
 MAX_DTYPES = FLOAT_DTYPES + INT_DTYPES
@@ -62,21 +62,10 @@ def avg_pool3d(input: Any, ksize, strides, padding, data_format: str = "NDHWC"):
     return _forward("avg_pool", 3, input, ksize, strides, padding, data_format, FLOAT_DTYPES)
 
 
-def _as_numpy_dtype_like(d: Any) -> Any:
-    """A TensorFlow DType (its `as_numpy_dtype`) or a torch.dtype (its name, 'torch.int32' -> 'int32') as
-    something np.dtype reads, so that ported code's `output_dtype=tf.int32` works; anything else as it is. Neither
-    library is imported."""
-    if type(d).__module__.startswith("tensorflow") and hasattr(d, "as_numpy_dtype"):
-        return d.as_numpy_dtype
-    if type(d).__module__ == "torch" and type(d).__name__ == "dtype":
-        return str(d).removeprefix("torch.")
-    return d
-
-
 def index_dtype(output_dtype: Any) -> np.dtype:
     """'int64' / 'int32' / a NumPy, TensorFlow or torch int32/int64 dtype -> the argmax dtype."""
     try:
-        dt = np.dtype(_as_numpy_dtype_like(output_dtype))
+        dt = np.dtype(as_numpy_dtype_like(output_dtype))
     except (TypeError, ValueError):                 # not a dtype at all, or a malformed structured one
         dt = None
     if dt not in INDEX_DTYPES:

@@ -512,8 +512,9 @@ namespace gpuconv {
 //               three mma per product, small terms first: float32-level accuracy on tensor cores.
 // A finite operand stays finite: where rounding would overflow (|a| within half a TF32 ulp of FLT_MAX) big is a
 // truncated instead, and so is small (rounded, the rest of FLT_MAX, (2^13 - 1) 2^104, becomes 2^117 and
-// big + small = 2^128: a product of FLT_MAX and 1 was inf in 3xTF32). Non-finite operands never get here: a TF32 plan flags both GEMM operands (plans/conv_fprop.py,
-// conv_dgrad.py), so such a call computes every tile by formula (inf * small = inf * 0 would be NaN in 3xTF32).
+// big + small = 2^128: a product of FLT_MAX and 1 was inf in 3xTF32). Non-finite operands never get here: a
+// TF32 plan flags both GEMM operands (plans/conv_fprop.py, conv_dgrad.py), so such a call computes every tile by
+// formula (inf * small = inf * 0 would be NaN in 3xTF32).
 // TF32 needs sm_80: compiled for an older GPU the float instantiations trap (their plans need sm_80 to be chosen).
 #if defined(GPUCONV_EMULATOR) || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
 #define GPUCONV_HAS_TF32_MMA 1

@@ -560,9 +560,9 @@ def conv_dgrad(dy: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
         # In increasing dy offset (decreasing k): taps that read consecutive dy columns then stand next to each
         # other, so the gather copies them as runs (_tap_runs).
         for k in reversed(range(k_n)):
-            phase = (k * d - pb) % s
+            q, phase = divmod(k * d - pb, s)           # dx row phase + s*j reads dy row j - q
             if phase < n:
-                per_phase.setdefault(phase, []).append((k, (phase + pb - k * d) // s))
+                per_phase.setdefault(phase, []).append((k, -q))
         phase_taps.append(dict(sorted(per_phase.items())))
     if any(len(per_phase) < min(s, n) for per_phase, s, n in zip(phase_taps, p.stride, (p.D, p.H, p.W))):
         dx[...] = 0
