@@ -551,6 +551,24 @@ def _peak_extra(fn, *args):
     return peak - sum(o.nbytes for o in outs)
 
 
+def test_thread_buffers_are_kept_per_thread_up_to_the_scratch_budget(monkeypatch):
+    """_window.thread_buffer: one kept buffer per thread and name (dtypes share its bytes, a larger request grows
+    it), and requests above SCRATCH_BYTES get fresh arrays that are not kept."""
+    from concurrent.futures import ThreadPoolExecutor
+    a = _window.thread_buffer("test-kept", 1000, np.float32)
+    b = _window.thread_buffer("test-kept", 10, np.float64)
+    assert a.dtype == np.float32 and a.size == 1000 and b.dtype == np.float64 and b.size == 10
+    assert np.shares_memory(a, b)
+    with ThreadPoolExecutor(1) as ex:                                     # another thread: its own buffer
+        assert not np.shares_memory(a, ex.submit(_window.thread_buffer, "test-kept", 1000, np.float32).result())
+    grown = _window.thread_buffer("test-kept", 2000, np.float32)
+    assert grown.size == 2000 and np.shares_memory(grown, _window.thread_buffer("test-kept", 10, np.float32))
+    monkeypatch.setattr(_window, "SCRATCH_BYTES", 4096)
+    big = _window.thread_buffer("test-kept", 1025, np.float32)
+    assert big.size == 1025 and not np.shares_memory(big, _window.thread_buffer("test-kept", 1025, np.float32))
+    assert np.shares_memory(grown, _window.thread_buffer("test-kept", 1024, np.float32))    # still kept
+
+
 @pytest.fixture
 def threads():
     """Set the NumPy backend's worker count for one test: threads(n)."""
@@ -996,8 +1014,8 @@ def test_one_by_one_gemms_are_split_for_the_pool(monkeypatch, threads, workers):
     real_map, real_sum = _parallel.map_chunks, _parallel.sum_in_order
     monkeypatch.setattr(_parallel, "map_chunks", lambda fn, items, parallel=True: (
         counts.append(len(items)), real_map(fn, items, parallel))[1])
-    monkeypatch.setattr(_parallel, "sum_in_order", lambda partial, items, totals, parallel: (
-        counts.append(len(items)), real_sum(partial, items, totals, parallel))[1])
+    monkeypatch.setattr(_parallel, "sum_in_order", lambda partial, items, totals, *rest: (
+        counts.append(len(items)), real_sum(partial, items, totals, *rest))[1])
     x = RNG.standard_normal((8, 1, 32, 32, 128)).astype(np.float32)        # 8192 positions
     w = RNG.standard_normal((1, 1, 1, 128, 64)).astype(np.float32)
     p = conv_problem(x.shape, w.shape, (1, 1, 1), (1, 1, 1), "VALID")

@@ -304,11 +304,27 @@ def map_ordered(fn: Callable, items: Iterable, combine: Callable | None) -> None
             raise e
 
 
-def sum_in_order(partial: Callable, items: Sequence, totals: list, parallel: bool) -> None:
+def sum_in_order(partial: Callable, items: Sequence, totals: list, parallel: bool,
+                 spare: Callable[[], list] | None = None) -> None:
     """totals[k] = the sum over items of partial's k-th result, added in item order on the calling thread (the
-    first partial is copied in), so the sum is bit-identical whatever the worker count. partial(item, bufs)
-    fills bufs, arrays shaped like totals that are recycled between items. parallel: items go to the worker pool
-    (e.g. gemm_chunks()), else they run in order on this thread. Unchanged totals when there are no items."""
+    first partial is the sum's first term), so the sum is bit-identical whatever the worker count. partial(item,
+    bufs) overwrites bufs, arrays shaped like totals. parallel: items go to the worker pool (e.g. gemm_chunks()),
+    else they run in order on this thread: the first partial then goes straight into totals and the others into
+    one spare set, spare() (e.g. per-thread scratch kept between calls) or fresh arrays. On the pool, buffer sets
+    are fresh and recycled between items. Unchanged totals when there are no items."""
+    items = items if isinstance(items, (list, tuple)) else list(items)
+    if not parallel or min(workers(), len(items)) <= 1:
+        bufs = None
+        for k, it in enumerate(items):
+            if k == 0:
+                partial(it, totals)
+                continue
+            if bufs is None:
+                bufs = spare() if spare is not None else [np.empty_like(t) for t in totals]
+            partial(it, bufs)
+            for t, b in zip(totals, bufs):
+                np.add(t, b, out=t)
+        return
     free: list = []
     first = [True]
 
@@ -329,11 +345,7 @@ def sum_in_order(partial: Callable, items: Sequence, totals: list, parallel: boo
         first[0] = False
         free.append(bufs)
 
-    if parallel:
-        map_ordered(run, items, add)
-    else:
-        for it in items:
-            add(run(it))
+    map_ordered(run, items, add)
 
 
 def _combine_in_order(fn, items, combine, results, errors, done, counter, take, state, progress) -> None:

@@ -42,8 +42,10 @@ pool like conv.py's boxes (when BLAS is single-threaded; with BLAS threads they 
 BLAS's threads) and the result does not depend on the thread count. Spreading a chunk's transforms over the
 worker pool between BLAS-threaded GEMMs measured slower on the 2-core CPU box (8x56x56x64 fprop 12.5 ms against
 9.8: OpenBLAS's threads spin after each GEMM and compete with the workers), so the transforms stay with their
-chunk. Scratch buffers are per thread and
-kept between calls (like pool.py's fast-path buffer).
+chunk. Scratch buffers, the transformed filter U (wgrad: dU) and a serial wgrad's spare partial included, are per
+thread and kept between calls (_window.thread_buffer): fresh ones page-faulted on every call, and with 512 x 512
+channels (U: 16 MiB) that took longer than the GEMMs (N=1 14x14x512, one thread: fprop 19 -> 7.4 ms, wgrad 18 ->
+8.4 ms; direct 9.5). Filter transforms write into U in place, with no temporary arrays.
 
 Non-finite values: a tile mixes its 16 input cells, so an inf that direct summation keeps in one output can
 meet another inf in a neighbouring output of the tile (inf - inf = NaN). Each chunk's outputs (wgrad: the
@@ -53,7 +55,8 @@ inf or NaN never cancels to a finite number.)
 
 Used by conv.py when `applies` says so: float32, groups 1, a T x 3 x 3 filter, stride 1, dilation 1, at
 least MIN_CHANNELS input and output channels (below that the direct GEMMs are too thin to lose), and outputs
-that tiles cover without much waste (MAX_WORK_RATIO). GPUCONV_WINOGRAD=0 (read per call) convolves directly.
+that tiles cover without much waste (MAX_WORK_RATIO), and enough tiles where the transformed filter is large
+(MIN_TILES). GPUCONV_WINOGRAD=0 (read per call) convolves directly.
 Measured on the CPU box (ResNet-50 3x3 layers, N=8, float32, one thread, OpenBLAS Haswell kernels; fprop /
 dgrad / wgrad in ms, direct -> Winograd): 56x56x64 20.6/19.8/20.7 -> 13.0/13.0/13.3, 28x28x128
 17.6/17.6/18.1 -> 9.9/10.2/10.6, 14x14x256 16.9/17.4/17.4 -> 9.9/10.5/10.1.
@@ -62,28 +65,37 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 
 import numpy as np
 
 from ..geometry import ConvProblem
 from . import _parallel, _window
+from ._nonfinite import operand_is_finite as _finite
 
 # Channels (C and K) below which the direct path stays faster.
 MIN_CHANNELS = 32
 
 # Winograd is used only where its tiles' multiplications (16 per tile: a partial tile where P or Q is odd counts
-# whole) are at most this fraction of the direct ones (9 per output). Even sizes give 0.44; a 7x7 output (16
-# tiles for 49 outputs, 0.58) was slower than direct on the CPU box (ResNet-50 res5 3x3 at N=8, float32, one
-# thread: fprop 15.4 ms against 17.5, dgrad 27.3 against 24.2), 14x14 much faster (9.9 against 16.9 ms).
-MAX_WORK_RATIO = 0.52
+# whole) are at most this fraction of the direct ones (9 per output). Even sizes give 0.44, 7x7 outputs (16 tiles
+# for 49 outputs) 0.58, 9x9 0.55, 11x11 0.53, 5x5 0.64. On the CPU box (float32, one thread, N=8, C = K = 64 to
+# 512; direct -> Winograd) 7x7 gained 8-60 % (ResNet-50 res5, 7x7x512: fprop 18.3 -> 15.9 ms, dgrad 19.7 -> 14.6,
+# wgrad 18.3 -> 15.9), 9x9 and 11x11 20-68 %. (7x7 measured slower before 2026-11-22, when the filter transform
+# page-faulted on every call: _filter_buffers.)
+MAX_WORK_RATIO = 0.6
+
+# A transformed filter U of more than LARGE_FILTER_BYTES (16 x taps x C x K floats) is streamed from memory by
+# each of the 16 GEMMs; with few tile rows to share that traffic the direct GEMM (9 taps' weights, once) wins.
+# So such filters take Winograd only with at least MIN_TILES tiles (items x output planes x tiles per plane).
+# Measured (CPU box, one thread, C = K = 512, U = 16 MiB; fprop / dgrad / wgrad, Winograd against direct):
+# N=1 4x4 (4 tiles) 0.44 / 0.64 / 0.42 of direct's speed, 6x6 (9) 0.61 / 0.96 / 0.63, 7x7 (16) 0.78 / 1.06 /
+# 0.65, 9x9 (25) 0.88 / 1.07 / 0.88; N=2 8x8 (32) 1.17 / 1.42 / 1.11, N=1 11x11 (36) 1.09 / 1.09 / 1.01. With
+# C = K = 256 (U = 4 MiB, cached) 16 tiles already gain (N=1 8x8: 1.21 / 1.22 / 1.08).
+LARGE_FILTER_BYTES = 4 * 2**20
+MIN_TILES = 32
 
 # Target scratch bytes of one chunk (_chunk_bytes), at most _window.SCRATCH_BYTES. Measured with V and M alone at
 # 2, 4, 8 and 16 MiB (about 3.5 / 7 / 14 / 28 MiB in all): 4 and 8 best, 16 about 15% slower.
 CHUNK_BYTES = 8 * 2**20
-
-_local = threading.local()
-
 
 def enabled() -> bool:
     """GPUCONV_WINOGRAD: unset, empty or 1 -> on, 0 -> off; anything else is a ValueError (not a silent 'on')."""
@@ -100,42 +112,89 @@ def applies(p: ConvProblem, dtype: np.dtype) -> bool:
             and (p.R, p.S) == (3, 3) and p.stride == (1, 1, 1) and p.dilation[1:] == (1, 1)
             and (p.dilation[0] == 1 if p.T > 1 else p.pad_before[0] == 0 and p.Z == p.D)
             and min(p.C, p.K) >= MIN_CHANNELS and min(p.P, p.Q) >= 2
-            and 16 * -(-p.P // 2) * -(-p.Q // 2) <= MAX_WORK_RATIO * 9 * p.P * p.Q and fits(p))
+            and 16 * -(-p.P // 2) * -(-p.Q // 2) <= MAX_WORK_RATIO * 9 * p.P * p.Q
+            and (64 * p.T * p.C * p.K <= LARGE_FILTER_BYTES or p.N * p.Z * -(-p.P // 2) * -(-p.Q // 2) >= MIN_TILES)
+            and fits(p))
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Transforms. Arrays carry the tile components on their leading axes; everything else broadcasts.
 # ---------------------------------------------------------------------------------------------------------
 
-def filter_transform(w: np.ndarray) -> np.ndarray:
-    """U (16, C, K) = G g G^T per (c, k) of w (3, 3, C, K), float32."""
-    w = np.asarray(w, np.float32)
-
-    def g_rows(a):          # G applied along axis 0 of a (3, ...): the 4 rows of G a
-        h = np.multiply(np.add(a[0], a[2]), np.float32(0.5))
-        half1 = np.multiply(a[1], np.float32(0.5))
-        return [a[0], h + half1, h - half1, a[2]]
-
-    rows = g_rows(w)                                          # 4 x (3, C, K): G along r
-    return np.stack([col for r in rows for col in g_rows(r)])  # 16 x (C, K): G along s
+def _g_rows(a0, a1, a2, plus, minus, tmp) -> None:
+    """Rows 1 and 2 of G applied to (a0, a1, a2): plus = h + a1/2, minus = h - a1/2 with h = (a0 + a2)/2, held
+    in tmp. plus or minus may be a1 (read before either is written)."""
+    np.add(a0, a2, out=tmp)
+    np.multiply(tmp, np.float32(0.5), out=tmp)
+    np.multiply(a1, np.float32(0.5), out=minus)
+    np.add(tmp, minus, out=plus)
+    np.subtract(tmp, minus, out=minus)
 
 
-def _filter_adjoint(du: np.ndarray) -> np.ndarray:
-    """dw (3, 3, C, K) = G^T dU G from dU (4, 4, C, K)."""
-    def gt_rows(a):         # G^T applied along axis 0 of a (4, ...)
-        h = np.multiply(np.add(a[1], a[2]), np.float32(0.5))
-        return [a[0] + h, np.multiply(np.subtract(a[1], a[2]), np.float32(0.5)), h + a[3]]
+# After G along r, tap column s of row i of U = G g G^T is kept in slot 4 i + _COLUMN_SLOT[s] until G along s.
+_COLUMN_SLOT = (0, 1, 3)
 
-    return np.stack([np.stack(gt_rows(r)) for r in gt_rows(du)])
+
+def filter_transform(w: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+    """out (16, C, K) = G g G^T per (c, k) of w (3, 3, C, K), float32; out may be a strided view, tmp is (C, K)
+    scratch. Built in place, with no temporary array: a filter of 512 x 512 channels made some 4800 page faults
+    per call through its 1 MiB temporaries (15 ms, longer than the GEMMs of a 14x14 layer at N=1)."""
+    for s, j in enumerate(_COLUMN_SLOT):                       # G along r: rows 0..3, column s in slot j
+        np.copyto(out[j], w[0, s])
+        _g_rows(w[0, s], w[1, s], w[2, s], out[4 + j], out[8 + j], tmp)
+        np.copyto(out[12 + j], w[2, s])
+    for i in range(4):                                         # G along s, per row: slots 0, 1, 3 -> 0..3
+        u = out[4 * i:4 * i + 4]
+        _g_rows(u[0], u[1], u[3], u[1], u[2], tmp)
+    return out
+
+
+def _filter_buffers(values: int, C: int, K: int) -> tuple[np.ndarray, np.ndarray]:
+    """(a float32 buffer of `values`, a (C, K) float32 scratch) for a call's transformed filter or its gradient,
+    in the per-thread buffer "U" (a 512 x 512 filter's U is 16 MiB: a fresh one page-faulted on every call)."""
+    buf = _scratch("U", values + C * K)
+    return buf[:values], buf[values:].reshape(C, K)
+
+
+def transformed_filters(w: np.ndarray, flip: bool) -> np.ndarray:
+    """U of a T x 3 x 3 filter w (T, 3, 3, C, K) for correlate / correlate_depth: (16, T*C, K), the depth taps'
+    transforms stacked along the reduction axis; flip (dgrad): of w flipped in all three axes, transposed in
+    (c, k), (16, T*K, C) as a transposed view (BLAS reads it as it is; tap t's (C, K) blocks are written with
+    contiguous rows)."""
+    T, C, K = w.shape[0], w.shape[3], w.shape[4]
+    buf, tmp = _filter_buffers(16 * T * C * K, C, K)
+    if not flip:
+        U = buf.reshape(16, T, C, K)
+        for t in range(T):
+            filter_transform(w[t], U[:, t], tmp)
+        return U.reshape(16, T * C, K)
+    U = buf.reshape(16, C, T, K)
+    for t in range(T):
+        filter_transform(w[T - 1 - t, ::-1, ::-1], U[:, :, t], tmp)
+    return U.reshape(16, C, T * K).transpose(0, 2, 1)
+
+
+def _filter_adjoint(du: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+    """out (3, 3, C, K) = G^T dU G from dU (4, 4, C, K), which is overwritten (G^T along the rows is done in
+    place in its rows 0..2); tmp is (C, K) scratch. No temporary array (see filter_transform)."""
+    def gt_rows(a, dst) -> None:    # G^T along the first axis of a (4, ...): dst[0..2] (dst may be a[0..2])
+        np.add(a[1], a[2], out=tmp)
+        np.multiply(tmp, np.float32(0.5), out=tmp)             # h = (a1 + a2) / 2
+        np.add(a[0], tmp, out=dst[0])
+        np.subtract(a[1], a[2], out=dst[1])
+        np.multiply(dst[1], np.float32(0.5), out=dst[1])
+        np.add(tmp, a[3], out=dst[2])
+
+    for j in range(4):
+        gt_rows(du[:, j], du[:3, j])
+    for r in range(3):
+        gt_rows(du[r], out[r])
+    return out
 
 
 def _scratch(name: str, size: int) -> np.ndarray:
-    """A per-thread float32 buffer of at least `size` values, kept between calls."""
-    buf = getattr(_local, name, None)
-    if buf is None or buf.size < size:
-        buf = np.empty(size, np.float32)
-        setattr(_local, name, buf)
-    return buf[:size]
+    """A float32 buffer of `size` values, this thread's buffer `name` kept between calls (_window.thread_buffer)."""
+    return _window.thread_buffer(name, size, np.float32)
 
 
 def _region(src: np.ndarray, n: tuple, rows: tuple, cols: tuple, name: str) -> np.ndarray:
@@ -196,11 +255,6 @@ def _output_transform(M: np.ndarray, out: np.ndarray) -> None:
             else:
                 np.subtract(s[1], s[2], out=dst)
                 dst -= s[3]
-
-
-def _finite(a: np.ndarray) -> bool:
-    """All values finite (NaN-propagating min and max: cheap reductions, no temporary)."""
-    return bool(np.isfinite(np.max(a)) and np.isfinite(np.min(a)))
 
 
 def _chunk_bytes(nb: int, rb: int, tq: int, C: int, K: int, wgrad: bool) -> int:
@@ -360,34 +414,29 @@ def correlate_depth(x: np.ndarray, U: np.ndarray, T: int, pad: tuple, out: np.nd
     return fill_until_nonfinite(fill, chunks)
 
 
-def _stacked(transforms: list) -> np.ndarray:
-    """(16, T*rows, cols) from T (16, rows, cols) transforms (views welcome): the depth taps along the rows."""
-    return np.stack(transforms, axis=1).reshape(16, -1, transforms[0].shape[2])
-
-
 def fprop(x: np.ndarray, w: np.ndarray, p: ConvProblem, y: np.ndarray) -> bool:
     """y = conv(x, w) for an `applies` problem (5-D channels-last arrays). False: compute directly instead."""
+    U = transformed_filters(w, flip=False)
     if p.T > 1:
-        return correlate_depth(x, _stacked([filter_transform(w[t]) for t in range(p.T)]), p.T, p.pad_before, y)
+        return correlate_depth(x, U, p.T, p.pad_before, y)
     x4 = x.reshape((p.N * p.D,) + x.shape[2:])
     y4 = y.reshape((p.N * p.Z,) + y.shape[2:])
-    return correlate(x4, filter_transform(w[0]), p.pad_before[1:], y4)
+    return correlate(x4, U, p.pad_before[1:], y4)
 
 
 def dgrad(dy: np.ndarray, w: np.ndarray, p: ConvProblem, dx: np.ndarray) -> bool:
     """dx = the stride-1 dgrad: dy correlated with w flipped in (r, s) and transposed in (c, k), padded by
     2 - pad_before (dx[i] reads dy[i + pad_before - r] = dy[i - (2 - pad_before) + (2 - r)])."""
-    # U of the flipped filter, (16, C, K), used as (16, K, C) through a transposed view (BLAS reads it as it
-    # is; a transposed copy of w costs about as much as the transform).
+    # U of the flipped filter, used as (16, T*K, C) through a transposed view (BLAS reads it as it is; a
+    # transposed copy of w costs about as much as the transform).
+    U = transformed_filters(w, flip=True)
     if p.T > 1:            # depth taps flipped too; dx[d] reads dy[d + pad_d - t] = dy[d - (T-1-pad_d) + (T-1-t)]
-        U = _stacked([filter_transform(w[p.T - 1 - t, ::-1, ::-1]).transpose(0, 2, 1) for t in range(p.T)])
         return correlate_depth(dy, U, p.T, (p.T - 1 - p.pad_before[0], 2 - p.pad_before[1], 2 - p.pad_before[2]),
                                dx)
-    u = filter_transform(w[0, ::-1, ::-1]).transpose(0, 2, 1)
     dy4 = dy.reshape((p.N * p.Z,) + dy.shape[2:])
     dx4 = dx.reshape((p.N * p.D,) + dx.shape[2:])
     pad = (2 - p.pad_before[1], 2 - p.pad_before[2])
-    return correlate(dy4, u, pad, dx4)
+    return correlate(dy4, U, pad, dx4)
 
 
 def _dy_transform(e: np.ndarray, E: np.ndarray) -> None:
@@ -406,14 +455,13 @@ def _dy_transform(e: np.ndarray, E: np.ndarray) -> None:
         np.copyto(E[4 * a + 3], c1)
 
 
-def _wgrad_depth(x: np.ndarray, dy: np.ndarray, p: ConvProblem) -> np.ndarray:
-    """dU (16, T*C, K) of a problem with depth taps: per chunk and tap t, the transform of planes d - pad_d + t
+def _wgrad_depth(x: np.ndarray, dy: np.ndarray, p: ConvProblem, du: np.ndarray) -> None:
+    """du (16, T*C, K) of a problem with depth taps: per chunk and tap t, the transform of planes d - pad_d + t
     of all its output planes d against their dy blocks' transform, one GEMM over (planes x tiles); chunks'
     partials added in order."""
     N, Z, P, Q, K = dy.shape
     C, T = x.shape[-1], p.T
     tp, tq = -(-P // 2), -(-Q // 2)
-    du = np.zeros((16, T * C, K), np.float32)
 
     def partial(chunk, bufs: list) -> None:
         n, (d0, d1), (i0, i1) = chunk
@@ -428,25 +476,53 @@ def _wgrad_depth(x: np.ndarray, dy: np.ndarray, p: ConvProblem) -> np.ndarray:
                       out=bufs[0][:, t * C:(t + 1) * C])
 
     chunks = _depth_chunks(N, Z, tp, tq, lambda nd, rb: _depth_chunk_bytes(nd, rb, tq, T, C, K, True))
-    _parallel.sum_in_order(partial, chunks, [du], _parallel.gemm_chunks())
-    return du
+    _sum_partials(partial, chunks, [du])
+
+
+def _sum_partials(partial, chunks: list, totals: list) -> None:
+    """totals = the sum of the chunks' partials in chunk order (_parallel.sum_in_order); a serial sum's spare
+    partials go to the per-thread "partial" buffer, kept between calls (totals are zero without chunks)."""
+    if not chunks:
+        for t in totals:
+            t[...] = 0
+
+    def spare() -> list:
+        flat, at, bufs = _scratch("partial", sum(t.size for t in totals)), 0, []
+        for t in totals:
+            bufs.append(flat[at:at + t.size].reshape(t.shape))
+            at += t.size
+        return bufs
+
+    _parallel.sum_in_order(partial, chunks, totals, _parallel.gemm_chunks(), spare)
 
 
 def wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem):
     """dw (T, 3, 3, C, K) of an `applies` problem, or None when not finite (compute directly instead)."""
-    if p.T > 1:
-        du = _wgrad_depth(x, dy, p).reshape(4, 4, p.T, x.shape[-1], dy.shape[-1])
-        du[3] *= -1                                            # undo A' (see _dy_transform)
-        du[:, 3] *= -1
-        dw = np.stack([_filter_adjoint(du[:, :, t]) for t in range(p.T)])
-        return dw if _finite(dw) else None
+    T, C, K = p.T, x.shape[-1], dy.shape[-1]
+    buf, tmp = _filter_buffers(16 * T * C * K, C, K)
+    du = buf.reshape(16, T * C, K)
+    if T > 1:
+        _wgrad_depth(x, dy, p, du)
+    else:
+        _wgrad_plane(x, dy, p, du)
+    du = du.reshape(4, 4, T, C, K)
+    du[3] *= -1                                                # undo A' (see _dy_transform)
+    du[:, 3] *= -1
+    dw = np.empty((T, 3, 3, C, K), np.float32)
+    for t in range(T):
+        _filter_adjoint(du[:, :, t], dw[t], tmp)
+    return dw if _finite(dw) else None
+
+
+def _wgrad_plane(x: np.ndarray, dy: np.ndarray, p: ConvProblem, du: np.ndarray) -> None:
+    """du (16, C, K) of a problem without depth taps: per chunk of tiles, V^T @ E per component; chunks'
+    partials added in order."""
+    C, K = x.shape[-1], dy.shape[-1]
     x4 = x.reshape((p.N * p.D,) + x.shape[2:])
     dy4 = dy.reshape((p.N * p.Z,) + dy.shape[2:])
-    N, P, Q, K = dy4.shape
-    C = x4.shape[-1]
+    N, P, Q, _ = dy4.shape
     pad = p.pad_before[1:]
     tp, tq = -(-P // 2), -(-Q // 2)
-    du = np.zeros((16, C, K), np.float32)
 
     def partial(chunk, bufs: list) -> None:
         (n0, n1), (i0, i1) = chunk
@@ -460,10 +536,4 @@ def wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem):
         _dy_transform(e, E)
         np.matmul(V.reshape(16, t, C).transpose(0, 2, 1), E.reshape(16, t, K), out=bufs[0])
 
-    chunks = _chunks(N, tp, tq, lambda nb, rb: _chunk_bytes(nb, rb, tq, C, K, True))
-    _parallel.sum_in_order(partial, chunks, [du], _parallel.gemm_chunks())
-    du = du.reshape(4, 4, C, K)
-    du[3] *= -1                                                # undo A' (see _dy_transform)
-    du[:, 3] *= -1
-    dw = _filter_adjoint(du)
-    return dw[None] if _finite(dw) else None
+    _sum_partials(partial, _chunks(N, tp, tq, lambda nb, rb: _chunk_bytes(nb, rb, tq, C, K, True)), [du])
