@@ -433,12 +433,13 @@ def _dgrad_scatter(dy: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
         groups.setdefault((box[0].start, box[0].stop), []).append(box)
 
     def group(box_list) -> None:
+        # This worker's dcol buffer, kept between calls (up to 32 MiB: fresh, it page-faulted on every call).
         buf = None
         for box in box_list:
             nb, l0, l1, l2 = box_shape(box)
             m = nb * l0 * l1 * l2
             if buf is None:
-                buf = np.empty(G * m * ntaps * cg, dy.dtype)
+                buf = _window.thread_buffer("dcol", G * m * ntaps * cg, dy.dtype)
             if transposed:
                 dcol_t = buf[:G * m * ntaps * cg].reshape(G, ntaps * cg, m)
                 # (taps*Cg x Kg) @ (Kg x M), the second operand a transposed view of dy: one BLAS call, no copy.
