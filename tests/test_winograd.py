@@ -595,3 +595,25 @@ def test_filter_sized_scratch_is_kept_between_calls(spy, spy_s2, monkeypatch, st
         np.testing.assert_array_equal(out, want)             # the kept buffers' old contents change nothing
     calls = spy if stride == 1 else spy_s2
     assert list(calls.values()) == ([4, 2] if stride == 1 else [2, 2, 2])
+
+
+def test_filter_buffers_above_the_scratch_budget_are_made_per_call(spy, spy_s2, monkeypatch):
+    """A transformed filter larger than _window.SCRATCH_BYTES is a fresh array per call (not kept): the results
+    are those of the kept-buffer runs on both Winograd paths and all three ops (to rounding: the chunks, and so
+    the GEMMs' shapes and wgrad's partial sums, follow the budget too)."""
+    from gpuconv.numpy_backend import _window
+    x = RNG.standard_normal((2, 16, 16, 128)).astype(np.float32)
+    w = (RNG.standard_normal((3, 3, 128, 128)) / 30).astype(np.float32)
+    for stride in (1, 2):
+        dy = RNG.standard_normal((2, 16 // stride, 16 // stride, 128)).astype(np.float32)
+        kept = _ops_strided(x, w, dy, stride, "SAME")
+        with monkeypatch.context() as m:
+            m.setattr(_window, "SCRATCH_BYTES", 2**20)       # U: 1 MiB (stride 1), 1.6 MiB (stride 2)
+            made = []
+            real = np.empty
+            m.setattr(_window.np, "empty", lambda *a, **k: made.append(a[0]) or real(*a, **k))
+            fresh = _ops_strided(x, w, dy, stride, "SAME")
+        assert any(n >= 16 * 128 * 128 for n in made if isinstance(n, int))        # U made per call
+        for a, b in zip(fresh, kept):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+    assert list(spy.values()) == [4, 2] and list(spy_s2.values()) == [2, 2, 2]
