@@ -357,6 +357,10 @@ def test_stride2_conditions_chunks_threads_and_nonfinite(spy_s2, monkeypatch):
     assert not _winograd_s2.applies(prob(stride=(1, 2, 1)), np.float32)
     assert not _winograd_s2.applies(prob(x=(2, 1, 14, 14, 32)), np.float32)     # 7 x 7 outputs: no gain
     assert not _winograd_s2.applies(prob(x=(2, 1, 16, 16, 16), w=(1, 3, 3, 16, 32)), np.float32)
+    big = (1, 3, 3, 256, 256)                                                      # U: 6.25 MiB
+    assert not _winograd_s2.applies(prob(x=(2, 1, 16, 16, 256), w=big), np.float32)      # 32 tiles
+    assert _winograd_s2.applies(prob(x=(4, 1, 16, 16, 256), w=big), np.float32)          # 64 tiles
+    assert _winograd_s2.applies_dgrad(prob(x=(1, 1, 16, 16, 256), w=big), np.float32)    # dgrad gains anyway
     monkeypatch.setenv("GPUCONV_WINOGRAD", "0")
     assert not _winograd_s2.applies(prob(), np.float32)
     monkeypatch.delenv("GPUCONV_WINOGRAD")
@@ -569,7 +573,7 @@ def test_wgrad_taps_meeting_only_padding_are_exact_zeros(spy, stride, x_shape, p
 
 @pytest.mark.parametrize("stride,x_shape,channels", [
     (1, (2, 8, 8), 512),          # U: 16 x 512 x 512 floats, 16 MiB (32 tiles: enough for so large a filter)
-    (2, (2, 16, 16), 256),        # stride 2 (fprop, dgrad, wgrad): 25 x 256 x 256 floats, 6.25 MiB
+    (2, (4, 16, 16), 256),        # stride 2 (fprop, dgrad, wgrad): 25 x 256 x 256 floats, 6.25 MiB (64 tiles)
 ])
 def test_filter_sized_scratch_is_kept_between_calls(spy, spy_s2, monkeypatch, stride, x_shape, channels):
     """The transformed filter U (wgrad: dU and the serial sum's spare partial) lives in per-thread buffers kept

@@ -31,12 +31,20 @@ import itertools
 import numpy as np
 
 from ..geometry import ConvProblem
-from ._winograd import (MIN_CHANNELS, _budget, _chunks, _filter_buffers, _finite, _region, _scratch,
-                        _sum_partials, enabled, fill_until_nonfinite)
+from ._winograd import (LARGE_FILTER_BYTES, MIN_CHANNELS, _budget, _chunks, _filter_buffers, _finite, _region,
+                        _scratch, _sum_partials, enabled, fill_until_nonfinite)
 
 # Winograd multiplications (25 per 2x2 tile, partial tiles counted whole) at most this fraction of the direct
 # ones (9 per output): even output sizes give 0.69; 7x7 (16 tiles for 49 outputs, 0.91) gains nothing.
 MAX_WORK_RATIO = 0.75
+
+# fprop and wgrad with a transformed filter (25 x C x K floats) above _winograd.LARGE_FILTER_BYTES need at least
+# MIN_TILES tiles (items x 2x2 output blocks): each of the 9 GEMMs streams its part of U. Measured (CPU box, one
+# thread, fprop / wgrad against direct): 512 x 512 channels N=1 8x8 outputs (16 tiles) 0.65 / 0.58 of direct's
+# speed, 10x10 (25) 0.72 / 0.73, 14x14 (49) 0.91 / 0.96, 2 x 16x16 (128) 1.01 / 0.93, 8 x 14x14 (392) 1.06 /
+# 1.02; 256 x 256: N=1 14x14 (49) 0.93 / 1.03, 8x8 at N=4 (64) 1.05 / 1.06, 14x14 at N=2 (98) 1.06 / 1.14. dgrad
+# keeps its own condition: it gained even at N=1 8x8 with 512 channels (1.75; the direct strided dgrad is slower).
+MIN_TILES = 64
 
 # Per axis: the five terms (0a, 0b, 1, 2a, 2b) grouped into the three components (filter terms: _terms).
 _GROUPS = ((0, 1), (2,), (3, 4))
@@ -58,7 +66,9 @@ def _pays(p: ConvProblem, dtype: np.dtype, tiles: int) -> bool:
 
 def applies(p: ConvProblem, dtype: np.dtype) -> bool:
     """Whether conv.py may use this path for the forward convolution (and the filter gradient) of p."""
-    return (_pays(p, dtype, -(-p.P // 2) * -(-p.Q // 2))
+    tiles = -(-p.P // 2) * -(-p.Q // 2)
+    return (_pays(p, dtype, tiles)
+            and (100 * p.C * p.K <= LARGE_FILTER_BYTES or p.N * p.Z * tiles >= MIN_TILES)
             and _chunk_bytes(1, 1, -(-p.Q // 2), p.C, p.K) <= _budget())
 
 
