@@ -46,7 +46,7 @@ MAX_WORK_RATIO = 0.75
 # keeps its own condition: it gained even at N=1 8x8 with 512 channels (1.75; the direct strided dgrad is slower).
 MIN_TILES = 64
 
-# Per axis: the five terms (0a, 0b, 1, 2a, 2b) grouped into the three components (filter terms: _terms).
+# Per axis: the five terms (0a, 0b, 1, 2a, 2b) grouped into the three components (filter terms: _TERM_TAPS).
 _GROUPS = ((0, 1), (2,), (3, 4))
 _COMPONENT = (0, 0, 1, 2, 2)                      # term -> component
 _SLOT = (0, 1, 0, 0, 1)                           # term -> position within its component
