@@ -1014,8 +1014,8 @@ def test_one_by_one_gemms_are_split_for_the_pool(monkeypatch, threads, workers):
     real_map, real_sum = _parallel.map_chunks, _parallel.sum_in_order
     monkeypatch.setattr(_parallel, "map_chunks", lambda fn, items, parallel=True: (
         counts.append(len(items)), real_map(fn, items, parallel))[1])
-    monkeypatch.setattr(_parallel, "sum_in_order", lambda partial, items, totals, *rest: (
-        counts.append(len(items)), real_sum(partial, items, totals, *rest))[1])
+    monkeypatch.setattr(_parallel, "sum_in_order", lambda partial, items, totals, parallel: (
+        counts.append(len(items)), real_sum(partial, items, totals, parallel))[1])
     x = RNG.standard_normal((8, 1, 32, 32, 128)).astype(np.float32)        # 8192 positions
     w = RNG.standard_normal((1, 1, 1, 128, 64)).astype(np.float32)
     p = conv_problem(x.shape, w.shape, (1, 1, 1), (1, 1, 1), "VALID")

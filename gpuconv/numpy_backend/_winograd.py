@@ -480,20 +480,12 @@ def _wgrad_depth(x: np.ndarray, dy: np.ndarray, p: ConvProblem, du: np.ndarray) 
 
 
 def _sum_partials(partial, chunks: list, totals: list) -> None:
-    """totals = the sum of the chunks' partials in chunk order (_parallel.sum_in_order); a serial sum's spare
-    partials go to the per-thread "partial" buffer, kept between calls (totals are zero without chunks)."""
+    """totals = the sum of the chunks' partials in chunk order (_parallel.sum_in_order); zeros without chunks
+    (totals live in kept buffers, not fresh zeros)."""
     if not chunks:
         for t in totals:
             t[...] = 0
-
-    def spare() -> list:
-        flat, at, bufs = _scratch("partial", sum(t.size for t in totals)), 0, []
-        for t in totals:
-            bufs.append(flat[at:at + t.size].reshape(t.shape))
-            at += t.size
-        return bufs
-
-    _parallel.sum_in_order(partial, chunks, totals, _parallel.gemm_chunks(), spare)
+    _parallel.sum_in_order(partial, chunks, totals, _parallel.gemm_chunks())
 
 
 def wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem):

@@ -32,7 +32,7 @@ Threads (_parallel): the boxes of one call are independent chunks spread over th
 columns and GEMM are computed by one worker exactly as in the serial loop, with that worker's own column buffer
 (scratch: workers x one column block + GEMM result). wgrad's per-box partial products are added to dw in box
 order on the calling thread (serially: the first box's product straight into dw, the others into one per-thread
-buffer kept between calls, _window.thread_buffer). Boxes go to the pool only when BLAS is single-threaded; with
+buffer kept between calls, _parallel.sum_in_order). Boxes go to the pool only when BLAS is single-threaded; with
 a multi-threaded BLAS the boxes run in order and each GEMM uses BLAS's threads (both at once oversubscribe the
 cores: _parallel.gemm_chunks).
 
@@ -615,8 +615,7 @@ def conv_wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem) -> np.ndarray:
                 dyb = dyb.transpose(1, 0, 2)
             np.matmul(cols.transpose(0, 2, 1), dyb, out=bufs[0])
 
-        _parallel.sum_in_order(partial, list(boxes(dy.shape[:4], unit, budget)), [dw], _parallel.gemm_chunks(),
-                               lambda: [_window.thread_buffer("partial", dw.size, acc).reshape(dw.shape)])
+        _parallel.sum_in_order(partial, list(boxes(dy.shape[:4], unit, budget)), [dw], _parallel.gemm_chunks())
     # (G, taps*Cg, Kg) -> (T', R', S', Cg, G*Kg) over the active taps, zeros at the others
     part = dw.reshape(G, len(taps), cg, kg).transpose(1, 2, 0, 3).reshape(
         tuple(len(a) for a in active) + p.w_shape[3:])

@@ -389,19 +389,11 @@ def _border_boxes(p: PoolProblem, inner: list, unit: int):
 _CACHE = threading.local()
 
 
-def _cached_bytes(nbytes: int) -> np.ndarray:
-    """A per-thread uint8 buffer of at least nbytes, kept between calls: fresh multi-MiB scratch on every call
-    made glibc map and fault in new pages each time (1400 page faults, 2.9 ms instead of 0.6 ms per 2x2 argmax
-    pooling of 4x22x30x512 floats on the CPU box, depending on the allocator's history)."""
-    buf = getattr(_CACHE, "buf", None)
-    if buf is None or buf.size < nbytes:
-        buf = _CACHE.buf = np.empty(nbytes, np.uint8)
-    return buf
-
-
 class _FastScratch:
-    """Scratch of the fast boxes, carved from the per-thread buffer (views of the right shape are cut per box).
-    Not reentrant within a thread (nothing here calls back into the fast path)."""
+    """Scratch of the fast boxes, carved from this thread's buffer "pool_fast" (_window.thread_buffer: fresh
+    multi-MiB scratch on every call made glibc map and fault in new pages each time, 1400 page faults, 2.9 ms
+    instead of 0.6 ms per 2x2 argmax pooling of 4x22x30x512 floats on the CPU box); views of the right shape are
+    cut per box. Not reentrant within a thread (nothing here calls back into the fast path)."""
 
     def __init__(self, p: PoolProblem, dtype, values: int, grad: bool = False):
         two = _two_by_two(p)
@@ -416,7 +408,7 @@ class _FastScratch:
         if p.T > 1:                                        # _fast_box: the window planes' maximum
             parts += [("planes", dtype, p.R * p.S * values)]
         sizes = [-(-np.dtype(dt).itemsize * n // 64) * 64 for _, dt, n in parts]
-        buf = _cached_bytes(sum(sizes))
+        buf = _window.thread_buffer("pool_fast", sum(sizes), np.uint8)
         at = 0
         for (name, dt, n), size in zip(parts, sizes):
             setattr(self, name, buf[at:at + np.dtype(dt).itemsize * n].view(dt))
@@ -431,14 +423,14 @@ class _FastScratch:
     @classmethod
     def for_thread(cls, p: PoolProblem, dtype, values: int, grad: bool = False) -> "_FastScratch":
         """This thread's scratch for boxes of up to `values` outputs of p (grad: with max_pool_grad's parts),
-        kept while the per-thread buffer it was carved from is (carving costs a third of the Python work of a
-        fast box)."""
+        kept for the next call with the same key (carving costs a third of the Python work of a fast box). The
+        kept views hold their buffer alive; only one _FastScratch is in use per thread at a time."""
         key = (p, np.dtype(dtype), values, grad)
         kept = getattr(_CACHE, "fast", None)
-        if kept is not None and kept[0] == key and kept[1] is getattr(_CACHE, "buf", None):
-            return kept[2]
+        if kept is not None and kept[0] == key:
+            return kept[1]
         sc = cls(p, dtype, values, grad)
-        _CACHE.fast = (key, _CACHE.buf, sc)
+        _CACHE.fast = (key, sc)
         return sc
 
 
