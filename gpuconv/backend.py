@@ -118,6 +118,17 @@ _lock = threading.Lock()
 _instances: dict[str, Any] = {}
 
 
+def _after_fork_in_child() -> None:
+    """A forked child gets a fresh lock: one another parent thread held at the fork (making a backend) would
+    stay held, and every op of the child would wait on it."""
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _instance(name: str):
     with _lock:
         if name not in _instances:

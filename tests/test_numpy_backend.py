@@ -612,6 +612,63 @@ def test_set_num_threads_during_a_call(monkeypatch, threads):
     np.testing.assert_array_equal(got, want)
 
 
+def _forked_child_pool(conn, x, dy) -> None:
+    """In a forked child: a pooled filter gradient, and the names of the threads that ran 8 short chunks."""
+    import time
+    with gc.use_backend("numpy"):
+        got = gc.conv2d_backprop_filter(x, (3, 3, 16, 16), dy, 1, "SAME")
+    names = set()
+    _parallel.map_chunks(lambda i: (names.add(threading.current_thread().name), time.sleep(0.05)), range(8))
+    conn.send((got, sorted(names)))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_forked_child_gets_its_own_pool_and_locks(monkeypatch, threads):
+    """A child forked while the pool exists (multiprocessing's "fork", e.g. data-loader workers) and while another
+    thread of the parent held the pool's lock and the backend registry's computes the same result on a pool of
+    its own: it hung on the copied held locks, and without them ran every chunk on its calling thread (the
+    copied pool has no threads)."""
+    import multiprocessing
+    import warnings
+
+    from gpuconv import backend
+    threads(3)
+    monkeypatch.setattr(_parallel, "gemm_chunks", lambda: True)
+    monkeypatch.setattr(_window, "SCRATCH_BYTES", 2**16)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((8, 24, 24, 16)).astype(np.float32)
+    dy = rng.standard_normal((8, 24, 24, 16)).astype(np.float32)
+    with gc.use_backend("numpy"):
+        want = gc.conv2d_backprop_filter(x, (3, 3, 16, 16), dy, 1, "SAME")    # the parent's pool exists now
+    assert _parallel._pool is not None
+    held, release = threading.Event(), threading.Event()
+
+    def holder():
+        with _parallel._lock, backend._lock:
+            held.set()
+            release.wait(30)
+    t = threading.Thread(target=holder)
+    t.start()
+    held.wait(10)
+    ctx = multiprocessing.get_context("fork")
+    parent_end, child_end = ctx.Pipe(duplex=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)      # Python 3.12+: fork() of a threaded process
+        child = ctx.Process(target=_forked_child_pool, args=(child_end, x, dy))
+        child.start()
+    try:
+        assert parent_end.poll(60), "the forked child hung"
+        got, names = parent_end.recv()
+    finally:
+        release.set()
+        t.join(10)
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+    np.testing.assert_array_equal(got, want)
+    assert any(n.startswith("gpuconv-numpy") for n in names), names    # the child's own pool ran chunks
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_scratch_is_bounded(monkeypatch, threads, workers):
     """With a 4 MiB budget, a layer whose full im2col buffer is 72 MiB stays within it (+ filter copies), per

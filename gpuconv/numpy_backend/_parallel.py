@@ -94,6 +94,20 @@ def set_num_threads(n: int | None) -> None:
         old.shutdown(wait=False)
 
 
+def _after_fork_in_child() -> None:
+    """A forked child (multiprocessing's "fork" start method, e.g. data-loader workers) holds copies of the
+    parent's pool and lock but none of its threads: the stale pool would never run a task (the caller then did
+    every chunk alone) and a lock some other parent thread held at the fork would stay held forever. The child
+    starts with a fresh lock and makes its own pool on first use; the worker count is kept."""
+    global _lock, _pool
+    _lock = threading.Lock()
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _mark_worker() -> None:
     _local.inside = True
 
