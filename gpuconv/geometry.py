@@ -160,7 +160,9 @@ class ConvProblem:
         raise ValueError(f"operator must be 'fprop', 'dgrad' or 'wgrad', got {operator!r}")
 
     def flops(self, operator: str = "fprop") -> int:
-        """Multiply-adds x 2 over all groups (the same count for fprop, dgrad and wgrad)."""
+        """Multiply-adds x 2 over all groups of operator's implicit GEMM (gemm_size): fprop and wgrad count
+        the same; dgrad counts every tap at every dx cell, more with stride > 1 or VALID padding (benchmarks
+        count fprop's for every operator)."""
         m, n, k = self.gemm_size(operator)
         return 2 * m * n * k * self.groups
 

@@ -16,7 +16,7 @@ class LaunchPlan:
     """One kernel launch, in CuPy's calling convention."""
 
     family: str                     # KernelFamily.name, e.g. "pool"
-    name_expression: str            # e.g. "max_pool_fwd<float, int>" (must be in the family's list)
+    name_expression: str            # e.g. "pool_max_fwd<float, int, 1>" (must be in the family's list)
     grid: tuple[int, int, int]
     block: tuple[int, int, int]
     shared_mem: int                 # dynamic shared memory in bytes
