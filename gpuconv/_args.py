@@ -42,7 +42,7 @@ def as_int(value: Any, arg: str) -> int:
             if isinstance(value, (bool, np.bool_, float, np.floating, np.timedelta64)):
                 raise TypeError
             return operator.index(value)
-        except TypeError:
+        except Exception:       # TypeError; a float TF tensor's __index__ raises AttributeError
             fail_type(arg, "an integer", f"{short(value)} of type {type(value).__name__}")
     return int(value)
 

@@ -62,8 +62,11 @@ def as_numpy_dtype_like(d):
     """A TensorFlow DType (its `as_numpy_dtype`) or a torch.dtype (its name, 'torch.int32' -> 'int32') as
     something np.dtype reads, so that ported code's `output_dtype=tf.int32` works; anything else as it is. Like
     is_bfloat16, recognised without importing either library."""
-    if type(d).__module__.startswith("tensorflow") and hasattr(d, "as_numpy_dtype"):
-        return d.as_numpy_dtype
+    if type(d).__module__.startswith("tensorflow"):
+        try:
+            return d.as_numpy_dtype
+        except Exception:       # not a DType, or tf.resource / tf.variant: no NumPy equivalent (a KeyError)
+            return d
     if type(d).__module__ == "torch" and type(d).__name__ == "dtype":
         return str(d).removeprefix("torch.")
     return d

@@ -315,3 +315,21 @@ def test_argmax_output_dtype_takes_tensorflow_and_torch_dtypes(library):
     for name in ("int16", "float32"):
         with pytest.raises(ValueError, match=rf"^output_dtype: expected 'int64' or 'int32'.*got {prefix}\.{name}$"):
             gpuconv.max_pool_with_argmax(x, 2, 2, "SAME", output_dtype=getattr(lib, name))
+    if library == "tensorflow":
+        # TF dtypes without a NumPy equivalent: their as_numpy_dtype raises KeyError, which leaked.
+        for name in ("resource", "variant"):
+            with pytest.raises(ValueError, match=rf"^output_dtype: expected 'int64' or 'int32'.*got tf\.{name}$"):
+                gpuconv.max_pool_with_argmax(x, 2, 2, "SAME", output_dtype=getattr(lib, name))
+
+
+def test_float_tensorflow_scalars_as_integer_arguments_are_a_type_error():
+    """A float TF scalar as a stride or window: TF's __index__ raises AttributeError, which leaked; an integer
+    TF scalar is an integer."""
+    tf = pytest.importorskip("tensorflow")
+    x = _x((1, 4, 4, 1))
+    for arg, call in (("ksize", lambda v: gpuconv.max_pool2d(x, v, 2, "SAME")),
+                      ("strides", lambda v: gpuconv.conv2d(x, _x((1, 1, 1, 1)), v, "SAME")),
+                      ("dilations", lambda v: gpuconv.conv2d(x, _x((1, 1, 1, 1)), 1, "SAME", dilations=v))):
+        with pytest.raises(TypeError, match=rf"^{arg}: expected an integer, got .* of type EagerTensor$"):
+            call(tf.constant(2.0))
+        assert call(tf.constant(2)).shape == call(2).shape
