@@ -1115,7 +1115,33 @@ def test_errors_in_chunks_reach_the_caller(threads):
     seen = []
     with pytest.raises(ValueError, match="chunk 3"):
         _parallel.map_ordered(fn, range(8), seen.append)
-    assert seen == [0, 1, 2, 4, 5, 6, 7]
+    assert seen == [0, 1, 2][:len(seen)]                              # combined in order, none after chunk 3
+    assert _parallel.map_chunks(lambda i: None, range(4)) is None     # the pool still works
+
+
+@pytest.mark.parametrize("combine", [False, True])
+@pytest.mark.parametrize("error", [ValueError, KeyboardInterrupt])
+def test_a_failing_chunk_stops_the_call(threads, combine, error):
+    """Once a chunk raises, no further chunk starts: a Ctrl-C (KeyboardInterrupt) during a parallel op was kept
+    until every remaining chunk had run (all 39 others here). Chunk 0 fails at once, while the other worker is
+    about one 20 ms chunk in (a loose bound: a loaded machine may delay the failing thread)."""
+    import time
+    threads(2)
+    ran = []
+
+    def fn(i):
+        if i == 0:
+            raise error("stop")
+        ran.append(i)
+        time.sleep(0.02)
+        return i
+
+    with pytest.raises(error, match="stop"):
+        if combine:
+            _parallel.map_ordered(fn, range(40), lambda r: None)
+        else:
+            _parallel.map_chunks(fn, range(40))
+    assert len(ran) < 20, ran
     assert _parallel.map_chunks(lambda i: None, range(4)) is None     # the pool still works
 
 

@@ -247,7 +247,9 @@ def gemm_chunks() -> bool:
 
 def map_ordered(fn: Callable, items: Iterable, combine: Callable | None) -> None:
     """fn(item) for every item on the workers; combine(result) is called in item order, on the calling thread
-    (e.g. a fixed-order sum of per-chunk partial results). Exceptions propagate (the first in item order)."""
+    (e.g. a fixed-order sum of per-chunk partial results). A chunk that raises (a KeyboardInterrupt on the
+    calling thread included) stops the call: no further chunk starts, the running ones finish, and the first
+    exception in item order propagates."""
     items: Sequence = items if isinstance(items, (list, tuple)) else list(items)
     n = min(workers(), len(items))
     if n <= 1:
@@ -266,25 +268,37 @@ def map_ordered(fn: Callable, items: Iterable, combine: Callable | None) -> None
     # partial results are alive at a time.
     state = {"next": 0}
     progress = threading.Condition()
+    failed = threading.Event()            # set by the first chunk that raises: no further chunk starts
+
+    def run(i: int, throttled: bool = True) -> None:
+        """Chunk i, unless the call has failed; done[i] is set whatever happens (the caller may wait on it).
+        throttled: a pool thread's chunk, which waits for the combining to come near (not the calling thread's:
+        it is the one that combines)."""
+        try:
+            if done is not None and throttled:
+                with progress:
+                    progress.wait_for(lambda: i < state["next"] + 2 * n or failed.is_set())
+            if not failed.is_set():
+                results[i] = fn(items[i])
+        except BaseException as e:            # reported on the calling thread
+            errors[i] = e
+            failed.set()
+            with progress:
+                progress.notify_all()
+        finally:
+            if done is not None:
+                done[i].set()
 
     def drain() -> None:
         prev = getattr(_local, "inside", False)
         _local.inside = True
         try:
-            while True:
+            while not failed.is_set():
                 with take:
                     i = next(counter, None)
                 if i is None:
                     return
-                if done is not None:
-                    with progress:
-                        progress.wait_for(lambda: i < state["next"] + 2 * n)
-                try:
-                    results[i] = fn(items[i])
-                except BaseException as e:        # reported on the calling thread
-                    errors[i] = e
-                if done is not None:
-                    done[i].set()
+                run(i)
         finally:
             _local.inside = prev
 
@@ -303,9 +317,11 @@ def map_ordered(fn: Callable, items: Iterable, combine: Callable | None) -> None
         if combine is None:
             drain()
         else:
-            _combine_in_order(fn, items, combine, results, errors, done, counter, take, state, progress)
+            _combine_in_order(run, combine, results, errors, done, counter, take, state, progress, failed)
     finally:
-        # Whatever happened (an error in combine included), no chunk is left to start and no pool thread waits.
+        # Whatever happened (an error in combine, or an interrupt while waiting, included), no chunk is left to
+        # start and no pool thread waits. (After a normal finish every chunk has started: failed stops nothing.)
+        failed.set()
         with take:
             for _ in counter:
                 pass
@@ -375,10 +391,11 @@ def sum_in_order(partial: Callable, items: Sequence, totals: list, parallel: boo
     map_ordered(run, items, add)
 
 
-def _combine_in_order(fn, items, combine, results, errors, done, counter, take, state, progress) -> None:
-    """The calling thread's part of map_ordered: combine finished chunks in order, work on chunks meanwhile."""
-    nxt, count = 0, len(items)
-    while nxt < count:
+def _combine_in_order(run, combine, results, errors, done, counter, take, state, progress, failed) -> None:
+    """The calling thread's part of map_ordered: combine finished chunks in order, run chunks meanwhile (run:
+    map_ordered's chunk runner); returns early once a chunk has failed."""
+    nxt, count = 0, len(results)
+    while nxt < count and not failed.is_set():
         if done[nxt].is_set():
             if errors[nxt] is None:
                 combine(results[nxt])
@@ -391,17 +408,14 @@ def _combine_in_order(fn, items, combine, results, errors, done, counter, take, 
         with take:
             i = next(counter, None)
         if i is None:
-            done[nxt].wait()
+            done[nxt].wait()                  # chunk nxt was taken: its thread sets done[nxt] in any case
             continue
         prev = getattr(_local, "inside", False)
         _local.inside = True
         try:
-            results[i] = fn(items[i])
-        except BaseException as e:
-            errors[i] = e
+            run(i, throttled=False)
         finally:
             _local.inside = prev
-        done[i].set()
 
 
 def split(n: int, parts: int) -> list[tuple[int, int]]:
