@@ -239,7 +239,8 @@ def conv_problem(x_shape: Sequence[int], w_shape: Sequence[int], stride: Triple,
     if min(T, R, S) <= 0:
         # A zero-extent window has effective size 0 and would give an output larger than the input (TF refuses
         # filters with zero elements).
-        fail(filter_arg, "positive window extents", f"window (depth, height, width) {(T, R, S)}")
+        fail(filter_arg, "positive window extents", f"a zero extent in the canonical window (depth, height, width) "
+             f"{(T, R, S)} (2-D filters have depth 1)")
     if C == 0:
         # groups = C / Cg would be 0 (TF's own check divides by it).
         fail(input_arg, "at least one channel (input channels = groups x filter in-channels)",

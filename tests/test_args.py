@@ -333,3 +333,14 @@ def test_float_tensorflow_scalars_as_integer_arguments_are_a_type_error():
         with pytest.raises(TypeError, match=rf"^{arg}: expected an integer, got .* of type EagerTensor$"):
             call(tf.constant(2.0))
         assert call(tf.constant(2)).shape == call(2).shape
+
+
+def test_a_zero_extent_filter_names_the_canonical_window():
+    """A 2-D filter of height 0 was reported as "window (depth, height, width) (1, 0, 3)", a depth it never had."""
+    x = _x((1, 4, 4, 1))
+    with pytest.raises(ValueError, match=r"^filters: expected positive window extents, got a zero extent in the "
+                                         r"canonical window \(depth, height, width\) \(1, 0, 3\) "
+                                         r"\(2-D filters have depth 1\)$"):
+        gpuconv.conv2d(x, np.ones((0, 3, 1, 1), np.float32), 1, "SAME")
+    with pytest.raises(ValueError, match=r"^filter_sizes: expected positive window extents, got .*\(0, 3, 3\)"):
+        gpuconv.conv3d_backprop_filter(_x((1, 4, 4, 4, 1)), (0, 3, 3, 1, 1), _x((1, 4, 4, 4, 1)), 1, "SAME")
