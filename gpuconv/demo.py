@@ -92,6 +92,12 @@ def backend_choice(requested: str) -> tuple[str | None, str]:
         return ("cuda", "a GPU is available") if avail.get("cuda") == "yes" else (
             "numpy", f"no GPU backend here: {avail.get('cuda')}")
     if avail.get(requested) == "yes":
+        if requested == "emulator":
+            from .executors.emulator import EmulatorExecutor
+            try:
+                EmulatorExecutor()              # reads the GPUCONV_EMULATOR_* settings, builds nothing
+            except ValueError as err:
+                return None, str(err)
         return requested, "requested"
     return None, f"backend {requested!r} cannot run here: {avail.get(requested)}"
 
@@ -465,11 +471,18 @@ def section_conv3d(d: Demo) -> None:
             0.0, 1e-5, "adjoint identity")
 
 
-def section_photo(d: Demo, image: Path, out_dir: Path, dpi: int) -> Path | None:
+@dataclass(frozen=True)
+class Photo:
+    """The photograph of the round trip, read before any work (a file that is no image is a usage error)."""
+    name: str
+    pixels: np.ndarray              # load_image's (IMAGE_SIZE, IMAGE_SIZE) float32 in [0, 1]
+
+
+def section_photo(d: Demo, photo: Photo, out_dir: Path, dpi: int) -> Path | None:
     d.begin("photo", "Deconvnet / SegNet round trip on a photograph")
-    img = load_image(image)[None, :, :, None]                     # (1, 256, 256, 1) in [0, 1]
+    img = photo.pixels[None, :, :, None]                          # (1, 256, 256, 1) in [0, 1]
     bank = gabor_bank()
-    d.say(f"  image {image.name} {img.shape[1]}x{img.shape[2]}; {bank.shape[3]} even Gabor filters "
+    d.say(f"  image {photo.name} {img.shape[1]}x{img.shape[2]}; {bank.shape[3]} even Gabor filters "
           f"{bank.shape[0]}x{bank.shape[1]} (zero-mean, unit norm)")
     feat = d.call("conv2d (Gabor bank)", "conv2d", img, bank, 1, "SAME")
     relu = np.maximum(feat, 0)
@@ -645,6 +658,11 @@ def main(argv: list[str]) -> int:
     if not args.image.is_file():
         print(f"gpuconv demo: no image at {args.image}", file=sys.stderr)
         return 2
+    try:
+        photo = Photo(args.image.name, load_image(args.image))
+    except Exception as exc:        # not an image, or neither Pillow nor matplotlib installed
+        print(f"gpuconv demo: --image {args.image}: cannot read it ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return 2
     problem = out_dir_problem(args.out)
     if problem:
         print(f"gpuconv demo: --out: {problem}", file=sys.stderr)
@@ -660,7 +678,7 @@ def main(argv: list[str]) -> int:
             d.fail_section(exc)
     picture = None
     try:
-        picture = section_photo(d, args.image, args.out, args.dpi)
+        picture = section_photo(d, photo, args.out, args.dpi)
     except Exception as exc:
         d.fail_section(exc)
     print_report(d)

@@ -129,9 +129,10 @@ def test_unusable_out_is_a_usage_error_before_any_measurement(tmp_path, monkeypa
     afile = tmp_path / "afile"
     afile.write_text("")
     out = afile if where == "a file" else afile / "sub"
-    monkeypatch.setattr(cli, "build_cases", lambda *a: pytest.fail("measured before checking --out"))
-    line = _usage_error(capsys, ["--quick", "--backend", "numpy", "--out", str(out)])
-    assert line.startswith("python -m gpuconv bench: error: --out: ") and repr(str(out)) in line
+    monkeypatch.setattr(cli, "_measure_all", lambda *a: pytest.fail("measured before checking --out"))
+    assert cli.main(["--quick", "--backend", "numpy", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gpuconv bench: --out: ") and repr(str(out)) in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("name", ["a/b", "", ".", "..", "a/"])
@@ -148,10 +149,33 @@ def test_cpu_peak_gflops_must_be_positive_and_finite(tmp_path, capsys, value):
     assert line.endswith(f"argument --cpu-peak-gflops: expected a positive number of GFLOP/s, got {value!r}")
 
 
-def test_out_is_created_when_the_arguments_are_parsed(tmp_path):
+def test_out_is_created_before_the_first_measurement(tmp_path, monkeypatch):
     out = tmp_path / "new" / "folder"
     args = cli.parse_args(["--quick", "--out", str(out), "--name", "run-1", "--cpu-peak-gflops", "1e3"])
-    assert out.is_dir() and args.name == "run-1" and args.cpu_peak_gflops == 1000.0
+    assert args.name == "run-1" and args.cpu_peak_gflops == 1000.0
+
+    class Started(Exception):
+        pass
+
+    def first_measurement(*args, **kwargs):
+        assert out.is_dir()
+        raise Started
+    monkeypatch.setattr(cli, "_measure_all", first_measurement)
+    with pytest.raises(Started):
+        cli.main(["--quick", "--backend", "numpy", "--peers", "none", "--out", str(out)])
+
+
+@pytest.mark.parametrize("argv", [["--match", "no-such-layer"], ["--peers", "nope"], ["--backend", "cuda"]])
+def test_a_usage_error_leaves_no_output_folder(tmp_path, capsys, argv):
+    """bench created --out while parsing its arguments, so a run that stopped on a later usage error (no case
+    matches, an unknown peer, a backend that cannot run here) left an empty folder behind."""
+    from conftest import gpu_available
+    if argv == ["--backend", "cuda"] and gpu_available():
+        pytest.skip("a GPU is present: the cuda backend can run")
+    out = tmp_path / "results"
+    assert cli.main(["--quick", *(["--backend", "numpy"] if "--backend" not in argv else []), *argv,
+                     "--out", str(out)]) == 2
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -125,6 +125,54 @@ def test_a_malformed_setting_is_named_up_front_without_a_traceback(capsys, monke
     assert err.startswith(f"gpuconv {command}: {var}: expected") and repr(value) in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("command", ["demo", "bench"])
+@pytest.mark.parametrize("var,value", [("GPUCONV_EMULATOR_ORDER", "bogus"), ("GPUCONV_EMULATOR_THREADS", "0"),
+                                       ("GPUCONV_EMULATOR_STACK_KIB", "1")])
+def test_a_malformed_emulator_setting_stops_an_emulator_run_up_front(capsys, monkeypatch, tmp_path, command, var,
+                                                                     value):
+    """demo and bench on the emulator read its GPUCONV_EMULATOR_* settings before any work (every op failed on
+    them instead: "0 of 5 checks passed", exit 1)."""
+    from gpuconv.bench import cli
+    from gpuconv.executors.emulator import emulator_availability
+    if emulator_availability() != "yes":
+        pytest.skip(f"the emulator cannot run here: {emulator_availability()}")
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("work started despite a malformed setting")
+
+    monkeypatch.setattr(cli, "build_cases", must_not_run)
+    monkeypatch.setattr("gpuconv.demo.Demo", must_not_run)
+    monkeypatch.setenv(var, value)
+    argv = {"demo": ["demo", "--backend", "emulator", "--out", str(tmp_path)],
+            "bench": ["bench", "--quick", "--backend", "emulator", "--out", str(tmp_path)]}[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"gpuconv {command}: environment variable {var}") and "Traceback" not in err
+
+
+def test_an_unavailable_emulator_is_reported_once_as_unavailable(monkeypatch):
+    """The reason read "unavailable: no: C++ compiler ..." before."""
+    from gpuconv.info import info
+    monkeypatch.setenv("CXX", "no-such-compiler-x")
+    line = [ln for ln in format_info(info()).splitlines() if ln.strip().startswith("emulator")]
+    assert line == ["  emulator           unavailable: C++ compiler 'no-such-compiler-x' not found (install g++ or "
+                    "set CXX)"]
+
+
+def test_a_closed_stdout_ends_the_cli_without_a_traceback():
+    """`python -m gpuconv info | head`: stdout's reader gone, the print raised BrokenPipeError with a traceback."""
+    import os
+    for command in (["info"], ["info", "--json"]):
+        read, write = os.pipe()
+        os.close(read)
+        try:
+            run = subprocess.run([sys.executable, "-m", "gpuconv", *command], stdout=write, stderr=subprocess.PIPE,
+                                 text=True, timeout=120)
+        finally:
+            os.close(write)
+        assert (run.returncode, run.stderr) == (1, ""), command
+
+
 def test_format_info_with_a_gpu_and_without():
     base = {"gpuconv": "0.1.0", "python": "3.11.7", "numpy": "2.1", "cupy": None, "backend": "auto",
             "backends": {"numpy": "yes", "cuda": "CuPy is not installed"}}

@@ -375,6 +375,16 @@ def test_missing_image_says_so(tmp_path, capsys):
     assert capsys.readouterr().err == f"gpuconv demo: no image at {tmp_path / 'nope.png'}\n"
 
 
+def test_an_image_that_cannot_be_read_is_a_usage_error_before_any_work(tmp_path, monkeypatch, capsys):
+    """It ran the other sections and then failed the photo one: "27 of 28 checks passed", exit 1."""
+    notimage = tmp_path / "notes.png"
+    notimage.write_text("not a picture")
+    monkeypatch.setattr(demo, "Demo", lambda *a, **k: pytest.fail("the demo ran before reading the image"))
+    assert demo.main(["--backend", "numpy", "--image", str(notimage), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"gpuconv demo: --image {notimage}: cannot read it (") and err.count("\n") == 1
+
+
 def test_an_out_folder_that_cannot_be_written_is_a_usage_error(tmp_path, monkeypatch, capsys):
     # as root every folder is writable: os.access is what the demo asks, so it stands in for a read-only one
     monkeypatch.setattr(demo.os, "access", lambda path, mode: False)

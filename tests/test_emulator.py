@@ -407,6 +407,20 @@ def test_compile_error_carries_the_compiler_log():
     assert "broken.cu:3" in str(info.value)
 
 
+def test_a_missing_compiler_or_unwritable_cache_is_a_build_error_that_says_what_to_do(monkeypatch, tmp_path):
+    """Both leaked a bare FileNotFoundError from subprocess / mkdir."""
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
+    with pytest.raises(EmulatorBuildError, match=r"cannot run '.*no-such-g\+\+' .*install g\+\+ or set CXX"):
+        make_executor().library_path(REDUCE.name)
+    monkeypatch.delenv("CXX")
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    monkeypatch.setenv("GPUCONV_CACHE_DIR", str(afile))
+    with pytest.raises(EmulatorBuildError, match=r"build cache '.*afile/emulator' cannot be written .*"
+                                                 r"set GPUCONV_CACHE_DIR to a writable folder"):
+        make_executor().library_path(REDUCE.name)
+
+
 def test_library_is_cached_by_content():
     first = make_executor().library_path(REDUCE.name)
     assert first.parent == cache_dir() and first.is_file()

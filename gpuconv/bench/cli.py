@@ -104,10 +104,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                   or "\0" in args.name):
         p.error(f"--name: expected a file stem such as 2026-01-01_h100, without a folder (that is --out), "
                 f"got {args.name!r}")
-    from ..demo import out_dir_problem
-    problem = out_dir_problem(args.out)       # created now, not after every measurement
-    if problem:
-        p.error(f"--out: {problem}")
     return args
 
 
@@ -342,6 +338,13 @@ def main(argv: list[str]) -> int:
         except ValueError as exc:
             print(f"gpuconv bench: --peers: {exc}", file=sys.stderr)
             return 2
+    from ..demo import out_dir_problem
+    # Created now, before any measurement (not after the first one), and after every other usage check (a run
+    # that stops on one leaves no empty folder behind).
+    problem = out_dir_problem(args.out)
+    if problem:
+        print(f"gpuconv bench: --out: {problem}", file=sys.stderr)
+        return 2
     impls = [GpuconvImpl(backend, args.precision)]
     implementations: dict[str, Any] = {}
     for impl in impls + peers:

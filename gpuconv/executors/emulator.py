@@ -102,11 +102,11 @@ def _tool(name: str) -> str | None:
 def emulator_availability() -> str:
     """'yes' if the emulator can build and run kernels here, else the reason it cannot."""
     if sys.platform != "linux":
-        return f"no: the emulator needs Linux (ELF thread-local storage), this is {sys.platform}"
+        return f"the emulator needs Linux (ELF thread-local storage), this is {sys.platform}"
     if not _tool(_cxx()):
-        return f"no: C++ compiler {_cxx()!r} not found (install g++ or set CXX)"
+        return f"C++ compiler {_cxx()!r} not found (install g++ or set CXX)"
     if not _tool("readelf"):
-        return "no: readelf (binutils) not found"
+        return "readelf (binutils) not found"
     return "yes"
 
 
@@ -161,7 +161,11 @@ class _Source:
 
 
 def _run(cmd: list[str], what: str) -> str:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError as err:      # no such compiler, not executable
+        raise EmulatorBuildError(f"{what}: cannot run {cmd[0]!r} ({err.strerror or err}); install g++ or set CXX "
+                                 "to a C++17 compiler") from err
     if proc.returncode != 0:
         raise EmulatorBuildError(f"{what} failed (exit {proc.returncode}):\n$ {' '.join(cmd)}\n"
                                  f"{proc.stdout}{proc.stderr}")
@@ -288,8 +292,12 @@ def _build(src: _Source, sanitize: bool, _retries: int = 3) -> Path:
     with lock:
         if so.is_file():
             return so
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=out_dir))
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=out_dir))
+        except OSError as err:
+            raise EmulatorBuildError(f"the emulator's build cache {str(out_dir)!r} cannot be written "
+                                     f"({err.strerror or err}); set GPUCONV_CACHE_DIR to a writable folder") from err
         try:
             for name, text in _STUB_HEADERS.items():
                 (tmp / "stubs" / name).parent.mkdir(parents=True, exist_ok=True)
