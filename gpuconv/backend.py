@@ -94,9 +94,19 @@ def on_tensor_device(op: Callable) -> Callable:
     """Decorator of every public op: run it with the GPU that holds its CuPy tensor arguments as the current
     device, so that outputs and scratch are allocated there and its kernels launch there (CuPy allocates and
     launches on the current device, whatever device the inputs are on). Tensors on different GPUs are a
-    ValueError naming them: gpuconv never copies between devices."""
+    ValueError naming them: gpuconv never copies between devices.
+
+    Every op's last parameter is TF's `name=None` (so that ported calls that name their ops run unchanged): a str
+    or None, checked here and otherwise ignored (gpuconv builds no graph)."""
+    params = list(inspect.signature(op).parameters)
+    at = params.index("name") if "name" in params else None
+
     @functools.wraps(op)
     def run(*args, **kwargs):
+        name = None if at is None else kwargs.get("name") if len(args) <= at else args[at]
+        if name is not None and not isinstance(name, str):
+            fail_type("name", "a str or None (TF's op name, which gpuconv ignores)",
+                      f"{short(name)} of type {type(name).__name__}")
         devices = {d for d in map(_device_id, (*args, *kwargs.values())) if d is not None}
         if not devices:
             return op(*args, **kwargs)

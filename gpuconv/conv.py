@@ -79,7 +79,8 @@ def _wgrad(nspatial, x, filter_sizes, dy, strides, padding, data_format, dilatio
 
 
 @on_tensor_device
-def conv2d(input: Any, filters: Any, strides, padding, data_format: str = "NHWC", dilations=None):
+def conv2d(input: Any, filters: Any, strides, padding, data_format: str = "NHWC", dilations=None,
+           name: str | None = None):
     """2-D convolution (cross-correlation) with TF's padding rule.
 
     Args: input (N,H,W,C) or (N,C,H,W); filters (kh, kw, C/groups, K); strides, dilations: int or sequence;
@@ -90,14 +91,15 @@ def conv2d(input: Any, filters: Any, strides, padding, data_format: str = "NHWC"
 
 
 @on_tensor_device
-def conv3d(input: Any, filters: Any, strides, padding, data_format: str = "NDHWC", dilations=None):
+def conv3d(input: Any, filters: Any, strides, padding, data_format: str = "NDHWC", dilations=None,
+           name: str | None = None):
     """3-D convolution. TF: `tf.nn.conv3d` (gpuconv also accepts explicit padding)."""
     return _fprop(3, input, filters, strides, padding, data_format, dilations)
 
 
 @on_tensor_device
 def conv2d_backprop_input(input_sizes, filters: Any, out_backprop: Any, strides, padding,
-                          data_format: str = "NHWC", dilations=None):
+                          data_format: str = "NHWC", dilations=None, name: str | None = None):
     """Gradient of conv2d with respect to its input (dgrad). input_sizes: full or spatial-only shape.
 
     TF: `tf.raw_ops.Conv2DBackpropInput` (`tf.compat.v1.nn.conv2d_backprop_input`). Differs from TF: dilations
@@ -109,7 +111,7 @@ def conv2d_backprop_input(input_sizes, filters: Any, out_backprop: Any, strides,
 
 @on_tensor_device
 def conv3d_backprop_input(input_sizes, filters: Any, out_backprop: Any, strides, padding,
-                          data_format: str = "NDHWC", dilations=None):
+                          data_format: str = "NDHWC", dilations=None, name: str | None = None):
     """Gradient of conv3d with respect to its input. TF: `tf.raw_ops.Conv3DBackpropInputV2`."""
     return _dgrad(3, "input_sizes", input_sizes, filters, "out_backprop", out_backprop, strides, padding,
                   data_format, dilations)
@@ -117,7 +119,7 @@ def conv3d_backprop_input(input_sizes, filters: Any, out_backprop: Any, strides,
 
 @on_tensor_device
 def conv2d_transpose(input: Any, filters: Any, output_shape, strides, padding="SAME",
-                     data_format: str = "NHWC", dilations=None):
+                     data_format: str = "NHWC", dilations=None, name: str | None = None):
     """Transposed 2-D convolution = conv2d_backprop_input with output_shape as the input size.
 
     filters (kh, kw, out, in). An output_shape whose forward conv does not give input's size is a ValueError
@@ -129,7 +131,7 @@ def conv2d_transpose(input: Any, filters: Any, output_shape, strides, padding="S
 
 @on_tensor_device
 def conv3d_transpose(input: Any, filters: Any, output_shape, strides, padding="SAME",
-                     data_format: str = "NDHWC", dilations=None):
+                     data_format: str = "NDHWC", dilations=None, name: str | None = None):
     """Transposed 3-D convolution. TF: `tf.nn.conv3d_transpose`."""
     return _dgrad(3, "output_shape", output_shape, filters, "input", input, strides, padding, data_format,
                   dilations)
@@ -137,7 +139,7 @@ def conv3d_transpose(input: Any, filters: Any, output_shape, strides, padding="S
 
 @on_tensor_device
 def conv2d_backprop_filter(input: Any, filter_sizes, out_backprop: Any, strides, padding,
-                           data_format: str = "NHWC", dilations=None):
+                           data_format: str = "NHWC", dilations=None, name: str | None = None):
     """Gradient of conv2d with respect to its filters (wgrad). TF: `tf.raw_ops.Conv2DBackpropFilter`
     (`tf.compat.v1.nn.conv2d_backprop_filter`)."""
     return _wgrad(2, input, filter_sizes, out_backprop, strides, padding, data_format, dilations)
@@ -145,6 +147,6 @@ def conv2d_backprop_filter(input: Any, filter_sizes, out_backprop: Any, strides,
 
 @on_tensor_device
 def conv3d_backprop_filter(input: Any, filter_sizes, out_backprop: Any, strides, padding,
-                           data_format: str = "NDHWC", dilations=None):
+                           data_format: str = "NDHWC", dilations=None, name: str | None = None):
     """Gradient of conv3d with respect to its filters. TF: `tf.raw_ops.Conv3DBackpropFilterV2`."""
     return _wgrad(3, input, filter_sizes, out_backprop, strides, padding, data_format, dilations)

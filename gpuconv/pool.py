@@ -35,7 +35,7 @@ def _forward(op: str, nspatial: int, x, ksize, strides, padding, data_format, dt
 
 
 @on_tensor_device
-def max_pool2d(input: Any, ksize, strides, padding, data_format: str = "NHWC"):
+def max_pool2d(input: Any, ksize, strides, padding, data_format: str = "NHWC", name: str | None = None):
     """2-D max pooling. TF: `tf.nn.max_pool2d`.
 
     Differs from TF: a window whose first in-bounds cell is NaN gives NaN (TF's CPU max_pool skips NaN cells,
@@ -45,19 +45,19 @@ def max_pool2d(input: Any, ksize, strides, padding, data_format: str = "NHWC"):
 
 
 @on_tensor_device
-def max_pool3d(input: Any, ksize, strides, padding, data_format: str = "NDHWC"):
+def max_pool3d(input: Any, ksize, strides, padding, data_format: str = "NDHWC", name: str | None = None):
     """3-D max pooling. TF: `tf.nn.max_pool3d`."""
     return _forward("max_pool", 3, input, ksize, strides, padding, data_format, MAX_DTYPES)
 
 
 @on_tensor_device
-def avg_pool2d(input: Any, ksize, strides, padding, data_format: str = "NHWC"):
+def avg_pool2d(input: Any, ksize, strides, padding, data_format: str = "NHWC", name: str | None = None):
     """2-D average pooling; the divisor counts in-bounds cells only. TF: `tf.nn.avg_pool2d`."""
     return _forward("avg_pool", 2, input, ksize, strides, padding, data_format, FLOAT_DTYPES)
 
 
 @on_tensor_device
-def avg_pool3d(input: Any, ksize, strides, padding, data_format: str = "NDHWC"):
+def avg_pool3d(input: Any, ksize, strides, padding, data_format: str = "NDHWC", name: str | None = None):
     """3-D average pooling. TF: `tf.nn.avg_pool3d`."""
     return _forward("avg_pool", 3, input, ksize, strides, padding, data_format, FLOAT_DTYPES)
 
@@ -76,7 +76,7 @@ def index_dtype(output_dtype: Any) -> np.dtype:
 
 @on_tensor_device
 def max_pool_with_argmax(input: Any, ksize, strides, padding, data_format: str = "NHWC",
-                         output_dtype="int64", include_batch_in_index: bool = False):
+                         output_dtype="int64", include_batch_in_index: bool = False, name: str | None = None):
     """2-D max pooling that also returns each maximum's flat index (NHWC only, as in TF).
 
     The index of input[b, y, x, c] is (y*W + x)*C + c, plus b*H*W*C when include_batch_in_index.
@@ -120,7 +120,7 @@ def _max_grad(nspatial, orig_input, orig_output, grad, ksize, strides, padding, 
 
 @on_tensor_device
 def max_pool_grad(orig_input: Any, orig_output: Any, grad: Any, ksize, strides, padding,
-                  data_format: str = "NHWC"):
+                  data_format: str = "NHWC", name: str | None = None):
     """Gradient of max_pool2d: each window's gradient goes to its selected cell; overlaps add.
 
     The selection is recomputed from orig_input with the scan rule (orig_output is checked for shape only).
@@ -131,7 +131,7 @@ def max_pool_grad(orig_input: Any, orig_output: Any, grad: Any, ksize, strides, 
 
 @on_tensor_device
 def max_pool3d_grad(orig_input: Any, orig_output: Any, grad: Any, ksize, strides, padding,
-                    data_format: str = "NDHWC"):
+                    data_format: str = "NDHWC", name: str | None = None):
     """Gradient of max_pool3d. TF: `tf.raw_ops.MaxPool3DGrad`. Differs from TF: with tied maxima only the first
     gets the gradient (TF's 3-D CPU kernel gives it to every tied cell; its 2-D MaxPoolGrad agrees with this)."""
     return _max_grad(3, orig_input, orig_output, grad, ksize, strides, padding, data_format)
@@ -155,7 +155,7 @@ def check_argmax(argmax: Any, arg: str, limit: int) -> None:
 
 @on_tensor_device
 def max_pool_grad_with_argmax(input: Any, grad: Any, argmax: Any, ksize, strides, padding,
-                              include_batch_in_index: bool = False):
+                              include_batch_in_index: bool = False, name: str | None = None):
     """Gradient of max_pool_with_argmax: grad scattered to input's shape at argmax; duplicates add.
 
     TF: `tf.raw_ops.MaxPoolGradWithArgmax`. Differs from TF: an out-of-range argmax is a ValueError.
@@ -197,7 +197,8 @@ def avg_pool_grad_nd(nspatial, orig_input_shape, grad, ksize, strides, padding, 
 
 
 @on_tensor_device
-def avg_pool_grad(orig_input_shape, grad: Any, ksize, strides, padding, data_format: str = "NHWC"):
+def avg_pool_grad(orig_input_shape, grad: Any, ksize, strides, padding, data_format: str = "NHWC",
+                  name: str | None = None):
     """Gradient of avg_pool2d: dy / count spread over each window's in-bounds cells; overlaps add.
 
     TF: `tf.raw_ops.AvgPoolGrad`. orig_input_shape may be full or spatial-only.
@@ -206,6 +207,7 @@ def avg_pool_grad(orig_input_shape, grad: Any, ksize, strides, padding, data_for
 
 
 @on_tensor_device
-def avg_pool3d_grad(orig_input_shape, grad: Any, ksize, strides, padding, data_format: str = "NDHWC"):
+def avg_pool3d_grad(orig_input_shape, grad: Any, ksize, strides, padding, data_format: str = "NDHWC",
+                    name: str | None = None):
     """Gradient of avg_pool3d. TF: `tf.raw_ops.AvgPool3DGrad`."""
     return avg_pool_grad_nd(3, orig_input_shape, grad, ksize, strides, padding, data_format)

@@ -26,7 +26,7 @@ def _with_argmax(arg: str, t: Any, argmax: Any, include_batch_in_index: Any):
 
 
 @on_tensor_device
-def max_unpool(updates: Any, argmax: Any, output_shape, include_batch_in_index: bool = False):
+def max_unpool(updates: Any, argmax: Any, output_shape, include_batch_in_index: bool = False, name: str | None = None):
     """Zeros of output_shape with each update added at its argmax (duplicate indices add).
 
     output_shape: the original (pre-pooling) shape, full (N, H, W, C) / (N, D, H, W, C) or spatial-only (H, W) /
@@ -46,7 +46,7 @@ def max_unpool(updates: Any, argmax: Any, output_shape, include_batch_in_index: 
 
 
 @on_tensor_device
-def max_unpool_grad(grad: Any, argmax: Any, include_batch_in_index: bool = False):
+def max_unpool_grad(grad: Any, argmax: Any, include_batch_in_index: bool = False, name: str | None = None):
     """Gradient of max_unpool: grad gathered at argmax (shape of argmax)."""
     be, nspatial, include = _with_argmax("grad", grad, argmax, include_batch_in_index)
     if argmax.shape[0] != grad.shape[0] or argmax.shape[-1] != grad.shape[-1]:
@@ -60,7 +60,7 @@ def max_unpool_grad(grad: Any, argmax: Any, include_batch_in_index: bool = False
 
 
 @on_tensor_device
-def avg_unpool(updates: Any, ksize, strides, padding, output_shape, data_format=None):
+def avg_unpool(updates: Any, ksize, strides, padding, output_shape, data_format=None, name: str | None = None):
     """Copy each pooled value into every in-bounds cell of its window (overlaps add): the adjoint of sum pooling.
 
     output_shape: the original (pre-pooling) shape, full or spatial-only; pooling it with ksize/strides/padding

@@ -182,6 +182,29 @@ def test_baseline_call_succeeds(name):
     fn(**kwargs)
 
 
+def _same(a, b) -> bool:
+    return all(map(_same, a, b)) if isinstance(a, tuple) else np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", sorted(base_calls()))
+def test_tf_op_name_is_accepted_and_checked(name):
+    """Ported TF calls name their ops (`tf.nn.conv2d(..., name="conv1")`): a str or None, by keyword or as the
+    last positional argument, changes nothing; anything else is a TypeError naming `name`."""
+    import inspect
+    fn, kwargs = base_calls()[name]
+    want = fn(**kwargs)
+    assert _same(fn(**kwargs, name=f"{name}_1"), want) and _same(fn(**kwargs, name=None), want)
+    params = list(inspect.signature(fn).parameters)
+    args = [kwargs.get(p, inspect.signature(fn).parameters[p].default) for p in params[:-1]]
+    assert _same(fn(*args, "scope/op"), want)
+    for bad in (3, b"conv1", ["conv1"]):
+        with pytest.raises(TypeError, match=r"^name: expected a str or None \(TF's op name, which gpuconv "
+                                            r"ignores\), got "):
+            fn(**kwargs, name=bad)
+        with pytest.raises(TypeError, match=r"^name: expected a str or None"):
+            fn(*args, bad)
+
+
 @pytest.mark.parametrize("backend", ["numpy", pytest.param("emulator", marks=pytest.mark.emulator)])
 @pytest.mark.parametrize("name,fn,arg,bad_kwargs,exc", list(all_cases()))
 def test_malformed_call_is_rejected(backend, name, fn, arg, bad_kwargs, exc):
@@ -270,6 +293,8 @@ def test_ops_run_with_their_tensors_gpu_current(monkeypatch):
         assert (getattr(fn, "__code__", None) is wrapper_code) == takes_tensors, name
         if takes_tensors:
             assert inspect.signature(fn) == inspect.signature(fn.__wrapped__)
+            last = list(inspect.signature(fn).parameters.values())[-1]
+            assert (last.name, last.default) == ("name", None), name       # TF's name=None, last
 
 
 def test_unknown_backend_is_rejected(monkeypatch):
