@@ -47,17 +47,36 @@ def as_int(value: Any, arg: str) -> int:
     return int(value)
 
 
-def int_sequence(value: Any, arg: str) -> tuple[int, ...]:
-    """A 1-D sequence of exact integers: tuple, list, or integer array (NumPy or CuPy)."""
+def from_other_framework(value: Any) -> Any:
+    """Another framework's shape or tensor as data the parsers read: a TensorFlow TensorShape as its list of
+    dimensions (None where unknown), a tensor whose dtype NumPy cannot read (TensorFlow's) as its NumPy array
+    (through __array__); anything else as it is. Recognised without importing TensorFlow."""
+    kind = type(value)
+    if kind.__name__ == "TensorShape" and kind.__module__.startswith("tensorflow"):
+        try:
+            return value.as_list()
+        except Exception:               # unknown rank: left as it is, refused with the usual error
+            return value
     if hasattr(value, "shape") and hasattr(value, "dtype"):
         try:
             np.dtype(value.dtype)
         except TypeError:
-            # Another framework's tensor (e.g. tf.shape(x), a torch tensor): its NumPy array, through __array__.
             try:
-                value = np.asarray(value)
+                return np.asarray(value)
             except Exception:
-                fail_type(arg, "a tuple, list or 1-D integer array", f"{short(value)} of type {type(value).__name__}")
+                return value
+    return value
+
+
+def int_sequence(value: Any, arg: str) -> tuple[int, ...]:
+    """A 1-D sequence of exact integers: tuple, list, or integer array (NumPy or CuPy; another framework's
+    tensor or shape through from_other_framework: tf.shape(x), a torch tensor, a TensorShape)."""
+    value = from_other_framework(value)
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        try:
+            np.dtype(value.dtype)
+        except TypeError:
+            fail_type(arg, "a tuple, list or 1-D integer array", f"{short(value)} of type {type(value).__name__}")
         if getattr(value, "ndim", 1) != 1:
             fail(arg, "a 1-D sequence of integers", f"an array of shape {tuple(value.shape)}")
         if not np.issubdtype(np.dtype(value.dtype), np.integer):
@@ -143,6 +162,7 @@ def padding_param(padding: Any, nspatial: int, is_channels_last: bool, arg: str 
         if upper in ("SAME", "VALID"):
             return upper
         fail(arg, "'SAME', 'VALID' or explicit (before, after) pairs", short(padding))
+    padding = from_other_framework(padding)
     if hasattr(padding, "tolist") and hasattr(padding, "shape"):
         if getattr(padding, "ndim", None) == 0:       # np.array("SAME") would print as 'SAME' after tolist()
             fail_type(arg, "'SAME', 'VALID' (a str) or a sequence of (before, after) pairs",

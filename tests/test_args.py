@@ -344,3 +344,26 @@ def test_a_zero_extent_filter_names_the_canonical_window():
         gpuconv.conv2d(x, np.ones((0, 3, 1, 1), np.float32), 1, "SAME")
     with pytest.raises(ValueError, match=r"^filter_sizes: expected positive window extents, got .*\(0, 3, 3\)"):
         gpuconv.conv3d_backprop_filter(_x((1, 4, 4, 4, 1)), (0, 3, 3, 1, 1), _x((1, 4, 4, 4, 1)), 1, "SAME")
+
+
+def test_tensorflow_shapes_and_tensors_as_shapes_windows_and_padding():
+    """TensorShape (what x.shape is in TF) as output_shape, strides or ksize, and explicit padding as a 2-D TF
+    tensor, as TF takes them (both were a TypeError); an unknown rank or dimension is a TypeError naming the
+    argument."""
+    tf = pytest.importorskip("tensorflow")
+    x, w = _x((1, 5, 5, 2)), _x((3, 3, 2, 4))
+    y = gpuconv.conv2d(x, w, tf.TensorShape([1, 2, 2, 1]), "SAME")
+    np.testing.assert_array_equal(y, gpuconv.conv2d(x, w, 2, "SAME"))
+    np.testing.assert_array_equal(gpuconv.conv2d_transpose(y, w, tf.TensorShape([1, 5, 5, 2]), 2, "SAME"),
+                                  gpuconv.conv2d_transpose(y, w, (1, 5, 5, 2), 2, "SAME"))
+    np.testing.assert_array_equal(gpuconv.max_pool2d(x, tf.TensorShape([2, 2]), 2, "VALID"),
+                                  gpuconv.max_pool2d(x, 2, 2, "VALID"))
+    pads = [[0, 0], [1, 2], [2, 1], [0, 0]]
+    np.testing.assert_array_equal(gpuconv.conv2d(x, w, 1, tf.constant(pads)), gpuconv.conv2d(x, w, 1, pads))
+    with pytest.raises(TypeError, match=r"^output_shape: expected a tuple, list or 1-D integer array, got "
+                                        r"TensorShape\(None\)"):
+        gpuconv.conv2d_transpose(y, w, tf.TensorShape(None), 2, "SAME")
+    with pytest.raises(TypeError, match=r"^output_shape: expected an integer, got None"):
+        gpuconv.conv2d_transpose(y, w, tf.TensorShape([1, None, 5, 2]), 2, "SAME")
+    with pytest.raises(TypeError, match=r"^padding: expected an integer, got 0\.0"):
+        gpuconv.conv2d(x, w, 1, tf.constant(pads, tf.float32))
