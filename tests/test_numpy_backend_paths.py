@@ -145,7 +145,7 @@ def test_grouped_dgrad_by_col2im(monkeypatch, few):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# grouped column blocks (_Gather._fill_grouped, _Gather._fill_phased with several groups)
+# column blocks from a region copy (_Gather._fill_grouped: any group count; _Gather._fill_phased with several groups)
 # ---------------------------------------------------------------------------------------------------------
 # (x shape, w shape, strides, padding, dilations, _FEW_CHANNELS or None (the module's), the fill fprop uses)
 GROUPED_COLUMNS = {
@@ -164,6 +164,11 @@ GROUPED_COLUMNS = {
     "float16 runs": ((2, 7, 8, 8), (3, 3, 2, 8), 2, "SAME", 1, None, "_fill_grouped"),
     # region larger than the column block (one output, dilation 6): tap by tap, rows layout
     "huge dilation": ((1, 13, 13, 12), (3, 3, 4, 6), 1, "VALID", 6, 3, "_fill"),
+    # one group of >= _FEW_CHANNELS channels: the region copy too (per-tap border fills made large padded
+    # filters 4x slower), and with a region larger than the block the tap runs (one tap each at dilation 6)
+    "ungrouped 5x5 SAME": ((2, 7, 9, 16), (5, 5, 16, 4), 1, "SAME", 1, None, "_fill_grouped"),
+    "ungrouped 3-D strided": ((1, 5, 6, 7, 16), (3, 2, 3, 16, 4), 2, "SAME", 1, None, "_fill_grouped"),
+    "ungrouped huge dilation": ((1, 13, 13, 16), (3, 3, 16, 6), 1, "VALID", 6, None, "_fill"),
 }
 
 

@@ -21,10 +21,10 @@ the GEMM reads it (ResNet-50 at N=8 on the CPU box, one thread: 3x3/64 fprop 27 
 33 -> 20 ms with 4 MiB blocks instead of blocks of the whole 32 MiB scratch budget). Every scratch array stays
 within _window.SCRATCH_BYTES. A 1x1, stride-1, unpadded tap reads src as it is, so that case is a plain GEMM with
 no copy (in GEMMs of about 4096 rows, so that the worker pool has chunks: _IDENTITY_POSITIONS). Copies
-move long contiguous pieces: taps that read consecutive input columns are copied as one run (C*S values per
-output), and with fewer than _FEW_CHANNELS channels the block is stored transposed (one output row per copy).
-With several groups the box's input region is first copied once, group-major (runs of S*C/G values of one group
-follow) or, for few channels per group at stride 1, channel-planar (whole output rows follow).
+move long contiguous pieces: with _FEW_CHANNELS or more channels per group, the box's input region is first
+copied once, zero-padded and group-major, and taps that read consecutive input columns are copied from it as one
+run (S*C/G values per output, no bounds handling); with fewer, the block is stored transposed (one output row
+per copy), from a channel-planar, stride-phase-split copy of the region where that is no larger than the block.
 float16 is converted to float32 block by block and rounded once on output; float32 and float64 run in their own
 precision (sgemm / dgemm).
 
@@ -110,9 +110,16 @@ class _Gather:
         self.row_bytes = 0 if self.identity else self.ntaps * src.shape[-1] * acc.itemsize
         self.runs = _tap_runs(self.offsets)
         strided = int(np.prod(self.strides)) > 1
-        # Several groups of many channels, or strided: columns copied by tap runs from a group-major copy of the
-        # box's input region (_fill_grouped), so that copies move runs of S*Ci values instead of Ci.
-        self.grouped = groups > 1 and self.ntaps > 1 and (self.Ci >= _FEW_CHANNELS or strided)
+        # Many channels per group (any group count), or several strided groups: columns copied by tap runs from a
+        # zero-padded, group-major copy of the box's input region (_fill_grouped), so that copies move runs of
+        # S*Ci values and need no bounds handling. Without groups the per-tap fills of the border columns (two
+        # per tap and box) were the cost of large padded filters: 8x32x32x32 -> 32, SAME, one thread, CPU box,
+        # fprop / dgrad in ms (dgrad with VALID too: it pads dy fully), tap runs with per-tap borders -> region:
+        #     3x3 8x56x56x64 (direct path)  20.5 / 20.7 -> 18.6 / 18.5
+        #     5x5                            8.5 /  8.7 ->  5.1 /  5.1
+        #     7x7                           23.3 / 23.2 ->  9.8 /  9.9
+        #     11x11                         90.6 / 90.1 -> 23.5 / 23.4     (VALID dgrad 89.9 -> 23.7)
+        self.grouped = self.ntaps > 1 and (self.Ci >= _FEW_CHANNELS or (groups > 1 and strided))
         # Few channels otherwise: store the columns transposed, (G, taps, Ci, M), so each copy moves a whole
         # output row (l2 values) instead of Ci values per output (the block above: 3.0 ms instead of 5.3 ms by
         # runs).
@@ -296,9 +303,11 @@ class _Gather:
             region = self._region_values(box)
             if region <= size:
                 self._fill_grouped(col, box, region)
-            else:
-                for j, offs in enumerate(self.offsets):
-                    self._fill(col[:, :, :, :, :, j, :], box[0], ranges, offs)
+                return col.reshape(self.G, m, self.ntaps * self.Ci)
+        if self.G > 1:
+            # A region larger than the block (a large dilation): tap by tap.
+            for j, offs in enumerate(self.offsets):
+                self._fill(col[:, :, :, :, :, j, :], box[0], ranges, offs)
             return col.reshape(self.G, m, self.ntaps * self.Ci)
         for j0, length in self.runs:
             if length > 1:
