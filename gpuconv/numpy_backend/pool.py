@@ -1082,22 +1082,27 @@ def _sum_duplicates(idx: np.ndarray, v: np.ndarray, dtype: np.dtype):
 def _add_float_sums(target: np.ndarray, idx: np.ndarray, v: np.ndarray) -> None:
     """target[i] += (the sum of the v at i in float64, rounded once to target's dtype) for every cell i of idx.
 
-    The float64 sums live in windows of at most _window.SCRATCH_BYTES of cells, the values are read in
-    _SCATTER_CHUNK pieces (a span of several windows reads every piece once per window). Cells of a window that
-    no index names get + 0.0, which changes nothing: the output starts at +0.0 and the slab scatter stores
-    v + 0, so no cell holds -0.0.
+    The float64 sums live in windows of cells whose sums and a piece's bincount together fit
+    _window.SCRATCH_BYTES (each 8 bytes per cell: with windows of the whole budget the scatter's scratch peaked
+    at about 105 MiB); the values are read in _SCATTER_CHUNK pieces (a span of several windows reads every piece
+    once per window). Cells of a window that no index names get + 0.0, which changes nothing: the output starts
+    at +0.0 and the slab scatter stores v + 0, so no cell holds -0.0.
     """
     lo, hi = int(idx.min()), int(idx.max()) + 1
-    width = min(hi - lo, max(1, _window.SCRATCH_BYTES // 8))
+    width = min(hi - lo, max(1, _window.SCRATCH_BYTES // 16))
     for w0 in range(lo, hi, width):
         w1 = min(w0 + width, hi)
-        acc = np.zeros(w1 - w0, np.float64)
+        acc = None
         for c0 in range(0, idx.size, _SCATTER_CHUNK):
             part, vals = idx[c0:c0 + _SCATTER_CHUNK], v[c0:c0 + _SCATTER_CHUNK]
             if width < hi - lo:
                 keep = (part >= w0) & (part < w1)
                 part, vals = part[keep], vals[keep]
-            acc += np.bincount(part - w0, weights=vals.astype(np.float64), minlength=w1 - w0)
+            sums = np.bincount(part - w0, weights=vals.astype(np.float64), minlength=w1 - w0)
+            if acc is None:
+                acc = sums.astype(np.float64, copy=False)       # bincount of no values is int64
+            else:
+                acc += sums
         target[w0:w1] += acc.astype(target.dtype)
 
 
