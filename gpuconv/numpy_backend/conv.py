@@ -119,11 +119,11 @@ class _Gather:
         #     5x5                            8.5 /  8.7 ->  5.1 /  5.1
         #     7x7                           23.3 / 23.2 ->  9.8 /  9.9
         #     11x11                         90.6 / 90.1 -> 23.5 / 23.4     (VALID dgrad 89.9 -> 23.7)
-        self.grouped = self.ntaps > 1 and (self.Ci >= _FEW_CHANNELS or (groups > 1 and strided))
+        self.by_region = self.ntaps > 1 and (self.Ci >= _FEW_CHANNELS or (groups > 1 and strided))
         # Few channels otherwise: store the columns transposed, (G, taps, Ci, M), so each copy moves a whole
         # output row (l2 values) instead of Ci values per output (the block above: 3.0 ms instead of 5.3 ms by
         # runs).
-        self.transposed = self.Ci < _FEW_CHANNELS and not self.grouped
+        self.transposed = self.Ci < _FEW_CHANNELS and not self.by_region
         # Transposed columns of many taps (the 7x7/2 first layer; grouped stride-1 convs of few channels per
         # group): copied from a zero-padded, channel-planar, stride-phase-split copy of the box's input region
         # instead (_fill_phased). Only where that copy is no larger than the column block (stride volume <= taps).
@@ -299,7 +299,7 @@ class _Gather:
                     self._fill(col_t[:, j], box[0], ranges, offs)
             return col_t.reshape(self.G, self.ntaps * self.Ci, m).transpose(0, 2, 1)
         col = buf[:size].reshape(self.G, nb, l0, l1, l2, self.ntaps, self.Ci)
-        if self.grouped:
+        if self.by_region:
             region = self._region_values(box)
             if region <= size:
                 self._fill_grouped(col, box, region)
