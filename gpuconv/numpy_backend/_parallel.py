@@ -336,25 +336,14 @@ def map_ordered(fn: Callable, items: Iterable, combine: Callable | None) -> None
             raise e
 
 
-def _spare_set(totals: list) -> list:
-    """Arrays shaped like totals, carved from this thread's buffer "partial" (_window.thread_buffer, kept between
-    calls: a fresh set of a filter gradient's size page-faulted on every call)."""
-    sizes = [-(-t.nbytes // 64) * 64 for t in totals]
-    flat = _window.thread_buffer("partial", sum(sizes), np.uint8)
-    bufs, at = [], 0
-    for t, size in zip(totals, sizes):
-        bufs.append(flat[at:at + t.nbytes].view(t.dtype).reshape(t.shape))
-        at += size
-    return bufs
-
-
 def sum_in_order(partial: Callable, items: Sequence, totals: list, parallel: bool) -> None:
     """totals[k] = the sum over items of partial's k-th result, added in item order on the calling thread (the
     first partial is the sum's first term), so the sum is bit-identical whatever the worker count. partial(item,
     bufs) overwrites bufs, arrays shaped like totals. parallel: items go to the worker pool (e.g. gemm_chunks()),
     else they run in order on this thread: the first partial then goes straight into totals and the others into
-    one spare set kept per thread (_spare_set). On the pool, buffer sets are fresh and recycled between items.
-    Unchanged totals when there are no items."""
+    one spare set carved from this thread's buffer "partial" (_window.thread_buffers, kept between calls: a fresh
+    set of a filter gradient's size page-faulted on every call). On the pool, buffer sets are fresh and recycled
+    between items. Unchanged totals when there are no items."""
     items = items if isinstance(items, (list, tuple)) else list(items)
     if not parallel or min(workers(), len(items)) <= 1:
         bufs = None
@@ -363,7 +352,7 @@ def sum_in_order(partial: Callable, items: Sequence, totals: list, parallel: boo
                 partial(it, totals)
                 continue
             if bufs is None:
-                bufs = _spare_set(totals)
+                bufs = _window.thread_buffers("partial", [(t.shape, t.dtype) for t in totals])
             partial(it, bufs)
             for t, b in zip(totals, bufs):
                 np.add(t, b, out=t)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import threading
 from typing import Iterator, Sequence
 
@@ -44,6 +45,19 @@ def thread_buffer(name: str, size: int, dtype) -> np.ndarray:
         buf = np.empty(nbytes, np.uint8)
         setattr(_kept, name, buf)
     return buf[:nbytes].view(dtype)
+
+
+def thread_buffers(name: str, parts: Sequence[tuple]) -> list[np.ndarray]:
+    """Arrays of the given (shape, dtype) parts, carved at 64-byte offsets from this thread's buffer `name`
+    (thread_buffer: kept between calls up to SCRATCH_BYTES in all)."""
+    nbytes = [math.prod(shape) * np.dtype(dt).itemsize for shape, dt in parts]
+    sizes = [-(-n // 64) * 64 for n in nbytes]
+    buf = thread_buffer(name, sum(sizes), np.uint8)
+    out, at = [], 0
+    for (shape, dt), n, size in zip(parts, nbytes, sizes):
+        out.append(buf[at:at + n].view(dt).reshape(shape))
+        at += size
+    return out
 
 
 def ceil_div(a: int, b: int) -> int:

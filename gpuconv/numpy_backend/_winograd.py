@@ -152,8 +152,7 @@ def filter_transform(w: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> np.ndar
 def _filter_buffers(values: int, C: int, K: int) -> tuple[np.ndarray, np.ndarray]:
     """(a float32 buffer of `values`, a (C, K) float32 scratch) for a call's transformed filter or its gradient,
     in the per-thread buffer "U" (a 512 x 512 filter's U is 16 MiB: a fresh one page-faulted on every call)."""
-    buf = _scratch("U", values + C * K)
-    return buf[:values], buf[values:].reshape(C, K)
+    return tuple(_window.thread_buffers("U", [((values,), np.float32), ((C, K), np.float32)]))
 
 
 def transformed_filters(w: np.ndarray, flip: bool) -> np.ndarray:

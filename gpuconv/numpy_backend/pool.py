@@ -407,12 +407,9 @@ class _FastScratch:
             parts += [("m", dtype, values), ("dyc", dtype, values), ("flags", bool, p.S * values)]
         if p.T > 1:                                        # _fast_box: the window planes' maximum
             parts += [("planes", dtype, p.R * p.S * values)]
-        sizes = [-(-np.dtype(dt).itemsize * n // 64) * 64 for _, dt, n in parts]
-        buf = _window.thread_buffer("pool_fast", sum(sizes), np.uint8)
-        at = 0
-        for (name, dt, n), size in zip(parts, sizes):
-            setattr(self, name, buf[at:at + np.dtype(dt).itemsize * n].view(dt))
-            at += size
+        arrays = _window.thread_buffers("pool_fast", [((n,), dt) for _, dt, n in parts])
+        for (name, _, _), a in zip(parts, arrays):
+            setattr(self, name, a)
         if code_dt == np.int32:
             self.code = self.rel
 
