@@ -325,8 +325,10 @@ def test_max_pool_and_grad_match_loops(case, dtype):
                 np.testing.assert_array_equal(g, dx)
 
 
-def test_max_pool_int8_window_with_more_taps_than_int8_holds():
+def test_max_pool_int8_window_with_more_taps_than_int8_holds(monkeypatch):
     """343 taps: tap numbers need 16 bits while the values' masks are 8 bits wide."""
+    from gpuconv.numpy_backend import pool as pool_module
+    monkeypatch.setattr(pool_module, "_by_windows", lambda p, op: False)    # tap sweeps, not whole windows
     x = RNG.integers(-2, 3, size=(1, 7, 7, 7, 2)).astype(np.int8)
     y = gc.max_pool3d(x, 7, 3, "SAME")
     want_y, want_arg = ref_max_pool(x, (7, 7, 7), (3, 3, 3), ((3, 3), (3, 3), (3, 3)))
@@ -750,6 +752,7 @@ def test_tiled_max_pool_matches_generic_sweep(monkeypatch, case, data):
     rng = np.random.default_rng(7)
     x = _pool_input(xs, data, rng, nan_share=0.05, negative_share=0.5)
     p = pool_problem(x.shape, window, stride, pad)
+    monkeypatch.setattr(pool_module, "_by_windows", lambda p, op: False)    # tap sweeps, not whole windows
     if data == "relu_one_negative_zero":
         # The last interior window: its first cell -0.0, then a +0 (max of -0.0 and +0 may give either sign).
         n, z = xs[0] - 1, (p.Z - 1) * p.stride[0]
@@ -804,6 +807,7 @@ def test_tiled_max_pool3d_matches_generic_sweep(monkeypatch, case, data):
         x[0, :window[0], :window[1], :window[2], 0] = -1
         x[0, 0, 0, 0, 0], x[0, window[0] - 1, window[1] - 1, window[2] - 1, 0] = -0.0, 0.0
     assert pool_module._tiled(p, values_only=True) and not pool_module._tiled(p)
+    monkeypatch.setattr(pool_module, "_by_windows", lambda p, op: False)    # tap sweeps, not whole windows
     with monkeypatch.context() as mp:
         mp.setattr(pool_module, "_tiled", lambda p, values_only=False: False)
         want = pool_module.max_pool(x, p)
@@ -829,6 +833,7 @@ def test_tiled_max_pool_grad_matches_generic_sweep_for_every_width(monkeypatch, 
     p = pool_problem(x.shape, window, stride, pad)
     dy = _grad_with_specials(p.y_shape, x.dtype, rng) if x.dtype.kind == "f" else \
         rng.integers(0, 100, size=p.y_shape).astype(dtype)
+    monkeypatch.setattr(pool_module, "_by_windows", lambda p, op: False)    # tap sweeps, not whole windows
     monkeypatch.setattr(pool_module, "_FAST_BOX_VALUES", 8)
     with monkeypatch.context() as mp:
         mp.setattr(pool_module, "_tiled", lambda p, values_only=False: False)
@@ -925,6 +930,7 @@ def test_windows_of_more_than_254_taps_take_the_scans_taps(monkeypatch):
     x = rng.integers(-2, 3, size=(2, 1, 18, 17, 3)).astype(np.float32)         # ties
     p = pool_problem(x.shape, (1, 16, 16), (1, 1, 1), "VALID")
     dy = rng.standard_normal(p.y_shape).astype(np.float32)
+    monkeypatch.setattr(pool_module, "_by_windows", lambda p, op: False)    # tap sweeps, not whole windows
     firsts = _spy(monkeypatch, pool_module, "_first_max_taps")
     got = [*BACKEND.max_pool_argmax(x, p, np.dtype(np.int64), False), BACKEND.max_pool_grad(x, dy, p)]
     assert firsts and all(f is None for f in firsts)
@@ -972,7 +978,7 @@ def test_fast_boxes_tile_the_interior_in_few_boxes_per_worker(xs, pad, nw):
     from gpuconv.geometry import pool_problem
     from gpuconv.numpy_backend import pool as pool_module
     p = pool_problem(xs, (1, 2, 2), (1, 2, 2), pad)
-    inner = pool_module._interior(p)
+    inner = pool_module._whole_windows.interior(p)
     covered = np.zeros((p.N, p.Z, p.P, p.Q), np.int64)
     sizes = []
     for (n0, n1), z, (a, b), (q0, q1) in pool_module._fast_boxes(p, inner, nw):
