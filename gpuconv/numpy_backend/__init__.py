@@ -12,7 +12,7 @@ Canonical ops (all arrays C-contiguous, channels-last 5-D, validated by the API 
     avg_unpool(updates, p) -> out                          out: p.x_shape
     argmax_scatter(values, argmax, out_shape, include_batch) -> out   zeros(out_shape) + values at argmax
     argmax_gather(grad, argmax, include_batch) -> values   grad's flat cells at argmax
-Output dtype = input dtype; float16 accumulates in float32.
+Output dtype = input dtype; float16 accumulates in float32 (pooling runs on float32 copies: _pool_float16).
 
 IEEE arithmetic is the contract (NaN and inf propagate, float16 results overflow to inf, as in TensorFlow), so
 the ops run under np.errstate(all="ignore"): no floating-point warnings from inside a GEMM or a cast, on the
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _pool_float16
 from . import conv as _conv
 from . import pool as _pool
 
@@ -36,12 +37,12 @@ class NumpyBackend:
     conv_fprop = _ieee(_conv.conv_fprop)
     conv_dgrad = _ieee(_conv.conv_dgrad)
     conv_wgrad = _ieee(_conv.conv_wgrad)
-    max_pool = _ieee(_pool.max_pool)
-    max_pool_argmax = _ieee(_pool.max_pool_argmax)
-    max_pool_grad = _ieee(_pool.max_pool_grad)
-    avg_pool = _ieee(_pool.avg_pool)
-    avg_pool_grad = _ieee(_pool.avg_pool_grad)
-    avg_unpool = _ieee(_pool.avg_unpool)
+    max_pool = _ieee(_pool_float16.max_pool)
+    max_pool_argmax = _ieee(_pool_float16.max_pool_argmax)
+    max_pool_grad = _ieee(_pool_float16.max_pool_grad)
+    avg_pool = _ieee(_pool_float16.avg_pool)
+    avg_pool_grad = _ieee(_pool_float16.avg_pool_grad)
+    avg_unpool = _ieee(_pool_float16.avg_unpool)
     argmax_scatter = _ieee(_pool.argmax_scatter)
     argmax_gather = _ieee(_pool.argmax_gather)
 

@@ -1,0 +1,105 @@
+"""float16 pooling on float32 copies (gpuconv/numpy_backend/_pool_float16.py): the table lookup that widens is
+NumPy's own float16 -> float32 cast for every bit pattern, and each op gives what pool.py gives on the float16
+arrays themselves (the slow path it replaces), bit for bit, also when a small scratch budget splits the work
+into pieces of one batch item and a few channels, whose argmax indices must be mapped back to the full problem.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gpuconv as gc
+import loop_reference as L
+from gpuconv.geometry import pool_problem
+from gpuconv.numpy_backend import BACKEND, _pool_float16, _window
+from gpuconv.numpy_backend import pool as P
+
+RNG = np.random.default_rng(1616)
+
+
+def test_widening_table_is_numpys_cast_for_every_bit_pattern():
+    every = np.arange(2**16, dtype=np.uint16).view(np.float16).reshape(1, 1, 1, 2**16, 1)
+    got = _pool_float16._wide(every, slice(0, 1), slice(0, 1))
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got.view(np.uint32), every.astype(np.float32).view(np.uint32))
+
+
+def _nasty(shape) -> np.ndarray:
+    """Ties, signed zeros, NaN (some with payloads), +-inf, subnormals, in float16."""
+    x = (RNG.integers(-3, 3, size=shape) / 2).astype(np.float16)
+    pick = RNG.random(shape)
+    x[pick < 0.1] = -0.0
+    x[(pick > 0.1) & (pick < 0.13)] = np.nan
+    x[(pick > 0.13) & (pick < 0.15)] = np.inf
+    x[(pick > 0.15) & (pick < 0.17)] = -np.inf
+    x[(pick > 0.17) & (pick < 0.2)] = np.float16(2.0**-20)
+    flat = x.reshape(-1).view(np.uint16)
+    flat[:: 97] = 0x7e01                                   # a NaN with a payload
+    return x
+
+
+def _bits(a):
+    return np.ascontiguousarray(a).view(f"u{a.dtype.itemsize}") if a.dtype.kind == "f" else a
+
+
+# (canonical x shape, window, stride, padding): tiled, overlapping with padding, 3-D, global (whole windows)
+CASES = [((3, 1, 8, 10, 5), (1, 2, 2), (1, 2, 2), "VALID"),
+         ((2, 1, 9, 7, 6), (1, 3, 3), (1, 2, 2), "SAME"),
+         ((2, 4, 5, 6, 3), (2, 3, 2), (2, 1, 2), "SAME"),
+         ((2, 1, 6, 7, 4), (1, 6, 7), (1, 1, 1), "VALID")]
+
+
+@pytest.mark.parametrize("budget", [None, 64], ids=["one_piece", "pieces"])
+@pytest.mark.parametrize("case", CASES, ids=["tiled", "overlapping", "3d", "global"])
+def test_float32_pieces_match_the_float16_sweeps(monkeypatch, case, budget):
+    """Every op against pool.py on the float16 arrays, bit for bit. budget 64 bytes: pieces of one item and one
+    channel (a single (item, channel) plane is the smallest piece)."""
+    xs, window, stride, pad = case
+    p = pool_problem(xs, window, stride, pad)
+    x = _nasty(xs)
+    dy = (RNG.integers(-8, 9, size=p.y_shape) / 8).astype(np.float16)
+    with np.errstate(all="ignore"):                     # (BACKEND's ops run so; pool.py's do not)
+        want = {"max": P.max_pool(x, p), "avg": P.avg_pool(x, p), "grad": P.max_pool_grad(x, dy, p),
+                "avg_grad": P.avg_pool_grad(dy, p), "unpool": P.avg_unpool(dy, p)}
+        for include in (False, True):
+            want[f"argmax{include}"] = P.max_pool_argmax(x, p, np.dtype(np.int32), include)
+    if budget is not None:
+        monkeypatch.setattr(_window, "SCRATCH_BYTES", budget)
+        assert len(_pool_float16._pieces(p, p.D * p.H * p.W)) == p.N * p.C
+    got = {"max": BACKEND.max_pool(x, p), "avg": BACKEND.avg_pool(x, p), "grad": BACKEND.max_pool_grad(x, dy, p),
+           "avg_grad": BACKEND.avg_pool_grad(dy, p), "unpool": BACKEND.avg_unpool(dy, p)}
+    for include in (False, True):
+        got[f"argmax{include}"] = BACKEND.max_pool_argmax(x, p, np.dtype(np.int32), include)
+    for name, w in want.items():
+        for g_, w_ in zip(got[name] if isinstance(w, tuple) else [got[name]], w if isinstance(w, tuple) else [w]):
+            assert g_.dtype == w_.dtype and g_.shape == w_.shape, name
+            if name == "avg":
+                # Which NaN a sum of NaNs and infinities returns (sign, payload) depends on the order of the
+                # additions, which pieces may change; everything else is bit for bit.
+                nan = np.isnan(w_)
+                np.testing.assert_array_equal(np.isnan(g_), nan, err_msg=name)
+                g_, w_ = g_[~nan], w_[~nan]
+            np.testing.assert_array_equal(_bits(g_), _bits(w_), err_msg=name)
+
+
+def test_argmax_of_channel_pieces_against_the_loop_reference(monkeypatch):
+    """Indices from pieces of a few channels of one item, mapped back: the loop reference's, with the batch term
+    and without, in int32 and int64."""
+    x = (RNG.integers(-3, 3, size=(3, 7, 9, 6)) / 2).astype(np.float16)
+    monkeypatch.setattr(_window, "SCRATCH_BYTES", 4 * 2 * (7 * 9 + 3 * 4 * 5))   # two channels of one item
+    for include in (False, True):
+        for idt in ("int32", "int64"):
+            want_y, want_a = L.max_pool_with_argmax(x, 3, 2, "SAME", include, np.dtype(idt))
+            y, a = gc.max_pool_with_argmax(x, 3, 2, "SAME", output_dtype=idt, include_batch_in_index=include)
+            np.testing.assert_array_equal(_bits(y), _bits(want_y))
+            assert a.dtype == idt
+            np.testing.assert_array_equal(a, want_a)
+
+
+def test_empty_problems_keep_their_shapes():
+    x = np.zeros((2, 1, 3, 3, 0), np.float16)
+    p = pool_problem(x.shape, (1, 2, 2), (1, 2, 2), "VALID")
+    assert BACKEND.max_pool(x, p).shape == p.y_shape
+    y, a = BACKEND.max_pool_argmax(x, p, np.dtype(np.int64), True)
+    assert y.shape == a.shape == p.y_shape
+    assert BACKEND.avg_pool_grad(np.zeros(p.y_shape, np.float16), p).shape == p.x_shape
