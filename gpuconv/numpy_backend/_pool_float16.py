@@ -51,14 +51,20 @@ def _planes(p: PoolProblem) -> tuple[int, int]:
     return p.D * p.H * p.W, p.Z * p.P * p.Q
 
 
+def _in_pieces(op, arrays: tuple, p: PoolProblem, out_shape: tuple, plane_values: int) -> np.ndarray:
+    """op(*arrays, p), for float16 as op(*float32 pieces, piece problem) per piece, cast back into one array
+    (plane_values: float32 values per (item, channel) plane of the piece's copies)."""
+    if arrays[0].dtype != np.float16 or p.is_empty:
+        return op(*arrays, p)
+    out = np.empty(out_shape, np.float16)
+    for n, c in _pieces(p, plane_values):
+        out[n, :, :, :, c] = op(*(_wide(a, n, c) for a in arrays), _piece(p, n, c))
+    return out
+
+
 def max_pool(x: np.ndarray, p: PoolProblem) -> np.ndarray:
-    if x.dtype != np.float16 or p.is_empty:
-        return _pool.max_pool(x, p)
-    y = np.empty(p.y_shape, x.dtype)
     xs, ys = _planes(p)
-    for n, c in _pieces(p, xs + ys):
-        y[n, :, :, :, c] = _pool.max_pool(_wide(x, n, c), _piece(p, n, c))
-    return y
+    return _in_pieces(_pool.max_pool, (x,), p, p.y_shape, xs + ys)
 
 
 def max_pool_argmax(x: np.ndarray, p: PoolProblem, index_dtype, include_batch: bool):
@@ -80,38 +86,20 @@ def max_pool_argmax(x: np.ndarray, p: PoolProblem, index_dtype, include_batch: b
 
 
 def max_pool_grad(x: np.ndarray, dy: np.ndarray, p: PoolProblem) -> np.ndarray:
-    if x.dtype != np.float16 or p.is_empty:
-        return _pool.max_pool_grad(x, dy, p)
-    dx = np.empty(p.x_shape, x.dtype)
     xs, ys = _planes(p)
-    for n, c in _pieces(p, 2 * xs + ys):
-        dx[n, :, :, :, c] = _pool.max_pool_grad(_wide(x, n, c), _wide(dy, n, c), _piece(p, n, c))
-    return dx
+    return _in_pieces(_pool.max_pool_grad, (x, dy), p, p.x_shape, 2 * xs + ys)
 
 
 def avg_pool(x: np.ndarray, p: PoolProblem) -> np.ndarray:
-    if x.dtype != np.float16 or p.is_empty:
-        return _pool.avg_pool(x, p)
-    y = np.empty(p.y_shape, x.dtype)
     xs, ys = _planes(p)
-    for n, c in _pieces(p, xs + ys):
-        y[n, :, :, :, c] = _pool.avg_pool(_wide(x, n, c), _piece(p, n, c))
-    return y
-
-
-def _spread(op, g: np.ndarray, p: PoolProblem) -> np.ndarray:
-    if g.dtype != np.float16 or p.is_empty:
-        return op(g, p)
-    dx = np.empty(p.x_shape, g.dtype)
-    xs, ys = _planes(p)
-    for n, c in _pieces(p, xs + ys):
-        dx[n, :, :, :, c] = op(_wide(g, n, c), _piece(p, n, c))
-    return dx
+    return _in_pieces(_pool.avg_pool, (x,), p, p.y_shape, xs + ys)
 
 
 def avg_pool_grad(dy: np.ndarray, p: PoolProblem) -> np.ndarray:
-    return _spread(_pool.avg_pool_grad, dy, p)
+    xs, ys = _planes(p)
+    return _in_pieces(_pool.avg_pool_grad, (dy,), p, p.x_shape, xs + ys)
 
 
 def avg_unpool(updates: np.ndarray, p: PoolProblem) -> np.ndarray:
-    return _spread(_pool.avg_unpool, updates, p)
+    xs, ys = _planes(p)
+    return _in_pieces(_pool.avg_unpool, (updates,), p, p.x_shape, xs + ys)

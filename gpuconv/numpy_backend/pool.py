@@ -7,7 +7,7 @@ float16) within _window.SCRATCH_BYTES, except that a float16 gradient box is nev
 (so that every cell is summed in float32 and rounded exactly once).
 
 Windows that tile the rows (stride == window, e.g. 2x2/2) take a fast path (see "Tiled fast path" below).
-Problems with no more output positions than taps (global pooling, ResNet's 7x7 head) reduce whole windows
+Problems with few output positions per tap (global pooling, ResNet's 7x7 head) reduce whole windows
 instead, one NumPy reduction per group of windows (_whole_windows; _by_windows decides).
 
 Only window taps that touch x for some output are visited (_taps): a huge window on a small input costs the input
