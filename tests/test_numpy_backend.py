@@ -978,7 +978,7 @@ def test_fast_boxes_tile_the_interior_in_few_boxes_per_worker(xs, pad, nw):
     from gpuconv.geometry import pool_problem
     from gpuconv.numpy_backend import pool as pool_module
     p = pool_problem(xs, (1, 2, 2), (1, 2, 2), pad)
-    inner = pool_module._whole_windows.interior(p)
+    inner = pool_module.interior(p)
     covered = np.zeros((p.N, p.Z, p.P, p.Q), np.int64)
     sizes = []
     for (n0, n1), z, (a, b), (q0, q1) in pool_module._fast_boxes(p, inner, nw):

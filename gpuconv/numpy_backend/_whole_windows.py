@@ -24,6 +24,7 @@ x, a strided view without a copy, and reduce over those axes:
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -40,16 +41,6 @@ _CHUNK_BYTES = _window.POOL_BOX_BYTES
 
 # Chunked sweeps over fewer window cells than this stay on the calling thread (waking a worker costs more).
 _PARALLEL_MIN_CELLS = 2**18
-
-
-def interior(p: PoolProblem) -> list:
-    """Per output axis (z, p, q): the range [lo, hi) of outputs whose window lies entirely inside x."""
-    out = []
-    for n, k, s, pb, o in zip((p.D, p.H, p.W), p.window, p.stride, p.pad_before, (p.Z, p.P, p.Q)):
-        lo = min(o, _window.ceil_div(pb, s))
-        hi = min(o, (n + pb - k) // s + 1)
-        out.append((lo, max(lo, hi)))
-    return out
 
 
 @dataclass(frozen=True)
@@ -79,23 +70,20 @@ class _Group:
 
 def _groups(p: PoolProblem) -> list[_Group]:
     """The interior outputs as one group, every border output as its own."""
-    inner = interior(p)
+    inner = _window.interior(p)
     out = []
     if all(hi > lo for lo, hi in inner):
         out.append(_Group(tuple(slice(lo, hi) for lo, hi in inner),
                           tuple(lo * s - pb for (lo, _), s, pb in zip(inner, p.stride, p.pad_before)),
                           p.window))
-    dims = (p.D, p.H, p.W)
-    for z in range(p.Z):
-        for y in range(p.P):
-            for q in range(p.Q):
-                pos = (z, y, q)
-                if all(lo <= o < hi for o, (lo, hi) in zip(pos, inner)):
-                    continue
-                start = [o * s - pb for o, s, pb in zip(pos, p.stride, p.pad_before)]
-                origin = tuple(max(0, a) for a in start)
-                cells = tuple(min(n, a + k) - o for n, a, k, o in zip(dims, start, p.window, origin))
-                out.append(_Group(tuple(slice(o, o + 1) for o in pos), origin, cells))
+    axes = list(zip((p.D, p.H, p.W), p.window, p.stride, p.pad_before, (p.Z, p.P, p.Q)))
+    firsts = [_window.first_cells(0, o, s, pb) for _, _, s, pb, o in axes]
+    counts = [_window.cell_counts(n, k, s, pb, 0, o) for n, k, s, pb, o in axes]
+    for pos in itertools.product(range(p.Z), range(p.P), range(p.Q)):
+        if all(lo <= o < hi for o, (lo, hi) in zip(pos, inner)):
+            continue
+        out.append(_Group(tuple(slice(o, o + 1) for o in pos), tuple(int(f[o]) for f, o in zip(firsts, pos)),
+                          tuple(int(c[o]) for c, o in zip(counts, pos))))
     return out
 
 

@@ -64,6 +64,29 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def first_cells(o0: int, o1: int, stride: int, pad_before: int) -> np.ndarray:
+    """Per pooling window o in [o0, o1) along one axis: its first in-bounds input index (pads are smaller than
+    windows, so every window has one)."""
+    return np.maximum(np.arange(o0, o1) * stride - pad_before, 0)
+
+
+def cell_counts(n: int, k: int, s: int, pb: int, o0: int, o1: int) -> np.ndarray:
+    """Number of in-bounds cells of each pooling window o in [o0, o1) along one axis of n cells."""
+    start = np.arange(o0, o1) * s - pb
+    return np.minimum(start + k, n) - np.maximum(start, 0)
+
+
+def interior(p) -> list[tuple[int, int]]:
+    """Per output axis (z, p, q) of a PoolProblem: the range [lo, hi) of outputs whose window lies entirely
+    inside x."""
+    out = []
+    for n, k, s, pb, o in zip((p.D, p.H, p.W), p.window, p.stride, p.pad_before, (p.Z, p.P, p.Q)):
+        lo = min(o, ceil_div(pb, s))
+        hi = min(o, (n + pb - k) // s + 1)
+        out.append((lo, max(lo, hi)))
+    return out
+
+
 def tap_range(o0: int, o1: int, stride: int, offset: int, i_lo: int, i_hi: int) -> tuple[int, int, int]:
     """Outputs o in [o0, o1) whose input index o*stride + offset lies in [i_lo, i_hi).
 

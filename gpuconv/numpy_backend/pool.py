@@ -43,7 +43,7 @@ import numpy as np
 from ..dtypes import accumulator_dtype
 from ..geometry import PoolProblem
 from . import _parallel, _whole_windows, _window
-from ._window import axis_taps, box_shape, boxes, tap_slices
+from ._window import axis_taps, box_shape, boxes, cell_counts, first_cells, interior, tap_slices
 
 # Values per argmax_scatter chunk: small enough that integer sums in float64 stay exact (< 2^52 for
 # |v| < 2^31) and the float64 chunk accumulator stays within the scratch budget.
@@ -103,11 +103,6 @@ def _tap_slices(p: PoolProblem, box, tap):
     """_window.tap_slices for one window tap (offset tap - pad_before): the box's outputs whose cell is in bounds
     and the x slice they read; None when there are none."""
     return tap_slices(box, [t - b for t, b in zip(tap, p.pad_before)], p.stride, (p.D, p.H, p.W))
-
-
-def _first_cells(o0: int, o1: int, stride: int, pad_before: int) -> np.ndarray:
-    """Per output o in [o0, o1): the first in-bounds input index of its window (pads are smaller than windows)."""
-    return np.maximum(np.arange(o0, o1) * stride - pad_before, 0)
 
 
 def _bits(dtype: np.dtype) -> np.dtype:
@@ -178,9 +173,9 @@ def _seed(x: np.ndarray, p: PoolProblem, box, y: np.ndarray) -> tuple:
     (0 with padding before: rescanning a window's seed cell changes nothing) and the per-axis first cells (None
     without padding before)."""
     if any(p.pad_before):
-        fd = _first_cells(box[1].start, box[1].stop, p.stride[0], p.pad_before[0])
-        fh = _first_cells(box[2].start, box[2].stop, p.stride[1], p.pad_before[1])
-        fw = _first_cells(box[3].start, box[3].stop, p.stride[2], p.pad_before[2])
+        fd = first_cells(box[1].start, box[1].stop, p.stride[0], p.pad_before[0])
+        fh = first_cells(box[2].start, box[2].stop, p.stride[1], p.pad_before[1])
+        fw = first_cells(box[3].start, box[3].stop, p.stride[2], p.pad_before[2])
         y[...] = x[box[0]][:, fd[:, None, None], fh[None, :, None], fw[None, None, :]]
         return 0, (fd, fh, fw)
     # Without padding before, tap (0, 0, 0) is in bounds for every output and seeds it.
@@ -698,7 +693,7 @@ def _tiled_plan(p: PoolProblem, dtype: np.dtype, idx_dt: np.dtype, workers: int,
     outlives a change of it (tests change it).
     Arrays are read-only; the largest, the window origins of one fast box, is at most 4 bytes per box value
     (2 MiB), and no scratch buffer is kept here."""
-    inner = _whole_windows.interior(p)
+    inner = interior(p)
     items, rows, cols = _fast_shape(p, inner, workers)
     values = items * rows * cols * p.C
     unit = _select_scratch(dtype, _tap_dtype(p, dtype)).unit(p.C) + p.C * dtype.itemsize
@@ -935,17 +930,11 @@ def _scatter_map(p: PoolProblem, accumulate: bool, fn, box_list) -> None:
             fn(box)
 
 
-def _counts(n: int, k: int, s: int, pb: int, o0: int, o1: int) -> np.ndarray:
-    """Number of in-bounds cells of each window o in [o0, o1) along one axis."""
-    start = np.arange(o0, o1) * s - pb
-    return np.minimum(start + k, n) - np.maximum(start, 0)
-
-
 def _window_counts(p: PoolProblem, box, dtype) -> np.ndarray:
     """In-bounds cell count of every window of the box, shaped to broadcast against (n, z, p, q, c)."""
-    cd = _counts(p.D, p.T, p.stride[0], p.pad_before[0], box[1].start, box[1].stop)
-    ch = _counts(p.H, p.R, p.stride[1], p.pad_before[1], box[2].start, box[2].stop)
-    cw = _counts(p.W, p.S, p.stride[2], p.pad_before[2], box[3].start, box[3].stop)
+    cd = cell_counts(p.D, p.T, p.stride[0], p.pad_before[0], box[1].start, box[1].stop)
+    ch = cell_counts(p.H, p.R, p.stride[1], p.pad_before[1], box[2].start, box[2].stop)
+    cw = cell_counts(p.W, p.S, p.stride[2], p.pad_before[2], box[3].start, box[3].stop)
     return (cd[:, None, None] * ch[None, :, None] * cw[None, None, :]).astype(dtype)[None, ..., None]
 
 
