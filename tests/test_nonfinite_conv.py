@@ -201,6 +201,60 @@ def test_numpy_finite_problems_keep_the_fast_path(monkeypatch):
         assert np.isfinite(got).all()
 
 
+@pytest.mark.parametrize("dtype", [F16, F32, F64])
+def test_operand_is_finite_agrees_with_isfinite_on_every_kind_of_bits(dtype):
+    # The routing test reads the bits as integers: compared with np.isfinite over random bit patterns (every
+    # exponent, both signs, NaN payloads), the finite extremes, zeros of both signs and a strided view.
+    from gpuconv.numpy_backend._nonfinite import operand_is_finite
+    width = dtype.itemsize
+    rng = np.random.default_rng(7)
+    patterns = rng.integers(0, 2**(8 * width), 4096, dtype=np.uint64, endpoint=False).astype(f"u{width}")
+    for a in np.array_split(patterns.view(dtype), 512):
+        assert operand_is_finite(a) == bool(np.isfinite(a).all())
+    info = np.finfo(dtype)
+    edge = np.array([info.max, -info.max, info.tiny, -info.smallest_subnormal, 0.0, -0.0], dtype)
+    assert operand_is_finite(edge) and operand_is_finite(edge[:0])
+    for bad in (np.inf, -np.inf, np.nan, -np.nan):
+        a = np.tile(edge, (3, 4))
+        a[2, 5] = bad
+        assert not operand_is_finite(a) and operand_is_finite(a[:2])
+        assert not operand_is_finite(a.T[::-1]) and operand_is_finite(a[:, ::2][:2])
+
+
+# No padding cell is read: the fast paths (1x1 GEMM, Winograd on a VALID 3x3 with enough channels, strided and
+# dilated gathers) skip wgrad's check of dy; a non-finite dy must still give the loop reference's results.
+UNPADDED = [
+    ("1x1", (2, 5, 6, 8), (1, 1, 8, 8), 1, "SAME", 1),
+    ("3x3_valid_winograd", (1, 10, 10, 32), (3, 3, 32, 32), 1, "VALID", 1),
+    ("3x3_valid_s2", (1, 7, 9, 4), (3, 3, 4, 8), 2, "VALID", 1),
+    ("3x3_valid_dilated", (1, 8, 8, 4), (3, 3, 4, 8), 1, "VALID", 2),
+]
+
+
+@pytest.mark.parametrize("poison", list(POISONS))
+@pytest.mark.parametrize("name,xs,ws,stride,padding,dilation", UNPADDED, ids=[u[0] for u in UNPADDED])
+def test_numpy_wgrad_without_padding_needs_no_check(monkeypatch, name, xs, ws, stride, padding, dilation, poison):
+    from gpuconv.geometry import conv_problem
+    from gpuconv.numpy_backend import _nonfinite
+
+    def refuse(*a, **k):
+        raise AssertionError("a problem without padding took the exact path")
+
+    monkeypatch.setattr(_nonfinite, "conv_wgrad", refuse)
+    p = conv_problem((xs[0], 1) + xs[1:], (1,) + ws, (1, stride, stride), (1, dilation, dilation), padding)
+    assert not p.reads_padding
+    x = values(xs, F32, 2)
+    dy = values((xs[0], p.P, p.Q, ws[-1]), F32, 3)
+    marks = POISONS[poison]
+    dy[0, 0, 0, 1] = marks[0][1]
+    dy[-1, -1, -1, 5] = marks[-1][1]
+    with gpuconv.use_backend("numpy"):
+        got = gpuconv.conv2d_backprop_filter(x, ws, dy, stride, padding, dilations=dilation)
+    want = L.conv_backprop_filter(x, ws, dy, stride, padding, dilation)
+    assert_nonfinite_equal(got, want, F32)
+    assert not np.isfinite(want).all()
+
+
 # ---------------------------------------------------------------------------------------------------------
 # kernel variants on the emulator
 # ---------------------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ lattice or out of range (an inserted zero), is absent -- it takes no part in any
 fast paths build zero-filled column blocks and multiply them by the other operand, which is exact while that
 operand is finite (0 * v = 0) but not when it holds inf or NaN (0 * inf = NaN). The operand that meets those
 zeros is w for fprop and dgrad and dy for wgrad; conv.py routes a problem here when that operand is not all
-finite (one np.isfinite pass over it), so finite problems keep the fast paths bit for bit.
+finite (operand_is_finite; for wgrad only when some window reads padding, ConvProblem.reads_padding: otherwise
+its columns hold x's cells only), so finite problems keep the fast paths bit for bit.
 
 Here every filter tap is one GEMM per group restricted to the tap's in-bounds output box (_window.tap_slices):
     fprop  y[:, box]        += x[:, tap's input cells] @ w[tap]
@@ -31,9 +32,20 @@ from ._window import tap_slices
 
 
 def operand_is_finite(a: np.ndarray) -> bool:
-    """False when `a` holds an inf or a NaN (conv.py's routing test, Winograd's output check): a NaN-propagating
-    max and min, two reductions without the bool array of a's size that np.isfinite(a).all() makes per call."""
-    return a.size == 0 or bool(np.isfinite(np.max(a)) and np.isfinite(np.min(a)))
+    """False when float array `a` holds an inf or a NaN (conv.py's routing test, Winograd's output check).
+
+    Two integer max-reductions over a's bits, no temporary: with every exponent bit set (inf, NaN) a positive
+    value's bits are the largest signed integers of the width (>= +inf's bits), a negative one's the largest
+    unsigned ones (>= -inf's bits). Float reductions cost the same for float32 but NumPy's float16 max and min
+    run a scalar loop: 69 ms against 0.28 ms for 6.4M float16 values on the CPU box.
+    """
+    if a.size == 0:
+        return True
+    width = a.dtype.itemsize
+    pos_inf = np.array(np.inf, a.dtype).view(f"i{width}")
+    neg_inf = np.array(-np.inf, a.dtype).view(f"u{width}")
+    return bool(np.maximum.reduce(a.view(f"i{width}"), axis=None) < pos_inf
+                and np.maximum.reduce(a.view(f"u{width}"), axis=None) < neg_inf)
 
 
 def _tap_boxes(p: ConvProblem):
