@@ -144,14 +144,6 @@ class ConvProblem:
         """Per spatial axis, the input offset of filter tap (t, r, s): output o reads input o * stride + offset."""
         return tuple(k * d - b for k, d, b in zip(tap, self.dilation, self.pad_before))
 
-    @property
-    def reads_padding(self) -> bool:
-        """Whether some output's window reaches a cell outside x (padding) along some axis: the first tap of the
-        first output reads pad_before cells early, the last tap of the last output past the end."""
-        return any(o and k and (pb > 0 or (o - 1) * s + (k - 1) * d - pb > n - 1)
-                   for n, k, s, d, pb, o in zip((self.D, self.H, self.W), (self.T, self.R, self.S), self.stride,
-                                                self.dilation, self.pad_before, (self.Z, self.P, self.Q)))
-
     def needs_int64(self) -> bool:
         """True when some tensor of the problem has >= 2^31 elements (kernels then index in 64 bits)."""
         return any(_prod(s) >= INT32_LIMIT for s in (self.x_shape, self.w_shape, self.y_shape))

@@ -10,6 +10,8 @@ every tile to the analytic formula, whose results are then bit-identical to the 
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -221,38 +223,81 @@ def test_operand_is_finite_agrees_with_isfinite_on_every_kind_of_bits(dtype):
         assert not operand_is_finite(a.T[::-1]) and operand_is_finite(a[:, ::2][:2])
 
 
-# No padding cell is read: the fast paths (1x1 GEMM, Winograd on a VALID 3x3 with enough channels, strided and
-# dilated gathers) skip wgrad's check of dy; a non-finite dy must still give the loop reference's results.
-UNPADDED = [
-    ("1x1", (2, 5, 6, 8), (1, 1, 8, 8), 1, "SAME", 1),
-    ("3x3_valid_winograd", (1, 10, 10, 32), (3, 3, 32, 32), 1, "VALID", 1),
-    ("3x3_valid_s2", (1, 7, 9, 4), (3, 3, 4, 8), 2, "VALID", 1),
-    ("3x3_valid_dilated", (1, 8, 8, 4), (3, 3, 4, 8), 1, "VALID", 2),
+@pytest.mark.parametrize("n,k,s,d", list(itertools.product(range(1, 7), range(1, 4), range(1, 3), range(1, 3))))
+def test_conv_interior_is_the_outputs_that_read_no_padding(n, k, s, d):
+    # Brute force over every output and tap of one axis (H), under SAME, VALID and explicit paddings.
+    from gpuconv.geometry import conv_problem
+    from gpuconv.numpy_backend._window import conv_interior
+    for padding in ("SAME", "VALID", [(0, 0), (1, 0), (0, 0)], [(0, 0), (0, 1), (0, 0)], [(0, 0), (0, 2), (0, 0)]):
+        try:
+            p = conv_problem((1, 1, n, 1, 1), (1, k, 1, 1, 1), (1, s, 1), (1, d, 1), padding)
+        except ValueError:
+            continue                                                  # a negative output size
+        inside = [o for o in range(p.P) if all(0 <= o * s + t * d - p.pad_before[1] < n for t in range(k))]
+        (z0, z1), (lo, hi), (q0, q1) = conv_interior(p)
+        assert list(range(lo, hi)) == inside and (z0, z1, q0, q1) == (0, 1, 0, 1), (padding, p)
+
+
+# wgrad checks dy only where a window reads padding (the border outputs): the fast paths (1x1 GEMM, Winograd
+# on VALID or on SAME with a non-finite value inside, strided and dilated gathers) get the other non-finite dy
+# values and must still give the loop reference's results.
+WGRAD_FAST = [
+    ("1x1", (2, 5, 6, 8), (1, 1, 8, 8), 1, "SAME", 1, "border"),
+    ("3x3_valid_winograd", (1, 10, 10, 32), (3, 3, 32, 32), 1, "VALID", 1, "border"),
+    ("3x3_valid_s2", (1, 7, 9, 4), (3, 3, 4, 8), 2, "VALID", 1, "border"),
+    ("3x3_valid_dilated", (1, 8, 8, 4), (3, 3, 4, 8), 1, "VALID", 2, "border"),
+    ("3x3_same_winograd_inside", (2, 8, 8, 32), (3, 3, 32, 32), 1, "SAME", 1, "inside"),
+    ("3x3_same_s2_winograd_inside", (1, 12, 12, 32), (3, 3, 32, 32), 2, "SAME", 1, "inside"),
+    ("5x5_same_inside", (1, 9, 8, 4), (5, 5, 4, 8), 1, "SAME", 1, "inside"),
 ]
 
 
 @pytest.mark.parametrize("poison", list(POISONS))
-@pytest.mark.parametrize("name,xs,ws,stride,padding,dilation", UNPADDED, ids=[u[0] for u in UNPADDED])
-def test_numpy_wgrad_without_padding_needs_no_check(monkeypatch, name, xs, ws, stride, padding, dilation, poison):
+@pytest.mark.parametrize("name,xs,ws,stride,padding,dilation,where", WGRAD_FAST, ids=[u[0] for u in WGRAD_FAST])
+def test_numpy_wgrad_checks_only_outputs_that_read_padding(monkeypatch, name, xs, ws, stride, padding, dilation,
+                                                           where, poison):
     from gpuconv.geometry import conv_problem
     from gpuconv.numpy_backend import _nonfinite
+    from gpuconv.numpy_backend._window import conv_interior
 
     def refuse(*a, **k):
-        raise AssertionError("a problem without padding took the exact path")
+        raise AssertionError("non-finite values away from padding took the exact path")
 
     monkeypatch.setattr(_nonfinite, "conv_wgrad", refuse)
     p = conv_problem((xs[0], 1) + xs[1:], (1,) + ws, (1, stride, stride), (1, dilation, dilation), padding)
-    assert not p.reads_padding
     x = values(xs, F32, 2)
     dy = values((xs[0], p.P, p.Q, ws[-1]), F32, 3)
     marks = POISONS[poison]
-    dy[0, 0, 0, 1] = marks[0][1]
-    dy[-1, -1, -1, 5] = marks[-1][1]
+    (_, _), (p0, p1), (q0, q1) = conv_interior(p)
+    if where == "border":                                # no output reads padding: any cell
+        assert (p0, p1, q0, q1) == (0, p.P, 0, p.Q)
+        first, last = (0, 0, 0, 1), (-1, -1, -1, 5)
+    else:                                                # cells whose windows stay inside x
+        assert p1 - p0 >= 2 and q1 - q0 >= 2
+        first, last = (0, p0, q0, 1), (-1, p1 - 1, q1 - 1, 5)
+    dy[first] = marks[0][1]
+    dy[last] = marks[-1][1]
     with gpuconv.use_backend("numpy"):
         got = gpuconv.conv2d_backprop_filter(x, ws, dy, stride, padding, dilations=dilation)
     want = L.conv_backprop_filter(x, ws, dy, stride, padding, dilation)
     assert_nonfinite_equal(got, want, F32)
     assert not np.isfinite(want).all()
+
+
+def test_numpy_wgrad_border_values_take_the_exact_path(monkeypatch):
+    # The other side of the rule: a non-finite dy cell on any border slab (front or back of H or W) routes the
+    # problem to the exact path.
+    from gpuconv.numpy_backend import _nonfinite
+    taken = []
+    monkeypatch.setattr(_nonfinite, "conv_wgrad", lambda *a: taken.append(1) or np.zeros(a[2].w_shape, np.float32))
+    x = values((1, 8, 8, 32), F32, 2)
+    for cell in [(0, 0, 4, 3), (0, 7, 4, 3), (0, 4, 0, 3), (0, 4, 7, 3)]:
+        dy = values((1, 8, 8, 32), F32, 3)
+        dy[cell] = np.nan
+        with gpuconv.use_backend("numpy"):
+            gpuconv.conv2d_backprop_filter(x, (3, 3, 32, 32), dy, 1, "SAME")
+        assert len(taken) == 1, cell
+        taken.clear()
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ lattice or out of range (an inserted zero), is absent -- it takes no part in any
 fast paths build zero-filled column blocks and multiply them by the other operand, which is exact while that
 operand is finite (0 * v = 0) but not when it holds inf or NaN (0 * inf = NaN). The operand that meets those
 zeros is w for fprop and dgrad and dy for wgrad; conv.py routes a problem here when that operand is not all
-finite (operand_is_finite; for wgrad only when some window reads padding, ConvProblem.reads_padding: otherwise
-its columns hold x's cells only), so finite problems keep the fast paths bit for bit.
+finite (operand_is_finite; for wgrad, dy's cells whose window reads padding: padding_outputs_finite), so
+finite problems keep the fast paths bit for bit.
 
 Here every filter tap is one GEMM per group restricted to the tap's in-bounds output box (_window.tap_slices):
     fprop  y[:, box]        += x[:, tap's input cells] @ w[tap]
@@ -46,6 +46,19 @@ def operand_is_finite(a: np.ndarray) -> bool:
     neg_inf = np.array(-np.inf, a.dtype).view(f"u{width}")
     return bool(np.maximum.reduce(a.view(f"i{width}"), axis=None) < pos_inf
                 and np.maximum.reduce(a.view(f"u{width}"), axis=None) < neg_inf)
+
+
+def padding_outputs_finite(dy: np.ndarray, p: ConvProblem) -> bool:
+    """Whether dy is finite at every output some of whose taps read padding: the slabs outside the interior
+    box (_window.conv_interior), each axis's front and back. Only those dy cells meet the zero columns of
+    wgrad's fast paths; a non-finite value elsewhere meets x's own cells, as in the exact sum (Winograd, whose
+    tiles mix cells, then finds its output non-finite and hands back to the direct path). A 3x3 SAME layer
+    reads a border of one output per side instead of all of dy; a 1x1 or VALID layer reads nothing."""
+    for axis, (lo, hi) in enumerate(_window.conv_interior(p)):
+        for part in (slice(0, lo), slice(hi, dy.shape[1 + axis])):
+            if part.stop > part.start and not operand_is_finite(dy[(slice(None),) * (1 + axis) + (part,)]):
+                return False
+    return True
 
 
 def _tap_boxes(p: ConvProblem):

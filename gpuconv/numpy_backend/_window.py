@@ -76,15 +76,26 @@ def cell_counts(n: int, k: int, s: int, pb: int, o0: int, o1: int) -> np.ndarray
     return np.minimum(start + k, n) - np.maximum(start, 0)
 
 
+def _interior_axis(n: int, extent: int, s: int, pb: int, o: int) -> tuple[int, int]:
+    """The range [lo, hi) of the o outputs along one axis whose window (extent input cells from o*s - pb) lies
+    inside [0, n)."""
+    lo = min(o, ceil_div(pb, s))
+    hi = min(o, (n + pb - extent) // s + 1)
+    return lo, max(lo, hi)
+
+
 def interior(p) -> list[tuple[int, int]]:
     """Per output axis (z, p, q) of a PoolProblem: the range [lo, hi) of outputs whose window lies entirely
     inside x."""
-    out = []
-    for n, k, s, pb, o in zip((p.D, p.H, p.W), p.window, p.stride, p.pad_before, (p.Z, p.P, p.Q)):
-        lo = min(o, ceil_div(pb, s))
-        hi = min(o, (n + pb - k) // s + 1)
-        out.append((lo, max(lo, hi)))
-    return out
+    return [_interior_axis(n, k, s, pb, o)
+            for n, k, s, pb, o in zip((p.D, p.H, p.W), p.window, p.stride, p.pad_before, (p.Z, p.P, p.Q))]
+
+
+def conv_interior(p) -> list[tuple[int, int]]:
+    """Per output axis (z, p, q) of a ConvProblem: the range [lo, hi) of outputs none of whose taps reads
+    padding (the dilated window lies inside x)."""
+    return [_interior_axis(n, (k - 1) * d + 1, s, pb, o) for n, k, s, d, pb, o in
+            zip((p.D, p.H, p.W), (p.T, p.R, p.S), p.stride, p.dilation, p.pad_before, (p.Z, p.P, p.Q))]
 
 
 def tap_range(o0: int, o1: int, stride: int, offset: int, i_lo: int, i_hi: int) -> tuple[int, int, int]:
