@@ -359,6 +359,30 @@ def test_tiled_max_pool_with_padding_before_the_rows():
     _check_argmax_pool(x, 3, 3, [[0, 0], [2, 1], [1, 2], [0, 0]], [(2, 1), (1, 2)])
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_fast_path_status_of_the_maxima(dtype):
+    """pool._check's verdict on a box of maxima against its definition ("nan" if any NaN, else "zero" if any
+    maximum compares equal to zero, else "ok"), on maxima all positive, non-negative with +0 or -0, mixed signs
+    with and without zeros, all negative, and with a NaN among each. Mutants: the early answer also for
+    negative least maxima, the NaN test dropped."""
+    from types import SimpleNamespace
+    from gpuconv.numpy_backend import pool as pool_module
+    rng = np.random.default_rng(5)
+    sc = SimpleNamespace(ne=np.empty(64, bool), cut=pool_module._FastScratch.cut)
+    base = (rng.random((4, 16)) + 0.5).astype(dtype)
+    cases = [base, -base]
+    for zero in (0.0, -0.0):
+        for sign in (1, -1):
+            m = (base * np.where(rng.random(base.shape) < 0.5, sign, 1)).astype(dtype)
+            cases.append(m.copy())
+            m[2, 3] = zero
+            cases.append(m)
+    cases += [np.where(np.arange(64).reshape(4, 16) == 9, np.nan, c).astype(dtype) for c in list(cases)]
+    for m in cases:
+        want = "nan" if np.isnan(m).any() else "zero" if (m == 0).any() else "ok"
+        assert pool_module._check(m, sc) == want, m
+
+
 @pytest.mark.parametrize("xs, k", [((1, 2, 255, 2), 2),      # 2x2: last tap offset (W + 1) = 256 channels
                                    ((1, 3, 127, 2), 3),      # 3x3: 2 W + 2 = 256
                                    ((1, 2, 255, 256), 2)])   # (W + 1) * C = 2^16 values

@@ -482,11 +482,15 @@ def _fast_boxes(p: PoolProblem, inner: list, nw: int):
 
 def _check(m: np.ndarray, sc: _FastScratch) -> str:
     """"nan" if some maximum is NaN, else "zero" if some maximum is zero, else "ok" (floats: a NaN-propagating
-    min-reduction, then a comparison with zero into the byte scratch; lighter than |m| and one reduction)."""
+    min-reduction, which also decides when the least maximum is not negative, as on post-ReLU data; otherwise
+    a comparison with zero into the byte scratch, lighter than |m| and one reduction)."""
     if m.dtype.kind != "f":
         return "ok"
-    if np.isnan(np.minimum.reduce(m, axis=None)):
+    least = np.minimum.reduce(m, axis=None)
+    if np.isnan(least):
         return "nan"
+    if least >= 0:
+        return "zero" if least == 0 else "ok"
     return "zero" if np.equal(m, 0, out=sc.cut(sc.ne, m.shape)).any() else "ok"
 
 
