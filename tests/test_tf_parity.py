@@ -421,8 +421,21 @@ def _close_bf16(got, want, exact=False):
         np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=2.0**-7, atol=1e-6)
 
 
+def _tap_meets_only_padding(c) -> bool:
+    """Whether some filter tap of conv config c reads padding for every output (brute force per axis, the loop
+    reference's pads)."""
+    geo = R.out_sizes(c["x"][1:-1], c["w"][:-2], c["s"], c["d"], c["pad"])
+    return any(all(not 0 <= o * s + t * d - pb < n for o in range(out))
+               for n, k, s, d, (out, pb, _) in zip(c["x"][1:-1], c["w"][:-2], c["s"], c["d"], geo) for t in range(k))
+
+
 @pytest.mark.parametrize("i", CASES)
 def test_bfloat16_convolutions(tf, i):
+    """bfloat16 convs against TF. TF 2.21's bfloat16 Conv2DBackpropFilter (CPU) returns uninitialised values
+    (NaN, 1e29, 7e36, or right values on another call) at filter taps that meet only padding: in 14 of 72 SAME
+    configurations with such a tap (spatial 2-5, filter 1-3, stride 1-3, two calls each; none of the 2,245
+    others), e.g. x (1,6,2,2), w (1,3,2,2), strides (2,3), SAME. There the loop reference decides (exact
+    zeros at those taps, as on every gpuconv path)."""
     rng = np.random.default_rng(1600 + i)
     c = conv_config(rng, 2, dilation=False, explicit=False)
     x, w, dy = _bf16(rng, c["x"]), _bf16(rng, c["w"]), _bf16(rng, c["y"])
@@ -431,9 +444,13 @@ def test_bfloat16_convolutions(tf, i):
     _close_bf16(gpuconv.conv2d_backprop_input(c["x"], w, dy, c["s"], c["pad"]),
                 tf.raw_ops.Conv2DBackpropInput(input_sizes=list(c["x"]), filter=tw, out_backprop=tdy, strides=s,
                                                padding=c["pad"]).numpy())
-    _close_bf16(gpuconv.conv2d_backprop_filter(x, c["w"], dy, c["s"], c["pad"]),
-                tf.raw_ops.Conv2DBackpropFilter(input=tx, filter_sizes=list(c["w"]), out_backprop=tdy, strides=s,
-                                                padding=c["pad"]).numpy())
+    if _tap_meets_only_padding(c):
+        want = R.conv_backprop_filter(x.astype(np.float64), c["w"], dy.astype(np.float64), c["s"], c["pad"])
+        want = want.astype(np.float32).astype(x.dtype)
+    else:
+        want = tf.raw_ops.Conv2DBackpropFilter(input=tx, filter_sizes=list(c["w"]), out_backprop=tdy, strides=s,
+                                               padding=c["pad"]).numpy()
+    _close_bf16(gpuconv.conv2d_backprop_filter(x, c["w"], dy, c["s"], c["pad"]), want)
     c3 = conv_config(rng, 3, dilation=False, explicit=False)
     x3, w3 = _bf16(rng, c3["x"]), _bf16(rng, c3["w"])
     _close_bf16(gpuconv.conv3d(x3, w3, c3["s"], c3["pad"]),
