@@ -82,6 +82,7 @@ CASES = [
     ((2, 10, 9, 4), (3, 3), 1, 1, "SAME", 2),                  # dilation 2
     ((1, 4, 5, 6, 4), (3, 3, 3), 1, 1, "SAME", 1),             # conv3d
     ((1, 5, 6, 4, 2), (2, 3, 2), 2, 2, "VALID", 1),
+    ((2, 9, 8, 5), (3, 3), 4, 1, "SAME", 2),                  # multiplier 4, dilated: dgrad sums 4 products
 ]
 
 
@@ -111,20 +112,21 @@ def test_results_do_not_depend_on_the_worker_count(monkeypatch, ran):
     (boxes forced small, so there are many)."""
     from gpuconv.numpy_backend import _window
     monkeypatch.setattr(_window, "POOL_BOX_BYTES", 4096)
-    x, w, dy = _problem((3, 12, 10, 16), (3, 3), 1, 2, "SAME", 1, np.float32)
     monkeypatch.setattr(_depthwise, "_PARALLEL_MIN", 0)
-    results = []
-    try:
-        for n in (1, 2, 3):
-            _parallel.set_num_threads(n)
-            results.append(_ops(x, w, dy, 2, "SAME", 1))
-    finally:
-        _parallel.set_num_threads(None)
-    assert ran["wgrad"] == 3
-    for other in results[1:]:
-        for a, b in zip(results[0], other):
-            assert a.tobytes() == b.tobytes()
-    _check(monkeypatch, results[0], x, w, dy, 2, "SAME", 1)
+    for multiplier in (1, 3):
+        x, w, dy = _problem((3, 12, 10, 16), (3, 3), multiplier, 2, "SAME", 1, np.float32)
+        results = []
+        try:
+            for n in (1, 2, 3):
+                _parallel.set_num_threads(n)
+                results.append(_ops(x, w, dy, 2, "SAME", 1))
+        finally:
+            _parallel.set_num_threads(None)
+        for other in results[1:]:
+            for a, b in zip(results[0], other):
+                assert a.tobytes() == b.tobytes()
+        _check(monkeypatch, results[0], x, w, dy, 2, "SAME", 1)
+    assert ran["wgrad"] == 6
 
 
 def test_non_finite_values_land_where_direct_summation_puts_them(monkeypatch, ran):

@@ -3,7 +3,8 @@
 Per group the GEMMs of conv.py's gather path are taps x 1 by 1 x multiplier: far too thin for BLAS (8x56x56x128,
 3x3, groups 128, float32, one thread on the CPU box: 29.5 ms per fprop against PyTorch's 1.2 ms). Here every
 window tap is one broadcast multiply and one add over a box of outputs (_box_list), in the accumulator dtype
-(float32 for float16), with channel c's multiplier outputs k = c*m + j side by side:
+(float32 for float16); y's and dy's channel k = c*m + j (channel c's m multiplier outputs side by side) is
+handled as [j, c] wherever a NumPy call would otherwise run m-long inner loops (_by_multiplier):
     fprop  y[o, c*m + j]    = sum over taps of x[o*s + tap*d - pb, c] * w[tap, c*m + j]
     dgrad  dx[i, c]         = sum over taps and j of dy[o, c*m + j] * w[tap, c*m + j], o*s + tap*d - pb = i
     wgrad  dw[tap, c*m + j] = sum over o of x[o*s + tap*d - pb, c] * dy[o, c*m + j]
@@ -13,7 +14,8 @@ dilation, no scatter). wgrad sums per-box partials in box order (_parallel.sum_i
 depend on the thread count. Padding is never materialised and never multiplied. Measured on the CPU box (one
 thread, float32, 3x3 SAME, N=8; fprop / dgrad / wgrad ms, per-group GEMMs -> here): 56x56x128 29.5/29.8/31.4 ->
 9.5/9.7/9.8 (PyTorch's fprop 1.1-1.4 ms), 112x112x32 23.5/23.7/23.7 -> 16.6/16.8/18.0, 7x7x960 2.9/2.8/2.6 ->
-1.0/0.9/0.8. Each tap's multiply and add are memory-bound passes; no NumPy call fuses them.
+1.0/0.9/0.8; with multiplier 2, 56x56x128 -> 256, 178/317/69 ms with the multiplier as the trailing axis ->
+26/22/21 (PyTorch 11-20/14/16). Each tap's multiply and add are memory-bound passes; no NumPy call fuses them.
 """
 from __future__ import annotations
 
@@ -43,52 +45,60 @@ def _offsets(p: ConvProblem) -> list:
 
 
 def _filter(w: np.ndarray, p: ConvProblem, acc: np.dtype) -> np.ndarray:
-    """w (T, R, S, 1, K) as (taps, C, m) in the accumulator dtype: output channel k = c*m + j."""
-    return np.ascontiguousarray(w.reshape(p.T * p.R * p.S, p.C, p.group_k), dtype=acc)
+    """w (T, R, S, 1, K) as (taps, m, C) in the accumulator dtype: output channel k = c*m + j at [tap, j, c]."""
+    return np.ascontiguousarray(w.reshape(p.T * p.R * p.S, p.C, p.group_k).transpose(0, 2, 1), dtype=acc)
+
+
+def _by_multiplier(a: np.ndarray, p: ConvProblem) -> np.ndarray:
+    """y-shaped a (N, Z, P, Q, K) viewed as (N, Z, P, Q, m, C): output channel k = c*m + j at [..., j, c]."""
+    return a.reshape(a.shape[:4] + (p.C, p.group_k)).swapaxes(-1, -2)
 
 
 def _box_list(dims, values_per_position: int, acc: np.dtype) -> list:
-    """Boxes of positions holding the accumulator and one product, values_per_position each, in the pooling
-    sweeps' budget: smaller, cache-resident boxes measured slower (8x56x56x128 3x3 fprop, one thread: 13.4 ms
-    in 256 KiB boxes, 11.1 in 512 KiB, 9.3 in 4 MiB; per tap and box the Python work costs more than the
-    cache misses it saves)."""
-    unit = 2 * values_per_position * acc.itemsize
+    """Boxes of positions holding values_per_position accumulator values each (a sum and a product: 2 x K), in
+    the pooling sweeps' budget: smaller, cache-resident boxes measured slower (8x56x56x128 3x3 fprop, one
+    thread: 13.4 ms in 256 KiB boxes, 11.1 in 512 KiB, 9.3 in 4 MiB; per tap and box the Python work costs more
+    than the cache misses it saves)."""
+    unit = values_per_position * acc.itemsize
     return list(boxes(dims, unit, min(_window.SCRATCH_BYTES, _window.POOL_BOX_BYTES)))
 
 
 def fprop(x: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
-    """y (N, Z, P, Q, K) of a depthwise problem."""
+    """y (N, Z, P, Q, K) of a depthwise problem, summed per box in a (positions, m, C) accumulator (x's cells
+    broadcast over the multipliers: C-long inner loops) and stored into y's (C, m) order once."""
     acc = accumulator_dtype(x.dtype)
-    wt, m = _filter(w, p, acc), p.group_k
+    wm, m = _filter(w, p, acc), p.group_k
     offsets = _offsets(p)
     y = np.empty(p.y_shape, x.dtype)
-
-    # Multiplier 1: no trailing axis of length 1 (NumPy's inner loops would run one value at a time).
-    taps = wt[:, :, 0] if m == 1 else wt
-    xs = (lambda sel: x[sel]) if m == 1 else (lambda sel: x[sel][..., None])
+    ym = _by_multiplier(y, p)
+    direct = m == 1 and acc == x.dtype                 # sums straight into y
 
     def one(box) -> None:
-        shape = box_shape(box) + ((p.C,) if m == 1 else (p.C, m))
-        total = y[box].reshape(shape) if acc == x.dtype else np.empty(shape, acc)
+        shape = box_shape(box) + (m, p.C)
+        total = ym[box] if direct else np.empty(shape, acc)
         total[...] = 0
         prod = np.empty(shape, acc)
         for t, off in enumerate(offsets):
             found = tap_slices(box, off, p.stride, (p.D, p.H, p.W))
             if found is not None:
                 inner, sel = found
-                np.multiply(xs(sel), taps[t], out=prod[inner], dtype=acc)
+                np.multiply(x[sel][..., None, :], wm[t], out=prod[inner], dtype=acc)
                 total[inner] += prod[inner]
-        if total.dtype != y.dtype:
-            y[box] = total.reshape(box_shape(box) + (p.K,))
+        if not direct:
+            out = ym[box]
+            for j in range(m):               # per multiplier: C-long inner loops (one transposing copy: m-long)
+                out[..., j, :] = total[..., j, :]
 
-    _parallel.map_chunks(one, _box_list(p.y_shape[:4], p.K, acc), y.size >= _PARALLEL_MIN)
+    _parallel.map_chunks(one, _box_list(p.y_shape[:4], 2 * p.K, acc), y.size >= _PARALLEL_MIN)
     return y
 
 
 def dgrad(dy: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
-    """dx (N, D, H, W, C) of a depthwise problem, gathered per dx box (see the module docstring)."""
+    """dx (N, D, H, W, C) of a depthwise problem, gathered per dx box (see the module docstring). Per tap, a
+    cell's m products are summed in multiplier order, then added to its total."""
     acc = accumulator_dtype(dy.dtype)
-    wt, m = _filter(w, p, acc), p.group_k
+    m = p.group_k
+    wt = np.ascontiguousarray(_filter(w, p, acc).transpose(0, 2, 1))       # (taps, C, m): dy's channel order
     offsets = _offsets(p)
     dx = np.empty(p.x_shape, dy.dtype)
     dy6 = dy.reshape(p.y_shape[:4] + (p.C, m))
@@ -97,7 +107,10 @@ def dgrad(dy: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
         shape = box_shape(box) + (p.C,)
         total = dx[box] if acc == dx.dtype else np.empty(shape, acc)
         total[...] = 0
-        prod = np.empty(shape + (m,), acc) if m > 1 else np.empty(shape, acc)
+        # Products in dy's (C, m) order (one C*m-long inner loop), then summed over m by strided adds (C-long
+        # inner loops; a reduction over the trailing axis of length m would run m values per inner loop).
+        prod = np.empty(box_shape(box) + (p.C, m), acc)
+        summed = np.empty(shape, acc) if m > 1 else prod[..., 0]
         for t, off in enumerate(offsets):
             # The dy cells o whose tap t lands in the box (o*s + off in [start, stop)), and where it lands.
             rng = [tap_range(0, o, s, f, b.start, b.stop)
@@ -107,16 +120,18 @@ def dgrad(dy: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
             src = dy6[(box[0],) + tuple(slice(lo, hi) for lo, hi, _ in rng)]
             dst = (slice(None),) + tuple(slice(i0 - b.start, i0 - b.start + (hi - lo - 1) * s + 1, s)
                                          for (lo, hi, i0), s, b in zip(rng, p.stride, box[1:]))
-            if m == 1:
-                np.multiply(src[..., 0], wt[t, :, 0], out=prod[dst], dtype=acc)
-                total[dst] += prod[dst]
-            else:
-                np.multiply(src, wt[t], out=prod[dst], dtype=acc)
-                total[dst] += prod[dst].sum(axis=-1)
+            np.multiply(src, wt[t], out=prod[dst], dtype=acc)
+            if m > 1:
+                products = prod[dst]
+                np.add(products[..., 0], products[..., 1], out=summed[dst])
+                for j in range(2, m):
+                    summed[dst] += products[..., j]
+            total[dst] += summed[dst]
         if total.dtype != dx.dtype:
             dx[box] = total
 
-    _parallel.map_chunks(one, _box_list(p.x_shape[:4], p.K, acc), dx.size >= _PARALLEL_MIN)
+    per_position = 2 * p.C if m == 1 else (m + 2) * p.C
+    _parallel.map_chunks(one, _box_list(p.x_shape[:4], per_position, acc), dx.size >= _PARALLEL_MIN)
     return dx
 
 
@@ -126,20 +141,22 @@ def wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem) -> np.ndarray:
     acc = accumulator_dtype(x.dtype)
     m = p.group_k
     offsets = _offsets(p)
-    dy6 = dy.reshape(p.y_shape[:4] + (p.C, m))
-    dw = np.zeros((len(offsets), p.C, m), acc)
+    dym = _by_multiplier(dy, p)
+    dw = np.zeros((len(offsets), m, p.C), acc)
 
     def partial(box, bufs: list) -> None:
         part = bufs[0]
         part[...] = 0
-        g = dy6[box]
-        prod = np.empty(box_shape(box) + (p.C, m), acc)
+        # (positions, m, C) in memory (one transposing copy per box when m > 1): the products then run C-long
+        # inner loops over contiguous operands (8x56x56x128, m = 2: 33 -> 20 ms against the strided view).
+        g = dym[box] if m == 1 else np.ascontiguousarray(dym[box])
+        prod = np.empty(box_shape(box) + (m, p.C), acc)
         for t, off in enumerate(offsets):
             found = tap_slices(box, off, p.stride, (p.D, p.H, p.W))
             if found is not None:
                 inner, sel = found
-                np.multiply(x[sel][..., None], g[inner], out=prod[inner], dtype=acc)     # float16: exact products
+                np.multiply(x[sel][..., None, :], g[inner], out=prod[inner], dtype=acc)   # float16: exact products
                 np.sum(prod[inner], axis=(0, 1, 2, 3), out=part[t])
 
-    _parallel.sum_in_order(partial, _box_list(p.y_shape[:4], p.K, acc), [dw], dy.size >= _PARALLEL_MIN)
-    return dw.reshape(p.w_shape).astype(x.dtype, copy=False)
+    _parallel.sum_in_order(partial, _box_list(p.y_shape[:4], 2 * p.K, acc), [dw], dy.size >= _PARALLEL_MIN)
+    return np.ascontiguousarray(dw.transpose(0, 2, 1)).reshape(p.w_shape).astype(x.dtype, copy=False)
