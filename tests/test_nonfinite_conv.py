@@ -284,6 +284,29 @@ def test_numpy_wgrad_checks_only_outputs_that_read_padding(monkeypatch, name, xs
     assert not np.isfinite(want).all()
 
 
+@pytest.mark.parametrize("channels,k", [(4, 8), (32, 32)])          # 32: Winograd's 3x3x3 form, which hands back
+def test_numpy_conv3d_wgrad_checks_the_depth_border_too(monkeypatch, channels, k):
+    # 3-D: inf/NaN in dy away from every border slab (depth included) take the fast paths and give the loop
+    # reference's results; one on the front or back depth slab routes to the exact path.
+    from gpuconv.numpy_backend import _nonfinite
+    real = _nonfinite.conv_wgrad
+    taken = []
+    monkeypatch.setattr(_nonfinite, "conv_wgrad", lambda *a: taken.append(1) or real(*a))
+    x = values((1, 4, 6, 6, channels), F32, 2)
+    ws = (3, 3, 3, channels, k)
+    for cells, exact in (([(0, 1, 2, 2, 1), (0, 2, 1, 4, 5)], False), ([(0, 0, 2, 2, 1)], True),
+                         ([(0, 3, 2, 2, 1)], True)):
+        dy = values((1, 4, 6, 6, k), F32, 3)
+        for cell, v in zip(cells, (np.inf, np.nan)):
+            dy[cell] = v
+        with gpuconv.use_backend("numpy"):
+            got = gpuconv.conv3d_backprop_filter(x, ws, dy, 1, "SAME")
+        assert len(taken) == int(exact), cells
+        taken.clear()
+        if not exact:                      # the exact path's own results are checked above
+            assert_nonfinite_equal(got, L.conv_backprop_filter(x, ws, dy, 1, "SAME"), F32)
+
+
 def test_numpy_wgrad_border_values_take_the_exact_path(monkeypatch):
     # The other side of the rule: a non-finite dy cell on any border slab (front or back of H or W) routes the
     # problem to the exact path.
