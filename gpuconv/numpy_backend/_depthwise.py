@@ -45,8 +45,8 @@ def _offsets(p: ConvProblem) -> list:
 
 
 def _filter(w: np.ndarray, p: ConvProblem, acc: np.dtype) -> np.ndarray:
-    """w (T, R, S, 1, K) as (taps, m, C) in the accumulator dtype: output channel k = c*m + j at [tap, j, c]."""
-    return np.ascontiguousarray(w.reshape(p.T * p.R * p.S, p.C, p.group_k).transpose(0, 2, 1), dtype=acc)
+    """w (T, R, S, 1, K) as (taps, C, m) in the accumulator dtype: output channel k = c*m + j at [tap, c, j]."""
+    return np.ascontiguousarray(w.reshape(p.T * p.R * p.S, p.C, p.group_k), dtype=acc)
 
 
 def _by_multiplier(a: np.ndarray, p: ConvProblem) -> np.ndarray:
@@ -67,7 +67,8 @@ def fprop(x: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
     """y (N, Z, P, Q, K) of a depthwise problem, summed per box in a (positions, m, C) accumulator (x's cells
     broadcast over the multipliers: C-long inner loops) and stored into y's (C, m) order once."""
     acc = accumulator_dtype(x.dtype)
-    wm, m = _filter(w, p, acc), p.group_k
+    m = p.group_k
+    wm = np.ascontiguousarray(_filter(w, p, acc).transpose(0, 2, 1))      # (taps, m, C): the accumulators' order
     offsets = _offsets(p)
     y = np.empty(p.y_shape, x.dtype)
     ym = _by_multiplier(y, p)
@@ -97,8 +98,7 @@ def dgrad(dy: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
     """dx (N, D, H, W, C) of a depthwise problem, gathered per dx box (see the module docstring). Per tap, a
     cell's m products are summed in multiplier order, then added to its total."""
     acc = accumulator_dtype(dy.dtype)
-    m = p.group_k
-    wt = np.ascontiguousarray(_filter(w, p, acc).transpose(0, 2, 1))       # (taps, C, m): dy's channel order
+    wt, m = _filter(w, p, acc), p.group_k                                  # (taps, C, m): dy's channel order
     offsets = _offsets(p)
     dx = np.empty(p.x_shape, dy.dtype)
     dy6 = dy.reshape(p.y_shape[:4] + (p.C, m))
