@@ -152,7 +152,7 @@ def test_filter_taps_meeting_only_padding_have_exactly_zero_gradient(ran):
     assert (dw[[0, 2]] == 0).all() and np.count_nonzero(dw[1]) == 3 * 5
 
 
-@pytest.mark.parametrize("window,stride,dilation", itertools.product([(1, 1), (3, 3)], [1, 3], [1]))
+@pytest.mark.parametrize("window,stride,dilation", list(itertools.product([(1, 1), (3, 3)], [1, 3], [1])))
 def test_windows_and_strides_without_overlap(monkeypatch, ran, window, stride, dilation):
     x, w, dy = _problem((1, 7, 8, 3), window, 2, stride, "VALID", dilation, np.float32)
     _check(monkeypatch, _ops(x, w, dy, stride, "VALID", dilation), x, w, dy, stride, "VALID", dilation)
