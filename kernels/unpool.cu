@@ -7,6 +7,16 @@
 // The API layer rejects indices outside [0, limit); these kernels still never touch memory outside out: an
 // update with a bad index is skipped by the scatter and gathers 0.
 //
+// Window scatter (the fast path, one pass; unpool_scatter_windows). When the plan finds disjoint windows that
+// tile `out` (plans/unpool.py window_strides: stride s per axis, window o covering cells [o*s, o*s + s), as
+// 2x2/2 pooling gives), each update i is expected at a cell of its own window (same batch item and channel). Its
+// thread writes every in-bounds cell of that window: 0 + values[i] at dest(i), 0 elsewhere, so every cell of
+// out is written exactly once, coalesced across channels, with no zero-fill and no scratch. If dest(i) is not in
+// i's window (argmax from overlapping pooling, or anything else), the thread sets *misplaced and the caller
+// (kernel_backend/unpool.py) zero-fills out and runs the five passes below, which are right for any argmax.
+// Correct when *misplaced stays 0: then each cell is the destination of at most the one update whose window
+// holds it, which wrote it; every other cell gets 0.
+//
 // Deterministic scatter (no float atomics; duplicate indices must add in a fixed order). Five passes, each a
 // grid-stride loop; integer atomics only (their results do not depend on thread order, except where noted,
 // and nothing that reaches `out` depends on those):
@@ -46,6 +56,51 @@ __device__ __forceinline__ bool argmax_dest(const A* __restrict__ argmax, I i, I
 }
 
 }  // namespace gpuconv
+
+// ============================================================================================================
+// window scatter: the one-pass fast path (top of file)
+// ============================================================================================================
+// updates/argmax: (N, Z, P, Q, C), total = M cells; out: (N, D, H, W, C); window (z, p, q) of each axis is
+// [z*sd, z*sd + sd) (likewise h, w), cut at the end of the axis. *misplaced is 0 on entry.
+template <typename V, typename A, typename I>
+__global__ void
+unpool_scatter_windows(const V* __restrict__ values, const A* __restrict__ argmax, V* __restrict__ out,
+                       int* __restrict__ misplaced, I total, I Z, I P, I Q, I C, I D, I H, I W, I sd, I sh, I sw,
+                       int include_batch) {
+    using namespace gpuconv;
+    typedef typename Accum<V>::type Acc;
+    const V zero = from_accum<V>(Acc(0));
+    const I out_batch = D * H * W * C;
+    for (I i = grid_first<I>(); i < total; i = grid_step(i, total)) {
+        I r = i / C;
+        const I c = i - r * C;
+        const I q = r % Q;
+        r /= Q;
+        const I p = r % P;
+        r /= P;
+        const I z = r % Z;
+        const I base = (r / Z) * out_batch;                      // first cell of the update's batch item
+        const long long a = static_cast<long long>(argmax[i]);
+        const long long dest = include_batch ? a : a + static_cast<long long>(base);
+        const V v = from_accum<V>(Acc(0) + to_accum(values[i]));
+        const I d0 = z * sd, h0 = p * sh, w0 = q * sw;
+        const I d1 = D - d0 < sd ? D : d0 + sd;
+        const I h1 = H - h0 < sh ? H : h0 + sh;
+        const I w1 = W - w0 < sw ? W : w0 + sw;
+        bool found = false;
+        for (I d = d0; d < d1; ++d) {
+            for (I h = h0; h < h1; ++h) {
+                I x = base + ((d * H + h) * W + w0) * C + c;
+                for (I w = w0; w < w1; ++w, x += C) {
+                    const bool hit = static_cast<long long>(x) == dest;
+                    found = found || hit;
+                    out[x] = hit ? v : zero;
+                }
+            }
+        }
+        if (!found) *misplaced = 1;                              // every writer stores the same 1
+    }
+}
 
 // ============================================================================================================
 // scatter: out[dest(i)] += values[i], deterministic (passes 1-5 above)

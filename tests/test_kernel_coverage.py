@@ -15,8 +15,9 @@ once on a GPU:
     3-D problem with stride phases and dilation.
   * pool: every (dtype, VEC, index type) with force_vec; max_pool, max_pool_with_argmax (int32 and int64),
     max_pool_grad and, for floats, avg_pool, avg_pool_grad and avg_unpool.
-  * unpool: every (value dtype, argmax type, index type): max_unpool (the five scatter passes) and
-    max_unpool_grad (the gather of the same-size unsigned type).
+  * unpool: every (value dtype, argmax type, index type): max_unpool with the argmax of 2x2/2 pooling (the one-pass
+    window scatter) and with duplicate-heavy argmax (the window scatter finds misplaced updates; the five
+    general passes run), and max_unpool_grad (the gather of the same-size unsigned type).
 
 `long long` is what the plans pick when a tensor has >= 2^31 elements; the conv plans force it with their
 override, the pooling plans by making PoolProblem.needs_int64 / plans.unpool.needs_int64 answer True (the
@@ -330,7 +331,8 @@ def test_pool_instantiation(kernel_backend, monkeypatch, dtype, index, vec, expe
 def unpool_cases():
     for dt, a, ix in itertools.product(FLOAT_DTYPES + INT_DTYPES, INDEX_DTYPES, INDEX_TYPES):
         v, at = ctype(dt), ctype(a)
-        expected = {f"unpool_scatter_count<{at}, {ix}>", f"unpool_scatter_alloc<{ix}>",
+        expected = {f"unpool_scatter_windows<{v}, {at}, {ix}>",
+                    f"unpool_scatter_count<{at}, {ix}>", f"unpool_scatter_alloc<{ix}>",
                     f"unpool_scatter_place<{v}, {at}, {ix}>", f"unpool_scatter_rank<{at}, {ix}>",
                     f"unpool_scatter_sum<{v}, {ix}>", f"unpool_gather<{UP.BITS[dt.itemsize][0]}, {at}, {ix}>"}
         yield pytest.param(dt, a, ix, expected, id=f"{dt}-{a}-{ix}".replace(" ", ""))
@@ -357,16 +359,25 @@ def test_unpool_instantiation(kernel_backend, monkeypatch, dtype, argmax_dtype, 
     np.add.at(scattered, idx.reshape(-1), u.reshape(-1).astype(acc))
     want_up = scattered.astype(dtype).reshape(oshape)
     want_grad = oracle(gpuconv.max_unpool_grad, g, a, include_batch_in_index=include_batch)
+    # argmax of 2x2/2 pooling (5x7 -> 3x4): every update inside its own window, the window scatter's result stands
+    _, owned = oracle(gpuconv.max_pool_with_argmax, uniform(oshape, F32, 24), 2, 2, "SAME",
+                      output_dtype=argmax_dtype, include_batch_in_index=include_batch)
+    want_owned = np.zeros(int(np.prod(oshape)), dtype)
+    batch_offsets = 0 if include_batch else np.arange(2)[:, None] * limit
+    want_owned[owned.reshape(2, -1).astype(np.int64) + batch_offsets] = u.reshape(2, -1)
+    want_owned += np.zeros((), dtype)                  # 0 + update, as the scatter adds (-0.0 -> +0.0)
 
     def compute():
         with index_width(monkeypatch, index):
             return (run(kernel_backend, gpuconv.max_unpool, u, a, oshape, include_batch_in_index=include_batch),
-                    run(kernel_backend, gpuconv.max_unpool_grad, g, a, include_batch_in_index=include_batch))
+                    run(kernel_backend, gpuconv.max_unpool_grad, g, a, include_batch_in_index=include_batch),
+                    run(kernel_backend, gpuconv.max_unpool, u, owned, oshape, include_batch_in_index=include_batch))
 
     def check(got):
-        up, grad = got
+        up, grad, up_owned = got
         assert up.dtype == dtype and grad.dtype == dtype
         assert up.tobytes() == want_up.tobytes()
+        assert up_owned.tobytes() == want_owned.reshape(oshape).tobytes()
         np.testing.assert_array_equal(grad, want_grad)
         if dtype.kind != "f":
             np.testing.assert_array_equal(up, oracle(gpuconv.max_unpool, u, a, oshape,
@@ -421,6 +432,12 @@ def test_grid_stride_loops_with_one_block(kernel_backend, monkeypatch):
     want = np.zeros(x.size, F32)
     np.add.at(want, dup.reshape(-1), du.reshape(-1))
     assert len(np.unique(dup)) < dup.size and got.tobytes() == want.reshape(x.shape).tobytes()
+    # the window scatter's own result: argmax of 2x2/2 pooling (9x11 -> 5x6, the shape of du)
+    _, owned = oracle(gpuconv.max_pool_with_argmax, xf, 2, 2, "SAME", include_batch_in_index=True)
+    got = run(kernel_backend, gpuconv.max_unpool, du, owned, x.shape, include_batch_in_index=True)
+    want = np.zeros(x.size, F32)
+    want[owned.reshape(-1)] = du.reshape(-1) + np.float32(0)
+    assert got.tobytes() == want.reshape(x.shape).tobytes()
     # split-K reduce over dw (3*3*8*300 = 21600 elements) and the flag scan over w (same elements)
     xs, ws, kw = (1, 4, 4, 8), (3, 3, 8, 300), dict(strides=1, padding="SAME")
     xc, dyc = uniform(xs, F32, 35), uniform(xs[:3] + (300,), F32, 36)
@@ -438,8 +455,8 @@ def test_grid_stride_loops_with_one_block(kernel_backend, monkeypatch):
     assert np.isinf(want[..., -1]).any()                       # (NaN and inf compare equal below)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert shrunk == {"pool_max_fwd", "pool_max_argmax_fwd", "pool_max_bwd", "pool_avg_fwd", "pool_avg_bwd",
-                      "unpool_gather", "unpool_scatter_count", "unpool_scatter_alloc", "unpool_scatter_place",
-                      "unpool_scatter_rank", "unpool_scatter_sum", "conv_wgrad_reduce",
+                      "unpool_gather", "unpool_scatter_windows", "unpool_scatter_count", "unpool_scatter_alloc",
+                      "unpool_scatter_place", "unpool_scatter_rank", "unpool_scatter_sum", "conv_wgrad_reduce",
                       "gpuconv::conv_nonfinite_flag"}, shrunk
 
 

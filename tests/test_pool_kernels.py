@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import install_emulator, run_on as run, run_oracle as oracle, sequential_scatter, to_backend, to_numpy
+from conftest import (install_emulator, record_launches, run_on as run, run_oracle as oracle, sequential_scatter,
+                      to_backend, to_numpy)
 
 import gpuconv
 from gpuconv.plans import pool as pool_plans
@@ -455,6 +456,170 @@ def test_unpool_round_trip_segnet_style(backend):
     np.testing.assert_array_equal(up[mask], x[mask])
     assert mask.sum() == y.size
     assert_same(run(backend, gpuconv.max_unpool_grad, up, argmax), y)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# window scatter: the one-pass fast path of max_unpool / max_pool_grad_with_argmax (kernels/unpool.cu)
+# ---------------------------------------------------------------------------------------------------------
+def scatter_kernels(monkeypatch, backend) -> list:
+    """Which scatter kernels the test launches: 'windows' (the one-pass window scatter) and 'count' (the first of
+    the five general passes)."""
+    return record_launches(monkeypatch, backend, lambda plan: plan.name_expression.split("<")[0]
+                           .replace("unpool_scatter_", ""))
+
+
+def test_window_strides_is_the_smallest_tiling_of_disjoint_windows():
+    # per axis: the smallest s whose `pooled` windows [o*s, o*s + s) cover [0, size) and all start inside it
+    from gpuconv.plans.unpool import window_strides
+
+    def brute(pooled, size):
+        return next((s for s in range(1, size + 1) if pooled * s >= size and (pooled - 1) * s < size), None)
+
+    for pooled in range(1, 7):
+        for size in range(1, 15):
+            want = brute(pooled, size)
+            got = window_strides((2, 1, pooled, 1, 3), (2, 1, size, 1, 3))
+            assert got == (None if want is None else (1, want, 1)), (pooled, size)
+    # every axis must fit; batch and channels must agree
+    assert window_strides((1, 2, 3, 4, 5), (1, 4, 6, 8, 5)) == (2, 2, 2)
+    assert window_strides((1, 2, 3, 4, 5), (1, 4, 6, 3, 5)) is None           # 4 windows in 3 cells
+    assert window_strides((1, 1, 3, 4, 5), (2, 1, 6, 8, 5)) is None
+    assert window_strides((1, 1, 3, 4, 5), (1, 1, 6, 8, 4)) is None
+
+
+def test_window_strides_hold_every_window_of_2x2_stride_2_pooling():
+    # SAME 2x2/2 on any size and VALID on even sizes: each inferred window holds the in-bounds cells of the
+    # pooling window of the same position (so pooling's argmax never falls back)
+    from gpuconv.plans.unpool import window_strides
+    for size in range(1, 20):
+        for padding in ("SAME", "VALID"):
+            pooled = -(-size // 2) if padding == "SAME" else size // 2
+            if pooled == 0 or (padding == "VALID" and size % 2):
+                continue
+            got = window_strides((1, 1, pooled, 1, 1), (1, 1, size, 1, 1))
+            assert got is not None and got[0] == got[2] == 1, (size, padding, got)
+            s = got[1]
+            for o in range(pooled):
+                assert set(range(2 * o, min(2 * o + 2, size))) <= set(range(o * s, min(o * s + s, size)))
+
+
+# (updates shape via pooling of x, 2-D or 3-D): SegNet's 2x2/2 on even and odd sizes, 3x3/3, 3-D 2x2x2/2. (3x3/3
+# SAME on 7 cells pads one cell before: windows [-1, 2), [2, 5), ... are not the tiles [0, 3), [3, 6), ... the
+# shapes give, so it takes the general passes.)
+WINDOW_CASES = {
+    "2d-even": ((2, 6, 8, 4), 2, "SAME"),
+    "2d-odd": ((2, 7, 5, 3), 2, "SAME"),
+    "2d-k3s3": ((1, 9, 6, 2), 3, "VALID"),
+    "3d-even": ((1, 4, 6, 4, 2), 2, "SAME"),
+}
+
+
+def pooled_argmax(x, k, padding, index_dtype=np.int64, include_batch=False):
+    """argmax of k x k / k max pooling (3-D: the 2-D argmax of each depth slice pair, recomputed in flat form)."""
+    if x.ndim == 4:
+        return oracle(gpuconv.max_pool_with_argmax, x, k, k, padding, output_dtype=index_dtype,
+                      include_batch_in_index=include_batch)[1]
+    # 3-D: flat index (per batch item, or with it) of each window's maximum, found by brute force
+    n, d, h, w, c = x.shape
+    zd, zh, zw = -(-d // k), -(-h // k), -(-w // k)
+    out = np.empty((n, zd, zh, zw, c), np.int64)
+    for idx in np.ndindex(n, zd, zh, zw, c):
+        b, z, p, q, ch = idx
+        box = x[b, z*k:z*k + k, p*k:p*k + k, q*k:q*k + k, ch]
+        dz, dh, dw = np.unravel_index(int(np.argmax(box)), box.shape)
+        flat = (((z*k + dz) * h + p*k + dh) * w + q*k + dw) * c + ch
+        out[idx] = flat + (b * d * h * w * c if include_batch else 0)
+    return out.astype(index_dtype)
+
+
+@pytest.mark.parametrize("include_batch", [False, True])
+@pytest.mark.parametrize("index_dtype", [np.int64, np.int32], ids=["i64", "i32"])
+@pytest.mark.parametrize("dtype", SCATTER_DTYPES, ids=str)
+@pytest.mark.parametrize("name", list(WINDOW_CASES))
+def test_window_scatter_of_pooling_argmax(backend, monkeypatch, name, dtype, index_dtype, include_batch):
+    shape, k, padding = WINDOW_CASES[name]
+    a = pooled_argmax(distinct(shape, np.float32, seed=81), k, padding, index_dtype, include_batch)
+    u = (small_ints(a.shape, dtype, seed=82) if dtype in INTS
+         else np.random.default_rng(83).uniform(-1, 1, a.shape).astype(dtype))
+    if dtype.kind == "f":
+        u.reshape(-1)[:3] = [-0.0, np.nan, np.inf]                 # lands as +0.0 (0 + update), NaN, inf
+    launched = scatter_kernels(monkeypatch, backend)
+    got = run(backend, gpuconv.max_unpool, u, a, shape, include_batch_in_index=include_batch)
+    assert launched == ["windows"]                                 # one pass, no fallback
+    assert got.tobytes() == sequential_scatter(u, a, shape, include_batch).tobytes()
+    if dtype.kind == "f":
+        assert not np.signbit(got.reshape(-1)[int(a.reshape(-1)[0])])   # update 0 (item 0) was -0.0
+
+
+def misplace(a, shape, how):
+    """a copy of 2x2/2 pooling's argmax (canonical 2-D NHWC, per batch item) with one update moved out of its
+    window: to the next window's first cell ('spatial', a duplicate), to another channel of its own cell
+    ('channel'), or, as a with-batch index, to the same cell of the other batch item ('batch')."""
+    a = a.copy()
+    n, h, w, c = shape
+    if how == "spatial":
+        a[0, 0, 0, 1] = a[0, 0, 1, 1]
+    elif how == "channel":
+        a[1, 1, 1, 0] = a[1, 1, 1, 0] + 1                           # channel 0 -> 1 of the same pixel
+    else:
+        a[0, 1, 0, 2] = a[0, 1, 0, 2] + h * w * c                   # item 0's update at item 1's cell
+    return a
+
+
+@pytest.mark.parametrize("how", ["spatial", "channel", "batch"])
+@pytest.mark.parametrize("dtype", [np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.int16)], ids=str)
+def test_window_scatter_falls_back_on_a_misplaced_update(backend, monkeypatch, dtype, how):
+    shape = (2, 6, 8, 3)
+    include_batch = how == "batch"
+    a = misplace(pooled_argmax(distinct(shape, np.float32, seed=84), 2, "SAME", np.int64, include_batch),
+                 shape, how)
+    u = small_ints(a.shape, dtype, seed=85)
+    launched = scatter_kernels(monkeypatch, backend)
+    got = run(backend, gpuconv.max_unpool, u, a, shape, include_batch_in_index=include_batch)
+    assert launched[:2] == ["windows", "count"]                    # flagged, then the general passes
+    assert got.tobytes() == sequential_scatter(u, a, shape, include_batch).tobytes()
+
+
+def test_window_scatter_falls_back_for_overlapping_pooling(backend, monkeypatch):
+    # 3x3/2 SAME windows overlap; 8x8 -> 4x4 admits 2x2 tiles, so the window scatter runs, finds argmax in the
+    # next tile, and the general passes add the duplicates
+    x = small_ints((2, 8, 8, 3), np.float32, seed=86)              # ties: cells selected by two windows
+    _, a = oracle(gpuconv.max_pool_with_argmax, x, 3, 2, "SAME")
+    dy = small_ints(a.shape, np.float32, seed=87)
+    launched = scatter_kernels(monkeypatch, backend)
+    got = run(backend, gpuconv.max_pool_grad_with_argmax, x, dy, a, 3, 2, "SAME")
+    assert launched[:2] == ["windows", "count"] and len(np.unique(a)) < a.size
+    assert got.tobytes() == sequential_scatter(dy, a, x.shape).tobytes()
+
+
+def test_max_pool_grad_with_argmax_segnet_takes_the_window_scatter(backend, monkeypatch):
+    x = distinct((2, 9, 7, 4), np.float32, seed=88)
+    _, a = oracle(gpuconv.max_pool_with_argmax, x, 2, 2, "SAME", include_batch_in_index=True)
+    dy = np.random.default_rng(89).standard_normal(a.shape).astype(np.float32)
+    launched = scatter_kernels(monkeypatch, backend)
+    got = run(backend, gpuconv.max_pool_grad_with_argmax, x, dy, a, 2, 2, "SAME", include_batch_in_index=True)
+    assert launched == ["windows"]
+    assert got.tobytes() == oracle(gpuconv.max_pool_grad_with_argmax, x, dy, a, 2, 2, "SAME",
+                                   include_batch_in_index=True).tobytes()
+
+
+def test_window_scatter_never_writes_outside_for_out_of_range_argmax(backend, monkeypatch):
+    # Called below the API (which rejects them), out-of-range indices are never in a window: flagged, and the
+    # general passes skip them
+    from gpuconv.backend import resolve
+    rng = np.random.default_rng(90)
+    v = rng.standard_normal((2, 1, 2, 3, 2)).astype(np.float32)
+    a = pooled_argmax(distinct((2, 1, 4, 6, 2), np.float32, seed=91)[:, 0], 2, "SAME")[:, None]
+    a[0, 0, 0, 0, 0], a[1, 0, 1, 2, 1] = 10**12, -1
+    launched = scatter_kernels(monkeypatch, backend)
+    with gpuconv.use_backend(backend):
+        be = resolve({"values": to_backend(backend, v)})
+        out = to_numpy(be.argmax_scatter(to_backend(backend, v), to_backend(backend, a), (2, 1, 4, 6, 2), False))
+    assert launched[:2] == ["windows", "count"]
+    ok = (a >= 0) & (a < 48)
+    want = np.zeros(96, np.float32)
+    np.add.at(want, (a + np.arange(2).reshape(2, 1, 1, 1, 1) * 48)[ok], v[ok])
+    np.testing.assert_array_equal(out.reshape(-1), want)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,20 +1,36 @@
 """Unpooling ops on a kernel executor (cuda or emulator): argmax scatter/gather and avg_unpool.
 
 Same signatures as gpuconv.numpy_backend.pool's argmax_scatter / argmax_gather / avg_unpool, with the executor
-first. argmax_scatter is deterministic (no float atomics): see kernels/unpool.cu for its five passes.
+first. argmax_scatter is deterministic (no float atomics): see kernels/unpool.cu for its window fast path and its
+five general passes.
 """
 from __future__ import annotations
+
+import numpy as np
 
 from ..geometry import PoolProblem
 from ..plans import unpool as plans
 
 
 def argmax_scatter(executor, values, argmax, out_shape, include_batch: bool):
-    """zeros(out_shape) with values[i] added at argmax[i]; duplicates add in increasing update order."""
+    """zeros(out_shape) with values[i] added at argmax[i]; duplicates add in increasing update order.
+
+    Where disjoint windows tile the output (plans.window_strides), the one-pass window scatter runs first and
+    one flag comes back from the device (a synchronisation); it stands unless an argmax left its window.
+    """
     xp = executor.xp
-    out = xp.zeros(tuple(int(v) for v in out_shape), values.dtype)
-    if values.size == 0 or out.size == 0:
-        return out
+    shape = tuple(int(v) for v in out_shape)
+    if values.size == 0 or 0 in shape:
+        return xp.zeros(shape, values.dtype)
+    if plans.window_strides(values.shape, shape) is not None:
+        out = xp.empty(shape, values.dtype)
+        misplaced = xp.zeros(1, np.int32)
+        executor.launch(plans.argmax_scatter_windows(values, argmax, out, misplaced, include_batch))
+        if not int(misplaced[0]):
+            return out
+        out.fill(0)
+    else:
+        out = xp.zeros(shape, values.dtype)
     scratch = {name: (xp.zeros if zero else xp.empty)(n, dtype)
                for name, (n, dtype, zero) in plans.scatter_scratch(values.shape, out.shape).items()}
     for plan in plans.argmax_scatter(values, argmax, out, scratch, include_batch):

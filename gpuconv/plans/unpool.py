@@ -1,8 +1,13 @@
 """Launch plans for the unpooling family (kernels/unpool.cu): argmax scatter and gather; avg_unpool.
 
-argmax_scatter (max_unpool, max_pool_grad_with_argmax) is deterministic without float atomics: five
-grid-stride passes (count, alloc, place, rank, sum; see the comment at the top of kernels/unpool.cu) over
-scratch arrays that the kernel backend allocates from `scatter_scratch`. argmax_gather (max_unpool_grad) is one
+argmax_scatter (max_unpool, max_pool_grad_with_argmax) is deterministic without float atomics. Where the shapes
+admit disjoint windows that tile the output (`window_strides`: SegNet's 2x2/2 pooling, odd sizes included), it
+first runs the one-pass window scatter (`argmax_scatter_windows`), which writes every output cell once and
+flags an update whose argmax is not in its own window; only then (or without such windows) the general scatter
+runs: five grid-stride passes (count, alloc, place, rank, sum; see the comment at the top of kernels/unpool.cu)
+over scratch arrays that the kernel backend allocates from `scatter_scratch`. On an H100 the five passes moved
+2x2/2 SegNet unpooling at 16-18 % of the device's copy bandwidth (32x224x224x64 float32: 4.4 ms,
+benchmarks/results/2026-11-22_h100_segnet_f32.md). argmax_gather (max_unpool_grad) is one
 pass; it only copies, so it is instantiated per element size (unsigned char ... unsigned long long) and bound
 to same-size views of the arrays; the scatter adds (even a lone update is added to zero, as the scatter_nd
 recipe does) and is instantiated per dtype. avg_unpool runs the pooling family's gather kernel without the divisor
@@ -17,7 +22,7 @@ import numpy as np
 from ..dtypes import FLOAT_DTYPES, INDEX_DTYPES, INT_DTYPES, ctype
 from ..geometry import INT32_LIMIT, PoolProblem
 from ..kernel_source import KernelFamily, LaunchHint
-from . import LaunchPlan, index_scalar, index_type
+from . import LaunchPlan, ceil_div, index_scalar, index_type
 from . import pool as pool_plans
 from .pool import BLOCK, grid_for
 
@@ -39,6 +44,7 @@ def _expressions() -> tuple[str, ...]:
             out.append(f"unpool_scatter_rank<{at}, {it}>")
             out.extend(f"unpool_gather<{BITS[size][0]}, {at}, {it}>" for size in sorted(BITS))
             out.extend(f"unpool_scatter_place<{ctype(dt)}, {at}, {it}>" for dt in VALUE_DTYPES)
+            out.extend(f"unpool_scatter_windows<{ctype(dt)}, {at}, {it}>" for dt in VALUE_DTYPES)
         out.extend(f"unpool_scatter_sum<{ctype(dt)}, {it}>" for dt in VALUE_DTYPES)
     return tuple(out)
 
@@ -116,6 +122,45 @@ def argmax_scatter(values, argmax, out, scratch: dict, include_batch: bool) -> l
         LaunchPlan(FAMILY.name, _check(f"unpool_scatter_sum<{vt}, {it}>"), grid_dup, block, 0,
                    (values, sc["meta"], sc["dup_cells"], sc["dup_count"], sc["dup_start"], sc["sorted"], out)),
     ]
+
+
+def window_strides(updates_shape, out_shape) -> tuple[int, int, int] | None:
+    """Per spatial axis (D, H, W), the stride s of disjoint windows [o*s, o*s + s) that tile out, one per pooled
+    cell, or None when the shapes admit none (then the scatter runs its general passes).
+
+    Shapes are canonical (N, D, H, W, C); batch and channels must agree. Per axis s = ceil(out / pooled), which
+    every pooling with windows no larger than its stride and an output cut at ceil(out / stride) gives (SAME or
+    VALID 2x2/2 on even or odd sizes); the windows fit when ceil(out / s) == pooled, so that every window
+    starts inside out. The argmax may still point elsewhere: the kernel checks each update (module docstring);
+    pooling that pads before (3x3/3 SAME on 7 cells: windows [-1, 2), [2, 5), ...) is not these tiles and takes
+    the general passes.
+    """
+    if len(updates_shape) != 5 or len(out_shape) != 5 or updates_shape[0] != out_shape[0] \
+            or updates_shape[4] != out_shape[4]:
+        return None
+    strides = []
+    for pooled, size in zip(updates_shape[1:4], out_shape[1:4]):
+        s = ceil_div(size, pooled) if pooled > 0 else 0
+        if s < 1 or ceil_div(size, s) != pooled:
+            return None
+        strides.append(s)
+    return tuple(strides)
+
+
+def argmax_scatter_windows(values, argmax, out, misplaced, include_batch: bool) -> LaunchPlan:
+    """The one-pass window scatter: writes every cell of out; misplaced (a zeroed 1-element int32 array) becomes
+    1 if some update's argmax is outside its window (then out is not the scatter and the caller must run
+    `argmax_scatter`). window_strides(values.shape, out.shape) must not be None; M >= 1."""
+    strides = window_strides(values.shape, out.shape)
+    if strides is None:
+        raise ValueError(f"no disjoint windows tile {tuple(out.shape)} with {tuple(values.shape)} updates")
+    m = _size(values.shape)
+    i64 = needs_int64(values.shape, out.shape)
+    s, it = index_scalar(i64), index_type(i64)
+    expr = _check(f"unpool_scatter_windows<{ctype(values.dtype)}, {ctype(argmax.dtype)}, {it}>")
+    dims = tuple(s(v) for v in tuple(values.shape[1:]) + tuple(out.shape[1:4]) + strides)
+    return LaunchPlan(FAMILY.name, expr, grid_for(m), (BLOCK, 1, 1), 0,
+                      (values, argmax, out, misplaced, s(m)) + dims + (np.int32(1 if include_batch else 0),))
 
 
 def argmax_gather(grad, argmax, values, include_batch: bool) -> LaunchPlan:
