@@ -90,8 +90,9 @@ unpool_scatter_windows(const V* __restrict__ values, const A* __restrict__ argma
         bool found = false;
         for (I d = d0; d < d1; ++d) {
             for (I h = h0; h < h1; ++h) {
-                I x = base + ((d * H + h) * W + w0) * C + c;
-                for (I w = w0; w < w1; ++w, x += C) {
+                const I row = base + (d * H + h) * W * C + c;       // cell (d, h, 0, c); every x stays < O
+                for (I w = w0; w < w1; ++w) {
+                    const I x = row + w * C;
                     const bool hit = static_cast<long long>(x) == dest;
                     found = found || hit;
                     out[x] = hit ? v : zero;
