@@ -496,6 +496,13 @@ def test_window_strides_is_the_smallest_tiling_of_disjoint_windows():
     assert window_strides((1, 2, 3, 4, 5), (1, 4, 6, 3, 5)) is None           # 4 windows in 3 cells
     assert window_strides((1, 1, 3, 4, 5), (2, 1, 6, 8, 5)) is None
     assert window_strides((1, 1, 3, 4, 5), (1, 1, 6, 8, 4)) is None
+    # windows of at most WINDOW_CELLS_MAX cells (one thread writes a window)
+    from gpuconv.plans.unpool import WINDOW_CELLS_MAX as most
+    assert window_strides((1, 1, 1, 1, 1), (1, 1, 1, most, 1)) == (1, 1, most)
+    assert window_strides((1, 1, 1, 1, 1), (1, 1, 1, most + 1, 1)) is None
+    assert window_strides((1, 1, 2, 3, 1), (1, 2, 4, 3 * most // 4, 1)) == (2, 2, most // 4)
+    assert window_strides((1, 1, 2, 3, 1), (1, 2, 4, 3 * most // 4 + 3, 1)) is None
+    assert window_strides((1, 1, 2, 2, 1), (1, 1, 2, 2**30 + 1, 1)) is None   # test_big_tensors' scatter
 
 
 def test_window_strides_hold_every_window_of_2x2_stride_2_pooling():

@@ -1,7 +1,8 @@
 """Launch plans for the unpooling family (kernels/unpool.cu): argmax scatter and gather; avg_unpool.
 
 argmax_scatter (max_unpool, max_pool_grad_with_argmax) is deterministic without float atomics. Where the shapes
-admit disjoint windows that tile the output (`window_strides`: SegNet's 2x2/2 pooling, odd sizes included), it
+admit disjoint windows of at most 64 cells that tile the output (`window_strides`: SegNet's 2x2/2 pooling, odd
+sizes included), it
 first runs the one-pass window scatter (`argmax_scatter_windows`), which writes every output cell once and
 flags an update whose argmax is not in its own window; only then (or without such windows) the general scatter
 runs: five grid-stride passes (count, alloc, place, rank, sum; see the comment at the top of kernels/unpool.cu)
@@ -124,9 +125,16 @@ def argmax_scatter(values, argmax, out, scratch: dict, include_batch: bool) -> l
     ]
 
 
+# Largest window (cells) the window scatter takes: each update's thread writes its window serially, so a huge
+# window (one update over 2^29 cells) would be one thread's loop; the general passes spread their zero-fill over
+# every thread. 2x2 pooling windows hold 4 cells, 3x3 9, 2x2x2 8.
+WINDOW_CELLS_MAX = 64
+
+
 def window_strides(updates_shape, out_shape) -> tuple[int, int, int] | None:
     """Per spatial axis (D, H, W), the stride s of disjoint windows [o*s, o*s + s) that tile out, one per pooled
-    cell, or None when the shapes admit none (then the scatter runs its general passes).
+    cell, or None when the shapes admit none or the windows hold more than WINDOW_CELLS_MAX cells (then the
+    scatter runs its general passes).
 
     Shapes are canonical (N, D, H, W, C); batch and channels must agree. Per axis s = ceil(out / pooled), which
     every pooling with windows no larger than its stride and an output cut at ceil(out / stride) gives (SAME or
@@ -144,7 +152,7 @@ def window_strides(updates_shape, out_shape) -> tuple[int, int, int] | None:
         if s < 1 or ceil_div(size, s) != pooled:
             return None
         strides.append(s)
-    return tuple(strides)
+    return tuple(strides) if strides[0] * strides[1] * strides[2] <= WINDOW_CELLS_MAX else None
 
 
 def argmax_scatter_windows(values, argmax, out, misplaced, include_batch: bool) -> LaunchPlan:
