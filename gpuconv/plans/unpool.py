@@ -2,17 +2,16 @@
 
 argmax_scatter (max_unpool, max_pool_grad_with_argmax) is deterministic without float atomics. Where the shapes
 admit disjoint windows of at most 64 cells that tile the output (`window_strides`: SegNet's 2x2/2 pooling, odd
-sizes included), it
-first runs the one-pass window scatter (`argmax_scatter_windows`), which writes every output cell once and
-flags an update whose argmax is not in its own window; only then (or without such windows) the general scatter
-runs: five grid-stride passes (count, alloc, place, rank, sum; see the comment at the top of kernels/unpool.cu)
-over scratch arrays that the kernel backend allocates from `scatter_scratch`. On an H100 the five passes moved
-2x2/2 SegNet unpooling at 16-18 % of the device's copy bandwidth (32x360x480x64 float32: 4.4 ms; the window
-scatter 1.35-1.6 ms, benchmarks/results/2026-11-22_h100_segnet_scatter_ab.md). argmax_gather (max_unpool_grad) is one
-pass; it only copies, so it is instantiated per element size (unsigned char ... unsigned long long) and bound
-to same-size views of the arrays; the scatter adds (even a lone update is added to zero, as the scatter_nd
-recipe does) and is instantiated per dtype. avg_unpool runs the pooling family's gather kernel without the divisor
-(pool_avg_bwd<V, I, false>: the adjoint of sum pooling).
+sizes included), it first runs the one-pass window scatter (`argmax_scatter_windows`), which writes every output
+cell once and flags an update whose argmax is not in its own window; only then (or without such windows) the
+general scatter runs: five grid-stride passes (count, alloc, place, rank, sum; see the comment at the top of
+kernels/unpool.cu) over scratch arrays that the kernel backend allocates from `scatter_scratch`. On an H100 the
+five passes moved 2x2/2 SegNet unpooling at 16-18 % of the device's copy bandwidth (32x360x480x64 float32: 4.4 ms;
+the window scatter 1.35-1.6 ms, benchmarks/results/2026-11-22_h100_segnet_scatter_ab.md). argmax_gather
+(max_unpool_grad) is one pass; it only copies, so it is instantiated per element size (unsigned char ... unsigned
+long long) and bound to same-size views of the arrays; the scatter adds (even a lone update is added to zero, as
+the scatter_nd recipe does) and is instantiated per dtype. avg_unpool runs the pooling family's gather kernel
+without the divisor (pool_avg_bwd<V, I, false>: the adjoint of sum pooling).
 
 Plans are pure functions of the arrays' shapes and dtypes (plus the views they bind).
 """
