@@ -46,7 +46,7 @@ from gpuconv.plans import pool as PP
 from gpuconv.plans import unpool as UP
 from gpuconv.plans.conv_common import INDEX_TYPES, SIMT16_TENSOROP_PASSES, flag_expression
 
-from conftest import install_emulator, record_launches, run_on as run, run_oracle as oracle
+from conftest import install_emulator, record_launches, run_on as run, run_oracle as oracle, sequential_scatter
 
 F16, F32, F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 LL = "long long"
@@ -362,10 +362,7 @@ def test_unpool_instantiation(kernel_backend, monkeypatch, dtype, argmax_dtype, 
     # argmax of 2x2/2 pooling (5x7 -> 3x4): every update inside its own window, the window scatter's result stands
     _, owned = oracle(gpuconv.max_pool_with_argmax, uniform(oshape, F32, 24), 2, 2, "SAME",
                       output_dtype=argmax_dtype, include_batch_in_index=include_batch)
-    want_owned = np.zeros(int(np.prod(oshape)), dtype)
-    batch_offsets = 0 if include_batch else np.arange(2)[:, None] * limit
-    want_owned[owned.reshape(2, -1).astype(np.int64) + batch_offsets] = u.reshape(2, -1)
-    want_owned += np.zeros((), dtype)                  # 0 + update, as the scatter adds (-0.0 -> +0.0)
+    want_owned = sequential_scatter(u, owned, oshape, include_batch)
 
     def compute():
         with index_width(monkeypatch, index):
@@ -377,7 +374,7 @@ def test_unpool_instantiation(kernel_backend, monkeypatch, dtype, argmax_dtype, 
         up, grad, up_owned = got
         assert up.dtype == dtype and grad.dtype == dtype
         assert up.tobytes() == want_up.tobytes()
-        assert up_owned.tobytes() == want_owned.reshape(oshape).tobytes()
+        assert up_owned.tobytes() == want_owned.tobytes()
         np.testing.assert_array_equal(grad, want_grad)
         if dtype.kind != "f":
             np.testing.assert_array_equal(up, oracle(gpuconv.max_unpool, u, a, oshape,
@@ -435,9 +432,7 @@ def test_grid_stride_loops_with_one_block(kernel_backend, monkeypatch):
     # the window scatter's own result: argmax of 2x2/2 pooling (9x11 -> 5x6, the shape of du)
     _, owned = oracle(gpuconv.max_pool_with_argmax, xf, 2, 2, "SAME", include_batch_in_index=True)
     got = run(kernel_backend, gpuconv.max_unpool, du, owned, x.shape, include_batch_in_index=True)
-    want = np.zeros(x.size, F32)
-    want[owned.reshape(-1)] = du.reshape(-1) + np.float32(0)
-    assert got.tobytes() == want.reshape(x.shape).tobytes()
+    assert got.tobytes() == sequential_scatter(du, owned, x.shape, True).tobytes()
     # split-K reduce over dw (3*3*8*300 = 21600 elements) and the flag scan over w (same elements)
     xs, ws, kw = (1, 4, 4, 8), (3, 3, 8, 300), dict(strides=1, padding="SAME")
     xc, dyc = uniform(xs, F32, 35), uniform(xs[:3] + (300,), F32, 36)
