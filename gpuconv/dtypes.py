@@ -55,6 +55,8 @@ def is_float(dtype: np.dtype) -> bool:
 def is_bfloat16(dtype) -> bool:
     """Whether dtype is ml_dtypes' bfloat16 (native byte order)."""
     dt = np.dtype(dtype)
+    if dt.kind != "V":                  # ml_dtypes' types are kind 'V'; this exit skips the costly dt.name
+        return False
     return dt.name == "bfloat16" and dt.itemsize == 2 and dt.isnative and dt.type.__module__ == "ml_dtypes"
 
 

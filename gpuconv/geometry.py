@@ -1,7 +1,9 @@
 """Problem geometry: output sizes, padding splits, legal transposed shapes, implicit-GEMM sizes.
 
 Pure integers, no arrays. Every backend (NumPy, CUDA, emulator) and every launch plan reads the problem records
-built here; nothing else computes an output size or a padding.
+built here; nothing else computes an output size or a padding. Problems are immutable and conv_problem /
+pool_problem keep the last few hundred they built (a repeated call costs a dictionary lookup, not the checks;
+their arguments must be hashable: shapes, strides and pads as tuples).
 
 Canonical layout (channels-last, always 3 spatial dimensions; 2-D is 3-D with depth 1):
     x  (N, D, H, W, C)        input
@@ -14,7 +16,8 @@ tensorflow/core/kernels/conv_grad_shape_utils.cc (ConvBackpropExtractAndVerifyDi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 from typing import Sequence, Union
 
 from ._args import INT32_MAX, fail
@@ -113,6 +116,12 @@ class ConvProblem:
     pad_before: Triple
     pad_after: Triple
     groups: int = 1
+    # needs_int64(), computed once: launch planning asks several times per call.
+    _int64: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        shapes = (self.x_shape, self.w_shape, self.y_shape)
+        object.__setattr__(self, "_int64", any(_prod(s) >= INT32_LIMIT for s in shapes))
 
     @property
     def x_shape(self) -> tuple[int, ...]:
@@ -146,7 +155,7 @@ class ConvProblem:
 
     def needs_int64(self) -> bool:
         """True when some tensor of the problem has >= 2^31 elements (kernels then index in 64 bits)."""
-        return any(_prod(s) >= INT32_LIMIT for s in (self.x_shape, self.w_shape, self.y_shape))
+        return self._int64
 
     def gemm_size(self, operator: str) -> tuple[int, int, int]:
         """Implicit-GEMM (gemm_m, gemm_n, gemm_k) of one group for operator fprop, dgrad or wgrad."""
@@ -185,6 +194,12 @@ class PoolProblem:
     stride: Triple
     pad_before: Triple
     pad_after: Triple
+    # needs_int64(), computed once: launch planning asks several times per call.
+    _int64: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        shapes = (self.x_shape, self.y_shape)
+        object.__setattr__(self, "_int64", any(_prod(s) >= INT32_LIMIT for s in shapes))
 
     @property
     def x_shape(self) -> tuple[int, ...]:
@@ -204,7 +219,7 @@ class PoolProblem:
 
     def needs_int64(self) -> bool:
         """True when x or y has >= 2^31 elements, or an argmax with batch offset could reach 2^31."""
-        return any(_prod(s) >= INT32_LIMIT for s in (self.x_shape, self.y_shape))
+        return self._int64
 
 
 def _prod(shape: Sequence[int]) -> int:
@@ -224,6 +239,7 @@ def check_elements(shape: Sequence[int], arg: str, what: str) -> None:
              f"{_prod(shape)} elements (canonical shape {tuple(int(v) for v in shape)})")
 
 
+@functools.lru_cache(maxsize=256)
 def conv_problem(x_shape: Sequence[int], w_shape: Sequence[int], stride: Triple, dilation: Triple,
                  padding: Padding, input_arg: str = "input", filter_arg: str = "filters") -> ConvProblem:
     """Build the canonical problem of a forward conv from canonical x and w shapes.
@@ -295,6 +311,7 @@ def check_backprop_output(p: ConvProblem, dy_shape: Sequence[int], padding: Padd
                  f"gradient/input size {got} {how}", f"{_AXES[ax]} {sizes[ax]}, whose forward size is {want}")
 
 
+@functools.lru_cache(maxsize=256)
 def pool_problem(x_shape: Sequence[int], window: Triple, stride: Triple, padding: Padding,
                  input_arg: str = "input") -> PoolProblem:
     """Build the canonical problem of a pooling op from the canonical input shape (given by input_arg)."""

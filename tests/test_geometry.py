@@ -160,3 +160,34 @@ def test_zero_window_filter_is_an_error():
         G.conv_problem((1, 1, 4, 4, 2), (1, 2, 0, 2, 3), (1, 1, 1), (1, 1, 1), "SAME")
     # zero out-channels is only an empty result
     assert G.conv_problem((1, 1, 4, 4, 2), (1, 2, 2, 2, 0), (1, 1, 1), (1, 1, 1), "SAME").is_empty
+
+
+def test_problem_builders_keep_their_results_but_check_every_call():
+    """conv_problem / pool_problem are memoised: a repeated call returns the same (immutable) record, equal to a
+    fresh build; a bad call raises every time, naming the argument it was given."""
+    args = ((2, 1, 9, 9, 3), (1, 3, 3, 3, 4), (1, 2, 2), (1, 1, 1), "SAME")
+    assert G.conv_problem(*args) is G.conv_problem(*args)
+    assert G.conv_problem(*args) == G.conv_problem.__wrapped__(*args)
+    pool = ((2, 1, 9, 9, 3), (1, 3, 3), (1, 2, 2), "VALID")
+    assert G.pool_problem(*pool) is G.pool_problem(*pool) == G.pool_problem.__wrapped__(*pool)
+    bad = ((1, 1, 4, 4, 2), (1, 3, 3, 3, 4), (1, 1, 1), (1, 1, 1), "SAME")      # 2 channels, filters want 3
+    for _ in range(2):
+        with pytest.raises(ValueError, match="filters"):
+            G.conv_problem(*bad)
+    with pytest.raises(ValueError, match="filter_sizes"):
+        G.conv_problem(*bad, filter_arg="filter_sizes")
+    for arg in ("input", "orig_input"):
+        with pytest.raises(ValueError, match=arg):
+            G.pool_problem((1, 1, 0, 5, 1), (1, 2, 2), (1, 1, 1), ((0, 0), (1, 1), (0, 0)), arg)
+
+
+def test_needs_int64_is_computed_with_the_problem():
+    """The 64-bit flag is fixed when a record is made (dataclasses.replace makes a new one) and is no part of
+    equality."""
+    import dataclasses
+    p = G.conv_problem((1, 1, 8, 8, 4), (1, 3, 3, 4, 4), (1, 1, 1), (1, 1, 1), "SAME")
+    assert not p.needs_int64()
+    big = dataclasses.replace(p, N=2**27)            # x: 2^27 * 256 = 2^35 elements
+    assert big.needs_int64() and dataclasses.replace(big, N=1) == p
+    q = G.pool_problem((1, 1, 8, 8, 4), (1, 2, 2), (1, 2, 2), "VALID")
+    assert not q.needs_int64() and dataclasses.replace(q, C=2**29).needs_int64()

@@ -31,6 +31,13 @@ class LaunchPlan:
             raise ValueError(f"LaunchPlan {self.name_expression}: empty grid {self.grid} or block {self.block}")
 
 
+def data_ptr(array) -> int:
+    """The address of an array's first element: `array.ctypes.data` (NumPy) or `array.data.ptr` (CuPy)."""
+    if isinstance(array, np.ndarray):
+        return int(array.ctypes.data)
+    return int(array.data.ptr)
+
+
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 

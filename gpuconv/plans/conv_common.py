@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import functools
 from typing import Iterator
 
 import numpy as np
@@ -59,12 +60,14 @@ def problem_values(p: ConvProblem) -> tuple[int, ...]:
             *p.stride, *p.dilation, *p.pad_before, p.groups)
 
 
+@functools.lru_cache(maxsize=256)
 def problem_scalars(p: ConvProblem, needs_int64: bool | None = None) -> tuple:
     """The 22 problem parameters as exact NumPy scalars of the index type (int64 when p.needs_int64())."""
     scalar = index_scalar(p.needs_int64() if needs_int64 is None else needs_int64)
     return tuple(scalar(v) for v in problem_values(p))
 
 
+@functools.lru_cache(maxsize=256)
 def extents_fit_int(p: ConvProblem) -> bool:
     """True when every single parameter fits in a C++ int (kernels keep extents, strides and pads in int)."""
     return all(abs(v) <= INT32_MAX for v in problem_values(p))

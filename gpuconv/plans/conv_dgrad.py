@@ -51,6 +51,7 @@ Tests may force a configuration with `forced_config(variant=..., tile=...)` (a c
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 
@@ -162,6 +163,7 @@ def gemm_n_utilisation(p: ConvProblem, tile: str) -> float:
 # ---------------------------------------------------------------------------------------------------------
 # supports / choose
 # ---------------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=512)
 def supports(config: DgradConfig, p: ConvProblem, dtype=np.float32) -> tuple[bool, str]:
     """Whether `config` can run problem `p` in `dtype`, and if not, why (CUTLASS's can_implement)."""
     why = config_reason(config, p, dtype, VARIANTS)
@@ -192,6 +194,7 @@ def choose_tile(p: ConvProblem, dtype) -> str:
     return max(usable, key=lambda t: (tiled_ctas(p, t), -usable.index(t)))
 
 
+@functools.lru_cache(maxsize=256)
 def choose_dgrad_config(p: ConvProblem, dtype, precision: str = "ieee") -> DgradConfig:
     """The dgrad configuration for problem p, dtype and float32 precision (rules in the module docstring); pure."""
     index = index_type(p.needs_int64())

@@ -63,6 +63,7 @@ tiled variant on tiny problems).
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 from typing import Optional
@@ -73,7 +74,7 @@ from ..dtypes import FLOAT_DTYPES, ctype
 from ..geometry import ConvProblem
 from ..kernel_source import KernelFamily, LaunchHint
 from ..precision import TENSOR_CORE_PASSES
-from . import LaunchPlan, ceil_div, index_type
+from . import LaunchPlan, ceil_div, data_ptr, index_type
 from .conv_common import (GRID_YZ_MAX, INDEX_TYPES, INT32_MAX, SM_COUNT, ForcedFields, config_reason,
                           filter_elements, flag_expressions, flagged_launch, input_elements, problem_scalars,
                           tile_grid, uses_tf32)
@@ -214,6 +215,7 @@ def analytic_grid(p: ConvProblem) -> tuple[int, int, int]:
     return (ceil_div(p.Q * p.K, ANALYTIC_BLOCK), grid_y, ceil_div(rows, grid_y))
 
 
+@functools.lru_cache(maxsize=512)
 def supports(config: FpropConfig, p: ConvProblem, dtype) -> Optional[str]:
     """None when `config` can run problem `p` in `dtype`, else the reason it cannot (a sentence)."""
     dtype = np.dtype(dtype)
@@ -255,6 +257,7 @@ def supports(config: FpropConfig, p: ConvProblem, dtype) -> Optional[str]:
     return None
 
 
+@functools.lru_cache(maxsize=256)
 def choose_fprop_config(p: ConvProblem, dtype, aligned: bool = True, precision: str = "ieee") -> FpropConfig:
     """The configuration the rules in the module docstring pick for problem `p` in `dtype`.
 
@@ -329,18 +332,10 @@ def _apply_override(cfg: FpropConfig, p: ConvProblem, dtype) -> FpropConfig:
 # ---------------------------------------------------------------------------------------------------------
 # launch plans
 # ---------------------------------------------------------------------------------------------------------
-def _address(a) -> int:
-    """Device or host address of an array's first element (CuPy or NumPy)."""
-    data = getattr(a, "data", None)
-    if hasattr(data, "ptr"):
-        return int(data.ptr)
-    return int(a.ctypes.data)
-
-
 def arrays_aligned(dtype, *arrays) -> bool:
     """True when every array starts on a boundary of VECTOR_WIDTH[dtype] elements."""
     nbytes = VECTOR_WIDTH[np.dtype(dtype)] * np.dtype(dtype).itemsize
-    return all(_address(a) % nbytes == 0 for a in arrays)
+    return all(data_ptr(a) % nbytes == 0 for a in arrays)
 
 
 def select_config(p: ConvProblem, dtype, x, w, y, precision: str = "ieee") -> FpropConfig:

@@ -50,6 +50,7 @@ Tests may force fields with `forced_config(variant=..., tile=..., splits=..., pa
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from dataclasses import dataclass
 
@@ -191,6 +192,7 @@ def tiled_grid(p: ConvProblem, tile: str, splits: int) -> tuple[int, int, int]:
 # ---------------------------------------------------------------------------------------------------------
 # supports / choose
 # ---------------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=512)
 def supports(config: WgradConfig, p: ConvProblem, dtype=np.float32) -> tuple[bool, str]:
     """Whether `config` can run problem `p` in `dtype`, and if not, why."""
     why = config_reason(config, p, dtype, VARIANTS)
@@ -240,6 +242,7 @@ def choose_splits(p: ConvProblem, dtype, tile: str) -> int:
     return normalise_splits(p, splits)
 
 
+@functools.lru_cache(maxsize=256)
 def choose_wgrad_config(p: ConvProblem, dtype, precision: str = "ieee") -> WgradConfig:
     """The wgrad configuration for problem p, dtype and float32 precision (rules in the module docstring); pure."""
     index = index_type(p.needs_int64())

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import itertools
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -35,7 +37,7 @@ import numpy as np
 from ..dtypes import FLOAT_DTYPES, INDEX_DTYPES, INT_DTYPES, ctype
 from ..geometry import PoolProblem
 from ..kernel_source import KernelFamily, LaunchHint
-from . import LaunchPlan, ceil_div, index_scalar, index_type
+from . import LaunchPlan, ceil_div, data_ptr, index_scalar, index_type
 
 BLOCK = 256
 # Grid-stride loops make any grid correct; this cap (~30 waves of 2048-thread SMs on a 132-SM H100) bounds the
@@ -86,13 +88,6 @@ def grid_for(total: int) -> tuple[int, int, int]:
 # ---------------------------------------------------------------------------------------------------------
 # vector width: alignment, the chooser, the forced override
 # ---------------------------------------------------------------------------------------------------------
-def data_ptr(array) -> int:
-    """The address of an array's first element: `array.ctypes.data` (NumPy) or `array.data.ptr` (CuPy)."""
-    if isinstance(array, np.ndarray):
-        return int(array.ctypes.data)
-    return int(array.data.ptr)
-
-
 def vector_lanes(*arrays) -> int:
     """The widest VEC (a power of two <= MAX_VEC) for which every array's data pointer is aligned to
     min(16, VEC * itemsize) bytes: the alignment test of every vector access the kernels make."""
@@ -148,8 +143,10 @@ def vec_for(p: PoolProblem, dtype, arrays: tuple) -> int:
     return forced
 
 
+@functools.lru_cache(maxsize=256)
 def geometry_args(p: PoolProblem) -> tuple:
-    """The 16 geometry parameters every pooling kernel takes, as exact NumPy scalars of the index type."""
+    """The 16 geometry parameters every pooling kernel takes, as exact NumPy scalars of the index type (kept per
+    problem: building them is a tenth of a call's host time)."""
     s = index_scalar(p.needs_int64())
     vals = (p.D, p.H, p.W, p.C, p.T, p.R, p.S, p.Z, p.P, p.Q) + tuple(p.stride) + tuple(p.pad_before)
     return tuple(s(v) for v in vals)
@@ -165,39 +162,35 @@ def _plan(p: PoolProblem, expression: str, vec: int, total: int, arrays: tuple, 
                       arrays + (s(total),) + geometry_args(p) + extra)
 
 
-def _prod(shape) -> int:
-    return int(np.prod(shape, dtype=object))
-
-
 def max_pool(p: PoolProblem, x, y) -> LaunchPlan:
     """y = max_pool(x): one thread per VEC y elements."""
     it = index_type(p.needs_int64())
-    return _plan(p, f"pool_max_fwd<{ctype(x.dtype)}, {it}", vec_for(p, x.dtype, (x, y)), _prod(p.y_shape), (x, y))
+    return _plan(p, f"pool_max_fwd<{ctype(x.dtype)}, {it}", vec_for(p, x.dtype, (x, y)), math.prod(p.y_shape), (x, y))
 
 
 def max_pool_argmax(p: PoolProblem, x, y, argmax, include_batch: bool) -> LaunchPlan:
     """(y, argmax) = max_pool_with_argmax(x); argmax's dtype (int32/int64) picks the argmax template type."""
     it = index_type(p.needs_int64())
     expr = f"pool_max_argmax_fwd<{ctype(x.dtype)}, {it}, {ctype(argmax.dtype)}"
-    return _plan(p, expr, vec_for(p, x.dtype, (x, y, argmax)), _prod(p.y_shape), (x, y, argmax),
+    return _plan(p, expr, vec_for(p, x.dtype, (x, y, argmax)), math.prod(p.y_shape), (x, y, argmax),
                  (np.int32(1 if include_batch else 0),))
 
 
 def max_pool_grad(p: PoolProblem, x, dy, dx) -> LaunchPlan:
     """dx = max_pool_grad(x, dy), gather form: one thread per VEC x elements."""
     it = index_type(p.needs_int64())
-    return _plan(p, f"pool_max_bwd<{ctype(x.dtype)}, {it}", vec_for(p, x.dtype, (x, dy, dx)), _prod(p.x_shape),
+    return _plan(p, f"pool_max_bwd<{ctype(x.dtype)}, {it}", vec_for(p, x.dtype, (x, dy, dx)), math.prod(p.x_shape),
                  (x, dy, dx))
 
 
 def avg_pool(p: PoolProblem, x, y) -> LaunchPlan:
     """y = avg_pool(x): one thread per VEC y elements."""
     it = index_type(p.needs_int64())
-    return _plan(p, f"pool_avg_fwd<{ctype(x.dtype)}, {it}", vec_for(p, x.dtype, (x, y)), _prod(p.y_shape), (x, y))
+    return _plan(p, f"pool_avg_fwd<{ctype(x.dtype)}, {it}", vec_for(p, x.dtype, (x, y)), math.prod(p.y_shape), (x, y))
 
 
 def avg_pool_grad(p: PoolProblem, dy, dx, divide: bool = True) -> LaunchPlan:
     """dx = avg_pool_grad(dy) (divide=True), or avg_unpool(dy) = the adjoint of sum pooling (divide=False)."""
     it = index_type(p.needs_int64())
     expr = f"pool_avg_bwd<{ctype(dy.dtype)}, {it}, {'true' if divide else 'false'}"
-    return _plan(p, expr, vec_for(p, dy.dtype, (dy, dx)), _prod(p.x_shape), (dy, dx))
+    return _plan(p, expr, vec_for(p, dy.dtype, (dy, dx)), math.prod(p.x_shape), (dy, dx))
