@@ -2,6 +2,11 @@
 
 A plan is built by a pure function of the problem (plus the arrays to bind); the CUDA executor and the emulator
 executor both run the same plans, so what the emulator tests is the GPU path itself.
+
+The parts that depend on the problem alone (the conv choosers and supports(), the kernels' scalar arguments)
+are memoised per problem and dtype (functools.lru_cache), so that a repeated call's host time goes to binding
+its arrays; test overrides are applied after them, never cached. `python benchmarks/host_overhead.py` measures
+that host time.
 """
 from __future__ import annotations
 
