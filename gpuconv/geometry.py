@@ -2,8 +2,7 @@
 
 Pure integers, no arrays. Every backend (NumPy, CUDA, emulator) and every launch plan reads the problem records
 built here; nothing else computes an output size or a padding. Problems are immutable and conv_problem /
-pool_problem keep the last few hundred they built (a repeated call costs a dictionary lookup, not the checks;
-their arguments must be hashable: shapes, strides and pads as tuples).
+pool_problem keep the last few hundred they built (a repeated call costs a dictionary lookup, not the checks).
 
 Canonical layout (channels-last, always 3 spatial dimensions; 2-D is 3-D with depth 1):
     x  (N, D, H, W, C)        input
@@ -17,6 +16,7 @@ tensorflow/core/kernels/conv_grad_shape_utils.cc (ConvBackpropExtractAndVerifyDi
 from __future__ import annotations
 
 import functools
+import operator
 from dataclasses import dataclass, field
 from typing import Sequence, Union
 
@@ -239,7 +239,15 @@ def check_elements(shape: Sequence[int], arg: str, what: str) -> None:
              f"{_prod(shape)} elements (canonical shape {tuple(int(v) for v in shape)})")
 
 
-@functools.lru_cache(maxsize=256)
+def _key(values):
+    """A str, or a sequence of integers or of integer pairs (lists, tuples, arrays), as nested tuples of Python
+    ints: the builders' cache key, so that equal arguments of other types (NumPy integers) share one record of
+    plain ints. A non-integer value is a TypeError (operator.index)."""
+    if isinstance(values, str):
+        return values
+    return tuple(_key(v) if hasattr(v, "__iter__") else operator.index(v) for v in values)
+
+
 def conv_problem(x_shape: Sequence[int], w_shape: Sequence[int], stride: Triple, dilation: Triple,
                  padding: Padding, input_arg: str = "input", filter_arg: str = "filters") -> ConvProblem:
     """Build the canonical problem of a forward conv from canonical x and w shapes.
@@ -248,6 +256,13 @@ def conv_problem(x_shape: Sequence[int], w_shape: Sequence[int], stride: Triple,
     every tensor has fewer than 2^60 elements. input_arg / filter_arg: the arguments that gave x's and w's shapes
     (e.g. input_sizes, filter_sizes), named in the errors.
     """
+    return _conv_problem(_key(x_shape), _key(w_shape), _key(stride), _key(dilation), _key(padding), input_arg,
+                         filter_arg)
+
+
+@functools.lru_cache(maxsize=256)
+def _conv_problem(x_shape: tuple, w_shape: tuple, stride: tuple, dilation: tuple, padding, input_arg: str,
+                  filter_arg: str) -> ConvProblem:
     N, D, H, W, C = (int(v) for v in x_shape)
     T, R, S, Cg, K = (int(v) for v in w_shape)
     if Cg <= 0:
@@ -311,10 +326,14 @@ def check_backprop_output(p: ConvProblem, dy_shape: Sequence[int], padding: Padd
                  f"gradient/input size {got} {how}", f"{_AXES[ax]} {sizes[ax]}, whose forward size is {want}")
 
 
-@functools.lru_cache(maxsize=256)
 def pool_problem(x_shape: Sequence[int], window: Triple, stride: Triple, padding: Padding,
                  input_arg: str = "input") -> PoolProblem:
     """Build the canonical problem of a pooling op from the canonical input shape (given by input_arg)."""
+    return _pool_problem(_key(x_shape), _key(window), _key(stride), _key(padding), input_arg)
+
+
+@functools.lru_cache(maxsize=256)
+def _pool_problem(x_shape: tuple, window: tuple, stride: tuple, padding, input_arg: str) -> PoolProblem:
     N, D, H, W, C = (int(v) for v in x_shape)
     out, pb, pa = [], [], []
     for ax, (n, k, s) in enumerate(zip((D, H, W), window, stride)):

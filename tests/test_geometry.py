@@ -167,9 +167,12 @@ def test_problem_builders_keep_their_results_but_check_every_call():
     fresh build; a bad call raises every time, naming the argument it was given."""
     args = ((2, 1, 9, 9, 3), (1, 3, 3, 3, 4), (1, 2, 2), (1, 1, 1), "SAME")
     assert G.conv_problem(*args) is G.conv_problem(*args)
-    assert G.conv_problem(*args) == G.conv_problem.__wrapped__(*args)
+    assert G.conv_problem(*args) == G._conv_problem.__wrapped__(*args, "input", "filters")
+    listed = ([2, 1, 9, 9, 3], [1, 3, 3, 3, 4], [1, 2, 2], [1, 1, 1], "SAME")        # lists: the same record
+    assert G.conv_problem(*listed) is G.conv_problem(*args)
+    assert G.pool_problem((1, 1, 5, 5, 1), [1, 2, 2], [1, 1, 1], [(0, 0), [1, 0], (0, 1)]).pad_before == (0, 1, 0)
     pool = ((2, 1, 9, 9, 3), (1, 3, 3), (1, 2, 2), "VALID")
-    assert G.pool_problem(*pool) is G.pool_problem(*pool) == G.pool_problem.__wrapped__(*pool)
+    assert G.pool_problem(*pool) is G.pool_problem(*pool) == G._pool_problem.__wrapped__(*pool, "input")
     bad = ((1, 1, 4, 4, 2), (1, 3, 3, 3, 4), (1, 1, 1), (1, 1, 1), "SAME")      # 2 channels, filters want 3
     for _ in range(2):
         with pytest.raises(ValueError, match="filters"):
