@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gpuconv.dtypes import FLOAT_DTYPES, INDEX_DTYPES, INT_DTYPES
-from gpuconv.geometry import pool_problem
+from gpuconv.geometry import PoolProblem, pool_problem
 from gpuconv.kernel_source import families
 from gpuconv.plans import LaunchPlan
 from gpuconv.plans import pool as P
@@ -116,6 +116,21 @@ def test_small_problem_uses_32_bit_indices():
     for plan in all_plans(p):
         assert re.match(r"\w+<[^,]+, int[,>]", plan.name_expression), plan.name_expression   # index type int
         assert all(type(a) is np.int32 for a in _scalars(plan)), plan.name_expression
+
+
+def test_kept_plan_arguments_follow_the_index_width_the_problem_answers(monkeypatch):
+    """The plans keep each problem's scalar arguments (geometry_args), keyed by index width too: a problem made to
+    answer needs_int64() (kernel coverage does this on small problems) gets int64 scalars, and the same problem
+    afterwards int32 ones again, never the other width's kept arguments."""
+    p = small_problem()
+    before = [_scalars(plan) for plan in all_plans(p)]
+    with monkeypatch.context() as m:
+        m.setattr(PoolProblem, "needs_int64", lambda self: True)
+        for plan in all_plans(p):
+            assert "long long" in plan.name_expression
+            assert all(type(a) is np.int64 for a in _scalars(plan)[:17]), plan.name_expression
+    after = [_scalars(plan) for plan in all_plans(p)]
+    assert all(type(a) is np.int32 for scalars in after for a in scalars) and after == before
 
 
 def test_huge_problem_uses_64_bit_indices():

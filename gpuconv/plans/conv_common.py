@@ -60,10 +60,16 @@ def problem_values(p: ConvProblem) -> tuple[int, ...]:
             *p.stride, *p.dilation, *p.pad_before, p.groups)
 
 
-@functools.lru_cache(maxsize=256)
 def problem_scalars(p: ConvProblem, needs_int64: bool | None = None) -> tuple:
-    """The 22 problem parameters as exact NumPy scalars of the index type (int64 when p.needs_int64())."""
-    scalar = index_scalar(p.needs_int64() if needs_int64 is None else needs_int64)
+    """The 22 problem parameters as exact NumPy scalars of the index type (int64 when needs_int64, by default
+    when p.needs_int64())."""
+    return _problem_scalars(p, p.needs_int64() if needs_int64 is None else bool(needs_int64))
+
+
+@functools.lru_cache(maxsize=256)
+def _problem_scalars(p: ConvProblem, needs_int64: bool) -> tuple:
+    """problem_scalars, kept per problem and index width (a tenth of a conv call's host time)."""
+    scalar = index_scalar(needs_int64)
     return tuple(scalar(v) for v in problem_values(p))
 
 

@@ -144,10 +144,10 @@ def vec_for(p: PoolProblem, dtype, arrays: tuple) -> int:
 
 
 @functools.lru_cache(maxsize=256)
-def geometry_args(p: PoolProblem) -> tuple:
-    """The 16 geometry parameters every pooling kernel takes, as exact NumPy scalars of the index type (kept per
-    problem: building them is a tenth of a call's host time)."""
-    s = index_scalar(p.needs_int64())
+def geometry_args(p: PoolProblem, needs_int64: bool) -> tuple:
+    """The 16 geometry parameters every pooling kernel takes, as exact NumPy scalars of the index type (int64 when
+    needs_int64; kept per problem and width: building them is a tenth of a call's host time)."""
+    s = index_scalar(needs_int64)
     vals = (p.D, p.H, p.W, p.C, p.T, p.R, p.S, p.Z, p.P, p.Q) + tuple(p.stride) + tuple(p.pad_before)
     return tuple(s(v) for v in vals)
 
@@ -157,9 +157,9 @@ def _plan(p: PoolProblem, expression: str, vec: int, total: int, arrays: tuple, 
     expression = f"{expression}, {vec}>"
     if expression not in FAMILY.name_expressions:
         raise KeyError(f"{expression} is not declared in the pool family")
-    s = index_scalar(p.needs_int64())
+    int64 = p.needs_int64()
     return LaunchPlan(FAMILY.name, expression, grid_for(total // vec), (BLOCK, 1, 1), 0,
-                      arrays + (s(total),) + geometry_args(p) + extra)
+                      arrays + (index_scalar(int64)(total),) + geometry_args(p, int64) + extra)
 
 
 def max_pool(p: PoolProblem, x, y) -> LaunchPlan:
