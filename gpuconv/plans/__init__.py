@@ -5,8 +5,8 @@ executor both run the same plans, so what the emulator tests is the GPU path its
 
 The parts that depend on the problem alone (the conv choosers and supports(), the kernels' scalar arguments)
 are memoised per problem and dtype (functools.lru_cache), so that a repeated call's host time goes to binding
-its arrays; test overrides are applied after them, never cached. `python benchmarks/host_overhead.py` measures
-that host time.
+its arrays; test overrides are applied after them, never cached, and the scalar arguments are kept per index
+width, which tests force on small problems. `python benchmarks/host_overhead.py` measures that host time.
 """
 from __future__ import annotations
 
