@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import gpuconv as gc  # noqa: E402
 from gpuconv import backend  # noqa: E402
+from gpuconv.device_report import cpu_report  # noqa: E402
 from gpuconv.kernel_backend import KernelBackend  # noqa: E402
 
 
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             backend._instances["emulator"] = kept
     stamp = datetime.datetime.now().isoformat(timespec="seconds")
+    cpu = cpu_report()
     lines = [
         "# Host time of gpuconv's kernel path per call (launches skipped)",
         "",
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.calls} back-to-back calls. A lower bound on a GPU call's host time (CuPy's allocation and launch "
         "come on top).",
         "",
-        f"Run {stamp}; {platform.processor() or platform.machine()}, python {platform.python_version()}, "
+        f"Run {stamp}; {cpu['model']} ({cpu['usable_cores']} usable cores), python {platform.python_version()}, "
         f"numpy {np.__version__}, gpuconv {gc.__version__}.",
         "",
         "| op | shapes | launches | us per call |",
