@@ -68,7 +68,7 @@ def problem_scalars(p: ConvProblem, needs_int64: bool | None = None) -> tuple:
 
 @functools.lru_cache(maxsize=256)
 def _problem_scalars(p: ConvProblem, needs_int64: bool) -> tuple:
-    """problem_scalars, kept per problem and index width (a tenth of a conv call's host time)."""
+    """problem_scalars, built once per problem and index width."""
     scalar = index_scalar(needs_int64)
     return tuple(scalar(v) for v in problem_values(p))
 
