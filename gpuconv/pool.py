@@ -6,6 +6,7 @@ Average pooling divides by the number of in-bounds cells.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -141,7 +142,10 @@ def check_argmax(argmax: Any, arg: str, limit: int) -> None:
     """argmax holds int32/int64 indices in [0, limit); else TypeError/ValueError (TF aborts the process).
 
     On CuPy arrays this reads one flag back from the device (a synchronisation), the price of never
-    writing out of bounds and of reporting the error where it was made.
+    writing out of bounds and of reporting the error where it was made. The scatters (max_unpool,
+    max_pool_grad_with_argmax) hand it to the backend's argmax_scatter as check_range, which calls it unless its
+    own pass showed every index in range (the CUDA window scatter: one pass over argmax and one synchronisation
+    fewer).
     """
     if np.dtype(argmax.dtype) not in INDEX_DTYPES:
         A.fail_type(arg, "dtype int32 or int64", f"dtype {argmax.dtype}")
@@ -171,9 +175,9 @@ def max_pool_grad_with_argmax(input: Any, grad: Any, argmax: Any, ksize, strides
     A.same_shape(argmax, "argmax", grad.shape, "the shape of grad")
     dy5 = to_canonical(grad, be.xp, 2, True)
     per_batch = p.D * p.H * p.W * p.C
-    check_argmax(argmax, "argmax", per_batch * (p.N if include else 1))
+    check_range = functools.partial(check_argmax, argmax, "argmax", per_batch * (p.N if include else 1))
     a5 = be.xp.ascontiguousarray(argmax).reshape(dy5.shape)
-    return from_canonical(be.argmax_scatter(dy5, a5, p.x_shape, include), 2, True)
+    return from_canonical(be.argmax_scatter(dy5, a5, p.x_shape, include, check_range), 2, True)
 
 
 def spread_pooled(op: str, be, nspatial: int, cl: bool, layout: str, dy_arg: str, dy, shape_arg: str, shape,

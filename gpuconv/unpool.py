@@ -1,6 +1,7 @@
 """Unpooling: max_unpool (scatter at argmax, TF's scatter_nd recipe), its gradient, and avg_unpool."""
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -39,10 +40,10 @@ def max_unpool(updates: Any, argmax: Any, output_shape, include_batch_in_index: 
     out5 = A.shape_param(output_shape, "output_shape", nspatial, True, updates.shape[0], updates.shape[-1])
     check_elements(out5, "output_shape", "an output")
     per_batch = math.prod(out5[1:])
-    check_argmax(argmax, "argmax", per_batch * (out5[0] if include else 1))
+    check_range = functools.partial(check_argmax, argmax, "argmax", per_batch * (out5[0] if include else 1))
     u5 = to_canonical(updates, be.xp, nspatial, True)
     a5 = be.xp.ascontiguousarray(argmax).reshape(u5.shape)
-    return from_canonical(be.argmax_scatter(u5, a5, out5, include), nspatial, True)
+    return from_canonical(be.argmax_scatter(u5, a5, out5, include, check_range), nspatial, True)
 
 
 @on_tensor_device

@@ -8,14 +8,16 @@
 // update with a bad index is skipped by the scatter and gathers 0.
 //
 // Window scatter (the fast path, one pass; unpool_scatter_windows). When the plan finds disjoint windows that
-// tile `out` (plans/unpool.py window_strides: stride s per axis, window o covering cells [o*s, o*s + s), as
-// 2x2/2 pooling gives), each update i is expected at a cell of its own window (same batch item and channel). Its
+// tile `out` (plans/unpool.py window_strides: stride s per axis, window o covering cells [o*s, o*s + s), the
+// last one to the end of the axis, as 2x2/2 pooling gives), each update i is expected at a cell of its own
+// window (same batch item and channel). Its
 // thread writes every in-bounds cell of that window: 0 + values[i] at dest(i), 0 elsewhere, so every cell of
 // out is written exactly once, coalesced across channels, with no zero-fill and no scratch. If dest(i) is not in
 // i's window (argmax from overlapping pooling, or anything else), the thread sets *misplaced and the caller
 // (kernel_backend/unpool.py) zero-fills out and runs the five passes below, which are right for any argmax.
 // Correct when *misplaced stays 0: then each cell is the destination of at most the one update whose window
-// holds it, which wrote it; every other cell gets 0.
+// holds it, which wrote it; every other cell gets 0. And then every argmax was in range, so the caller skips
+// the API's range check (a pass over argmax and a synchronisation).
 //
 // Deterministic scatter (no float atomics; duplicate indices must add in a fixed order). Five passes, each a
 // grid-stride loop; integer atomics only (their results do not depend on thread order, except where noted,
@@ -60,8 +62,8 @@ __device__ __forceinline__ bool argmax_dest(const A* __restrict__ argmax, I i, I
 // ============================================================================================================
 // window scatter: the one-pass fast path (top of file)
 // ============================================================================================================
-// updates/argmax: (N, Z, P, Q, C), total = M cells; out: (N, D, H, W, C); window (z, p, q) of each axis is
-// [z*sd, z*sd + sd) (likewise h, w), cut at the end of the axis. *misplaced is 0 on entry.
+// updates/argmax: (N, Z, P, Q, C), total = M cells; out: (N, D, H, W, C); window z of the depth axis is
+// [z*sd, z*sd + sd), the last (z = Z - 1) [z*sd, D) (likewise h, w). *misplaced is 0 on entry.
 template <typename V, typename A, typename I>
 __global__ void
 unpool_scatter_windows(const V* __restrict__ values, const A* __restrict__ argmax, V* __restrict__ out,
@@ -71,6 +73,8 @@ unpool_scatter_windows(const V* __restrict__ values, const A* __restrict__ argma
     typedef typename Accum<V>::type Acc;
     const V zero = from_accum<V>(Acc(0));
     const I out_batch = D * H * W * C;
+    // argmax's bound: out's cells with include_batch (N items of out_batch), else one item's
+    const long long limit = static_cast<long long>(out_batch) * (include_batch ? total / (Z * P * Q * C) : I(1));
     for (I i = grid_first<I>(); i < total; i = grid_step(i, total)) {
         I r = i / C;
         const I c = i - r * C;
@@ -80,13 +84,14 @@ unpool_scatter_windows(const V* __restrict__ values, const A* __restrict__ argma
         r /= P;
         const I z = r % Z;
         const I base = (r / Z) * out_batch;                      // first cell of the update's batch item
+        // dest stays -1 (in no window) for an index outside [0, limit): no overflow in a + base
         const long long a = static_cast<long long>(argmax[i]);
-        const long long dest = include_batch ? a : a + static_cast<long long>(base);
+        const long long dest = a < 0 || a >= limit ? -1LL : include_batch ? a : a + static_cast<long long>(base);
         const V v = from_accum<V>(Acc(0) + to_accum(values[i]));
         const I d0 = z * sd, h0 = p * sh, w0 = q * sw;
-        const I d1 = D - d0 < sd ? D : d0 + sd;
-        const I h1 = H - h0 < sh ? H : h0 + sh;
-        const I w1 = W - w0 < sw ? W : w0 + sw;
+        const I d1 = z == Z - 1 ? D : d0 + sd;
+        const I h1 = p == P - 1 ? H : h0 + sh;
+        const I w1 = q == Q - 1 ? W : w0 + sw;
         bool found = false;
         for (I d = d0; d < d1; ++d) {
             for (I h = h0; h < h1; ++h) {

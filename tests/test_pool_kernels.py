@@ -12,6 +12,8 @@ alignment check must catch a vector load the plan let through by mistake).
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 from conftest import (install_emulator, record_launches, run_on as run, run_oracle as oracle, sequential_scatter,
@@ -444,8 +446,8 @@ def test_kernels_guard_out_of_range_argmax(backend, monkeypatch, argmax_kind, fi
     # run.
     from gpuconv.backend import resolve
     rng = np.random.default_rng(91)
-    if argmax_kind == "random":
-        v = rng.standard_normal((2, 1, 3, 4, 2)).astype(np.float32)
+    if argmax_kind == "random":                                  # 5 rows of updates for 4 rows: no windows
+        v = rng.standard_normal((2, 1, 5, 4, 2)).astype(np.float32)
         a = rng.integers(-5, 60, v.shape).astype(np.int64)
     else:
         v = rng.standard_normal((2, 1, 2, 3, 2)).astype(np.float32)
@@ -488,54 +490,70 @@ def scatter_kernels(monkeypatch, backend) -> list:
                            .replace("unpool_scatter_", ""))
 
 
-def test_window_strides_is_the_smallest_tiling_of_disjoint_windows():
-    # per axis: the smallest s whose `pooled` windows [o*s, o*s + s) cover [0, size) and all start inside it
+def window_bounds(pooled, size, s):
+    """The cells [start, stop) of each window along one axis of stride s: the last one runs to the axis' end."""
+    return [(o * s, size if o == pooled - 1 else o * s + s) for o in range(pooled)]
+
+
+def test_window_strides_tile_each_axis_with_disjoint_windows():
+    # per axis: the smallest s whose `pooled` windows [o*s, o*s + s) cover [0, size) and all start inside it,
+    # else the largest s whose windows fit, the last window taking the remaining cells
     from gpuconv.plans.unpool import window_strides
 
     def brute(pooled, size):
-        return next((s for s in range(1, size + 1) if pooled * s >= size and (pooled - 1) * s < size), None)
+        covering = [s for s in range(1, size + 1) if pooled * s >= size and (pooled - 1) * s < size]
+        fitting = [s for s in range(1, size + 1) if pooled * s <= size]
+        return covering[0] if covering else fitting[-1] if fitting else None
 
     for pooled in range(1, 7):
         for size in range(1, 15):
             want = brute(pooled, size)
             got = window_strides((2, 1, pooled, 1, 3), (2, 1, size, 1, 3))
             assert got == (None if want is None else (1, want, 1)), (pooled, size)
+            if got is not None:                  # disjoint, in order, none empty, together the whole axis
+                bounds = window_bounds(pooled, size, got[1])
+                assert [c for a, b in bounds for c in range(a, b)] == list(range(size))
+                assert all(a < b for a, b in bounds)
     # every axis must fit; batch and channels must agree
     assert window_strides((1, 2, 3, 4, 5), (1, 4, 6, 8, 5)) == (2, 2, 2)
     assert window_strides((1, 2, 3, 4, 5), (1, 4, 6, 3, 5)) is None           # 4 windows in 3 cells
     assert window_strides((1, 1, 3, 4, 5), (2, 1, 6, 8, 5)) is None
     assert window_strides((1, 1, 3, 4, 5), (1, 1, 6, 8, 4)) is None
-    # windows of at most WINDOW_CELLS_MAX cells (one thread writes a window)
+    assert window_strides((1, 1, 22, 30, 5), (1, 1, 45, 60, 5)) == (1, 2, 2)  # SegNet pool4: last rows 42-44
+    # windows of at most WINDOW_CELLS_MAX cells (one thread writes a window), the last one included
     from gpuconv.plans.unpool import WINDOW_CELLS_MAX as most
     assert window_strides((1, 1, 1, 1, 1), (1, 1, 1, most, 1)) == (1, 1, most)
     assert window_strides((1, 1, 1, 1, 1), (1, 1, 1, most + 1, 1)) is None
     assert window_strides((1, 1, 2, 3, 1), (1, 2, 4, 3 * most // 4, 1)) == (2, 2, most // 4)
     assert window_strides((1, 1, 2, 3, 1), (1, 2, 4, 3 * most // 4 + 3, 1)) is None
+    assert window_strides((1, 1, 1, 40, 1), (1, 1, 1, 78, 1)) == (1, 1, 1)      # the last window: 39 cells
+    assert window_strides((1, 1, 2, 40, 1), (1, 1, 4, 78, 1)) is None           # 2 x 39 cells
     assert window_strides((1, 1, 2, 2, 1), (1, 1, 2, 2**30 + 1, 1)) is None   # test_big_tensors' scatter
 
 
-def test_window_strides_hold_every_window_of_2x2_stride_2_pooling():
-    # SAME 2x2/2 on any size and VALID on even sizes: each inferred window holds the in-bounds cells of the
-    # pooling window of the same position (so pooling's argmax never falls back)
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+def test_window_strides_hold_every_window_of_2x2_stride_2_pooling(padding):
+    # SAME 2x2/2 on any size, VALID on even sizes and on odd ones from 9 cells: each inferred window holds the
+    # in-bounds cells of the pooling window of the same position (so pooling's argmax never falls back). VALID
+    # on 5 or 7 cells gives the shapes of 3x3/3 SAME pooling too, whose tiles [0, 3), [3, ...) the plan takes.
     from gpuconv.plans.unpool import window_strides
-    for size in range(1, 20):
-        for padding in ("SAME", "VALID"):
-            pooled = -(-size // 2) if padding == "SAME" else size // 2
-            if pooled == 0 or (padding == "VALID" and size % 2):
-                continue
-            got = window_strides((1, 1, pooled, 1, 1), (1, 1, size, 1, 1))
-            assert got is not None and got[0] == got[2] == 1, (size, padding, got)
-            s = got[1]
-            for o in range(pooled):
-                assert set(range(2 * o, min(2 * o + 2, size))) <= set(range(o * s, min(o * s + s, size)))
+    for size in range(2, 40):
+        if padding == "VALID" and size in (5, 7):
+            continue
+        pooled = -(-size // 2) if padding == "SAME" else size // 2
+        got = window_strides((1, 1, pooled, 1, 1), (1, 1, size, 1, 1))
+        assert got is not None and got[0] == got[2] == 1, (size, got)
+        for o, (start, stop) in enumerate(window_bounds(pooled, size, got[1])):
+            assert set(range(2 * o, min(2 * o + 2, size))) <= set(range(start, stop)), (size, o)
 
 
-# (updates shape via pooling of x, 2-D or 3-D): SegNet's 2x2/2 on even and odd sizes, 3x3/3, 3-D 2x2x2/2. (3x3/3
-# SAME on 7 cells pads one cell before: windows [-1, 2), [2, 5), ... are not the tiles [0, 3), [3, 6), ... the
-# shapes give, so it takes the general passes.)
+# (updates shape via pooling of x, 2-D or 3-D): SegNet's 2x2/2 on even and odd sizes (VALID on odd ones leaves
+# cells in no pooling window), 3x3/3, 3-D 2x2x2/2. (3x3/3 SAME on 7 cells pads one cell before: windows [-1, 2),
+# [2, 5), ... are not the tiles [0, 3), [3, 6), ... the shapes give, so it takes the general passes.)
 WINDOW_CASES = {
     "2d-even": ((2, 6, 8, 4), 2, "SAME"),
     "2d-odd": ((2, 7, 5, 3), 2, "SAME"),
+    "2d-odd-valid": ((2, 9, 11, 3), 2, "VALID"),               # a remainder row and column: in the last windows
     "2d-k3s3": ((1, 9, 6, 2), 3, "VALID"),
     "3d-even": ((1, 4, 6, 4, 2), 2, "SAME"),
 }
@@ -605,6 +623,68 @@ def test_window_scatter_falls_back_on_a_misplaced_update(backend, monkeypatch, d
     got = run(backend, gpuconv.max_unpool, u, a, shape, include_batch_in_index=include_batch)
     assert launched[:2] == ["windows", "count"]                    # flagged, then the general passes
     assert got.tobytes() == sequential_scatter(u, a, shape, include_batch).tobytes()
+
+
+RANGE_CHECK_CASES = {           # argmax kind -> (range checks the kernel backend makes, the kernels it starts with)
+    "pooled": (0, ["windows"]),               # every index in its own window, so in range: no check needed
+    "misplaced": (1, ["windows", "count"]),   # the window scatter flags it; checked before the general passes
+    "no windows": (1, ["count"]),             # more rows of updates than rows
+}
+
+
+@pytest.mark.parametrize("kind", list(RANGE_CHECK_CASES))
+def test_scatter_calls_the_range_check_unless_the_window_scatter_proved_it(backend, monkeypatch, kind):
+    # argmax_scatter's check_range is the API's range check (a pass over argmax and, on a GPU, a synchronisation):
+    # the NumPy backend calls it first, a kernel backend only when the window scatter did not run or flagged an
+    # update; what the check raises stops the call before the general passes
+    from gpuconv.backend import resolve
+    from gpuconv.numpy_backend import BACKEND as NUMPY
+    shape = (2, 6, 8, 3)
+    a = pooled_argmax(distinct(shape, np.float32, seed=93), 2, "SAME")
+    if kind == "misplaced":
+        a = misplace(a, shape, "spatial")
+    out_shape = (2, 1) + shape[1:]
+    if kind == "no windows":
+        a, out_shape = a.reshape(2, 6, 2, 3) % 48, (2, 1, 4, 4, 3)      # 6 rows of updates for 4 rows
+    a = a[:, None]
+    v = small_ints(a.shape, np.float32, seed=94)
+    want = sequential_scatter(v, a, out_shape, False)
+    calls, kernels = RANGE_CHECK_CASES[kind]
+    checks = []
+    launched = scatter_kernels(monkeypatch, backend)
+    with gpuconv.use_backend(backend):
+        be = resolve({"values": to_backend(backend, v)})
+        got = to_numpy(be.argmax_scatter(to_backend(backend, v), to_backend(backend, a), out_shape, False,
+                                         lambda: checks.append(1)))
+    assert len(checks) == calls and launched[:len(kernels)] == kernels
+    assert got.tobytes() == want.tobytes()
+    checks.clear()
+    assert NUMPY.argmax_scatter(v, a, out_shape, False, lambda: checks.append(1)).tobytes() == want.tobytes()
+    assert len(checks) == 1
+
+    def refuse():
+        raise ValueError("argmax: out of range")
+    launched.clear()
+    with gpuconv.use_backend(backend), pytest.raises(ValueError, match="out of range") if calls else \
+            contextlib.nullcontext():
+        be.argmax_scatter(to_backend(backend, v), to_backend(backend, a), out_shape, False, refuse)
+    assert launched == [k for k in kernels if k == "windows"]          # nothing after the check
+
+
+@pytest.mark.parametrize("include_batch", [False, True])
+@pytest.mark.parametrize("index", [10**6, -1, 2**40])
+def test_out_of_range_argmax_is_refused_after_the_window_scatter(backend, index, include_batch):
+    # with windows, the range check runs only when the window scatter flags an update: an out-of-range index
+    # is in no window, so both scatters still refuse it with the API's message
+    x = distinct((2, 6, 8, 3), np.float32, seed=95)
+    _, a = oracle(gpuconv.max_pool_with_argmax, x, 2, 2, "SAME", include_batch_in_index=include_batch)
+    a.reshape(-1)[-1] = index
+    limit = x.size if include_batch else x.size // 2
+    u = small_ints(a.shape, np.float32, seed=96)
+    with pytest.raises(ValueError, match=f"argmax: expected indices in \\[0, {limit}\\)"):
+        run(backend, gpuconv.max_unpool, u, a, x.shape, include_batch_in_index=include_batch)
+    with pytest.raises(ValueError, match=f"argmax: expected indices in \\[0, {limit}\\)"):
+        run(backend, gpuconv.max_pool_grad_with_argmax, x, u, a, 2, 2, "SAME", include_batch_in_index=include_batch)
 
 
 def test_window_scatter_falls_back_for_overlapping_pooling(backend, monkeypatch):

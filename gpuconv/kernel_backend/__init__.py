@@ -47,8 +47,9 @@ class KernelBackend:
     def avg_unpool(self, updates, p):
         return self._op("unpool", "avg_unpool")(self.executor, updates, p)
 
-    def argmax_scatter(self, values, argmax, out_shape, include_batch):
-        return self._op("unpool", "argmax_scatter")(self.executor, values, argmax, out_shape, include_batch)
+    def argmax_scatter(self, values, argmax, out_shape, include_batch, check_range=None):
+        return self._op("unpool", "argmax_scatter")(self.executor, values, argmax, out_shape, include_batch,
+                                                     check_range)
 
     def argmax_gather(self, grad, argmax, include_batch):
         return self._op("unpool", "argmax_gather")(self.executor, grad, argmax, include_batch)

@@ -12,22 +12,28 @@ from ..geometry import PoolProblem
 from ..plans import unpool as plans
 
 
-def argmax_scatter(executor, values, argmax, out_shape, include_batch: bool):
+def argmax_scatter(executor, values, argmax, out_shape, include_batch: bool, check_range=None):
     """zeros(out_shape) with values[i] added at argmax[i]; duplicates add in increasing update order.
 
     Where disjoint windows tile the output (plans.window_strides), the one-pass window scatter runs first and
-    one flag comes back from the device (a synchronisation); it stands unless an argmax left its window.
+    one flag comes back from the device (a synchronisation); it stands unless an argmax left its window. Then
+    every index was in range and `check_range` (the API's range check, raising on a bad index) is not called:
+    it would read argmax once more and synchronise once more. Otherwise it is called before the general passes.
     """
     xp = executor.xp
     shape = tuple(int(v) for v in out_shape)
-    if values.size == 0 or 0 in shape:
-        return xp.zeros(shape, values.dtype)
-    if plans.window_strides(values.shape, shape) is not None:
+    windows = values.size and 0 not in shape and plans.window_strides(values.shape, shape) is not None
+    if windows:
         out = xp.empty(shape, values.dtype)
         misplaced = xp.zeros(1, np.int32)
         executor.launch(plans.argmax_scatter_windows(values, argmax, out, misplaced, include_batch))
         if not int(misplaced[0]):
             return out
+    if check_range is not None:
+        check_range()
+    if values.size == 0 or 0 in shape:
+        return xp.zeros(shape, values.dtype)
+    if windows:
         out.fill(0)
     else:
         out = xp.zeros(shape, values.dtype)

@@ -10,7 +10,10 @@ Canonical ops (all arrays C-contiguous, channels-last 5-D, validated by the API 
     avg_pool(x, p) -> y
     avg_pool_grad(dy, p) -> dx
     avg_unpool(updates, p) -> out                          out: p.x_shape
-    argmax_scatter(values, argmax, out_shape, include_batch) -> out   zeros(out_shape) + values at argmax
+    argmax_scatter(values, argmax, out_shape, include_batch, check_range=None) -> out
+                                                           zeros(out_shape) + values at argmax; calls
+                                                           check_range() (the API's range check of argmax)
+                                                           unless its own pass showed every index in range
     argmax_gather(grad, argmax, include_batch) -> values   grad's flat cells at argmax
 Output dtype = input dtype; float16 accumulates in float32 (pooling runs on float32 copies: _pool_float16).
 

@@ -1130,8 +1130,10 @@ def _pieces(n: int) -> list:
     return _parallel.split(n, _parallel.workers() if n >= _PIECE_MIN else 1)
 
 
-def argmax_scatter(values: np.ndarray, argmax: np.ndarray, out_shape, include_batch: bool) -> np.ndarray:
+def argmax_scatter(values: np.ndarray, argmax: np.ndarray, out_shape, include_batch: bool,
+                   check_range=None) -> np.ndarray:
     """zeros(out_shape) with each value added at its argmax (per batch item unless include_batch); duplicates add.
+    check_range (the API's range check of argmax, raising on a bad index) is called first.
 
     Deterministic. A chunk whose indices are all distinct (checked with a one-byte mark per output cell) is
     scattered directly, exact for every dtype; in a chunk with repeats, float values are summed per cell in
@@ -1140,6 +1142,8 @@ def argmax_scatter(values: np.ndarray, argmax: np.ndarray, out_shape, include_ba
     are rounded once per cell; with include_batch, or items past the scratch budget, chunks are _SCATTER_CHUNK
     updates, and repeats of a cell split between two chunks are rounded once per chunk.
     """
+    if check_range is not None:
+        check_range()
     out_shape = tuple(int(v) for v in out_shape)
     out = np.zeros(out_shape, values.dtype)
     if values.size == 0 or out.size == 0:

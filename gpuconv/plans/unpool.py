@@ -1,13 +1,13 @@
 """Launch plans for the unpooling family (kernels/unpool.cu): argmax scatter and gather; avg_unpool.
 
 argmax_scatter (max_unpool, max_pool_grad_with_argmax) is deterministic without float atomics. Where the shapes
-admit disjoint windows of at most 64 cells that tile the output (`window_strides`: SegNet's 2x2/2 pooling, odd
-sizes included), it first runs the one-pass window scatter (`argmax_scatter_windows`), which writes every output
-cell once and flags an update whose argmax is not in its own window; only then (or without such windows) the
-general scatter runs: five grid-stride passes (count, alloc, place, rank, sum; see the comment at the top of
-kernels/unpool.cu) over scratch arrays that the kernel backend allocates from `scatter_scratch`. On an H100 the
-five passes moved 2x2/2 SegNet unpooling at 16-18 % of the device's copy bandwidth (32x360x480x64 float32: 4.4 ms;
-the window scatter 1.35-1.6 ms, benchmarks/results/2026-11-22_h100_segnet_scatter_ab.md). argmax_gather
+admit disjoint windows of at most 64 cells that tile the output (`window_strides`: SegNet's 2x2/2 pooling, SAME or
+VALID, odd sizes included), it first runs the one-pass window scatter (`argmax_scatter_windows`), which writes
+every output cell once and flags an update whose argmax is not in its own window; only then (or without such
+windows) the general scatter runs: five grid-stride passes (count, alloc, place, rank, sum; see the comment at the
+top of kernels/unpool.cu) over scratch arrays that the kernel backend allocates from `scatter_scratch`. On an H100
+the five passes moved 2x2/2 SegNet unpooling at 16-18 % of the device's copy bandwidth (32x360x480x64 float32: 4.4
+ms; the window scatter 1.35-1.6 ms, benchmarks/results/2026-11-22_h100_segnet_scatter_ab.md). argmax_gather
 (max_unpool_grad) is one pass; it only copies, so it is instantiated per element size (unsigned char ... unsigned
 long long) and bound to same-size views of the arrays; the scatter adds (even a lone update is added to zero, as
 the scatter_nd recipe does) and is instantiated per dtype. avg_unpool runs the pooling family's gather kernel
@@ -131,33 +131,40 @@ WINDOW_CELLS_MAX = 64
 
 
 def window_strides(updates_shape, out_shape) -> tuple[int, int, int] | None:
-    """Per spatial axis (D, H, W), the stride s of disjoint windows [o*s, o*s + s) that tile out, one per pooled
-    cell, or None when the shapes admit none or the windows hold more than WINDOW_CELLS_MAX cells (then the
-    scatter runs its general passes).
+    """Per spatial axis (D, H, W), the stride s of disjoint windows that tile out, one per pooled cell: window o
+    covers [o*s, o*s + s), the last one [(pooled - 1)*s, size), to the end of the axis. None when the shapes
+    admit none (an axis with fewer cells than windows, batch or channels differ) or a window would hold more
+    than WINDOW_CELLS_MAX cells (then the scatter runs its general passes).
 
-    Shapes are canonical (N, D, H, W, C); batch and channels must agree. Per axis s = ceil(out / pooled), which
-    every pooling with windows no larger than its stride and an output cut at ceil(out / stride) gives (SAME or
-    VALID 2x2/2 on even or odd sizes); the windows fit when ceil(out / s) == pooled, so that every window
-    starts inside out. The argmax may still point elsewhere: the kernel checks each update (module docstring);
-    pooling that pads before (3x3/3 SAME on 7 cells: windows [-1, 2), [2, 5), ...) is not these tiles and takes
-    the general passes.
+    Shapes are canonical (N, D, H, W, C). Per axis s = ceil(size / pooled) where its windows all start inside
+    the axis (pooling with windows no larger than the stride and an output cut at ceil(size / stride): SAME or
+    VALID 2x2/2 on even sizes, SAME on odd ones), else floor(size / pooled), the last window taking the cells
+    that no pooling window reached (VALID 2x2/2 on odd sizes: SegNet pool4's 45 rows in 22 windows, the last
+    rows 42-44). Any such tiling is correct, since the kernel checks each update's argmax against its own window
+    (module docstring); a tiling that misses the pooling's windows only costs the fallback: pooling that pads
+    before (3x3/3 SAME on 7 cells: windows [-1, 2), [2, 5), ...) or whose windows overlap, and VALID 2x2/2 on 5
+    or 7 cells, whose shapes are also those of 3x3/3 SAME pooling (tiles [0, 3), [3, ...), the ones taken).
     """
     if len(updates_shape) != 5 or len(out_shape) != 5 or updates_shape[0] != out_shape[0] \
             or updates_shape[4] != out_shape[4]:
         return None
-    strides = []
+    strides, cells = [], 1
     for pooled, size in zip(updates_shape[1:4], out_shape[1:4]):
-        s = ceil_div(size, pooled) if pooled > 0 else 0
-        if s < 1 or ceil_div(size, s) != pooled:
+        if pooled < 1 or size < pooled:
             return None
+        s = ceil_div(size, pooled)
+        if (pooled - 1) * s >= size:                    # the last window would start past the end
+            s = size // pooled
         strides.append(s)
-    return tuple(strides) if strides[0] * strides[1] * strides[2] <= WINDOW_CELLS_MAX else None
+        cells *= max(s, size - (pooled - 1) * s)        # the largest window: a full one or the last
+    return tuple(strides) if cells <= WINDOW_CELLS_MAX else None
 
 
 def argmax_scatter_windows(values, argmax, out, misplaced, include_batch: bool) -> LaunchPlan:
     """The one-pass window scatter: writes every cell of out; misplaced (a zeroed 1-element int32 array) becomes
     1 if some update's argmax is outside its window (then out is not the scatter and the caller must run
-    `argmax_scatter`). window_strides(values.shape, out.shape) must not be None; M >= 1."""
+    `argmax_scatter`). While it stays 0, every argmax was in range too (each window lies inside its batch item).
+    window_strides(values.shape, out.shape) must not be None; M >= 1."""
     strides = window_strides(values.shape, out.shape)
     if strides is None:
         raise ValueError(f"no disjoint windows tile {tuple(out.shape)} with {tuple(values.shape)} updates")
