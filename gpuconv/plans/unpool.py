@@ -7,7 +7,8 @@ every output cell once and flags an update whose argmax is not in its own window
 windows) the general scatter runs: five grid-stride passes (count, alloc, place, rank, sum; see the comment at the
 top of kernels/unpool.cu) over scratch arrays that the kernel backend allocates from `scatter_scratch`. On an H100
 the five passes moved 2x2/2 SegNet unpooling at 16-18 % of the device's copy bandwidth (32x360x480x64 float32: 4.4
-ms; the window scatter 1.35-1.6 ms, benchmarks/results/2026-11-22_h100_segnet_scatter_ab.md). argmax_gather
+ms; the window scatter 1.35-1.6 ms, benchmarks/results/2026-11-22_h100_segnet_scatter_ab.md; 1.07-1.23 ms once it
+spared the API's range check, 2026-11-23_h100_segnet_scatter_ab.md). argmax_gather
 (max_unpool_grad) is one pass; it only copies, so it is instantiated per element size (unsigned char ... unsigned
 long long) and bound to same-size views of the arrays; the scatter adds (even a lone update is added to zero, as
 the scatter_nd recipe does) and is instantiated per dtype. avg_unpool runs the pooling family's gather kernel
