@@ -124,6 +124,9 @@ SUBSET_IDS = [c[0] for c in SUBSET]
 
 DGRAD_CONFIGS = {
     "analytic": dict(variant="analytic"),
+    "pixels": dict(variant="pixels"),                     # the tile for the case's channels (C/G)
+    "pixels1x8": dict(variant="pixels", tile="1x8"),      # one channel per thread: several channel tiles per group
+    "pixels8x4": dict(variant="pixels", tile="8x4"),
     "tiled64x64": dict(variant="tiled", tile="64x64"),
     "tiled128x64": dict(variant="tiled", tile="128x64"),
 }
@@ -182,7 +185,7 @@ def test_large_tiles(kernel_backend, case):
 # float16 / float64
 # ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [F16, F64])
-@pytest.mark.parametrize("config", ["analytic", "tiled64x64"])
+@pytest.mark.parametrize("config", ["analytic", "pixels", "tiled64x64"])
 @pytest.mark.parametrize("case", SUBSET, ids=SUBSET_IDS)
 def test_dgrad_float16_float64(kernel_backend, case, config, dtype):
     _, xs, ws, kw = case
@@ -299,7 +302,7 @@ def test_empty_problems(kernel_backend):
     got = run_dgrad(kernel_backend, (2, 0, 5, 2), w, dy, strides=2, padding="SAME")
     assert got.shape == (2, 0, 5, 2)
     # a non-empty x whose forward output is empty (VALID, 3x3 filter on 2x2): dx has cells, all of them zero
-    for variant in ("analytic", "tiled"):
+    for variant in ("analytic", "pixels", "tiled"):
         with DG.forced_config(variant=variant):
             got = run_dgrad(kernel_backend, (2, 2, 2, 2), w, np.zeros((2, 0, 0, 4), F32), strides=1,
                             padding="VALID")
@@ -326,8 +329,24 @@ def test_dgrad_variants_agree_bitwise_and_repeat_bitwise(kernel_backend):
             second = run_dgrad(kernel_backend, xs, w, dy, **kw)
         assert np.array_equal(first.view(np.uint32), second.view(np.uint32)), name
         outs[name] = first
-    assert np.array_equal(outs["analytic"].view(np.uint32), outs["tiled64x64"].view(np.uint32))
-    assert np.array_equal(outs["analytic"].view(np.uint32), outs["tiled128x64"].view(np.uint32))
+    for name in DGRAD_CONFIGS:
+        assert np.array_equal(outs["analytic"].view(np.uint32), outs[name].view(np.uint32)), name
+
+
+@pytest.mark.parametrize("dtype", [F16, F32, F64])
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_dgrad_pixel_tiles_are_bitwise_the_analytic_kernel(kernel_backend, case, dtype):
+    # conv_dgrad_pixels sums each dx element as dgrad_element does (taps in order, k ascending, one fma each):
+    # every pixel tile gives the analytic kernel's bits, whatever its channel tiles and pixel blocks
+    _, xs, ws, kw = case
+    w = uniform(ws, dtype, 33)
+    dy = uniform(forward_shape(xs, ws, kw), dtype, 34)
+    with DG.forced_config(variant="analytic"):
+        want = run_dgrad(kernel_backend, xs, w, dy, **kw)
+    for tile in DG.PIXEL_TILES:
+        with DG.forced_config(variant="pixels", tile=tile):
+            got = run_dgrad(kernel_backend, xs, w, dy, **kw)
+        assert got.tobytes() == want.tobytes(), tile
 
 
 def test_wgrad_split_reduction_is_deterministic(kernel_backend):

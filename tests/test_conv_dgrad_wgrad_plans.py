@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from gpuconv.bench.layers import RESNET50_3X3
+from gpuconv.dtypes import ctype
 from gpuconv.geometry import ConvProblem, conv_problem
 from gpuconv.plans import ceil_div
 from gpuconv.plans import conv_dgrad as DG
@@ -48,17 +49,42 @@ HUGE = ConvProblem(N=64, D=1, H=4096, W=4096, C=4, K=4, T=1, R=3, S=3, Z=1, P=40
 def test_dgrad_index_type_follows_needs_int64():
     assert DG.choose_dgrad_config(SMALL, F32).index == "int"
     assert HUGE.needs_int64()
-    assert DG.choose_dgrad_config(HUGE, F32) == DG.DgradConfig("analytic", None, "long long")  # C/G = 4 < 16
+    assert DG.choose_dgrad_config(HUGE, F32) == DG.DgradConfig("pixels", "4x4", "long long")  # C/G = 4 < 16
 
 
-def test_dgrad_small_channel_counts_take_analytic():
+def test_dgrad_few_channels_take_pixel_tiles_and_depthwise_analytic():
     depthwise = problem((2, 1, 8, 8, 32), (1, 3, 3, 1, 32))
     assert depthwise.groups == 32
-    assert DG.choose_dgrad_config(depthwise, F32).variant == "analytic"        # C/G = 1
-    assert DG.choose_dgrad_config(problem((2, 1, 8, 8, 8), (1, 3, 3, 8, 64)), F32).variant == "analytic"
+    assert DG.choose_dgrad_config(depthwise, F32).variant == "analytic"        # C/G = 1, K/G = 1
+    multiplier4 = problem((2, 1, 8, 8, 8), (1, 3, 3, 1, 32))                   # depthwise, channel multiplier 4
+    assert DG.choose_dgrad_config(multiplier4, F32) == DG.DgradConfig("pixels", "1x8", "int")
+    for c, tile in [(1, "1x8"), (2, "4x4"), (3, "4x4"), (4, "4x4"), (5, "8x4"), (8, "8x4"), (15, "8x4")]:
+        for dt in (F16, F32, F64):
+            got = DG.choose_dgrad_config(problem((2, 1, 8, 8, c), (1, 3, 3, c, 64)), dt)
+            assert got == DG.DgradConfig("pixels", tile, "int"), (c, dt)
+            assert DG.config_expression(got, dt) == f"conv_dgrad_pixels<{ctype(dt)}, int, " \
+                                                     f"{DG.PIXEL_TILES[tile][0]}, {DG.PIXEL_TILES[tile][1]}>"
+    assert DG.choose_dgrad_config(problem((2, 1, 8, 8, 3), (1, 3, 3, 3, 3)), F32).variant == "analytic"  # K/G 3
     assert DG.choose_dgrad_config(problem((2, 1, 8, 8, 64), (1, 3, 3, 64, 2)), F32).variant == "analytic"
     assert DG.choose_dgrad_config(problem((2, 1, 8, 8, 16), (1, 3, 3, 16, 4)), F32).variant == "tiled"
 
+
+def test_dgrad_pixel_threads_cover_every_pixel_once():
+    # channel tiles x W phases x pixel blocks per (n, d, h); a pixel tile past int's threads wants 'long long'
+    p = problem((2, 3, 5, 11, 6), (1, 3, 3, 3, 8), (1, 2, 3))                  # groups 2: C/G = 3
+    assert p.groups == 2
+    assert DG.pixel_threads(p, "4x4") == 2 * 3 * 5 * (2 * 1) * 3 * 1        # ceil(ceil(11/3) / 4) = 1 block
+    assert DG.pixel_threads(p, "1x8") == 2 * 3 * 5 * (2 * 3) * 3 * 1
+    assert DG.pixel_threads(p, "8x4") == 2 * 3 * 5 * (2 * 1) * 3 * 1
+    # one-column images at W stride 16: 16 phases of which one holds the column, 2^32 threads for 2^28 pixels
+    tall = ConvProblem(N=1, D=1, H=2**28, W=1, C=1, K=4, T=1, R=1, S=1, Z=1, P=2**28, Q=1, stride=(1, 1, 16),
+                       dilation=(1, 1, 1), pad_before=(0, 0, 0), pad_after=(0, 0, 0), groups=1)
+    assert not tall.needs_int64() and DG.pixel_threads(tall, "1x8") == 2**32
+    ok, why = DG.supports(DG.DgradConfig("pixels", "1x8", "int"), tall)
+    assert not ok and "threads of pixel tiles" in why
+    assert DG.supports(DG.DgradConfig("pixels", "1x8", "long long"), tall)[0]
+    assert DG.choose_dgrad_config(tall, F32) == DG.DgradConfig("analytic", None, "int")
+    assert not DG.supports(DG.DgradConfig("pixels", "2x2", "long long"), SMALL)[0]
 
 @pytest.mark.parametrize("precision,passes", [("tf32", 1), ("3xtf32", 3)])
 def test_dgrad_float32_runs_on_tensor_cores_only_when_tf32_is_allowed(precision, passes):
@@ -72,7 +98,7 @@ def test_dgrad_float32_runs_on_tensor_cores_only_when_tf32_is_allowed(precision,
                                                f"{DG.TILES[c.tile][1]}, {passes}>"
         for dt in (F16, F64):                                                  # the mode is float32's only
             assert DG.choose_dgrad_config(p, dt, precision) == DG.choose_dgrad_config(p, dt)
-    assert DG.choose_dgrad_config(problem((2, 1, 8, 8, 8), (1, 3, 3, 8, 64)), F32, precision).variant == "analytic"
+    assert DG.choose_dgrad_config(problem((2, 1, 8, 8, 8), (1, 3, 3, 8, 64)), F32, precision).variant == "pixels"
 
 
 def test_dgrad_float16_always_runs_on_tensor_cores():
@@ -83,7 +109,7 @@ def test_dgrad_float16_always_runs_on_tensor_cores():
         assert DG.config_expression(c, F16) == f"conv_dgrad_tensorop<__half, int, {DG.TILES[c.tile][0]}, " \
                                                f"{DG.TILES[c.tile][1]}, 1>"
     # where the tiled kernel would not run, neither does the tensor-op one
-    assert DG.choose_dgrad_config(problem((2, 1, 8, 8, 8), (1, 3, 3, 8, 64)), F16).variant == "analytic"
+    assert DG.choose_dgrad_config(problem((2, 1, 8, 8, 8), (1, 3, 3, 8, 64)), F16).variant == "pixels"
     assert DG.choose_dgrad_config(resnet(RESNET50_3X3[0]), F64).variant == "tiled"
 
 
@@ -307,6 +333,7 @@ PROBLEMS = [SMALL, problem((2, 3, 5, 4, 6), (2, 2, 3, 3, 4), (2, 1, 2), (1, 2, 1
 def test_every_dgrad_plan_names_a_declared_expression(dtype):
     for p, index in itertools.product(PROBLEMS, ("int", "long long")):
         configs = [DG.DgradConfig("analytic", None, index)]
+        configs += [DG.DgradConfig("pixels", t, index) for t in DG.PIXEL_TILES]
         configs += [DG.DgradConfig("tiled", t, index) for t in DG.tiles_for(dtype)]
         configs += [DG.DgradConfig("tensorop", t, index, n) for t in DG.tiles_for(dtype)
                     for n in SIMT16_TENSOROP_PASSES.get(dtype, ())]
@@ -315,7 +342,8 @@ def test_every_dgrad_plan_names_a_declared_expression(dtype):
             flag = FakeArray(np.int32)
             plans = DG.dgrad_plans(c, p, *arrs, flag)
             # the non-finite flag over w (float32 tensorop: and dy), then the GEMM
-            flags = 0 if c.variant == "analytic" else 2 if c.variant == "tensorop" and dtype == F32 else 1
+            untiled = c.variant in ("analytic", "pixels")
+            flags = 0 if untiled else 2 if c.variant == "tensorop" and dtype == F32 else 1
             assert len(plans) == flags + 1
             if flags:
                 assert all(pl.name_expression in DG.FAMILY.name_expressions for pl in plans[:flags])
@@ -324,14 +352,16 @@ def test_every_dgrad_plan_names_a_declared_expression(dtype):
             plan = plans[-1]
             assert plan.name_expression in DG.FAMILY.name_expressions
             assert plan.block == (256, 1, 1) and plan.shared_mem == 0
-            first = 3 if c.variant == "analytic" else 4
+            first = 3 if untiled else 4
             scalars = plan.args[first:first + len(PROBLEM_PARAM_NAMES)]
             want = np.int64 if index == "long long" else np.int32
             assert all(type(s) is want for s in scalars)
             assert int(scalars[PROBLEM_PARAM_NAMES.index("groups")]) == p.groups
-            if c.variant != "analytic":
+            if not untiled:
                 assert plan.grid == DG.tiled_grid(p, c.tile)
                 assert len(plan.args) == 4 + len(PROBLEM_PARAM_NAMES) + 1
+            elif c.variant == "pixels":
+                assert plan.grid[0] * 256 >= DG.pixel_threads(p, c.tile) > (plan.grid[0] - 1) * 256
             else:
                 assert plan.grid[0] * 256 >= p.N * p.D * p.H * p.W * p.C
 

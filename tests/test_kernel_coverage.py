@@ -152,6 +152,9 @@ def grad_cases(op):
         if op == "dgrad":
             yield pytest.param(dt, dict(variant="analytic", index=ix), {DG.analytic_expression(dt, ix)},
                                id=f"{dt}-analytic-{ix}".replace(" ", ""))
+            for tile in DG.PIXEL_TILES:
+                yield pytest.param(dt, dict(variant="pixels", tile=tile, index=ix),
+                                   {DG.pixels_expression(dt, ix, tile)}, id=f"{dt}-pixels{tile}-{ix}".replace(" ", ""))
             for tile in DG.tiles_for(dt):
                 yield pytest.param(dt, dict(variant="tiled", tile=tile, index=ix),
                                    {DG.tiled_expression(dt, ix, tile), flag}, id=f"{dt}-{tile}-{ix}".replace(" ", ""))

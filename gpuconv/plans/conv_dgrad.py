@@ -7,6 +7,10 @@ element is written once, in a fixed summation order: deterministic, no atomics, 
 Variants (`DgradConfig.variant`):
   * ``analytic`` - `conv_dgrad_analytic`: one thread per dx element (grid ceil(N*D*H*W*C / 256) x 256
     threads); always correct.
+  * ``pixels`` - `conv_dgrad_pixels<Element, Index, CT, PT>`: one thread per PT dx pixels of one W stride phase
+    x CT channels of one group (tile "CTxPT", `pixel_tile`: 1x8 for C/G = 1, 4x4 up to 4 channels, 8x4 above),
+    so a dy value serves CT channels and a w value PT pixels; the analytic sum per element, bit-identical to it.
+    Grid ceil(pixel_threads / 256) x 256 threads.
   * ``tiled`` - `conv_dgrad_tiled`: implicit GEMM per (stride phase, group) in ONE launch:
     gemm_m = N * ceil(D/sd)*ceil(H/sh)*ceil(W/sw) (dx pixels of the phase), gemm_n = C/G,
     gemm_k = taps of the phase x ceil((K/G) / BK) * BK (BK = 8; 16 for float16 on tensor cores). A stride phase
@@ -21,11 +25,13 @@ Variants (`DgradConfig.variant`):
 
 Chooser rules (`choose_dgrad_config`, a pure function of the problem and the dtype):
   1. index type: ``long long`` when some tensor has >= 2^31 elements (ConvProblem.needs_int64()), else ``int``.
-  2. ``analytic`` when the tiled kernel cannot run (`supports` gives the reason: an extent beyond int, more
-     than 65535 groups or stride phases, a grid beyond 2^31-1 blocks, an image of >= 2^31 - 1024 pixels; the
-     analytic variant has only the first and a grid limit of its own) or when a tile would be mostly padding:
-     C/G < 16 (under 25 % of a 64-wide gemm_n tile) or K/G < 4 (under half of each 8-deep gemm_k step),
-     e.g. depthwise convolutions. Otherwise ``tiled``.
+  2. When a tile would be mostly padding: C/G < 16 (under 25 % of a 64-wide gemm_n tile) takes ``pixels``
+     (the ResNet stem's 3 channels, 3D U-Net's 1; on an H100 the analytic kernel ran their dgrad at 1.5 % of
+     the FP32 peak, 0.09-0.13x cuDNN) unless K/G < 4 (depthwise convolutions: nothing for a w value to serve)
+     or it cannot run (`supports`: its thread count past the index type or the grid); those and K/G < 4 take
+     ``analytic``. ``analytic`` also when the tiled kernel cannot run (`supports` gives the reason: an extent
+     beyond int, more than 65535 groups or stride phases, a grid beyond 2^31-1 blocks, an image of >= 2^31 -
+     1024 pixels; the analytic variant has only the first and a grid limit of its own). Otherwise ``tiled``.
   3. tile: float64 always 64x64 (register budget). float32/float16: the first of 128x128, 128x64, 64x64 that
      keeps gemm_n utilisation >= 75 % (C/G over the padded tile width) and launches >= TARGET_CTAS CTAs
      (2 waves of 132 SMs, H100 SXM / H200; a fixed SM count, no device query); if none launches that many,
@@ -36,7 +42,7 @@ Chooser rules (`choose_dgrad_config`, a pure function of the problem and the dty
      ``tiled``.
 
 Launch sequence (`dgrad_plans`):
-  * analytic: [conv_dgrad_analytic] (it skips absent taps itself).
+  * analytic, pixels: [conv_dgrad_analytic] or [conv_dgrad_pixels] (they skip absent taps themselves).
   * tiled: [conv_nonfinite_flag<Element, Index>(w, T*R*S*C/G*K, nonfinite), conv_dgrad_tiled(dy, w, dx,
     nonfinite, problem..., n_tiles)]. The tiled GEMM loads dy cells of absent taps (out of range) as zeros and
     multiplies them by w; when w holds inf or NaN the flag makes every block compute its tile by the analytic
@@ -51,6 +57,7 @@ Tests may force a configuration with `forced_config(variant=..., tile=...)` (a c
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 from dataclasses import dataclass
@@ -58,6 +65,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..dtypes import FLOAT_DTYPES, ctype
+from .._args import INT32_MAX
 from ..geometry import ConvProblem
 from ..kernel_source import KernelFamily, LaunchHint
 from . import LaunchPlan, ceil_div, index_type
@@ -76,7 +84,10 @@ INT_LIMIT = 2**31 - 1024     # per-image pixel counts stay below this (int arith
 
 # name -> (BM, BN, TM, TN); every configuration runs 16 x 16 threads.
 TILES: dict[str, tuple[int, int, int, int]] = simt16_tiles("128x128", "128x64", "64x64")
-VARIANTS = ("analytic", "tiled", "tensorop")
+VARIANTS = ("analytic", "pixels", "tiled", "tensorop")
+# The pixels variant's thread tiles: name -> (CT channels, PT pixels), instantiated per dtype and index type.
+PIXEL_TILES: dict[str, tuple[int, int]] = {"1x8": (1, 8), "4x4": (4, 4), "8x4": (8, 4)}
+FEW_CHANNELS = 16            # C/G below this: gemm_n tiles would be mostly padding (rule 2)
 
 
 def tiles_for(dtype) -> tuple[str, ...]:
@@ -88,14 +99,32 @@ def tiles_for(dtype) -> tuple[str, ...]:
 class DgradConfig:
     """A dgrad kernel choice: variant, tile (tiled only) and C++ index type."""
 
-    variant: str                 # "analytic" | "tiled" | "tensorop"
-    tile: str | None = None      # a TILES key for "tiled" and "tensorop"
+    variant: str                 # "analytic" | "pixels" | "tiled" | "tensorop"
+    tile: str | None = None      # a TILES key for "tiled" and "tensorop", a PIXEL_TILES key for "pixels"
     index: str = "int"           # "int" | "long long"
     passes: int = 1              # tensor-core products per product ("tensorop": 1 float16 / TF32, 3 3xTF32)
 
 
 def analytic_expression(dtype, index: str) -> str:
     return f"conv_dgrad_analytic<{ctype(dtype)}, {index}>"
+
+
+def pixel_tile(group_c: int) -> str:
+    """The pixels variant's tile for C/G channels per group: the first of PIXEL_TILES whose CT holds them, else
+    the last (several channel tiles per group); PT makes CT x PT >= 8 accumulators."""
+    return next((name for name, (ct, _) in PIXEL_TILES.items() if group_c <= ct), list(PIXEL_TILES)[-1])
+
+
+def pixels_expression(dtype, index: str, tile: str) -> str:
+    ct, pt = PIXEL_TILES[tile]
+    return f"conv_dgrad_pixels<{ctype(dtype)}, {index}, {ct}, {pt}>"
+
+
+def pixel_threads(p: ConvProblem, tile: str) -> int:
+    """Threads of conv_dgrad_pixels: N*D*H x channel tiles x stride_w phases x pixel blocks per phase."""
+    ct, pt = PIXEL_TILES[tile]
+    blocks_per_phase = ceil_div(ceil_div(p.W, p.stride[2]), pt)
+    return p.N * p.D * p.H * p.groups * ceil_div(p.group_c, ct) * p.stride[2] * blocks_per_phase
 
 
 def tiled_expression(dtype, index: str, tile: str) -> str:
@@ -112,6 +141,8 @@ def config_expression(config: DgradConfig, dtype) -> str:
     """The name expression a configuration launches (besides the flag)."""
     if config.variant == "analytic":
         return analytic_expression(dtype, config.index)
+    if config.variant == "pixels":
+        return pixels_expression(dtype, config.index, config.tile)
     if config.variant == "tensorop":
         return tensorop_expression(dtype, config.index, config.tile, config.passes)
     return tiled_expression(dtype, config.index, config.tile)
@@ -121,6 +152,7 @@ def _expressions() -> tuple[str, ...]:
     out = []
     for dt, ix in itertools.product(FLOAT_DTYPES, INDEX_TYPES):
         out.append(analytic_expression(dt, ix))
+        out.extend(pixels_expression(dt, ix, t) for t in PIXEL_TILES)
         out.extend(tiled_expression(dt, ix, t) for t in tiles_for(dt))
         out.extend(tensorop_expression(dt, ix, t, n) for t in tiles_for(dt) for n in SIMT16_TENSOROP_PASSES.get(dt, ()))
     return tuple(out) + flag_expressions()
@@ -175,6 +207,15 @@ def supports(config: DgradConfig, p: ConvProblem, dtype=np.float32) -> tuple[boo
         if ceil_div(input_elements(p), BLOCK) > GRID_X_MAX:
             return False, f"dx needs more than {GRID_X_MAX} blocks of {BLOCK} threads"
         return True, ""
+    if config.variant == "pixels":
+        if config.tile not in PIXEL_TILES:
+            return False, f"pixel tile {config.tile!r} is not one of {list(PIXEL_TILES)}"
+        threads = pixel_threads(p, config.tile)
+        if config.index == "int" and threads > INT32_MAX:
+            return False, f"{threads} threads of pixel tiles: their index passes int (use 'long long')"
+        if ceil_div(threads, BLOCK) > GRID_X_MAX:
+            return False, f"{threads} threads of pixel tiles need more than {GRID_X_MAX} blocks of {BLOCK}"
+        return True, ""
     if p.D * p.H * p.W >= INT_LIMIT:
         return False, "an image has >= 2^31 - 1024 pixels: the tiled kernel indexes pixels within an image in int"
     if config.tile not in tiles_for(dtype):
@@ -198,7 +239,10 @@ def choose_tile(p: ConvProblem, dtype) -> str:
 def choose_dgrad_config(p: ConvProblem, dtype, precision: str = "ieee") -> DgradConfig:
     """The dgrad configuration for problem p, dtype and float32 precision (rules in the module docstring); pure."""
     index = index_type(p.needs_int64())
-    if p.group_c < 16 or p.group_k < 4:
+    if p.group_c < FEW_CHANNELS:
+        pixels = DgradConfig("pixels", pixel_tile(p.group_c), index)
+        return pixels if p.group_k >= 4 and supports(pixels, p, dtype)[0] else DgradConfig("analytic", None, index)
+    if p.group_k < 4:
         return DgradConfig("analytic", None, index)
     tiled = DgradConfig("tiled", choose_tile(p, dtype), index)
     if not supports(tiled, p, dtype)[0]:
@@ -225,6 +269,10 @@ def config_for(p: ConvProblem, dtype, precision: str = "ieee") -> DgradConfig:
     config = choose_dgrad_config(p, dtype, precision)
     fields = _forced.get()
     if fields:
+        if "tile" not in fields and fields.get("variant", config.variant) != config.variant:
+            config = dataclasses.replace(config, tile=None)      # a tile of another variant's kind
+        if fields.get("variant") == "pixels" and "tile" not in fields:
+            fields = {**fields, "tile": pixel_tile(p.group_c)}
         config = apply_forced(config, fields, tiles_for(dtype)[-1], tile=None)
     return checked_config(FAMILY.name, config, supports(config, p, dtype), bool(fields))
 
@@ -238,10 +286,10 @@ def dgrad_plans(config: DgradConfig, p: ConvProblem, dy, w, dx, nonfinite=None) 
     dtype = np.dtype(dx.dtype)
     ix64 = config.index == "long long"
     scalars = problem_scalars(p, ix64)
-    if config.variant == "analytic":
-        grid = (ceil_div(input_elements(p), BLOCK), 1, 1)
-        return [LaunchPlan(FAMILY.name, analytic_expression(dtype, config.index), grid, (BLOCK, 1, 1), 0,
-                           (dy, w, dx) + scalars)]
+    if config.variant in ("analytic", "pixels"):
+        threads = input_elements(p) if config.variant == "analytic" else pixel_threads(p, config.tile)
+        return [LaunchPlan(FAMILY.name, config_expression(config, dtype), (ceil_div(threads, BLOCK), 1, 1),
+                           (BLOCK, 1, 1), 0, (dy, w, dx) + scalars)]
     n_tiles = ceil_div(p.group_c, TILES[config.tile][1])
     # TF32 rounds and 3xTF32 splits dy: a non-finite dy is computed by formula too (module docstring).
     flagged = [(w, filter_elements(p))] + ([(dy, output_elements(p))] if uses_tf32(config, dtype) else [])
