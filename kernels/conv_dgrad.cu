@@ -10,8 +10,8 @@
 //
 // Variants:
 //   conv_dgrad_analytic  one thread per dx element; recomputes every index; always correct.
-//   conv_dgrad_pixels    few channels per group (where the tiled kernel's channel tiles would be mostly padding):
-//                        one thread per PT pixels x CT channels, the analytic sum of each (bit-identical).
+//   conv_dgrad_col2im    few channels (where the tiled kernel's channel tiles would be mostly padding): the
+//                        second half of a GEMM (a 1x1 conv_fprop, dy x w -> cols per tap) + col2im gather.
 //   conv_dgrad_tiled     implicit GEMM per (stride phase, group):
 //                          gemm_m = N * Dp*Hp*Wp (dx pixels of the phase), gemm_n = Cg,
 //                          gemm_k = taps_of_phase * Kg (padded to BK per tap).
@@ -168,55 +168,34 @@ conv_dgrad_analytic(const Element* __restrict__ dy, const Element* __restrict__ 
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// conv_dgrad_pixels
+// conv_dgrad_col2im
 // ---------------------------------------------------------------------------------------------------------
-// Few input channels per group (C/G < 16: the ResNet stem's 3, 3D U-Net's 1), where the tiled kernel's channel
-// tiles would be mostly padding and the analytic kernel loads a dy and a w value per multiply-add. Each thread
-// computes PT dx pixels x CT channels of one group, so each dy value it loads serves CT channels and each w value
-// PT pixels. Its PT pixels are consecutive in one W stride phase (x_w = first + l*sw, l = lb*PT + j): they share
-// their taps, and tap s puts pixel j at dy column q0 + j. Thread order, fastest last: n, x_d, x_h, channel tile
-// ct (group-major), W phase a, pixel block lb (LB = ceil(ceil(W/sw) / PT) per phase; a smaller phase idles its
-// last threads), so a warp's lanes mostly share x_d, x_h, phase and channel tile: their taps, their loop trip
-// counts and their w addresses. Per dx element the sum is dgrad_element's (taps in (t, r, s) order, k
-// ascending, one mac each, absent taps skipped, never multiplied), so the result is bit-identical to the
-// analytic variant's. Channels past C/G in the last tile are computed from zeros and never stored.
-template <typename Element, typename Idx, int CT, int PT>
-__device__ __forceinline__ void dgrad_pixels(const Element* __restrict__ dy, const Element* __restrict__ w,
-                                             Element* __restrict__ dx, const ConvProblemSize<Idx>& pr) {
+// The second half of dgrad as GEMM + col2im, for few input channels (plans/conv_dgrad.py rule 2: the tiled
+// kernel's channel tiles would be mostly padding, and the analytic kernel loads a dy and a w value per
+// multiply-add). The first half, a 1x1 conv_fprop GEMM, wrote cols[m, tap, c] = sum_k dy[m, k] * w[tap, c, k] for
+// every dy pixel m of the batch chunk and every tap (t, r, s); here one thread per dx element adds the cols
+// entries of its present taps in (t, r, s) order. Absent taps (padding, off the stride lattice) are never read,
+// so an inf or NaN in w reaches only the dx elements whose taps meet dy, as in the analytic kernel. groups == 1.
+// ColT: float (float16 and float32 dx; float16 runs its GEMM in float32) or double.
+template <typename Element, typename ColT, typename Idx>
+__device__ __forceinline__ void dgrad_col2im(const ColT* __restrict__ cols, Element* __restrict__ dx,
+                                             const ConvProblemSize<Idx>& pr) {
     typedef typename Accum<Element>::type Acc;
     GPUCONV_CONV_PROBLEM_LOCALS(pr);
-    const int tiles_per_group = (Cg + CT - 1) / CT;
-    const int n_ct = pr.groups * tiles_per_group;
-    const int blocks_per_phase = ((W + sw - 1) / sw + PT - 1) / PT;
-    const Idx total = (Idx)N * D * H * n_ct * sw * blocks_per_phase;   // plans/conv_dgrad.py pixel_threads
+    const Idx total = (Idx)N * D * H * W * C;
     Idx i;
     if (!element_of_thread(total, i)) return;
-    // The divisions in Idx, before anything is live.
-    const int lb = (int)(i % blocks_per_phase);
-    Idx rest = i / blocks_per_phase;
-    const int a = (int)(rest % sw); rest /= sw;
-    const int ct = (int)(rest % n_ct); rest /= n_ct;
-    const int x_h = (int)(rest % H); rest /= H;
-    const int x_d = (int)(rest % D);
-    const int n = (int)(rest / D);
-    int first = (a - pw) % sw;                                   // the phase's first dx column, as make_phase_axis
-    if (first < 0) first += sw;
-    const int phase_size = first < W ? (W - first + sw - 1) / sw : 0;
-    const int l0 = lb * PT;
-    if (l0 >= phase_size) return;
-    const int pixels = phase_size - l0 < PT ? phase_size - l0 : PT;   // this thread's pixels: j < pixels
-    const int x_w0 = first + l0 * sw;
-    const int g = ct / tiles_per_group;
-    const int cg0 = (ct - g * tiles_per_group) * CT;
-    const int channels = Cg - cg0 < CT ? Cg - cg0 : CT;          // this thread's channels: c < channels
-
-    Acc acc[PT][CT];
-#pragma unroll
-    for (int j = 0; j < PT; ++j) {
-#pragma unroll
-        for (int c = 0; c < CT; ++c) acc[j][c] = Acc(0);
-    }
-    const TapWalk wd(x_d + pd, sd, dil_d), wh(x_h + ph, sh, dil_h), ww(x_w0 + pw, sw, dil_w);
+    const Idx pixel = i / C;
+    const int c = (int)(i - pixel * C);
+    const Idx image_pixels = (Idx)D * H * W;
+    const int n = (int)(pixel / image_pixels);
+    Idx rest = pixel - (Idx)n * image_pixels;
+    const int x_w = (int)(rest % W); rest /= W;
+    const int x_h = (int)(rest % H);
+    const int x_d = (int)(rest / H);
+    const int row = T * R * S * C;                                   // cols entries per dy pixel
+    const TapWalk wd(x_d + pd, sd, dil_d), wh(x_h + ph, sh, dil_h), ww(x_w + pw, sw, dil_w);
+    Acc acc = Acc(0);
     TapWalk zt = wd;
     for (int t = 0; t < T && zt.q >= 0; ++t, zt.step(wd)) {
         if (zt.rem != 0 || zt.q >= Z) continue;
@@ -224,53 +203,21 @@ __device__ __forceinline__ void dgrad_pixels(const Element* __restrict__ dy, con
         for (int r = 0; r < R && pr_.q >= 0; ++r, pr_.step(wh)) {
             if (pr_.rem != 0 || pr_.q >= P) continue;
             TapWalk qs = ww;
-            // pixel j's dy column is qs.q + j: every later tap misses all pixels once the last one's is < 0
-            for (int s = 0; s < S && qs.q + pixels - 1 >= 0; ++s, qs.step(ww)) {
+            for (int s = 0; s < S && qs.q >= 0; ++s, qs.step(ww)) {
                 if (qs.rem != 0 || qs.q >= Q) continue;
-                bool hit[PT];
-#pragma unroll
-                for (int j = 0; j < PT; ++j) hit[j] = j < pixels && qs.q + j >= 0 && qs.q + j < Q;
-                // dy offset of pixel 0's column (negative columns are never read: hit[j] guards each load)
-                const Idx dy_row = ((((Idx)n * Z + zt.q) * P + pr_.q) * Q + qs.q) * K + (Idx)g * Kg;
-                const Element* w_row = w + ((((Idx)t * R + r) * S + s) * Cg + cg0) * K + (Idx)g * Kg;
-#pragma unroll 1
-                for (int k = 0; k < Kg; ++k) {
-                    Acc wv[CT];
-#pragma unroll
-                    for (int c = 0; c < CT; ++c) wv[c] = c < channels ? to_accum(w_row[(Idx)c * K + k]) : Acc(0);
-#pragma unroll
-                    for (int j = 0; j < PT; ++j) {
-                        if (!hit[j]) continue;
-                        const Acc d = to_accum(dy[dy_row + (Idx)j * K + k]);
-#pragma unroll
-                        for (int c = 0; c < CT; ++c) acc[j][c] = mac(d, wv[c], acc[j][c]);
-                    }
-                }
+                const Idx m = (((Idx)n * Z + zt.q) * P + pr_.q) * Q + qs.q;
+                acc += to_accum(cols[m * row + ((t * R + r) * S + s) * C + c]);
             }
         }
     }
-    const Idx pixel0 = (((Idx)n * D + x_d) * H + x_h) * W + x_w0;
-#pragma unroll
-    for (int j = 0; j < PT; ++j) {
-        if (j >= pixels) continue;
-        Element* out = dx + (pixel0 + (Idx)j * sw) * C + (Idx)g * Cg + cg0;
-#pragma unroll
-        for (int c = 0; c < CT; ++c) {
-            if (c < channels) out[c] = from_accum<Element>(acc[j][c]);
-        }
-    }
+    dx[i] = from_accum<Element>(acc);
 }
 
-// Launch bounds (conv_common.cuh header): 2 blocks of 256 threads per SM (128 registers: a float tile's 8-32
-// accumulators, its CT w values and the tap walks; 64 spilled for 1x8 and 4x4), 1 for double tiles of 32 values
-// and up.
-constexpr int pixels_min_blocks(int ct, int pt, int acc_bytes) { return acc_bytes > 4 && ct * pt >= 32 ? 1 : 2; }
-
-template <typename Element, typename Idx, int CT, int PT>
-__global__ void __launch_bounds__(256, pixels_min_blocks(CT, PT, sizeof(typename Accum<Element>::type)))
-conv_dgrad_pixels(const Element* __restrict__ dy, const Element* __restrict__ w, Element* __restrict__ dx,
-                  GPUCONV_CONV_PROBLEM_PARAMS(Idx)) {
-    dgrad_pixels<Element, Idx, CT, PT>(dy, w, dx, ConvProblemSize<Idx>(GPUCONV_CONV_PROBLEM_ARGS));
+// Launch bounds: 4 blocks of 256 threads per SM, as conv_dgrad_analytic (the same index walk, no inner k loop).
+template <typename Element, typename ColT, typename Idx>
+__global__ void __launch_bounds__(256, 4)
+conv_dgrad_col2im(const ColT* __restrict__ cols, Element* __restrict__ dx, GPUCONV_CONV_PROBLEM_PARAMS(Idx)) {
+    dgrad_col2im<Element, ColT, Idx>(cols, dx, ConvProblemSize<Idx>(GPUCONV_CONV_PROBLEM_ARGS));
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -495,6 +442,6 @@ conv_dgrad_tensorop(const Element* __restrict__ dy, const Element* __restrict__ 
 }  // namespace gpuconv
 
 using gpuconv::dgrad::conv_dgrad_analytic;
-using gpuconv::dgrad::conv_dgrad_pixels;
+using gpuconv::dgrad::conv_dgrad_col2im;
 using gpuconv::dgrad::conv_dgrad_tiled;
 using gpuconv::dgrad::conv_dgrad_tensorop;

@@ -124,9 +124,6 @@ SUBSET_IDS = [c[0] for c in SUBSET]
 
 DGRAD_CONFIGS = {
     "analytic": dict(variant="analytic"),
-    "pixels": dict(variant="pixels"),                     # the tile for the case's channels (C/G)
-    "pixels1x8": dict(variant="pixels", tile="1x8"),      # one channel per thread: several channel tiles per group
-    "pixels8x4": dict(variant="pixels", tile="8x4"),
     "tiled64x64": dict(variant="tiled", tile="64x64"),
     "tiled128x64": dict(variant="tiled", tile="128x64"),
 }
@@ -185,7 +182,7 @@ def test_large_tiles(kernel_backend, case):
 # float16 / float64
 # ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [F16, F64])
-@pytest.mark.parametrize("config", ["analytic", "pixels", "tiled64x64"])
+@pytest.mark.parametrize("config", ["analytic", "tiled64x64"])
 @pytest.mark.parametrize("case", SUBSET, ids=SUBSET_IDS)
 def test_dgrad_float16_float64(kernel_backend, case, config, dtype):
     _, xs, ws, kw = case
@@ -302,7 +299,7 @@ def test_empty_problems(kernel_backend):
     got = run_dgrad(kernel_backend, (2, 0, 5, 2), w, dy, strides=2, padding="SAME")
     assert got.shape == (2, 0, 5, 2)
     # a non-empty x whose forward output is empty (VALID, 3x3 filter on 2x2): dx has cells, all of them zero
-    for variant in ("analytic", "pixels", "tiled"):
+    for variant in ("analytic", "col2im", "tiled"):
         with DG.forced_config(variant=variant):
             got = run_dgrad(kernel_backend, (2, 2, 2, 2), w, np.zeros((2, 0, 0, 4), F32), strides=1,
                             padding="VALID")
@@ -333,20 +330,32 @@ def test_dgrad_variants_agree_bitwise_and_repeat_bitwise(kernel_backend):
         assert np.array_equal(outs["analytic"].view(np.uint32), outs[name].view(np.uint32)), name
 
 
+UNGROUPED = [c for c in CASES if c[1][-1] == c[2][-2]]          # C/G == C: the col2im variant's cases
+
+
 @pytest.mark.parametrize("dtype", [F16, F32, F64])
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_dgrad_pixel_tiles_are_bitwise_the_analytic_kernel(kernel_backend, case, dtype):
-    # conv_dgrad_pixels sums each dx element as dgrad_element does (taps in order, k ascending, one fma each):
-    # every pixel tile gives the analytic kernel's bits, whatever its channel tiles and pixel blocks
+@pytest.mark.parametrize("case", UNGROUPED, ids=[c[0] for c in UNGROUPED])
+def test_dgrad_col2im_matches_numpy(kernel_backend, case, dtype):
+    # GEMM (a 1x1 conv_fprop) + col2im gather, forced on every ungrouped case (the chooser takes it for C < 16)
     _, xs, ws, kw = case
-    w = uniform(ws, dtype, 33)
-    dy = uniform(forward_shape(xs, ws, kw), dtype, 34)
-    with DG.forced_config(variant="analytic"):
-        want = run_dgrad(kernel_backend, xs, w, dy, **kw)
-    for tile in DG.PIXEL_TILES:
-        with DG.forced_config(variant="pixels", tile=tile):
-            got = run_dgrad(kernel_backend, xs, w, dy, **kw)
-        assert got.tobytes() == want.tobytes(), tile
+    with DG.forced_config(variant="col2im"):
+        check_dgrad(kernel_backend, xs, ws, kw, dtype, seed=len(xs) + ws[-1])
+
+
+def test_dgrad_col2im_batch_chunks_give_the_one_chunk_bits(kernel_backend, monkeypatch):
+    # chunks are independent: the same GEMM rows and the same gathers, so one image per chunk gives the bits of
+    # the whole batch in one chunk; the chunk's dx view starts at its first image
+    _, xs, ws, kw = CASES[5]
+    xs = (5,) + xs[1:]
+    w = uniform(ws, F32, 35)
+    dy = uniform(forward_shape(xs, ws, kw), F32, 36)
+    with DG.forced_config(variant="col2im"):
+        whole = run_dgrad(kernel_backend, xs, w, dy, **kw)
+        monkeypatch.setattr(DG, "COL2IM_SCRATCH_BYTES", 1)
+        p = conv_problem((5, 1) + xs[1:], (1,) + ws, (1, 2, 2), (1, 2, 2), "SAME")
+        assert DG.col2im_images(p, F32) == 1 and p.N == 5
+        chunked = run_dgrad(kernel_backend, xs, w, dy, **kw)
+    assert chunked.tobytes() == whole.tobytes()
 
 
 def test_wgrad_split_reduction_is_deterministic(kernel_backend):

@@ -49,42 +49,65 @@ HUGE = ConvProblem(N=64, D=1, H=4096, W=4096, C=4, K=4, T=1, R=3, S=3, Z=1, P=40
 def test_dgrad_index_type_follows_needs_int64():
     assert DG.choose_dgrad_config(SMALL, F32).index == "int"
     assert HUGE.needs_int64()
-    assert DG.choose_dgrad_config(HUGE, F32) == DG.DgradConfig("pixels", "4x4", "long long")  # C/G = 4 < 16
+    assert DG.choose_dgrad_config(HUGE, F32) == DG.DgradConfig("col2im", None, "long long")  # C/G = 4 < 16
 
 
-def test_dgrad_few_channels_take_pixel_tiles_and_depthwise_analytic():
+def test_dgrad_few_channels_take_col2im_and_depthwise_analytic():
     depthwise = problem((2, 1, 8, 8, 32), (1, 3, 3, 1, 32))
     assert depthwise.groups == 32
     assert DG.choose_dgrad_config(depthwise, F32).variant == "analytic"        # C/G = 1, K/G = 1
     multiplier4 = problem((2, 1, 8, 8, 8), (1, 3, 3, 1, 32))                   # depthwise, channel multiplier 4
-    assert DG.choose_dgrad_config(multiplier4, F32) == DG.DgradConfig("pixels", "1x8", "int")
-    for c, tile in [(1, "1x8"), (2, "4x4"), (3, "4x4"), (4, "4x4"), (5, "8x4"), (8, "8x4"), (15, "8x4")]:
+    assert DG.choose_dgrad_config(multiplier4, F32).variant == "analytic"      # groups 8: no single GEMM
+    assert "groups == 1" in DG.supports(DG.DgradConfig("col2im"), multiplier4)[1]
+    for c in (1, 3, 8, 15):
         for dt in (F16, F32, F64):
             got = DG.choose_dgrad_config(problem((2, 1, 8, 8, c), (1, 3, 3, c, 64)), dt)
-            assert got == DG.DgradConfig("pixels", tile, "int"), (c, dt)
-            assert DG.config_expression(got, dt) == f"conv_dgrad_pixels<{ctype(dt)}, int, " \
-                                                     f"{DG.PIXEL_TILES[tile][0]}, {DG.PIXEL_TILES[tile][1]}>"
-    assert DG.choose_dgrad_config(problem((2, 1, 8, 8, 3), (1, 3, 3, 3, 3)), F32).variant == "analytic"  # K/G 3
+            assert got == DG.DgradConfig("col2im", None, "int"), (c, dt)
+            cols = "double" if dt == F64 else "float"
+            assert DG.config_expression(got, dt) == f"conv_dgrad_col2im<{ctype(dt)}, {cols}, int>"
+    assert DG.choose_dgrad_config(problem((2, 1, 8, 8, 3), (1, 3, 3, 3, 3)), F32).variant == "analytic"  # K 3
     assert DG.choose_dgrad_config(problem((2, 1, 8, 8, 64), (1, 3, 3, 64, 2)), F32).variant == "analytic"
     assert DG.choose_dgrad_config(problem((2, 1, 8, 8, 16), (1, 3, 3, 16, 4)), F32).variant == "tiled"
 
 
-def test_dgrad_pixel_threads_cover_every_pixel_once():
-    # channel tiles x W phases x pixel blocks per (n, d, h); a pixel tile past int's threads wants 'long long'
-    p = problem((2, 3, 5, 11, 6), (1, 3, 3, 3, 8), (1, 2, 3))                  # groups 2: C/G = 3
-    assert p.groups == 2
-    assert DG.pixel_threads(p, "4x4") == 2 * 3 * 5 * (2 * 1) * 3 * 1        # ceil(ceil(11/3) / 4) = 1 block
-    assert DG.pixel_threads(p, "1x8") == 2 * 3 * 5 * (2 * 3) * 3 * 1
-    assert DG.pixel_threads(p, "8x4") == 2 * 3 * 5 * (2 * 1) * 3 * 1
-    # one-column images at W stride 16: 16 phases of which one holds the column, 2^32 threads for 2^28 pixels
-    tall = ConvProblem(N=1, D=1, H=2**28, W=1, C=1, K=4, T=1, R=1, S=1, Z=1, P=2**28, Q=1, stride=(1, 1, 16),
-                       dilation=(1, 1, 1), pad_before=(0, 0, 0), pad_after=(0, 0, 0), groups=1)
-    assert not tall.needs_int64() and DG.pixel_threads(tall, "1x8") == 2**32
-    ok, why = DG.supports(DG.DgradConfig("pixels", "1x8", "int"), tall)
-    assert not ok and "threads of pixel tiles" in why
-    assert DG.supports(DG.DgradConfig("pixels", "1x8", "long long"), tall)[0]
-    assert DG.choose_dgrad_config(tall, F32) == DG.DgradConfig("analytic", None, "int")
-    assert not DG.supports(DG.DgradConfig("pixels", "2x2", "long long"), SMALL)[0]
+def test_dgrad_col2im_gemm_chunks_and_weights():
+    # the ResNet-50 stem at N = 32: cols of 112 x 112 dy pixels x 147 entries, 7.4 MB per image in float32
+    p = problem((32, 1, 224, 224, 3), (1, 7, 7, 3, 64), (1, 2, 2))
+    assert DG.col2im_row(p) == 7 * 7 * 3
+    per_image = 112 * 112 * 147 * 4
+    assert DG.col2im_images(p, F32) == DG.COL2IM_SCRATCH_BYTES // per_image == 9
+    assert DG.col2im_images(p, F16) == 9 and DG.col2im_images(p, F64) == 4     # float16 runs its GEMM in float32
+    g = DG.col2im_gemm_problem(p, 8)   # any chunk size
+    assert (g.x_shape, g.w_shape, g.y_shape) == ((8, 1, 112, 112, 64), (1, 1, 1, 64, 147), (8, 1, 112, 112, 147))
+    assert DG.col2im_images(problem((1, 1, 8, 8, 3), (1, 3, 3, 3, 8)), F32) == 1       # never more than N
+    huge_image = problem((2, 1, 2048, 2048, 4), (1, 3, 3, 4, 8))                       # 604 MB of cols per image
+    assert DG.col2im_images(huge_image, F32) == 1
+    w = np.arange(2 * 3 * 4 * 3 * 5, dtype=np.float16).reshape(2, 3, 4, 3, 5)          # (T, R, S, C, K)
+    wc = DG.col2im_weights(w, np)
+    assert wc.shape == (1, 1, 1, 5, 2 * 3 * 4 * 3) and wc.dtype == F32 and wc.flags.c_contiguous
+    for t, r, s_, c, k in itertools.product(range(2), range(3), range(4), range(3), range(5)):
+        assert wc[0, 0, 0, k, ((t * 3 + r) * 4 + s_) * 3 + c] == w[t, r, s_, c, k]
+    # cols past 2^31 entries for one image: analytic
+    wide = ConvProblem(N=1, D=1, H=1, W=2**27, C=15, K=8, T=1, R=1, S=2, Z=1, P=1, Q=2**27, stride=(1, 1, 1),
+                       dilation=(1, 1, 1), pad_before=(0, 0, 0), pad_after=(0, 0, 1), groups=1)
+    ok, why = DG.supports(DG.DgradConfig("col2im", None, "long long"), wide)
+    assert not ok and "2^31" in why
+    assert DG.choose_dgrad_config(wide, F32).variant == "analytic"
+
+
+def test_dgrad_col2im_plan_covers_its_chunk():
+    p = problem((5, 2, 6, 7, 3), (2, 3, 3, 3, 8), (1, 2, 1))
+    config = DG.DgradConfig("col2im", None, "int")
+    cols, dx = FakeArray(F32), FakeArray(F16)
+    plan = DG.col2im_plan(config, p, 2, cols, dx)
+    assert plan.name_expression == "conv_dgrad_col2im<__half, float, int>" in DG.FAMILY.name_expressions
+    assert plan.args[:2] == (cols, dx) and plan.block == (256, 1, 1)
+    scalars = plan.args[2:]
+    assert int(scalars[PROBLEM_PARAM_NAMES.index("N")]) == 2 and all(type(v) is np.int32 for v in scalars)
+    assert plan.grid == (ceil_div(2 * 2 * 6 * 7 * 3, 256), 1, 1)
+    with pytest.raises(ValueError, match="col2im"):
+        DG.dgrad_plans(config, p, dx, dx, dx)
+
 
 @pytest.mark.parametrize("precision,passes", [("tf32", 1), ("3xtf32", 3)])
 def test_dgrad_float32_runs_on_tensor_cores_only_when_tf32_is_allowed(precision, passes):
@@ -98,7 +121,7 @@ def test_dgrad_float32_runs_on_tensor_cores_only_when_tf32_is_allowed(precision,
                                                f"{DG.TILES[c.tile][1]}, {passes}>"
         for dt in (F16, F64):                                                  # the mode is float32's only
             assert DG.choose_dgrad_config(p, dt, precision) == DG.choose_dgrad_config(p, dt)
-    assert DG.choose_dgrad_config(problem((2, 1, 8, 8, 8), (1, 3, 3, 8, 64)), F32, precision).variant == "pixels"
+    assert DG.choose_dgrad_config(problem((2, 1, 8, 8, 8), (1, 3, 3, 8, 64)), F32, precision).variant == "col2im"
 
 
 def test_dgrad_float16_always_runs_on_tensor_cores():
@@ -109,7 +132,7 @@ def test_dgrad_float16_always_runs_on_tensor_cores():
         assert DG.config_expression(c, F16) == f"conv_dgrad_tensorop<__half, int, {DG.TILES[c.tile][0]}, " \
                                                f"{DG.TILES[c.tile][1]}, 1>"
     # where the tiled kernel would not run, neither does the tensor-op one
-    assert DG.choose_dgrad_config(problem((2, 1, 8, 8, 8), (1, 3, 3, 8, 64)), F16).variant == "pixels"
+    assert DG.choose_dgrad_config(problem((2, 1, 8, 8, 8), (1, 3, 3, 8, 64)), F16).variant == "col2im"
     assert DG.choose_dgrad_config(resnet(RESNET50_3X3[0]), F64).variant == "tiled"
 
 
@@ -333,7 +356,6 @@ PROBLEMS = [SMALL, problem((2, 3, 5, 4, 6), (2, 2, 3, 3, 4), (2, 1, 2), (1, 2, 1
 def test_every_dgrad_plan_names_a_declared_expression(dtype):
     for p, index in itertools.product(PROBLEMS, ("int", "long long")):
         configs = [DG.DgradConfig("analytic", None, index)]
-        configs += [DG.DgradConfig("pixels", t, index) for t in DG.PIXEL_TILES]
         configs += [DG.DgradConfig("tiled", t, index) for t in DG.tiles_for(dtype)]
         configs += [DG.DgradConfig("tensorop", t, index, n) for t in DG.tiles_for(dtype)
                     for n in SIMT16_TENSOROP_PASSES.get(dtype, ())]
@@ -342,8 +364,7 @@ def test_every_dgrad_plan_names_a_declared_expression(dtype):
             flag = FakeArray(np.int32)
             plans = DG.dgrad_plans(c, p, *arrs, flag)
             # the non-finite flag over w (float32 tensorop: and dy), then the GEMM
-            untiled = c.variant in ("analytic", "pixels")
-            flags = 0 if untiled else 2 if c.variant == "tensorop" and dtype == F32 else 1
+            flags = 0 if c.variant == "analytic" else 2 if c.variant == "tensorop" and dtype == F32 else 1
             assert len(plans) == flags + 1
             if flags:
                 assert all(pl.name_expression in DG.FAMILY.name_expressions for pl in plans[:flags])
@@ -352,16 +373,14 @@ def test_every_dgrad_plan_names_a_declared_expression(dtype):
             plan = plans[-1]
             assert plan.name_expression in DG.FAMILY.name_expressions
             assert plan.block == (256, 1, 1) and plan.shared_mem == 0
-            first = 3 if untiled else 4
+            first = 3 if c.variant == "analytic" else 4
             scalars = plan.args[first:first + len(PROBLEM_PARAM_NAMES)]
             want = np.int64 if index == "long long" else np.int32
             assert all(type(s) is want for s in scalars)
             assert int(scalars[PROBLEM_PARAM_NAMES.index("groups")]) == p.groups
-            if not untiled:
+            if c.variant != "analytic":
                 assert plan.grid == DG.tiled_grid(p, c.tile)
                 assert len(plan.args) == 4 + len(PROBLEM_PARAM_NAMES) + 1
-            elif c.variant == "pixels":
-                assert plan.grid[0] * 256 >= DG.pixel_threads(p, c.tile) > (plan.grid[0] - 1) * 256
             else:
                 assert plan.grid[0] * 256 >= p.N * p.D * p.H * p.W * p.C
 

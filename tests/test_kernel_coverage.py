@@ -152,9 +152,6 @@ def grad_cases(op):
         if op == "dgrad":
             yield pytest.param(dt, dict(variant="analytic", index=ix), {DG.analytic_expression(dt, ix)},
                                id=f"{dt}-analytic-{ix}".replace(" ", ""))
-            for tile in DG.PIXEL_TILES:
-                yield pytest.param(dt, dict(variant="pixels", tile=tile, index=ix),
-                                   {DG.pixels_expression(dt, ix, tile)}, id=f"{dt}-pixels{tile}-{ix}".replace(" ", ""))
             for tile in DG.tiles_for(dt):
                 yield pytest.param(dt, dict(variant="tiled", tile=tile, index=ix),
                                    {DG.tiled_expression(dt, ix, tile), flag}, id=f"{dt}-{tile}-{ix}".replace(" ", ""))
@@ -205,6 +202,29 @@ def test_conv_dgrad_instantiation(kernel_backend, monkeypatch, dtype, fields, ex
 
     check_orders(kernel_backend, monkeypatch, expected, compute,
                  lambda dx: assert_conv_close(dx, ref, bound, dtype, rtol))
+
+
+# col2im: GRAD_X's shape without its groups (C = 3, the variant takes groups == 1). Its GEMM is a conv_fprop
+# launch (that family's, covered above); the dgrad family's own launch is the col2im gather.
+COL2IM_X, COL2IM_W = GRAD_X[:-1] + (3,), GRAD_W
+COL2IM_CASES = [pytest.param(dt, ix, {DG.col2im_expression(dt, ix)}, id=f"{dt}-col2im-{ix}".replace(" ", ""))
+                for dt, ix in itertools.product(FLOAT_DTYPES, INDEX_TYPES)]
+
+
+@pytest.mark.parametrize("dtype,index,expected", COL2IM_CASES)
+def test_conv_dgrad_col2im_instantiation(kernel_backend, monkeypatch, dtype, index, expected):
+    fn = gpuconv.conv3d_backprop_input
+    dy_shape = oracle(gpuconv.conv3d, np.zeros(COL2IM_X, np.float32), np.zeros(COL2IM_W, np.float32),
+                      **GRAD_KW).shape
+    w, dy = uniform(COL2IM_W, dtype, 7), uniform(dy_shape, dtype, 8)
+    ref = oracle(fn, COL2IM_X, w, dy, **GRAD_KW)
+    bound = oracle(fn, COL2IM_X, np.abs(w).astype(np.float64), np.abs(dy).astype(np.float64), **GRAD_KW)
+    for order, seed in ORDERS[kernel_backend]:
+        launched = install(monkeypatch, kernel_backend, order, seed)
+        with DG.forced_config(variant="col2im", index=index):
+            assert_conv_close(run(kernel_backend, fn, COL2IM_X, w, dy, **GRAD_KW), ref, bound, dtype)
+        names = set(launched)
+        assert expected <= names and names - expected <= set(F.FAMILY.name_expressions), (order, sorted(names))
 
 
 @pytest.mark.parametrize("dtype,fields,expected", WGRAD_CASES)
@@ -478,7 +498,8 @@ def test_launch_log(monkeypatch, tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 def test_every_declared_expression_is_covered():
     covered = {
-        "conv_fprop": FPROP_CASES, "conv_dgrad": DGRAD_CASES, "conv_wgrad": WGRAD_CASES, "pool": POOL_CASES,
+        "conv_fprop": FPROP_CASES, "conv_dgrad": DGRAD_CASES + COL2IM_CASES, "conv_wgrad": WGRAD_CASES,
+        "pool": POOL_CASES,
         "unpool": UNPOOL_CASES,
     }
     assert {fam.name for fam in kernel_source.families()} == set(covered)

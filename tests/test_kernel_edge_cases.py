@@ -154,7 +154,7 @@ def test_fprop_tiled_128x64_second_column_tile(kernel_backend, vector):
 # ---------------------------------------------------------------------------------------------------------
 # conv_dgrad_tiled: a dy depth coordinate z == Z is absent (3-D, depth pad before >= 1)
 # ---------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("variant", ["analytic", "pixels", "tiled"])
+@pytest.mark.parametrize("variant", ["analytic", "col2im", "tiled"])
 def test_dgrad_3d_depth_tap_past_the_last_dy_plane(kernel_backend, variant):
     # D = Z = 3, T = 3, SAME in depth (pads 1, 1): dx depth 2 at tap 0 maps to z = 2 + 1 - 0 = 3 = Z, which must
     # be skipped. Two images, so a read of z = Z in image 0 lands on image 1's first dy plane (nonzero).

@@ -4,7 +4,7 @@ Out-of-bounds taps are absent -- padding and the inserted zeros of a strided dgr
 multiplication -- so an inf or NaN weight (fprop, dgrad, transposed conv) or gradient (wgrad) only reaches the
 outputs where it meets an in-bounds value. tests/loop_reference.py follows the rule by construction; every backend
 and every kernel variant must agree with it: same NaN positions, same infinities with the same signs, finite values
-close. The kernel variants are forced with the plans' override hooks (analytic, dgrad's pixel tiles, tiled with
+close. The kernel variants are forced with the plans' override hooks (analytic, dgrad's col2im, tiled with
 scalar and vector loads, tensor-op float16, split-K > 1); on the tiled variants the non-finite flag must route
 every tile to the analytic formula, whose results are then bit-identical to the analytic kernel's.
 """
@@ -331,8 +331,8 @@ FPROP_VARIANTS = {
     "tiled_v1": dict(variant="tiled", tile="64x64", vector=1),
     "tiled_v4": dict(variant="tiled", tile="64x64", vector=4),
 }
-DGRAD_VARIANTS = {"analytic": dict(variant="analytic"), "pixels": dict(variant="pixels", tile="4x4"),
-                  "pixels_1x8": dict(variant="pixels", tile="1x8"), "tiled": dict(variant="tiled", tile="64x64")}
+DGRAD_VARIANTS = {"analytic": dict(variant="analytic"), "col2im": dict(variant="col2im"),
+                  "tiled": dict(variant="tiled", tile="64x64")}
 WGRAD_VARIANTS = {"analytic": dict(variant="analytic"), "tiled_split1": dict(variant="tiled", tile="64x64", splits=1),
                   "tiled_split2": dict(variant="tiled", tile="64x64", splits=2)}
 

@@ -7,10 +7,10 @@ element is written once, in a fixed summation order: deterministic, no atomics, 
 Variants (`DgradConfig.variant`):
   * ``analytic`` - `conv_dgrad_analytic`: one thread per dx element (grid ceil(N*D*H*W*C / 256) x 256
     threads); always correct.
-  * ``pixels`` - `conv_dgrad_pixels<Element, Index, CT, PT>`: one thread per PT dx pixels of one W stride phase
-    x CT channels of one group (tile "CTxPT", `pixel_tile`: 1x8 for C/G = 1, 4x4 up to 4 channels, 8x4 above),
-    so a dy value serves CT channels and a w value PT pixels; the analytic sum per element, bit-identical to it.
-    Grid ceil(pixel_threads / 256) x 256 threads.
+  * ``col2im`` - GEMM + col2im, per batch chunk of `col2im_images` images (cols at most COL2IM_SCRATCH_BYTES, one
+    image at least): a 1x1 conv_fprop of dy with w as a (K, T*R*S*C) matrix gives cols[m, tap, c] = sum_k dy[m, k]
+    * w[tap, c, k] for every dy pixel m (float16 in float32), then `conv_dgrad_col2im<Element, ColT, Index>`, one
+    thread per dx element, adds the cols entries of its present taps in (t, r, s) order. groups == 1 only.
   * ``tiled`` - `conv_dgrad_tiled`: implicit GEMM per (stride phase, group) in ONE launch:
     gemm_m = N * ceil(D/sd)*ceil(H/sh)*ceil(W/sw) (dx pixels of the phase), gemm_n = C/G,
     gemm_k = taps of the phase x ceil((K/G) / BK) * BK (BK = 8; 16 for float16 on tensor cores). A stride phase
@@ -25,13 +25,13 @@ Variants (`DgradConfig.variant`):
 
 Chooser rules (`choose_dgrad_config`, a pure function of the problem and the dtype):
   1. index type: ``long long`` when some tensor has >= 2^31 elements (ConvProblem.needs_int64()), else ``int``.
-  2. When a tile would be mostly padding: C/G < 16 (under 25 % of a 64-wide gemm_n tile) takes ``pixels``
-     (the ResNet stem's 3 channels, 3D U-Net's 1; on an H100 the analytic kernel ran their dgrad at 1.5 % of
-     the FP32 peak, 0.09-0.13x cuDNN) unless K/G < 4 (depthwise convolutions: nothing for a w value to serve)
-     or it cannot run (`supports`: its thread count past the index type or the grid); those and K/G < 4 take
-     ``analytic``. ``analytic`` also when the tiled kernel cannot run (`supports` gives the reason: an extent
-     beyond int, more than 65535 groups or stride phases, a grid beyond 2^31-1 blocks, an image of >= 2^31 -
-     1024 pixels; the analytic variant has only the first and a grid limit of its own). Otherwise ``tiled``.
+  2. C/G < 16 (under 25 % of a 64-wide gemm_n tile): ``col2im`` where groups == 1, K >= 4 and one image's cols
+     stay under 2^31 elements, else ``analytic`` (the ResNet stem's 3 channels, 3D U-Net's 1: on an H100 the
+     analytic kernel ran their dgrad at 1.5 % of the FP32 peak, 0.09-0.13x cuDNN). K/G < 4 (under half of each
+     8-deep gemm_k step, e.g. depthwise convolutions): ``analytic``. ``analytic`` also when the tiled kernel
+     cannot run (`supports` gives the reason: an extent beyond int, more than 65535 groups or stride phases, a
+     grid beyond 2^31-1 blocks, an image of >= 2^31 - 1024 pixels; the analytic variant has only the first and
+     a grid limit of its own). Otherwise ``tiled``.
   3. tile: float64 always 64x64 (register budget). float32/float16: the first of 128x128, 128x64, 64x64 that
      keeps gemm_n utilisation >= 75 % (C/G over the padded tile width) and launches >= TARGET_CTAS CTAs
      (2 waves of 132 SMs, H100 SXM / H200; a fixed SM count, no device query); if none launches that many,
@@ -42,7 +42,9 @@ Chooser rules (`choose_dgrad_config`, a pure function of the problem and the dty
      ``tiled``.
 
 Launch sequence (`dgrad_plans`):
-  * analytic, pixels: [conv_dgrad_analytic] or [conv_dgrad_pixels] (they skip absent taps themselves).
+  * analytic: [conv_dgrad_analytic] (it skips absent taps itself).
+  * col2im: per batch chunk, the conv_fprop plans of `col2im_gemm_problem`, then [`col2im_plan`]; the kernel
+    backend runs them (kernel_backend/conv_dgrad.py), `dgrad_plans` refuses the variant.
   * tiled: [conv_nonfinite_flag<Element, Index>(w, T*R*S*C/G*K, nonfinite), conv_dgrad_tiled(dy, w, dx,
     nonfinite, problem..., n_tiles)]. The tiled GEMM loads dy cells of absent taps (out of range) as zeros and
     multiplies them by w; when w holds inf or NaN the flag makes every block compute its tile by the analytic
@@ -65,8 +67,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..dtypes import FLOAT_DTYPES, ctype
-from .._args import INT32_MAX
-from ..geometry import ConvProblem
+from ..geometry import INT32_LIMIT, ConvProblem, conv_problem
 from ..kernel_source import KernelFamily, LaunchHint
 from . import LaunchPlan, ceil_div, index_type
 from .conv_common import (GRID_X_MAX, INDEX_TYPES, SIMT16_BLOCK, SIMT16_TENSOROP_PASSES, SIMT16_TILE_K, SM_COUNT,
@@ -84,10 +85,9 @@ INT_LIMIT = 2**31 - 1024     # per-image pixel counts stay below this (int arith
 
 # name -> (BM, BN, TM, TN); every configuration runs 16 x 16 threads.
 TILES: dict[str, tuple[int, int, int, int]] = simt16_tiles("128x128", "128x64", "64x64")
-VARIANTS = ("analytic", "pixels", "tiled", "tensorop")
-# The pixels variant's thread tiles: name -> (CT channels, PT pixels), instantiated per dtype and index type.
-PIXEL_TILES: dict[str, tuple[int, int]] = {"1x8": (1, 8), "4x4": (4, 4), "8x4": (8, 4)}
+VARIANTS = ("analytic", "col2im", "tiled", "tensorop")
 FEW_CHANNELS = 16            # C/G below this: gemm_n tiles would be mostly padding (rule 2)
+COL2IM_SCRATCH_BYTES = 64 * 2**20   # cols of one batch chunk of the col2im variant (one image at least)
 
 
 def tiles_for(dtype) -> tuple[str, ...]:
@@ -99,8 +99,8 @@ def tiles_for(dtype) -> tuple[str, ...]:
 class DgradConfig:
     """A dgrad kernel choice: variant, tile (tiled only) and C++ index type."""
 
-    variant: str                 # "analytic" | "pixels" | "tiled" | "tensorop"
-    tile: str | None = None      # a TILES key for "tiled" and "tensorop", a PIXEL_TILES key for "pixels"
+    variant: str                 # "analytic" | "col2im" | "tiled" | "tensorop"
+    tile: str | None = None      # a TILES key for "tiled" and "tensorop"
     index: str = "int"           # "int" | "long long"
     passes: int = 1              # tensor-core products per product ("tensorop": 1 float16 / TF32, 3 3xTF32)
 
@@ -109,22 +109,37 @@ def analytic_expression(dtype, index: str) -> str:
     return f"conv_dgrad_analytic<{ctype(dtype)}, {index}>"
 
 
-def pixel_tile(group_c: int) -> str:
-    """The pixels variant's tile for C/G channels per group: the first of PIXEL_TILES whose CT holds them, else
-    the last (several channel tiles per group); PT makes CT x PT >= 8 accumulators."""
-    return next((name for name, (ct, _) in PIXEL_TILES.items() if group_c <= ct), list(PIXEL_TILES)[-1])
+def col2im_dtype(dtype) -> np.dtype:
+    """The dtype of the col2im variant's GEMM and cols: float64 for float64, else float32 (float16 included)."""
+    return np.dtype(np.float64 if np.dtype(dtype) == np.float64 else np.float32)
 
 
-def pixels_expression(dtype, index: str, tile: str) -> str:
-    ct, pt = PIXEL_TILES[tile]
-    return f"conv_dgrad_pixels<{ctype(dtype)}, {index}, {ct}, {pt}>"
+def col2im_expression(dtype, index: str) -> str:
+    return f"conv_dgrad_col2im<{ctype(dtype)}, {ctype(col2im_dtype(dtype))}, {index}>"
 
 
-def pixel_threads(p: ConvProblem, tile: str) -> int:
-    """Threads of conv_dgrad_pixels: N*D*H x channel tiles x stride_w phases x pixel blocks per phase."""
-    ct, pt = PIXEL_TILES[tile]
-    blocks_per_phase = ceil_div(ceil_div(p.W, p.stride[2]), pt)
-    return p.N * p.D * p.H * p.groups * ceil_div(p.group_c, ct) * p.stride[2] * blocks_per_phase
+def col2im_row(p: ConvProblem) -> int:
+    """cols entries per dy pixel: T*R*S*C (groups == 1)."""
+    return p.T * p.R * p.S * p.C
+
+
+def col2im_images(p: ConvProblem, dtype) -> int:
+    """Images per batch chunk of the col2im variant: as many as keep cols within COL2IM_SCRATCH_BYTES, one at least."""
+    per_image = p.Z * p.P * p.Q * col2im_row(p) * col2im_dtype(dtype).itemsize
+    return max(1, min(p.N, COL2IM_SCRATCH_BYTES // max(1, per_image)))
+
+
+def col2im_gemm_problem(p: ConvProblem, images: int) -> ConvProblem:
+    """The chunk's GEMM as a 1x1 convolution: dy (images, Z, P, Q, K) by w as (1, 1, 1, K, T*R*S*C) -> cols."""
+    return conv_problem((images, p.Z, p.P, p.Q, p.K), (1, 1, 1, p.K, col2im_row(p)), (1, 1, 1), (1, 1, 1), "VALID")
+
+
+def col2im_weights(w, xp):
+    """w (T, R, S, C, K) as the GEMM's 1x1 filter (1, 1, 1, K, T*R*S*C) in col2im_dtype: w'[k, tap*C + c] =
+    w[tap, c, k] (a copy)."""
+    t, r, s, c, k = w.shape
+    return xp.ascontiguousarray(w.reshape(t * r * s * c, k).T, dtype=col2im_dtype(w.dtype)).reshape(1, 1, 1, k,
+                                                                                                   t * r * s * c)
 
 
 def tiled_expression(dtype, index: str, tile: str) -> str:
@@ -141,8 +156,8 @@ def config_expression(config: DgradConfig, dtype) -> str:
     """The name expression a configuration launches (besides the flag)."""
     if config.variant == "analytic":
         return analytic_expression(dtype, config.index)
-    if config.variant == "pixels":
-        return pixels_expression(dtype, config.index, config.tile)
+    if config.variant == "col2im":
+        return col2im_expression(dtype, config.index)
     if config.variant == "tensorop":
         return tensorop_expression(dtype, config.index, config.tile, config.passes)
     return tiled_expression(dtype, config.index, config.tile)
@@ -152,7 +167,7 @@ def _expressions() -> tuple[str, ...]:
     out = []
     for dt, ix in itertools.product(FLOAT_DTYPES, INDEX_TYPES):
         out.append(analytic_expression(dt, ix))
-        out.extend(pixels_expression(dt, ix, t) for t in PIXEL_TILES)
+        out.append(col2im_expression(dt, ix))
         out.extend(tiled_expression(dt, ix, t) for t in tiles_for(dt))
         out.extend(tensorop_expression(dt, ix, t, n) for t in tiles_for(dt) for n in SIMT16_TENSOROP_PASSES.get(dt, ()))
     return tuple(out) + flag_expressions()
@@ -207,14 +222,13 @@ def supports(config: DgradConfig, p: ConvProblem, dtype=np.float32) -> tuple[boo
         if ceil_div(input_elements(p), BLOCK) > GRID_X_MAX:
             return False, f"dx needs more than {GRID_X_MAX} blocks of {BLOCK} threads"
         return True, ""
-    if config.variant == "pixels":
-        if config.tile not in PIXEL_TILES:
-            return False, f"pixel tile {config.tile!r} is not one of {list(PIXEL_TILES)}"
-        threads = pixel_threads(p, config.tile)
-        if config.index == "int" and threads > INT32_MAX:
-            return False, f"{threads} threads of pixel tiles: their index passes int (use 'long long')"
-        if ceil_div(threads, BLOCK) > GRID_X_MAX:
-            return False, f"{threads} threads of pixel tiles need more than {GRID_X_MAX} blocks of {BLOCK}"
+    if config.variant == "col2im":
+        if p.groups != 1:
+            return False, f"the col2im variant needs groups == 1, not {p.groups}"
+        if p.Z * p.P * p.Q * col2im_row(p) >= INT32_LIMIT:
+            return False, "one image's cols (dy pixels x T*R*S*C) would pass 2^31 elements"
+        if ceil_div(input_elements(p), BLOCK) > GRID_X_MAX:
+            return False, f"dx needs more than {GRID_X_MAX} blocks of {BLOCK} threads"
         return True, ""
     if p.D * p.H * p.W >= INT_LIMIT:
         return False, "an image has >= 2^31 - 1024 pixels: the tiled kernel indexes pixels within an image in int"
@@ -240,8 +254,8 @@ def choose_dgrad_config(p: ConvProblem, dtype, precision: str = "ieee") -> Dgrad
     """The dgrad configuration for problem p, dtype and float32 precision (rules in the module docstring); pure."""
     index = index_type(p.needs_int64())
     if p.group_c < FEW_CHANNELS:
-        pixels = DgradConfig("pixels", pixel_tile(p.group_c), index)
-        return pixels if p.group_k >= 4 and supports(pixels, p, dtype)[0] else DgradConfig("analytic", None, index)
+        col2im = DgradConfig("col2im", None, index)
+        return col2im if p.group_k >= 4 and supports(col2im, p, dtype)[0] else DgradConfig("analytic", None, index)
     if p.group_k < 4:
         return DgradConfig("analytic", None, index)
     tiled = DgradConfig("tiled", choose_tile(p, dtype), index)
@@ -269,11 +283,9 @@ def config_for(p: ConvProblem, dtype, precision: str = "ieee") -> DgradConfig:
     config = choose_dgrad_config(p, dtype, precision)
     fields = _forced.get()
     if fields:
-        if "tile" not in fields and fields.get("variant", config.variant) != config.variant:
-            config = dataclasses.replace(config, tile=None)      # a tile of another variant's kind
-        if fields.get("variant") == "pixels" and "tile" not in fields:
-            fields = {**fields, "tile": pixel_tile(p.group_c)}
         config = apply_forced(config, fields, tiles_for(dtype)[-1], tile=None)
+        if config.variant == "col2im":
+            config = dataclasses.replace(config, tile=None)
     return checked_config(FAMILY.name, config, supports(config, p, dtype), bool(fields))
 
 
@@ -286,13 +298,25 @@ def dgrad_plans(config: DgradConfig, p: ConvProblem, dy, w, dx, nonfinite=None) 
     dtype = np.dtype(dx.dtype)
     ix64 = config.index == "long long"
     scalars = problem_scalars(p, ix64)
-    if config.variant in ("analytic", "pixels"):
-        threads = input_elements(p) if config.variant == "analytic" else pixel_threads(p, config.tile)
-        return [LaunchPlan(FAMILY.name, config_expression(config, dtype), (ceil_div(threads, BLOCK), 1, 1),
-                           (BLOCK, 1, 1), 0, (dy, w, dx) + scalars)]
+    if config.variant == "col2im":
+        raise ValueError("the col2im variant runs a conv_fprop GEMM per batch chunk first: kernel_backend.conv_dgrad "
+                         "launches it and then col2im_plan")
+    if config.variant == "analytic":
+        grid = (ceil_div(input_elements(p), BLOCK), 1, 1)
+        return [LaunchPlan(FAMILY.name, analytic_expression(dtype, config.index), grid, (BLOCK, 1, 1), 0,
+                           (dy, w, dx) + scalars)]
     n_tiles = ceil_div(p.group_c, TILES[config.tile][1])
     # TF32 rounds and 3xTF32 splits dy: a non-finite dy is computed by formula too (module docstring).
     flagged = [(w, filter_elements(p))] + ([(dy, output_elements(p))] if uses_tf32(config, dtype) else [])
     return flagged_launch(FAMILY.name, flagged, config.index, nonfinite,
                           config_expression(config, dtype), tiled_grid(p, config.tile), BLOCK,
                           (dy, w, dx, nonfinite) + scalars + (np.int32(n_tiles),))
+
+
+def col2im_plan(config: DgradConfig, p: ConvProblem, images: int, cols, dx) -> LaunchPlan:
+    """conv_dgrad_col2im over a batch chunk of `images` images: dx (images, D, H, W, C), a view of the whole dx,
+    from the chunk's cols (images * Z*P*Q, T*R*S*C), the output of the conv_fprop of col2im_gemm_problem."""
+    chunk = dataclasses.replace(p, N=images)
+    grid = (ceil_div(input_elements(chunk), BLOCK), 1, 1)
+    return LaunchPlan(FAMILY.name, col2im_expression(dx.dtype, config.index), grid, (BLOCK, 1, 1), 0,
+                      (cols, dx) + problem_scalars(chunk, config.index == "long long"))
