@@ -7,17 +7,16 @@
 // The API layer rejects indices outside [0, limit); these kernels still never touch memory outside out: an
 // update with a bad index is skipped by the scatter and gathers 0.
 //
-// Window scatter (the fast path, one pass; unpool_scatter_windows). When the plan finds disjoint windows that
-// tile `out` (plans/unpool.py window_strides: stride s per axis, window o covering cells [o*s, o*s + s), the
-// last one to the end of the axis, as 2x2/2 pooling gives), each update i is expected at a cell of its own
-// window (same batch item and channel). Its
-// thread writes every in-bounds cell of that window: 0 + values[i] at dest(i), 0 elsewhere, so every cell of
-// out is written exactly once, coalesced across channels, with no zero-fill and no scratch. If dest(i) is not in
-// i's window (argmax from overlapping pooling, or anything else), the thread sets *misplaced and the caller
-// (kernel_backend/unpool.py) zero-fills out and runs the five passes below, which are right for any argmax.
-// Correct when *misplaced stays 0: then each cell is the destination of at most the one update whose window
-// holds it, which wrote it; every other cell gets 0. And then every argmax was in range, so the caller skips
-// the API's range check (a pass over argmax and a synchronisation).
+// Window scatter (the fast path, one pass; unpool_scatter_windows). When the plan finds disjoint windows that tile
+// `out` (plans/unpool.py window_strides: stride s per axis, window o covering cells [o*s, o*s + s), the last one
+// to the end of the axis, as 2x2/2 pooling gives), each update i is expected at a cell of its own window (same
+// batch item and channel). Its thread writes every in-bounds cell of that window: 0 + values[i] at dest(i), 0
+// elsewhere, so every cell of out is written exactly once, coalesced across channels, with no zero-fill and no
+// scratch. If dest(i) is not in i's window (argmax from overlapping pooling, or anything else), the thread sets
+// *misplaced and the caller (kernel_backend/unpool.py) zero-fills out and runs the five passes below, which are
+// right for any argmax. Correct when *misplaced stays 0: then each cell is the destination of at most the one
+// update whose window holds it, which wrote it; every other cell gets 0. And then every argmax was in range, so
+// the caller skips the API's range check (a pass over argmax and a synchronisation).
 //
 // Deterministic scatter (no float atomics; duplicate indices must add in a fixed order). Five passes, each a
 // grid-stride loop; integer atomics only (their results do not depend on thread order, except where noted,

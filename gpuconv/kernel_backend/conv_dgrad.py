@@ -2,8 +2,8 @@
 
 Allocates dx with executor.xp, picks the configuration (gpuconv.plans.conv_dgrad.config_for: the pure chooser
 plus any test override) and launches its plans; the col2im variant (few channels) runs a conv_fprop GEMM per
-batch chunk first. Every dx element is written by the kernels, so dx is allocated
-uninitialised; an empty problem returns zeros without a launch.
+batch chunk first. Every dx element is written by the kernels, so dx is allocated uninitialised; an empty
+problem returns zeros without a launch.
 """
 from __future__ import annotations
 
