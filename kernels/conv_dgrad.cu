@@ -102,21 +102,15 @@ struct TapWalk {
 // ---------------------------------------------------------------------------------------------------------
 // conv_dgrad_analytic
 // ---------------------------------------------------------------------------------------------------------
-// One dx element dx[n, x_d, x_h, x_w, c] (formula at the top of this file): taps in (t, r, s) order, channels
-// k ascending, a fixed summation order. A tap whose dy coordinate is off the stride lattice or out of range is
-// skipped: absent, never multiplied. Shared by conv_dgrad_analytic and conv_dgrad_tiled's non-finite fallback.
-template <typename Element, typename Idx>
-__device__ __forceinline__ typename Accum<Element>::type dgrad_element(const Element* __restrict__ dy,
-                                                                       const Element* __restrict__ w,
-                                                                       const ConvProblemSize<Idx>& pr, int n,
-                                                                       int x_d, int x_h, int x_w, int c) {
-    typedef typename Accum<Element>::type Acc;
+// The taps (t, r, s) of dx pixel (x_d, x_h, x_w) that meet dy, in (t, r, s) order: visit(t, r, s, z, p, q) with
+// their dy coordinates. A tap whose dy coordinate is off the stride lattice or out of range is absent and not
+// visited. Per axis, the dy coordinate numerator u = x + pad - tap*dil is kept as floor quotient and remainder by
+// the stride, stepped by -dil per tap: no division inside the tap loops (ptxas outlines divisions there).
+template <typename Idx, typename Visit>
+__device__ __forceinline__ void for_each_present_tap(const ConvProblemSize<Idx>& pr, int x_d, int x_h, int x_w,
+                                                     Visit visit) {
     GPUCONV_CONV_PROBLEM_LOCALS(pr);
-    const int g = c / Cg, cg = c - g * Cg;
-    // Per axis, dy coordinate numerator u = x + pad - tap*dil kept as floor quotient and remainder by the
-    // stride, stepped by -dil per tap: no division inside the tap loops (ptxas outlines divisions there).
     const TapWalk wd(x_d + pd, sd, dil_d), wh(x_h + ph, sh, dil_h), ww(x_w + pw, sw, dil_w);
-    Acc acc = Acc(0);
     TapWalk zt = wd;
     for (int t = 0; t < T && zt.q >= 0; ++t, zt.step(wd)) {
         if (zt.rem != 0 || zt.q >= Z) continue;
@@ -126,36 +120,64 @@ __device__ __forceinline__ typename Accum<Element>::type dgrad_element(const Ele
             TapWalk qs = ww;
             for (int s = 0; s < S && qs.q >= 0; ++s, qs.step(ww)) {
                 if (qs.rem != 0 || qs.q >= Q) continue;
-                const Element* dy_row = dy + ((((Idx)n * Z + zt.q) * P + pr_.q) * Q + qs.q) * K + (Idx)g * Kg;
-                const Element* w_row = w + ((((Idx)t * R + r) * S + s) * Cg + cg) * K + (Idx)g * Kg;
-#pragma unroll 1   // unrolled, ptxas spills around the remainder loop (sm_80/sm_90, NVRTC 13.5)
-                for (int k = 0; k < Kg; ++k) acc = mac(to_accum(dy_row[k]), to_accum(w_row[k]), acc);
+                visit(t, r, s, zt.q, pr_.q, qs.q);
             }
         }
     }
+}
+
+// The dx element i = (((n*D + d)*H + h)*W + w)*C + c of one thread, split once: the divisions in Idx, before
+// anything is live (an image of the long long instantiation may have >= 2^31 pixels; D, H, W and C each fit in
+// int: plans check it).
+struct DxElement {
+    int n, d, h, w, c;
+};
+
+template <typename Idx>
+__device__ __forceinline__ DxElement dx_element(Idx i, const ConvProblemSize<Idx>& pr) {
+    DxElement e;
+    const Idx pixel = i / pr.C;
+    e.c = (int)(i - pixel * pr.C);
+    const Idx image_pixels = (Idx)pr.D * pr.H * pr.W;
+    e.n = (int)(pixel / image_pixels);
+    Idx rest = pixel - (Idx)e.n * image_pixels;
+    e.w = (int)(rest % pr.W); rest /= pr.W;
+    e.h = (int)(rest % pr.H);
+    e.d = (int)(rest / pr.H);
+    return e;
+}
+
+// One dx element dx[n, x_d, x_h, x_w, c] (formula at the top of this file): present taps in (t, r, s) order,
+// channels k ascending, a fixed summation order; absent taps are never multiplied. Shared by conv_dgrad_analytic
+// and conv_dgrad_tiled's non-finite fallback.
+template <typename Element, typename Idx>
+__device__ __forceinline__ typename Accum<Element>::type dgrad_element(const Element* __restrict__ dy,
+                                                                       const Element* __restrict__ w,
+                                                                       const ConvProblemSize<Idx>& pr, int n,
+                                                                       int x_d, int x_h, int x_w, int c) {
+    typedef typename Accum<Element>::type Acc;
+    GPUCONV_CONV_PROBLEM_LOCALS(pr);
+    const int g = c / Cg, cg = c - g * Cg;
+    Acc acc = Acc(0);
+    for_each_present_tap(pr, x_d, x_h, x_w, [&](int t, int r, int s, int z, int p, int q) {
+        const Element* dy_row = dy + ((((Idx)n * Z + z) * P + p) * Q + q) * K + (Idx)g * Kg;
+        const Element* w_row = w + ((((Idx)t * R + r) * S + s) * Cg + cg) * K + (Idx)g * Kg;
+#pragma unroll 1   // unrolled, ptxas spills around the remainder loop (sm_80/sm_90, NVRTC 13.5)
+        for (int k = 0; k < Kg; ++k) acc = mac(to_accum(dy_row[k]), to_accum(w_row[k]), acc);
+    });
     return acc;
 }
 
-// dx[i] for i = (((n*D + d)*H + h)*W + w)*C + c, one thread per element (grid: ceil(N*D*H*W*C / 256) blocks;
-// no grid-stride loop, so the Idx divisions run once, before the summation loops); the sum is dgrad_element's.
+// dx[i], one thread per element (grid: ceil(N*D*H*W*C / 256) blocks; no grid-stride loop, so the Idx divisions
+// run once, before the summation loops); the sum is dgrad_element's.
 template <typename Element, typename Idx>
 __device__ __forceinline__ void dgrad_analytic(const Element* __restrict__ dy, const Element* __restrict__ w,
                                                Element* __restrict__ dx, const ConvProblemSize<Idx>& pr) {
-    GPUCONV_CONV_PROBLEM_LOCALS(pr);
-    const Idx total = (Idx)N * D * H * W * C;
+    const Idx total = (Idx)pr.N * pr.D * pr.H * pr.W * pr.C;
     Idx i;
     if (!element_of_thread(total, i)) return;
-    // The divisions in Idx, before anything is live: an image of the long long instantiation may have
-    // >= 2^31 pixels (D, H, W and C each fit in int: plans check it).
-    const Idx pixel = i / C;
-    const int c = (int)(i - pixel * C);
-    const Idx image_pixels = (Idx)D * H * W;
-    const int n = (int)(pixel / image_pixels);
-    Idx rest = pixel - (Idx)n * image_pixels;
-    const int x_w = (int)(rest % W); rest /= W;
-    const int x_h = (int)(rest % H);
-    const int x_d = (int)(rest / H);
-    dx[i] = from_accum<Element>(dgrad_element(dy, w, pr, n, x_d, x_h, x_w, c));
+    const DxElement e = dx_element(i, pr);
+    dx[i] = from_accum<Element>(dgrad_element(dy, w, pr, e.n, e.d, e.h, e.w, e.c));
 }
 
 // Launch bounds: 4 blocks of 256 threads per SM (<= 64 registers; it needs 39-55; 5 blocks spill with 64-bit
@@ -185,31 +207,13 @@ __device__ __forceinline__ void dgrad_col2im(const ColT* __restrict__ cols, Elem
     const Idx total = (Idx)N * D * H * W * C;
     Idx i;
     if (!element_of_thread(total, i)) return;
-    const Idx pixel = i / C;
-    const int c = (int)(i - pixel * C);
-    const Idx image_pixels = (Idx)D * H * W;
-    const int n = (int)(pixel / image_pixels);
-    Idx rest = pixel - (Idx)n * image_pixels;
-    const int x_w = (int)(rest % W); rest /= W;
-    const int x_h = (int)(rest % H);
-    const int x_d = (int)(rest / H);
+    const DxElement e = dx_element(i, pr);
     const int row = T * R * S * C;                                   // cols entries per dy pixel
-    const TapWalk wd(x_d + pd, sd, dil_d), wh(x_h + ph, sh, dil_h), ww(x_w + pw, sw, dil_w);
     Acc acc = Acc(0);
-    TapWalk zt = wd;
-    for (int t = 0; t < T && zt.q >= 0; ++t, zt.step(wd)) {
-        if (zt.rem != 0 || zt.q >= Z) continue;
-        TapWalk pr_ = wh;
-        for (int r = 0; r < R && pr_.q >= 0; ++r, pr_.step(wh)) {
-            if (pr_.rem != 0 || pr_.q >= P) continue;
-            TapWalk qs = ww;
-            for (int s = 0; s < S && qs.q >= 0; ++s, qs.step(ww)) {
-                if (qs.rem != 0 || qs.q >= Q) continue;
-                const Idx m = (((Idx)n * Z + zt.q) * P + pr_.q) * Q + qs.q;
-                acc += to_accum(cols[m * row + ((t * R + r) * S + s) * C + c]);
-            }
-        }
-    }
+    for_each_present_tap(pr, e.d, e.h, e.w, [&](int t, int r, int s, int z, int p, int q) {
+        const Idx m = (((Idx)e.n * Z + z) * P + p) * Q + q;
+        acc += to_accum(cols[m * row + ((t * R + r) * S + s) * C + e.c]);
+    });
     dx[i] = from_accum<Element>(acc);
 }
 
