@@ -142,10 +142,10 @@ def check_argmax(argmax: Any, arg: str, limit: int) -> None:
     """argmax holds int32/int64 indices in [0, limit); else TypeError/ValueError (TF aborts the process).
 
     On CuPy arrays this reads one flag back from the device (a synchronisation), the price of never
-    writing out of bounds and of reporting the error where it was made. The scatters (max_unpool,
-    max_pool_grad_with_argmax) hand it to the backend's argmax_scatter as check_range, which calls it unless its
-    own pass showed every index in range (the CUDA window scatter: one pass over argmax and one synchronisation
-    fewer).
+    writing out of bounds and of reporting the error where it was made. The argmax-indexed ops (max_unpool,
+    max_pool_grad_with_argmax, max_unpool_grad) hand it to the backend's argmax_scatter / argmax_gather as
+    check_range, which calls it unless its own pass showed every index in range (the CUDA window scatter and
+    gather: one pass over argmax fewer, and for the window scatter one synchronisation fewer).
     """
     if np.dtype(argmax.dtype) not in INDEX_DTYPES:
         A.fail_type(arg, "dtype int32 or int64", f"dtype {argmax.dtype}")

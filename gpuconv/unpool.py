@@ -54,10 +54,11 @@ def max_unpool_grad(grad: Any, argmax: Any, include_batch_in_index: bool = False
         A.fail("argmax", f"batch {grad.shape[0]} and channels {grad.shape[-1]} (those of grad)",
                f"shape {tuple(argmax.shape)}")
     g_shape5 = canonical_shape(grad.shape, nspatial, True)
-    check_argmax(argmax, "argmax", math.prod(g_shape5[1:]) * (g_shape5[0] if include else 1))
+    limit = math.prod(g_shape5[1:]) * (g_shape5[0] if include else 1)
+    check_range = functools.partial(check_argmax, argmax, "argmax", limit)
     g5 = to_canonical(grad, be.xp, nspatial, True)
     a5 = to_canonical(argmax, be.xp, nspatial, True)
-    return from_canonical(be.argmax_gather(g5, a5, include), nspatial, True)
+    return from_canonical(be.argmax_gather(g5, a5, include, check_range), nspatial, True)
 
 
 @on_tensor_device

@@ -209,14 +209,18 @@ unpool_scatter_sum(const V* __restrict__ values, const I* __restrict__ meta, con
 // ============================================================================================================
 // gather
 // ============================================================================================================
-// values[i] = grad[dest(i)] for every update i (0 where argmax[i] is out of range). total = M; grad has O cells.
+// values[i] = grad[dest(i)] for every update i (0 where argmax[i] is out of range, which sets *invalid: the caller
+// then runs the API's range check, which raises; while *invalid stays 0 every index was in range and the check's
+// own pass over argmax is spared). total = M; grad has O cells. *invalid is 0 on entry.
 template <typename U, typename A, typename I>
 __global__ void
-unpool_gather(const U* __restrict__ grad, const A* __restrict__ argmax, U* __restrict__ values, I total,
-              I upd_batch, I grad_batch, I grad_total, int include_batch) {
+unpool_gather(const U* __restrict__ grad, const A* __restrict__ argmax, U* __restrict__ values,
+              int* __restrict__ invalid, I total, I upd_batch, I grad_batch, I grad_total, int include_batch) {
     using namespace gpuconv;
     for (I i = grid_first<I>(); i < total; i = grid_step(i, total)) {
         I d;
-        values[i] = argmax_dest(argmax, i, upd_batch, grad_batch, grad_total, include_batch, d) ? grad[d] : U(0);
+        const bool in_range = argmax_dest(argmax, i, upd_batch, grad_batch, grad_total, include_batch, d);
+        values[i] = in_range ? grad[d] : U(0);
+        if (!in_range) *invalid = 1;                             // every writer stores the same 1
     }
 }

@@ -671,11 +671,36 @@ def test_scatter_calls_the_range_check_unless_the_window_scatter_proved_it(backe
     assert launched == [k for k in kernels if k == "windows"]          # nothing after the check
 
 
+@pytest.mark.parametrize("bad_index", [None, 10**9, -1])
+def test_gather_calls_the_range_check_only_for_a_flagged_index(backend, bad_index):
+    # argmax_gather's check_range: the NumPy backend calls it first; a kernel backend reads the gather's flag and
+    # calls it only when an index was out of range (that value gathers 0)
+    from gpuconv.backend import resolve
+    from gpuconv.numpy_backend import BACKEND as NUMPY
+    shape = (2, 6, 8, 3)
+    a = pooled_argmax(distinct(shape, np.float32, seed=97), 2, "SAME")[:, None]
+    g = small_ints((2, 1) + shape[1:], np.float32, seed=98)
+    checks = []
+    assert NUMPY.argmax_gather(g, a, False, lambda: checks.append(1)).shape == a.shape and checks == [1]
+    if bad_index is not None:
+        a.reshape(-1)[5] = bad_index
+    checks.clear()
+    with gpuconv.use_backend(backend):
+        be = resolve({"grad": to_backend(backend, g)})
+        got = to_numpy(be.argmax_gather(to_backend(backend, g), to_backend(backend, a), False,
+                                        lambda: checks.append(1)))
+    assert len(checks) == (0 if bad_index is None else 1)
+    ok = (a >= 0) & (a < g[0].size)
+    want = np.where(ok, g.reshape(-1)[np.where(ok, a, 0) + np.arange(2).reshape(2, 1, 1, 1, 1) * g[0].size], 0)
+    np.testing.assert_array_equal(got, want.astype(np.float32))
+
+
 @pytest.mark.parametrize("include_batch", [False, True])
 @pytest.mark.parametrize("index", [10**6, -1, 2**40])
 def test_out_of_range_argmax_is_refused_after_the_window_scatter(backend, index, include_batch):
     # with windows, the range check runs only when the window scatter flags an update: an out-of-range index
-    # is in no window, so both scatters still refuse it with the API's message
+    # is in no window, so both scatters still refuse it with the API's message; so does the gather, whose flag
+    # calls the check
     x = distinct((2, 6, 8, 3), np.float32, seed=95)
     _, a = oracle(gpuconv.max_pool_with_argmax, x, 2, 2, "SAME", include_batch_in_index=include_batch)
     a.reshape(-1)[-1] = index
@@ -685,6 +710,8 @@ def test_out_of_range_argmax_is_refused_after_the_window_scatter(backend, index,
         run(backend, gpuconv.max_unpool, u, a, x.shape, include_batch_in_index=include_batch)
     with pytest.raises(ValueError, match=f"argmax: expected indices in \\[0, {limit}\\)"):
         run(backend, gpuconv.max_pool_grad_with_argmax, x, u, a, 2, 2, "SAME", include_batch_in_index=include_batch)
+    with pytest.raises(ValueError, match=f"argmax: expected indices in \\[0, {limit}\\)"):
+        run(backend, gpuconv.max_unpool_grad, x, a, include_batch_in_index=include_batch)
 
 
 def test_window_scatter_falls_back_for_overlapping_pooling(backend, monkeypatch):

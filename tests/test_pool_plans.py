@@ -96,7 +96,7 @@ def test_every_plan_names_a_declared_expression(dtype, index_dtype, problem):
     plans = all_plans(p, dtype, index_dtype)
     plans += scatter_plans((2, 1, 3, 4, 5), (2, 1, 6, 8, 5), dtype, index_dtype)
     plans.append(U.argmax_gather(fake((2, 1, 6, 8, 5), dtype), fake((2, 1, 3, 4, 5), index_dtype),
-                                 fake((2, 1, 3, 4, 5), dtype), True))
+                                 fake((2, 1, 3, 4, 5), dtype), fake((1,), np.int32), True))
     declared = {P.FAMILY.name: set(P.FAMILY.name_expressions), U.FAMILY.name: set(U.FAMILY.name_expressions)}
     for plan in plans:
         assert isinstance(plan, LaunchPlan)
@@ -338,7 +338,7 @@ def test_scatter_index_width_follows_the_larger_tensor():
                                         (np.uint16, "unsigned short"), (np.int64, "unsigned long long")])
 def test_gather_moves_bits(dtype, bits):
     plan = U.argmax_gather(fake((2, 1, 6, 8, 5), dtype), fake((2, 1, 3, 4, 5), np.int64),
-                           fake((2, 1, 3, 4, 5), dtype), False)
+                           fake((2, 1, 3, 4, 5), dtype), fake((1,), np.int32), False)
     assert plan.name_expression == f"unpool_gather<{bits}, long long, int>"
     assert plan.args[0].dtype.itemsize == np.dtype(dtype).itemsize and plan.args[0].dtype.kind == "u"
     assert plan.args[-1] == np.int32(0)

@@ -51,5 +51,5 @@ class KernelBackend:
         return self._op("unpool", "argmax_scatter")(self.executor, values, argmax, out_shape, include_batch,
                                                      check_range)
 
-    def argmax_gather(self, grad, argmax, include_batch):
-        return self._op("unpool", "argmax_gather")(self.executor, grad, argmax, include_batch)
+    def argmax_gather(self, grad, argmax, include_batch, check_range=None):
+        return self._op("unpool", "argmax_gather")(self.executor, grad, argmax, include_batch, check_range)

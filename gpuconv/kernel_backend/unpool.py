@@ -44,13 +44,23 @@ def argmax_scatter(executor, values, argmax, out_shape, include_batch: bool, che
     return out
 
 
-def argmax_gather(executor, grad, argmax, include_batch: bool):
-    """values[i] = grad's cell at argmax[i] (per batch unless include_batch); argmax's shape, grad's dtype."""
+def argmax_gather(executor, grad, argmax, include_batch: bool, check_range=None):
+    """values[i] = grad's cell at argmax[i] (per batch unless include_batch); argmax's shape, grad's dtype.
+
+    The gather flags an out-of-range index; `check_range` (the API's range check, raising on a bad index) is called
+    only then, after one flag comes back from the device (a synchronisation, made only when check_range is given):
+    the check's own pass over argmax is spared.
+    """
     xp = executor.xp
     if argmax.size == 0 or grad.size == 0:
+        if check_range is not None:
+            check_range()
         return xp.zeros(argmax.shape, grad.dtype)
     values = xp.empty(argmax.shape, grad.dtype)
-    executor.launch(plans.argmax_gather(grad, argmax, values, include_batch))
+    invalid = xp.zeros(1, np.int32)
+    executor.launch(plans.argmax_gather(grad, argmax, values, invalid, include_batch))
+    if check_range is not None and int(invalid[0]):
+        check_range()
     return values
 
 

@@ -14,7 +14,8 @@ Canonical ops (all arrays C-contiguous, channels-last 5-D, validated by the API 
                                                            zeros(out_shape) + values at argmax; calls
                                                            check_range() (the API's range check of argmax)
                                                            unless its own pass showed every index in range
-    argmax_gather(grad, argmax, include_batch) -> values   grad's flat cells at argmax
+    argmax_gather(grad, argmax, include_batch, check_range=None) -> values
+                                                           grad's flat cells at argmax; check_range as above
 Output dtype = input dtype; float16 accumulates in float32 (pooling runs on float32 copies: _pool_float16).
 
 IEEE arithmetic is the contract (NaN and inf propagate, float16 results overflow to inf, as in TensorFlow), so

@@ -1195,8 +1195,11 @@ def argmax_scatter(values: np.ndarray, argmax: np.ndarray, out_shape, include_ba
     return out
 
 
-def argmax_gather(grad: np.ndarray, argmax: np.ndarray, include_batch: bool) -> np.ndarray:
-    """grad's flat cells at argmax (per batch item unless include_batch), shaped like argmax."""
+def argmax_gather(grad: np.ndarray, argmax: np.ndarray, include_batch: bool, check_range=None) -> np.ndarray:
+    """grad's flat cells at argmax (per batch item unless include_batch), shaped like argmax. check_range (the
+    API's range check of argmax, raising on a bad index) is called first."""
+    if check_range is not None:
+        check_range()
     out = np.empty(argmax.shape, grad.dtype)
     if out.size == 0:
         return out

@@ -178,15 +178,16 @@ def argmax_scatter_windows(values, argmax, out, misplaced, include_batch: bool) 
                       (values, argmax, out, misplaced, s(m)) + dims + (np.int32(1 if include_batch else 0),))
 
 
-def argmax_gather(grad, argmax, values, include_batch: bool) -> LaunchPlan:
-    """values[i] = grad[dest(i)]: one thread per argmax cell (M >= 1)."""
+def argmax_gather(grad, argmax, values, invalid, include_batch: bool) -> LaunchPlan:
+    """values[i] = grad[dest(i)]: one thread per argmax cell (M >= 1); invalid (a zeroed 1-element int32 array)
+    becomes 1 if some argmax is out of range (that value reads 0)."""
     m = _size(argmax.shape)
     i64 = needs_int64(argmax.shape, grad.shape)
     s, it = index_scalar(i64), index_type(i64)
     ut = BITS[np.dtype(grad.dtype).itemsize][0]
     expr = _check(f"unpool_gather<{ut}, {ctype(argmax.dtype)}, {it}>")
     return LaunchPlan(FAMILY.name, expr, grid_for(m), (BLOCK, 1, 1), 0,
-                      (bits_view(grad), argmax, bits_view(values), s(m))
+                      (bits_view(grad), argmax, bits_view(values), invalid, s(m))
                       + _batch_args(argmax.shape, grad.shape, include_batch, s))
 
 
