@@ -194,7 +194,9 @@ _CHECKED_BEFORE_COPY = {
                                                                     _NCHW, 1, "VALID", data_format="NCHW"),
     "conv2d_backprop_filter out_backprop": lambda: gc.conv2d_backprop_filter(_NCHW, (3, 3, 2, 2), _NCHW, 1, "VALID",
                                                                              data_format="NCHW"),
-    "max_unpool_grad argmax": lambda: gc.max_unpool_grad(_NHWC, np.full((1, 2, 2, 2), 10**6, np.int64)),
+    # (argmax's range is not here: the argmax-indexed ops take channels-last tensors only, whose canonical form is a
+    # view, and their backends check the range after the kernel, whose flag spares the check on good indices)
+    "max_unpool_grad argmax": lambda: gc.max_unpool_grad(_NHWC, np.zeros((2, 2, 2, 2), np.int64)),
 }
 
 
