@@ -120,8 +120,7 @@ class ConvProblem:
     _int64: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        shapes = (self.x_shape, self.w_shape, self.y_shape)
-        object.__setattr__(self, "_int64", any(_prod(s) >= INT32_LIMIT for s in shapes))
+        object.__setattr__(self, "_int64", _any_past_int32(self.x_shape, self.w_shape, self.y_shape))
 
     @property
     def x_shape(self) -> tuple[int, ...]:
@@ -198,8 +197,7 @@ class PoolProblem:
     _int64: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        shapes = (self.x_shape, self.y_shape)
-        object.__setattr__(self, "_int64", any(_prod(s) >= INT32_LIMIT for s in shapes))
+        object.__setattr__(self, "_int64", _any_past_int32(self.x_shape, self.y_shape))
 
     @property
     def x_shape(self) -> tuple[int, ...]:
@@ -220,6 +218,11 @@ class PoolProblem:
     def needs_int64(self) -> bool:
         """True when x or y has >= 2^31 elements, or an argmax with batch offset could reach 2^31."""
         return self._int64
+
+
+def _any_past_int32(*shapes: Sequence[int]) -> bool:
+    """Whether some shape has >= 2^31 elements: the problems' needs_int64()."""
+    return any(_prod(s) >= INT32_LIMIT for s in shapes)
 
 
 def _prod(shape: Sequence[int]) -> int:

@@ -72,8 +72,8 @@ unpool_scatter_windows(const V* __restrict__ values, const A* __restrict__ argma
     typedef typename Accum<V>::type Acc;
     const V zero = from_accum<V>(Acc(0));
     const I out_batch = D * H * W * C;
-    // argmax's bound: out's cells with include_batch (N items of out_batch), else one item's
-    const long long limit = static_cast<long long>(out_batch) * (include_batch ? total / (Z * P * Q * C) : I(1));
+    const I upd_batch = Z * P * Q * C;
+    const I out_total = (total / upd_batch) * out_batch;
     for (I i = grid_first<I>(); i < total; i = grid_step(i, total)) {
         I r = i / C;
         const I c = i - r * C;
@@ -83,9 +83,10 @@ unpool_scatter_windows(const V* __restrict__ values, const A* __restrict__ argma
         r /= P;
         const I z = r % Z;
         const I base = (r / Z) * out_batch;                      // first cell of the update's batch item
-        // dest stays -1 (in no window) for an index outside [0, limit): no overflow in a + base
-        const long long a = static_cast<long long>(argmax[i]);
-        const long long dest = a < 0 || a >= limit ? -1LL : include_batch ? a : a + static_cast<long long>(base);
+        // an index out of range is in no window: dest -1
+        I in_range_dest;
+        const long long dest = argmax_dest(argmax, i, upd_batch, out_batch, out_total, include_batch, in_range_dest)
+                                   ? static_cast<long long>(in_range_dest) : -1LL;
         const V v = from_accum<V>(Acc(0) + to_accum(values[i]));
         const I d0 = z * sd, h0 = p * sh, w0 = q * sw;
         const I d1 = z == Z - 1 ? D : d0 + sd;

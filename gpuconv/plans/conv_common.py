@@ -244,13 +244,14 @@ class ForcedFields:
         return self._var.get()
 
 
-def apply_forced(config, fields: dict, default_tile: str, **analytic_fields):
+def apply_forced(config, fields: dict, default_tile: str, untiled: tuple[str, ...] = ("analytic",),
+                 **analytic_fields):
     """config with forced `fields` applied: a forced tiled variant without a tile takes `default_tile` when
-    config has none; an analytic result takes `analytic_fields` (its tile-only fields reset)."""
+    config has none; a result of an `untiled` variant takes `analytic_fields` (its tile-only fields reset)."""
     if fields.get("variant") in ("tiled", "tensorop") and "tile" not in fields and config.tile is None:
         fields = {**fields, "tile": default_tile}
     config = dataclasses.replace(config, **fields)
-    if config.variant == "analytic":
+    if config.variant in untiled:
         config = dataclasses.replace(config, **analytic_fields)
     return config
 

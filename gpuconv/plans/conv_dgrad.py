@@ -283,9 +283,7 @@ def config_for(p: ConvProblem, dtype, precision: str = "ieee") -> DgradConfig:
     config = choose_dgrad_config(p, dtype, precision)
     fields = _forced.get()
     if fields:
-        config = apply_forced(config, fields, tiles_for(dtype)[-1], tile=None)
-        if config.variant == "col2im":
-            config = dataclasses.replace(config, tile=None)
+        config = apply_forced(config, fields, tiles_for(dtype)[-1], ("analytic", "col2im"), tile=None)
     return checked_config(FAMILY.name, config, supports(config, p, dtype), bool(fields))
 
 
