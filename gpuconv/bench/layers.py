@@ -69,6 +69,21 @@ UNET3D_C3D = (
     ConvLayer("c3d_conv3a", (8, 28, 28, 128), (3, 3, 3, 128, 256), 1, "SAME"),
 )
 
+# MobileNet v1's depthwise 3x3 layers (Howard et al. 2017; 224x224 input), one of each distinct shape: one input
+# channel per group, TF filter layout (3, 3, 1, C). Not in LAYER_SETS: the CPU depthwise benchmark
+# (benchmarks/numpy_depthwise.py) uses them.
+MOBILENET_DW = (
+    ConvLayer("mbv1_dw1", (112, 112, 32), (3, 3, 1, 32), 1, "SAME"),
+    ConvLayer("mbv1_dw2s2", (112, 112, 64), (3, 3, 1, 64), 2, "SAME"),
+    ConvLayer("mbv1_dw3", (56, 56, 128), (3, 3, 1, 128), 1, "SAME"),
+    ConvLayer("mbv1_dw4s2", (56, 56, 128), (3, 3, 1, 128), 2, "SAME"),
+    ConvLayer("mbv1_dw5", (28, 28, 256), (3, 3, 1, 256), 1, "SAME"),
+    ConvLayer("mbv1_dw6s2", (28, 28, 256), (3, 3, 1, 256), 2, "SAME"),
+    ConvLayer("mbv1_dw7", (14, 14, 512), (3, 3, 1, 512), 1, "SAME"),
+    ConvLayer("mbv1_dw8s2", (14, 14, 512), (3, 3, 1, 512), 2, "SAME"),
+    ConvLayer("mbv1_dw9", (7, 7, 1024), (3, 3, 1, 1024), 1, "SAME"),
+)
+
 # SegNet encoder pooling ladder: 2x2 stride-2 max pooling with indices at each VGG-16 stage (360x480 input).
 SEGNET = (
     PoolLayer("segnet_pool1", (360, 480, 64), 2, 2, "VALID"),
