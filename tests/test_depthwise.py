@@ -36,10 +36,15 @@ def _ops(x, w, dy, stride, padding, dilation, fmt=None):
                           (gc.conv2d, gc.conv2d_backprop_input, gc.conv2d_backprop_filter))
     fmt = fmt or ("NDHWC" if three else "NHWC")
     if three:
-        stride, dilation = [1, stride, stride, stride, 1], [1, dilation, dilation, dilation, 1]
+        stride, dilation = _full(stride), _full(dilation)
     return (conv(x, w, stride, padding, data_format=fmt, dilations=dilation),
             dgrad(x.shape, w, dy, stride, padding, data_format=fmt, dilations=dilation),
             wgrad(x, w.shape, dy, stride, padding, data_format=fmt, dilations=dilation))
+
+
+def _full(v):
+    """A conv3d stride or dilation: an int for every spatial axis, or already a full 5-element list."""
+    return list(v) if isinstance(v, list) else [1, v, v, v, 1]
 
 
 def _gemm_path(monkeypatch, *args, **kw):
@@ -65,8 +70,8 @@ def _problem(x_shape, window, multiplier, stride, padding, dilation, dtype):
     w = RNG.standard_normal(window + (1, x_shape[-1] * multiplier)).astype(dtype)
     three = x.ndim == 5
     conv = gc.conv3d if three else gc.conv2d
-    s = [1, stride, stride, stride, 1] if three else stride
-    d = [1, dilation, dilation, dilation, 1] if three else dilation
+    s = _full(stride) if three else stride
+    d = _full(dilation) if three else dilation
     with pytest.MonkeyPatch.context() as mp:              # dy's shape, without counting a depthwise call
         mp.setattr(_depthwise, "applies", lambda p: False)
         y = conv(x, w, s, padding, dilations=d)
@@ -83,6 +88,10 @@ CASES = [
     ((1, 4, 5, 6, 4), (3, 3, 3), 1, 1, "SAME", 1),             # conv3d
     ((1, 5, 6, 4, 2), (2, 3, 2), 2, 2, "VALID", 1),
     ((2, 9, 8, 5), (3, 3), 4, 1, "SAME", 2),                  # multiplier 4, dilated: dgrad sums 4 products
+    ((1, 9, 13, 3), (3, 3), 1, [1, 1, 2, 1], "SAME", 1),       # column stride only: unrolled copy, row taps direct
+    ((1, 13, 12, 4), (3, 3), 2, 2, "SAME", 2),                 # stride 2 and dilation 2: dgrad phases step 1
+    ((1, 12, 14, 2), (5, 4), 1, 3, [[0, 0], [2, 1], [1, 3], [0, 0]], 2),   # stride 3, dilation 2: phase steps 2
+    ((2, 5, 7, 6, 3), (3, 2, 3), 2, [1, 2, 1, 2, 1], "SAME", 1),          # conv3d, strides (2, 1, 2)
 ]
 
 
@@ -107,26 +116,50 @@ def test_depthwise_nchw_and_not_applied_elsewhere(monkeypatch, ran):
     assert ran["fprop"] == 1
 
 
-def test_results_do_not_depend_on_the_worker_count(monkeypatch, ran):
+def _small_boxes(monkeypatch, box_bytes: int = 4096, tile_bytes: int = 3 * 9 * 16 * 4) -> None:
+    """Force many boxes, and boxes split along the columns (tile_bytes: 3 columns of a 3x3 filter over 16
+    channels)."""
+    monkeypatch.setattr(_depthwise, "BOX_BYTES", box_bytes)
+    monkeypatch.setattr(_depthwise, "BOX_MIN_BYTES", box_bytes)
+    monkeypatch.setattr(_depthwise, "TILE_BYTES", tile_bytes)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_results_do_not_depend_on_the_worker_count(monkeypatch, ran, stride):
     """Boxes computed on any worker, wgrad's box partials added in box order: the same bits for 1, 2, 3 workers
     (boxes forced small, so there are many)."""
-    from gpuconv.numpy_backend import _window
-    monkeypatch.setattr(_window, "POOL_BOX_BYTES", 4096)
+    _small_boxes(monkeypatch)
     monkeypatch.setattr(_depthwise, "_PARALLEL_MIN", 0)
     for multiplier in (1, 3):
-        x, w, dy = _problem((3, 12, 10, 16), (3, 3), multiplier, 2, "SAME", 1, np.float32)
+        x, w, dy = _problem((3, 12, 10, 16), (3, 3), multiplier, stride, "SAME", 1, np.float32)
         results = []
         try:
             for n in (1, 2, 3):
                 _parallel.set_num_threads(n)
-                results.append(_ops(x, w, dy, 2, "SAME", 1))
+                results.append(_ops(x, w, dy, stride, "SAME", 1))
         finally:
             _parallel.set_num_threads(None)
         for other in results[1:]:
             for a, b in zip(results[0], other):
                 assert a.tobytes() == b.tobytes()
-        _check(monkeypatch, results[0], x, w, dy, 2, "SAME", 1)
+        _check(monkeypatch, results[0], x, w, dy, stride, "SAME", 1)
     assert ran["wgrad"] == 6
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_box_splits_change_no_output_bit(monkeypatch, ran, case):
+    """A box's outputs are whole sums whatever the boxes (fprop, dgrad: the same bits with boxes of one row or
+    a few columns as with the default boxes); wgrad's box partials add in another order, within the bound."""
+    x_shape, window, multiplier, stride, padding, dilation = case
+    x, w, dy = _problem(x_shape, window, multiplier, stride, padding, dilation, np.float32)
+    whole = _ops(x, w, dy, stride, padding, dilation)
+    with monkeypatch.context() as mp:
+        _small_boxes(mp, box_bytes=1, tile_bytes=x_shape[-1] * multiplier * 4 * int(np.prod(window)))
+        split = _ops(x, w, dy, stride, padding, dilation)
+    assert ran == {"fprop": 2, "dgrad": 2, "wgrad": 2}
+    for name, a, b in zip(("fprop", "dgrad"), whole, split):
+        assert a.tobytes() == b.tobytes(), name
+    _check(monkeypatch, split, x, w, dy, stride, padding, dilation)
 
 
 def test_non_finite_values_land_where_direct_summation_puts_them(monkeypatch, ran):
