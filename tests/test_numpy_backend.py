@@ -501,13 +501,16 @@ def test_argmax_scatter_int64_wraps_exactly():
 @pytest.mark.parametrize("item_min", [2**16, 1])
 @pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
 @pytest.mark.parametrize("workers", [1, 3])
-def test_argmax_scatter_chunks(monkeypatch, threads, budget, item_min, index_dtype, workers):
+@pytest.mark.parametrize("fast_add_at", [True, False])
+def test_argmax_scatter_chunks(monkeypatch, threads, budget, item_min, index_dtype, workers, fast_add_at):
     """Chunked scatter equals a one-shot np.add.at: whole-item chunks (large budget; items grouped with offsets,
     or one at a time with their own indices, item_min 1), value chunks split within and across batch items with
     a mark array (300 bytes) or sorting (20 bytes) to find repeats; with 3 workers, whole chunks run on the
-    workers (disjoint: whole-item chunks of the scatter, every chunk of the gather). argmax is left as it was."""
+    workers (disjoint: whole-item chunks of the scatter, every chunk of the gather). argmax is left as it was.
+    fast_add_at: float repeats summed by np.add.at into a kept buffer (NumPy >= 1.25) or by np.bincount."""
     from gpuconv.numpy_backend import pool as P
     threads(workers)
+    monkeypatch.setattr(P, "_FAST_ADD_AT", fast_add_at)
     monkeypatch.setattr(P, "_PARALLEL_MIN", 0)
     monkeypatch.setattr(P, "_PIECE_MIN", 2**40)
     monkeypatch.setattr(P, "_SCATTER_CHUNK", 7)
@@ -529,7 +532,8 @@ def test_argmax_scatter_chunks(monkeypatch, threads, budget, item_min, index_dty
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize("budget", [32 * 2**20, 200])
-def test_argmax_scatter_float_repeats_rounded_once_per_item(monkeypatch, threads, dtype, budget):
+@pytest.mark.parametrize("fast_add_at", [True, False])
+def test_argmax_scatter_float_repeats_rounded_once_per_item(monkeypatch, threads, dtype, budget, fast_add_at):
     """Float repeats of a cell are summed in float64 and rounded once per cell however many pieces of
     _SCATTER_CHUNK updates and windows of cells (budget 200 bytes: 25-cell windows over a 40-cell item, whole-item
     chunks still) they are spread over: 1 + 2^11 - 2^11 per cell is 1 (rounded per piece, 2^11 + 1 would round
@@ -537,6 +541,7 @@ def test_argmax_scatter_float_repeats_rounded_once_per_item(monkeypatch, threads
     once. Mutant: rounding the sums per piece (what the backend did before, for items of > 2^20 updates)."""
     from gpuconv.numpy_backend import pool as P
     threads(1)
+    monkeypatch.setattr(P, "_FAST_ADD_AT", fast_add_at)
     monkeypatch.setattr(P, "_SCATTER_CHUNK", 4)
     monkeypatch.setattr(_window, "SCRATCH_BYTES", budget)
     big = 2.0**25 if dtype == np.float32 else 2.0**11

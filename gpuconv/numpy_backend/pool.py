@@ -1097,31 +1097,56 @@ def _sum_duplicates(idx: np.ndarray, v: np.ndarray, dtype: np.dtype):
     return uniq + lo, sums.astype(dtype)
 
 
-def _add_float_sums(target: np.ndarray, idx: np.ndarray, v: np.ndarray) -> None:
-    """target[i] += (the sum of the v at i in float64, rounded once to target's dtype) for every cell i of idx.
+# np.add.at runs a fast loop for a 1-D float64 target and index array since NumPy 1.25 (0.3 ms for 200K updates
+# on the CPU box, like np.bincount); before, a generic one, 10-20x slower, so older NumPy sums by bincount.
+_FAST_ADD_AT = tuple(int(v) for v in np.__version__.split(".")[:2]) >= (1, 25)
 
-    The float64 sums live in windows of cells whose sums and a piece's bincount together fit
-    _window.SCRATCH_BYTES (each 8 bytes per cell: with windows of the whole budget the scatter's scratch peaked
-    at about 105 MiB); the values are read in _SCATTER_CHUNK pieces (a span of several windows reads every piece
-    once per window). Cells of a window that no index names get + 0.0, which changes nothing: the output starts
-    at +0.0 and the slab scatter stores v + 0, so no cell holds -0.0.
+
+def _add_float_sums(target: np.ndarray, idx: np.ndarray, v: np.ndarray, exclusive: bool) -> None:
+    """target[i] += (the sum of the v at i in float64, rounded once to target's dtype) for every cell i of idx;
+    exclusive: nothing else writes the cells of idx (a slab scatter's target, +0.0 before), so the rounded sums
+    are stored instead of added.
+
+    Values are read in _SCATTER_CHUNK pieces and summed per window of at most _window.SCRATCH_BYTES / 16 cells
+    (a span of several windows reads every piece once per window), in order: each cell's values are added in
+    index order. NumPy >= 1.25: by np.add.at into this thread's buffer "scatter_sums", kept between calls, whose
+    cells are zeroed, summed and read only where idx names them; older NumPy (a generic np.add.at, 10-20x
+    slower): by np.bincount over the window, the same sums. bincount's window-sized float64 result is a fresh
+    array: first touched there, it made 4900 page faults per call of max_unpool on 8x28x28x64 values from 3x3/2
+    windows, 10.9 of its 11 ms (4.2 ms with add.at; CPU box, one thread). Cells of a window that no index names
+    get + 0.0 from bincount, which changes nothing: the output starts at +0.0 and the slab scatter stores v + 0,
+    so no cell holds -0.0.
     """
     lo, hi = int(idx.min()), int(idx.max()) + 1
     width = min(hi - lo, max(1, _window.SCRATCH_BYTES // 16))
     for w0 in range(lo, hi, width):
         w1 = min(w0 + width, hi)
-        acc = None
+        pieces = []
         for c0 in range(0, idx.size, _SCATTER_CHUNK):
             part, vals = idx[c0:c0 + _SCATTER_CHUNK], v[c0:c0 + _SCATTER_CHUNK]
             if width < hi - lo:
                 keep = (part >= w0) & (part < w1)
                 part, vals = part[keep], vals[keep]
-            sums = np.bincount(part - w0, weights=vals.astype(np.float64), minlength=w1 - w0)
-            if acc is None:
-                acc = sums.astype(np.float64, copy=False)       # bincount of no values is int64
+            pieces.append((part - w0 if w0 else part, vals))
+        if not _FAST_ADD_AT:
+            acc = np.zeros(w1 - w0)
+            for part, vals in pieces:
+                acc += np.bincount(part, weights=vals.astype(np.float64), minlength=w1 - w0)
+            if exclusive:
+                np.copyto(target[w0:w1], acc, casting="unsafe")
             else:
-                acc += sums
-        target[w0:w1] += acc.astype(target.dtype)
+                target[w0:w1] += acc.astype(target.dtype)
+            continue
+        acc = _window.thread_buffer("scatter_sums", w1 - w0, np.float64)
+        acc[...] = 0
+        for part, vals in pieces:
+            weights = _window.thread_buffer("scatter_weights", vals.size, np.float64)
+            np.copyto(weights, vals)
+            np.add.at(acc, part, weights)
+        if exclusive:
+            np.copyto(target[w0:w1], acc, casting="unsafe")
+        else:
+            target[w0:w1] += acc.astype(target.dtype)
 
 
 def _pieces(n: int) -> list:
@@ -1184,7 +1209,7 @@ def argmax_scatter(values: np.ndarray, argmax: np.ndarray, out_shape, include_ba
             _parallel.map_chunks(put, pieces)
             return
         if values.dtype.kind == "f":
-            _add_float_sums(target, idx, v)
+            _add_float_sums(target, idx, v, bool(slab))
             return
         for c0 in range(0, idx.size, _SCATTER_CHUNK):
             uniq, sums = _sum_duplicates(idx[c0:c0 + _SCATTER_CHUNK], v[c0:c0 + _SCATTER_CHUNK], values.dtype)
