@@ -12,6 +12,8 @@ step writes one archive plus a short summary:
     bench2  the rest: ResNet-50 1x1 / 7x7 layers float32, the 3x3 layers in float16, 3D U-Net layers float32
     bench3  float32 on tensor cores (opt-in): ResNet-50 fprop, dgrad and wgrad float32 with gpuconv's TF32 and 3xTF32
             against cuDNN with TF32 on (--precision tf32|3xtf32 --tf32)
+    bench4  depthwise convs: MobileNet v1's depthwise layers float32 (fprop, dgrad, wgrad; gpuconv's analytic
+            kernels against cuDNN's grouped convolutions)
 
 Usage (on the device machine, in the repository root; nothing to install, the checkout is imported):
 
@@ -19,6 +21,7 @@ Usage (on the device machine, in the repository root; nothing to install, the ch
     python3 benchmarks/gpu_session.py bench1 --out "$OUT"
     python3 benchmarks/gpu_session.py bench2 --out "$OUT"
     python3 benchmarks/gpu_session.py bench3 --out "$OUT"
+    python3 benchmarks/gpu_session.py bench4 --out "$OUT"
 
 Each command runs under its share of --budget seconds (default 540, under the 600 s a call may take): past it
 the command gets SIGINT (pytest prints its summary and writes its JUnit file; `gpuconv bench` writes a partial
@@ -98,6 +101,9 @@ STEPS: dict[str, tuple[Command, ...]] = {
                "--precision", "tf32", "--tf32"),
         _bench("resnet50_3xtf32", "--layers", "resnet50", "--ops", "fprop,dgrad,wgrad", "--dtypes", "float32",
                "--precision", "3xtf32", "--tf32"),
+    ),
+    "bench4": (
+        _bench("mobilenet_dw_f32", "--layers", "mobilenet", "--ops", "fprop,dgrad,wgrad", "--dtypes", "float32"),
     ),
 }
 

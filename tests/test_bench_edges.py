@@ -228,6 +228,20 @@ def test_tensorflow_runs_2d_argmax_pooling():
 # ---------------------------------------------------------------------------------------------------------
 # layer tables: each entry agrees with its name and with its network
 # ---------------------------------------------------------------------------------------------------------
+def test_mobilenet_layers_are_depthwise_and_follow_the_network():
+    """MobileNet v1's depthwise layers: filters (3, 3, 1, C) over C input channels (groups = C), stride 2 exactly
+    where the name says s2, and each layer's input is the previous one's output (its spatial size halved after a
+    stride-2 layer; the pointwise conv between them changes only the channels)."""
+    layers = LAYER_SETS["mobilenet"]
+    assert layers[0].input_shape == (112, 112, 32)                        # after the 3x3/2 stem on 224x224
+    for layer in layers:
+        c = layer.input_shape[-1]
+        assert layer.filter_shape == (3, 3, 1, c) and layer.padding == "SAME", layer.name
+        assert layer.strides == (2 if layer.name.endswith("s2") else 1), layer.name
+    for prev, nxt in zip(layers, layers[1:]):
+        assert nxt.input_shape[0] == -(-prev.input_shape[0] // prev.strides), (prev.name, nxt.name)
+
+
 def test_conv_layers_match_their_names_and_channels():
     for layer in (*RESNET50, *UNET3D_C3D, *LAYER_SETS["quick"]):
         if not isinstance(layer, ConvLayer):

@@ -279,6 +279,19 @@ def test_im2col_peer_computes_tf_convolutions(numpy_cupy, dtype):
         np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=tol, atol=tol)
 
 
+def test_im2col_peer_refuses_what_its_gemm_does_not_compute():
+    """One GEMM over all input channels: ungrouped forward convolutions only (a depthwise layer's filter has one
+    input channel per group, which its column view would mix up), so it is not timed against gpuconv there."""
+    impl = peers.CupyIm2colImpl()
+    (dw,) = build_cases(["mobilenet"], ["fprop"], ["float32"], 1, match="mbv1_dw9")
+    assert dw.problem.groups == 1024
+    assert impl.supports(dw) == "baseline implements ungrouped convolutions only"
+    (wg,) = build_cases(["quick"], ["wgrad"], ["float32"], 1, match="quick_3x3_64")
+    assert impl.supports(wg) == "baseline implements fprop only"
+    (ok,) = build_cases(["quick"], ["fprop"], ["float32"], 1, match="quick_3x3_64")
+    assert impl.supports(ok) is None
+
+
 def test_im2col_peer_sets_cublas_compute_type_from_tf32(numpy_cupy):
     """CUPY_TF32=1 in the environment must not make the 'exact float32' baseline run TF32, and --tf32 must turn
     TF32 on, not only change the peak it is compared with."""

@@ -21,6 +21,8 @@ CONV_LAYERS = (
     ConvLayer("t_1x1", (6, 7, 8), (1, 1, 8, 5), 1, "SAME"),             # PyTorch runs it with dilation 2
     ConvLayer("t_5x5_valid", (11, 9, 3), (5, 5, 3, 4), 2, "VALID"),
     ConvLayer("t_3d", (5, 6, 7, 3), (3, 3, 3, 3, 4), 1, "SAME"),
+    ConvLayer("t_depthwise_s2", (9, 8, 6), (3, 3, 1, 12), 2, "SAME"),  # groups 6, multiplier 2 (MobileNet-like)
+    ConvLayer("t_grouped", (7, 8, 6), (3, 3, 2, 9), 1, "SAME"),        # groups 3, 2 channels each
 )
 POOL_LAYERS = (
     PoolLayer("t_pool_odd", (7, 9, 5), 2, 2, "SAME"),                   # a partial last window on both axes

@@ -40,7 +40,7 @@ def _bench_cases(argv: tuple[str, ...], work: Path) -> list[str]:
 
 def test_bench_slices_are_valid_non_empty_and_disjoint(session, tmp_path):
     seen: dict[str, str] = {}
-    for step in ("bench1", "bench2"):
+    for step in ("bench1", "bench2", "bench4"):
         for cmd in session.STEPS[step]:
             names = _bench_cases(cmd.argv, tmp_path)
             assert names, f"{step}/{cmd.name} selects no case"

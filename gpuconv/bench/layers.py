@@ -1,4 +1,5 @@
-"""Named problem sets shared by benchmarks and tests: ResNet-50 v1.5 convs, 3D U-Net / C3D convs, SegNet pools.
+"""Named problem sets shared by benchmarks and tests: ResNet-50 v1.5 convs, 3D U-Net / C3D convs, SegNet pools,
+MobileNet v1's depthwise convs.
 
 Each entry is user-facing (NHWC / NDHWC shapes, TF filter layout), so a benchmark or test calls the public API
 with it directly. Sources: ResNet-50 v1.5 (torchvision / MLPerf reference: stride 2 on the 3x3 conv of each
@@ -70,8 +71,8 @@ UNET3D_C3D = (
 )
 
 # MobileNet v1's depthwise 3x3 layers (Howard et al. 2017; 224x224 input), one of each distinct shape: one input
-# channel per group, TF filter layout (3, 3, 1, C). Not in LAYER_SETS: the CPU depthwise benchmark
-# (benchmarks/numpy_depthwise.py) uses them.
+# channel per group (groups = C, implied by the TF filter layout (3, 3, 1, C)). The `mobilenet` set of
+# `gpuconv bench`, and the cases of the CPU depthwise benchmark (benchmarks/numpy_depthwise.py).
 MOBILENET_DW = (
     ConvLayer("mbv1_dw1", (112, 112, 32), (3, 3, 1, 32), 1, "SAME"),
     ConvLayer("mbv1_dw2s2", (112, 112, 64), (3, 3, 1, 64), 2, "SAME"),
@@ -102,4 +103,4 @@ QUICK = (
     PoolLayer("quick_pool_45x60", (45, 60, 64), 2, 2, "SAME"),
 )
 
-LAYER_SETS = {"resnet50": RESNET50, "unet3d": UNET3D_C3D, "segnet": SEGNET, "quick": QUICK}
+LAYER_SETS = {"resnet50": RESNET50, "unet3d": UNET3D_C3D, "segnet": SEGNET, "mobilenet": MOBILENET_DW, "quick": QUICK}

@@ -237,17 +237,18 @@ class TorchImpl:
         if got != tuple(case.y_shape[1:-1]):
             raise Unsupported(f"padding {pads} gives output {got}, TF gives {tuple(case.y_shape[1:-1])}")
         d = [torch_cpu_dilation(e) if self.device == "cpu" else 1] * n
+        g = case.problem.groups                   # TF's filter (..., C/G, K) is torch's (K, C/G, ...) as it is
         if case.op == "fprop":
-            return lambda: conv(x, w, None, s, pads, d)
+            return lambda: conv(x, w, None, s, pads, d, g)
         if case.op in ("dgrad", "wgrad"):
             mask = [case.op == "dgrad", case.op == "wgrad", False]
             cb = torch.ops.aten.convolution_backward
-            return lambda: cb(dy, x, w, None, s, pads, d, False, [0] * n, 1, mask)
+            return lambda: cb(dy, x, w, None, s, pads, d, False, [0] * n, g, mask)
         tr = F.conv_transpose2d if n == 2 else F.conv_transpose3d
         op = [case.x_shape[1 + i] - ((case.y_shape[1 + i] - 1) * s[i] - 2 * pads[i] + e[i]) for i in range(n)]
         if any(o < 0 or o >= s[i] for i, o in enumerate(op)):
             raise Unsupported(f"output_padding {op} out of range for stride {s}")
-        return lambda: tr(dy, w, None, s, pads, op)
+        return lambda: tr(dy, w, None, s, pads, op, g)
 
     def _pool(self, case: Case, inputs) -> Closure:
         """TF's SAME pooling as PyTorch's: the smaller (leading) pad on both sides, ceil_mode for the extra
@@ -495,7 +496,9 @@ class CupyIm2colImpl:
                 "tf32": self.tf32, "gemm": "cupy.matmul -> cuBLAS"}
 
     def supports(self, case: Case) -> str | None:
-        return None if case.op == "fprop" else "baseline implements fprop only"
+        if case.op != "fprop":
+            return "baseline implements fprop only"
+        return None if case.problem.groups == 1 else "baseline implements ungrouped convolutions only"
 
     def context(self):
         return contextlib.nullcontext()
