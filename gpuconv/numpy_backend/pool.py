@@ -1107,42 +1107,34 @@ def _add_float_sums(target: np.ndarray, idx: np.ndarray, v: np.ndarray, exclusiv
     exclusive: nothing else writes the cells of idx (a slab scatter's target, +0.0 before), so the rounded sums
     are stored instead of added.
 
-    Values are read in _SCATTER_CHUNK pieces and summed per window of at most _window.SCRATCH_BYTES / 16 cells
-    (a span of several windows reads every piece once per window), in order: each cell's values are added in
-    index order. NumPy >= 1.25: by np.add.at into this thread's buffer "scatter_sums", kept between calls, whose
-    cells are zeroed, summed and read only where idx names them; older NumPy (a generic np.add.at, 10-20x
-    slower): by np.bincount over the window, the same sums. bincount's window-sized float64 result is a fresh
-    array: first touched there, it made 4900 page faults per call of max_unpool on 8x28x28x64 values from 3x3/2
-    windows, 10.9 of its 11 ms (4.2 ms with add.at; CPU box, one thread). Cells of a window that no index names
-    get + 0.0 from bincount, which changes nothing: the output starts at +0.0 and the slab scatter stores v + 0,
-    so no cell holds -0.0.
+    The float64 sums live in windows of at most _window.SCRATCH_BYTES / 16 cells, in this thread's buffer
+    "scatter_sums" (kept between calls); the values are read in _SCATTER_CHUNK pieces (a span of several windows
+    reads every piece once per window) and added in order, each cell's in index order: by np.add.at (NumPy >=
+    1.25; before, its generic loop was 10-20x slower) or by np.bincount over the window, the same sums.
+    bincount's window-sized result is a fresh float64 array, which page-faulted where it was first touched
+    (max_unpool of 8x28x28x64 values from 3x3/2 windows: 4900 faults per call, 10.0 ms; 2.6 ms with add.at;
+    CPU box, one thread), so it is the fallback. Cells of a window that no index names get + 0.0, which changes
+    nothing: the output starts at +0.0 and the slab scatter stores v + 0, so no cell holds -0.0.
     """
     lo, hi = int(idx.min()), int(idx.max()) + 1
     width = min(hi - lo, max(1, _window.SCRATCH_BYTES // 16))
     for w0 in range(lo, hi, width):
         w1 = min(w0 + width, hi)
-        pieces = []
+        acc = _window.thread_buffer("scatter_sums", w1 - w0, np.float64)
+        acc[...] = 0
         for c0 in range(0, idx.size, _SCATTER_CHUNK):
             part, vals = idx[c0:c0 + _SCATTER_CHUNK], v[c0:c0 + _SCATTER_CHUNK]
             if width < hi - lo:
                 keep = (part >= w0) & (part < w1)
                 part, vals = part[keep], vals[keep]
-            pieces.append((part - w0 if w0 else part, vals))
-        if not _FAST_ADD_AT:
-            acc = np.zeros(w1 - w0)
-            for part, vals in pieces:
-                acc += np.bincount(part, weights=vals.astype(np.float64), minlength=w1 - w0)
-            if exclusive:
-                np.copyto(target[w0:w1], acc, casting="unsafe")
+            if w0:
+                part = part - w0
+            if _FAST_ADD_AT:
+                weights = _window.thread_buffer("scatter_weights", vals.size, np.float64)
+                np.copyto(weights, vals)
+                np.add.at(acc, part, weights)
             else:
-                target[w0:w1] += acc.astype(target.dtype)
-            continue
-        acc = _window.thread_buffer("scatter_sums", w1 - w0, np.float64)
-        acc[...] = 0
-        for part, vals in pieces:
-            weights = _window.thread_buffer("scatter_weights", vals.size, np.float64)
-            np.copyto(weights, vals)
-            np.add.at(acc, part, weights)
+                acc += np.bincount(part, weights=vals.astype(np.float64), minlength=w1 - w0)
         if exclusive:
             np.copyto(target[w0:w1], acc, casting="unsafe")
         else:
