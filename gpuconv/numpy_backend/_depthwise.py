@@ -153,7 +153,16 @@ def _filter(w: np.ndarray, p: ConvProblem, acc: np.dtype) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(w.reshape(p.T, p.R, p.S, p.C, p.group_k), -1, 0), dtype=acc)
 
 
+def _over_x(p: ConvProblem, acc: np.dtype) -> tuple[list, int]:
+    """fprop's and wgrad's window geometry over x (per axis: stride, -pad_before, dilation, filter taps) and the
+    bytes per output position of a box: its K outputs and the x cells gathered for it (W-unrolled: S copies)."""
+    axes = [_Axis(s, -pb, d, k) for s, pb, d, k in zip(p.stride, p.pad_before, p.dilation, (p.T, p.R, p.S))]
+    gathered = p.C * p.stride[0] * p.stride[1] * (p.S if p.stride[2] > 1 else 1)
+    return axes, acc.itemsize * (p.K + gathered)
+
+
 def _bounds(box) -> tuple[slice, tuple, tuple]:
+    """A box's batch slice, the first output of each spatial axis and its output counts."""
     return box[0], tuple(b.start for b in box[1:]), box_shape(box)[1:]
 
 
@@ -161,9 +170,8 @@ def fprop(x: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
     """y (N, Z, P, Q, K) of a depthwise problem: per box and multiplier one einsum into y's channels c*m + j."""
     acc = accumulator_dtype(x.dtype)
     m, C = p.group_k, p.C
-    axes = [_Axis(s, -pb, d, k) for s, pb, d, k in zip(p.stride, p.pad_before, p.dilation, (p.T, p.R, p.S))]
+    axes, unit = _over_x(p, acc)
     y = np.empty(p.y_shape, x.dtype)
-    unit = acc.itemsize * (p.K + C * p.stride[0] * p.stride[1] * (p.S if p.stride[2] > 1 else 1))
     parallel = y.size >= _PARALLEL_MIN
     chunks = _boxes(p.y_shape[:4], unit, C, p.T * p.R * p.S * m, acc.itemsize, parallel)
     tiles = _tiles(_filter(w, p, acc), [b[3].stop - b[3].start for b in chunks])
@@ -172,7 +180,7 @@ def fprop(x: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
     def one(box) -> None:
         batch, origin, counts = _bounds(box)
         view = _window_view([x], batch, origin, counts, axes, acc)[0]
-        rows = _rows(y[box])                                     # (nb, z, p, q*C*m): channel c*m + j at c*m + j
+        rows = _rows(y[box])                 # (nb, z, p, q*K): output channel c*m + j of column q at q*K + c*m + j
         if direct:
             np.einsum("nzpktrs,trsk->nzpk", view, tiles[counts[2]][0], out=rows)
             return
@@ -191,8 +199,7 @@ def wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem) -> np.ndarray:
     dy's channel c*m + j into (taps, q*C), summed over the columns; box partials added in box order."""
     acc = accumulator_dtype(x.dtype)
     m, C = p.group_k, p.C
-    axes = [_Axis(s, -pb, d, k) for s, pb, d, k in zip(p.stride, p.pad_before, p.dilation, (p.T, p.R, p.S))]
-    unit = acc.itemsize * (p.K + C * p.stride[0] * p.stride[1] * (p.S if p.stride[2] > 1 else 1))
+    axes, unit = _over_x(p, acc)
     parallel = dy.size >= _PARALLEL_MIN
     chunks = _boxes(p.y_shape[:4], unit, C, p.T * p.R * p.S, acc.itemsize, parallel)
     dw = np.zeros((m, p.T, p.R, p.S, C), acc)
@@ -246,6 +253,7 @@ def dgrad(dy: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
     planes = [dy[..., j::m] for j in range(m)]
     direct = acc == dx.dtype and p.stride[2] == 1
     parallel = dx.size >= _PARALLEL_MIN
+    unit = acc.itemsize * C * (1 + m)                            # a dx position's sum and its dy cells gathered
     work = []
     for combo in itertools.product(*(ph.items() for ph in per_axis)):
         phase = tuple(ph for ph, _ in combo)
@@ -254,7 +262,6 @@ def dgrad(dy: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
         grid = dx[(slice(None),) + tuple(slice(ph, None, s) for ph, s in zip(phase, p.stride))]
         sub = wk[np.ix_(range(m), *taps)]                        # (m, taps per axis..., C), flipped order
         ntaps = sub.shape[1] * sub.shape[2] * sub.shape[3]
-        unit = acc.itemsize * C * (1 + m)
         chunks = _boxes(grid.shape[:4], unit, C, ntaps * m, acc.itemsize, parallel)
         tiles = _tiles(sub, [b[3].stop - b[3].start for b in chunks])
         work.extend((grid, axes, tiles, box) for box in chunks)
@@ -266,7 +273,8 @@ def dgrad(dy: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
         if direct:
             np.einsum("jnzpktrs,jtrsk->nzpk", view, tiles[counts[2]], out=_rows(grid[box]))
         else:
-            summed = np.einsum("jnzpktrs,jtrsk->nzpk", view, tiles[counts[2]])
+            summed = thread_buffer("depthwise_sum", int(np.prod(view.shape[1:5])), acc).reshape(view.shape[1:5])
+            np.einsum("jnzpktrs,jtrsk->nzpk", view, tiles[counts[2]], out=summed)
             grid[box] = summed.reshape(summed.shape[:3] + (counts[2], C))
 
     _parallel.map_chunks(one, work, parallel)
