@@ -1,7 +1,8 @@
-"""float16 pooling on float32 copies (gpuconv/numpy_backend/_pool_float16.py): the table lookup that widens is
-NumPy's own float16 -> float32 cast for every bit pattern, and each op gives what pool.py gives on the float16
-arrays themselves (the slow path it replaces), bit for bit, also when a small scratch budget splits the work
-into pieces of one batch item and a few channels, whose argmax indices must be mapped back to the full problem.
+"""float16 pooling on float32 copies or int16 keys (gpuconv/numpy_backend/_pool_float16.py): the table lookup
+that widens is NumPy's own float16 -> float32 cast for every bit pattern, the keys order every float16 but NaN
+and -0.0 as its value, and each op gives what pool.py gives on the float16 arrays themselves (the slow path it
+replaces), bit for bit, also when a small scratch budget splits the work into pieces of one batch item and a few
+channels, whose argmax indices must be mapped back to the full problem.
 """
 from __future__ import annotations
 
@@ -80,6 +81,64 @@ def test_float32_pieces_match_the_float16_sweeps(monkeypatch, case, budget):
                 np.testing.assert_array_equal(np.isnan(g_), nan, err_msg=name)
                 g_, w_ = g_[~nan], w_[~nan]
             np.testing.assert_array_equal(_bits(g_), _bits(w_), err_msg=name)
+
+
+def test_keys_order_every_float16_as_its_value():
+    """_keys over every bit pattern but NaNs and -0.0: sorting by key sorts by value, equal keys are equal values
+    (no two patterns left share a value), and _values inverts _keys; a NaN or a -0.0 anywhere gives no keys."""
+    bits = np.arange(2**16, dtype=np.uint16)
+    every = bits.view(np.float16)
+    tame = every[~np.isnan(every) & (bits != 0x8000)]
+    keys, flipped = _pool_float16._keys(tame)
+    assert flipped and keys.dtype == np.int16
+    by_key = tame[np.argsort(keys, kind="stable")].astype(np.float64)
+    assert (np.diff(by_key) > 0).all()                                    # strictly increasing: a bijection
+    np.testing.assert_array_equal(_pool_float16._values(keys.copy(), True).view(np.uint16), tame.view(np.uint16))
+    positive = tame[tame.view(np.int16) >= 0]
+    keys, flipped = _pool_float16._keys(positive)
+    assert not flipped and np.array_equal(keys, positive.view(np.int16))
+    for bad in (np.float16(np.nan), -np.float16(np.nan), np.float16(-0.0)):
+        assert _pool_float16._keys(np.array([1, bad, -2], np.float16))[0] is None
+    payload = np.array([0x7C01, 0xFE00], np.uint16).view(np.float16)       # NaNs just above +-inf's bits
+    for v in payload:
+        assert _pool_float16._keys(np.array([v, 1], np.float16))[0] is None
+
+
+def _tame(shape, relu: bool) -> np.ndarray:
+    """Ties, +-inf, subnormals, +0 and (unless relu) negative values in float16: no NaN, no -0.0."""
+    x = (RNG.integers(-3, 4, size=shape) / 2).astype(np.float16)
+    pick = RNG.random(shape)
+    x[pick < 0.03] = np.inf
+    x[(pick > 0.03) & (pick < 0.06)] = -np.inf
+    x[(pick > 0.06) & (pick < 0.1)] = np.float16(-(2.0**-20))
+    x[(pick > 0.1) & (pick < 0.13)] = np.float16(2.0**-24)
+    x[x == 0] = 0                                                          # +0.0 only
+    return np.maximum(x, np.float16(0)) if relu else x
+
+
+@pytest.mark.parametrize("relu", [False, True], ids=["signed", "relu"])
+@pytest.mark.parametrize("budget", [None, 64], ids=["one_piece", "pieces"])
+@pytest.mark.parametrize("case", CASES, ids=["tiled", "overlapping", "3d", "global"])
+def test_max_pooling_on_int16_keys_matches_the_float16_sweeps(monkeypatch, case, budget, relu):
+    """Without NaN and -0.0, max_pool and max_pool_argmax run on int16 keys (no float32 copy is made) and give
+    pool.py's float16 results bit for bit: maxima, ties (first cell wins), infinities, subnormals."""
+    xs, window, stride, pad = case
+    p = pool_problem(xs, window, stride, pad)
+    x = _tame(xs, relu)
+    with np.errstate(all="ignore"):
+        want = [P.max_pool(x, p)] + [a for include in (False, True)
+                                     for a in P.max_pool_argmax(x, p, np.dtype(np.int32), include)]
+    if budget is not None:
+        monkeypatch.setattr(_window, "SCRATCH_BYTES", budget)
+
+    def no_copy(*args):
+        raise AssertionError("the float32 path ran")
+    monkeypatch.setattr(_pool_float16, "_wide", no_copy)
+    got = [BACKEND.max_pool(x, p)] + [a for include in (False, True)
+                                      for a in BACKEND.max_pool_argmax(x, p, np.dtype(np.int32), include)]
+    for g_, w_ in zip(got, want):
+        assert g_.dtype == w_.dtype and g_.shape == w_.shape
+        np.testing.assert_array_equal(_bits(g_), _bits(w_))
 
 
 def test_argmax_of_channel_pieces_against_the_loop_reference(monkeypatch):
