@@ -101,9 +101,10 @@ def _values(keys: np.ndarray, flipped: bool) -> np.ndarray:
 def _maxima(op, x: np.ndarray, n: slice, c: slice, q: PoolProblem, *args):
     """op (pool.max_pool or pool.max_pool_argmax) on the piece x[n, ..., c] of problem q: on its int16 keys
     (_keys) where they exist, else on its float32 copy; the maxima come back in float16 or float32 (which the
-    caller's store into float16 casts exactly), with the indices for argmax. One thread on the CPU box, float32 copies -> keys: 8x112x112x64, 3x3/2 SAME, max_pool 22 -> 3.2 ms
-    post-ReLU (no flip) and 21 -> 5.2 ms on normal data, argmax 29 -> 11 and 27 -> 12 ms; SegNet pool3
-    (4x90x120x256, 2x2/2) max_pool 27 -> 2.4 ms, argmax 29 -> 6.3 ms post-ReLU (float32 data: 3.9 and 6.8 ms)."""
+    caller's store into float16 casts exactly), with the indices for argmax. One thread on the CPU box, float32
+    copies -> keys: 8x112x112x64, 3x3/2 SAME, max_pool 22 -> 3.2 ms post-ReLU (no flip) and 21 -> 5.2 ms on
+    normal data, argmax 29 -> 11 and 27 -> 12 ms; SegNet pool3 (4x90x120x256, 2x2/2) max_pool 27 -> 2.4 ms,
+    argmax 29 -> 6.3 ms post-ReLU (float32 data: 3.9 and 6.8 ms)."""
     keys, flipped = _keys(x[n, :, :, :, c])
     if keys is None:
         return op(_wide(x, n, c), q, *args)
