@@ -2,11 +2,11 @@
 
 Cases: MobileNet v1's depthwise 3x3 layers (gpuconv.bench.layers.MOBILENET_DW) at N = 8 float32, fprop, dgrad and
 wgrad, plus two shapes outside MobileNet that stress other parts of the path: few channels (8x112x112x8) and a
-channel multiplier of 2 (8x56x56x128 -> 256). Peer: torch.nn.functional.conv2d with groups = C on channels_last
-tensors and, for dgrad and wgrad, the call autograd makes (torch.ops.aten.convolution_backward); the oneDNN
-kernel PyTorch ran, if any, is recorded per case. Timing as benchmarks/numpy_vs_pytorch.py (its helpers): each
-library in its own block of back-to-back calls after a pause, the whole list `rounds` times, the median of all
-samples per case. Stride-1 results are checked against PyTorch's before timing.
+channel multiplier of 2 (8x56x56x128 -> 256). Cases and peers are benchmarks/numpy_vs_pytorch.py's (conv_cases:
+torch.nn.functional.conv2d with the layer's groups on channels_last tensors, for dgrad and wgrad the call autograd
+makes; stride-1 results checked against PyTorch's, PyTorch's oneDNN kernel recorded per case), and so is the
+timing: each library in its own block of back-to-back calls after a pause, the whole list `rounds` times, the
+median of all samples per case.
 
 Not part of issue 2's target (ResNet-50 and SegNet: numpy_vs_pytorch.py); it tracks the NumPy backend's
 furthest-behind ops. Each run is recorded under its label (OpenBLAS kernels, threads, the commit measured), so a
@@ -25,10 +25,8 @@ import os
 import statistics
 import subprocess
 import sys
-from functools import partial
 from pathlib import Path
 
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -36,8 +34,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import gpuconv as gc  # noqa: E402
 from gpuconv.bench.layers import MOBILENET_DW, ConvLayer  # noqa: E402
-from gpuconv.bench.peers import torch_onednn_convolutions  # noqa: E402
-from numpy_vs_pytorch import machine, pair  # noqa: E402
+from numpy_vs_pytorch import conv_cases, machine, pair  # noqa: E402
 
 RESULTS = HERE / "results"
 
@@ -48,41 +45,11 @@ EXTRA = (
 
 
 def cases(n: int, only):
-    """(layer, op, gpuconv call, torch call, torch kernels) per case."""
-    import torch
-    import torch.nn.functional as F
-    rng = np.random.default_rng(0)
-    for layer in MOBILENET_DW + EXTRA:
-        if only and layer.name not in only:
-            continue
-        x = rng.standard_normal(layer.with_batch(n), dtype=np.float32)
-        w = rng.standard_normal(layer.filter_shape, dtype=np.float32)
-        s, pad, groups = layer.strides, layer.padding, layer.input_shape[-1]
-        y = gc.conv2d(x, w, s, pad)
-        dy = rng.standard_normal(y.shape, dtype=np.float32)
-        xt = torch.from_numpy(x).permute(0, 3, 1, 2)               # NCHW view of NHWC memory = channels_last
-        dyt = torch.from_numpy(dy).permute(0, 3, 1, 2)
-        wt = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
-        cb = torch.ops.aten.convolution_backward
-        peers = {"fprop": partial(F.conv2d, xt, wt, stride=s, padding=1, groups=groups),
-                 "dgrad": partial(cb, dyt, xt, wt, None, [s, s], [1, 1], [1, 1], False, [0, 0], groups,
-                                  (True, False, False)),
-                 "wgrad": partial(cb, dyt, xt, wt, None, [s, s], [1, 1], [1, 1], False, [0, 0], groups,
-                                  (False, True, False))}
-        ours = {"fprop": partial(gc.conv2d, x, w, s, pad),
-                "dgrad": partial(gc.conv2d_backprop_input, x.shape, w, dy, s, pad),
-                "wgrad": partial(gc.conv2d_backprop_filter, x, w.shape, dy, s, pad)}
-        if s == 1:
-            want = {"fprop": peers["fprop"]().permute(0, 2, 3, 1), "dgrad": peers["dgrad"]()[0].permute(0, 2, 3, 1),
-                    "wgrad": peers["wgrad"]()[1].permute(2, 3, 1, 0)}
-            for op, ref in want.items():
-                got = ours[op]()
-                err = float(np.abs(ref.numpy() - got).max())
-                if not err <= 1e-3 * float(np.abs(got).max()):
-                    raise RuntimeError(f"{layer.name}: {op} differs from torch by {err}")
-        for op in ("fprop", "dgrad", "wgrad"):
-            kernels = torch_onednn_convolutions(torch, peers[op])
-            yield layer.name, op, ours[op], peers[op], "; ".join(kernels) or "aten (no oneDNN convolution)"
+    """(layer, op, gpuconv call, torch call, torch kernels) per case: numpy_vs_pytorch.conv_cases over the
+    depthwise layers (which checks stride-1 results against PyTorch's and that PyTorch ran oneDNN on
+    channels-last memory)."""
+    for name, op, _, ours, theirs, kernels in conv_cases(n, only, MOBILENET_DW + EXTRA):
+        yield name, op, ours, theirs, kernels
 
 
 def commit() -> str:

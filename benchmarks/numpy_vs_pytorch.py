@@ -129,16 +129,19 @@ def pair(ours, theirs, warmup: int, repeats: int, pause: float) -> tuple[list, l
     return a, b
 
 
-def conv_cases(n: int, only):
+def conv_cases(n: int, only, layers=None):
+    """(layer, op, flops, gpuconv call, PyTorch call, oneDNN kernels) for fprop, dgrad and wgrad of each layer
+    (default RESNET50; grouped layers, such as numpy_depthwise.py's, run with their groups on both sides)."""
     import torch
     import torch.nn.functional as F
     rng = np.random.default_rng(0)
-    for layer in RESNET50:
+    for layer in RESNET50 if layers is None else layers:
         if only and layer.name not in only:
             continue
         x = rng.standard_normal(layer.with_batch(n), dtype=np.float32)
         w = rng.standard_normal(layer.filter_shape, dtype=np.float32)
         s, pad, k = layer.strides, layer.padding, layer.filter_shape[0]
+        g = layer.input_shape[-1] // layer.filter_shape[-2]            # TF's filter (R, S, C/G, K)
         y = gc.conv2d(x, w, s, pad)
         dy = rng.standard_normal(y.shape, dtype=np.float32)
         xt = torch.from_numpy(x).permute(0, 3, 1, 2)            # NCHW view of NHWC memory = channels_last
@@ -147,10 +150,10 @@ def conv_cases(n: int, only):
         tp, d = k // 2, torch_cpu_dilation((k, k))
         cb = torch.ops.aten.convolution_backward
         # Arguments are bound now (partial), not looked up when the case runs.
-        peers = {"fprop": partial(F.conv2d, xt, wt, stride=s, padding=tp, dilation=d),
-                 "dgrad": partial(cb, dyt, xt, wt, None, [s, s], [tp, tp], [d, d], False, [0, 0], 1,
+        peers = {"fprop": partial(F.conv2d, xt, wt, stride=s, padding=tp, dilation=d, groups=g),
+                 "dgrad": partial(cb, dyt, xt, wt, None, [s, s], [tp, tp], [d, d], False, [0, 0], g,
                                   (True, False, False)),
-                 "wgrad": partial(cb, dyt, xt, wt, None, [s, s], [tp, tp], [d, d], False, [0, 0], 1,
+                 "wgrad": partial(cb, dyt, xt, wt, None, [s, s], [tp, tp], [d, d], False, [0, 0], g,
                                   (False, True, False))}
         ours = {"fprop": partial(gc.conv2d, x, w, s, pad),
                 "dgrad": partial(gc.conv2d_backprop_input, x.shape, w, dy, s, pad),

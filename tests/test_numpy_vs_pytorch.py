@@ -50,7 +50,8 @@ def _windows(xp, r, s, stride, dil, p_out, q_out):
               dil * s: dil * s + stride * (q_out - 1) + 1: stride]
 
 
-def ref_conv2d(xt, wt, stride=1, padding=0, dilation=1):
+def ref_conv2d(xt, wt, stride=1, padding=0, dilation=1, groups=1):
+    assert groups == 1                                   # the stub convolves ungrouped layers only
     x, w = xt.a, wt.a                                    # N,C,H,W and K,C,R,S
     xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     R, S = w.shape[2:]
