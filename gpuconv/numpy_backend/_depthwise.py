@@ -15,7 +15,8 @@ copy per tap) so that those runs stay contiguous. The copy holds zeros where a w
 a dy cell out of range), which are multiplied: conv.py has already sent problems whose operand meeting them is
 not finite (w for fprop and dgrad, dy's border outputs for wgrad) to _nonfinite.py, so a zero only ever
 multiplies a finite value and adds an exact zero. Boxes are independent (worker pool); wgrad adds its box
-partials in box order (_parallel.sum_in_order), so no result depends on the thread count.
+partials in box order (_parallel.sum_in_order) over a partition that does not depend on the worker count, so no
+result depends on the thread count.
 
 Measured on the CPU box (one thread, float32, N = 8, 3x3 SAME; fprop / dgrad / wgrad ms, per-tap passes -> here;
 benchmarks/numpy_depthwise.py, results/cpu_depthwise.md): 112x112x32 14.1 / 13.9 / 17.3 -> 4.4 / 4.6 / 4.4
@@ -45,9 +46,13 @@ _PARALLEL_MIN = 2**18
 # NumPy calls, so large boxes pay: measured on the CPU box (one thread; fprop / wgrad / dgrad ms) 8x56x56x128
 # 1 MiB 4.9 / 5.4 / 4.9, 8 MiB 4.0 / 3.9 / 4.0, 32 MiB 5.1 / 4.3 / 5.0; stride 2, 8x112x112x64: 6.1 / 6.7 / 6.2,
 # 4.8 / 4.9 / 5.5, 7.0 / 7.0 / 5.6. With several workers boxes shrink (to BOX_MIN_BYTES) so that each worker
-# gets about three.
+# gets about three; wgrad's always as for _WGRAD_SHARE workers where the problem is large enough for the pool
+# (one thread: 8x14x14x512 1.2 -> 1.45 ms, 8x28x28x256 2.4 -> 2.6, larger layers unchanged).
 BOX_BYTES = 8 * 2**20
 BOX_MIN_BYTES = 2**20
+
+# wgrad's boxes are sized for this many workers whatever the pool's size (see wgrad).
+_WGRAD_SHARE = 2
 
 # Bound on one box's tiled filter (taps x columns x C values, all multipliers): boxes are split along the columns
 # to stay within it. A column of a 3x3 filter over 1024 float32 channels is 36 KiB, so 28 columns fit; no
@@ -127,13 +132,18 @@ def _window_view(sources: list, batch: slice, origin, counts, axes, acc: np.dtyp
                       writeable=False)
 
 
-def _boxes(dims, unit: int, C: int, taps: int, it: int, parallel: bool) -> list:
+def _share(parallel: bool) -> int:
+    """Workers that fprop's and dgrad's boxes are sized for (their outputs do not depend on the partition)."""
+    return _parallel.workers() if parallel else 1
+
+
+def _boxes(dims, unit: int, C: int, taps: int, it: int, share: int) -> list:
     """Boxes of output positions (batch, z, p, q slices) of about BOX_BYTES at `unit` bytes per position (less
-    when `parallel`, see BOX_BYTES), split along the columns so that a tiled filter (taps x columns x C values)
-    stays within TILE_BYTES."""
+    where the work is to be shared by `share` workers, see BOX_BYTES), split along the columns so that a tiled
+    filter (taps x columns x C values) stays within TILE_BYTES."""
     budget = BOX_BYTES
-    if parallel and _parallel.workers() > 1:
-        budget = max(BOX_MIN_BYTES, min(budget, math.prod(dims) * unit // (3 * _parallel.workers())))
+    if share > 1:
+        budget = max(BOX_MIN_BYTES, min(budget, math.prod(dims) * unit // (3 * share)))
     cap = max(1, TILE_BYTES // (taps * C * it))
     out = []
     for box in boxes(dims, unit, budget):
@@ -173,7 +183,7 @@ def fprop(x: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
     axes, unit = _over_x(p, acc)
     y = np.empty(p.y_shape, x.dtype)
     parallel = y.size >= _PARALLEL_MIN
-    chunks = _boxes(p.y_shape[:4], unit, C, p.T * p.R * p.S * m, acc.itemsize, parallel)
+    chunks = _boxes(p.y_shape[:4], unit, C, p.T * p.R * p.S * m, acc.itemsize, _share(parallel))
     tiles = _tiles(_filter(w, p, acc), [b[3].stop - b[3].start for b in chunks])
     direct = acc == y.dtype and m == 1
 
@@ -201,7 +211,10 @@ def wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem) -> np.ndarray:
     m, C = p.group_k, p.C
     axes, unit = _over_x(p, acc)
     parallel = dy.size >= _PARALLEL_MIN
-    chunks = _boxes(p.y_shape[:4], unit, C, p.T * p.R * p.S, acc.itemsize, parallel)
+    # The box partition sets the order of the partials' float sums: it follows the problem, never the worker
+    # count (a fixed share of _WGRAD_SHARE where the problem is large enough for the pool), so that no bit of dw
+    # depends on GPUCONV_NUM_THREADS.
+    chunks = _boxes(p.y_shape[:4], unit, C, p.T * p.R * p.S, acc.itemsize, _WGRAD_SHARE if parallel else 1)
     dw = np.zeros((m, p.T, p.R, p.S, C), acc)
 
     def partial(box, bufs: list) -> None:
@@ -262,7 +275,7 @@ def dgrad(dy: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
         grid = dx[(slice(None),) + tuple(slice(ph, None, s) for ph, s in zip(phase, p.stride))]
         sub = wk[np.ix_(range(m), *taps)]                        # (m, taps per axis..., C), flipped order
         ntaps = sub.shape[1] * sub.shape[2] * sub.shape[3]
-        chunks = _boxes(grid.shape[:4], unit, C, ntaps * m, acc.itemsize, parallel)
+        chunks = _boxes(grid.shape[:4], unit, C, ntaps * m, acc.itemsize, _share(parallel))
         tiles = _tiles(sub, [b[3].stop - b[3].start for b in chunks])
         work.extend((grid, axes, tiles, box) for box in chunks)
 
