@@ -1175,6 +1175,38 @@ def test_a_failing_chunk_stops_the_call(threads, combine, error):
     assert _parallel.map_chunks(lambda i: None, range(4)) is None     # the pool still works
 
 
+def test_a_chunk_taken_but_not_yet_started_still_runs(monkeypatch, threads):
+    """A pool thread descheduled between taking a chunk and starting it must still run it when the calling thread
+    meanwhile finds nothing left to take and finishes: map_chunks stopped the call then, and the taken chunk was
+    silently skipped (its output part never written). The pause is a 20 ms sleep in the pool thread's check of
+    the stop flag just before it starts a chunk (found by a fuzz run's repro, 2026-11-23)."""
+    import sys
+    import time
+    import types
+
+    class SlowEvent(threading.Event):
+        def is_set(self):
+            if threading.current_thread() is not threading.main_thread() and sys._getframe(1).f_code.co_name == "run":
+                time.sleep(0.02)
+            return super().is_set()
+
+    shim = types.SimpleNamespace(**{k: getattr(threading, k) for k in dir(threading) if not k.startswith("__")})
+    shim.Event = SlowEvent
+    monkeypatch.setattr(_parallel, "threading", shim)
+    threads(2)
+    for _ in range(10):
+        ran = []
+        lock = threading.Lock()
+
+        def fn(i):
+            with lock:
+                ran.append(i)
+            time.sleep(0.003)
+
+        _parallel.map_chunks(fn, list(range(4)), True)
+        assert sorted(ran) == [0, 1, 2, 3]
+
+
 @pytest.mark.parametrize("combine", [False, True])
 def test_chunks_run_in_the_callers_context(threads, combine):
     """Pool threads see the caller's np.errstate (a context variable): a barrier makes two threads run the two

@@ -312,16 +312,21 @@ def map_ordered(fn: Callable, items: Iterable, combine: Callable | None) -> None
             drain()
 
     futures: list = []
+    finished = False
     try:
         futures = _submit(lambda: caller.copy().run(pool_drain), n - 1)
         if combine is None:
             drain()
         else:
             _combine_in_order(run, combine, results, errors, done, counter, take, state, progress, failed)
+        finished = True
     finally:
         # Whatever happened (an error in combine, or an interrupt while waiting, included), no chunk is left to
-        # start and no pool thread waits. (After a normal finish every chunk has started: failed stops nothing.)
-        failed.set()
+        # start and no pool thread waits. After a normal finish every chunk has been taken, but a pool thread may
+        # not yet have started the one it took: `failed` is then left alone, since setting it would make that
+        # thread skip its chunk (an output part silently never written).
+        if not finished:
+            failed.set()
         with take:
             for _ in counter:
                 pass
