@@ -193,3 +193,28 @@ def test_zero_maxima_take_the_sign_of_the_first_zero(dtype):
     y, a = gc.max_pool_with_argmax(x, (6, 7), 1, "VALID")
     assert_same_bits(y, want_y)
     np.testing.assert_array_equal(a, want_a)
+
+
+# A signaling NaN (quiet bit clear): np.fmax lets it through where it skips quiet NaNs.
+_SNAN = np.array([0x7FA00000], np.uint32).view(np.float32)[0]
+
+
+@pytest.mark.parametrize("row", [[1.0, _SNAN], [1.0, 0.5, 0.25, _SNAN], [1.0, _SNAN, 0.5, 0.25],
+                                 [_SNAN, 1.0, 0.5, 0.25]], ids=["last_of_2", "last_of_4", "second_of_4", "first"])
+def test_signaling_nan_follows_the_scan_rule(row):
+    """One window over the whole row (whole-window reductions; argmax too with 4 taps): a NaN is selected only as
+    the window's first cell, signaling or quiet. The whole-window maxima were np.fmax reductions, which skip
+    quiet NaNs only: [1, sNaN] gave NaN, [1, sNaN, 0.5, 0.25] gave 0.5 at index 2, [1, 0.5, 0.25, sNaN] an
+    IndexError. Expected: cell 0 every time (by the rule; tests/loop_reference.py agrees on values and index)."""
+    x = np.array(row, np.float32).reshape(1, 1, len(row), 1)
+    window = (1, len(row))
+    p = geometry.pool_problem((1, 1, 1, len(row), 1), (1,) + window, (1, 1, 1), "VALID")
+    assert P._by_windows(p, "max") and (P._by_windows(p, "argmax") or len(row) < 4)
+    want_y, want_a = L.max_pool_with_argmax(x, window, 1, "VALID")
+    assert want_a.ravel().tolist() == [0]
+    y, a = gc.max_pool_with_argmax(x, window, 1, "VALID")
+    assert a.ravel().tolist() == [0]
+    np.testing.assert_array_equal(y.view(np.uint32), x[..., :1, :].view(np.uint32))
+    np.testing.assert_array_equal(gc.max_pool2d(x, window, 1, "VALID").view(np.uint32), y.view(np.uint32))
+    dx = gc.max_pool_grad(x, y, np.ones_like(y), window, 1, "VALID")
+    assert dx.ravel().tolist() == [1.0] + [0.0] * (len(row) - 1)
