@@ -1,5 +1,6 @@
 """bfloat16 through float32: every op runs as float32 on widened copies of its bfloat16 tensors, and its floating
-results are rounded to bfloat16 once (to nearest, ties to even; the array library's cast).
+results are rounded to bfloat16 once (to nearest, ties to even; the array library's cast; NaNs keep their upper
+16 bits).
 
 Widening is exact (a bfloat16 is the upper half of a float32), so max pooling, argmax, max-pool gradients without
 overlaps, unpooling without repeated indices and the gather gradient are exact; convolutions, average pooling and
@@ -32,8 +33,23 @@ def _narrow(out, dtype):
         return tuple(_narrow(o, dtype) for o in out)
     if np.dtype(out.dtype).kind == "f":
         with np.errstate(all="ignore"):            # IEEE rounding: overflow to inf is the contract, not a warning
-            return out.astype(dtype)
+            narrow = out.astype(dtype)
+        _keep_nan_payloads(out, narrow)
+        return narrow
     return out                                     # argmax indices
+
+
+def _keep_nan_payloads(wide, narrow) -> None:
+    """NaNs of the float32 result keep their upper 16 bits in the bfloat16 one (ml_dtypes' cast returns the
+    canonical quiet NaN for every NaN): a NaN that max pooling or a gather passes through from a bfloat16 input
+    comes back with its own bits, as float16's and float32's do. A NaN whose upper half would read as an
+    infinity (payload in the lower half only, from arithmetic) gets the quiet bit."""
+    nan = wide != wide
+    if not bool(nan.any()):
+        return
+    upper = (wide.view(np.uint32) >> 16).astype(np.uint16)
+    upper |= ((upper & 0x7F) == 0).astype(np.uint16) * np.uint16(0x40)
+    narrow.view(np.uint16)[nan] = upper[nan]
 
 
 class Bfloat16Backend:

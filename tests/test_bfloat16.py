@@ -180,3 +180,27 @@ def test_bfloat16_on_the_kernels_is_their_float32_result_rounded(name, kernel_ba
             want = w.astype(BF16) if w.dtype.kind == "f" else w
             assert g.dtype == want.dtype
             np.testing.assert_array_equal(_bits(g), _bits(want))
+
+
+def test_nan_payloads_survive_the_exact_ops():
+    """Max pooling, argmax values and the gather gradient return their input cells' bits, NaN payloads
+    included, as for float16 and float32 (ml_dtypes' narrowing cast alone returned the canonical 0x7fc0 for
+    every NaN: found by a fuzz run)."""
+    bits = np.array([0x7FCB, 0x3F80, 0x7F81, 0xFFC5], np.uint16)     # payload qNaN, 1.0, sNaN, negative qNaN
+    x = bits.view(ml_dtypes.bfloat16).reshape(1, 2, 2, 1)
+    y = gpuconv.max_pool2d(x, 1, 1, "VALID")                           # 1x1 windows: the input itself
+    np.testing.assert_array_equal(y.view(np.uint16).ravel(), bits)
+    v, a = gpuconv.max_pool_with_argmax(x[:, :1], (1, 2), (1, 2), "VALID")   # [NaN, 1.0]: the first cell
+    assert v.view(np.uint16).ravel().tolist() == [0x7FCB] and a.ravel().tolist() == [0]
+    g = gpuconv.max_unpool_grad(x, np.array([0, 2], np.int64).reshape(1, 1, 2, 1))
+    assert g.view(np.uint16).ravel().tolist() == [0x7FCB, 0x7F81]
+
+
+def test_a_nan_with_its_payload_in_the_lower_half_stays_a_nan():
+    """A float32 NaN whose payload bits all lie in the lower 16 (as arithmetic may make) narrows to a quiet
+    NaN of its sign, not to the infinity its upper half reads as; ordinary values are rounded as before."""
+    from gpuconv._bfloat16 import _narrow
+    wide = np.array([0x7F800001, 0xFF800003, 0x3F808000, 0x7F800000], np.uint32).view(np.float32)
+    got = _narrow(wide, np.dtype(ml_dtypes.bfloat16)).view(np.uint16)
+    # 0x3F808000 is 1 + 2^-8, halfway between 1.0 (0x3F80) and the next bfloat16: ties to even, 0x3F80.
+    assert got.tolist() == [0x7FC0, 0xFFC0, 0x3F80, 0x7F80]
