@@ -155,6 +155,20 @@ def record_launches(monkeypatch, backend: str, entry=lambda plan: plan.name_expr
     return seen
 
 
+def count_calls(monkeypatch, module, names) -> dict:
+    """{name: calls so far} for the given functions of module, each wrapped (for this test) to count its calls;
+    tests use it to show that the path they check ran."""
+    counts = {name: 0 for name in names}
+    for name in names:
+        real = getattr(module, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            counts[_name] += 1
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(module, name, counted)
+    return counts
+
+
 def sequential_scatter(values, argmax, out_shape, include_batch=False):
     """The scatter kernels' promise (kernels/unpool.cu), independently: zeros, then each update added in
     increasing update order (np.add.at is unbuffered and sequential), in the accumulation dtype (float16 in

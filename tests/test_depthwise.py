@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import gpuconv as gc
+from conftest import count_calls
 from gpuconv.numpy_backend import _depthwise, _parallel
 
 RNG = np.random.default_rng(23)
@@ -18,15 +19,7 @@ RNG = np.random.default_rng(23)
 @pytest.fixture
 def ran(monkeypatch):
     """Counts of depthwise fprop / dgrad / wgrad calls."""
-    counts = {"fprop": 0, "dgrad": 0, "wgrad": 0}
-    for name in counts:
-        real = getattr(_depthwise, name)
-
-        def counted(*args, _real=real, _name=name):
-            counts[_name] += 1
-            return _real(*args)
-        monkeypatch.setattr(_depthwise, name, counted)
-    return counts
+    return count_calls(monkeypatch, _depthwise, ("fprop", "dgrad", "wgrad"))
 
 
 def _ops(x, w, dy, stride, padding, dilation, fmt=None):

@@ -13,6 +13,7 @@ import pytest
 
 import gpuconv as gc
 import loop_reference as L
+from conftest import count_calls
 from gpuconv.geometry import pool_problem
 from gpuconv.numpy_backend import _parallel, _separable, _window
 from gpuconv.numpy_backend import pool as P
@@ -23,15 +24,7 @@ RNG = np.random.default_rng(3311)
 @pytest.fixture
 def ran(monkeypatch):
     """Counts of the separable path's calls: maxima (every interior box) and the selections."""
-    counts = {"maxima": 0, "first_taps": 0, "flat_index": 0}
-    for name in counts:
-        real = getattr(_separable, name)
-
-        def spy(*args, _real=real, _name=name):
-            counts[_name] += 1
-            return _real(*args)
-        monkeypatch.setattr(_separable, name, spy)
-    return counts
+    return count_calls(monkeypatch, _separable, ("maxima", "first_taps", "flat_index"))
 
 
 def _data(kind: str, shape) -> np.ndarray:
