@@ -263,13 +263,20 @@ def _first_max_taps(x: np.ndarray, p: PoolProblem, box, y: np.ndarray, sc: dict)
     return first
 
 
+def _separable_maxima(x: np.ndarray, p: PoolProblem, box, y: np.ndarray):
+    """y = the maxima of an interior box of _separable's (its maxima()); the state its selections take, or None
+    where the exact scan must redo the box (a NaN, or a -0.0 next to a zero maximum: _maxima_exact)."""
+    state = _separable.maxima(x, p, box, y)
+    return state if _maxima_exact(x, p, box, y) else None
+
+
 def _taps_of_box(x: np.ndarray, p: PoolProblem, box, y: np.ndarray, sc: dict) -> np.ndarray:
     """y (box-shaped) = the maxima and the returned array each window's selected tap (positions in _taps(p)):
     np.maximum and first-equal comparisons where no NaN or -0.0 is involved (separably for _separable's
     interior boxes), else the exact scan."""
     if _separable.inside(p, box):
-        state = _separable.maxima(x, p, box, y)
-        if _maxima_exact(x, p, box, y):
+        state = _separable_maxima(x, p, box, y)
+        if state is not None:
             return _separable.first_taps(p, state, y, sc["first"])
     elif _max_by_maximum(x, p, box, y):
         first = _first_max_taps(x, p, box, y, sc)
@@ -332,8 +339,7 @@ def max_pool(x: np.ndarray, p: PoolProblem) -> np.ndarray:
 
     def one(box) -> None:
         if _separable.inside(p, box):
-            _separable.maxima(x, p, box, y[box])
-            exact = _maxima_exact(x, p, box, y[box])
+            exact = _separable_maxima(x, p, box, y[box]) is not None
         else:
             exact = _max_by_maximum(x, p, box, y[box])
         if not exact:
@@ -353,8 +359,8 @@ def _argmax_box(x: np.ndarray, p: PoolProblem, box, y: np.ndarray, argmax: np.nd
     """Max pooling of one output box (any geometry: _taps_of_box) and the flat indices of its maxima."""
     index_dtype = argmax.dtype
     if _separable.inside(p, box):
-        state = _separable.maxima(x, p, box, y[box])
-        if _maxima_exact(x, p, box, y[box]):
+        state = _separable_maxima(x, p, box, y[box])
+        if state is not None:
             _separable.flat_index(p, state, box, y[box], sc["first"], argmax[box])
             if include_batch:
                 per_batch = p.D * p.H * p.W * p.C
