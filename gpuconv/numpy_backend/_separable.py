@@ -179,8 +179,8 @@ def flat_index(p, state: tuple, box, y: np.ndarray, row: np.ndarray, out: np.nda
     cell equal to its maximum (as first_taps; row: uint8 scratch of y's shape): in int32 where the item's indices
     fit (then cast into out), from the window origins and the cell's offset row*W + column."""
     col = _first_cells(p, state, y, row[:, 0])
-    rel = state[-1]
-    work = rel if out.dtype != np.int32 and p.D * p.H * p.W * p.C < 2**31 else out[:, 0]
+    dest = out[:, 0]
+    work = state[-1] if out.dtype != np.int32 and p.D * p.H * p.W * p.C < 2**31 else dest
     np.copyto(work, row[:, 0], casting="unsafe")
     work *= work.dtype.type(p.W)
     if col is not None:
@@ -192,5 +192,5 @@ def flat_index(p, state: tuple, box, y: np.ndarray, row: np.ndarray, out: np.nda
     ws = (np.arange(box[3].start, box[3].stop, dtype=dt) * p.stride[2] - p.pad_before[2]) * p.C
     work += hs[:, None, None]
     work += ws[:, None] + np.arange(p.C, dtype=dt)
-    if work is not out[:, 0]:
-        np.copyto(out[:, 0], work, casting="unsafe")
+    if work is not dest:
+        np.copyto(dest, work, casting="unsafe")
