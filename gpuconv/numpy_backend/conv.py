@@ -357,9 +357,20 @@ def _gather_gemm(gather: _Gather, wmat: np.ndarray, out: np.ndarray) -> None:
         if direct:
             np.matmul(cols[0], wmat[0], out=out[box].reshape(m, ko))
             return
-        res = np.matmul(cols, wmat)                                   # (G, M, Ko)
         dst = _split_channels(out[box], G)                            # (nb, l0, l1, l2, G, Ko)
-        np.copyto(dst, np.moveaxis(res.reshape((G,) + dst.shape[:4] + (ko,)), 0, 4), casting="same_kind")
+        res = _window.thread_buffer("gemm_result", G * m * ko, acc)
+        if gather.transposed:
+            # Columns stored (G, taps*Ci, M): the product transposed, (G, Ko, M) = wmat^T @ columns, gives BLAS
+            # rows of M outputs instead of Ko (few channels per group), and the copy into out reads M-long runs
+            # (ResNeXt 56x56x128, 32 groups of 4, N=8, one thread: GEMMs and copy 8.6 -> 4.8 ms of 18.5).
+            res = res.reshape(G, ko, m)
+            np.matmul(wmat.transpose(0, 2, 1), cols.transpose(0, 2, 1), out=res)
+            moved = np.moveaxis(res.reshape((G, ko) + dst.shape[:4]), (0, 1), (4, 5))
+        else:
+            res = res.reshape(G, m, ko)
+            np.matmul(cols, wmat, out=res)
+            moved = np.moveaxis(res.reshape((G,) + dst.shape[:4] + (ko,)), 0, 4)
+        np.copyto(dst, moved, casting="same_kind")
 
     _parallel.map_chunks(one, list(boxes(out.shape[:4], unit, budget)), _parallel.gemm_chunks())
 
