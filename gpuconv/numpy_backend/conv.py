@@ -623,7 +623,7 @@ def conv_wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem) -> np.ndarray:
     if x.size and dy.size and dw.size:
         offsets = [p.tap_offset(tap) for tap in taps]
         gather = _Gather(x, (p.Z, p.P, p.Q), p.stride, offsets, G, acc)
-        convert = G > 1 or dy.dtype != acc
+        convert = dy.dtype != acc
         unit, budget = gather.box_sizing(p.K * acc.itemsize if convert else 0)
         # Per box a partial product cols^T @ dy_box, computed on any worker; the partials are added to dw in box
         # order on this thread (the first one is dw), so the sum is the serial one whatever the thread count.
@@ -634,6 +634,9 @@ def conv_wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem) -> np.ndarray:
             if convert:
                 dyb = np.ascontiguousarray(dyb.transpose(1, 0, 2), dtype=acc)     # (G, M, Kg)
             else:
+                # A view: BLAS reads each group's (M, Kg) block with a row stride of K values. A contiguous
+                # copy per group cost more than it saved (ResNeXt 56x56x128, 32 groups of 4, N=8, one thread:
+                # 19.9 -> 17.0 ms without it; 56x56x256, 64 groups: 43 -> 36 ms).
                 dyb = dyb.transpose(1, 0, 2)
             np.matmul(cols.transpose(0, 2, 1), dyb, out=bufs[0])
 
