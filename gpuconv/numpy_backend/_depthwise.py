@@ -36,7 +36,7 @@ from numpy.lib.stride_tricks import as_strided
 from ..dtypes import accumulator_dtype
 from ..geometry import ConvProblem
 from . import _parallel
-from ._window import box_shape, boxes, ceil_div, thread_buffer
+from ._window import box_shape, boxes, ceil_div, dgrad_phases, phases_cover, thread_buffer
 
 # Problems with fewer output values than this stay on the calling thread (waking a worker costs more than small
 # boxes save).
@@ -235,20 +235,17 @@ def wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem) -> np.ndarray:
     return np.moveaxis(dw, 0, -1).reshape(p.w_shape).astype(x.dtype)
 
 
-def _phases(n: int, k: int, s: int, d: int, pb: int) -> dict:
-    """dgrad along one axis: {phase: (_Axis over dy, taps)} for the dx phases i = phase + s*a that some tap
-    reaches. Tap k reads dy row o = a - q where (q, phase) = divmod(k*d - pb, s); a phase's taps, in decreasing
-    k, read increasing rows at a constant step (lcm(s, d) / s), so each phase is a stride-1 correlation over dy
-    with the taps flipped."""
-    found: dict = {}
-    for tap in reversed(range(k)):
-        q, phase = divmod(tap * d - pb, s)
-        if phase < n:
-            found.setdefault(phase, []).append((tap, -q))
-    out = {}
-    for phase, taps in sorted(found.items()):
-        step = taps[1][1] - taps[0][1] if len(taps) > 1 else 1
-        out[phase] = (_Axis(1, taps[0][1], step, len(taps)), [tap for tap, _ in taps])
+def _phase_axes(p: ConvProblem) -> list[dict]:
+    """dgrad per spatial axis: {phase: (_Axis over dy, taps)} for the dx phases i = phase + s*a that some tap
+    reaches (_window.dgrad_phases). A phase's taps, in decreasing k, read increasing dy rows at a constant step
+    (lcm(s, d) / s), so each phase is a stride-1 correlation over dy with the taps flipped."""
+    out = []
+    for per_phase in dgrad_phases(p):
+        axis = {}
+        for phase, taps in per_phase.items():
+            step = taps[1][1] - taps[0][1] if len(taps) > 1 else 1
+            axis[phase] = (_Axis(1, taps[0][1], step, len(taps)), [tap for tap, _ in taps])
+        out.append(axis)
     return out
 
 
@@ -259,9 +256,8 @@ def dgrad(dy: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
     m, C = p.group_k, p.C
     wk = _filter(w, p, acc)
     dx = np.empty(p.x_shape, dy.dtype)
-    per_axis = [_phases(n, k, s, d, pb) for n, k, s, d, pb in
-                zip((p.D, p.H, p.W), (p.T, p.R, p.S), p.stride, p.dilation, p.pad_before)]
-    if any(len(ph) < min(s, n) for ph, s, n in zip(per_axis, p.stride, (p.D, p.H, p.W))):
+    per_axis = _phase_axes(p)
+    if not phases_cover(p, per_axis):
         dx[...] = 0                                              # phases no tap reaches
     planes = [dy[..., j::m] for j in range(m)]
     direct = acc == dx.dtype and p.stride[2] == 1

@@ -573,20 +573,10 @@ def conv_dgrad(dy: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
     # phases list them below, so that the stride-1 phase takes every tap as it stands.
     w_c = np.ascontiguousarray(w[::-1, ::-1, ::-1].reshape(len(taps), cg, G, kg).transpose(2, 1, 0, 3), dtype=acc)
     # Per axis and phase (dx index i = phase + stride*j): the taps that land on the phase and the dy offset each
-    # reads at. Phases without taps on some axis get zeros; with stride > filter extent that is most of dx, so
-    # only the phases with taps are visited, found from the taps (tap k lands on phase (k*d - pb) mod s): the
-    # work grows with the filter, not the stride (a stride-2^24 1x1 dgrad: 5.7 s when every phase was tried).
-    phase_taps = []
-    for n, k_n, s, d, pb in zip((p.D, p.H, p.W), (p.T, p.R, p.S), p.stride, p.dilation, p.pad_before):
-        per_phase: dict = {}
-        # In increasing dy offset (decreasing k): taps that read consecutive dy columns then stand next to each
-        # other, so the gather copies them as runs (_tap_runs).
-        for k in reversed(range(k_n)):
-            q, phase = divmod(k * d - pb, s)           # dx row phase + s*j reads dy row j - q
-            if phase < n:
-                per_phase.setdefault(phase, []).append((k, -q))
-        phase_taps.append(dict(sorted(per_phase.items())))
-    if any(len(per_phase) < min(s, n) for per_phase, s, n in zip(phase_taps, p.stride, (p.D, p.H, p.W))):
+    # reads at, in increasing dy offset (decreasing k): taps that read consecutive dy columns then stand next to
+    # each other, so the gather copies them as runs (_tap_runs). Phases without taps on some axis get zeros.
+    phase_taps = _window.dgrad_phases(p)
+    if not _window.phases_cover(p, phase_taps):
         dx[...] = 0
     for phase_combo in itertools.product(*(per_phase.items() for per_phase in phase_taps)):
         phase = [ph for ph, _ in phase_combo]

@@ -358,29 +358,26 @@ def _argmax_box(x: np.ndarray, p: PoolProblem, box, y: np.ndarray, argmax: np.nd
                 include_batch: bool) -> None:
     """Max pooling of one output box (any geometry: _taps_of_box) and the flat indices of its maxima."""
     index_dtype = argmax.dtype
-    if _separable.inside(p, box):
-        state = _separable_maxima(x, p, box, y[box])
-        if state is not None:
-            _separable.flat_index(p, state, box, y[box], sc["first"], argmax[box])
-            if include_batch:
-                per_batch = p.D * p.H * p.W * p.C
-                argmax[box] += (np.arange(box[0].start, box[0].stop, dtype=index_dtype) * per_batch)[:, None, None,
-                                                                                                     None, None]
-            return
-        _select(x, p, box, y[box], sc, True)
-        tap_id = sc["tap"]
-    else:
-        tap_id = _taps_of_box(x, p, box, y[box], sc)
-    bd = _axis_index(box[1].start, box[1].stop, p.stride[0], p.pad_before[0], index_dtype)
-    bh = _axis_index(box[2].start, box[2].stop, p.stride[1], p.pad_before[1], index_dtype)
-    bw = _axis_index(box[3].start, box[3].stop, p.stride[2], p.pad_before[2], index_dtype)
-    base = ((bd[:, None, None] * p.H + bh[None, :, None]) * p.W + bw[None, None, :]) * p.C
     out = argmax[box]
-    if tap_id.dtype == np.uint64:
-        tap_id = tap_id.view(np.int64)            # exact (few taps); NumPy 1.x takes no uint64 indices
-    np.take(toff, tap_id, out=out, mode="clip")   # "raise" would buffer out
-    out += base[..., None]
-    out += np.arange(p.C, dtype=index_dtype)
+    separable = _separable.inside(p, box)
+    state = _separable_maxima(x, p, box, y[box]) if separable else None
+    if state is not None:
+        _separable.flat_index(p, state, box, y[box], sc["first"], out)
+    else:
+        if separable:
+            _select(x, p, box, y[box], sc, True)      # a NaN, or a -0.0 next to a zero maximum: the exact scan
+            tap_id = sc["tap"]
+        else:
+            tap_id = _taps_of_box(x, p, box, y[box], sc)
+        bd = _axis_index(box[1].start, box[1].stop, p.stride[0], p.pad_before[0], index_dtype)
+        bh = _axis_index(box[2].start, box[2].stop, p.stride[1], p.pad_before[1], index_dtype)
+        bw = _axis_index(box[3].start, box[3].stop, p.stride[2], p.pad_before[2], index_dtype)
+        base = ((bd[:, None, None] * p.H + bh[None, :, None]) * p.W + bw[None, None, :]) * p.C
+        if tap_id.dtype == np.uint64:
+            tap_id = tap_id.view(np.int64)            # exact (few taps); NumPy 1.x takes no uint64 indices
+        np.take(toff, tap_id, out=out, mode="clip")   # "raise" would buffer out
+        out += base[..., None]
+        out += np.arange(p.C, dtype=index_dtype)
     if include_batch:
         per_batch = p.D * p.H * p.W * p.C
         out += (np.arange(box[0].start, box[0].stop, dtype=index_dtype) * per_batch)[:, None, None, None, None]
