@@ -12,17 +12,31 @@ import pytest
 import gpuconv as gc
 import loop_reference as L
 from gpuconv.geometry import pool_problem
-from gpuconv.numpy_backend import BACKEND, _pool_float16, _window
+from gpuconv.numpy_backend import BACKEND, _float16_bits, _pool_float16, _window
 from gpuconv.numpy_backend import pool as P
 
 RNG = np.random.default_rng(1616)
 
 
+EVERY_FLOAT16 = np.arange(2**16, dtype=np.uint16).view(np.float16)
+
+
 def test_widening_table_is_numpys_cast_for_every_bit_pattern():
-    every = np.arange(2**16, dtype=np.uint16).view(np.float16).reshape(1, 1, 1, 2**16, 1)
+    every = EVERY_FLOAT16.reshape(1, 1, 1, 2**16, 1)
     got = _pool_float16._wide(every, slice(0, 1), slice(0, 1))
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got.view(np.uint32), every.astype(np.float32).view(np.uint32))
+
+
+def test_plus_zero_bits_are_numpys_float16_add_for_every_bit_pattern():
+    """_float16_bits.plus_zero (integer ops on the bits) against NumPy's float16 v + 0: -0.0 -> +0.0, NaNs
+    quieted with their payload, the other 64,513 patterns unchanged."""
+    with np.errstate(all="ignore"):
+        want = (EVERY_FLOAT16 + np.float16(0)).view(np.uint16)
+    got = _float16_bits.plus_zero(EVERY_FLOAT16)
+    assert got.dtype == np.float16
+    np.testing.assert_array_equal(got.view(np.uint16), want)
+    assert np.count_nonzero(want != EVERY_FLOAT16.view(np.uint16)) == 1 + 2 * 511   # -0.0, the signaling NaNs
 
 
 def _nasty(shape) -> np.ndarray:
@@ -120,14 +134,20 @@ def _tame(shape, relu: bool) -> np.ndarray:
 @pytest.mark.parametrize("budget", [None, 64], ids=["one_piece", "pieces"])
 @pytest.mark.parametrize("case", CASES, ids=["tiled", "overlapping", "3d", "global"])
 def test_max_pooling_on_int16_keys_matches_the_float16_sweeps(monkeypatch, case, budget, relu):
-    """Without NaN and -0.0, max_pool and max_pool_argmax run on int16 keys (no float32 copy is made) and give
-    pool.py's float16 results bit for bit: maxima, ties (first cell wins), infinities, subnormals."""
+    """Without NaN and -0.0 in x, max_pool, max_pool_argmax and max_pool_grad run on int16 keys (no float32 copy
+    is made) and give pool.py's float16 results bit for bit: maxima, ties (first cell wins), infinities,
+    subnormals; the gradient's dy + 0 by its bits (signed zeros, NaN payloads, a signaling NaN quieted), summed
+    where windows overlap (in float64 there, float32 in the sweep: the same sums for these values, whose float32
+    sums are exact; which NaN a sum of NaNs gives may differ, so NaN cells are compared as NaN)."""
     xs, window, stride, pad = case
     p = pool_problem(xs, window, stride, pad)
     x = _tame(xs, relu)
+    dy = _nasty(p.y_shape)
+    dy.reshape(-1).view(np.uint16)[5::89] = 0x7C01                     # a signaling NaN
     with np.errstate(all="ignore"):
         want = [P.max_pool(x, p)] + [a for include in (False, True)
                                      for a in P.max_pool_argmax(x, p, np.dtype(np.int32), include)]
+        want_grad = P.max_pool_grad(x, dy, p)
     if budget is not None:
         monkeypatch.setattr(_window, "SCRATCH_BYTES", budget)
 
@@ -139,6 +159,25 @@ def test_max_pooling_on_int16_keys_matches_the_float16_sweeps(monkeypatch, case,
     for g_, w_ in zip(got, want):
         assert g_.dtype == w_.dtype and g_.shape == w_.shape
         np.testing.assert_array_equal(_bits(g_), _bits(w_))
+    grad = BACKEND.max_pool_grad(x, dy, p)
+    assert grad.dtype == np.float16 and grad.shape == p.x_shape
+    nan = np.isnan(want_grad)
+    np.testing.assert_array_equal(np.isnan(grad), nan)
+    if not P._overlapping(p):
+        nan[...] = False                            # one value per cell: NaN bits are dy's (quieted) bits
+    np.testing.assert_array_equal(_bits(grad[~nan]), _bits(want_grad[~nan]))
+
+
+def test_float16_scatter_of_distinct_cells_stores_v_plus_zero():
+    """argmax_scatter's direct path (distinct cells) stores float16 v + 0 by its bits: NumPy's float16 add's
+    result for every bit pattern (each pattern once, to a shuffled cell)."""
+    cells = 2 * 2**16
+    argmax = RNG.permutation(cells)[:2**16].astype(np.int64).reshape(1, 1, 1, -1, 1)
+    with np.errstate(all="ignore"):
+        want = np.zeros(cells, np.float16)
+        want[argmax.reshape(-1)] = EVERY_FLOAT16 + np.float16(0)
+        got = BACKEND.argmax_scatter(EVERY_FLOAT16.reshape(argmax.shape), argmax, (1, 1, 1, cells, 1), False)
+    np.testing.assert_array_equal(got.reshape(-1).view(np.uint16), want.view(np.uint16))
 
 
 def test_argmax_of_channel_pieces_against_the_loop_reference(monkeypatch):

@@ -16,8 +16,9 @@ Canonical ops (all arrays C-contiguous, channels-last 5-D, validated by the API 
                                                            unless its own pass showed every index in range
     argmax_gather(grad, argmax, include_batch, check_range=None) -> values
                                                            grad's flat cells at argmax; check_range as above
-Output dtype = input dtype; float16 accumulates in float32 (pooling runs on float32 copies, max pooling
-on int16 keys ordered as the values where no NaN or -0.0 is involved: _pool_float16).
+Output dtype = input dtype; float16 accumulates in float32 (pooling runs on float32 copies, max pooling and its
+gradient on int16 keys ordered as the values where no NaN or -0.0 is involved: _pool_float16) or better
+(argmax_scatter's repeated indices: float64 sums, rounded once).
 
 IEEE arithmetic is the contract (NaN and inf propagate, float16 results overflow to inf, as in TensorFlow), so
 the ops run under np.errstate(all="ignore"): no floating-point warnings from inside a GEMM or a cast, on the

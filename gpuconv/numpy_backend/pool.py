@@ -49,7 +49,7 @@ import numpy as np
 
 from ..dtypes import accumulator_dtype
 from ..geometry import PoolProblem
-from . import _parallel, _separable, _whole_windows, _window
+from . import _float16_bits, _parallel, _separable, _whole_windows, _window
 from ._window import axis_taps, box_shape, boxes, cell_counts, first_cells, interior, tap_slices
 
 # Values per argmax_scatter chunk: small enough that integer sums in float64 stay exact (< 2^52 for
@@ -1194,6 +1194,11 @@ def _add_float_sums(target: np.ndarray, idx: np.ndarray, v: np.ndarray, exclusiv
             target[w0:w1] += acc.astype(target.dtype)
 
 
+def _plus_zero(v: np.ndarray) -> np.ndarray:
+    """v + 0: a -0.0 becomes +0.0, as from a sum into zeros."""
+    return v + v.dtype.type(0)
+
+
 def _pieces(n: int) -> list:
     """A chunk's n indices in one piece per worker where n >= _PIECE_MIN, else in one piece (inside a worker:
     one piece, workers() is 1 there)."""
@@ -1245,9 +1250,11 @@ def argmax_scatter(values: np.ndarray, argmax: np.ndarray, out_shape, include_ba
                     # No other chunk writes this slab: assign, plus 0 so that a -0.0 arrives as +0.0 (as from a
                     # sum). In blocks whose temporaries malloc reuses: one fresh temporary of the piece paged in
                     # anew on every call (max_unpool of SegNet pool3, 4x45x60x256: 9.3 -> 18.3 ms).
+                    # float16 by its bits (_float16_bits.plus_zero: 2.5x faster than NumPy's float16 add).
+                    plus_zero = _float16_bits.plus_zero if v.dtype == np.float16 else _plus_zero
                     for b in range(r[0], r[1], _ZERO_SIGN_BLOCK):
                         e = min(b + _ZERO_SIGN_BLOCK, r[1])
-                        target[idx[b:e]] = v[b:e] + 0
+                        target[idx[b:e]] = plus_zero(v[b:e])
                 else:
                     target[idx[r[0]:r[1]]] += v[r[0]:r[1]]
 
