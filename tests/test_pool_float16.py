@@ -168,6 +168,31 @@ def test_max_pooling_on_int16_keys_matches_the_float16_sweeps(monkeypatch, case,
     np.testing.assert_array_equal(_bits(grad[~nan]), _bits(want_grad[~nan]))
 
 
+@pytest.mark.parametrize("budget", [None, 64], ids=["one_piece", "pieces"])
+@pytest.mark.parametrize("case", [CASES[0], CASES[3]], ids=["tiled", "global"])
+def test_spread_over_windows_that_do_not_overlap_copies_float16_bits(monkeypatch, case, budget):
+    """avg_pool_grad and avg_unpool where no two windows share a cell: each window's float16 value (dy + 0 by its
+    bits; dy / count in float32 + 0, rounded) copied into its cells, no float32 spread (checked): pool.py's float16
+    results bit for bit for signed zeros, NaN payloads, a signaling NaN, infinities and subnormals in dy."""
+    xs, window, stride, pad = case
+    p = pool_problem(xs, window, stride, pad)
+    dy = _nasty(p.y_shape)
+    dy.reshape(-1).view(np.uint16)[3::41] = 0x7C01                     # a signaling NaN
+    with np.errstate(all="ignore"):
+        want = [P.avg_pool_grad(dy, p), P.avg_unpool(dy, p)]
+    if budget is not None:
+        monkeypatch.setattr(_window, "SCRATCH_BYTES", budget)
+
+    def no_pieces(*args):
+        raise AssertionError("the float32 spread ran")
+    monkeypatch.setattr(_pool_float16, "_in_pieces", no_pieces)
+    with np.errstate(all="ignore"):
+        got = [BACKEND.avg_pool_grad(dy, p), BACKEND.avg_unpool(dy, p)]
+    for g_, w_ in zip(got, want):
+        assert g_.dtype == w_.dtype == np.float16 and g_.shape == w_.shape == p.x_shape
+        np.testing.assert_array_equal(_bits(g_), _bits(w_))
+
+
 def test_float16_scatter_of_distinct_cells_stores_v_plus_zero():
     """argmax_scatter's direct path (distinct cells) stores float16 v + 0 by its bits: NumPy's float16 add's
     result for every bit pattern (each pattern once, to a shuffled cell)."""
