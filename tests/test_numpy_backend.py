@@ -973,6 +973,43 @@ def test_zero_maxima_are_fixed_only_where_a_negative_zero_exists(monkeypatch, dt
             assert np.signbit(got if values_only else got[0]).any() == negative_zero
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("late", ["negative_zero", "negative", "nan", "inf"])
+def test_bit_order_maxima_give_way_where_a_later_box_holds_a_sign_or_nan(monkeypatch, dtype, late):
+    """Post-ReLU data start the fast boxes on the maxima of the float bits as unsigned integers (_sign_free's
+    probe reads 8 values here); a later box holding a -0.0 that the scan selects, a negative value or a NaN
+    (bits above +inf's) is redone on the floats and the rest of the call stays there, while +inf keeps the bit
+    path. Every op bit for bit the generic sweep's."""
+    from gpuconv.geometry import pool_problem
+    from gpuconv.numpy_backend import pool as pool_module
+    x = np.maximum(np.random.default_rng(5).standard_normal((2, 1, 8, 8, 4)), 0).astype(dtype)
+    x[x > 1.5] = 0                                                      # more zero windows
+    special = {"negative_zero": -0.0, "negative": -1.0, "nan": np.nan, "inf": np.inf}[late]
+    x[1, 0, 4:6, 2:4, 3] = [[special, 0], [0, 0]]                      # item 1, output row 2: a later box
+    p = pool_problem(x.shape, (1, 2, 2), (1, 2, 2), "VALID")
+    dy = _grad_with_specials(p.y_shape, x.dtype, np.random.default_rng(6))
+    monkeypatch.setattr(pool_module, "_FAST_BOX_VALUES", 16)           # one output row of one item per box
+    monkeypatch.setattr(pool_module, "_SIGN_PROBE", 8)
+    maxima = _spy(monkeypatch, pool_module, "_box_maxima")
+    got = []
+    for op in (lambda: BACKEND.max_pool_argmax(x, p, np.dtype(np.int64), False), lambda: [BACKEND.max_pool(x, p)],
+               lambda: [BACKEND.max_pool_grad(x, dy, p)]):
+        maxima.clear()
+        got += op()
+        kinds = "".join(X.dtype.kind for X, _ in maxima)                # per box: "u" bits, "f" floats
+        # 8 boxes (2 items x 4 rows); box 6 (item 1, row 2) holds the special value: redone on the floats, and
+        # box 7 runs there too.
+        assert kinds == ("u" * 8 if late == "inf" else "u" * 7 + "f" * 2), kinds
+    (want_y, want_a), want_m = _generic_max_pool(monkeypatch, x, p, np.dtype(np.int64), False)
+    with monkeypatch.context() as mp:
+        mp.setattr(pool_module, "_tiled", lambda p, values_only=False: False)
+        want_dx = pool_module.max_pool_grad(x, dy, p)
+    for g_, w_ in zip(got, [want_y, want_a, want_m, want_dx]):
+        assert g_.dtype == w_.dtype and g_.tobytes() == w_.tobytes()
+    if late == "negative_zero":
+        assert np.signbit(got[0][1, 0, 2, 1, 3]) and np.signbit(got[2][1, 0, 2, 1, 3])   # the scan's first cell
+
+
 @pytest.mark.parametrize("xs, pad", [((4, 1, 22, 30, 512), "VALID"), ((3, 1, 30, 44, 512), "VALID"),
                                      ((4, 1, 90, 120, 256), "VALID"), ((2, 1, 7, 9, 3), "SAME")])
 @pytest.mark.parametrize("nw", [1, 2, 3, 8])
