@@ -713,6 +713,12 @@ def _box_maxima(cells: np.ndarray, p: PoolProblem, m: np.ndarray, sc: _FastScrat
     return X, split
 
 
+# Values _sign_free reads (cheap against any call that reaches the fast path).
+_SIGN_PROBE = 4096
+# The bits of +inf per float width: unsigned bits above them are NaNs or carry the sign bit.
+_INF_BITS = {2: 0x7C00, 4: 0x7F800000, 8: 0x7FF0000000000000}
+
+
 def _as_is(a: np.ndarray) -> np.ndarray:
     return a
 
@@ -725,12 +731,6 @@ def _sign_free(x: np.ndarray) -> list:
         return [False]
     head = np.ascontiguousarray(x[0, 0, 0].reshape(-1)[:_SIGN_PROBE]).view(_bits(x.dtype))     # row 0 of item 0
     return [bool(np.maximum.reduce(head, axis=None, initial=0) <= _INF_BITS[x.dtype.itemsize])]
-
-
-# Values _sign_free reads (cheap against any call that reaches the fast path).
-_SIGN_PROBE = 4096
-# The bits of +inf per float width: unsigned bits above them are NaNs or carry the sign bit.
-_INF_BITS = {2: 0x7C00, 4: 0x7F800000, 8: 0x7FF0000000000000}
 
 
 def _fast_box(x: np.ndarray, p: PoolProblem, ns: tuple, z: int, a: int, b: int, q: tuple, m: np.ndarray,
