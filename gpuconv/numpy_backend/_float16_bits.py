@@ -29,8 +29,11 @@ def widen(a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 
 
 def plus_zero(v: np.ndarray) -> np.ndarray:
-    """v + 0 as a new float16 array, bit for bit what NumPy's float16 add gives (tests/test_pool_float16.py checks
-    every pattern): -0.0 becomes +0.0, a NaN (magnitude bits above +inf's) gets the quiet bit, all else is kept."""
+    """v + 0 as a new array (a -0.0 becomes +0.0, as from a sum into zeros); float16 by its bits, bit for bit what
+    NumPy's float16 add gives (tests/test_pool_float16.py checks every pattern): -0.0 becomes +0.0, a NaN
+    (magnitude bits above +inf's) gets the quiet bit, all else is kept."""
+    if v.dtype != np.float16:
+        return v + v.dtype.type(0)
     u = v.view(np.uint16)
     magnitude = np.bitwise_and(u, _MAGNITUDE)
     out = np.left_shift(np.greater(magnitude, _INF), _QUIET_BIT, dtype=np.uint16)     # the quiet bit of each NaN

@@ -715,8 +715,12 @@ def _box_maxima(cells: np.ndarray, p: PoolProblem, m: np.ndarray, sc: _FastScrat
 
 # Values _sign_free reads (cheap against any call that reaches the fast path).
 _SIGN_PROBE = 4096
-# The bits of +inf per float width: unsigned bits above them are NaNs or carry the sign bit.
-_INF_BITS = {2: 0x7C00, 4: 0x7F800000, 8: 0x7FF0000000000000}
+
+
+def _inf_bits(dtype: np.dtype) -> int:
+    """+inf's bits as an unsigned integer of float dtype's width: unsigned bits above them are NaNs or carry the
+    sign bit."""
+    return int(np.array(np.inf, dtype).view(_bits(dtype)))
 
 
 def _as_is(a: np.ndarray) -> np.ndarray:
@@ -730,7 +734,7 @@ def _sign_free(x: np.ndarray) -> list:
     if x.dtype.kind != "f":
         return [False]
     head = np.ascontiguousarray(x[0, 0, 0].reshape(-1)[:_SIGN_PROBE]).view(_bits(x.dtype))     # row 0 of item 0
-    return [bool(np.maximum.reduce(head, axis=None, initial=0) <= _INF_BITS[x.dtype.itemsize])]
+    return [bool(np.maximum.reduce(head, axis=None, initial=0) <= _inf_bits(x.dtype))]
 
 
 def _fast_box(x: np.ndarray, p: PoolProblem, ns: tuple, z: int, a: int, b: int, q: tuple, m: np.ndarray,
@@ -755,22 +759,22 @@ def _fast_box(x: np.ndarray, p: PoolProblem, ns: tuple, z: int, a: int, b: int, 
     h0 = a * p.R - p.pad_before[1]
     w0 = q[0] * p.S - p.pad_before[2]
     cells = x[ns[0]:ns[1], d:d + p.T, h0:h0 + (b - a) * p.R, w0:w0 + (q[1] - q[0]) * p.S]
+    status = None
     if hint[0]:
         ux = _bits(x.dtype)
         X, split = _box_maxima(cells.view(ux), p, m.view(ux), sc, want_index, lambda a_: a_.view(ux))
-        if np.maximum.reduce(m.view(ux), axis=None) <= _INF_BITS[x.itemsize]:
-            if not want_index:
-                return "ok", None
-            X = X.view(x.dtype)
-            return "ok", _tap_code(p, X, m, sc) if split is None else _tap_code_2x2(p, X, split.view(x.dtype), m, sc)
-        hint[0] = False
-    X, split = _box_maxima(cells, p, m, sc, want_index, _as_is)
-    status = _check(m, sc)
-    if status == "zero":
-        if not _has_negative_zero(cells):
-            status = "ok"                          # every zero maximum is +0, as its selected cell
-        elif p.T > 1:
-            return "nan", None                     # the tap code covers one plane: the box is scanned exactly
+        if np.maximum.reduce(m.view(ux), axis=None) <= _inf_bits(x.dtype):
+            status, X, split = "ok", X.view(x.dtype), None if split is None else split.view(x.dtype)
+        else:
+            hint[0] = False
+    if status is None:
+        X, split = _box_maxima(cells, p, m, sc, want_index, _as_is)
+        status = _check(m, sc)
+        if status == "zero":
+            if not _has_negative_zero(cells):
+                status = "ok"                      # every zero maximum is +0, as its selected cell
+            elif p.T > 1:
+                return "nan", None                 # the tap code covers one plane: the box is scanned exactly
     if status == "nan" or (status == "ok" and not want_index):
         return status, None
     return status, _tap_code(p, X, m, sc) if split is None else _tap_code_2x2(p, X, split, m, sc)
@@ -1244,11 +1248,6 @@ def _add_float_sums(target: np.ndarray, idx: np.ndarray, v: np.ndarray, exclusiv
             target[w0:w1] += acc.astype(target.dtype)
 
 
-def _plus_zero(v: np.ndarray) -> np.ndarray:
-    """v + 0: a -0.0 becomes +0.0, as from a sum into zeros."""
-    return v + v.dtype.type(0)
-
-
 def _pieces(n: int) -> list:
     """A chunk's n indices in one piece per worker where n >= _PIECE_MIN, else in one piece (inside a worker:
     one piece, workers() is 1 there)."""
@@ -1301,10 +1300,9 @@ def argmax_scatter(values: np.ndarray, argmax: np.ndarray, out_shape, include_ba
                     # sum). In blocks whose temporaries malloc reuses: one fresh temporary of the piece paged in
                     # anew on every call (max_unpool of SegNet pool3, 4x45x60x256: 9.3 -> 18.3 ms).
                     # float16 by its bits (_float16_bits.plus_zero: 2.5x faster than NumPy's float16 add).
-                    plus_zero = _float16_bits.plus_zero if v.dtype == np.float16 else _plus_zero
                     for b in range(r[0], r[1], _ZERO_SIGN_BLOCK):
                         e = min(b + _ZERO_SIGN_BLOCK, r[1])
-                        target[idx[b:e]] = plus_zero(v[b:e])
+                        target[idx[b:e]] = _float16_bits.plus_zero(v[b:e])
                 else:
                     target[idx[r[0]:r[1]]] += v[r[0]:r[1]]
 
