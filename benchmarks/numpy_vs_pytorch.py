@@ -79,17 +79,42 @@ def openblas_core() -> str:
     return _parallel.blas_kernels() or "unknown"
 
 
-def machine() -> dict:
-    """CPU model, cores, load, library versions and BLAS of this run."""
-    import torch
-    model = "unknown"
+def cpu_identity() -> dict:
+    """The first CPU's model name, family, model, stepping, clock and AVX-512 flag from /proc/cpuinfo: the shared
+    box's host changes between sessions (its model name, "AMD EPYC", does not tell them apart)."""
+    fields = {"model name": "cpu", "cpu family": "cpu_family", "model": "cpu_model", "stepping": "cpu_stepping",
+              "cpu MHz": "cpu_mhz"}
+    found = {}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
+        text = ""
+    for line in text.split("\n\n", 1)[0].splitlines():
+        key, _, value = line.partition(":")          # at the first colon: model names may hold colons
+        key, value = key.strip(), value.strip()
+        if key in fields:
+            found.setdefault(fields[key], value)
+        elif key == "flags":
+            found.setdefault("avx512", "avx512f" in value.split())
+    return {"cpu": "unknown", **found}
+
+
+def cpu_text(info: dict) -> str:
+    """The CPU a run used, e.g. 'AMD EPYC (family 25, model 17, 2596 MHz, AVX-512)'; runs recorded before the
+    family and model were (2026-11-23) say so."""
+    if "cpu_family" not in info:
+        return f"{info['cpu']} (family and model not recorded)"
+    parts = [f"family {info['cpu_family']}", f"model {info.get('cpu_model', '?')}"]
+    if info.get("cpu_mhz"):
+        parts.append(f"{float(info['cpu_mhz']):.0f} MHz")
+    if "avx512" in info:
+        parts.append("AVX-512" if info["avx512"] else "no AVX-512")
+    return f"{info['cpu']} ({', '.join(parts)})"
+
+
+def machine() -> dict:
+    """CPU identity, cores, load, library versions and BLAS of this run."""
+    import torch
     blas = "unknown"
     try:
         cfg = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
@@ -97,7 +122,7 @@ def machine() -> dict:
     except Exception:
         pass
     return {
-        "cpu": model, "cpu_count": os.cpu_count(), "platform": platform.platform(),
+        **cpu_identity(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
         "python": platform.python_version(), "numpy": np.__version__, "numpy_blas": blas,
         "openblas_core": openblas_core(), "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
         "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
@@ -205,8 +230,9 @@ DEFAULT_N, DEFAULT_SEG_N = 8, 4
 
 
 def run_label(info: dict, cfg: dict | None = None) -> str:
-    """The configuration a run stands for; a run replaces the recorded one with the same label. Names numpy's
-    BLAS threads where they differ from torch's, and batch sizes other than the defaults."""
+    """The configuration a run stands for; a run replaces the recorded one with the same label. Names the CPU
+    (where recorded), numpy's BLAS threads where they differ from torch's, and batch sizes other than the
+    defaults."""
     env = info.get("OPENBLAS_CORETYPE")
     threads = info["torch_threads"]
     label = (f"OPENBLAS_CORETYPE={env}" if env else "OPENBLAS_CORETYPE unset") + \
@@ -216,11 +242,10 @@ def run_label(info: dict, cfg: dict | None = None) -> str:
         label += f" (numpy's BLAS: {blas})"
     if cfg and (cfg["n"], cfg["seg_n"]) != (DEFAULT_N, DEFAULT_SEG_N):
         label += f", N={cfg['n']}, SegNet N={cfg['seg_n']}"
+    if "cpu_family" in info:
+        label += f", {info['cpu']} family {info['cpu_family']} model {info.get('cpu_model', '?')}"
     return label
 
-
-# The box's own environment (OPENBLAS_CORETYPE=Haswell): its runs are the headline configuration.
-BOX_DEFAULT_CORETYPE = "Haswell"
 
 # Issue 2 item 4: median ratio >= 0.7 over all cases and no case below 0.3.
 TARGET_MEDIAN, TARGET_MIN = 0.7, 0.3
@@ -235,17 +260,22 @@ def describe(run: dict) -> str:
     pool = info.get("gpuconv_threads")
     pool_text = f"gpuconv worker pool {pool} thread{'s' if pool != 1 else ''} (GPUCONV_NUM_THREADS)" if pool \
         else "gpuconv single-threaded apart from BLAS (before the worker pool)"
-    default = ", the box's default environment" if env == BOX_DEFAULT_CORETYPE else ""
-    return (f"{info['cpu']} ({info['cpu_count']} cores, shared VM); numpy {info['numpy']} with "
+    return (f"{cpu_text(info)} ({info['cpu_count']} cores, shared VM); numpy {info['numpy']} with "
             f"{info['numpy_blas']}, OpenBLAS kernels {info['openblas_core']} "
-            f"(OPENBLAS_CORETYPE={env or 'unset'}{default}), OPENBLAS_NUM_THREADS={numpy_threads}; {pool_text}; "
+            f"(OPENBLAS_CORETYPE={env or 'unset'}), OPENBLAS_NUM_THREADS={numpy_threads}; {pool_text}; "
             f"torch {info['torch']}, torch.set_num_threads({threads}); python {info['python']}")
 
 
-def _order(run: dict) -> tuple:
-    """Headline first: the box's default kernels, one thread; then the default kernels with all threads."""
-    info = run["machine"]
-    return (info.get("OPENBLAS_CORETYPE") != BOX_DEFAULT_CORETYPE, info["torch_threads"] != 1, run["label"])
+def _ordered(runs: list) -> list:
+    """Newest machine first (the CPU of the latest run), then one thread before more, then OpenBLAS's own kernel
+    choice (OPENBLAS_CORETYPE unset) before a forced one, then by label."""
+    latest: dict = {}
+    for run in runs:
+        key = cpu_text(run["machine"])
+        latest[key] = max(latest.get(key, ""), run["machine"].get("date", ""))
+    rank = {cpu: i for i, cpu in enumerate(sorted(latest, key=lambda cpu: (latest[cpu], cpu), reverse=True))}
+    return sorted(runs, key=lambda run: (rank[cpu_text(run["machine"])], run["machine"]["torch_threads"] != 1,
+                                         run["machine"].get("OPENBLAS_CORETYPE") is not None, run["label"]))
 
 
 def _sampling(cfg: dict) -> str:
@@ -261,7 +291,7 @@ def _sampling(cfg: dict) -> str:
 
 def markdown(runs: list) -> str:
     """All recorded runs (one per OpenBLAS configuration), each with its exact configuration, table and summary."""
-    runs = sorted(runs, key=_order)
+    runs = _ordered(runs)
     lines = ["# gpuconv NumPy backend vs PyTorch CPU", "",
              "Ratio = torch time / gpuconv time (gpuconv's throughput relative to PyTorch; > 1: gpuconv faster). "
              "Written by benchmarks/numpy_vs_pytorch.py; one section per configuration (numpy's OpenBLAS kernel "
@@ -273,11 +303,15 @@ def markdown(runs: list) -> str:
              "(no change for a 1x1 filter): on one thread PyTorch otherwise leaves oneDNN for them (its native "
              "im2col path, 2-5x slower), which is what the runs before 2026-11-21 21:00 timed for 18 of the 52 "
              "cases. dgrad and wgrad are the calls autograd makes (aten convolution_backward).", "",
-             "Why the kernel set matters: the NumPy backend's convolutions are GEMMs in numpy's OpenBLAS, and on "
-             "this CPU OpenBLAS's SGEMM with its Haswell (AVX2) kernels runs at 93-122 GF/s on one thread, with "
-             "its SkylakeX (AVX-512) kernels at 182-234 GF/s (the 1x1 layers' GEMM shapes and a 4096x4096x1024 "
-             "one, 2026-11-21); oneDNN's 1x1 convolution reaches about 230 GF/s. With the Haswell kernels the 1x1 "
-             "layers' fprop and dgrad therefore stay near half of PyTorch's speed.", "",
+             "Why the kernel set and the CPU matter: the NumPy backend's convolutions are GEMMs in numpy's "
+             "OpenBLAS. On the CPU of the runs up to 2026-11-22 (family and model not recorded) OpenBLAS's SGEMM "
+             "ran at 93-122 GF/s on one thread with its Haswell (AVX2) kernels and at 182-234 GF/s with its "
+             "SkylakeX (AVX-512) kernels (the 1x1 layers' GEMM shapes and a 4096x4096x1024 one), and oneDNN's 1x1 "
+             "convolution at about 230 GF/s, so with the Haswell kernels the 1x1 layers' fprop and dgrad stayed "
+             "near half of PyTorch's speed. On the AMD EPYC family 25 model 17 of the runs from 2026-11-23 "
+             "(Zen 4, whose AVX-512 units are 256 bits wide) both kernel sets reach 96-100 GF/s on the "
+             "4096x4096x1024 GEMM, the Haswell kernels 36-43 GF/s and the SkylakeX kernels 62-82 GF/s on the "
+             "1x1 layers' shapes, and oneDNN's 1x1 convolution about 89 GF/s (8x56x56x64 -> 64).", "",
              "Reading these numbers: the box is a 2-core VM shared with other jobs (each section gives the load "
              "average). Under load, a 2-thread call often waits for its second worker thread to be scheduled, so "
              "times cluster at multiples of the scheduler tick (8.0, 16.0, 24.0 ms); on a quiet box PyTorch's "
@@ -294,20 +328,20 @@ def markdown(runs: list) -> str:
              "the 8x56x56x64 3x3 fprop). PyTorch's own times for the SegNet layers vary a lot from run to run "
              "(pool2 max_pool_with_argmax at one thread: 5 ms in one run, 28 ms in another), which moves the "
              "median ratio by several hundredths between otherwise identical runs. The 1-thread runs "
-             "(median close to minimum) are the ones to compare implementations by; the headline is the first "
-             "section, the box's default kernels on one thread; the target holds or not per configuration "
-             "(Summary). The box's environment sets "
-             "OPENBLAS_CORETYPE=Haswell (AVX2 kernels); unset, OpenBLAS uses SkylakeX (AVX-512) kernels there. "
-             "PyTorch's CPU kernels (oneDNN) pick AVX-512 either way.", "",
+             "(median close to minimum) are the ones to compare implementations by; sections go newest CPU "
+             "first, then one thread first, then OpenBLAS's own kernel choice (OPENBLAS_CORETYPE unset: SkylakeX "
+             "on these AVX-512 CPUs) before the forced Haswell kernels, which the box's environment set up to "
+             "2026-11-22 and no longer sets; the target holds or not per configuration (Summary). PyTorch's CPU "
+             "kernels (oneDNN) pick AVX-512 either way.", "",
              "## Summary", "",
-             "| configuration | run | median ratio | minimum (case) | geometric mean | target met |",
-             "|---|---|---:|---:|---:|---|"]
+             "| configuration | CPU | run | median ratio | minimum (case) | geometric mean | target met |",
+             "|---|---|---|---:|---:|---:|---|"]
     for run in runs:
         s = run["summary"]
         met = "yes" if s["median_ratio"] >= TARGET_MEDIAN and s["min_ratio"] >= TARGET_MIN else "no"
         lines.append(f"| {run['label']} (OpenBLAS {run['machine']['openblas_core']} kernels) | "
-                     f"{run['machine']['date']} | {s['median_ratio']:.2f} | {s['min_ratio']:.3f} ({s['min_case']}) | "
-                     f"{s['geomean_ratio']:.2f} | {met} |")
+                     f"{cpu_text(run['machine'])} | {run['machine']['date']} | {s['median_ratio']:.2f} | "
+                     f"{s['min_ratio']:.3f} ({s['min_case']}) | {s['geomean_ratio']:.2f} | {met} |")
     lines.append("")
     for run in runs:
         info, cfg, summary, rows = run["machine"], run["config"], run["summary"], run["results"]
@@ -330,7 +364,7 @@ def markdown(runs: list) -> str:
                   f"({summary['min_case']}), geometric mean {summary['geomean_ratio']:.2f} over "
                   f"{summary['cases']} cases; median of the per-case ratios of minimum times "
                   f"{summary['median_ratio_of_minima']:.2f}. Configuration: {run['label']}, OpenBLAS "
-                  f"{info['openblas_core']} kernels, {info['cpu']}.",
+                  f"{info['openblas_core']} kernels, {cpu_text(info)}.",
                   f"Cases below {TARGET_MIN}: "
                   + (", ".join(f"{r['layer']} {r['op']} {r['ratio']:.3f}" for r in rows if r["ratio"] < TARGET_MIN)
                      or "none") + ".", ""]

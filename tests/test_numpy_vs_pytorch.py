@@ -486,8 +486,8 @@ def _row(layer, op, ratio, flops=0, ms=2.0, kernel=True):
     return row
 
 
-def _run(label, info, median, minimum, min_case, rows=(), rounds=3):
-    info = dict(info, date="2026-01-01T00:00:00", load_before=[1.0], load_after=[2.0])
+def _run(label, info, median, minimum, min_case, rows=(), rounds=3, date="2026-01-01"):
+    info = dict(info, date=date + "T00:00:00", load_before=[1.0], load_after=[2.0])
     return {"label": label, "machine": info,
             "config": {"n": 8, "seg_n": 4, "repeats": 7, "warmup": 1, "rounds": rounds},
             "summary": {"median_ratio": median, "min_ratio": minimum, "min_case": min_case, "geomean_ratio": 1.0,
@@ -499,24 +499,34 @@ def _summary_rows(md):
     return [line for line in md.splitlines() if line.startswith("| OPENBLAS_CORETYPE")]
 
 
-def test_markdown_orders_sections_headline_first_and_judges_the_target_at_its_bounds(nvp):
+def test_markdown_orders_sections_newest_cpu_first_and_judges_the_target_at_its_bounds(nvp):
+    zen4 = {"cpu_family": "25", "cpu_model": "17", "cpu_mhz": "2596.1", "avx512": True}
     runs = [_run("OPENBLAS_CORETYPE unset, 1 thread", machine_info(None, 1), 0.69, 0.35, "a b"),
             _run("OPENBLAS_CORETYPE=Haswell, 2 threads", machine_info("Haswell", 2), 0.7, 0.29, "c d"),
             _run("OPENBLAS_CORETYPE unset, 2 threads", machine_info(None, 2), 0.8, 0.4, "e f"),
-            _run("OPENBLAS_CORETYPE=Haswell, 1 thread", machine_info("Haswell", 1), 0.7, 0.3, "g h")]
+            _run("OPENBLAS_CORETYPE=Haswell, 1 thread", machine_info("Haswell", 1), 0.7, 0.3, "g h"),
+            _run("OPENBLAS_CORETYPE=Haswell, 1 thread, new", dict(machine_info("Haswell", 1), **zen4), 0.9, 0.5,
+                 "i j", date="2026-01-02"),
+            _run("OPENBLAS_CORETYPE unset, 2 threads, new", dict(machine_info(None, 2), **zen4), 0.9, 0.5,
+                 "k l", date="2026-01-01")]
     md = nvp.markdown(runs)
-    # order: Haswell before the rest, then 1 thread before more, then by label
+    # order: the CPU of the latest run first, then 1 thread before more, then OpenBLAS's own kernels, then label
     # target: median >= 0.7 and minimum >= 0.3, both bounds included
-    assert [line.split(" | ")[0] + " | " + line.rstrip(" |").rsplit("| ", 1)[1] for line in _summary_rows(md)] == [
-        "| OPENBLAS_CORETYPE=Haswell, 1 thread (OpenBLAS Haswell kernels) | yes",
-        "| OPENBLAS_CORETYPE=Haswell, 2 threads (OpenBLAS Haswell kernels) | no",
-        "| OPENBLAS_CORETYPE unset, 1 thread (OpenBLAS SkylakeX kernels) | no",
-        "| OPENBLAS_CORETYPE unset, 2 threads (OpenBLAS SkylakeX kernels) | yes"]
-    headers = [line for line in md.splitlines() if line.startswith("## OPENBLAS")]
-    assert headers == ["## OPENBLAS_CORETYPE=Haswell, 1 thread (OpenBLAS kernels: Haswell)",
-                       "## OPENBLAS_CORETYPE=Haswell, 2 threads (OpenBLAS kernels: Haswell)",
+    old_cpu, zen4_cpu = "Test CPU (family and model not recorded)", "Test CPU (family 25, model 17, 2596 MHz, AVX-512)"
+    assert [line.split(" | ")[0:2] + [line.rstrip(" |").rsplit("| ", 1)[1]] for line in _summary_rows(md)] == [
+        ["| OPENBLAS_CORETYPE=Haswell, 1 thread, new (OpenBLAS Haswell kernels)", zen4_cpu, "yes"],
+        ["| OPENBLAS_CORETYPE unset, 2 threads, new (OpenBLAS SkylakeX kernels)", zen4_cpu, "yes"],
+        ["| OPENBLAS_CORETYPE unset, 1 thread (OpenBLAS SkylakeX kernels)", old_cpu, "no"],
+        ["| OPENBLAS_CORETYPE=Haswell, 1 thread (OpenBLAS Haswell kernels)", old_cpu, "yes"],
+        ["| OPENBLAS_CORETYPE unset, 2 threads (OpenBLAS SkylakeX kernels)", old_cpu, "yes"],
+        ["| OPENBLAS_CORETYPE=Haswell, 2 threads (OpenBLAS Haswell kernels)", old_cpu, "no"]]
+    headers = [line for line in md.splitlines() if line.startswith("## ") and line != "## Summary"]
+    assert headers == ["## OPENBLAS_CORETYPE=Haswell, 1 thread, new (OpenBLAS kernels: Haswell)",
+                       "## OPENBLAS_CORETYPE unset, 2 threads, new (OpenBLAS kernels: SkylakeX)",
                        "## OPENBLAS_CORETYPE unset, 1 thread (OpenBLAS kernels: SkylakeX)",
-                       "## OPENBLAS_CORETYPE unset, 2 threads (OpenBLAS kernels: SkylakeX)"]
+                       "## OPENBLAS_CORETYPE=Haswell, 1 thread (OpenBLAS kernels: Haswell)",
+                       "## OPENBLAS_CORETYPE unset, 2 threads (OpenBLAS kernels: SkylakeX)",
+                       "## OPENBLAS_CORETYPE=Haswell, 2 threads (OpenBLAS kernels: Haswell)"]
     assert nvp.markdown(list(reversed(runs))) == md
 
 
@@ -544,15 +554,22 @@ def test_sampling_text_names_rounds_only_when_there_are_several(nvp):
 def test_run_label_and_describe(nvp):
     assert nvp.run_label(machine_info("Haswell", 1)) == "OPENBLAS_CORETYPE=Haswell, 1 thread"
     assert nvp.run_label(machine_info(None, 2)) == "OPENBLAS_CORETYPE unset, 2 threads"
+    identified = dict(machine_info(None, 1), cpu_family="25", cpu_model="17")
+    assert nvp.run_label(identified) == "OPENBLAS_CORETYPE unset, 1 thread, Test CPU family 25 model 17"
+    assert nvp.run_label(identified, {"n": 4, "seg_n": 4}) == \
+        "OPENBLAS_CORETYPE unset, 1 thread, N=4, SegNet N=4, Test CPU family 25 model 17"
     headline = nvp.describe({"machine": machine_info("Haswell", 1, pool=1)})
-    assert "(OPENBLAS_CORETYPE=Haswell, the box's default environment), OPENBLAS_NUM_THREADS=1; " \
+    assert "(OPENBLAS_CORETYPE=Haswell), OPENBLAS_NUM_THREADS=1; " \
            "gpuconv worker pool 1 thread (GPUCONV_NUM_THREADS)" in headline
-    assert "torch.set_num_threads(1)" in headline and headline.startswith("Test CPU (2 cores, shared VM)")
+    assert "torch.set_num_threads(1)" in headline
+    assert headline.startswith("Test CPU (family and model not recorded) (2 cores, shared VM)")
     other = nvp.describe({"machine": machine_info(None, 2, pool=2)})
     assert "(OPENBLAS_CORETYPE=unset), OPENBLAS_NUM_THREADS=unset, all 2 cores; " \
            "gpuconv worker pool 2 threads (GPUCONV_NUM_THREADS)" in other
     old = nvp.describe({"machine": machine_info(None, 2, pool=None)})
     assert "gpuconv single-threaded apart from BLAS (before the worker pool)" in old
+    assert nvp.describe({"machine": dict(identified, cpu_mhz="3700.02", avx512=False)}).startswith(
+        "Test CPU (family 25, model 17, 3700 MHz, no AVX-512) (2 cores, shared VM)")
 
 
 def test_pause_may_be_zero_but_must_be_finite(nvp, capsys):
@@ -572,16 +589,29 @@ def test_threads_default_to_all_cores_without_openblas_num_threads(nvp, monkeypa
     assert nvp.parse_args([]).threads == 6
 
 
-def test_machine_records_the_first_cpu_model_name(nvp, monkeypatch):
+def test_machine_records_the_first_cpus_identity(nvp, monkeypatch):
     install(monkeypatch, _machine_torch())
-    text = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Test Xeon @ 2.0GHz: rev 1\nmodel name\t: other\n"
+    text = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+            "model name\t: Test EPYC @ 2.0GHz: rev 1\nmodel name\t: other\nstepping\t: 1\ncpu MHz\t\t: 2596.140\n"
+            "flags\t\t: fpu avx2 avx512f avx512bw\n\n"
+            "processor\t: 1\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: second\nflags\t\t: fpu\n")
     monkeypatch.setattr(nvp, "Path", lambda path: types.SimpleNamespace(read_text=lambda: text))
-    assert nvp.machine()["cpu"] == "Test Xeon @ 2.0GHz: rev 1"         # split at the first colon only
+    info = nvp.machine()
+    assert info["cpu"] == "Test EPYC @ 2.0GHz: rev 1"          # split at the first colon only, first name only
+    assert (info["cpu_family"], info["cpu_model"], info["cpu_stepping"], info["cpu_mhz"], info["avx512"]) == \
+        ("25", "17", "1", "2596.140", True)                    # the first processor's block only
+    assert nvp.cpu_text(info) == "Test EPYC @ 2.0GHz: rev 1 (family 25, model 17, 2596 MHz, AVX-512)"
+    monkeypatch.setattr(nvp, "Path", lambda path: types.SimpleNamespace(
+        read_text=lambda: "model name\t: Old\nflags\t\t: fpu avx512fx\n"))
+    info = nvp.machine()
+    assert (info["cpu"], info["avx512"], "cpu_family" in info) == ("Old", False, False)   # not a prefix match
 
     def unreadable():
         raise OSError("no /proc")
     monkeypatch.setattr(nvp, "Path", lambda path: types.SimpleNamespace(read_text=unreadable))
-    assert nvp.machine()["cpu"] == "unknown"
+    info = nvp.machine()
+    assert info["cpu"] == "unknown" and "cpu_family" not in info
+    assert nvp.cpu_text(info) == "unknown (family and model not recorded)"
 
 
 def _machine_torch():
