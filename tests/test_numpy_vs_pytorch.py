@@ -630,3 +630,27 @@ def test_machine_reads_torch_threads_and_the_blas_kernels(nvp, monkeypatch):
     assert info["torch_parallel"] == [f"line {i}" for i in range(6)] and info["OPENBLAS_CORETYPE"] == "Haswell"
     monkeypatch.setattr(nvp._parallel, "blas_kernels", lambda: "SkylakeX")
     assert nvp.openblas_core() == "SkylakeX"
+
+
+def test_readme_table_matches_the_recorded_runs(nvp):
+    """The README's CPU benchmark table repeats the recorded runs' summaries: every row must be one of them, with
+    its date, median, minimum, geometric mean and verdict, and every recorded run must have its row."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    runs = json.loads((root / "benchmarks" / "results" / "cpu_numpy_vs_pytorch.json").read_text())["runs"]
+    readme = (root / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| OPENBLAS_CORETYPE")]
+    by_date = {run["machine"]["date"]: run for run in runs}
+    assert len(rows) == len(runs) and len(by_date) == len(runs)
+    for line in rows:
+        config, cpu, date, median, minimum, geomean, met = [c.strip() for c in line.strip("| ").split(" | ")]
+        run = by_date[date]
+        s, info = run["summary"], run["machine"]
+        host = f"family {info['cpu_family']} model {info['cpu_model']}" if "cpu_family" in info else "earlier host"
+        assert cpu == host
+        label = run["label"].removesuffix(f", {info['cpu']} {host}")
+        assert config == f"{label} (OpenBLAS {info['openblas_core']} kernels)"
+        assert (median, minimum, geomean) == (f"{s['median_ratio']:.2f}",
+                                              f"{s['min_ratio']:.3f} ({s['min_case']})", f"{s['geomean_ratio']:.2f}")
+        target = s["median_ratio"] >= nvp.TARGET_MEDIAN and s["min_ratio"] >= nvp.TARGET_MIN
+        assert met == ("**yes**" if target else "no")
