@@ -86,6 +86,16 @@ def pytest_terminal_summary(terminalreporter):
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
+def gemm_chunks_on_pool(monkeypatch, parallel) -> None:
+    """Make the NumPy backend's GEMM chunks (conv boxes, Winograd chunks) go to the worker pool where parallel()
+    says so, whatever BLAS's threads (_parallel.gemm_workers decides by them otherwise)."""
+    import contextlib
+
+    from gpuconv.numpy_backend import _parallel
+    monkeypatch.setattr(_parallel, "gemm_workers",
+                        lambda chunks, transforms=False: contextlib.nullcontext(parallel()))
+
+
 def load_benchmark_script(name: str):
     """A fresh module of benchmarks/<name>.py (the scripts are not a package), registered in sys.modules under
     its name, where dataclasses look their module up."""

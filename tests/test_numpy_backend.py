@@ -13,6 +13,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from conftest import gemm_chunks_on_pool
 
 import gpuconv as gc
 from gpuconv.numpy_backend import BACKEND
@@ -609,7 +610,7 @@ def test_set_num_threads_during_a_call(monkeypatch, threads):
     once the chunks are handed over (it waits for the pool lock, here for up to 0.2 s per submit)."""
     from concurrent.futures import ThreadPoolExecutor
     threads(4)
-    monkeypatch.setattr(_parallel, "gemm_chunks", lambda: True)          # wgrad's chunks go to the pool,
+    gemm_chunks_on_pool(monkeypatch, lambda: True)          # wgrad's chunks go to the pool,
     monkeypatch.setattr(_window, "SCRATCH_BYTES", 2**16)                 # several of them
     rng = np.random.default_rng(5)
     x = rng.standard_normal((8, 24, 24, 16)).astype(np.float32)
@@ -659,7 +660,7 @@ def test_a_forked_child_gets_its_own_pool_and_locks(monkeypatch, threads):
 
     from gpuconv import backend
     threads(3)
-    monkeypatch.setattr(_parallel, "gemm_chunks", lambda: True)
+    gemm_chunks_on_pool(monkeypatch, lambda: True)
     monkeypatch.setattr(_window, "SCRATCH_BYTES", 2**16)
     rng = np.random.default_rng(6)
     x = rng.standard_normal((8, 24, 24, 16)).astype(np.float32)
@@ -702,7 +703,7 @@ def test_scratch_is_bounded(monkeypatch, threads, workers):
     from gpuconv.geometry import conv_problem, pool_problem
     threads(workers)
     monkeypatch.setattr(_window, "SCRATCH_BYTES", 4 * 2**20)
-    monkeypatch.setattr(_parallel, "gemm_chunks", lambda: _parallel.workers() > 1)
+    gemm_chunks_on_pool(monkeypatch, lambda: _parallel.workers() > 1)
     x = np.ones((8, 64, 64, 64), np.float32).reshape(8, 1, 64, 64, 64)
     w = np.ones((1, 3, 3, 64, 64), np.float32)
     p = conv_problem(x.shape, w.shape, (1, 1, 1), (1, 1, 1), "SAME")
@@ -1083,7 +1084,7 @@ def test_results_do_not_depend_on_thread_count(monkeypatch, threads, budget, pie
     monkeypatch.setattr(pool_module, "_FAST_BOX_VALUES", 50 if budget < 2**20 else 2**18)
     monkeypatch.setattr(pool_module, "_PIECE_MIN", piece_min)
     monkeypatch.setattr(pool_module, "_PARALLEL_MIN", 0)
-    monkeypatch.setattr(_parallel, "gemm_chunks", lambda: _parallel.workers() > 1)    # whatever BLAS's threads
+    gemm_chunks_on_pool(monkeypatch, lambda: _parallel.workers() > 1)    # whatever BLAS's threads
     results = []
     for n in (1, 2, 3):
         threads(n)
@@ -1105,7 +1106,7 @@ def test_ieee_specials_give_no_floating_point_warnings(monkeypatch, threads, wor
     monkeypatch.setattr(_window, "SCRATCH_BYTES", 3000)
     monkeypatch.setattr(pool_module, "_PIECE_MIN", 16)
     monkeypatch.setattr(pool_module, "_PARALLEL_MIN", 0)
-    monkeypatch.setattr(_parallel, "gemm_chunks", lambda: _parallel.workers() > 1)
+    gemm_chunks_on_pool(monkeypatch, lambda: _parallel.workers() > 1)
     threads(workers)
     outs = {}
     for dtype, special in ((np.float32, None), (np.float16, 6e4)):
@@ -1158,7 +1159,7 @@ def test_calls_from_several_threads_share_the_pool(monkeypatch, threads):
     from gpuconv.numpy_backend import pool as pool_module
     monkeypatch.setattr(_window, "SCRATCH_BYTES", 3000)
     monkeypatch.setattr(pool_module, "_PARALLEL_MIN", 0)
-    monkeypatch.setattr(_parallel, "gemm_chunks", lambda: _parallel.workers() > 1)
+    gemm_chunks_on_pool(monkeypatch, lambda: _parallel.workers() > 1)
     threads(1)
     want = _all_ops(np.random.default_rng(9))
     threads(2)
@@ -1356,3 +1357,104 @@ def test_huge_filter_gradient_costs_its_output_not_the_taps():
         tracemalloc.stop()
     assert dw.shape == (1001, 1001, 1, 1) and dw[500, 500, 0, 0] == 9 and np.count_nonzero(dw) == 1
     assert peak - dw.nbytes < 2**20
+
+
+def _fake_blas(monkeypatch, threads: int, settable: bool = True) -> list:
+    """A fake BLAS thread count for _parallel.gemm_workers: [current count, calls of the setter...]."""
+    state = [threads]
+
+    def setter(n):
+        state[0] = n
+        state.append(n)
+    monkeypatch.setattr(_parallel, "blas_threads", lambda: state[0])
+    monkeypatch.setattr(_parallel, "_blas_setter", lambda: setter if settable else None)
+    return state
+
+
+@pytest.mark.parametrize("transforms", [False, True])
+def test_gemm_workers_keeps_blas_threads_for_direct_chunks_and_few_chunks(monkeypatch, threads, transforms):
+    threads(2)
+    blas = _fake_blas(monkeypatch, 2)
+    with _parallel.gemm_workers(3, transforms) as parallel:      # fewer than 2 per worker: in order
+        assert parallel is False and blas[0] == 2
+    with _parallel.gemm_workers(8, transforms) as parallel:
+        assert parallel is transforms and blas[0] == (1 if transforms else 2)
+    assert blas == ([2, 1, 2] if transforms else [2])              # set to 1, then back to 2
+    threads(1)
+    with _parallel.gemm_workers(8, transforms) as parallel:      # one worker: nothing to spread
+        assert parallel is False
+    assert len(blas) == (3 if transforms else 1)
+
+
+def test_gemm_workers_with_a_single_threaded_or_unknown_blas(monkeypatch, threads):
+    threads(2)
+    blas = _fake_blas(monkeypatch, 1)
+    for transforms in (False, True):
+        with _parallel.gemm_workers(2, transforms) as parallel:  # BLAS on one thread already: any chunk count
+            assert parallel is True
+        with _parallel.gemm_workers(1, transforms) as parallel:
+            assert parallel is False
+    assert blas == [1]                                             # never set
+    blas = _fake_blas(monkeypatch, 2, settable=False)              # not numpy's OpenBLAS: keep its threads
+    with _parallel.gemm_workers(8, True) as parallel:
+        assert parallel is False
+    blas = _fake_blas(monkeypatch, 0)                              # thread count unknown
+    with _parallel.gemm_workers(8, True) as parallel:
+        assert parallel is False
+    assert blas == [0]
+
+
+def test_gemm_workers_restores_blas_threads_after_the_last_of_overlapping_calls_and_after_errors(monkeypatch,
+                                                                                                   threads):
+    threads(2)
+    blas = _fake_blas(monkeypatch, 4)
+    outer = _parallel.gemm_workers(8, True)
+    assert outer.__enter__() is True and blas[0] == 1
+    with _parallel.gemm_workers(8, True) as parallel:            # another call meanwhile: still limited
+        assert parallel is True and blas[0] == 1
+    with _parallel.gemm_workers(8, False) as parallel:           # direct chunks: in order, BLAS left as it is
+        assert parallel is False and blas[0] == 1
+    assert blas[0] == 1                                            # the first call still runs
+    outer.__exit__(None, None, None)
+    assert blas == [4, 1, 4]
+    with pytest.raises(ZeroDivisionError):
+        with _parallel.gemm_workers(8, True):
+            1 / 0
+    assert blas == [4, 1, 4, 1, 4] and _parallel._blas_limit["depth"] == 0
+
+
+def test_gemm_workers_on_numpys_openblas_and_winograd_results_unchanged(monkeypatch, threads):
+    """With numpy's bundled OpenBLAS: its thread count reads 1 inside and its own value after; a Winograd conv
+    that runs its chunks that way gives the serial result bit for bit."""
+    from gpuconv.numpy_backend import _winograd
+    monkeypatch.setattr(_winograd, "CHUNK_BYTES", 2**18)                  # several chunks
+    setter, before = _parallel._blas_setter(), _parallel.blas_threads()
+    if setter is None or before < 1:
+        pytest.skip("numpy's BLAS is not its bundled OpenBLAS")
+    try:
+        setter(2)
+        threads(2)
+        with _parallel.gemm_workers(8, True) as parallel:
+            assert parallel is True and _parallel.blas_threads() == 1
+        assert _parallel.blas_threads() == 2
+        rng = np.random.default_rng(3)
+        x = rng.standard_normal((4, 32, 32, 32)).astype(np.float32)
+        w = rng.standard_normal((3, 3, 32, 32)).astype(np.float32)
+        seen = []
+        real = _parallel.gemm_workers
+
+        def spy(chunks, transforms=False):
+            seen.append((chunks, transforms))
+            return real(chunks, transforms)
+        _parallel.gemm_workers = spy
+        try:
+            both = gc.conv2d(x, w, 1, "SAME")
+        finally:
+            _parallel.gemm_workers = real
+        assert any(t and c >= 4 for c, t in seen)                 # a Winograd call with chunks for 2 workers
+        assert _parallel.blas_threads() == 2
+        threads(1)
+        setter(1)
+        assert np.array_equal(both.view(np.uint32), gc.conv2d(x, w, 1, "SAME").view(np.uint32))
+    finally:
+        setter(before)

@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import gemm_chunks_on_pool
 
 import gpuconv as gc
 from gpuconv.geometry import conv_problem
@@ -88,7 +89,7 @@ def _random_problem(shape, padding, stride: int):
 
 def _per_worker_count(monkeypatch, fn) -> list:
     """fn() with 1, 2 and 3 workers, its chunks on the pool whatever BLAS's threads."""
-    monkeypatch.setattr(_parallel, "gemm_chunks", lambda: _parallel.workers() > 1)
+    gemm_chunks_on_pool(monkeypatch, lambda: _parallel.workers() > 1)
     results = []
     try:
         for n in (1, 2, 3):
@@ -581,7 +582,7 @@ def test_filter_sized_scratch_is_kept_between_calls(spy, spy_s2, monkeypatch, st
     14x14x512 fprop: 19 ms, 7.4 ms without). NumPy reports its allocations to tracemalloc, so after a warm-up
     call a call's traced peak is its result and little else (a fresh U alone is 6-16 MiB)."""
     import tracemalloc
-    monkeypatch.setattr(_parallel, "gemm_chunks", lambda: False)     # a serial sum, whatever BLAS's threads
+    gemm_chunks_on_pool(monkeypatch, lambda: False)     # a serial sum, whatever BLAS's threads
     x = RNG.standard_normal(x_shape + (channels,)).astype(np.float32)
     w = (RNG.standard_normal((3, 3, channels, channels)) / 30).astype(np.float32)
     dy = RNG.standard_normal((x_shape[0], 8, 8, channels)).astype(np.float32)

@@ -22,6 +22,7 @@ pool that may be waiting on it. Chunks run in the caller's context variables and
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import os
 import threading
@@ -156,7 +157,7 @@ def blas_threads() -> int:
 
 def _find_blas_getter() -> Callable:
     """The bundled OpenBLAS's getter first: a C call, where threadpoolctl's survey of the loaded libraries took
-    0.33 ms per call on the CPU box (gemm_chunks asks once per convolution call)."""
+    0.33 ms per call on the CPU box (gemm_workers asks once per convolution call)."""
     fn = _openblas_function(("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
                              "openblas_get_num_threads64_", "openblas_get_num_threads"), "c_int")
     if fn is not None:
@@ -235,14 +236,65 @@ def blas_kernel_note() -> str:
     return note
 
 
-def gemm_chunks() -> bool:
-    """Whether chunks that each run a GEMM should go to the worker pool: only when BLAS is single-threaded.
+_blas_set = None
+_blas_limit_lock = threading.Lock()
+_blas_limit = {"depth": 0, "saved": 0}
 
-    Measured on the CPU box (2 cores, quiet; 3x3 convs of ResNet-50 at N=8, float32): worker chunks with a
-    1-thread BLAS 12.1 ms (8x56x56x64 fprop), serial chunks with a 2-thread BLAS 12.8 ms, both at once 14.3 ms
-    (each chunk's GEMM also wakes BLAS's threads: 4 busy threads on 2 cores). So either BLAS threads or chunk
-    threads, never both; with BLAS threads the GEMM-heavy convs keep today's serial chunks."""
-    return workers() > 1 and blas_threads() == 1
+
+def _blas_setter():
+    """OpenBLAS's openblas_set_num_threads from numpy's bundled library, or None (another BLAS, or none found)."""
+    global _blas_set
+    if _blas_set is None:
+        _blas_set = _openblas_function(("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                                        "openblas_set_num_threads64_", "openblas_set_num_threads"), "c_int") or False
+    return _blas_set or None
+
+
+@contextlib.contextmanager
+def gemm_workers(chunks: int, transforms: bool = False):
+    """Whether `chunks` chunks that each run a GEMM go to the worker pool (the value yielded).
+
+    Chunk threads and BLAS threads at once oversubscribe the cores (each chunk's GEMM wakes BLAS's threads too: 4
+    busy threads on 2 cores; 8x56x56x64 3x3 fprop, N=8, on the 2-core CPU box: 14.3 ms against 12.1-12.8 for
+    either alone), so it is one or the other. Chunks whose work is GEMMs and copies (conv.py's direct path) go to
+    the pool only where BLAS is single-threaded anyway: with BLAS's threads their GEMMs scale as well (8x56x56x64
+    1x1 fprop on the Zen 4 host, 2 threads: 2.2-2.8 ms in order with a 2-thread BLAS, 3.8-4.1 ms on 2 workers
+    with a 1-thread one).
+
+    transforms: the chunks also do much NumPy work outside BLAS (Winograd's transforms), which only the pool
+    spreads over the cores: where BLAS runs several threads they go down to 1 while the chunks run and back
+    afterwards (process-wide, counted over concurrent calls; what scikit-learn's KMeans does with threadpoolctl
+    around its own threads; a GEMM another thread of the program runs meanwhile gets one BLAS thread). Zen 4
+    host, 2 threads, ResNet-50 3x3 layers at N=8, in order with a 2-thread BLAS -> on the pool: 56x56x64 wgrad
+    22-28 -> 14-19 ms, fprop 19-20 -> 13-19, the stride-2 28x28/56x56 layers 5-15 % faster, the 14x14 and 7x7
+    ones within noise. With fewer than 2 x workers chunks they keep BLAS's threads and run in order, and so do
+    all chunks where BLAS's threads cannot be read or set (not numpy's bundled OpenBLAS)."""
+    nw = workers()
+    if nw <= 1 or chunks < 2:
+        yield False
+        return
+    limited = False
+    with _blas_limit_lock:
+        if _blas_limit["depth"] > 0:                # another call holds BLAS at one thread now
+            limited = transforms
+            parallel = transforms
+        else:
+            threads = blas_threads()
+            parallel = threads == 1
+            if transforms and threads > 1 and chunks >= 2 * nw and _blas_setter() is not None:
+                _blas_limit["saved"] = threads
+                _blas_setter()(1)
+                limited = parallel = True
+        if limited:
+            _blas_limit["depth"] += 1
+    try:
+        yield parallel
+    finally:
+        if limited:
+            with _blas_limit_lock:
+                _blas_limit["depth"] -= 1
+                if _blas_limit["depth"] == 0:
+                    _blas_setter()(_blas_limit["saved"])
 
 
 def map_ordered(fn: Callable, items: Iterable, combine: Callable | None) -> None:
@@ -344,7 +396,7 @@ def map_ordered(fn: Callable, items: Iterable, combine: Callable | None) -> None
 def sum_in_order(partial: Callable, items: Sequence, totals: list, parallel: bool) -> None:
     """totals[k] = the sum over items of partial's k-th result, added in item order on the calling thread (the
     first partial is the sum's first term), so the sum is bit-identical whatever the worker count. partial(item,
-    bufs) overwrites bufs, arrays shaped like totals. parallel: items go to the worker pool (e.g. gemm_chunks()),
+    bufs) overwrites bufs, arrays shaped like totals. parallel: items go to the worker pool (e.g. gemm_workers()),
     else they run in order on this thread: the first partial then goes straight into totals and the others into
     one spare set carved from this thread's buffer "partial" (_window.thread_buffers, kept between calls: a fresh
     set of a filter gradient's size page-faulted on every call). On the pool, buffer sets are fresh and recycled

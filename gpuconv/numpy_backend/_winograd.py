@@ -34,18 +34,19 @@ planes of depth tap t for all output planes of a chunk are consecutive rows: one
 direct -> Winograd): 32^3x64 -> 64 105/88/101 -> 44/44/50, 16^3x128 -> 128 43/39/45 -> 19/20/20, 8x28x28x128 ->
 256 113/118/113 -> 59/67/60.
 
-Work goes in chunks of whole tile rows of some batch items, about CHUNK_BYTES of scratch each (input region,
-V, M, sums), so that the transforms run on cached data (each is a handful of NumPy adds over the chunk) and the
-scratch stays within _window.SCRATCH_BYTES per worker; a problem whose single tile row would not fit is
-convolved directly. Chunks are independent (wgrad: partials combined in chunk order), so they go to the worker
-pool like conv.py's boxes (when BLAS is single-threaded; with BLAS threads they run in order and the GEMMs use
-BLAS's threads) and the result does not depend on the thread count. Spreading a chunk's transforms over the
-worker pool between BLAS-threaded GEMMs measured slower on the 2-core CPU box (8x56x56x64 fprop 12.5 ms against
-9.8: OpenBLAS's threads spin after each GEMM and compete with the workers), so the transforms stay with their
-chunk. Scratch buffers, the transformed filter U (wgrad: dU) and a serial wgrad's spare partial included, are per
-thread and kept between calls (_window.thread_buffer): fresh ones page-faulted on every call, and with 512 x 512
-channels (U: 16 MiB) that took longer than the GEMMs (N=1 14x14x512, one thread: fprop 19 -> 7.4 ms, wgrad 18 ->
-8.4 ms; direct 9.5). Filter transforms write into U in place, with no temporary arrays.
+Work goes in chunks of whole tile rows of some batch items, about CHUNK_BYTES of scratch each (input region, V, M,
+sums), so that the transforms run on cached data (each is a handful of NumPy adds over the chunk) and the scratch
+stays within _window.SCRATCH_BYTES per worker; a problem whose single tile row would not fit is convolved directly.
+Chunks are independent (wgrad: partials combined in chunk order), so they go to the worker pool and the result does
+not depend on the thread count; unlike conv.py's boxes, also where BLAS runs several threads, which then go down to
+one while the chunks run (_parallel.gemm_workers(transforms=True): only the pool spreads the transforms; 2 threads,
+8x56x56x64 wgrad 22-28 -> 14-19 ms on the Zen 4 host). Spreading a chunk's transforms over the worker pool between
+BLAS-threaded GEMMs measured slower on the 2-core CPU box (8x56x56x64 fprop 12.5 ms against 9.8: OpenBLAS's threads
+spin after each GEMM and compete with the workers), so the transforms stay with their chunk. Scratch buffers, the
+transformed filter U (wgrad: dU) and a serial wgrad's spare partial included, are per thread and kept between calls
+(_window.thread_buffer): fresh ones page-faulted on every call, and with 512 x 512 channels (U: 16 MiB) that took
+longer than the GEMMs (N=1 14x14x512, one thread: fprop 19 -> 7.4 ms, wgrad 18 -> 8.4 ms; direct 9.5). Filter
+transforms write into U in place, with no temporary arrays.
 
 Non-finite values: a tile mixes its 16 input cells, so an inf that direct summation keeps in one output can
 meet another inf in a neighbouring output of the tile (inf - inf = NaN). Each chunk's outputs (wgrad: the
@@ -304,16 +305,17 @@ def _chunks(n: int, tp: int, tq: int, size) -> list:
 
 
 def fill_until_nonfinite(fill, chunks: list) -> bool:
-    """fill(chunk) writes a chunk's outputs and returns them; chunks go to the worker pool when BLAS is
-    single-threaded (else in order, with BLAS's threads). False as soon as some chunk's outputs are not finite
-    (chunks not yet started are skipped): the caller then computes the whole op directly."""
+    """fill(chunk) writes a chunk's outputs and returns them; chunks go to the worker pool as
+    _parallel.gemm_workers decides (else in order, with BLAS's threads). False as soon as some chunk's outputs
+    are not finite (chunks not yet started are skipped): the caller then computes the whole op directly."""
     bad = []
 
     def one(chunk) -> None:
         if not bad and not _finite(fill(chunk)):
             bad.append(chunk)
 
-    _parallel.map_chunks(one, chunks, _parallel.gemm_chunks())
+    with _parallel.gemm_workers(len(chunks), transforms=True) as parallel:
+        _parallel.map_chunks(one, chunks, parallel)
     return not bad
 
 
@@ -484,7 +486,8 @@ def _sum_partials(partial, chunks: list, totals: list) -> None:
     if not chunks:
         for t in totals:
             t[...] = 0
-    _parallel.sum_in_order(partial, chunks, totals, _parallel.gemm_chunks())
+    with _parallel.gemm_workers(len(chunks), transforms=True) as parallel:
+        _parallel.sum_in_order(partial, chunks, totals, parallel)
 
 
 def wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem):

@@ -34,7 +34,7 @@ columns and GEMM are computed by one worker exactly as in the serial loop, with 
 order on the calling thread (serially: the first box's product straight into dw, the others into one per-thread
 buffer kept between calls, _parallel.sum_in_order). Boxes go to the pool only when BLAS is single-threaded; with
 a multi-threaded BLAS the boxes run in order and each GEMM uses BLAS's threads (both at once oversubscribe the
-cores: _parallel.gemm_chunks).
+cores: _parallel.gemm_workers).
 
 Cost is bounded by the operands' sizes whatever the dilation: a column block holds taps x box outputs, and the
 phased copy of a box's input region (_fill_phased) is used only where that region is no larger than the block,
@@ -372,7 +372,9 @@ def _gather_gemm(gather: _Gather, wmat: np.ndarray, out: np.ndarray) -> None:
             moved = np.moveaxis(res.reshape((G,) + dst.shape[:4] + (ko,)), 0, 4)
         np.copyto(dst, moved, casting="same_kind")
 
-    _parallel.map_chunks(one, list(boxes(out.shape[:4], unit, budget)), _parallel.gemm_chunks())
+    chunks = list(boxes(out.shape[:4], unit, budget))
+    with _parallel.gemm_workers(len(chunks)) as parallel:
+        _parallel.map_chunks(one, chunks, parallel)
 
 
 def _taps(p: ConvProblem):
@@ -478,7 +480,8 @@ def _dgrad_scatter(dy: np.ndarray, w: np.ndarray, p: ConvProblem) -> np.ndarray:
                 else:
                     _add_run(dx, dcol, p, box, j0, length, offsets)
 
-    _parallel.map_chunks(group, list(groups.values()), _parallel.gemm_chunks())
+    with _parallel.gemm_workers(len(groups)) as parallel:
+        _parallel.map_chunks(group, list(groups.values()), parallel)
     return dx
 
 
@@ -630,7 +633,9 @@ def conv_wgrad(x: np.ndarray, dy: np.ndarray, p: ConvProblem) -> np.ndarray:
                 dyb = dyb.transpose(1, 0, 2)
             np.matmul(cols.transpose(0, 2, 1), dyb, out=bufs[0])
 
-        _parallel.sum_in_order(partial, list(boxes(dy.shape[:4], unit, budget)), [dw], _parallel.gemm_chunks())
+        chunks = list(boxes(dy.shape[:4], unit, budget))
+        with _parallel.gemm_workers(len(chunks)) as parallel:
+            _parallel.sum_in_order(partial, chunks, [dw], parallel)
     # (G, taps*Cg, Kg) -> (T', R', S', Cg, G*Kg) over the active taps, zeros at the others
     part = dw.reshape(G, len(taps), cg, kg).transpose(1, 2, 0, 3).reshape(
         tuple(len(a) for a in active) + p.w_shape[3:])
