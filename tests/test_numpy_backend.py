@@ -1458,3 +1458,35 @@ def test_gemm_workers_on_numpys_openblas_and_winograd_results_unchanged(monkeypa
         assert np.array_equal(both.view(np.uint32), gc.conv2d(x, w, 1, "SAME").view(np.uint32))
     finally:
         setter(before)
+
+
+def _forked_child_blas(conn) -> None:
+    conn.send((_parallel.blas_threads(), _parallel._blas_limit["depth"]))
+    conn.close()
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_child_forked_while_blas_is_held_at_one_thread_gets_its_count_back(threads):
+    import multiprocessing
+    import warnings
+    setter, before = _parallel._blas_setter(), _parallel.blas_threads()
+    if setter is None or before < 1:
+        pytest.skip("numpy's BLAS is not its bundled OpenBLAS")
+    try:
+        setter(2)
+        threads(2)
+        with _parallel.gemm_workers(8, True):
+            assert _parallel.blas_threads() == 1
+            ctx = multiprocessing.get_context("fork")
+            parent_end, child_end = ctx.Pipe(duplex=False)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)      # Python 3.12+: fork() with threads
+                child = ctx.Process(target=_forked_child_blas, args=(child_end,))
+                child.start()
+            assert parent_end.poll(60), "the forked child hung"
+            got = parent_end.recv()
+            child.join(10)
+            assert _parallel.blas_threads() == 1                       # the parent's call still holds it
+        assert got == (2, 0) and _parallel.blas_threads() == 2
+    finally:
+        setter(before)

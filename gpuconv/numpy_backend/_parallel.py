@@ -37,6 +37,10 @@ _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _size: int | None = None
 _local = threading.local()
+# gemm_workers: numpy's OpenBLAS held at one thread by `depth` calls, its own count `saved`; the setter, found once.
+_blas_set = None
+_blas_limit_lock = threading.Lock()
+_blas_limit = {"depth": 0, "saved": 0}
 
 
 # Most workers a pool may have: far above any core count this backend scales to, low enough that a typo
@@ -99,10 +103,16 @@ def _after_fork_in_child() -> None:
     """A forked child (multiprocessing's "fork" start method, e.g. data-loader workers) holds copies of the
     parent's pool and lock but none of its threads: the stale pool would never run a task (the caller then did
     every chunk alone) and a lock some other parent thread held at the fork would stay held forever. The child
-    starts with a fresh lock and makes its own pool on first use; the worker count is kept."""
-    global _lock, _pool
+    starts with a fresh lock and makes its own pool on first use; the worker count is kept. A fork during a
+    parent call that holds numpy's BLAS at one thread (gemm_workers) would leave the child's BLAS there for good
+    (the call that restores it runs in the parent only): the child restores it."""
+    global _lock, _pool, _blas_limit_lock
     _lock = threading.Lock()
     _pool = None
+    _blas_limit_lock = threading.Lock()
+    if _blas_limit["depth"] > 0:
+        _blas_limit["depth"] = 0
+        _blas_setter()(_blas_limit["saved"])
 
 
 if hasattr(os, "register_at_fork"):
@@ -234,11 +244,6 @@ def blas_kernel_note() -> str:
         note += "; this CPU has AVX-512, which these kernels leave unused" + (
             ": unset OPENBLAS_CORETYPE for faster GEMMs" if forced else "")
     return note
-
-
-_blas_set = None
-_blas_limit_lock = threading.Lock()
-_blas_limit = {"depth": 0, "saved": 0}
 
 
 def _blas_setter():
