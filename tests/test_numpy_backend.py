@@ -1490,3 +1490,31 @@ def test_a_child_forked_while_blas_is_held_at_one_thread_gets_its_count_back(thr
         assert got == (2, 0) and _parallel.blas_threads() == 2
     finally:
         setter(before)
+
+
+def test_concurrent_winograd_calls_share_the_blas_limit_and_restore_it(monkeypatch, threads):
+    """Calls from several threads at once, each holding numpy's OpenBLAS at one thread for its chunks: every
+    result is the serial one bit for bit, and the count is back at its value once all have returned."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gpuconv.numpy_backend import _winograd
+    setter, before = _parallel._blas_setter(), _parallel.blas_threads()
+    if setter is None or before < 1:
+        pytest.skip("numpy's BLAS is not its bundled OpenBLAS")
+    monkeypatch.setattr(_winograd, "CHUNK_BYTES", 2**18)                  # several chunks per call
+    rng = np.random.default_rng(8)
+    xs = [rng.standard_normal((4, 32, 32, 32)).astype(np.float32) for _ in range(4)]
+    w = rng.standard_normal((3, 3, 32, 32)).astype(np.float32)
+    try:
+        setter(1)
+        threads(1)
+        want = [gc.conv2d(x, w, 1, "SAME") for x in xs]
+        setter(3)
+        threads(2)
+        with ThreadPoolExecutor(4) as ex:
+            got = list(ex.map(lambda x: gc.conv2d(x, w, 1, "SAME"), xs * 3))
+        assert _parallel.blas_threads() == 3 and _parallel._blas_limit["depth"] == 0
+        for i, g in enumerate(got):
+            assert np.array_equal(g.view(np.uint32), want[i % 4].view(np.uint32))
+    finally:
+        setter(before)
