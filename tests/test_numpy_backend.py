@@ -610,7 +610,7 @@ def test_set_num_threads_during_a_call(monkeypatch, threads):
     once the chunks are handed over (it waits for the pool lock, here for up to 0.2 s per submit)."""
     from concurrent.futures import ThreadPoolExecutor
     threads(4)
-    gemm_chunks_on_pool(monkeypatch, lambda: True)          # wgrad's chunks go to the pool,
+    gemm_chunks_on_pool(monkeypatch, lambda: True)                       # wgrad's chunks go to the pool,
     monkeypatch.setattr(_window, "SCRATCH_BYTES", 2**16)                 # several of them
     rng = np.random.default_rng(5)
     x = rng.standard_normal((8, 24, 24, 16)).astype(np.float32)
